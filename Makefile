@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each creates .venv if needed and installs fastpix.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fastpix-installed
+DEMO_DIR ?= demo_out
+# torch 2.13.0's CPU wheel where there is no CUDA; on a CUDA machine, the torch already there (or pip's choice).
+TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) "triton==3.9.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m fastpix --version
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fastpix demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m fastpix bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)

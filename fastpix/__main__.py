@@ -1,0 +1,3 @@
+from fastpix.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The `fastpix` command. Flags come from the dataclasses in config.py (one place for every default).
+
+Each option is offered with dashes (--batch-size) and with the reference's spelling (--batch_size), so a
+reference user's command line runs unchanged. Options left unset keep their defaults, or, for `test` and for
+`train --continue_train`, the values saved in the run's config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from fastpix import __version__
+from fastpix.config import DataConfig, ModelConfig, TestConfig, TrainConfig
+
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        flags = [f"--{f.name}"]
+        if "_" in f.name:
+            flags.insert(0, f"--{f.name.replace('_', '-')}")
+        flags += list(f.metadata.get("aliases", ()))
+        kind = TYPES[str(f.type).split(" ")[0]]
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kind is bool:
+            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               choices=f.metadata.get("choices"), help=help_text,
+                               metavar=f.name.upper() if not f.metadata.get("choices") else None)
+
+
+def add_reference_args(parser: argparse.ArgumentParser):
+    """Options of the reference's command lines that have one meaning in fastpix, accepted so they run unchanged."""
+    group = parser.add_argument_group("accepted for reference command lines")
+    group.add_argument("--model", choices=("pix2pix",), default=argparse.SUPPRESS,
+                       help="the reference's model switch; fastpix is pix2pix (default: pix2pix)")
+    group.add_argument("--dataset_mode", "--dataset-mode", choices=("aligned",), default=argparse.SUPPRESS,
+                       help="aligned A|B files; fastpix also reads A/ and B/ folders without it (default: aligned)")
+    group.add_argument("--gpu_ids", "--gpu-ids", default=argparse.SUPPRESS,
+                       help="'-1' for the CPU, '0' for cuda:0; same as --device (default: cuda if available)")
+    group.add_argument("--display_id", "--display-id", type=int, default=argparse.SUPPRESS,
+                       help="ignored: fastpix writes samples and metrics.jsonl instead of a visdom display")
+    group.add_argument("--pool_size", "--pool-size", type=int, choices=(0,), default=argparse.SUPPRESS,
+                       help="image pool size; pix2pix uses none (default: 0)")
+
+
+def apply_reference_args(given: dict):
+    gpu_ids = given.get("gpu_ids")
+    if gpu_ids is not None and "device" not in given:
+        first = str(gpu_ids).split(",")[0].strip()
+        given["device"] = "cpu" if first == "-1" else f"cuda:{first}"
+    return given
+
+
+def build_config(cls, *layers: dict):
+    """cls's defaults, overridden by each layer of values in turn (saved config, then the command line)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for layer in layers:
+        values.update({k: v for k, v in layer.items() if k in names})
+    return cls(**values)
+
+
+def saved_config(checkpoints_dir: str, name: str) -> dict:
+    """The model and data sections of a run's config.json; {} for a reference checkpoints folder."""
+    from fastpix.checkpoint import load_json
+
+    path = os.path.join(checkpoints_dir, name, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    saved = load_json(path)
+    return {**saved.get("data", {}), **saved.get("model", {})}
+
+
+def demo_data_dir(size: int) -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fastpix", f"demo_{size}")
+
+
+def ensure_demo_data(size: int = 64) -> str:
+    from fastpix.data.demo import write_demo_dataset
+
+    folder = demo_data_dir(size)
+    if not os.path.isfile(os.path.join(folder, "complete")):
+        write_demo_dataset(folder, size)
+        open(os.path.join(folder, "complete"), "w").close()
+    return folder
+
+
+def cmd_train(args):
+    from fastpix.train.loop import train
+
+    given = apply_reference_args(vars(args))
+    train_cfg = build_config(TrainConfig, given)
+    saved = saved_config(train_cfg.checkpoints_dir, train_cfg.name) if train_cfg.continue_train else {}
+    model_cfg = build_config(ModelConfig, saved, given)
+    data_cfg = build_config(DataConfig, saved, given)
+    if data_cfg.dataroot is None:
+        data_cfg.dataroot = ensure_demo_data()
+        print(f"fastpix: no --dataroot given, training on the built-in demo data in {data_cfg.dataroot}")
+    run_dir = train(model_cfg, data_cfg, train_cfg, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"fastpix: checkpoints in {run_dir}")
+
+
+def cmd_test(args):
+    from fastpix.infer.protocol import run_test
+
+    given = apply_reference_args(vars(args))
+    test_cfg = build_config(TestConfig, given)
+    saved = saved_config(test_cfg.checkpoints_dir, test_cfg.name)
+    model_cfg = build_config(ModelConfig, saved, given)
+    data_cfg = build_config(DataConfig, saved, given)
+    if data_cfg.dataroot is None:
+        raise SystemExit("fastpix test: --dataroot is required (the run's config.json does not name one)")
+    out = run_test(model_cfg, data_cfg, test_cfg)
+    print(f"fastpix: results in {os.path.join(out, 'index.html')}")
+
+
+def cmd_data_demo(args):
+    from fastpix.data.demo import write_demo_dataset
+
+    write_demo_dataset(args.out, args.size, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
+    print(f"fastpix: demo data set written to {args.out} (train {args.train}, val {args.val}, test {args.test})")
+
+
+def cmd_demo(args):
+    """Generate the demo data, train on it (a few minutes on CPU), run the test protocol, print where it is."""
+    import torch
+
+    from fastpix.data.demo import write_demo_dataset
+    from fastpix.infer.protocol import run_test
+    from fastpix.train.loop import train
+
+    gpu = torch.cuda.is_available()
+    size = 256 if gpu else 64
+    data = os.path.join(args.out, "data")
+    write_demo_dataset(data, size)
+    model_cfg = ModelConfig(netG="unet_256" if gpu else "unet_64", ngf=64 if gpu else 32, ndf=64 if gpu else 32)
+    data_cfg = DataConfig(dataroot=data, load_size=286 if gpu else 72, crop_size=size)
+    train_cfg = TrainConfig(name="demo", checkpoints_dir=os.path.join(args.out, "checkpoints"),
+                            batch_size=1 if gpu else 4, n_epochs=args.epochs, n_epochs_decay=args.epochs,
+                            print_freq=50, display_freq=200, save_epoch_freq=max(1, args.epochs))
+    train(model_cfg, data_cfg, train_cfg, overwrite=True)
+    test_cfg = TestConfig(name="demo", checkpoints_dir=train_cfg.checkpoints_dir,
+                          results_dir=os.path.join(args.out, "results"), num_test=40)
+    out = run_test(model_cfg, data_cfg, test_cfg)
+    print(f"fastpix demo: checkpoints in {os.path.join(train_cfg.checkpoints_dir, 'demo')}")
+    print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
+
+
+def cmd_export(args):
+    from fastpix import checkpoint as ckpt
+
+    run_dir = os.path.join(args.checkpoints_dir, args.name)
+    os.makedirs(args.out, exist_ok=True)
+    for net in ("G", "D"):
+        try:
+            source = ckpt.find_weights(run_dir, args.epoch, net)
+        except ckpt.CheckpointError:
+            if net == "D":
+                continue  # a generator-only folder (as the reference's pretrained models are) exports just G
+            raise
+        target = os.path.join(args.out, f"{args.epoch}_net_{net}.pth")
+        ckpt.save_weights(target, ckpt.load_weights(source))
+        print(f"fastpix: wrote {target}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.")
+    parser.add_argument("--version", action="version", version=f"fastpix {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train pix2pix (with no --dataroot: on the built-in demo data)",
+                       formatter_class=fmt, description=cmd_train.__doc__)
+    add_config_args(p, ModelConfig, "model")
+    add_config_args(p, DataConfig, "data")
+    add_config_args(p, TrainConfig, "training")
+    add_reference_args(p)
+    p.add_argument("--overwrite", action="store_true", help="start afresh over an existing run of --name "
+                   "(default: refuse, so that no run is lost by accident)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+    p.set_defaults(func=cmd_train, overwrite=False, quiet=False)
+
+    p = sub.add_parser("test", help="run the test protocol over a split and write a results page",
+                       formatter_class=fmt)
+    add_config_args(p, ModelConfig, "model (default: from the run's config.json)")
+    add_config_args(p, DataConfig, "data (default: from the run's config.json)")
+    add_config_args(p, TestConfig, "test")
+    add_reference_args(p)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("data", help="data sets: `fastpix data demo --out DIR` writes the built-in demo set")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
+    d = data_sub.add_parser("demo", help="write the built-in demo data set (aligned A|B, train/val/test)")
+    d.add_argument("--out", required=True, help="folder to write (required)")
+    d.add_argument("--size", type=int, default=64, help="side of each image half in pixels (default: 64)")
+    d.add_argument("--train", type=int, default=400, help="training pairs (default: 400)")
+    d.add_argument("--val", type=int, default=40, help="validation pairs (default: 40)")
+    d.add_argument("--test", type=int, default=40, help="test pairs (default: 40)")
+    d.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    d.set_defaults(func=cmd_data_demo)
+
+    p = sub.add_parser("demo", help="generate the demo data, train, test, and say where the results are")
+    p.add_argument("--out", default="demo_out", help="folder for data, checkpoints and results (default: demo_out)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="epochs at full learning rate, then as many decaying (default: 5)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="write a run's weights as reference-loadable .pth state dicts")
+    p.add_argument("--format", choices=("pth",), default="pth", help="output format (default: pth)")
+    p.add_argument("--name", required=True, help="run name (required)")
+    p.add_argument("--checkpoints-dir", "--checkpoints_dir", dest="checkpoints_dir", default="./checkpoints",
+                   help="where the run is (default: ./checkpoints)")
+    p.add_argument("--epoch", default="latest", help="which checkpoint (default: latest)")
+    p.add_argument("--out", required=True, help="folder to write <epoch>_net_{G,D}.pth into (required)")
+    p.set_defaults(func=cmd_export)
+
+    return parser
+
+
+def main(argv=None) -> int:
+    from fastpix.checkpoint import CheckpointError
+    from fastpix.data.dataset import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, CheckpointError) as exc:
+        print(f"fastpix {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"fastpix {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    return 0

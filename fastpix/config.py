@@ -1,0 +1,99 @@
+"""Every default of fastpix, in one place. The CLI, the API and the docs read these dataclasses.
+
+Field names are the reference's option names (pytorch-CycleGAN-and-pix2pix), so that a reference user's flags map
+one to one; the CLI also offers each with dashes. The `help` metadata is what `fastpix <cmd> --help` prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def opt(default, help, **kw):
+    """A config field with its help text (and optional argparse extras: choices, flag aliases)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
+NET_D_CHOICES = ("basic", "n_layers", "pixel")
+NORM_CHOICES = ("batch", "instance", "none")
+INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
+PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+
+@dataclass
+class ModelConfig:
+    input_nc: int = opt(3, "channels of the input image A (1 = grayscale)")
+    output_nc: int = opt(3, "channels of the output image B (1 = grayscale)")
+    ngf: int = opt(64, "generator filters in the last conv layer")
+    ndf: int = opt(64, "discriminator filters in the first conv layer")
+    netG: str = opt("unet_256", "generator architecture", choices=NET_G_CHOICES)
+    netD: str = opt("basic", "discriminator architecture (basic = 70x70 PatchGAN)", choices=NET_D_CHOICES)
+    n_layers_D: int = opt(3, "discriminator conv layers when --netD n_layers")
+    norm: str = opt("batch", "normalisation layer", choices=NORM_CHOICES)
+    init_type: str = opt("normal", "weight initialisation", choices=INIT_CHOICES)
+    init_gain: float = opt(0.02, "scale of the weight initialisation")
+    no_dropout: bool = opt(False, "no dropout in the generator (pix2pix uses dropout 0.5 as its noise)")
+    backend: str = opt(None, "kernel backend (default: eager; triton arrives with the fused kernels)",
+                       choices=("eager", "triton"))
+
+
+@dataclass
+class DataConfig:
+    dataroot: str = opt(None, "dataset folder holding train/val/test splits (default: the built-in demo data)")
+    direction: str = opt("AtoB", "translate A to B or B to A", choices=("AtoB", "BtoA"))
+    load_size: int = opt(286, "scale images to this size before cropping")
+    crop_size: int = opt(256, "then crop to this size")
+    preprocess: str = opt("resize_and_crop", "scaling and cropping at load time", choices=PREPROCESS_CHOICES)
+    no_flip: bool = opt(False, "do not flip images horizontally for augmentation")
+    max_dataset_size: int = opt(None, "use at most this many images of the split")
+    num_threads: int = opt(2, "data loading worker processes")
+    skip_bad_images: bool = opt(False, "warn about and skip unreadable images instead of stopping")
+
+
+@dataclass
+class TrainConfig:
+    name: str = opt("experiment_name", "name of the experiment: checkpoints go to <checkpoints_dir>/<name>")
+    checkpoints_dir: str = opt("./checkpoints", "where checkpoints are saved")
+    batch_size: int = opt(1, "input batch size")
+    n_epochs: int = opt(100, "epochs at the initial learning rate")
+    n_epochs_decay: int = opt(100, "epochs to decay the learning rate linearly to zero")
+    epoch_count: int = opt(1, "the starting epoch count")
+    max_iters: int = opt(None, "stop after this many iterations in total (short runs)")
+    lr: float = opt(0.0002, "initial learning rate for Adam")
+    beta1: float = opt(0.5, "Adam momentum term beta1")
+    lr_policy: str = opt("linear", "learning rate policy", choices=("linear", "step", "cosine"))
+    lr_decay_iters: int = opt(50, "multiply by 0.1 every lr_decay_iters epochs (--lr_policy step)")
+    gan_mode: str = opt("vanilla", "GAN objective (vanilla = BCE on logits, lsgan = MSE)",
+                        choices=("vanilla", "lsgan"))
+    lambda_L1: float = opt(100.0, "weight of the L1 loss")
+    seed: int = opt(0, "random seed: same seed and device give the same weights")
+    device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+    continue_train: bool = opt(False, "resume from the latest checkpoint of --name", aliases=("--resume",))
+    save_epoch_freq: int = opt(5, "save <epoch>_net_*.safetensors every this many epochs")
+    save_latest_freq: int = opt(5000, "save the latest checkpoint every this many iterations")
+    print_freq: int = opt(100, "write losses to metrics.jsonl every this many iterations")
+    display_freq: int = opt(400, "save a sample grid (A, G(A), B) every this many iterations")
+
+
+@dataclass
+class TestConfig:
+    name: str = opt("experiment_name", "name of the experiment to load from <checkpoints_dir>/<name>")
+    checkpoints_dir: str = opt("./checkpoints", "where the checkpoints are")
+    results_dir: str = opt("./results", "results are written to <results_dir>/<name>/<phase>_<epoch>/")
+    phase: str = opt("test", "dataset split to run on")
+    epoch: str = opt("latest", "which checkpoint to load: latest or an epoch number")
+    num_test: int = opt(50, "how many images to run")
+    eval: bool = opt(False, "use running BatchNorm statistics and no dropout (model.eval())")
+    seed: int = opt(0, "random seed for the dropout noise")
+    device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+
+
+def fields_of(cls):
+    return dataclasses.fields(cls)
+
+
+def from_dict(cls, values: dict):
+    """Build a config from a dict, ignoring keys that belong to other configs."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

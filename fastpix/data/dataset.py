@@ -1,0 +1,158 @@
+"""Paired datasets in the reference's aligned layout (A|B side by side) or in two folders (A/ and B/)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from PIL import Image
+
+from fastpix.data.transforms import sample_crop_flip, sample_rng, to_tensor, transform_image
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Bad data: the message names the folder or file and what is wrong."""
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files under folder, recursively, sorted (the reference's listing; extensions in any case)."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder} is not a folder (is --dataroot right, and does it have this split?)")
+    found = []
+    for root, _, names in os.walk(folder):
+        found += [os.path.join(root, n) for n in names if n.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(found)
+
+
+def open_rgb_or_l(path: str, mode: str = "RGB") -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "not an image I can read"
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Pairs (A, B) of a split, transformed as the reference does.
+
+    Layouts: <dataroot>/<phase>/*.jpg holding A|B side by side (split at int(width/2)), or <dataroot>/<phase>/A/
+    and <dataroot>/<phase>/B/ holding files of the same names.
+    """
+
+    def __init__(self, dataroot: str, phase: str = "train", direction: str = "AtoB", input_nc: int = 3,
+                 output_nc: int = 3, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
+                 flip: bool = True, max_dataset_size: int | None = None, seed: int = 0, skip_bad_images: bool = False):
+        if dataroot is None or not os.path.isdir(dataroot):
+            raise DataError(f"--dataroot {dataroot} is not a folder")
+        if "resize" in preprocess and load_size < crop_size:
+            raise DataError(f"--load_size {load_size} is smaller than --crop_size {crop_size}")
+        split = os.path.join(dataroot, phase)
+        if not os.path.isdir(split):
+            raise DataError(f"{split} does not exist: --dataroot {dataroot} has no '{phase}' split")
+        self.two_folders = os.path.isdir(os.path.join(split, "A")) and os.path.isdir(os.path.join(split, "B"))
+        if self.two_folders:
+            self.paths = self._match_two_folders(split)
+        else:
+            self.paths = [(p, p) for p in list_images(split)]
+        if max_dataset_size is not None:
+            self.paths = self.paths[:max_dataset_size]
+        if not self.paths:
+            raise DataError(f"{split} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        self.reverse = direction == "BtoA"
+        # After the direction swap, the model's input is grey iff input_nc == 1 (the reference reaches the same
+        # by choosing the file halves' channels with the direction, then swapping).
+        self.gray_a, self.gray_b = input_nc == 1, output_nc == 1
+        self.preprocess, self.load_size, self.crop_size, self.flip = preprocess, load_size, crop_size, flip
+        self.seed, self.epoch, self.skip_bad_images = seed, 0, skip_bad_images
+
+    @staticmethod
+    def _match_two_folders(split):
+        folder_a, folder_b = os.path.join(split, "A"), os.path.join(split, "B")
+        files_a = {os.path.relpath(p, folder_a): p for p in list_images(folder_a)}
+        files_b = {os.path.relpath(p, folder_b): p for p in list_images(folder_b)}
+        unmatched = sorted(set(files_a) ^ set(files_b))
+        if unmatched:
+            raise DataError(f"{split}: A/ and B/ must hold the same file names; unmatched: "
+                            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
+        return [(files_a[k], files_b[k]) for k in sorted(files_a)]
+
+    def set_epoch(self, epoch: int):
+        """Crops and flips of an epoch derive from (seed, epoch, index)."""
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.paths)
+
+    def load_halves(self, index):
+        path_a, path_b = self.paths[index]
+        if self.two_folders:
+            a, b = open_rgb_or_l(path_a), open_rgb_or_l(path_b)
+        else:
+            ab = open_rgb_or_l(path_a)
+            w, h = ab.size
+            if w < 2:
+                raise DataError(f"{path_a}: {w}×{h} is too narrow to hold A|B side by side")
+            w2 = int(w / 2)
+            a, b = ab.crop((0, 0, w2, h)), ab.crop((w2, 0, w, h))
+        if self.preprocess == "crop" and min(a.size) < self.crop_size:
+            raise DataError(f"{path_a}: image half {a.size[0]}×{a.size[1]} is smaller than --crop_size "
+                            f"{self.crop_size}")
+        return (b, a, path_b, path_a) if self.reverse else (a, b, path_a, path_b)
+
+    def __getitem__(self, index):
+        try:
+            a, b, path_a, path_b = self.load_halves(index)
+        except DataError as exc:
+            if not self.skip_bad_images:
+                raise
+            warnings.warn(f"skipping: {exc}", stacklevel=2)
+            return None
+        params = sample_crop_flip(self.preprocess, self.load_size, self.crop_size, a.size,
+                                  sample_rng(self.seed, self.epoch, index))
+        common = dict(preprocess=self.preprocess, load_size=self.load_size, crop_size=self.crop_size,
+                      flip=self.flip)
+        img_a = transform_image(a, params, grayscale=self.gray_a, **common)
+        img_b = transform_image(b, params, grayscale=self.gray_b, **common)
+        return {"A": to_tensor(img_a), "B": to_tensor(img_b), "A_paths": path_a, "B_paths": path_b,
+                "index": index}
+
+
+def collate_pairs(items):
+    """Drop skipped (unreadable) samples; None when a whole batch was skipped."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    return torch.utils.data.default_collate(items)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that is a function of (seed, epoch), starting at a given position (for exact resume)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def order(self):
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self):
+        return self.n - self.start
+
+
+def make_loader(dataset: PairedDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0):
+    sampler = EpochSampler(len(dataset), seed, shuffle)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                         collate_fn=collate_pairs, drop_last=False,
+                                         persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return loader, sampler

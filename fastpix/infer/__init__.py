@@ -1,0 +1,1 @@
+"""Inference: the paper's test protocol over a split (protocol.py)."""

@@ -1,0 +1,79 @@
+"""Model factories with the reference's signatures: define_G, define_D.
+
+The returned modules' state_dict keys and shapes equal the reference's, so checkpoints move both ways.
+"""
+from fastpix.models.init import init_weights
+from fastpix.models.norm import get_norm_layer
+from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
+from fastpix.models.resnet import ResnetGenerator
+from fastpix.models.unet import UnetGenerator
+
+BACKENDS = ("eager", "triton")
+
+
+
+def resolve_backend(backend=None) -> str:
+    """Only the eager backend exists until the fused kernels land (issue #4); then triton becomes the CUDA default."""
+    if backend is None:
+        return "eager"
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "triton":
+        raise ValueError("--backend triton is not available yet: the fused kernels arrive with issue #4; "
+                         "use --backend eager")
+    return backend
+
+
+def unet_num_downs(netG: str):
+    """unet_<size> has log2(size) downsamplings; None for other generators."""
+    if not netG.startswith("unet_"):
+        return None
+    size = int(netG[5:])
+    if size < 32 or size & (size - 1):
+        raise ValueError(f"--netG {netG}: the U-Net size must be a power of two >= 32 (unet_32 ... unet_512)")
+    return size.bit_length() - 1
+
+
+def _apply_backend(net, backend):
+    net.backend = resolve_backend(backend)
+    return net
+
+
+def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02,
+             backend=None):
+    norm_layer = get_norm_layer(norm)
+    if netG in ("resnet_9blocks", "resnet_6blocks"):
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=int(netG[7]))
+    elif netG.startswith("unet_"):
+        net = UnetGenerator(input_nc, output_nc, unet_num_downs(netG), ngf, norm_layer, use_dropout)
+    else:
+        raise ValueError(f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, "
+                         "resnet_9blocks)")
+    return _apply_backend(init_weights(net, init_type, init_gain), backend)
+
+
+def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal", init_gain=0.02, backend=None):
+    norm_layer = get_norm_layer(norm)
+    if netD == "basic":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer)
+    elif netD == "n_layers":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer)
+    elif netD == "pixel":
+        net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
+    else:
+        raise ValueError(f"--netD {netD!r} is not one of basic, n_layers, pixel")
+    return _apply_backend(init_weights(net, init_type, init_gain), backend)
+
+
+def build_models(model_cfg, backend=None):
+    """G and D for a ModelConfig (D sees the pair, so input_nc + output_nc channels)."""
+    backend = model_cfg.backend if backend is None else backend
+    G = define_G(model_cfg.input_nc, model_cfg.output_nc, model_cfg.ngf, model_cfg.netG, model_cfg.norm,
+                 not model_cfg.no_dropout, model_cfg.init_type, model_cfg.init_gain, backend)
+    D = define_D(model_cfg.input_nc + model_cfg.output_nc, model_cfg.ndf, model_cfg.netD, model_cfg.n_layers_D,
+                 model_cfg.norm, model_cfg.init_type, model_cfg.init_gain, backend)
+    return G, D
+
+
+__all__ = ["define_G", "define_D", "build_models", "init_weights", "get_norm_layer", "resolve_backend",
+           "unet_num_downs"]

@@ -1,0 +1,27 @@
+"""The results page of `fastpix test`: <dir>/index.html and <dir>/images/<stem>_<label>.png, as the reference."""
+from __future__ import annotations
+
+import html
+import os
+
+from PIL import Image
+
+
+def save_png(array, path):
+    Image.fromarray(array).save(path)
+
+
+def write_index(folder: str, title: str, rows: list[tuple[str, list[tuple[str, str]]]], width: int = 256,
+                header_html: str = ""):
+    """rows: (heading, [(label, image file relative to folder), ...]); one heading and one row of images each."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h1>{html.escape(title)}</h1>", header_html]
+    for heading, images in rows:
+        parts.append(f"<h3>{html.escape(heading)}</h3><table><tr>")
+        for label, src in images:
+            parts.append(f"<td style='text-align:center'><a href='{html.escape(src)}'><img src='{html.escape(src)}' "
+                         f"style='width:{width}px'></a><br>{html.escape(label)}</td>")
+        parts.append("</tr></table>")
+    parts.append("</body></html>")
+    with open(os.path.join(folder, "index.html"), "w") as f:
+        f.write("\n".join(parts))

@@ -1,0 +1,176 @@
+"""`fastpix train`: epochs of Pix2PixStep over a PairedDataset, with logs, samples and exact resume.
+
+Resume is exact because everything random is either a function of (seed, epoch, index) — the shuffle, the
+crops and flips — or saved: the torch RNG (dropout), the optimizers, and the position inside the epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastpix import checkpoint as ckpt
+from fastpix.data.dataset import PairedDataset, make_loader
+from fastpix.data.transforms import to_image_array
+from fastpix.models import build_models
+from fastpix.train.schedule import lr_multiplier
+from fastpix.train.step import LOSS_NAMES, Pix2PixStep
+
+
+def default_device(device=None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def sample_grid(real_A, fake_B, real_B, max_rows=4) -> Image.Image:
+    rows = [np.concatenate([to_image_array(t[i]) for t in (real_A, fake_B, real_B)], axis=1)
+            for i in range(min(max_rows, real_A.shape[0]))]
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+class Run:
+    """The files of one training run: <checkpoints_dir>/<name>/."""
+
+    def __init__(self, checkpoints_dir, name):
+        self.dir = os.path.join(checkpoints_dir, name)
+
+    def path(self, filename):
+        return os.path.join(self.dir, filename)
+
+    def has_checkpoint(self):
+        return os.path.isfile(self.path("latest_train_state.pt"))
+
+    def log(self, record: dict):
+        with open(self.path("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(run: Run, G, D, step: Pix2PixStep, epoch: int, position: int, iteration: int,
+                    epoch_tag: str | None = None):
+    """Weights first, train state last: the state names the iteration its weights must carry."""
+    meta = {"iteration": iteration, "epoch": epoch, "position": position}
+    for tag in ["latest"] + ([epoch_tag] if epoch_tag else []):
+        ckpt.save_weights(run.path(f"{tag}_net_G.safetensors"), G, meta)
+        ckpt.save_weights(run.path(f"{tag}_net_D.safetensors"), D, meta)
+    state = {"epoch": epoch, "position": position, "iteration": iteration, "optimizers": step.state_dict(),
+             "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    ckpt.save_train_state(run.path("latest_train_state.pt"), state)
+
+
+def load_checkpoint(run: Run, G, D, step: Pix2PixStep) -> dict:
+    state = ckpt.load_train_state(run.path("latest_train_state.pt"))
+    for net, tag in ((G, "G"), (D, "D")):
+        path = run.path(f"latest_net_{tag}.safetensors")
+        ckpt.load_into(net, path)
+        saved_at = ckpt.weights_metadata(path).get("iteration")
+        if saved_at is not None and int(saved_at) != state["iteration"]:
+            raise ckpt.CheckpointError(f"{path} is from iteration {saved_at} but the train state is from "
+                                       f"{state['iteration']}: the last save was interrupted")
+    step.load_state_dict(state["optimizers"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state
+
+
+def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
+    """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem."""
+    device = default_device(train_cfg.device)
+    run = Run(train_cfg.checkpoints_dir, train_cfg.name)
+    if run.has_checkpoint() and not (train_cfg.continue_train or overwrite):
+        raise ckpt.CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
+                                   "--overwrite to start again, or another --name")
+    torch.manual_seed(train_cfg.seed)
+    dataset = PairedDataset(data_cfg.dataroot, "train", data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
+                            data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
+                            data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
+    loader, sampler = make_loader(dataset, train_cfg.batch_size, True, data_cfg.num_threads, train_cfg.seed)
+    G, D = build_models(model_cfg)
+    G.to(device).train()
+    D.to(device).train()
+    step = Pix2PixStep(G, D, train_cfg.lr, train_cfg.beta1, train_cfg.gan_mode, train_cfg.lambda_L1)
+
+    epoch, position, iteration = train_cfg.epoch_count, 0, 0
+    if train_cfg.continue_train and run.has_checkpoint():
+        state = load_checkpoint(run, G, D, step)
+        epoch, position, iteration = state["epoch"], state["position"], state["iteration"]
+    elif train_cfg.continue_train:
+        raise ckpt.CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume")
+    else:
+        os.makedirs(run.dir, exist_ok=True)
+        if os.path.exists(run.path("metrics.jsonl")):
+            os.remove(run.path("metrics.jsonl"))
+    ckpt.save_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
+                                             "data": dataclasses.asdict(data_cfg),
+                                             "train": dataclasses.asdict(train_cfg)})
+
+    last_epoch = train_cfg.n_epochs + train_cfg.n_epochs_decay
+    batches_per_epoch = -(-len(dataset) // train_cfg.batch_size)
+    planned = (last_epoch - train_cfg.epoch_count + 1) * batches_per_epoch
+    if train_cfg.max_iters is not None:
+        planned = min(planned, train_cfg.max_iters)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=planned, initial=min(iteration, planned), unit="it", dynamic_ncols=True)
+
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        while epoch <= last_epoch and (train_cfg.max_iters is None or iteration < train_cfg.max_iters):
+            lr = train_cfg.lr * lr_multiplier(train_cfg.lr_policy, epoch, train_cfg.epoch_count, train_cfg.n_epochs,
+                                              train_cfg.n_epochs_decay, train_cfg.lr_decay_iters)
+            step.set_lr(lr)
+            sampler.set_position(epoch, position)
+            dataset.set_epoch(epoch)
+            t_data = time.perf_counter()
+            for batch in loader:
+                position = min(position + train_cfg.batch_size, len(dataset))
+                if batch is None:
+                    continue
+                t_start = time.perf_counter()
+                real_A = batch["A"].to(device, non_blocking=True)
+                real_B = batch["B"].to(device, non_blocking=True)
+                losses = step(real_A, real_B)
+                iteration += 1
+                if iteration % train_cfg.print_freq == 0 or iteration == 1:
+                    values = {k: round(float(losses[k]), 5) for k in LOSS_NAMES}
+                    t_now = time.perf_counter()
+                    n = real_A.shape[0]
+                    run.log({"epoch": epoch, "iter": iteration, "lr": lr, **values,
+                             "time_per_image": (t_now - t_start) / n, "data_time": t_start - t_data,
+                             "img_per_s": n / max(t_now - t_data, 1e-9)})
+                    if bar is not None:
+                        bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in values.items()})
+                if iteration % train_cfg.display_freq == 0 or iteration == 1:
+                    os.makedirs(run.path("samples"), exist_ok=True)
+                    sample_grid(real_A, step.fake_B, real_B).save(run.path(f"samples/iter_{iteration:07d}.png"))
+                if bar is not None:
+                    bar.update(1)
+                done = train_cfg.max_iters is not None and iteration >= train_cfg.max_iters
+                if done or interrupted or iteration % train_cfg.save_latest_freq == 0:
+                    at_end = position >= len(dataset)
+                    save_checkpoint(run, G, D, step, epoch + at_end, 0 if at_end else position, iteration)
+                if done or interrupted:
+                    break
+                t_data = time.perf_counter()
+            if interrupted or (train_cfg.max_iters is not None and iteration >= train_cfg.max_iters):
+                break
+            epoch_tag = str(epoch) if epoch % train_cfg.save_epoch_freq == 0 else None
+            epoch, position = epoch + 1, 0
+            save_checkpoint(run, G, D, step, epoch, position, iteration, epoch_tag)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        if bar is not None:
+            bar.close()
+    if interrupted:
+        raise KeyboardInterrupt(f"interrupted at iteration {iteration}; saved {run.dir} (resume with "
+                                "--continue_train)")
+    return run.dir

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+import torch
+
+from fastpix.data.demo import write_demo_dataset
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small demo data set: 32×32 halves, 8 train / 3 val / 3 test pairs."""
+    root = str(tmp_path_factory.mktemp("tiny_data"))
+    return write_demo_dataset(root, 32, {"train": 8, "val": 3, "test": 3})
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none present)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+os.environ.setdefault("FASTPIX_TEST", "1")

@@ -1,0 +1,89 @@
+"""The `fastpix` command end to end on tiny configurations, with the reference's flag spellings."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from PIL import Image
+
+from fastpix import checkpoint as ckpt
+from fastpix.cli import main
+from fastpix.models import define_G
+
+TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32"]
+
+
+def test_train_test_export_with_reference_flags(tiny_data, workdir, capsys):
+    argv = ["train", "--dataroot", tiny_data, "--name", "facades_pix2pix", "--model", "pix2pix", "--direction",
+            "BtoA", "--batch_size", "2", "--n_epochs", "1", "--n_epochs_decay", "0", "--gpu_ids", "-1",
+            "--num_threads", "0", "--quiet", *TINY]
+    assert main(argv) == 0
+    run = workdir / "checkpoints" / "facades_pix2pix"
+    assert {"latest_net_G.safetensors", "latest_net_D.safetensors", "latest_train_state.pt", "config.json",
+            "metrics.jsonl"} <= set(os.listdir(run))
+
+    # test reads the architecture and direction from config.json; the paper's protocol by default
+    assert main(["test", "--name", "facades_pix2pix", "--num_test", "2"]) == 0
+    out = workdir / "results" / "facades_pix2pix" / "test_latest"
+    html = (out / "index.html").read_text()
+    assert html.count("<h3>") == 2 and "dropout on" in html
+    assert sorted(os.listdir(out / "images")) == [f"000{i}_{k}.png" for i in (0, 1)
+                                                  for k in ("fake_B", "real_A", "real_B")]
+    assert Image.open(out / "images" / "0000_fake_B.png").size == (32, 32)
+
+    assert main(["export", "--format", "pth", "--name", "facades_pix2pix", "--out", str(workdir / "pth")]) == 0
+    G = define_G(3, 3, 4, "unet_32", "batch", True, backend="eager")
+    G.load_state_dict(torch.load(workdir / "pth" / "latest_net_G.pth", weights_only=True), strict=True)
+    assert torch.equal(G.state_dict()["model.model.0.weight"],
+                       ckpt.load_weights(str(run / "latest_net_G.safetensors"))["model.model.0.weight"])
+
+
+def test_reference_checkpoint_folder_is_used_as_is(tiny_data, workdir):
+    """A reference user's checkpoints/<name>/latest_net_G.pth runs under `fastpix test --name <name>`."""
+    os.makedirs(workdir / "checkpoints" / "ref")
+    G = define_G(3, 3, 4, "unet_32", "batch", True, backend="eager")
+    torch.save(G.state_dict(), workdir / "checkpoints" / "ref" / "latest_net_G.pth")
+    argv = ["test", "--dataroot", tiny_data, "--name", "ref", "--eval", "--num_test", "1", *TINY]
+    assert main(argv) == 0
+    html = (workdir / "results" / "ref" / "test_latest" / "index.html").read_text()
+    assert "running statistics" in html
+
+
+def test_errors_name_the_problem(workdir, capsys):
+    assert main(["train", "--dataroot", str(workdir / "missing"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--dataroot" in err and "missing is not a folder" in err
+    assert main(["test", "--name", "nothing", "--dataroot", str(workdir)]) == 2
+    assert "no latest_net_G.safetensors or latest_net_G.pth" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_data, workdir):
+    argv = [sys.executable, "-m", "fastpix", "train", "--dataroot", tiny_data, "--name", "int", "--n_epochs",
+            "1000", "--num_threads", "0", "--print_freq", "1", "--quiet", *TINY]
+    proc = subprocess.Popen(argv, cwd=workdir, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "checkpoints" / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with --continue_train" in err
+    state = ckpt.load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))
+    assert state["iteration"] >= 3
+    resumed = ["train", "--dataroot", tiny_data, "--name", "int", "--continue_train", "--max_iters",
+               str(state["iteration"] + 1), "--num_threads", "0", "--quiet"]
+    assert main(resumed) == 0  # the architecture comes back from config.json
+    assert ckpt.load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))["iteration"] == \
+        state["iteration"] + 1
+
+
+def test_every_subcommand_has_help(capsys):
+    for cmd in ("train", "test", "data", "demo", "export"):
+        try:
+            main([cmd, "--help"])
+        except SystemExit as exc:
+            assert exc.code == 0
+        assert "default" in capsys.readouterr().out or cmd == "data"
