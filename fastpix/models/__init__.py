@@ -11,7 +11,6 @@ from fastpix.models.unet import UnetGenerator
 BACKENDS = ("eager", "triton")
 
 
-
 def resolve_backend(backend=None) -> str:
     """Only the eager backend exists until the fused kernels land (issue #4); then triton becomes the CUDA default."""
     if backend is None:
