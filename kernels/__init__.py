@@ -1,0 +1,1 @@
+"""fastpix.kernels: fused Triton kernels, one file per fused operation (kernel, launcher, autograd.Function)."""
