@@ -121,6 +121,7 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
         from tqdm import tqdm
         bar = tqdm(total=planned, initial=min(iteration, planned), unit="it", dynamic_ncols=True)
 
+    window_images, window_start = 0, time.perf_counter()  # throughput over the last logging window
     interrupted = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
@@ -140,15 +141,18 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
                 real_B = batch["B"].to(device, non_blocking=True)
                 losses = step(real_A, real_B)
                 iteration += 1
+                window_images += real_A.shape[0]
                 if iteration % train_cfg.print_freq == 0 or iteration == 1:
-                    values = {k: round(float(losses[k]), 5) for k in LOSS_NAMES}
+                    values = {k: round(float(losses[k]), 5) for k in LOSS_NAMES}  # the only host sync
                     t_now = time.perf_counter()
-                    n = real_A.shape[0]
+                    img_per_s = window_images / max(t_now - window_start, 1e-9)
+                    window_images, window_start = 0, t_now
                     run.log({"epoch": epoch, "iter": iteration, "lr": lr, **values,
-                             "time_per_image": (t_now - t_start) / n, "data_time": t_start - t_data,
-                             "img_per_s": n / max(t_now - t_data, 1e-9)})
+                             "time_per_image": (t_now - t_start) / real_A.shape[0], "data_time": t_start - t_data,
+                             "img_per_s": round(img_per_s, 2)})
                     if bar is not None:
-                        bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in values.items()})
+                        bar.set_postfix({"epoch": epoch, "img/s": f"{img_per_s:.1f}",
+                                         **{k: f"{v:.3f}" for k, v in values.items()}})
                 if iteration % train_cfg.display_freq == 0 or iteration == 1:
                     os.makedirs(run.path("samples"), exist_ok=True)
                     sample_grid(real_A, step.fake_B, real_B).save(run.path(f"samples/iter_{iteration:07d}.png"))
