@@ -26,7 +26,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
         flags += list(f.metadata.get("aliases", ()))
         kind = TYPES[str(f.type).split(" ")[0]]
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if kind is bool:
+        if kind is bool and f.default is None:  # a tri-state: unset means "decide from the device"
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
+        elif kind is bool:
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
             group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS,
@@ -92,11 +95,31 @@ def ensure_demo_data(size: int = 64) -> str:
     return folder
 
 
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv less `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args):
     from fastpix.train.loop import train
 
     given = apply_reference_args(vars(args))
     train_cfg = build_config(TrainConfig, given)
+    if train_cfg.nproc and train_cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from fastpix.train.distributed import relaunch_with_torchrun
+
+        code = relaunch_with_torchrun(train_cfg.nproc, without_flag(args.argv, "--nproc"))
+        if code:
+            raise SystemExit(code)
+        return
     saved = saved_config(train_cfg.checkpoints_dir, train_cfg.name) if train_cfg.continue_train else {}
     model_cfg = build_config(ModelConfig, saved, given)
     data_cfg = build_config(DataConfig, saved, given)
@@ -228,7 +251,9 @@ def main(argv=None) -> int:
     from fastpix.checkpoint import CheckpointError
     from fastpix.data.dataset import DataError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except (DataError, CheckpointError) as exc:

@@ -16,7 +16,7 @@ def opt(default, help, **kw):
 
 NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
 NET_D_CHOICES = ("basic", "n_layers", "pixel")
-NORM_CHOICES = ("batch", "instance", "none")
+NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
 INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
 PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 
@@ -30,12 +30,13 @@ class ModelConfig:
     netG: str = opt("unet_256", "generator architecture", choices=NET_G_CHOICES)
     netD: str = opt("basic", "discriminator architecture (basic = 70x70 PatchGAN)", choices=NET_D_CHOICES)
     n_layers_D: int = opt(3, "discriminator conv layers when --netD n_layers")
-    norm: str = opt("batch", "normalisation layer", choices=NORM_CHOICES)
+    norm: str = opt("batch", "normalisation layer (syncbatch: BatchNorm synchronised across GPUs)",
+                    choices=NORM_CHOICES)
     init_type: str = opt("normal", "weight initialisation", choices=INIT_CHOICES)
     init_gain: float = opt(0.02, "scale of the weight initialisation")
     no_dropout: bool = opt(False, "no dropout in the generator (pix2pix uses dropout 0.5 as its noise)")
-    backend: str = opt(None, "kernel backend (default: eager; triton arrives with the fused kernels)",
-                       choices=("eager", "triton"))
+    backend: str = opt(None, "eager, triton (fused kernels) or compile (torch.compile of eager; training only) "
+                       "(default: eager)", choices=("eager", "triton", "compile"))
 
 
 @dataclass
@@ -69,6 +70,11 @@ class TrainConfig:
     lambda_L1: float = opt(100.0, "weight of the L1 loss")
     seed: int = opt(0, "random seed: same seed and device give the same weights")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+    precision: str = opt(None, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler) (default: bf16 on GPUs "
+                         "that support it, else fp32)", choices=("fp32", "bf16", "fp16"))
+    cuda_graphs: bool = opt(None, "capture the whole iteration in a CUDA graph (default: on with CUDA, except "
+                            "with --backend compile)")
+    nproc: int = opt(None, "train on this many processes/GPUs (runs torchrun for you)")
     continue_train: bool = opt(False, "resume from the latest checkpoint of --name", aliases=("--resume",))
     save_epoch_freq: int = opt(5, "save <epoch>_net_*.safetensors every this many epochs")
     save_latest_freq: int = opt(5000, "save the latest checkpoint every this many iterations")

@@ -82,8 +82,8 @@ def test_linear_policy_is_the_reference_lambda_rule():
 
 
 def configs(data, tmp_path, **train_overrides):
-    model = ModelConfig(netG="unet_32", ngf=4, ndf=4)
-    data_cfg = DataConfig(dataroot=data, load_size=36, crop_size=32, num_threads=0)
+    model = ModelConfig(netG="unet_64", ngf=4, ndf=4)  # unet_64 has a dropout level: resume must restore its RNG
+    data_cfg = DataConfig(dataroot=data, load_size=72, crop_size=64, num_threads=0)
     train_cfg = TrainConfig(name="run", checkpoints_dir=str(tmp_path), batch_size=2, n_epochs=1, n_epochs_decay=2,
                             print_freq=1, display_freq=3, save_epoch_freq=1, seed=11)
     return model, data_cfg, dataclasses.replace(train_cfg, **train_overrides)
@@ -130,7 +130,7 @@ def test_refuses_to_overwrite_a_run_and_detects_a_torn_save(tiny_data, tmp_path)
     run = train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
     with pytest.raises(ckpt.CheckpointError, match="already holds a run"):
         train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
-    G, _ = tiny_models()
+    G = define_G(3, 3, 4, "unet_64", "batch", True, backend="eager")
     ckpt.save_weights(f"{run}/latest_net_G.safetensors", G, {"iteration": 99})
     with pytest.raises(ckpt.CheckpointError, match="iteration 99 but the train state is from 2"):
         train(*configs(tiny_data, tmp_path, max_iters=4, continue_train=True), progress=False)

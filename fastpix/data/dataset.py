@@ -128,10 +128,17 @@ def collate_pairs(items):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A shuffle that is a function of (seed, epoch), starting at a given position (for exact resume)."""
+    """A shuffle that is a function of (seed, epoch), starting at a given position (for exact resume).
 
-    def __init__(self, n: int, seed: int, shuffle: bool):
+    With several ranks, each global batch of global_batch samples is cut into equal per-rank slices, and the last
+    global batch is dropped when it is incomplete (every rank must take part in every step).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, global_batch: int = 1, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"--batch_size {global_batch} must be a multiple of the number of processes {world}")
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.global_batch, self.rank, self.world = global_batch, rank, world
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int = 0):
@@ -143,16 +150,30 @@ class EpochSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def indices(self):
+        remaining = self.order()[self.start:]
+        if self.world == 1:
+            return remaining
+        per_rank = self.global_batch // self.world
+        mine = []
+        for b in range(len(remaining) // self.global_batch):
+            first = b * self.global_batch + self.rank * per_rank
+            mine += remaining[first:first + per_rank]
+        return mine
+
     def __iter__(self):
-        return iter(self.order()[self.start:])
+        return iter(self.indices())
 
     def __len__(self):
-        return self.n - self.start
+        return len(self.indices())
 
 
-def make_loader(dataset: PairedDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0):
-    sampler = EpochSampler(len(dataset), seed, shuffle)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                         collate_fn=collate_pairs, drop_last=False,
-                                         persistent_workers=False, pin_memory=torch.cuda.is_available())
+def make_loader(dataset: PairedDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
+                rank: int = 0, world: int = 1):
+    """batch_size is the global batch; each rank's loader yields its slice of every global batch."""
+    sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world)
+    # Its own generator, so that creating an iterator does not draw from the global RNG (exact resume).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size // world, sampler=sampler,
+                                         num_workers=num_workers, collate_fn=collate_pairs, drop_last=False,
+                                         generator=torch.Generator(), pin_memory=torch.cuda.is_available())
     return loader, sampler

@@ -1,4 +1,4 @@
-"""`fastpix train`: epochs of Pix2PixStep over a PairedDataset, with logs, samples and exact resume.
+"""`fastpix train`: epochs of the pix2pix iteration over a PairedDataset, with logs, samples and exact resume.
 
 Resume is exact because everything random is either a function of (seed, epoch, index) — the shuffle, the
 crops and flips — or saved: the torch RNG (dropout), the optimizers, and the position inside the epoch.
@@ -19,12 +19,21 @@ from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset, make_loader
 from fastpix.data.transforms import to_image_array
 from fastpix.models import build_models
+from fastpix.train import distributed
+from fastpix.train.engine import TrainEngine
+from fastpix.train.flops import peak_flops, train_flops_per_image
 from fastpix.train.schedule import lr_multiplier
-from fastpix.train.step import LOSS_NAMES, Pix2PixStep
+from fastpix.train.step import Pix2PixStep
 
 
 def default_device(device=None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_precision(precision, device: torch.device) -> str:
+    if precision is not None:
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def sample_grid(real_A, fake_B, real_B, max_rows=4) -> Image.Image:
@@ -75,27 +84,64 @@ def load_checkpoint(run: Run, G, D, step: Pix2PixStep) -> dict:
                                        f"{state['iteration']}: the last save was interrupted")
     step.load_state_dict(state["optimizers"])
     torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
+    if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state
 
 
+def wrap_for_training(G, D, model_cfg, world, device):
+    """The modules the step runs: DDP across ranks, SyncBatchNorm if asked, torch.compile for that backend.
+
+    Checkpoints are always written from the unwrapped G and D, so their keys stay the reference's.
+    """
+    G_run, D_run = G, D
+    if model_cfg.norm == "syncbatch":
+        if not world.distributed or device.type != "cuda":
+            raise ValueError("--norm syncbatch needs several GPU processes (--nproc N on CUDA)")
+        G_run = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G_run)
+        D_run = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D_run)
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        G_run = torch.nn.parallel.DistributedDataParallel(G_run, device_ids=ids)
+        D_run = torch.nn.parallel.DistributedDataParallel(D_run, device_ids=ids)
+    if model_cfg.backend == "compile":
+        G_run, D_run = torch.compile(G_run), torch.compile(D_run)
+    return G_run, D_run
+
+
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
     """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem."""
-    device = default_device(train_cfg.device)
+    world, device = distributed.setup(train_cfg.device)
+    try:
+        return _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress and world.is_main)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
     run = Run(train_cfg.checkpoints_dir, train_cfg.name)
     if run.has_checkpoint() and not (train_cfg.continue_train or overwrite):
         raise ckpt.CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
                                    "--overwrite to start again, or another --name")
+    precision = resolve_precision(train_cfg.precision, device)
+    cuda_graphs = train_cfg.cuda_graphs
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
     dataset = PairedDataset(data_cfg.dataroot, "train", data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
                             data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
                             data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
-    loader, sampler = make_loader(dataset, train_cfg.batch_size, True, data_cfg.num_threads, train_cfg.seed)
-    G, D = build_models(model_cfg)
-    G.to(device).train()
-    D.to(device).train()
-    step = Pix2PixStep(G, D, train_cfg.lr, train_cfg.beta1, train_cfg.gan_mode, train_cfg.lambda_L1)
+    loader, sampler = make_loader(dataset, train_cfg.batch_size, True, data_cfg.num_threads, train_cfg.seed,
+                                  world.rank, world.size)
+    G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    G.to(device, memory_format=memory_format).train()
+    D.to(device, memory_format=memory_format).train()
+    flops_per_image = train_flops_per_image(G, D, model_cfg.input_nc, model_cfg.output_nc, data_cfg.crop_size)
+    peak = peak_flops(device, precision)
+    G_run, D_run = wrap_for_training(G, D, model_cfg, world, device)
+    step = Pix2PixStep(G_run, D_run, train_cfg.lr, train_cfg.beta1, train_cfg.gan_mode, train_cfg.lambda_L1,
+                       precision, device.type, graph_safe=cuda_graphs)
 
     epoch, position, iteration = train_cfg.epoch_count, 0, 0
     if train_cfg.continue_train and run.has_checkpoint():
@@ -103,16 +149,21 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
         epoch, position, iteration = state["epoch"], state["position"], state["iteration"]
     elif train_cfg.continue_train:
         raise ckpt.CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume")
-    else:
+    elif world.is_main:
         os.makedirs(run.dir, exist_ok=True)
         if os.path.exists(run.path("metrics.jsonl")):
             os.remove(run.path("metrics.jsonl"))
-    ckpt.save_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
-                                             "data": dataclasses.asdict(data_cfg),
-                                             "train": dataclasses.asdict(train_cfg)})
+    if world.rank > 0:
+        torch.manual_seed(train_cfg.seed + 7919 * world.rank)  # other dropout masks on other ranks
+    engine = TrainEngine(step, device, cuda_graphs)
+    if world.is_main:
+        ckpt.save_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
+                                                 "data": dataclasses.asdict(data_cfg),
+                                                 "train": dataclasses.asdict(train_cfg)})
 
     last_epoch = train_cfg.n_epochs + train_cfg.n_epochs_decay
-    batches_per_epoch = -(-len(dataset) // train_cfg.batch_size)
+    batches_per_epoch = len(dataset) // train_cfg.batch_size if world.distributed else \
+        -(-len(dataset) // train_cfg.batch_size)
     planned = (last_epoch - train_cfg.epoch_count + 1) * batches_per_epoch
     if train_cfg.max_iters is not None:
         planned = min(planned, train_cfg.max_iters)
@@ -132,44 +183,57 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
             sampler.set_position(epoch, position)
             dataset.set_epoch(epoch)
             t_data = time.perf_counter()
+            stop = False
             for batch in loader:
                 position = min(position + train_cfg.batch_size, len(dataset))
                 if batch is None:
                     continue
                 t_start = time.perf_counter()
-                real_A = batch["A"].to(device, non_blocking=True)
-                real_B = batch["B"].to(device, non_blocking=True)
-                losses = step(real_A, real_B)
+                engine(batch["A"], batch["B"])
                 iteration += 1
-                window_images += real_A.shape[0]
-                if iteration % train_cfg.print_freq == 0 or iteration == 1:
-                    values = {k: round(float(losses[k]), 5) for k in LOSS_NAMES}  # the only host sync
+                window_images += batch["A"].shape[0] * world.size
+                done = train_cfg.max_iters is not None and iteration >= train_cfg.max_iters
+                log_now = iteration % train_cfg.print_freq == 0 or iteration == 1
+                if log_now or done:
+                    stop = distributed.any_rank(bool(interrupted), world, device)  # all ranks stop together
+                if log_now:
+                    values = engine.read_losses()  # the only host synchronisation of a logging window
                     t_now = time.perf_counter()
                     img_per_s = window_images / max(t_now - window_start, 1e-9)
+                    record = {"epoch": epoch, "iter": iteration, "lr": lr,
+                              **{k: round(v, 5) for k, v in values.items()},
+                              "img_per_s": round(img_per_s, 2),
+                              "ms_per_iter": round(1000 * (t_now - window_start) * world.size * batch["A"].shape[0]
+                                                   / max(window_images, 1), 3),
+                              "data_time": round(t_start - t_data, 5)}
+                    if peak:
+                        record["mfu"] = round(flops_per_image * img_per_s / peak, 4)
+                    if device.type == "cuda":
+                        record["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
                     window_images, window_start = 0, t_now
-                    run.log({"epoch": epoch, "iter": iteration, "lr": lr, **values,
-                             "time_per_image": (t_now - t_start) / real_A.shape[0], "data_time": t_start - t_data,
-                             "img_per_s": round(img_per_s, 2)})
+                    if world.is_main:
+                        run.log(record)
                     if bar is not None:
                         bar.set_postfix({"epoch": epoch, "img/s": f"{img_per_s:.1f}",
                                          **{k: f"{v:.3f}" for k, v in values.items()}})
-                if iteration % train_cfg.display_freq == 0 or iteration == 1:
+                if world.is_main and (iteration % train_cfg.display_freq == 0 or iteration == 1):
                     os.makedirs(run.path("samples"), exist_ok=True)
-                    sample_grid(real_A, step.fake_B, real_B).save(run.path(f"samples/iter_{iteration:07d}.png"))
+                    sample_grid(batch["A"], engine.fake_B, batch["B"]).save(
+                        run.path(f"samples/iter_{iteration:07d}.png"))
                 if bar is not None:
                     bar.update(1)
-                done = train_cfg.max_iters is not None and iteration >= train_cfg.max_iters
-                if done or interrupted or iteration % train_cfg.save_latest_freq == 0:
+                if world.is_main and (done or stop or iteration % train_cfg.save_latest_freq == 0):
                     at_end = position >= len(dataset)
                     save_checkpoint(run, G, D, step, epoch + at_end, 0 if at_end else position, iteration)
-                if done or interrupted:
+                if done or stop:
                     break
                 t_data = time.perf_counter()
-            if interrupted or (train_cfg.max_iters is not None and iteration >= train_cfg.max_iters):
+            if stop or (train_cfg.max_iters is not None and iteration >= train_cfg.max_iters):
                 break
             epoch_tag = str(epoch) if epoch % train_cfg.save_epoch_freq == 0 else None
             epoch, position = epoch + 1, 0
-            save_checkpoint(run, G, D, step, epoch, position, iteration, epoch_tag)
+            if world.is_main:
+                save_checkpoint(run, G, D, step, epoch, position, iteration, epoch_tag)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:

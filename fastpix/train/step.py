@@ -5,11 +5,14 @@ are separate); then the G step against the just-updated D, with D frozen: loss_G
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from fastpix.losses import gan_loss, l1_loss
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def set_requires_grad(net: torch.nn.Module, flag: bool):
@@ -18,44 +21,85 @@ def set_requires_grad(net: torch.nn.Module, flag: bool):
 
 
 class Pix2PixStep:
-    """Holds G, D and their Adam optimizers; calling it runs one iteration and returns the losses (tensors)."""
+    """Holds G, D and their Adam optimizers; calling it runs one iteration and returns the losses (tensors).
 
-    def __init__(self, G, D, lr=2e-4, beta1=0.5, gan_mode="vanilla", lambda_L1=100.0):
+    precision: fp32, or bf16/fp16 autocast (fp16 with a GradScaler whose state stays on the device).
+    graph_safe: what a CUDA graph needs — the learning rate in a device tensor (changed without recapture),
+    capturable Adam, and gradients zeroed in place rather than freed, so the captured kernels keep writing to
+    the tensors the optimizers read.
+    """
+
+    def __init__(self, G, D, lr=2e-4, beta1=0.5, gan_mode="vanilla", lambda_L1=100.0, precision="fp32",
+                 device_type="cpu", graph_safe=False):
         self.G, self.D = G, D
         self.gan_mode, self.lambda_L1 = gan_mode, lambda_L1
-        self.opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999))
-        self.opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999))
+        self.device_type, self.graph_safe = device_type, graph_safe
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision {precision!r} is not one of fp32, bf16, fp16")
+        self.precision = precision
+        fused = device_type == "cuda"
+        # A device tensor lr is read by the captured optimizer kernels at every replay.
+        lr_value = torch.tensor(lr, device=next(G.parameters()).device) if graph_safe else lr
+        self.opt_G = torch.optim.Adam(G.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None,
+                                      capturable=graph_safe)
+        lr_value = lr_value.clone() if graph_safe else lr
+        self.opt_D = torch.optim.Adam(D.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None,
+                                      capturable=graph_safe)
+        self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
         self.fake_B = None
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def set_lr(self, lr: float):
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
-                group["lr"] = lr
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)  # in place: a captured graph holds this very tensor
+                else:
+                    group["lr"] = lr
 
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict:
-        fake_B = self.G(real_A)
+        scaler, set_to_none = self.scaler, not self.graph_safe
+        with self.autocast():
+            fake_B = self.G(real_A)
 
         set_requires_grad(self.D, True)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode)
-        loss_D_real = gan_loss(self.D(torch.cat((real_A, real_B), 1)), True, self.gan_mode)
-        ((loss_D_fake + loss_D_real) * 0.5).backward()
-        self.opt_D.step()
+        self.opt_D.zero_grad(set_to_none=set_to_none)
+        with self.autocast():
+            loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode)
+            loss_D_real = gan_loss(self.D(torch.cat((real_A, real_B), 1)), True, self.gan_mode)
+        scaler.scale((loss_D_fake + loss_D_real) * 0.5).backward()
+        scaler.step(self.opt_D)
 
         set_requires_grad(self.D, False)
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G_GAN = gan_loss(self.D(torch.cat((real_A, fake_B), 1)), True, self.gan_mode)
-        loss_G_L1 = l1_loss(fake_B, real_B, self.lambda_L1)
-        (loss_G_GAN + loss_G_L1).backward()
-        self.opt_G.step()
+        self.opt_G.zero_grad(set_to_none=set_to_none)
+        with self.autocast():
+            loss_G_GAN = gan_loss(self.D(torch.cat((real_A, fake_B), 1)), True, self.gan_mode)
+            loss_G_L1 = l1_loss(fake_B.float(), real_B.float(), self.lambda_L1)
+        scaler.scale(loss_G_GAN + loss_G_L1).backward()
+        scaler.step(self.opt_G)
+        scaler.update()
 
         self.fake_B = fake_B.detach()
         return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
                 "D_fake": loss_D_fake.detach()}
 
     def state_dict(self):
-        return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}
+        state = {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state):
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            lrs = [g["lr"] for g in opt.param_groups]
+            opt.load_state_dict(state[key])
+            for group, lr in zip(opt.param_groups, lrs):
+                if isinstance(lr, torch.Tensor):  # keep the device tensor a graph may hold; set_lr refills it
+                    lr.fill_(float(group["lr"]))
+                    group["lr"] = lr
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
