@@ -193,6 +193,20 @@ def cmd_export(args):
         print(f"fastpix: wrote {target}")
 
 
+def cmd_bench(args):
+    from fastpix import bench
+
+    try:
+        code = bench.run(args.suite, args.json, args.select)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"fastpix bench: {exc}") from exc
+    if os.path.isfile(args.json):
+        print(bench.table(args.json))
+        print(f"fastpix bench: results in {args.json}")
+    if code:
+        raise SystemExit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.")
@@ -244,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write <epoch>_net_{G,D}.pth into (required)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("bench", help="benchmark fastpix against eager PyTorch on this machine")
+    p.add_argument("--suite", nargs="+", default=["train"], choices=("train", "kernels", "data", "infer"),
+                   help="which suites of bench/ to run (default: train)")
+    p.add_argument("--json", default="fastpix-bench.json", help="where to write the results (default: "
+                   "fastpix-bench.json)")
+    p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

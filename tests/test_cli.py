@@ -87,3 +87,21 @@ def test_every_subcommand_has_help(capsys):
         except SystemExit as exc:
             assert exc.code == 0
         assert "default" in capsys.readouterr().out or cmd == "data"
+
+
+def test_bench_table_shows_speedups_over_each_groups_baseline(tmp_path):
+    import json
+
+    from fastpix.bench import table
+
+    results = {"benchmarks": [
+        {"group": "train batch 1", "name": "ref", "stats": {"median": 0.010}, "extra_info": {"baseline": True,
+                                                                                         "img_per_s": 100.0}},
+        {"group": "train batch 1", "name": "fast", "stats": {"median": 0.004}, "extra_info": {"img_per_s": 250.0}},
+        {"group": "other", "name": "lonely", "stats": {"median": 0.001}, "extra_info": {}}]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    lines = {line.split()[2] if line.startswith("train") else line.split()[1]: line
+             for line in table(str(path)).splitlines()[1:]}
+    assert lines["fast"].endswith("2.50x") and "250.0" in lines["fast"]
+    assert lines["ref"].endswith("1.00x") and lines["lonely"].endswith("-")

@@ -1,0 +1,77 @@
+"""Training throughput: the reference's way against fastpix's, side by side in one run.
+
+(a) reference: eager fp32 NCHW, no graphs; (b) eager bf16 channels-last; (c) torch.compile (bf16 channels-last);
+(d) fastpix engine with CUDA graphs, backend eager; (e) the same with backend triton (when it exists).
+unet_256 + basic PatchGAN at 256² on a GPU, at batch 1, 16, 64. On a CPU the same cases run on a small
+configuration (unet_64, ngf 16, 64², batch 1 and 4) so the suite stays runnable anywhere; those numbers are
+not the GPU targets.
+Each timed call runs ITERS iterations and synchronises; extra_info holds img/s, ms/iteration, MFU, peak memory.
+"""
+import pytest
+import torch
+
+from conftest import synchronize
+from fastpix.models import define_D, define_G
+from fastpix.train.engine import TrainEngine
+from fastpix.train.flops import peak_flops, train_flops_per_image
+from fastpix.train.step import Pix2PixStep
+
+GPU = torch.cuda.is_available()
+CONFIG = dict(netG="unet_256", ngf=64, size=256) if GPU else dict(netG="unet_64", ngf=16, size=64)
+BATCHES = (1, 16, 64) if GPU else (1, 4)
+ITERS = 20 if GPU else 3
+CASES = {
+    "a_reference_fp32_nchw": dict(precision="fp32", channels_last=False, graphs=False, backend="eager"),
+    "b_eager_bf16_channels_last": dict(precision="bf16", channels_last=True, graphs=False, backend="eager"),
+    "c_torch_compile": dict(precision="bf16", channels_last=True, graphs=False, backend="compile"),
+    "d_fastpix_graphs_eager": dict(precision="bf16", channels_last=True, graphs=True, backend="eager"),
+}
+
+
+def build(case, batch, device):
+    torch.manual_seed(0)
+    G = define_G(3, 3, CONFIG["ngf"], CONFIG["netG"], "batch", True, backend="eager")
+    D = define_D(6, CONFIG["ngf"], "basic", backend="eager")
+    fmt = torch.channels_last if case["channels_last"] else torch.contiguous_format
+    G.to(device, memory_format=fmt)
+    D.to(device, memory_format=fmt)
+    flops = train_flops_per_image(G, D, 3, 3, CONFIG["size"])
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if case["backend"] == "compile" else (G, D)
+    precision = case["precision"] if GPU else "fp32"  # CPU autocast would measure something else entirely
+    step = Pix2PixStep(G_run, D_run, precision=precision, device_type=device.type, graph_safe=case["graphs"])
+    engine = TrainEngine(step, device, cuda_graphs=case["graphs"] and GPU)
+    engine.channels_last = case["channels_last"]
+    A = torch.rand(batch, 3, CONFIG["size"], CONFIG["size"], device=device) * 2 - 1
+    B = torch.rand(batch, 3, CONFIG["size"], CONFIG["size"], device=device) * 2 - 1
+    return engine, A, B, flops, precision
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_train_iteration(benchmark, case_name, batch, device):
+    case = CASES[case_name]
+    if case["graphs"] and not GPU:
+        pytest.skip("CUDA graphs need a GPU")
+    engine, A, B, flops, precision = build(case, batch, device)
+    for _ in range(5):  # warm-up: graph capture, compilation, cuDNN autotuning
+        engine(A, B)
+    synchronize()
+    if GPU:
+        torch.cuda.reset_peak_memory_stats()
+
+    def iterations():
+        for _ in range(ITERS):
+            engine(A, B)
+        synchronize()
+
+    benchmark.group = f"train batch {batch}"
+    benchmark.pedantic(iterations, rounds=5 if GPU else 2, iterations=1, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median / ITERS
+    img_per_s = batch / seconds
+    peak = peak_flops(device, precision)
+    benchmark.extra_info.update({
+        "case": case_name, "batch": batch, "baseline": case_name.startswith("a_"), "config": CONFIG, "precision": precision,
+        "ms_per_iter": 1000 * seconds, "img_per_s": img_per_s, "gflop_per_image": flops / 1e9,
+        "tflops": flops * img_per_s / 1e12, "mfu": flops * img_per_s / peak if peak else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if GPU else None})
+    engine.read_losses()
