@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) "triton==3.9.0"
 	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m fastpix --version
+	$(PY) -m fastpix info
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -193,6 +193,20 @@ def cmd_export(args):
         print(f"fastpix: wrote {target}")
 
 
+def cmd_info(args):
+    import torch
+    import triton
+
+    from fastpix.data.decode import backend as decode_backend
+
+    print(f"fastpix {__version__}")
+    print(f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    print(f"image decoder: {decode_backend()}"
+          + ("" if decode_backend() == "native" else " (the C++ decoder was not built: libjpeg/libpng headers "
+             "missing at install time)"))
+
+
 def cmd_bench(args):
     from fastpix import bench
 
@@ -257,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", default="latest", help="which checkpoint (default: latest)")
     p.add_argument("--out", required=True, help="folder to write <epoch>_net_{G,D}.pth into (required)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="versions, devices and the active image decoder")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="benchmark fastpix against eager PyTorch on this machine")
     p.add_argument("--suite", nargs="+", default=["train"], choices=("train", "kernels", "data", "infer"),

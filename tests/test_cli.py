@@ -81,12 +81,16 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_data, workdir):
 
 
 def test_every_subcommand_has_help(capsys):
-    for cmd in ("train", "test", "data", "demo", "export"):
+    for cmd in ("train", "test", "data", "demo", "export", "bench", "info"):
         try:
             main([cmd, "--help"])
         except SystemExit as exc:
             assert exc.code == 0
-        assert "default" in capsys.readouterr().out or cmd == "data"
+        assert "default" in capsys.readouterr().out or cmd in ("data", "info")
+    from fastpix.data.decode import backend
+
+    assert main(["info"]) == 0
+    assert f"image decoder: {backend()}" in capsys.readouterr().out
 
 
 def test_bench_table_shows_speedups_over_each_groups_baseline(tmp_path):
