@@ -78,7 +78,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image"],
+        "tensorboard": ["tensorboard"],
+        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard"],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

@@ -65,8 +65,8 @@ class TrainConfig:
     beta1: float = opt(0.5, "Adam momentum term beta1")
     lr_policy: str = opt("linear", "learning rate policy", choices=("linear", "step", "cosine"))
     lr_decay_iters: int = opt(50, "multiply by 0.1 every lr_decay_iters epochs (--lr_policy step)")
-    gan_mode: str = opt("vanilla", "GAN objective (vanilla = BCE on logits, lsgan = MSE)",
-                        choices=("vanilla", "lsgan"))
+    gan_mode: str = opt("vanilla", "GAN objective (vanilla = BCE on logits, lsgan = MSE, none = L1 only: the "
+                        "paper's L1 baseline, no discriminator)", choices=("vanilla", "lsgan", "none"))
     lambda_L1: float = opt(100.0, "weight of the L1 loss")
     seed: int = opt(0, "random seed: same seed and device give the same weights")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
@@ -79,7 +79,8 @@ class TrainConfig:
     save_epoch_freq: int = opt(5, "save <epoch>_net_*.safetensors every this many epochs")
     save_latest_freq: int = opt(5000, "save the latest checkpoint every this many iterations")
     print_freq: int = opt(100, "write losses to metrics.jsonl every this many iterations")
-    display_freq: int = opt(400, "save a sample grid (A, G(A), B) every this many iterations")
+    display_freq: int = opt(400, "save a sample grid (A, G(A), B) and the loss plot every this many iterations")
+    tensorboard: bool = opt(False, "also log scalars and sample grids for TensorBoard (pip install tensorboard)")
 
 
 @dataclass

@@ -10,7 +10,7 @@ def gan_loss(logits: torch.Tensor, target_is_real: bool, mode: str = "vanilla") 
         return F.binary_cross_entropy_with_logits(logits, target)
     if mode == "lsgan":
         return F.mse_loss(logits, target)
-    raise ValueError(f"--gan_mode {mode!r} is not one of vanilla, lsgan")
+    raise ValueError(f"--gan_mode {mode!r} is not one of vanilla, lsgan (none trains no discriminator)")
 
 
 def l1_loss(output: torch.Tensor, target: torch.Tensor, weight: float = 1.0) -> torch.Tensor:

@@ -145,3 +145,24 @@ def test_metrics_log_and_samples(tiny_data, tmp_path):
     assert [r["iter"] for r in lines] == [1, 2, 3, 4]
     assert all(set(r) >= {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s"} for r in lines)
     assert sorted(os.listdir(f"{run}/samples")) == ["iter_0000001.png", "iter_0000003.png"]
+
+
+def test_l1_only_baseline_trains_no_discriminator(tiny_data, tmp_path):
+    G, D = tiny_models()
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    calls = []
+    D.register_forward_pre_hook(lambda *_: calls.append(1))
+    losses = Pix2PixStep(G, D, gan_mode="none")(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    assert not calls and all(torch.equal(v, D.state_dict()[k]) for k, v in before.items())
+    assert float(losses["G_L1"]) > 0 and float(losses["G_GAN"]) == 0
+
+
+def test_loss_plot_and_tensorboard(tiny_data, tmp_path):
+    import os
+
+    from PIL import Image
+
+    run = train(*configs(tiny_data, tmp_path, max_iters=4, tensorboard=True), progress=False)
+    assert Image.open(f"{run}/loss.png").size[0] > 500
+    events = [f for f in os.listdir(f"{run}/tensorboard") if f.startswith("events.out.tfevents")]
+    assert events and os.path.getsize(f"{run}/tensorboard/{events[0]}") > 500

@@ -19,6 +19,7 @@ from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset, make_loader
 from fastpix.data.transforms import to_image_array
 from fastpix.models import build_models
+from fastpix.plot import write_loss_plot
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
@@ -172,6 +173,10 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
         from tqdm import tqdm
         bar = tqdm(total=planned, initial=min(iteration, planned), unit="it", dynamic_ncols=True)
 
+    board = None
+    if train_cfg.tensorboard and world.is_main:
+        from torch.utils.tensorboard import SummaryWriter  # optional: pip install tensorboard
+        board = SummaryWriter(run.path("tensorboard"))
     window_images, window_start = 0, time.perf_counter()  # throughput over the last logging window
     interrupted = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -213,13 +218,20 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
                     window_images, window_start = 0, t_now
                     if world.is_main:
                         run.log(record)
+                    if board is not None:
+                        for key in ("G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s", "mfu"):
+                            if record.get(key) is not None:
+                                board.add_scalar(f"train/{key}", record[key], iteration)
                     if bar is not None:
                         bar.set_postfix({"epoch": epoch, "img/s": f"{img_per_s:.1f}",
                                          **{k: f"{v:.3f}" for k, v in values.items()}})
                 if world.is_main and (iteration % train_cfg.display_freq == 0 or iteration == 1):
                     os.makedirs(run.path("samples"), exist_ok=True)
-                    sample_grid(batch["A"], engine.fake_B, batch["B"]).save(
-                        run.path(f"samples/iter_{iteration:07d}.png"))
+                    grid = sample_grid(batch["A"], engine.fake_B, batch["B"])
+                    grid.save(run.path(f"samples/iter_{iteration:07d}.png"))
+                    write_loss_plot(run.path("metrics.jsonl"), run.path("loss.png"))
+                    if board is not None:
+                        board.add_image("samples/A_fake_B", np.asarray(grid), iteration, dataformats="HWC")
                 if bar is not None:
                     bar.update(1)
                 if world.is_main and (done or stop or iteration % train_cfg.save_latest_freq == 0):
@@ -238,6 +250,10 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
+        if board is not None:
+            board.close()
+        if world.is_main and os.path.isfile(run.path("metrics.jsonl")):
+            write_loss_plot(run.path("metrics.jsonl"), run.path("loss.png"))
     if interrupted:
         raise KeyboardInterrupt(f"interrupted at iteration {iteration}; saved {run.dir} (resume with "
                                 "--continue_train)")

@@ -65,6 +65,8 @@ class Pix2PixStep:
         scaler, set_to_none = self.scaler, not self.graph_safe
         with self.autocast():
             fake_B = self.G(real_A)
+        if self.gan_mode == "none":
+            return self._l1_only(fake_B, real_B)
 
         set_requires_grad(self.D, True)
         self.opt_D.zero_grad(set_to_none=set_to_none)
@@ -86,6 +88,17 @@ class Pix2PixStep:
         self.fake_B = fake_B.detach()
         return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
                 "D_fake": loss_D_fake.detach()}
+
+    def _l1_only(self, fake_B, real_B):
+        """The paper's L1 baseline: G trained on λ·L1 alone; D is neither run nor updated."""
+        self.opt_G.zero_grad(set_to_none=not self.graph_safe)
+        loss_G_L1 = l1_loss(fake_B.float(), real_B.float(), self.lambda_L1)
+        self.scaler.scale(loss_G_L1).backward()
+        self.scaler.step(self.opt_G)
+        self.scaler.update()
+        self.fake_B = fake_B.detach()
+        zero = torch.zeros((), device=fake_B.device)
+        return {"G_GAN": zero, "G_L1": loss_G_L1.detach(), "D_real": zero, "D_fake": zero}
 
     def state_dict(self):
         state = {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict()}
