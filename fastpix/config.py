@@ -72,6 +72,8 @@ class TrainConfig:
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
     precision: str = opt(None, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler) (default: bf16 on GPUs "
                          "that support it, else fp32)", choices=("fp32", "bf16", "fp16"))
+    tf32: bool = opt(False, "let fp32 convolutions and matmuls use TF32 tensor cores (faster, ~1e-3 relative "
+                     "error); off by default so that --precision fp32 means fp32")
     cuda_graphs: bool = opt(None, "capture the whole iteration in a CUDA graph (default: on with CUDA, except "
                             "with --backend compile)")
     nproc: int = opt(None, "train on this many processes/GPUs (runs torchrun for you)")

@@ -115,6 +115,21 @@ def gpu_configs(tiny_data, tmp_path, **train):
                                                         print_freq=1, seed=1, max_iters=8), **train)
 
 
+@pytest.mark.parametrize("tf32", [False, True])
+def test_fp32_means_fp32_unless_tf32_is_asked_for(tiny_data, tmp_path, tf32):
+    """cuDNN allows TF32 by default; fastpix's --precision fp32 turns it off unless --tf32 is given."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    model = ModelConfig(netG="unet_32", ngf=4, ndf=4, norm="instance")
+    data = DataConfig(dataroot=tiny_data, load_size=36, crop_size=32, num_threads=0)
+    cfg = TrainConfig(name="tf32", checkpoints_dir=str(tmp_path), max_iters=1, tf32=tf32)
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32
+        train(model, data, cfg, progress=False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_match_eager_losses(tiny_data, tmp_path):
     runs = {}
