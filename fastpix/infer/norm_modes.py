@@ -1,0 +1,152 @@
+"""Inference copies of a generator with a chosen BatchNorm and dropout behaviour (architecture.md, "Norm and dropout
+semantics"). The checkpoint's module is never changed: `inference_network` deep-copies it and swaps modules.
+
+norm_mode
+  instance  every BatchNorm normalises each sample by its own H×W statistics (biased variance, the layer's eps and
+            affine): an image's output does not depend on its batch neighbours, and at batch 1 this is exactly
+            train-mode BatchNorm, the paper's test protocol.
+  batch     train-mode BatchNorm over the whole batch (the paper's literal protocol), running statistics untouched.
+  running   eval-mode BatchNorm folded into the preceding conv / transposed conv, so no normalisation runs at all.
+InstanceNorm2d layers (norm 'instance') and Identity (norm 'none') are left as they are: all modes agree for them.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+NORM_MODES = ("instance", "batch", "running")
+
+
+class SampleNorm(nn.Module):
+    """A BatchNorm's affine applied after per-sample normalisation over H×W."""
+
+    def __init__(self, bn: _BatchNorm):
+        super().__init__()
+        self.eps = bn.eps
+        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
+        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        # Statistics in fp32 whatever the autocast dtype: a bf16 variance over a large image loses digits.
+        x32 = x.float()
+        var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
+        y = (x32 - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
+class BatchStatsNorm(nn.Module):
+    """Train-mode BatchNorm over the batch that never updates running statistics (it has none to update)."""
+
+    def __init__(self, bn: _BatchNorm):
+        super().__init__()
+        self.eps = bn.eps
+        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
+        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x):
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose mask for sample i comes from generators[i] alone, so it does not depend on the batch.
+
+    The predictor sets `generators` (one per sample, seeded by (seed, image index)) before each forward; the layers
+    of one forward draw from them in a fixed order, so every layer gets its own mask.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.generators: list[torch.Generator] = []
+
+    def forward(self, x):
+        if len(self.generators) != x.shape[0]:
+            raise RuntimeError(f"SeededDropout has {len(self.generators)} generators for a batch of {x.shape[0]}")
+        draws = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) for g in self.generators])
+        keep = (draws >= self.p).to(x.dtype)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+def sample_generator(seed: int, index: int, device) -> torch.Generator:
+    """A generator for image `index` of a request seeded `seed`; SeedSequence mixes the pair into a 63-bit seed."""
+    mixed = int(np.random.SeedSequence([seed % 2 ** 64, index]).generate_state(1, np.uint64)[0]) >> 1
+    return torch.Generator(device=device).manual_seed(mixed)
+
+
+def _fold_into(conv: nn.Module, bn: _BatchNorm):
+    """conv followed by eval-mode bn, as one conv: scale each output channel, shift its bias (in fp64)."""
+    if bn.running_mean is None:
+        raise ValueError(f"{bn}: cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    weight = torch.ones_like(var) if bn.weight is None else bn.weight.double()
+    shift = torch.zeros_like(var) if bn.bias is None else bn.bias.double()
+    scale = weight / torch.sqrt(var + bn.eps)
+    # Conv2d weights are [out, in, k, k]; ConvTranspose2d weights are [in, out, k, k].
+    out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+    if conv.groups != 1:
+        raise ValueError(f"{conv}: folding BatchNorm into a grouped convolution is not supported")
+    shape = [1] * conv.weight.dim()
+    shape[out_dim] = -1
+    old_bias = torch.zeros_like(var) if conv.bias is None else conv.bias.double()
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter((conv.weight.double() * scale.view(shape)).to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter((old_bias * scale + shift - mean * scale).to(dtype), requires_grad=False)
+
+
+def _fold_batchnorms(net: nn.Module):
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        for i, layer in enumerate(seq):
+            if isinstance(layer, _BatchNorm):
+                previous = seq[i - 1] if i > 0 else None
+                if not isinstance(previous, (nn.Conv2d, nn.ConvTranspose2d)):
+                    raise ValueError(f"norm_mode 'running': a BatchNorm at {i} of a Sequential is not preceded by a "
+                                     "conv to fold it into")
+                _fold_into(previous, layer)
+                seq[i] = nn.Identity()
+    leftover = [name for name, m in net.named_modules() if isinstance(m, _BatchNorm)]
+    if leftover:
+        raise ValueError(f"norm_mode 'running': BatchNorm outside a Sequential cannot be folded: {leftover}")
+
+
+def _swap(net: nn.Module, replace):
+    """Replace each submodule for which replace(module) returns a module (in place on `net`)."""
+    for name, child in net.named_children():
+        new = replace(child)
+        if new is not None:
+            setattr(net, name, new)
+        else:
+            _swap(child, replace)
+
+
+def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout: bool = False) -> nn.Module:
+    """A copy of `generator` in eval mode with BatchNorm per norm_mode and dropout off or per-sample seeded."""
+    if norm_mode not in NORM_MODES:
+        raise ValueError(f"norm_mode {norm_mode!r} is not one of {', '.join(NORM_MODES)}")
+    net = copy.deepcopy(generator).eval()
+    if norm_mode == "running":
+        _fold_batchnorms(net)
+    else:
+        norm_cls = SampleNorm if norm_mode == "instance" else BatchStatsNorm
+        _swap(net, lambda m: norm_cls(m) if isinstance(m, _BatchNorm) else None)
+    _swap(net, lambda m: (SeededDropout(m.p) if dropout else nn.Identity()) if isinstance(m, nn.Dropout) else None)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def seed_dropout(net: nn.Module, generators: list[torch.Generator]):
+    """Give every SeededDropout of `net` the per-sample generators of the next forward (one list, shared)."""
+    for m in net.modules():
+        if isinstance(m, SeededDropout):
+            m.generators = generators
+
+
+def has_dropout(net: nn.Module) -> bool:
+    return any(isinstance(m, SeededDropout) for m in net.modules())
