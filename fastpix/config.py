@@ -19,6 +19,7 @@ NET_D_CHOICES = ("basic", "n_layers", "pixel")
 NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
 INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
 PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
 
 
 @dataclass
@@ -48,8 +49,17 @@ class DataConfig:
     preprocess: str = opt("resize_and_crop", "scaling and cropping at load time", choices=PREPROCESS_CHOICES)
     no_flip: bool = opt(False, "do not flip images horizontally for augmentation")
     max_dataset_size: int = opt(None, "use at most this many images of the split")
-    num_threads: int = opt(2, "data loading worker processes")
+    num_threads: int = opt(2, "data loading workers: decode threads (cache, stream) or DataLoader processes "
+                           "(loader)")
     skip_bad_images: bool = opt(False, "warn about and skip unreadable images instead of stopping")
+    data_pipeline: str = opt("auto", "how training reads pairs: cache (decode and resize each pair once, then "
+                             "crop/flip/normalize batched on the device), stream (decode threads into a bounded "
+                             "ring of pinned buffers, for data sets too big to cache), loader (the reference's "
+                             "per-item DataLoader); auto = cache if it fits on the GPU, in RAM or on disk, else "
+                             "stream, and loader when --preprocess is not resize_and_crop",
+                             choices=DATA_PIPELINE_CHOICES)
+    cache_dir: str = opt(None, "folder of the decode-once cache (default: <dataroot>/.fastpix_cache)")
+
 
 
 @dataclass

@@ -51,6 +51,7 @@ class PairedDataset(torch.utils.data.Dataset):
         split = os.path.join(dataroot, phase)
         if not os.path.isdir(split):
             raise DataError(f"{split} does not exist: --dataroot {dataroot} has no '{phase}' split")
+        self.dataroot = dataroot
         self.two_folders = os.path.isdir(os.path.join(split, "A")) and os.path.isdir(os.path.join(split, "B"))
         if self.two_folders:
             self.paths = self._match_two_folders(split)

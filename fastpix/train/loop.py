@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from fastpix import checkpoint as ckpt
-from fastpix.data.dataset import PairedDataset, make_loader
+from fastpix.data.dataset import PairedDataset
+from fastpix.data.stream import make_pipeline
 from fastpix.data.transforms import to_image_array
 from fastpix.models import build_models
 from fastpix.plot import write_loss_plot
@@ -140,8 +141,10 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
     dataset = PairedDataset(data_cfg.dataroot, "train", data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
                             data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
                             data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
-    loader, sampler = make_loader(dataset, train_cfg.batch_size, True, data_cfg.num_threads, train_cfg.seed,
-                                  world.rank, world.size)
+    # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
+    loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
+                           data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir, progress=progress)
+    sampler = loader.sampler
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
     G.to(device, memory_format=memory_format).train()

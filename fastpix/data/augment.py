@@ -1,0 +1,99 @@
+"""Batched crop, flip and normalisation of load_size² uint8 pairs, equal bit for bit to PairedDataset's output.
+
+The crop offset and flip of sample i in epoch e are fastpix.data.transforms.sample_crop_flip(..., sample_rng(seed, e,
+i)): the draws PairedDataset makes, so a batch does not depend on who decoded it. Normalisation on a GPU goes
+through a 256-entry table computed on the CPU with to_tensor's float32 operations (/ 255, − 0.5, / 0.5): CUDA divides
+by a scalar as a multiplication by its reciprocal, which can differ in the last bit, and a table cannot. On the CPU,
+to_tensor's operations themselves run (the same kernels, so the same bits, and faster than a lookup).
+"""
+from __future__ import annotations
+
+import torch
+
+from fastpix.data.transforms import sample_crop_flip, sample_rng
+
+_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def normalize_table(device) -> torch.Tensor:
+    device = torch.device(device)
+    if device not in _TABLES:
+        cpu = torch.arange(256, dtype=torch.uint8).float().div(255).sub_(0.5).div_(0.5)
+        _TABLES[device] = cpu.to(device)
+    return _TABLES[device]
+
+
+def crop_flip_params(indices, seed: int, epoch: int, load_size: int, crop_size: int, flip: bool):
+    """(x, y, flipped) LongTensors, one entry per index, for the resize_and_crop preprocess."""
+    draws = [sample_crop_flip("resize_and_crop", load_size, crop_size, (load_size, load_size),
+                              sample_rng(seed, epoch, int(i))) for i in indices]
+    xs = torch.tensor([d.x for d in draws], dtype=torch.long)
+    ys = torch.tensor([d.y for d in draws], dtype=torch.long)
+    flipped = torch.tensor([flip and d.flip for d in draws], dtype=torch.bool)
+    return xs, ys, flipped
+
+
+def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | None = None,
+              pin: bool = False) -> torch.Tensor:
+    """Crops of src[rows] (src: (N, L, L, C) uint8 on any device) → (len(rows), C, crop, crop) uint8, a view of
+    NHWC memory.
+
+    On a GPU: one advanced-indexing gather, a flip being a reversed column index. On the CPU, per-sample row copies
+    and one batched flip are much faster than the gather. gather=None picks by device. pin: the CPU path writes
+    into pinned memory, ready for an asynchronous copy to a GPU.
+    """
+    dev = src.device
+    if not (dev.type != "cpu" if gather is None else gather):
+        xs, ys, flipped = (p.tolist() for p in params)
+        out = torch.empty((len(xs), crop_size, crop_size, src.shape[3]), dtype=torch.uint8, pin_memory=pin)
+        for k, (row, x, y) in enumerate(zip(rows, xs, ys)):
+            out[k].copy_(src[int(row), y:y + crop_size, x:x + crop_size])
+        mirrored = [k for k, f in enumerate(flipped) if f]
+        if mirrored:
+            out[mirrored] = out[mirrored].flip(2)
+        return out.permute(0, 3, 1, 2)
+    xs, ys, flipped = (p.to(dev, non_blocking=True) for p in params)
+    rows = torch.as_tensor(rows, dtype=torch.long).to(dev, non_blocking=True)
+    step = torch.arange(crop_size, device=dev)
+    cols = torch.where(flipped[:, None], crop_size - 1 - step, step) + xs[:, None]
+    lines = ys[:, None] + step
+    return src[rows[:, None, None], lines[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def normalize(crops: torch.Tensor, memory_format=torch.contiguous_format, table: bool | None = None) -> torch.Tensor:
+    """(B, C, H, W) uint8 → float32 in [−1, 1], bitwise as to_tensor, on crops' device, in memory_format.
+
+    table=None: the lookup table on GPUs (see the module doc); on the CPU to_tensor's own operations, which are
+    the same kernels there and faster than a lookup.
+    """
+    if not (crops.device.type != "cpu" if table is None else table):
+        out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device, memory_format=memory_format)
+        return out.copy_(crops).div_(255).sub_(0.5).div_(0.5)
+    lut = normalize_table(crops.device)
+    if memory_format == torch.channels_last:
+        nhwc = crops.permute(0, 2, 3, 1).contiguous()
+        return lut.index_select(0, nhwc.view(-1).int()).view(nhwc.shape).permute(0, 3, 1, 2)
+    return lut.index_select(0, crops.contiguous().view(-1).int()).view(crops.shape)
+
+
+def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool,
+            device=None):
+    """Crop/flip rows `rows` of the uint8 pair (a, b) as data-set items `indices`, normalise on `device`.
+
+    The crops are taken where a and b live (a CPU cache crops on the CPU, so only crop² bytes cross to the GPU).
+    Output: NCHW float32, contiguous on the CPU (as the DataLoader's), channels_last on CUDA (as the engine wants).
+    """
+    load_size = a.shape[1]
+    params = crop_flip_params(indices, seed, epoch, load_size, crop_size, flip)
+    device = a.device if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current device; a tensor names its index
+        device = torch.device("cuda", torch.cuda.current_device())
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    out = []
+    for src in (a, b):
+        moving = src.device != device
+        crops = crop_flip(src, rows, params, crop_size, pin=moving and device.type == "cuda")
+        if moving:  # crops are NHWC memory: move that, not a transposed copy
+            crops = crops.permute(0, 2, 3, 1).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        out.append(normalize(crops, memory_format))
+    return out[0], out[1]

@@ -1,0 +1,343 @@
+"""A decode-once cache of resized pairs, and a loader that serves batches from it.
+
+Only the "resize_and_crop" preprocess (the reference default) is cached: its resize does not depend on the epoch, so
+each pair is decoded and resized once to load_size² uint8 A and B; the random crop/flip and the normalisation happen
+per batch in fastpix.data.augment, equal bit for bit to PairedDataset's output. Other preprocess modes keep using
+PairedDataset through make_loader.
+
+The cache is built into files under a cache folder (default <dataroot>/.fastpix_cache): <stem>.a and <stem>.b hold
+the raw (N, L, L, C) uint8 arrays, <stem>.json the manifest. stem is a hash of the files' paths, sizes and mtimes and
+of the preprocessing options, so any change builds a new cache; the manifest is written last, after the arrays were
+renamed from temporary names, so an interrupted build is never taken for a complete one. The arrays are then kept on
+the GPU when they fit (under 25% of its free memory), else in (pinned) RAM when they fit (under half the available
+memory), else used memory-mapped from disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from fastpix.data.augment import augment
+from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
+from fastpix.data.decode import decode_pairs_into
+from fastpix.data.transforms import BICUBIC
+
+CACHE_VERSION = 1
+GPU_FRACTION, RAM_FRACTION = 0.25, 0.5
+PLACEMENTS = ("auto", "gpu", "memory", "memmap")
+
+
+# ------------------------------------------------------------------------------------------- shared with stream.py
+
+def channels(dataset: PairedDataset) -> tuple[int, int]:
+    return (1 if dataset.gray_a else 3), (1 if dataset.gray_b else 3)
+
+
+def check_cacheable(dataset: PairedDataset):
+    if dataset.preprocess != "resize_and_crop":
+        raise ValueError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
+                         "can): use --data_pipeline loader")
+
+
+def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
+    """Decode and resize items `indices` into out_a / out_b as PairedDataset does (the two sides after the
+    direction swap); one error message naming the file per failed item, else None."""
+    size = dataset.load_size
+    if not dataset.two_folders:
+        modes = ["L" if gray else "RGB" for gray in (dataset.gray_a, dataset.gray_b)]
+        files = [dataset.paths[i][0] for i in indices]
+        if dataset.reverse:  # the file's right half is the data set's A
+            return decode_pairs_into(files, out_b, out_a, (size, size), modes[::-1], threads=threads)
+        return decode_pairs_into(files, out_a, out_b, (size, size), modes, threads=threads)
+
+    def one(k):  # two folders: the reference chain on PIL, which releases the GIL while decoding and resizing
+        try:
+            a, b, _, _ = dataset.load_halves(indices[k])
+        except DataError as exc:
+            out_a[k], out_b[k] = 0, 0
+            return str(exc)
+        for img, gray, out in ((a, dataset.gray_a, out_a), (b, dataset.gray_b, out_b)):
+            img = (img.convert("L") if gray else img).resize((size, size), BICUBIC)
+            out[k] = np.asarray(img, dtype=np.uint8).reshape(out.shape[1:])
+        return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(one, range(len(indices))))
+
+
+def report_bad(errors: dict, skip: bool):
+    """errors: {index: message}. Raise naming the first file, or warn and let the caller exclude them."""
+    if not errors:
+        return
+    first = errors[min(errors)]
+    if not skip:
+        more = f" (and {len(errors) - 1} more bad files)" if len(errors) > 1 else ""
+        raise DataError(f"{first}{more}; pass --skip_bad_images to leave them out")
+    warnings.warn(f"skipping {len(errors)} unreadable pair(s), e.g. {first}", stacklevel=3)
+
+
+def paths_of(dataset: PairedDataset, indices) -> tuple[list[str], list[str]]:
+    pairs = [dataset.paths[i] for i in indices]
+    if dataset.reverse:
+        return [p[1] for p in pairs], [p[0] for p in pairs]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def make_batch(dataset: PairedDataset, indices: list[int], A: torch.Tensor, B: torch.Tensor) -> dict:
+    a_paths, b_paths = paths_of(dataset, indices)
+    return {"A": A, "B": B, "A_paths": a_paths, "B_paths": b_paths,
+            "index": torch.tensor(indices, dtype=torch.long)}
+
+
+def batch_plan(sampler: EpochSampler, per_rank: int) -> list[list[int]]:
+    """The DataLoader path's batches (drop_last=False over the sampler's indices)."""
+    order = sampler.indices()
+    return [order[i:i + per_rank] for i in range(0, len(order), per_rank)]
+
+
+# --------------------------------------------------------------------------------------------------- placement
+
+def available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cache_nbytes(dataset: PairedDataset) -> int:
+    ca, cb = channels(dataset)
+    return len(dataset) * dataset.load_size ** 2 * (ca + cb)
+
+
+def default_cache_dir(dataset: PairedDataset) -> str:
+    return os.path.join(dataset.dataroot, ".fastpix_cache")
+
+
+def disk_room(folder: str, nbytes: int) -> bool:
+    probe = folder
+    while not os.path.isdir(probe):
+        probe = os.path.dirname(probe) or "."
+    return os.access(probe, os.W_OK) and shutil.disk_usage(probe).free > nbytes * 1.02 + (64 << 20)
+
+
+def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1) -> str | None:
+    """Where the cache would live: "gpu", "memory", "memmap", or None when it fits nowhere.
+
+    copies: processes on this machine that each hold the cache (DDP ranks). Each keeps its own copy in RAM, while
+    memory-mapped files share one page cache, so RAM must hold all copies.
+    """
+    nbytes, device = cache_nbytes(dataset), torch.device(device)
+    if device.type == "cuda" and nbytes < GPU_FRACTION * torch.cuda.mem_get_info(device)[0]:
+        return "gpu"
+    if nbytes * max(1, copies) < RAM_FRACTION * available_ram():
+        return "memory"
+    if disk_room(cache_dir or default_cache_dir(dataset), nbytes):
+        return "memmap"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ cache
+
+def cache_key(dataset: PairedDataset) -> dict:
+    files = []
+    for pair in dataset.paths:
+        for p in dict.fromkeys(pair):  # an aligned pair names its file twice
+            st = os.stat(p)
+            files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    return {"version": CACHE_VERSION, "preprocess": "resize_and_crop", "load_size": dataset.load_size,
+            "channels": list(channels(dataset)), "direction": "BtoA" if dataset.reverse else "AtoB",
+            "two_folders": dataset.two_folders, "files": files}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(*paths):
+    for p in paths:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+
+
+class PairCache:
+    """All pairs of a data set, decoded and resized once: self.a (N, L, L, Ca) and self.b (N, L, L, Cb) uint8.
+
+    placement: "auto" | "gpu" | "memory" | "memmap" (see the module doc). self.hit tells whether an existing build
+    was reused; self.bad holds the indices that did not decode (empty unless skip_bad_images).
+    """
+
+    def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None, placement: str = "auto",
+                 threads: int = 2, progress: bool = True, chunk: int = 256):
+        check_cacheable(dataset)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
+        self.dataset, self.device = dataset, torch.device(device)
+        self.cache_dir = cache_dir or default_cache_dir(dataset)
+        n, size = len(dataset), dataset.load_size
+        ca, cb = channels(dataset)
+        self.shape_a, self.shape_b = (n, size, size, ca), (n, size, size, cb)
+        if placement == "auto":
+            placement = choose_placement(dataset, self.device, self.cache_dir)
+            if placement is None:
+                raise MemoryError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
+                                  f"device, in RAM nor in {self.cache_dir}: stream instead")
+        self.placement = placement
+        key = json.dumps(cache_key(dataset), sort_keys=True)
+        self.key = hashlib.sha256(key.encode()).hexdigest()
+        self.stem = os.path.join(self.cache_dir, f"pairs-{self.key[:20]}")
+        manifest = self._read_manifest()
+        self.hit = manifest is not None
+        sources = [self.stem + ".a", self.stem + ".b"]
+        if manifest is None and placement != "memmap" and not disk_room(self.cache_dir, cache_nbytes(dataset)):
+            warnings.warn(f"{self.cache_dir} is not writable or full: caching in memory only, for this run")
+            sources = [torch.empty(s, dtype=torch.uint8) for s in (self.shape_a, self.shape_b)]
+            manifest = {"bad": self._decode_all([t.numpy() for t in sources], threads, progress, chunk)}
+        elif manifest is None:
+            manifest = self._build(threads, progress, chunk)
+        errors = {int(k): v for k, v in manifest["bad"].items()}
+        report_bad(errors, dataset.skip_bad_images)
+        self.bad = frozenset(errors)
+        self.a, self.b = (self._place(src, shape) for src, shape in zip(sources, (self.shape_a, self.shape_b)))
+
+    def _read_manifest(self):
+        try:
+            with open(self.stem + ".json") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return None
+        sizes = [int(np.prod(s)) for s in (self.shape_a, self.shape_b)]
+        files_ok = all(os.path.exists(p) and os.path.getsize(p) == s
+                       for p, s in zip((self.stem + ".a", self.stem + ".b"), sizes))
+        return manifest if manifest.get("key") == self.key and files_ok else None
+
+    def _decode_all(self, arrays, threads, progress, chunk) -> dict:
+        from tqdm import tqdm
+
+        errors, n = {}, len(self.dataset)
+        with tqdm(total=n, unit="pair", desc=f"caching {n} pairs", disable=not progress, leave=False) as bar:
+            for start in range(0, n, chunk):
+                indices = list(range(start, min(start + chunk, n)))
+                stop = start + len(indices)
+                status = decode_into(self.dataset, indices, arrays[0][start:stop], arrays[1][start:stop], threads)
+                errors.update({str(i): msg for i, msg in zip(indices, status) if msg is not None})
+                bar.update(len(indices))
+        return errors
+
+    def _build(self, threads, progress, chunk):
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self._remove_orphans()
+        tmp = f".tmp{os.getpid()}"
+        names = [self.stem + ".a", self.stem + ".b"]
+        try:
+            shapes = (self.shape_a, self.shape_b)
+            arrays = [np.memmap(p + tmp, np.uint8, "w+", shape=s) for p, s in zip(names, shapes)]
+            errors = self._decode_all(arrays, threads, progress, chunk)
+            for arr in arrays:
+                arr.flush()
+            del arrays
+            for p in names:
+                os.replace(p + tmp, p)
+            manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
+                        "source": os.path.dirname(os.path.abspath(self.dataset.paths[0][0])), "bad": errors}
+            with open(self.stem + ".json" + tmp, "w") as f:
+                json.dump(manifest, f)
+            os.replace(self.stem + ".json" + tmp, self.stem + ".json")
+        finally:
+            _remove(*(p + tmp for p in names + [self.stem + ".json"]))
+        self._remove_stale(manifest["source"])
+        return manifest
+
+    def _remove_orphans(self):
+        """Temporary files of builds whose process died (killed, so its cleanup never ran) only take disk space."""
+        for name in os.listdir(self.cache_dir):
+            match = re.search(r"\.tmp(\d+)$", name)
+            if match and not _alive(int(match.group(1))):
+                _remove(os.path.join(self.cache_dir, name))
+
+    def _remove_stale(self, source):
+        """Older builds of the same folder (other files or options) are dead weight: remove them."""
+        for name in os.listdir(self.cache_dir):
+            stem = os.path.join(self.cache_dir, name[:-5])
+            if not name.endswith(".json") or stem == self.stem:
+                continue
+            try:
+                with open(stem + ".json") as f:
+                    if json.load(f).get("source") != source:
+                        continue
+            except (OSError, ValueError):
+                continue
+            _remove(stem + ".json", stem + ".a", stem + ".b")
+
+    def _place(self, source, shape):
+        n = int(np.prod(shape))
+        if torch.is_tensor(source):  # built in memory
+            mapped = source
+        else:
+            mapped = torch.from_file(source, shared=False, size=n, dtype=torch.uint8).view(shape)
+        if self.placement == "memmap" or (torch.is_tensor(source) and self.placement == "memory"
+                                          and self.device.type != "cuda"):
+            return mapped
+        if self.placement == "gpu":
+            out = torch.empty(shape, dtype=torch.uint8, device=self.device)
+            step = max(1, (256 << 20) // max(1, n // shape[0]))  # 256 MiB slices: bounded host staging
+            for i in range(0, shape[0], step):
+                out[i:i + step].copy_(mapped[i:i + step])
+            return out
+        pin = self.device.type == "cuda"
+        out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        out.copy_(mapped)
+        return out
+
+
+class CachedLoader:
+    """Batches from a PairCache, identical to make_loader's (same order, boundaries, crops, flips, keys).
+
+    Positioning: either call set_position(epoch, start), or, as with make_loader, sampler.set_position(epoch,
+    start) and dataset.set_epoch(epoch): the order comes from .sampler and the crops from .dataset.epoch/.seed, as
+    in the DataLoader path. A and B are on `device` (the cache's by default); "index" stays on the CPU.
+    """
+
+    def __init__(self, cache: PairCache, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 device=None, shuffle: bool = True):
+        self.cache, self.dataset = cache, cache.dataset
+        self.device = torch.device(device) if device is not None else cache.a.device
+        self.sampler = EpochSampler(len(self.dataset), seed, shuffle, batch_size, rank, world)
+        self.per_rank = batch_size // world
+
+    def set_position(self, epoch: int, start: int = 0):
+        self.sampler.set_position(epoch, start)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self):
+        return -(-len(self.sampler) // self.per_rank)
+
+    def __iter__(self):
+        ds, bad = self.dataset, self.cache.bad
+        for indices in batch_plan(self.sampler, self.per_rank):
+            indices = [i for i in indices if i not in bad]
+            if not indices:
+                yield None  # as collate_pairs does when a whole batch was unreadable
+                continue
+            A, B = augment(self.cache.a, self.cache.b, indices, indices, ds.seed, ds.epoch, ds.crop_size, ds.flip,
+                           self.device)
+            yield make_batch(ds, indices, A, B)

@@ -1,0 +1,287 @@
+"""The decode-once cache and its loader: batches equal make_loader's bit for bit; keying, rebuilds, bad files."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastpix.data import cache as C
+from fastpix.data.cache import CachedLoader, PairCache
+from fastpix.data.dataset import DataError, PairedDataset, make_loader
+from fastpix.data.demo import write_demo_dataset
+from fastpix.data.stream import make_pipeline
+
+KEYS = ("A", "B", "A_paths", "B_paths", "index")  # the DataLoader path's order
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return write_demo_dataset(str(tmp_path_factory.mktemp("pairs")), 32, {"train": 8})
+
+
+@pytest.fixture
+def data(pristine, tmp_path):
+    """A private copy: tests here change files and write cache folders."""
+    return shutil.copytree(pristine, str(tmp_path / "data"))
+
+
+def dataset(root, direction="AtoB", nc=(3, 3), flip=True, seed=5, load=40, crop=32, **kw):
+    return PairedDataset(root, "train", direction, nc[0], nc[1], load_size=load, crop_size=crop, flip=flip,
+                         seed=seed, **kw)
+
+
+def reference_batches(ds, batch_size, seed, epoch, start=0, rank=0, world=1):
+    loader, sampler = make_loader(ds, batch_size, True, 0, seed, rank, world)
+    sampler.set_position(epoch, start)
+    ds.set_epoch(epoch)
+    return list(loader)
+
+
+def pipeline_batches(pipe, epoch, start=0):
+    pipe.set_position(epoch, start)
+    return list(pipe)
+
+
+def assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+            continue
+        assert list(g) == list(w) == list(KEYS) and g["index"].dtype == torch.long
+        for key in KEYS:
+            assert (torch.equal(g[key], w[key]) if key in ("A", "B", "index") else g[key] == w[key]), key
+
+
+@pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
+@pytest.mark.parametrize("nc", [(3, 3), (1, 3), (3, 1)], ids=["rgb", "grey_in", "grey_out"])
+@pytest.mark.parametrize("flip", [True, False], ids=["flip", "noflip"])
+def test_cache_equals_paired_dataset(data, tmp_path, direction, nc, flip):
+    ds = dataset(data, direction, nc, flip)
+    pipe = CachedLoader(PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False), 3, seed=7)
+    for epoch in (1, 2):
+        assert_same_batches(pipeline_batches(pipe, epoch), reference_batches(ds, 3, 7, epoch))
+
+
+def test_loop_hooks_and_resume_and_ranks(data, tmp_path):
+    ds = dataset(data, seed=11)
+    cache = PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False)
+    pipe = CachedLoader(cache, 4, seed=3)
+    pipe.sampler.set_position(4, 2)  # the training loop's way
+    pipe.dataset.set_epoch(4)
+    assert_same_batches(list(pipe), reference_batches(ds, 4, 3, 4, start=2))
+    for rank in (0, 1):
+        pipe = CachedLoader(cache, 4, seed=3, rank=rank, world=2)
+        want = reference_batches(ds, 4, 3, 1, rank=rank, world=2)
+        assert len(pipe) == len(want) == 2
+        assert_same_batches(pipeline_batches(pipe, 1), want)
+
+
+def test_two_folder_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for side in "AB":
+        os.makedirs(tmp_path / "d" / "train" / side)
+        for i, (w, h) in enumerate([(30, 20), (24, 36), (33, 33)]):
+            pixels = rng.integers(0, 256, (h, w, 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "d" / "train" / side / f"{i}.png")
+    ds = dataset(str(tmp_path / "d"), "BtoA", (1, 3))
+    pipe = CachedLoader(PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False), 2, seed=1)
+    assert_same_batches(pipeline_batches(pipe, 3), reference_batches(ds, 2, 1, 3))
+
+
+def test_reuse_and_rebuild(data):
+    folder = os.path.join(data, ".fastpix_cache")  # the default place
+    assert not PairCache(dataset(data), progress=False).hit
+    assert PairCache(dataset(data), progress=False).hit
+    assert not PairCache(dataset(data, nc=(1, 3)), progress=False).hit  # options are part of the key
+    assert not PairCache(dataset(data, direction="BtoA"), progress=False).hit
+    assert not PairCache(dataset(data, load=36), progress=False).hit
+    assert PairCache(dataset(data, load=36), progress=False).hit
+    assert len([n for n in os.listdir(folder) if n.endswith(".json")]) == 1  # older builds were removed
+    victim = os.path.join(data, "train", "0002.png")
+    st = os.stat(victim)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not PairCache(dataset(data, load=36), progress=False).hit
+    # a changed file (same mtime, other content and size) is rebuilt, and the new pixels served
+    Image.open(os.path.join(data, "train", "0005.png")).save(victim, compress_level=0)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ds = dataset(data, load=36)
+    cache = PairCache(ds, progress=False)
+    assert not cache.hit
+    assert_same_batches(pipeline_batches(CachedLoader(cache, 8, seed=2), 0), reference_batches(ds, 8, 2, 0))
+
+
+def test_interrupted_build_is_not_reused(data, tmp_path, monkeypatch):
+    calls = []
+    real = C.decode_pairs_into
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "decode_pairs_into", failing)
+    folder = str(tmp_path / "c")
+    with pytest.raises(KeyboardInterrupt):
+        PairCache(dataset(data), cache_dir=folder, chunk=3, progress=False)
+    assert os.listdir(folder) == []  # no manifest, no temporary files
+    monkeypatch.setattr(C, "decode_pairs_into", real)
+    ds = dataset(data)
+    cache = PairCache(ds, cache_dir=folder, chunk=3, progress=False)
+    assert not cache.hit
+    assert_same_batches(pipeline_batches(CachedLoader(cache, 3, seed=0), 0), reference_batches(ds, 3, 0, 0))
+
+
+def test_memmap_placement(data, tmp_path):
+    ds = dataset(data, "BtoA", (3, 1))
+    cache = PairCache(ds, cache_dir=str(tmp_path / "c"), placement="memmap", progress=False)
+    assert cache.placement == "memmap"
+    with open(cache.stem + ".json") as f:
+        assert json.load(f)["key"] == cache.key
+    assert_same_batches(pipeline_batches(CachedLoader(cache, 5, seed=4), 3), reference_batches(ds, 5, 4, 3))
+
+
+def test_bad_file_named_or_skipped(data, tmp_path):
+    bad = os.path.join(data, "train", "0003.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(DataError, match="0003.png"):
+        PairCache(dataset(data), cache_dir=str(tmp_path / "c"), progress=False)
+    ds = dataset(data, skip_bad_images=True)
+    with pytest.warns(UserWarning, match="0003.png"):
+        cache = PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False)
+    assert cache.bad == {3}
+    pipe = CachedLoader(cache, 2, seed=1)
+    got = pipeline_batches(pipe, 0)
+    assert all(3 not in b["index"] for b in got if b is not None)
+    with pytest.warns(UserWarning):
+        assert_same_batches(got, reference_batches(ds, 2, 1, 0))
+    with pytest.raises(DataError, match="0003.png"):  # a cached record of a bad file still fails without skipping
+        PairCache(dataset(data), cache_dir=str(tmp_path / "c"), progress=False)
+
+
+def test_make_pipeline_modes(data, tmp_path):
+    ds = dataset(data)
+    pipe = make_pipeline(ds, 4, seed=2, cache_dir=str(tmp_path / "c"), progress=False)
+    assert pipe.mode == "cache"
+    want = reference_batches(ds, 4, 2, 1)
+    assert_same_batches(pipeline_batches(pipe, 1), want)
+    loader = make_pipeline(ds, 4, seed=2, mode="loader", num_threads=0)
+    assert_same_batches(pipeline_batches(loader, 1), want)
+    other = dataset(data, load=32)
+    other.preprocess = "scale_width_and_crop"
+    assert make_pipeline(other, 4, progress=False).mode == "loader"
+    with pytest.raises(ValueError, match="resize_and_crop"):
+        PairCache(other, cache_dir=str(tmp_path / "c"))
+
+
+def test_gather_crops_equal_sliced_crops():
+    """The GPU's gather path, run on the CPU, against the CPU's slicing path."""
+    from fastpix.data.augment import crop_flip, crop_flip_params
+
+    src = torch.randint(0, 256, (6, 20, 20, 3), dtype=torch.uint8)
+    rows, indices = [4, 0, 5, 2], [40, 10, 50, 20]
+    for epoch in range(4):
+        params = crop_flip_params(indices, 3, epoch, 20, 16, True)
+        assert torch.equal(crop_flip(src, rows, params, 16, gather=True), crop_flip(src, rows, params, 16, False))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_table_normalisation_equals_to_tensor(memory_format):
+    """The GPU's lookup-table path, run on the CPU, against to_tensor's operations."""
+    from fastpix.data.augment import normalize
+
+    crops = torch.arange(256, dtype=torch.uint8).repeat(6).view(2, 3, 16, 16)
+    want = crops.float().div(255).sub_(0.5).div_(0.5)
+    for table in (True, False):
+        got = normalize(crops, memory_format, table=table)
+        assert torch.equal(got, want) and got.is_contiguous(memory_format=memory_format)
+
+
+def test_unwritable_cache_folder_caches_in_memory(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "disk_room", lambda folder, nbytes: False)
+    ds = dataset(data)
+    with pytest.warns(UserWarning, match="in memory only"):
+        cache = PairCache(ds, cache_dir=str(tmp_path / "c"), placement="memory", progress=False)
+    assert not os.path.exists(tmp_path / "c")
+    assert_same_batches(pipeline_batches(CachedLoader(cache, 3, seed=1), 2), reference_batches(ds, 3, 1, 2))
+
+
+def test_batches_do_not_depend_on_worker_count(data, tmp_path):
+    """DataLoader worker processes (0 or 2) and cache build threads (1 or 2) all give the same batches."""
+    ds = dataset(data, seed=3)
+    want = reference_batches(ds, 3, 8, 2)
+    loader, sampler = make_loader(ds, 3, True, 2, 8)
+    sampler.set_position(2, 0)
+    ds.set_epoch(2)
+    assert_same_batches(list(loader), want)
+    for threads in (1, 2):
+        cache = PairCache(ds, cache_dir=str(tmp_path / f"c{threads}"), threads=threads, progress=False)
+        assert_same_batches(pipeline_batches(CachedLoader(cache, 3, seed=8), 2), want)
+
+
+def test_orphaned_temporary_files_are_removed(data, tmp_path):
+    """A build killed outright leaves .tmp<pid> files and no manifest: the next build removes them."""
+    import subprocess
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = folder / f"pairs-0123.a.tmp{dead.pid}"
+    orphan.write_bytes(b"\0" * 100)
+    live = folder / f"pairs-4567.a.tmp{os.getpid()}"  # a build still running (this process): left alone
+    live.write_bytes(b"\0" * 100)
+    cache = PairCache(dataset(data), cache_dir=str(folder), progress=False)
+    assert not cache.hit and not orphan.exists() and live.exists()
+
+
+def test_auto_pipeline_falls_back_to_streaming(data, tmp_path, monkeypatch):
+    ds = dataset(data)
+    monkeypatch.setattr(C, "available_ram", lambda: 0)
+    monkeypatch.setattr(C, "disk_room", lambda folder, nbytes: False)
+    pipe = make_pipeline(ds, 4, seed=2, cache_dir=str(tmp_path / "c"), progress=False)
+    assert pipe.mode == "stream"
+    assert_same_batches(pipeline_batches(pipe, 1), reference_batches(ds, 4, 2, 1))
+    with pytest.raises(MemoryError, match="--data_pipeline stream"):
+        make_pipeline(ds, 4, mode="cache", cache_dir=str(tmp_path / "c"), progress=False)
+
+
+def test_ranks_on_one_machine_share_ram(data, monkeypatch):
+    """Each DDP rank keeps its own in-RAM copy: with 4 local ranks, a cache that fits once may not fit four times."""
+    ds = dataset(data)
+    monkeypatch.setattr(C, "available_ram", lambda: 3 * C.cache_nbytes(ds))
+    assert C.choose_placement(ds, "cpu", None, copies=1) == "memory"
+    assert C.choose_placement(ds, "cpu", None, copies=4) == "memmap"
+
+
+# --------------------------------------------------------------------------------------------------- on a GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["gpu", "memory", "memmap"])
+def test_cache_on_cuda_equals_paired_dataset(data, tmp_path, placement):
+    """GPU-resident cache (crops gathered on the GPU), pinned RAM and memory-mapped caches (crops cut on the CPU
+    into pinned memory, copied asynchronously): batches equal the CPU DataLoader's bit for bit, channels_last."""
+    ds = dataset(data, "BtoA", (1, 3))
+    cache = PairCache(ds, "cuda", cache_dir=str(tmp_path / "c"), placement=placement, progress=False)
+    assert cache.a.device.type == ("cuda" if placement == "gpu" else "cpu")
+    if placement == "memory":
+        assert cache.a.is_pinned() and cache.b.is_pinned()
+    pipe = CachedLoader(cache, 3, seed=7, device="cuda")
+    for epoch in (0, 1):
+        got = pipeline_batches(pipe, epoch)
+        for batch in got:
+            assert batch["A"].is_cuda and batch["A"].is_contiguous(memory_format=torch.channels_last)
+        torch.cuda.synchronize()
+        assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
+                            reference_batches(ds, 3, 7, epoch))
+
+
+@pytest.mark.gpu
+def test_auto_placement_on_cuda_is_the_gpu(data, tmp_path):
+    pipe = make_pipeline(dataset(data), 4, device="cuda", cache_dir=str(tmp_path / "c"), progress=False)
+    assert pipe.mode == "cache" and pipe.cache.placement == "gpu" and pipe.cache.a.is_cuda
