@@ -1,0 +1,735 @@
+"""Convolution with BatchNorm statistics and activation fused in: implicit-GEMM Triton kernels over NHWC, their
+launchers, and the torch.autograd.Function that ties forward to backward.
+
+One GEMM kernel (`_conv_gemm_kernel`) serves four jobs, chosen by how the caller passes the weight strides and
+the TRANSPOSED flag:
+  conv forward      y[oh] = Σ x[oh·s − p + kh]·w[co, ci, kh]                     gather, reduce over ci
+  conv dgrad        dx    = the transposed conv of dy with the same weight          transposed, reduce over co
+  ConvT forward     y[oh] = Σ_{ih·s − p + kh = oh} x[ih]·w[ci, co, kh]           transposed, reduce over ci
+  ConvT dgrad       dx    = the conv of dy with the same weight                     gather, reduce over co
+The transposed form is the sub-pixel decomposition: output pixels are split into s×s classes by
+(oh + p) mod s, and a class only meets the taps kh ≡ (oh + p) mod s — for 4×4 stride 2 that is four 2×2-tap convs —
+so no zero is ever inserted or multiplied. A second kernel (`_wgrad_kernel`) computes the weight gradient as a
+split-K GEMM over output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
+
+Fusion (architecture.md, "The fused design"): a producer conv writes its raw output y and, in the epilogue,
+per-tile (count, mean, M2) partials that `_stats_finalize_kernel` (batch_norm_act.py) merges in a fixed order into
+the BatchNorm mean and rstd; a consumer conv reads y and applies z = (y − mean)·k + β with k = γ·rstd, then its
+activation (LeakyReLU/ReLU) and dropout, while loading the input tile: the normalised tensor is never written.
+The U-Net up conv reads its two inputs (skip, up) as two sources, each with its own (mean, k, β): the concat is
+never written either. G's last ConvT adds its bias and applies Tanh in the epilogue.
+
+Backward mirrors it. The incoming gradient of a conv whose output fed BatchNorm statistics is, per channel, an
+affine map of the raw output (d mean/dy = 1/n, d rstd/dy = −rstd³·(y − mean)/n), so dgrad and wgrad apply
+  dy ← dy + a + b·(y − mean),  a = g_mean/n,  b = −g_rstd·rstd³/n
+on load (and dy ← dy·(1 − t²) for Tanh). The dgrad epilogue recomputes z from the saved input, multiplies by the
+activation derivative and dropout mask, writes dx = dz·k, and per-tile partials of Σdz and Σdz·(x − mean) from
+which the gradients of the prologue's (mean, k, β) follow (`_grad_finalize_kernel`, batch_norm_act.py); autograd
+then carries them to γ, β and to the producer's mean/rstd — whose backward is the affine map above. Every
+reduction is two-stage with a fixed order: results are bitwise reproducible.
+
+Layout: activations are NCHW-shaped tensors stored channels_last (NHWC), weights keep torch's layout (conv
+[Cout, Cin, kh, kw], ConvT [Cin, Cout, kh, kw]) and are addressed through their strides. Operands are fp32, fp16
+or bf16 with fp32 accumulation; fp32 operands use TF32 exactly when torch.backends.cudnn.allow_tf32 would.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from fastpix.kernels.batch_norm_act import (
+    ACTIVATIONS, _activation, _activation_grad, _dropout_scale, _grad_finalize_kernel, _stats_finalize_kernel)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Jitted helpers
+# --------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _operand(X, U, PRM, RNG, offsets, mask, ch, ch_mask, C, slope, p, scale,
+             NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
+             TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr):
+    """Load a [rows, channels] tile of X at `offsets` and apply the fused prologue, in X's dtype.
+
+    Forward operands (a producer's raw output): v = dropout(act((x − mean)·k + β)), PRM fp32 [3, C] = (mean, k, β)
+    when NORM. Gradient operands: v = g·(1 − u²) when TANH_BWD (u the saved Tanh output), then
+    v = g + a + b·(u − mean) when BN_BWD (u the saved raw output, PRM = (mean, a, b)). Masked lanes (padding,
+    tails) are 0 after the prologue, as the zero padding of the activated tensor requires.
+    """
+    v = tl.load(X + offsets, mask=mask, other=0.0)
+    if NORM or ACT != 0 or DROP or TANH_BWD or BN_BWD:
+        v = v.to(tl.float32)
+        if NORM:
+            mean = tl.load(PRM + ch, mask=ch_mask, other=0.0)
+            k = tl.load(PRM + C + ch, mask=ch_mask, other=0.0)
+            beta = tl.load(PRM + 2 * C + ch, mask=ch_mask, other=0.0)
+            v = (v - mean[None, :]) * k[None, :] + beta[None, :]
+        v = _activation(v, slope, ACT)
+        if DROP:
+            v = v * _dropout_scale(RNG, offsets, p, scale)
+        if TANH_BWD or BN_BWD:
+            u = tl.load(U + offsets, mask=mask, other=0.0).to(tl.float32)
+            if TANH_BWD:
+                v = v * (1.0 - u * u)
+            if BN_BWD:
+                mean = tl.load(PRM + ch, mask=ch_mask, other=0.0)
+                a = tl.load(PRM + C + ch, mask=ch_mask, other=0.0)
+                b = tl.load(PRM + 2 * C + ch, mask=ch_mask, other=0.0)
+                v = v + a[None, :] + b[None, :] * (u - mean[None, :])
+        v = tl.where(mask, v, 0.0).to(X.dtype.element_ty)
+    return v
+
+
+@triton.jit
+def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, co, co_mask, w_tap, C, c_base, sw_c, sw_o,
+                       slope, p, scale, NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
+                       TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+                       BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc += A·B for one tap over all C channels of one source: A the [BLOCK_M, BLOCK_K] input tile at pixels
+    `pix` (int64, −1-free; `valid` masks padding), B the weight tile at reduction channels c_base + ch."""
+    for c0 in range(0, C, BLOCK_K):
+        ch = c0 + tl.arange(0, BLOCK_K)
+        ch_mask = ch < C
+        a = _operand(X, U, PRM, RNG, pix[:, None] * C + ch[None, :], valid[:, None] & ch_mask[None, :], ch,
+                     ch_mask, C, slope, p, scale, NORM, ACT, DROP, TANH_BWD, BN_BWD)
+        w_offsets = w_tap + (c_base + ch).to(tl.int64)[:, None] * sw_c + co.to(tl.int64)[None, :] * sw_o
+        b = tl.load(W + w_offsets, mask=ch_mask[:, None] & co_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _conv_gemm_kernel(
+        X1, U1, P1, R1, X2, P2, R2, W, BIAS, Y, EX, EP, ER, COUNT, PART_A, PART_B,
+        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m,
+        slope, p1, scale1, p2, scale2, ep, escale,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr,
+        NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+        HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
+        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
+        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Implicit-GEMM convolution: Y[N, OH, OW, CO] (NHWC) from X1 [N, IH, IW, C1] (and X2 [N, IH, IW, C2], whose
+    channels follow X1's in the weight). Grid (grid_m, cdiv(CO, BLOCK_N), STRIDE² if TRANSPOSED else 1).
+
+    Gather form (TRANSPOSED false): input pixel ih = oh·STRIDE − PAD + kh for every tap. Transposed form: program
+    axis 2 is the output class r = ((oh + PAD) mod STRIDE) in each dimension; the class meets taps kh = r + STRIDE·t
+    only, at input pixel ih = j + (oh0 + PAD − r)/STRIDE − t for the class's j-th output row oh = oh0 + STRIDE·j.
+    The weight element (reduction channel c, output channel o, tap kh, kw) is W[c·sw_c + o·sw_o + kh·sw_h +
+    kw·sw_w]. U1, P1, R1 (P2, R2): source 1 (2) prologue tensors, see `_operand`.
+
+    Epilogue, forward (DGRAD false): + BIAS[o], Tanh, store; with STATS, tile t = class·grid_m + program_id(0)
+    writes COUNT[t] (rows), PART_A[t, o] (mean) and PART_B[t, o] (M2) of the stored values before Tanh.
+    Epilogue, dgrad: the accumulator is the gradient of the forward conv's operand; EX, EP, ER are that operand's
+    raw input and prologue (E_NORM, E_ACT, E_DROP). dz = acc·dropout·act'(z) with z recomputed from EX; stores
+    dx = dz·k (dz without E_NORM) and, with E_NORM, PART_A[t, o] = Σdz and PART_B[t, o] = Σdz·(x − mean).
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    cls = tl.program_id(2)
+    if TRANSPOSED:
+        r_h = cls // STRIDE
+        r_w = cls % STRIDE
+        oh0 = (r_h - PAD % STRIDE + STRIDE) % STRIDE
+        ow0 = (r_w - PAD % STRIDE + STRIDE) % STRIDE
+        QH = (OH - oh0 + STRIDE - 1) // STRIDE
+        QW = (OW - ow0 + STRIDE - 1) // STRIDE
+        base_h = (oh0 + PAD - r_h) // STRIDE
+        base_w = (ow0 + PAD - r_w) // STRIDE
+        taps_h = (KH - r_h + STRIDE - 1) // STRIDE
+        taps_w = (KW - r_w + STRIDE - 1) // STRIDE
+    else:
+        r_h = 0
+        r_w = 0
+        oh0 = 0
+        ow0 = 0
+        QH = OH
+        QW = OW
+        base_h = 0
+        base_w = 0
+        taps_h = KH
+        taps_w = KW
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N * QH * QW
+    n = rows // (QH * QW)
+    q = rows % (QH * QW)
+    qh = q // QW
+    qw = q % QW
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_mask = co < CO
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for th in range(0, taps_h):
+        if TRANSPOSED:
+            kh = r_h + STRIDE * th
+            ih = qh + base_h - th
+        else:
+            kh = th
+            ih = qh * STRIDE - PAD + kh
+        for tw in range(0, taps_w):
+            if TRANSPOSED:
+                kw = r_w + STRIDE * tw
+                iw = qw + base_w - tw
+            else:
+                kw = tw
+                iw = qw * STRIDE - PAD + kw
+            valid = row_mask & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+            pix = ((n * IH + ih) * IW + iw).to(tl.int64)
+            pix = tl.where(valid, pix, 0)
+            w_tap = kh.to(tl.int64) * sw_h + kw * sw_w
+            acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
+                                     slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD,
+                                     BLOCK_K, INPUT_PRECISION)
+            if HAS_X2:
+                acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, co, co_mask, w_tap, C2, C1, sw_c,
+                                         sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False,
+                                         BLOCK_K, INPUT_PRECISION)
+
+    oh = oh0 + qh * STRIDE if TRANSPOSED else qh
+    ow = ow0 + qw * STRIDE if TRANSPOSED else qw
+    out_pix = ((n * OH + oh) * OW + ow).to(tl.int64)
+    out_mask = row_mask[:, None] & co_mask[None, :]
+    offsets = out_pix[:, None] * CO + co[None, :]
+    tile = cls * grid_m + pid_m
+    if DGRAD:
+        dz = acc
+        if E_DROP:
+            dz = dz * _dropout_scale(ER, offsets, ep, escale)
+        if E_NORM or E_ACT != 0:
+            x = tl.load(EX + offsets, mask=out_mask, other=0.0).to(tl.float32)
+            z = x
+            if E_NORM:
+                mean = tl.load(EP + co, mask=co_mask, other=0.0)
+                k = tl.load(EP + CO + co, mask=co_mask, other=0.0)
+                beta = tl.load(EP + 2 * CO + co, mask=co_mask, other=0.0)
+                xc = x - mean[None, :]
+                z = xc * k[None, :] + beta[None, :]
+            dz = dz * _activation_grad(z, slope, E_ACT)
+        if E_NORM:
+            dz = tl.where(out_mask, dz, 0.0)
+            tl.store(PART_A + tile.to(tl.int64) * CO + co, tl.sum(dz, axis=0), mask=co_mask)
+            tl.store(PART_B + tile.to(tl.int64) * CO + co, tl.sum(dz * tl.where(out_mask, xc, 0.0), axis=0),
+                     mask=co_mask)
+            dz = dz * k[None, :]
+        tl.store(Y + offsets, dz.to(Y.dtype.element_ty), mask=out_mask)
+    else:
+        out = acc
+        if HAS_BIAS:
+            out = out + tl.load(BIAS + co, mask=co_mask, other=0.0).to(tl.float32)[None, :]
+        if STATS:
+            count = tl.sum(row_mask.to(tl.float32), axis=0)
+            mean_t = tl.sum(tl.where(out_mask, out, 0.0), axis=0) / tl.maximum(count, 1.0)
+            d = tl.where(out_mask, out - mean_t[None, :], 0.0)
+            tl.store(PART_A + tile.to(tl.int64) * CO + co, mean_t, mask=co_mask)
+            tl.store(PART_B + tile.to(tl.int64) * CO + co, tl.sum(d * d, axis=0), mask=co_mask)
+            if pid_n == 0:
+                tl.store(COUNT + tile, count)
+        if TANH:
+            # tanh(v) = 1 − 2/(exp(2v) + 1): exact at ±inf and without cancellation for large |v|.
+            out = 1.0 - 2.0 / (tl.exp(2.0 * out) + 1.0)
+        tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _wgrad_kernel(D, DU, DP, DR, G, GU, GP, GR, WS,
+                  N, QH, QW, GH, GW, CD, CG, KW, steps, slope, dp, dscale, gp, gscale,
+                  STRIDE: tl.constexpr, PAD: tl.constexpr,
+                  D_NORM: tl.constexpr, D_ACT: tl.constexpr, D_DROP: tl.constexpr,
+                  D_TANH_BWD: tl.constexpr, D_BN_BWD: tl.constexpr,
+                  G_NORM: tl.constexpr, G_ACT: tl.constexpr, G_DROP: tl.constexpr,
+                  G_TANH_BWD: tl.constexpr, G_BN_BWD: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr):
+    """Split-K weight gradient: WS[split, tap, d, g] = Σ_m D[m, d]·G[gather(m, tap), g] over the rows m of this
+    split. Grid (taps·cdiv(CG, BLOCK_G), cdiv(CD, BLOCK_D), splits).
+
+    D: the directly indexed operand [N·QH·QW, CD] (NHWC rows), G: the gathered operand [N, GH, GW, CG], read at
+    gh = qh·STRIDE − PAD + kh for the row m = (n, qh, qw) and tap (kh, kw); each with its prologue (`_operand`).
+    conv: D = dy, G = x, the result is dW[co, ci, kh, kw]; ConvT: D = x, G = dy, dW[ci, co, kh, kw]. steps: row
+    blocks of BLOCK_M per split.
+    """
+    pid0 = tl.program_id(0)
+    g_blocks = tl.cdiv(CG, BLOCK_G)
+    tap = pid0 // g_blocks
+    kh = tap // KW
+    kw = tap % KW
+    dch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    gch = (pid0 % g_blocks) * BLOCK_G + tl.arange(0, BLOCK_G)
+    d_mask = dch < CD
+    g_mask = gch < CG
+    split = tl.program_id(2)
+    M = N * QH * QW
+    acc = tl.zeros([BLOCK_D, BLOCK_G], dtype=tl.float32)
+    for step in range(0, steps):
+        rows = (split * steps + step) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        n = rows // (QH * QW)
+        q = rows % (QH * QW)
+        gh = (q // QW) * STRIDE - PAD + kh
+        gw = (q % QW) * STRIDE - PAD + kw
+        valid = row_mask & (gh >= 0) & (gh < GH) & (gw >= 0) & (gw < GW)
+        d = _operand(D, DU, DP, DR, rows.to(tl.int64)[:, None] * CD + dch[None, :],
+                     row_mask[:, None] & d_mask[None, :], dch, d_mask, CD, slope, dp, dscale,
+                     D_NORM, D_ACT, D_DROP, D_TANH_BWD, D_BN_BWD)
+        gpix = tl.where(valid, ((n * GH + gh) * GW + gw).to(tl.int64), 0)
+        g = _operand(G, GU, GP, GR, gpix[:, None] * CG + gch[None, :], valid[:, None] & g_mask[None, :], gch,
+                     g_mask, CG, slope, gp, gscale, G_NORM, G_ACT, G_DROP, G_TANH_BWD, G_BN_BWD)
+        acc = tl.dot(tl.trans(d), g, acc, input_precision=INPUT_PRECISION)
+    taps = tl.num_programs(0) // g_blocks
+    offsets = ((split.to(tl.int64) * taps + tap) * CD + dch[:, None]) * CG + gch[None, :]
+    tl.store(WS + offsets, acc, mask=d_mask[:, None] & g_mask[None, :])
+
+
+@triton.jit
+def _wgrad_reduce_kernel(WS, DW, splits, total, CD, CG, KW, s_d, s_g, s_h, s_w, BLOCK: tl.constexpr):
+    """DW[d, g, kh, kw] = Σ_split WS[split, tap, d, g], summed in split order. Grid (cdiv(total, BLOCK),),
+    total = taps·CD·CG; DW addressed through its strides (s_d, s_g, s_h, s_w)."""
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(0, splits):
+        acc += tl.load(WS + s * total + idx, mask=mask, other=0.0)
+    g = idx % CG
+    d = (idx // CG) % CD
+    tap = idx // (CG * CD)
+    offsets = d * s_d + g * s_g + (tap // KW) * s_h + (tap % KW) * s_w
+    tl.store(DW + offsets, acc.to(DW.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """PART[t, c] = Σ over rows of tile t of the gradient operand X [R, C] after its prologue (the bias gradient's
+    first stage). Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C))."""
+    t = tl.program_id(0)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ch_mask = ch < C
+    rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = (rows < R)[:, None] & ch_mask[None, :]
+    v = _operand(X, U, PRM, PRM, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, ch, ch_mask, C, 0.0, 0.0, 1.0,
+                 False, 0, False, TANH_BWD, BN_BWD)
+    tl.store(PART + t.to(tl.int64) * C + ch, tl.sum(v.to(tl.float32), axis=0), mask=ch_mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Operand:
+    """One operand tensor of a launch and the prologue applied while loading it (see `_operand`).
+
+    x: the tensor, NHWC-contiguous [N, H, W, C]. prm: fp32 [3, C], (mean, k, β) for a forward operand with
+    BatchNorm, (mean, a, b) for a gradient with `bn_bwd`; None without. act: ACTIVATIONS code. rng, p: dropout
+    state [seed, offset] and probability (p = 0: none). u: the saved output a gradient prologue reads
+    (`tanh_bwd`: the Tanh output; `bn_bwd`: the raw output). slope: LeakyReLU's negative slope.
+    """
+    x: torch.Tensor
+    prm: torch.Tensor | None = None
+    act: int = 0
+    rng: torch.Tensor | None = None
+    p: float = 0.0
+    u: torch.Tensor | None = None
+    tanh_bwd: bool = False
+    bn_bwd: bool = False
+    slope: float = 0.2
+
+    @property
+    def channels(self):
+        return self.x.shape[3]
+
+    def pointers(self):
+        """(X, U, PRM, RNG), with X standing in for the tensors the flags say the kernel will not read."""
+        return (self.x, self.x if self.u is None else self.u, self.x if self.prm is None else self.prm,
+                self.x if self.rng is None else self.rng)
+
+    def dropout(self):
+        """(p, 1/(1 − p)) as the kernels take them."""
+        return self.p, (1.0 / (1.0 - self.p) if self.p > 0 else 1.0)
+
+    def flags(self, prefix=""):
+        return {prefix + "NORM": self.prm is not None and not self.bn_bwd, prefix + "ACT": self.act,
+                prefix + "DROP": self.p > 0, prefix + "TANH_BWD": self.tanh_bwd, prefix + "BN_BWD": self.bn_bwd}
+
+
+
+def _interpreted():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _input_precision(dtype):
+    # fp32 operands follow cuDNN's switch (TF32 by default on GPUs that have it); the interpreter computes exactly.
+    if dtype == torch.float32 and (_interpreted() or not torch.backends.cudnn.allow_tf32):
+        return "ieee"
+    return "tf32"
+
+
+def _gemm_config(M, CO):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `_conv_gemm_kernel`: small fixed tiles under the interpreter."""
+    if _interpreted():
+        return 16, 16, 16, 1
+    return 64 if M >= 64 else 32, 64 if CO > 32 else 32, 32, 4
+
+
+def _wgrad_config():
+    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps) of `_wgrad_kernel`."""
+    if _interpreted():
+        return 16, 16, 16, 1
+    return 32, 64, 64, 4
+
+
+def _merge_config(C, T):
+    """(BLOCK_T, BLOCK_C) of the fixed-order merges of per-tile partials."""
+    block_c = min(triton.next_power_of_2(C), 64)
+    return min(max(4096 // block_c, 1), triton.next_power_of_2(T)), block_c
+
+
+def output_size(size, kernel, stride, padding, transposed):
+    """The spatial output size of a conv (or ConvT, without output padding) along one dimension."""
+    if transposed:
+        return (size - 1) * stride - 2 * padding + kernel
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out_size, out_channels, *, bias=None,
+              tanh=False, stats=False, dgrad_of=None, out=None):
+    """Launch `_conv_gemm_kernel`. sources: one or two Operands (two only in the forward). strides: the weight's
+    strides as (reduction channel, output channel, kh, kw). kernel: (KH, KW). out_size: (OH, OW). dgrad_of: the
+    forward Operand whose gradient this launch computes (the dgrad epilogue). out: preallocated NHWC output.
+
+    Returns (y, partials): y NHWC [N, OH, OW, CO]; partials (count, part_a, part_b) with STATS or a dgrad of a
+    normalised operand (count None there), else None.
+    """
+    x1 = sources[0]
+    x2 = sources[1] if len(sources) > 1 else None
+    N, IH, IW, C1 = x1.x.shape
+    C2 = x2.channels if x2 is not None else 0
+    KH, KW = kernel
+    OH, OW = out_size
+    CO = out_channels
+    classes = stride * stride if transposed else 1
+    QH, QW = (triton.cdiv(OH, stride), triton.cdiv(OW, stride)) if transposed else (OH, OW)
+    if stats and transposed and (OH % stride or OW % stride):
+        raise ValueError(f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
+                         f"{stride}, got {OH}×{OW}")
+    block_m, block_n, block_k, warps = _gemm_config(N * QH * QW, CO)
+    grid_m = triton.cdiv(N * QH * QW, block_m)
+    T = classes * grid_m
+    y = out if out is not None else torch.empty((N, OH, OW, CO), dtype=x1.x.dtype, device=x1.x.device)
+    partials = None
+    count = part_a = part_b = y  # placeholders the flags keep unread
+    e_norm = dgrad_of is not None and dgrad_of.prm is not None
+    if stats or e_norm:
+        f32 = dict(dtype=torch.float32, device=y.device)
+        count = torch.empty(T, **f32) if stats else y
+        part_a = torch.empty(T, CO, **f32)
+        part_b = torch.empty(T, CO, **f32)
+        partials = (count if stats else None, part_a, part_b)
+    X1, U1, P1, R1 = x1.pointers()
+    X2, _, P2, R2 = x2.pointers() if x2 is not None else (X1, X1, X1, X1)
+    e = dgrad_of if dgrad_of is not None else Operand(x1.x)
+    slopes = {o.slope for o in (*sources, e) if o.act == ACTIVATIONS["leaky_relu"]}
+    if len(slopes) > 1:
+        raise ValueError(f"the LeakyReLU slopes of one conv's operands must agree, got {sorted(slopes)}")
+    slope = slopes.pop() if slopes else 0.0
+    EX, _, EP, ER = e.pointers()
+    p1, scale1 = x1.dropout()
+    p2, scale2 = x2.dropout() if x2 is not None else (0.0, 1.0)
+    ep, escale = e.dropout()
+    f1 = x1.flags()
+    _conv_gemm_kernel[(grid_m, triton.cdiv(CO, block_n), classes)](
+        X1, U1, P1, R1, X2, P2, R2, weight, X1 if bias is None else bias, y, EX, EP, ER, count, part_a, part_b,
+        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m,
+        slope, p1, scale1, p2, scale2, ep, escale,
+        STRIDE=stride, PAD=padding, TRANSPOSED=transposed,
+        NORM1=f1["NORM"], ACT1=f1["ACT"], DROP1=f1["DROP"], TANH_BWD=f1["TANH_BWD"], BN_BWD=f1["BN_BWD"],
+        HAS_X2=x2 is not None, NORM2=x2 is not None and x2.prm is not None, ACT2=x2.act if x2 is not None else 0,
+        DROP2=x2 is not None and x2.p > 0,
+        DGRAD=dgrad_of is not None, HAS_BIAS=bias is not None, TANH=tanh, STATS=stats,
+        E_NORM=e_norm, E_ACT=e.act if dgrad_of is not None else 0, E_DROP=dgrad_of is not None and e.p > 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=_input_precision(x1.x.dtype),
+        num_warps=warps)
+    return y, partials
+
+
+def _split_count(tiles, row_blocks):
+    """Splits of the wgrad reduction: enough programs to fill the GPU twice over (the bottleneck layers at batch 1
+    have few output tiles and long reductions), never more than the row blocks."""
+    if _interpreted():
+        return min(2, row_blocks)
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return max(1, min(row_blocks, triton.cdiv(2 * sms, tiles), 64))
+
+
+def conv_wgrad(direct, gathered, kernel, stride, padding, out):
+    """Weight gradient into `out` [CD, CG, KH, KW] (a strided view): out[d, g, kh, kw] = Σ_m direct[m, d]·
+    gathered[gather(m, kh, kw), g], gather(m) = (qh·stride − padding + kh, qw·stride − padding + kw) for the
+    direct operand's row m = (n, qh, qw). Split-K partials, then a fixed-order sum (bitwise reproducible)."""
+    N, QH, QW, CD = direct.x.shape
+    _, GH, GW, CG = gathered.x.shape
+    KH, KW = kernel
+    taps = KH * KW
+    block_m, block_d, block_g, warps = _wgrad_config()
+    row_blocks = triton.cdiv(N * QH * QW, block_m)
+    tiles = taps * triton.cdiv(CG, block_g) * triton.cdiv(CD, block_d)
+    steps = triton.cdiv(row_blocks, _split_count(tiles, row_blocks))
+    splits = triton.cdiv(row_blocks, steps)
+    ws = torch.empty(splits, taps, CD, CG, dtype=torch.float32, device=out.device)
+    D, DU, DP, DR = direct.pointers()
+    G, GU, GP, GR = gathered.pointers()
+    dp, dscale = direct.dropout()
+    gp, gscale = gathered.dropout()
+    slopes = {o.slope for o in (direct, gathered) if o.act == ACTIVATIONS["leaky_relu"]}
+    _wgrad_kernel[(taps * triton.cdiv(CG, block_g), triton.cdiv(CD, block_d), splits)](
+        D, DU, DP, DR, G, GU, GP, GR, ws, N, QH, QW, GH, GW, CD, CG, KW, steps,
+        slopes.pop() if slopes else 0.0, dp, dscale, gp, gscale, STRIDE=stride, PAD=padding,
+        **direct.flags("D_"), **gathered.flags("G_"), BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g,
+        INPUT_PRECISION=_input_precision(direct.x.dtype), num_warps=warps)
+    total = taps * CD * CG
+    block = 1024
+    _wgrad_reduce_kernel[(triton.cdiv(total, block),)](ws, out, splits, total, CD, CG, KW, *out.stride(),
+                                                        BLOCK=block)
+    return out
+
+
+def bias_grad(grad, out):
+    """out[c] = Σ over pixels of the gradient operand `grad` after its prologue, in a fixed order."""
+    N, H, W, C = grad.x.shape
+    R = N * H * W
+    block_c = min(triton.next_power_of_2(C), 64)
+    block_m = 16 if _interpreted() else max(4096 // block_c, 16)
+    T = triton.cdiv(R, block_m)
+    part = torch.empty(T, C, dtype=torch.float32, device=out.device)
+    X, U, PRM, _ = grad.pointers()
+    _channel_sum_partials_kernel[(T, triton.cdiv(C, block_c))](X, U, PRM, part, R, C, TANH_BWD=grad.tanh_bwd,
+                                                               BN_BWD=grad.bn_bwd, BLOCK_M=block_m, BLOCK_C=block_c)
+    sums = torch.empty(2, C, dtype=torch.float32, device=out.device)
+    block_t, block_c = _merge_config(C, T)
+    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], out, out, 1, T, C,
+                                                       HAS_DW=False, HAS_DB=True, BLOCK_T=block_t, BLOCK_C=block_c)
+    return out
+
+
+def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
+    """(mean, rstd) fp32 [C] from the forward epilogue's per-tile (count, mean, M2), merged in a fixed order;
+    running_mean/running_var (when given) are updated in place like nn.BatchNorm2d's."""
+    count, mean_p, m2_p = partials
+    T = count.numel()
+    stats = torch.empty(2, C, dtype=torch.float32, device=count.device)
+    update = running_mean is not None
+    block_t, block_c = _merge_config(C, T)
+    _stats_finalize_kernel[(triton.cdiv(C, block_c),)](
+        count, mean_p, m2_p, stats[0], stats[1], running_mean if update else stats, running_var if update else stats,
+        1, T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
+    return stats[0], stats[1]
+
+
+def finalize_sums(partials, C):
+    """(Σdz, Σdz·(x − mean)) fp32 [C] from the dgrad epilogue's per-tile partials, summed in a fixed order."""
+    _, part_a, part_b = partials
+    T = part_a.shape[0]
+    sums = torch.empty(2, C, dtype=torch.float32, device=part_a.device)
+    block_t, block_c = _merge_config(C, T)
+    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, 1, T, C,
+                                                       HAS_DW=False, HAS_DB=False, BLOCK_T=block_t,
+                                                       BLOCK_C=block_c)
+    return sums[0], sums[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """The static description of one fused conv: geometry, how each source is read, what the epilogue does.
+
+    activation, dropout_p: per source (x, x2). stats: the epilogue produces BatchNorm statistics (and updates
+    the running ones) with momentum and eps. tanh: the epilogue applies Tanh (G's last layer).
+    """
+    stride: int = 1
+    padding: int = 0
+    transposed: bool = False
+    activation: tuple = ("none", "none")
+    dropout_p: tuple = (0.0, 0.0)
+    slope: float = 0.2
+    stats: bool = False
+    momentum: float = 0.1
+    eps: float = 1e-5
+    tanh: bool = False
+
+
+def _nhwc(t):
+    """[N, H, W, C] contiguous view of an NCHW-shaped tensor (a copy only when it is not channels_last)."""
+    nhwc = t.permute(0, 2, 3, 1)
+    return nhwc if nhwc.is_contiguous() else nhwc.contiguous()
+
+
+def _params(*columns):
+    return torch.stack([c.detach().float().reshape(-1) for c in columns]).contiguous()
+
+
+def _weight_layout(weight, transposed):
+    """(in_channels, out_channels, forward strides, dgrad strides) for a conv [Co, Ci, kh, kw] or ConvT
+    [Ci, Co, kh, kw] weight; strides as (reduction channel, output channel, kh, kw)."""
+    s = weight.stride()
+    if transposed:
+        return weight.shape[0], weight.shape[1], (s[0], s[1], s[2], s[3]), (s[1], s[0], s[2], s[3])
+    return weight.shape[1], weight.shape[0], (s[1], s[0], s[2], s[3]), (s[0], s[1], s[2], s[3])
+
+
+class ConvBNActFunction(torch.autograd.Function):
+    """Autograd wiring of the fused conv; see `conv_bn_act` for the arguments."""
+
+    @staticmethod
+    def forward(ctx, spec, x, mean, k, beta, x2, mean2, k2, beta2, rng, rng2, weight, bias, running_mean,
+                running_var):
+        norms = (None if mean is None else (mean, k, beta), None if mean2 is None else (mean2, k2, beta2))
+        xs = [_nhwc(x)] + ([] if x2 is None else [_nhwc(x2)])
+        prms = [None if nm is None else _params(*nm) for nm in norms[:len(xs)]]
+        rngs = (rng, rng2)
+        ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
+               for i, xi in enumerate(xs)]
+        w = weight.to(x.dtype)
+        c_in, c_out, strides, _ = _weight_layout(w, spec.transposed)
+        KH, KW = w.shape[2], w.shape[3]
+        N, H, W, _ = xs[0].shape
+        out_size = (output_size(H, KH, spec.stride, spec.padding, spec.transposed),
+                    output_size(W, KW, spec.stride, spec.padding, spec.transposed))
+        y, partials = conv_gemm(ops, w, strides, (KH, KW), spec.stride, spec.padding, spec.transposed, out_size,
+                                c_out, bias=bias, tanh=spec.tanh, stats=spec.stats)
+        mean_out = rstd_out = None
+        if spec.stats:
+            mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum,
+                                                spec.eps)
+        ctx.spec = spec
+        ctx.num_sources = len(xs)
+        ctx.has_norm = tuple(p is not None for p in prms)
+        ctx.save_for_backward(*xs, *[p for p in prms if p is not None], *[r for r in rngs[:len(xs)] if r is not None], w,
+                              weight, bias, y if spec.tanh or spec.stats else None, mean_out, rstd_out)
+        ctx.has_rng = tuple(r is not None for r in rngs[:len(xs)])
+        y_nchw = y.permute(0, 3, 1, 2)
+        if spec.stats:
+            return y_nchw, mean_out, rstd_out
+        return y_nchw
+
+    @staticmethod
+    def backward(ctx, gy, gmean=None, grstd=None):
+        spec = ctx.spec
+        saved = list(ctx.saved_tensors)
+        xs = [saved.pop(0) for _ in range(ctx.num_sources)]
+        prms = [saved.pop(0) if has else None for has in ctx.has_norm]
+        rngs = [saved.pop(0) if has else None for has in ctx.has_rng]
+        w, weight, bias, y, mean_out, rstd_out = saved
+        ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
+               for i, xi in enumerate(xs)]
+        g = _nhwc(gy.to(w.dtype))
+        grad = Operand(g)
+        if spec.tanh:
+            grad = Operand(g, u=y, tanh_bwd=True)
+        elif spec.stats and (gmean is not None or grstd is not None):
+            n = g.shape[0] * g.shape[1] * g.shape[2]
+            a = torch.zeros_like(mean_out) if gmean is None else gmean.float() / n
+            b = torch.zeros_like(rstd_out) if grstd is None else -grstd.float() * rstd_out ** 3 / n
+            grad = Operand(g, prm=_params(mean_out, a, b), u=y, bn_bwd=True)
+        c_in, c_out, _, d_strides = _weight_layout(w, spec.transposed)
+        KH, KW = w.shape[2], w.shape[3]
+        needs = ctx.needs_input_grad
+        grads = []
+        c0 = 0
+        for i, op in enumerate(ops):
+            cs = op.channels
+            first = 1 + 4 * i  # position of this source's x in forward's arguments
+            dx = dmean = dk = dbeta = None
+            if any(needs[first:first + 4]):
+                w_slice = w[c0:c0 + cs] if spec.transposed else w[:, c0:c0 + cs]
+                dx, partials = conv_gemm([grad], w_slice, d_strides, (KH, KW), spec.stride, spec.padding,
+                                         not spec.transposed, op.x.shape[1:3], cs, dgrad_of=op)
+                dx = dx.permute(0, 3, 1, 2)
+                if op.prm is not None:
+                    sum_dz, sum_dzx = finalize_sums(partials, cs)
+                    mean, k = op.prm[0], op.prm[1]
+                    dmean, dk, dbeta = -k * sum_dz, sum_dzx, sum_dz
+            grads += [dx, dmean, dk, dbeta]
+            c0 += cs
+        grads += [None] * (8 - len(grads))
+        dw = db = None
+        if needs[11]:
+            dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            c0 = 0
+            for op in ops:
+                cs = op.channels
+                if spec.transposed:
+                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs])
+                else:
+                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs])
+                c0 += cs
+        if bias is not None and needs[12]:
+            db = bias_grad(grad, torch.empty_like(bias))
+        return (None, *grads, None, None, dw, db, None, None)
+
+
+def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh):
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"expected a 4-d NCHW-shaped input and a 4-d weight, got input {tuple(x.shape)} and "
+                         f"weight {tuple(weight.shape)}")
+    c_in = weight.shape[0] if transposed else weight.shape[1]
+    channels = x.shape[1] + (0 if x2 is None else x2.shape[1])
+    if channels != c_in:
+        kind = "ConvTranspose weight [in, out, kh, kw]" if transposed else "conv weight [out, in, kh, kw]"
+        raise ValueError(f"input channels {channels} (input {tuple(x.shape)}"
+                         f"{'' if x2 is None else f' + second source {tuple(x2.shape)}'}) do not match the {kind} "
+                         f"{tuple(weight.shape)}")
+    if x2 is not None and (x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:] or x2.dtype != x.dtype):
+        raise ValueError(f"the two sources must share batch, size and dtype: {tuple(x.shape)} {x.dtype} vs "
+                         f"{tuple(x2.shape)} {x2.dtype}")
+    for name, nm, src in (("norm", norm, x), ("norm2", norm2, x2)):
+        if nm is not None and (len(nm) != 3 or any(t.shape != (src.shape[1],) for t in nm)):
+            raise ValueError(f"{name} must be (mean, k, beta), each of shape ({src.shape[1]},)")
+    for a in activation:
+        if a not in ACTIVATIONS:
+            raise ValueError(f"activation {a!r} is not one of {', '.join(ACTIVATIONS)}")
+    if stats and tanh:
+        raise ValueError("stats and tanh exclude each other: BatchNorm never follows G's Tanh")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"conv_bn_act supports float32, float16 and bfloat16 inputs, got {x.dtype}")
+
+
+def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, norm=None, activation="none",
+                dropout_p=0.0, rng=None, x2=None, norm2=None, activation2="none", dropout_p2=0.0, rng2=None,
+                slope=0.2, stats=False, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, tanh=False):
+    """A conv (transposed=False, weight [Cout, Cin, kh, kw]) or ConvTranspose (weight [Cin, Cout, kh, kw]) of
+    the activated input, as one fused Triton kernel per direction; autograd-enabled.
+
+    The conv's input is, per source, dropout(act((x − mean)·k + β)) — the producer's BatchNorm with
+    k = γ·rstd (`norm = (mean, k, beta)`, each [C]; None: x as is), then `activation` ('none', 'relu',
+    'leaky_relu' with `slope`) and dropout with probability `dropout_p` from the counter RNG `rng` (int64
+    [seed, offset], the convention of batch_norm_act.py). `x2` is a second source whose channels follow x's in the
+    weight (the U-Net's concat, never materialised), read with norm2/activation2/dropout_p2/rng2.
+    x, x2: NCHW-shaped, channels_last preferred; fp32, fp16 or bf16 (the weight is cast to x's dtype; its gradient
+    comes back in its own dtype). bias: [Cout] or None. tanh: apply Tanh to the output.
+    stats: also return the output's BatchNorm statistics (mean, rstd), fp32 [Cout], and update running_mean /
+    running_var in place (momentum, unbiased variance) when given.
+
+    Returns y (NCHW-shaped, channels_last, x's dtype), or (y, mean, rstd) with stats.
+    """
+    _check(x, weight, x2, transposed, norm, norm2, (activation, activation2), stats, tanh)
+    spec = ConvSpec(stride, padding, transposed, (activation, activation2), (dropout_p, dropout_p2), slope, stats,
+                    momentum, eps, tanh)
+    n1 = norm if norm is not None else (None, None, None)
+    n2 = norm2 if norm2 is not None else (None, None, None)
+    return ConvBNActFunction.apply(spec, x, *n1, x2, *n2, rng, rng2, weight, bias, running_mean, running_var)
+
+
+def batch_norm_prologue(mean, rstd, weight, bias):
+    """The (mean, k, beta) a consumer conv applies for a BatchNorm with batch statistics (mean, rstd) and affine
+    (weight, bias) (either None: no affine), as differentiable tensors: k = γ·rstd."""
+    k = rstd if weight is None else weight * rstd
+    beta = torch.zeros_like(mean) if bias is None else bias
+    return mean, k, beta
