@@ -65,6 +65,7 @@ def sample_images():
         cases[f"png-{mode}"] = encode(RGB.convert(mode), "PNG")
     cases["png-P"] = encode(RGB.quantize(60), "PNG")
     cases["png-P-trns"] = encode(RGB.quantize(60), "PNG", transparency=3)
+    cases["png-P4"] = encode(RGB.quantize(16), "PNG", bits=4)  # a packed 4-bit palette
     grey16 = textured(67, 133, 1)[..., 0].astype(np.uint16) * 3  # values above 255 too: PIL clips those
     cases["png-I;16"] = encode(Image.fromarray(grey16), "PNG")
     return cases
@@ -106,6 +107,82 @@ def test_native_decode_equals_pil(images, mode, tmp_path):
         path = tmp_path / f"{name}.img"
         path.write_bytes(data)
         assert np.array_equal(D.decode_image(path, mode), ref), name
+
+
+YCCK_WRITER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <jpeglib.h>
+/* ycck OUT W H < CMYK bytes: a YCCK JPEG (libjpeg converts CMYK to YCCK and writes the Adobe marker). */
+int main(int argc, char** argv) {
+    int w = atoi(argv[2]), h = atoi(argv[3]);
+    unsigned char* px = malloc((size_t)w * h * 4);
+    if (fread(px, 1, (size_t)w * h * 4, stdin) != (size_t)w * h * 4) return 1;
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr e;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_compress(&c);
+    FILE* f = fopen(argv[1], "wb");
+    jpeg_stdio_dest(&c, f);
+    c.image_width = w; c.image_height = h; c.input_components = 4; c.in_color_space = JCS_CMYK;
+    jpeg_set_defaults(&c);
+    jpeg_set_colorspace(&c, JCS_YCCK);
+    jpeg_set_quality(&c, 90, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = px + (size_t)c.next_scanline * w * 4;
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+@native
+def test_ycck_jpeg_equals_pil(tmp_path):
+    """PIL cannot write YCCK, so a few lines of C against the libjpeg the extension was built with write one."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "the native decoder was built, so a C compiler exists"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libjpeg"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    (tmp_path / "ycck.c").write_text(YCCK_WRITER)
+    subprocess.run([cc, "-O1", "-o", str(tmp_path / "ycck"), str(tmp_path / "ycck.c"), *flags], check=True)
+    cmyk = np.concatenate([textured(37, 70), textured(37, 70, 1, seed=3)], -1)
+    out = tmp_path / "ycck.jpg"
+    subprocess.run([str(tmp_path / "ycck"), str(out), "70", "37"], input=cmyk.tobytes(), check=True)
+    data = out.read_bytes()
+    assert b"Adobe" in data and Image.open(out).mode == "CMYK"
+    with Image.open(out) as im:
+        im.load()
+    for mode in ("RGB", "L"):
+        ref = pil_decode(data, mode)
+        got = D.decode_image(out, mode)
+        assert np.array_equal(got, ref), f"{mode}: max diff {np.abs(got.astype(int) - ref).max()}"
+    a, b = D.decode_pair(out, size=(20, 30))
+    ra, rb = pil_pair(data, "RGB", "RGB", (20, 30))
+    assert np.array_equal(a, ra) and np.array_equal(b, rb)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    """Linux file names are bytes; the reference (PIL) opens any. So does every entry point here."""
+    import os
+    import pathlib
+
+    arr = textured(6, 10)
+    name = os.path.join(os.fsdecode(bytes(tmp_path)), os.fsdecode(b"caf\xe9.png"))
+    Image.fromarray(arr).save(name, "PNG")
+    a, b = D.decode_pair(name)
+    assert np.array_equal(a, arr[:, :5]) and np.array_equal(b, arr[:, 5:])
+    assert np.array_equal(D.decode_image(pathlib.Path(name)), arr)
+    out_a, out_b = np.zeros((2, 6, 5, 3), np.uint8), np.zeros((2, 6, 5, 3), np.uint8)
+    errors = D.decode_pairs_into([name, name + "x"], out_a, out_b, (5, 6))
+    assert errors[0] is None and np.array_equal(out_a[0], arr[:, :5]) and np.array_equal(out_b[0], arr[:, 5:])
+    assert errors[1].startswith(name + "x")
 
 
 def test_grey_formula_is_pils():
@@ -318,3 +395,32 @@ def test_fuzz_never_crashes(tmp_path):
         assert e is None or str(p) in e
     assert 0 < sum(e is None for e in errors) < n
     assert 0 < decoded < 1200
+
+
+def test_install_without_image_headers_builds_a_pil_only_fastpix(tmp_path):
+    """setup.py with no libjpeg/libpng visible to pkg-config: the wheel builds, without fastpix._decode, and
+    fastpix without the extension reports the PIL backend."""
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("csrc", "fastpix", "kernels"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "wheel")], env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastpix/data/decode.py" in names and not any("_decode" in n for n in names), names
+    probe = "import sys; sys.modules['fastpix._decode'] = None; from fastpix.data import decode; print(decode.backend())"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "pil"

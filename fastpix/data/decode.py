@@ -63,6 +63,29 @@ def _limit(max_pixels):
     return MAX_PIXELS if max_pixels is None else int(max_pixels)
 
 
+def _native_source(src, name):
+    """The native decoder takes a path as UTF-8; a file name that is not (undecodable bytes, kept by os.fsdecode
+    as surrogates) is read here and passed as bytes."""
+    if not isinstance(src, str):
+        return src
+    try:
+        src.encode("utf-8")
+        return src
+    except UnicodeEncodeError:
+        try:
+            with open(src, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise DecodeError(f"{name}: cannot open: {exc.strerror}") from None
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------------------------------------------- PIL path
 
 def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
@@ -110,7 +133,7 @@ def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = N
     limit = _limit(max_pixels)
     if _native is not None:
         try:
-            return _native.decode(src, c, limit)
+            return _native.decode(_native_source(src, name), c, limit)
         except _native.UnsupportedFormat:
             pass
         except _native.DecodeError as exc:
@@ -139,7 +162,7 @@ def decode_pair(path_or_bytes, mode_a: str = "RGB", mode_b: str = "RGB", size=No
     if _native is not None:
         w, h = size if size is not None else (0, 0)
         try:
-            return _native.decode_pair(src, ca, cb, w, h, bool(draft), limit)
+            return _native.decode_pair(_native_source(src, name), ca, cb, w, h, bool(draft), limit)
         except _native.UnsupportedFormat:
             pass
         except _native.DecodeError as exc:
@@ -163,7 +186,7 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
 
     Runs on native threads with the GIL released (one call per batch). Returns one entry per path: None on
     success, else an error message naming the file; the slots of failed items are zero-filled.
-    threads=None uses every core.
+    threads=None uses every core this process may run on.
     """
     paths = [_source(p)[1] for p in paths]
     n = len(paths)
@@ -173,10 +196,11 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
     if a.shape != (n, th, tw, ca) or b.shape != (n, th, tw, cb):
         raise ValueError(f"out_a / out_b must have shapes {(n, th, tw, ca)} / {(n, th, tw, cb)}, "
                          f"got {a.shape} / {b.shape}")
-    nthreads = int(threads) if threads else (os.cpu_count() or 1)
+    nthreads = int(threads) if threads else _cpu_count()
     limit = _limit(max_pixels)
     if _native is not None:
-        status = _native.decode_pairs_into(paths, a, b, tw, th, ca, cb, bool(draft), nthreads, limit)
+        native_paths = [os.fsencode(p) for p in paths]  # bytes: any file name, UTF-8 or not
+        status = _native.decode_pairs_into(native_paths, a, b, tw, th, ca, cb, bool(draft), nthreads, limit)
         todo = [i for i, s in enumerate(status) if s is not None and s[0] == "unsupported"]
         errors = [None if s is None else f"{paths[i]}: {s[1]}" for i, s in enumerate(status)]
     else:
