@@ -524,9 +524,9 @@ def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
     stats = torch.empty(2, C, dtype=torch.float32, device=count.device)
     update = running_mean is not None
     block_t, block_c = _merge_config(C, T)
-    _stats_finalize_kernel[(triton.cdiv(C, block_c),)](
+    _stats_finalize_kernel[(triton.cdiv(C, block_c), 1)](
         count, mean_p, m2_p, stats[0], stats[1], running_mean if update else stats, running_var if update else stats,
-        1, T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
+        T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
     return stats[0], stats[1]
 
 

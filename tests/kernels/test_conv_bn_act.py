@@ -129,3 +129,157 @@ def test_bad_shapes_raise_clear_errors():
         cba.conv_bn_act(x, torch.randn(5, 8, 4, 4), None, 2, 1, transposed=True, x2=torch.randn(1, 2, 2, 2))
     with pytest.raises(ValueError, match="activation 'gelu'"):
         cba.conv_bn_act(x, torch.randn(8, 3, 4, 4), None, 2, 1, activation="gelu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused chains: BatchNorm statistics in the epilogue, BatchNorm + activation (+ dropout) in the prologue
+# ---------------------------------------------------------------------------------------------------------------
+
+def _bn_params(c):
+    return {"weight": _leaf(1 + 0.2 * torch.randn(c)), "bias": _leaf(0.2 * torch.randn(c)),
+            "running_mean": torch.zeros(c), "running_var": torch.ones(c)}
+
+
+def _make_unet_chain(dtype):
+    """A two-level U-Net in miniature: x (2, 3, 8, 8) → down 6 → down 8 (2×2) → up 6 → up(skip, up) 3 + Tanh."""
+    p = {"x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
+         "w1": _leaf(0.3 * torch.randn(6, 3, 4, 4)), "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
+         "w3": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w4": _leaf(0.3 * torch.randn(12, 3, 4, 4)),
+         "b4": _leaf(0.1 * torch.randn(3)), "rng": torch.tensor([1234, 77], dtype=torch.int64)}
+    for name, c in (("bn1", 6), ("bn2", 8), ("bn3", 6)):
+        p[name] = _bn_params(c)
+    return p
+
+
+def _unet_fused(p):
+    bn1, bn2, bn3 = p["bn1"], p["bn2"], p["bn3"]
+    y1, m1, r1 = cba.conv_bn_act(p["x"], p["w1"], None, 2, 1, stats=True, running_mean=bn1["running_mean"],
+                                 running_var=bn1["running_var"])
+    n1 = cba.batch_norm_prologue(m1, r1, bn1["weight"], bn1["bias"])
+    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, norm=n1, activation="leaky_relu", stats=True,
+                                 running_mean=bn2["running_mean"], running_var=bn2["running_var"])
+    n2 = cba.batch_norm_prologue(m2, r2, bn2["weight"], bn2["bias"])
+    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 2, 1, transposed=True, norm=n2, activation="relu", stats=True,
+                                 running_mean=bn3["running_mean"], running_var=bn3["running_var"])
+    n3 = cba.batch_norm_prologue(m3, r3, bn3["weight"], bn3["bias"])
+    return cba.conv_bn_act(y1, p["w4"], p["b4"], 2, 1, transposed=True, norm=n1, activation="relu", x2=y3,
+                           norm2=n3, activation2="relu", dropout_p2=0.5, rng2=p["rng"], tanh=True)
+
+
+def _rounding(p):
+    """Rounds a float64 tensor to the kernels' storage dtype and back (differentiably): the reference rounds
+    where the kernels store (raw conv outputs, activated operands), so a LeakyReLU/ReLU kink or a tiny BatchNorm
+    batch cannot turn one ulp of rounding into a different gradient."""
+    dtype = p["x"].dtype
+    return lambda t: t.to(dtype).double()
+
+
+def _unet_eager(p, r):
+    """The same network as eager float64 ops; r holds float64 leaves of p's tensors and running statistics."""
+    def bn(y, name):
+        return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+
+    q = _rounding(p)
+    z1 = bn(q(F.conv2d(r["x"], r["w1"], None, 2, 1)), "bn1")
+    y2 = q(F.conv2d(q(F.leaky_relu(z1, 0.2)), r["w2"], None, 2, 1))
+    y3 = q(F.conv_transpose2d(q(F.relu(bn(y2, "bn2"))), r["w3"], None, 2, 1))
+    keep = dropout_mask(y3.shape, p["rng"], 0.5)
+    up = F.relu(bn(y3, "bn3")) * keep * 2.0
+    return torch.tanh(F.conv_transpose2d(q(torch.cat([F.relu(z1), up], 1)), r["w4"], r["b4"], 2, 1))
+
+
+def _make_patchgan_chain(dtype):
+    """A PatchGAN in miniature: (2, 6, 12, 12) → s2 6 + bias, LReLU → s2 8, BN, LReLU → s1 8, BN, LReLU → s1 1."""
+    p = {"x": _leaf(_cl(torch.randn(2, 6, 12, 12).to(dtype))),
+         "w1": _leaf(0.3 * torch.randn(6, 6, 4, 4)), "b1": _leaf(0.1 * torch.randn(6)),
+         "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w3": _leaf(0.3 * torch.randn(8, 8, 4, 4)),
+         "w4": _leaf(0.3 * torch.randn(1, 8, 4, 4)), "b4": _leaf(0.1 * torch.randn(1))}
+    for name, c in (("bn2", 8), ("bn3", 8)):
+        p[name] = _bn_params(c)
+    return p
+
+
+def _patchgan_fused(p):
+    bn2, bn3 = p["bn2"], p["bn3"]
+    y1 = cba.conv_bn_act(p["x"], p["w1"], p["b1"], 2, 1)
+    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, activation="leaky_relu", stats=True,
+                                 running_mean=bn2["running_mean"], running_var=bn2["running_var"])
+    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 1, 1, norm=cba.batch_norm_prologue(m2, r2, bn2["weight"],
+                                                                                       bn2["bias"]),
+                                 activation="leaky_relu", stats=True, running_mean=bn3["running_mean"],
+                                 running_var=bn3["running_var"])
+    return cba.conv_bn_act(y3, p["w4"], p["b4"], 1, 1, norm=cba.batch_norm_prologue(m3, r3, bn3["weight"],
+                                                                                     bn3["bias"]),
+                           activation="leaky_relu")
+
+
+def _patchgan_eager(p, r):
+    def bn(y, name):
+        return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+
+    q = _rounding(p)
+    a1 = q(F.leaky_relu(q(F.conv2d(r["x"], r["w1"], r["b1"], 2, 1)), 0.2))
+    a2 = q(F.leaky_relu(bn(q(F.conv2d(a1, r["w2"], None, 2, 1)), "bn2"), 0.2))
+    a3 = q(F.leaky_relu(bn(q(F.conv2d(a2, r["w3"], None, 1, 1)), "bn3"), 0.2))
+    return F.conv2d(a3, r["w4"], r["b4"], 1, 1)
+
+
+def _reference_leaves(p):
+    r = {}
+    for key, v in p.items():
+        if isinstance(v, dict):
+            r[key + ".w"], r[key + ".b"] = _ref(v["weight"]), _ref(v["bias"])
+            r[key + ".rm"], r[key + ".rv"] = v["running_mean"].double().clone(), v["running_var"].double().clone()
+        elif v.is_floating_point():
+            r[key] = _ref(v)
+    return r
+
+
+def _compare_chain(make, fused, eager, dtype):
+    p = make(dtype)
+    r = _reference_leaves(p)
+    out = fused(p)
+    ref = eager(p, r)
+    g = torch.randn(ref.shape).to(dtype)
+    out.backward(_cl(g))
+    ref.backward(g.double())
+    checks = [("output", out, ref)]
+    for key, v in p.items():
+        if isinstance(v, dict):
+            checks += [(key + ".weight grad", v["weight"].grad, r[key + ".w"].grad),
+                       (key + ".bias grad", v["bias"].grad, r[key + ".b"].grad),
+                       (key + ".running_mean", v["running_mean"], r[key + ".rm"]),
+                       (key + ".running_var", v["running_var"], r[key + ".rv"])]
+        elif v.is_floating_point():
+            checks.append((key + " grad", v.grad, r[key].grad))
+    return checks
+
+
+CHAINS = {"unet": (_make_unet_chain, _unet_fused, _unet_eager),
+          "patchgan": (_make_patchgan_chain, _patchgan_fused, _patchgan_eager)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_fused_chain_matches_eager(chain, dtype, poisoned):
+    """Output, every gradient (input, weights, biases, BatchNorm γ and β) and the running statistics."""
+    # fp32 lands near 1e-7, fp16 near 2e-3. In fp16 the one-ulp differences of the stored raw outputs can move an
+    # element across a ReLU kink (about one draw in four of these tiny BatchNorm batches does, and a gradient then
+    # differs by tens of percent in fp16 as it would in eager AMP); the seeded draw (conftest) has none.
+    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, actual, expected in _compare_chain(*CHAINS[chain], dtype):
+        error = relative_error(actual, expected)
+        assert error < bound, f"{chain} {name}: relative error {error:.3g} (bound {bound:g})"
+
+
+def test_fused_chain_is_deterministic():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        p = _make_unet_chain(torch.float16)
+        out = _unet_fused(p)
+        out.backward(torch.ones_like(out))
+        runs.append([out, p["x"].grad, p["w1"].grad, p["w3"].grad, p["bn1"]["weight"].grad, p["bn2"]["bias"].grad,
+                     p["bn3"]["running_var"]])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
