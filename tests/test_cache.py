@@ -11,6 +11,7 @@ from PIL import Image
 from fastpix.data import cache as C
 from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError, PairedDataset, make_loader
+from fastpix.data.decode import backend
 from fastpix.data.demo import write_demo_dataset
 from fastpix.data.stream import make_pipeline
 
@@ -179,15 +180,40 @@ def test_make_pipeline_modes(data, tmp_path):
         PairCache(other, cache_dir=str(tmp_path / "c"))
 
 
-def test_gather_crops_equal_sliced_crops():
-    """The GPU's gather path, run on the CPU, against the CPU's slicing path."""
+@pytest.mark.parametrize("channels", [1, 3])
+def test_crop_paths_agree(channels, monkeypatch):
+    """The GPU's gather path (run on the CPU), the native one-pass crop and torch's slicing path, against numpy."""
+    from fastpix.data import decode
     from fastpix.data.augment import crop_flip, crop_flip_params
 
-    src = torch.randint(0, 256, (6, 20, 20, 3), dtype=torch.uint8)
+    src = torch.randint(0, 256, (6, 20, 20, channels), dtype=torch.uint8)
     rows, indices = [4, 0, 5, 2], [40, 10, 50, 20]
     for epoch in range(4):
         params = crop_flip_params(indices, 3, epoch, 20, 16, True)
-        assert torch.equal(crop_flip(src, rows, params, 16, gather=True), crop_flip(src, rows, params, 16, False))
+        want = [src[r, y:y + 16, x:x + 16].flip(1) if f else src[r, y:y + 16, x:x + 16]
+                for r, x, y, f in zip(rows, *params)]
+        want = torch.stack(want).permute(0, 3, 1, 2)
+        assert params[2].any() and not params[2].all()  # both kinds of sample are in the batch
+        assert torch.equal(crop_flip(src, rows, params, 16, gather=True), want)
+        assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)  # native where built
+        with monkeypatch.context() as m:
+            m.setattr(decode, "backend", lambda: "pil")
+            assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)
+
+
+@pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")
+def test_native_crop_checks_its_arguments():
+    from fastpix.data.decode import crop_flip_into
+
+    src, out = np.zeros((2, 10, 10, 3), np.uint8), np.zeros((1, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="outside"):
+        crop_flip_into(src, [0], [3], [0], [False], out)
+    with pytest.raises(ValueError, match="outside"):
+        crop_flip_into(src, [2], [0], [0], [False], out)
+    with pytest.raises(ValueError, match="one length|len"):
+        crop_flip_into(src, [0, 1], [0, 0], [0, 0], [False, True], out)
+    with pytest.raises(ValueError, match="contiguous"):
+        crop_flip_into(src[:, ::2], [0], [0], [0], [False], np.zeros((1, 4, 4, 3), np.uint8))
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])

@@ -24,7 +24,8 @@ try:
 except ImportError:  # extension not built: PIL serves
     _native = None
 
-__all__ = ["DecodeError", "MAX_PIXELS", "backend", "decode_image", "decode_pair", "decode_pairs_into"]
+__all__ = ["DecodeError", "MAX_PIXELS", "backend", "crop_flip_into", "decode_image", "decode_pair",
+           "decode_pairs_into"]
 
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same default here. Assign to change.
 MAX_PIXELS = 178956970
@@ -221,3 +222,12 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
         for i in todo:
             pil_item(i)
     return errors
+
+
+def crop_flip_into(src: np.ndarray, rows, xs, ys, flips, out: np.ndarray, threads: int = 1):
+    """out[k] = src[rows[k], ys[k]:ys[k] + crop, xs[k]:xs[k] + crop], mirrored left-right where flips[k], for
+    C-contiguous uint8 (N, H, W, C) src and (len(rows), crop, crop, C) out. Native only (backend() == "native"):
+    fastpix.data.augment crops with torch otherwise."""
+    if _native is None:
+        raise RuntimeError("crop_flip_into needs the native extension fastpix._decode")
+    _native.crop_flip_into(src, list(rows), list(xs), list(ys), [bool(f) for f in flips], out, int(threads))
