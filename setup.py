@@ -56,6 +56,9 @@ class OptionalBuildExt(build_ext):
             print(f"fastpix: C++ decoder not built ({exc}); PIL serves", file=sys.stderr)
 
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+ONNX = ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"]
+
 setup(
     name="fastpix",
     version="0.1.0",
@@ -79,7 +82,13 @@ setup(
     ],
     extras_require={
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard"],
+        # fastpix serve: FastAPI (routing, multipart parsing, lifespan) on uvicorn (HTTP/1.1, graceful shutdown on
+        # SIGTERM); well-kept libraries rather than an HTTP stack of our own. python-multipart parses uploads.
+        "serve": SERVE,
+        # fastpix export --format onnx: torch.onnx's dynamo exporter needs onnx and onnxscript; onnxruntime checks
+        # the exported file against PyTorch.
+        "onnx": ONNX,
+        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", *SERVE, *ONNX],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

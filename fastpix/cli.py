@@ -12,7 +12,7 @@ import os
 import sys
 
 from fastpix import __version__
-from fastpix.config import DataConfig, ModelConfig, TestConfig, TrainConfig
+from fastpix.config import DataConfig, ModelConfig, PredictConfig, ServeConfig, TestConfig, TrainConfig
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -144,6 +144,72 @@ def cmd_test(args):
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
 
+def load_predictor(cfg, command: str, **options):
+    """The Predictor an InferenceConfig describes; a bad checkpoint or flag ends the command with its message."""
+    from fastpix.checkpoint import CheckpointError
+    from fastpix.infer.predictor import ARCH_FIELDS, Predictor
+
+    if cfg.checkpoint is None:
+        raise SystemExit(f"fastpix {command}: error: --checkpoint is required (a run folder, a .safetensors or a "
+                         "reference .pth)")
+    arch = {k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k, None) is not None}
+    try:
+        return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
+                                         epoch=cfg.epoch, **options, **arch)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"fastpix {command}: error: {exc}") from exc
+
+
+def cmd_predict(args):
+    """Translate image files with a generator: each output is <output>/<input name>.png (images found in a folder
+    keep their sub-folder). Unreadable files are reported and skipped, the others still written; the exit status
+    is then 1 (0 when every file was translated)."""
+    from fastpix.infer.predictor import collect_inputs, predict_files
+
+    cfg = build_config(PredictConfig, vars(args))
+    inputs = collect_inputs(args.input)
+    if not inputs:
+        raise SystemExit(f"fastpix predict: error: no images in {' '.join(args.input)}")
+    predictor = load_predictor(cfg, "predict", max_batch_size=cfg.batch_size)
+    written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
+                                    progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+    for path, message in failed:
+        print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
+    print(f"fastpix predict: {len(written)} images written to {args.output}"
+          + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_serve(args):
+    """Serve a generator over HTTP: POST /v1/translate (multipart field 'image', JSON {"image": base64} or a raw
+    image body) answers the translated image (PNG, or JPEG by Accept); GET /healthz, /readyz, /metrics.
+    Requests are batched dynamically by one worker thread that owns the model. Needs the 'serve' extra
+    (pip install fastpix[serve]). SIGTERM / Ctrl-C: stop accepting, answer the requests in flight, exit."""
+    try:
+        from fastpix.infer.server import create_app, run
+    except ImportError as exc:
+        raise SystemExit(f"fastpix serve: error: {exc.name} is missing; install the server with "
+                         "pip install 'fastpix[serve]'") from exc
+    import torch
+
+    cfg = build_config(ServeConfig, vars(args))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    graphs = device.type == "cuda" and cfg.graph_size > 0 and cfg.norm_mode != "batch" and not cfg.dropout
+    predictor = load_predictor(cfg, "serve", max_batch_size=cfg.max_batch_size,
+                               graph_size=(cfg.graph_size, cfg.graph_size) if graphs else None)
+    try:
+        app = create_app(predictor, cfg)
+    except ValueError as exc:
+        raise SystemExit(f"fastpix serve: error: {exc}") from exc
+    print(f"fastpix serve: {cfg.checkpoint} on {predictor.device} ({predictor.precision}, norm_mode "
+          f"{cfg.norm_mode}{', CUDA graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
+          f"http://{cfg.host}:{cfg.port}/v1/translate", flush=True)
+    run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
+
+
 def cmd_data_demo(args):
     from fastpix.data.demo import write_demo_dataset
 
@@ -176,11 +242,54 @@ def cmd_demo(args):
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
 
 
+def export_source(args) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    if args.name:
+        return os.path.join(args.checkpoints_dir, args.name)
+    raise SystemExit("fastpix export: error: give --name (a run under --checkpoints-dir) or --checkpoint")
+
+
+def cmd_export_onnx(args):
+    from fastpix.checkpoint import CheckpointError
+    from fastpix.export import check_onnx, export_onnx, size_multiple
+    from fastpix.infer.predictor import load_generator
+
+    source = export_source(args)
+    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{args.epoch}_net_G"
+    target = os.path.join(args.out, f"{stem}.onnx")
+    try:
+        generator = load_generator(source, args.epoch)
+        net = export_onnx(generator, target, args.norm_mode)
+    except CheckpointError:
+        raise
+    except (ImportError, ValueError, TypeError) as exc:
+        raise SystemExit(f"fastpix export: error: {exc}") from exc
+    print(f"fastpix: wrote {target} (norm_mode {args.norm_mode}; N×C×H×W float32 in [-1, 1], H and W multiples of "
+          f"{size_multiple(generator)})")
+    try:
+        worst = check_onnx(target, net)
+    except ImportError:
+        print("fastpix: onnxruntime is not installed, so the file was not checked against PyTorch")
+        return
+    print(f"fastpix: onnxruntime agrees with PyTorch to {worst:.2e} (largest absolute difference)")
+
+
 def cmd_export(args):
+    """pth: the run's G (and D) as the reference's plain state dicts. onnx: the generator as an ONNX graph (the eager
+    network in --norm-mode instance or running, dropout off, dynamic batch and size), checked against PyTorch with
+    onnxruntime when it is installed."""
     from fastpix import checkpoint as ckpt
 
-    run_dir = os.path.join(args.checkpoints_dir, args.name)
+    if args.format == "onnx":
+        return cmd_export_onnx(args)
+    run_dir = export_source(args)
     os.makedirs(args.out, exist_ok=True)
+    if os.path.isfile(run_dir):
+        target = os.path.join(args.out, os.path.splitext(os.path.basename(run_dir))[0] + ".pth")
+        ckpt.save_weights(target, ckpt.load_weights(run_dir))
+        print(f"fastpix: wrote {target}")
+        return
     for net in ("G", "D"):
         try:
             source = ckpt.find_weights(run_dir, args.epoch, net)
@@ -246,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_reference_args(p)
     p.set_defaults(func=cmd_test)
 
+    p = sub.add_parser("predict", help="translate image files or folders with a checkpoint (any image size)",
+                       formatter_class=fmt, description=cmd_predict.__doc__)
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
+                   help="image files and/or folders (searched recursively) (required)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the translated images (required)")
+    add_config_args(p, PredictConfig, "prediction")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+    p.set_defaults(func=cmd_predict, quiet=False)
+
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP with dynamic batching (the 'serve' extra)",
+                       formatter_class=fmt, description=cmd_serve.__doc__)
+    add_config_args(p, ServeConfig, "server")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("data", help="data sets: `fastpix data demo --out DIR` writes the built-in demo set")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
     d = data_sub.add_parser("demo", help="write the built-in demo data set (aligned A|B, train/val/test)")
@@ -263,9 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs at full learning rate, then as many decaying (default: 5)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="write a run's weights as reference-loadable .pth state dicts")
-    p.add_argument("--format", choices=("pth",), default="pth", help="output format (default: pth)")
-    p.add_argument("--name", required=True, help="run name (required)")
+    p = sub.add_parser("export", help="write a run's weights as reference-loadable .pth state dicts, or the "
+                       "generator as ONNX", formatter_class=fmt, description=cmd_export.__doc__)
+    p.add_argument("--format", choices=("pth", "onnx"), default="pth", help="output format (default: pth)")
+    p.add_argument("--name", help="run name (required unless --checkpoint is given)")
+    p.add_argument("--checkpoint", help="a run folder or a weights file, instead of --name (default: none)")
+    p.add_argument("--norm-mode", "--norm_mode", dest="norm_mode", choices=("instance", "running"),
+                   default="instance", help="onnx: BatchNorm as per-image statistics (the paper's protocol at "
+                   "batch 1) or folded running statistics (default: instance)")
     p.add_argument("--checkpoints-dir", "--checkpoints_dir", dest="checkpoints_dir", default="./checkpoints",
                    help="where the run is (default: ./checkpoints)")
     p.add_argument("--epoch", default="latest", help="which checkpoint (default: latest)")

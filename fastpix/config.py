@@ -19,6 +19,7 @@ NET_D_CHOICES = ("basic", "n_layers", "pixel")
 NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
 INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
 PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+INFERENCE_NORM_MODES = ("instance", "batch", "running")
 DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
 
 
@@ -106,6 +107,49 @@ class TestConfig:
     eval: bool = opt(False, "use running BatchNorm statistics and no dropout (model.eval())")
     seed: int = opt(0, "random seed for the dropout noise")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+
+
+@dataclass
+class InferenceConfig:
+    """What `fastpix predict` and `fastpix serve` share: which generator, and how it runs."""
+    checkpoint: str = opt(None, "a run folder (config.json + <epoch>_net_G.*), a .safetensors file or a reference "
+                          ".pth (required)")
+    epoch: str = opt("latest", "which checkpoint of a run folder: latest or an epoch number")
+    norm_mode: str = opt("instance", "BatchNorm at inference: instance (per-image statistics: the paper's protocol "
+                         "at batch 1, independent of the batch), batch (statistics of the whole batch), running "
+                         "(running statistics folded into the convs: fastest)", choices=INFERENCE_NORM_MODES)
+    dropout: bool = opt(False, "dropout on, as in the paper's test protocol (noise seeded per image)")
+    device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+    precision: str = opt(None, "fp32, bf16 or fp16 (autocast, CUDA only) (default: bf16 on GPUs that support it, "
+                         "else fp32)", choices=("fp32", "bf16", "fp16"))
+    netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",
+                    choices=NET_G_CHOICES)
+    ngf: int = opt(None, "generator filters, when neither config.json nor the weights tell it")
+    norm: str = opt(None, "the checkpoint's normalisation layer, when neither config.json nor the weights tell it",
+                    choices=NORM_CHOICES)
+    input_nc: int = opt(None, "input channels, when neither config.json nor the weights tell it")
+    output_nc: int = opt(None, "output channels, when neither config.json nor the weights tell it")
+
+
+@dataclass
+class PredictConfig(InferenceConfig):
+    batch_size: int = opt(8, "images per forward pass (same-size images share a pass)")
+    seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")
+
+
+@dataclass
+class ServeConfig(InferenceConfig):
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(8000, "TCP port to listen on (0: any free port)")
+    max_batch_size: int = opt(16, "most requests one forward pass serves")
+    max_wait_ms: float = opt(0.0, "after the first request of a batch, wait this long for more (0: a batch runs as "
+                             "soon as the worker is free; requests arriving meanwhile form the next one)")
+    max_queue: int = opt(256, "requests waiting beyond this many are refused with 503 and Retry-After")
+    timeout_s: float = opt(30.0, "a request not answered within this many seconds gets 504")
+    max_bytes: int = opt(20 * 2 ** 20, "largest request body accepted (bigger: 413)")
+    max_pixels: int = opt(4096 * 4096, "largest image accepted, in pixels (bigger: 413)")
+    graph_size: int = opt(256, "CUDA only: images that pad to graph_size x graph_size run as CUDA graphs, one per "
+                          "batch bucket, captured before /readyz reports ready (0: no graphs)")
 
 
 def fields_of(cls):

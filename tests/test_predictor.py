@@ -299,3 +299,52 @@ def test_cuda_bf16_is_close_to_cpu_fp32(norm_mode):
     for a, b in zip(gpu, cpu):  # bf16 autocast through 10 layers: a relative error of ~1e-2 (performance.md)
         assert (a.cpu() - b).norm() / b.norm() < 3e-2
 
+
+
+# ---- fastpix predict -------------------------------------------------------------------------------------------------
+
+def test_cli_predict_translates_folders_and_files_and_fails_on_unreadable_ones(tmp_path, capsys):
+    from fastpix.cli import main
+
+    G = generator("unet_32", "batch")
+    ckpt.save_weights(str(tmp_path / "g.pth"), G)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    images = {"in/a.png": random_image(40, 30), "in/sub/b.jpg": random_image(32, 32), "c.png": random_image(20, 50)}
+    for name, image in images.items():
+        image.save(tmp_path / name)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(tmp_path / "g.pth"), "--input", str(tmp_path / "in"),
+            str(tmp_path / "c.png"), "--output", str(out), "--batch-size", "2", "--norm-mode", "running", "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "a.png" not in err
+    predictor = Predictor(G, norm_mode="running")
+    for name, target in [("in/a.png", "a.png"), ("in/sub/b.jpg", "sub/b.png"), ("c.png", "c.png")]:
+        expected = predictor(Image.open(tmp_path / name), output_type="np")
+        assert np.array_equal(np.asarray(Image.open(out / target)), expected), target
+    (tmp_path / "in" / "broken.png").unlink()
+    assert main(argv) == 0
+
+
+def test_cli_predict_names_bad_flags(tmp_path, capsys):
+    from fastpix.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "exit status is then 1" in " ".join(capsys.readouterr().out.split())
+    random_image(32, 32).save(tmp_path / "a.png")
+    ckpt.save_weights(str(tmp_path / "g.safetensors"), generator())
+    base = ["predict", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="--checkpoint is required"):
+        main(base)
+    with pytest.raises(SystemExit, match="precision 'bf16' needs a CUDA device"):
+        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "bf16"])
+    with pytest.raises(SystemExit, match="no images in"):
+        (tmp_path / "empty").mkdir()
+        main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),
+              "--checkpoint", str(tmp_path / "g.safetensors")])
+    assert main(base + ["--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err

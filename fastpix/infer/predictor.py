@@ -114,6 +114,23 @@ def resolve_architecture(state: dict, config: dict | None, given: dict, source: 
     return values
 
 
+def load_generator(path_or_dir, epoch: str = "latest", backend=None, **arch) -> nn.Module:
+    """The generator of a run folder (config.json + <epoch>_net_G.*) or a weights file (.safetensors / reference
+    .pth). Architecture: the run's config.json, else inferred from the keys and shapes; keyword arguments (netG,
+    ngf, norm, input_nc, output_nc, no_dropout) override both."""
+    weights, config = _locate(path_or_dir, epoch)
+    state = ckpt.load_weights(weights)
+    a = resolve_architecture(state, config, arch, weights)
+    G = define_G(a["input_nc"], a["output_nc"], a["ngf"], a["netG"], a["norm"], not a["no_dropout"],
+                 backend=backend)
+    try:
+        G.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ckpt.CheckpointError(f"{weights} does not fit netG={a['netG']} ngf={a['ngf']} norm={a['norm']} "
+                                   f"input_nc={a['input_nc']} output_nc={a['output_nc']}: {exc}") from exc
+    return G
+
+
 # ---- padding and conversion ------------------------------------------------------------------------------------------
 
 def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
@@ -206,6 +223,9 @@ class Predictor:
             self.multiple = 4
         else:
             raise TypeError(f"Predictor needs a UnetGenerator or ResnetGenerator, not {type(generator).__name__}")
+        if getattr(generator, "backend", "eager") != "eager":
+            raise ValueError(f"the Predictor runs backend 'eager' for now, not {generator.backend!r}: its norm modes "
+                             "(norm_modes.py) swap BatchNorm layers, which the fused layers replace (issue #4)")
         self.generator = generator
         self.input_nc = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.norm_mode = norm_mode
@@ -229,21 +249,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
                         backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, **arch):
-        """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth).
-
-        Architecture: the run's config.json, else inferred from the keys and shapes; keyword arguments (netG, ngf,
-        norm, input_nc, output_nc, no_dropout) override both.
-        """
-        weights, config = _locate(path_or_dir, epoch)
-        state = ckpt.load_weights(weights)
-        a = resolve_architecture(state, config, arch, weights)
-        G = define_G(a["input_nc"], a["output_nc"], a["ngf"], a["netG"], a["norm"], not a["no_dropout"],
-                     backend=backend)
-        try:
-            G.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ckpt.CheckpointError(f"{weights} does not fit netG={a['netG']} ngf={a['ngf']} norm={a['norm']} "
-                                       f"input_nc={a['input_nc']} output_nc={a['output_nc']}: {exc}") from exc
+        """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
+        architecture as load_generator finds it."""
+        G = load_generator(path_or_dir, epoch, backend, **arch)
         return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size)
 
     def warmup(self, size: tuple[int, int] | None = None) -> "Predictor":
@@ -374,19 +382,35 @@ class GraphRunner:
 
 # ---- files -----------------------------------------------------------------------------------------------------------
 
-def _output_names(inputs: list[str]) -> list[str]:
-    """<stem>.png per input; a stem seen before gets _2, _3 … so that no result overwrites another."""
-    seen, names = defaultdict(int), []
-    for path in inputs:
-        stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
+    """(path, name relative to the output folder) for each file given, and for each image under each folder given
+    (recursively, sorted; the sub-folders are kept in the name). A path that does not exist is kept, so that
+    predict_files reports it with the unreadable files."""
+    from fastpix.data.dataset import list_images
+
+    found = []
+    for item in map(os.fspath, items):
+        if os.path.isdir(item):
+            found += [(path, os.path.relpath(path, item)) for path in list_images(item)]
+        else:
+            found.append((item, os.path.basename(item)))
+    return found
+
+
+def _output_names(names: list[str]) -> list[str]:
+    """<stem>.png per input name; a stem seen before gets _2, _3 … so that no result overwrites another."""
+    seen, out = defaultdict(int), []
+    for name in names:
+        stem = os.path.splitext(os.fspath(name))[0]
         seen[stem] += 1
-        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
-    return names
+        out.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    return out
 
 
 def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batch_size: int = 8,
-                  progress: bool = True, seed=None, resize=None):
-    """Translate image files into output_dir/<stem>.png. Returns (written paths, [(path, message)] of failures).
+                  progress: bool = True, seed=None, resize=None, names: list[str] | None = None):
+    """Translate image files into output_dir/<name stem>.png (names default to the inputs' file names).
+    Returns (written paths, [(path, message)] of failures).
 
     An unreadable file is reported and skipped. File k of `inputs` draws its dropout noise from (seed, k), so the
     results do not depend on batch_size.
@@ -394,7 +418,7 @@ def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batc
     from tqdm import tqdm
 
     os.makedirs(output_dir, exist_ok=True)
-    names = _output_names(inputs)
+    names = _output_names([os.path.basename(os.fspath(p)) for p in inputs] if names is None else names)
     written, failed = [], []
     with tqdm(total=len(inputs), unit="img", disable=not progress) as bar:
         for start in range(0, len(inputs), batch_size):

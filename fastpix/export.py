@@ -1,0 +1,79 @@
+"""ONNX export of a generator, for runtimes other than PyTorch (onnxruntime, TensorRT, OpenVINO …).
+
+The exported graph is the eager network of the chosen norm mode (norm_modes.py) with dropout off: 'instance'
+(per-image statistics with the BatchNorm affine: the paper's protocol at batch 1) or 'running' (BatchNorm folded
+into the convs). Batch, height and width are dynamic; height and width must be multiples of the generator's
+`multiple` (2**num_downs for a U-Net, 4 for a ResNet), which the model's metadata records: pad the input (the
+Predictor reflect-pads and crops back) as for the PyTorch model. Input "image" and output "translated" are
+N×C×H×W float32 in [-1, 1].
+
+torch.onnx's dynamo exporter is used (the TorchScript one is deprecated); it needs the onnx and onnxscript packages
+(pip install 'fastpix[onnx]').
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastpix.infer.norm_modes import inference_network
+from fastpix.models.resnet import ResnetGenerator
+from fastpix.models.unet import UnetGenerator
+
+EXPORT_NORM_MODES = ("instance", "running")  # 'batch' mixes the images of a batch: not a model to ship
+OPSET = 18
+
+
+def size_multiple(generator) -> int:
+    if isinstance(generator, UnetGenerator):
+        return 2 ** generator.num_downs
+    if isinstance(generator, ResnetGenerator):
+        return 4
+    raise TypeError(f"cannot export a {type(generator).__name__}: a UnetGenerator or ResnetGenerator is needed")
+
+
+def export_onnx(generator: torch.nn.Module, path: str, norm_mode: str = "instance", metadata: dict | None = None):
+    """Write `generator` (untouched; an inference copy is exported) to path as ONNX. Returns the exported network,
+    the eager module the file is equivalent to."""
+    if norm_mode not in EXPORT_NORM_MODES:
+        raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it; fail here with a clear message
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs {exc.name}: pip install 'fastpix[onnx]'") from exc
+    multiple = size_multiple(generator)
+    net = inference_network(generator, norm_mode, dropout=False).cpu().float()
+    input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    # Example sizes above 1 on every dynamic axis: torch.export specialises axes of size 0 or 1.
+    example = torch.zeros(2, input_nc, 2 * multiple, 2 * multiple)
+    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
+    dynamic = {"x": {0: batch, 2: multiple * height, 3: multiple * width}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(net, (example,), path, dynamo=True, input_names=["image"], output_names=["translated"],
+                          dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False)
+    model = onnx.load(path)
+    for key, value in {"fastpix.multiple": multiple, "fastpix.norm_mode": norm_mode, **(metadata or {})}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, path)
+    return net
+
+
+def check_onnx(path: str, net: torch.nn.Module, sizes=((1, 1), (3, 2)), seed: int = 0) -> float:
+    """Largest |onnxruntime − PyTorch| over random batches of the given (batch, size in multiples) shapes."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    multiple = int(session.get_modelmeta().custom_metadata_map["fastpix.multiple"])
+    input_nc = session.get_inputs()[0].shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n, k in sizes:
+        x = torch.rand(n, input_nc, k * multiple, (k + 1) * multiple, generator=generator) * 2 - 1
+        with torch.no_grad():
+            expected = net(x)
+        got = session.run(None, {"image": x.numpy()})[0]
+        worst = max(worst, float((torch.from_numpy(got) - expected).abs().max()))
+    return worst
