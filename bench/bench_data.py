@@ -1,17 +1,33 @@
 """Data-pipeline benchmarks (pytest-benchmark).
 
     .venv/bin/python -m pytest bench/bench_data.py --benchmark-json=/tmp/bench_data.json
+    (or `fastpix bench --suite data`: the same, and the comparison table)
 
 Each benchmark processes one batch of aligned A|B JPEGs and records pairs/s in extra_info; benchmarks on the same
 source size share a group so the PIL reference chain and the decoder variants sit side by side.
 """
 import io
+import os
+import resource
+import threading
+import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastpix.data import decode as D
+
+@pytest.fixture(scope="module", autouse=True)
+def one_intra_op_thread():
+    """One torch intra-op thread, as in a DataLoader worker: on a small shared machine, OpenMP threads waiting for
+    a core cost more than they parallelise, and the paths compared here parallelise with threads of their own."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # ----------------------------------------------------------------------------------------------- decoder
 
@@ -50,16 +66,39 @@ def _reference_chain(paths):
         ab.crop((w2, 0, w, h)).resize(TARGET, Image.Resampling.BICUBIC)
 
 
-def _record(benchmark, label, paths, fn):
+def _cpu_seconds():
+    """CPU time of this process (all threads) and of its reaped children (DataLoader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(benchmark, pairs, fn, **pedantic):
+    """Run the benchmark and record pairs_per_s (wall clock) and pairs_per_cpu_s (pairs per busy core)."""
+    cpu = []
+
+    def call():
+        start = _cpu_seconds()
+        fn()
+        cpu.append(_cpu_seconds() - start)
+
+    if pedantic:
+        benchmark.pedantic(call, **pedantic)
+    else:
+        benchmark(call)
+    benchmark.extra_info["pairs_per_s"] = pairs / benchmark.stats.stats.mean
+    benchmark.extra_info["pairs_per_cpu_s"] = pairs * len(cpu) / max(sum(cpu), 1e-9)
+
+
+def _record(benchmark, label, paths, fn, baseline=False):
     benchmark.group = f"decode {label} -> {TARGET[0]}x{TARGET[1]} (batch {len(paths)})"
     benchmark.extra_info["backend"] = D.backend()
-    benchmark(fn)
-    benchmark.extra_info["pairs_per_s"] = len(paths) / benchmark.stats.stats.mean
+    benchmark.extra_info["baseline"] = baseline
+    _timed(benchmark, len(paths), fn)
 
 
 def test_pil_reference_chain(benchmark, jpeg_batch):
     label, paths = jpeg_batch
-    _record(benchmark, label, paths, lambda: _reference_chain(paths))
+    _record(benchmark, label, paths, lambda: _reference_chain(paths), baseline=True)
 
 
 @pytest.mark.parametrize("draft", [False, True], ids=["exact", "draft"])
@@ -79,3 +118,125 @@ def test_decode_pairs_into(benchmark, jpeg_batch, threads):
         assert not any(errors), errors
 
     _record(benchmark, label, paths, run)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+# One epoch of PIPELINE_PAIRS pairs into training batches (286² resize, 256² crops, flips, [-1, 1] float32 NCHW on
+# the CPU), per path. pairs_per_s is wall-clock; pairs_per_cpu_s divides by the CPU time of this process and its
+# DataLoader workers, i.e. pairs per second per busy core, which is what the "per core" targets compare.
+
+PIPELINE_PAIRS = 64
+PIPELINE_ROUNDS = 3
+
+
+@pytest.fixture(scope="module", params=SOURCES, ids=lambda s: f"{s[0]}x{s[1]}")
+def pipeline_data(request, tmp_path_factory):
+    """A data set of PIPELINE_PAIRS aligned JPEGs, and its PairedDataset (286² resize, 256² crops)."""
+    from fastpix.data.dataset import PairedDataset
+
+    w, h = request.param
+    root = tmp_path_factory.mktemp(f"dataset_{w}x{h}")
+    (root / "train").mkdir()
+    for i in range(PIPELINE_PAIRS):
+        _photo_like(w, h, i).save(root / "train" / f"{i:03d}.jpg", "JPEG", quality=90)
+    return f"{w}x{h}", PairedDataset(str(root), "train", load_size=TARGET[0], crop_size=256, seed=0)
+
+
+def _record_epoch(benchmark, label, fn, baseline=False):
+    benchmark.group = f"pipeline {label} -> {TARGET[0]}² -> 256² crops (batch {BATCH}, {PIPELINE_PAIRS} pairs)"
+    benchmark.extra_info["backend"] = D.backend()
+    benchmark.extra_info["baseline"] = baseline
+    _timed(benchmark, PIPELINE_PAIRS, fn, rounds=PIPELINE_ROUNDS, warmup_rounds=1)
+
+
+def _epoch(pipeline):
+    for batch in pipeline:
+        assert batch["A"].dtype == torch.float32 and batch["A"].shape[1:] == (3, 256, 256)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_pipeline_dataloader(benchmark, pipeline_data, workers):
+    """The reference chain (PIL decode, bicubic resize, crop, flip, to_tensor per item) in a DataLoader, as the
+    reference trains; workers are started for every epoch, as there."""
+    from fastpix.data.dataset import make_loader
+
+    label, ds = pipeline_data
+    loader, _ = make_loader(ds, BATCH, True, workers)
+    _record_epoch(benchmark, label, lambda: _epoch(loader), baseline=workers == 0)
+
+
+class _PeakRss:
+    """Samples this process's resident memory every millisecond while active."""
+
+    def __init__(self):
+        self.peak, self.running = 0, False
+
+    @staticmethod
+    def now():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.start, self.peak, self.running = self.now(), self.now(), True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pipeline_stream(benchmark, pipeline_data, threads):
+    """Native decode threads into a ring of 3 reused batch buffers; crops, flips and normalisation batched."""
+    from fastpix.data.stream import StreamLoader
+
+    label, ds = pipeline_data
+    stream = StreamLoader(ds, BATCH, threads=threads, depth=3)
+    after_epoch = []  # resident MiB after each epoch: flat after the first when memory is bounded
+
+    def epoch():
+        _epoch(stream)
+        after_epoch.append(round(_PeakRss.now() / 2**20, 1))
+
+    with _PeakRss() as rss:
+        _record_epoch(benchmark, label, epoch)
+    ring = stream.depth * BATCH * TARGET[0] * TARGET[1] * 6
+    benchmark.extra_info.update(ring_mib=ring / 2**20, rss_start_mib=rss.start / 2**20,
+                                rss_peak_mib=rss.peak / 2**20, rss_after_epoch_mib=after_epoch)
+
+
+@pytest.mark.parametrize("placement", ["memory", "memmap"])
+def test_pipeline_cache(benchmark, pipeline_data, placement, tmp_path):
+    """Serving an epoch from a built cache: batched crop/flip and normalisation into float32 CPU tensors."""
+    from fastpix.data.cache import CachedLoader, PairCache
+
+    label, ds = pipeline_data
+    loader = CachedLoader(PairCache(ds, cache_dir=str(tmp_path), placement=placement, progress=False), BATCH)
+    _record_epoch(benchmark, label, lambda: _epoch(loader))
+
+
+def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, tmp_path):
+    """The CPU's whole share of the cache path when training on a GPU: uint8 crops/flips of an in-RAM cache (the
+    bytes that cross to the device; normalisation then runs there)."""
+    from fastpix.data.augment import crop_flip, crop_flip_params
+    from fastpix.data.cache import PairCache
+
+    label, ds = pipeline_data
+    cache = PairCache(ds, cache_dir=str(tmp_path), placement="memory", progress=False)
+    order = list(range(PIPELINE_PAIRS))
+
+    def epoch():
+        for start in range(0, PIPELINE_PAIRS, BATCH):
+            rows = order[start:start + BATCH]
+            params = crop_flip_params(rows, 0, 0, TARGET[0], 256, True)
+            crop_flip(cache.a, rows, params, 256)
+            crop_flip(cache.b, rows, params, 256)
+
+    _record_epoch(benchmark, label, epoch)
