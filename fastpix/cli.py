@@ -109,7 +109,7 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 
 
 def cmd_train(args):
-    from fastpix.train.loop import train
+    from fastpix.train.loop import default_device, train
 
     given = apply_reference_args(vars(args))
     train_cfg = build_config(TrainConfig, given)
@@ -126,6 +126,12 @@ def cmd_train(args):
     if data_cfg.dataroot is None:
         data_cfg.dataroot = ensure_demo_data()
         print(f"fastpix: no --dataroot given, training on the built-in demo data in {data_cfg.dataroot}")
+    if model_cfg.backend == "triton" and default_device(train_cfg.device).type != "cuda":
+        from fastpix.models import use_triton_interpreter
+
+        use_triton_interpreter()
+        print("fastpix: --backend triton without a CUDA device runs the kernels in Triton's interpreter "
+              "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
     run_dir = train(model_cfg, data_cfg, train_cfg, overwrite=args.overwrite, progress=not args.quiet)
     print(f"fastpix: checkpoints in {run_dir}")
 

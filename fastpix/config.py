@@ -37,8 +37,9 @@ class ModelConfig:
     init_type: str = opt("normal", "weight initialisation", choices=INIT_CHOICES)
     init_gain: float = opt(0.02, "scale of the weight initialisation")
     no_dropout: bool = opt(False, "no dropout in the generator (pix2pix uses dropout 0.5 as its noise)")
-    backend: str = opt(None, "eager, triton (fused kernels) or compile (torch.compile of eager; training only) "
-                       "(default: eager)", choices=("eager", "triton", "compile"))
+    backend: str = opt(None, "eager, triton (fused norm+activation kernels and losses; on a CPU through Triton's "
+                       "slow interpreter) or compile (torch.compile of eager; training only) (default: eager)",
+                       choices=("eager", "triton", "compile"))
 
 
 @dataclass

@@ -26,6 +26,7 @@ advance `rng_state[1]` by x.numel() with a device-side add, so a captured CUDA g
 replay without recapture and without host synchronisation.
 """
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import nn
@@ -167,8 +168,10 @@ def _stats_finalize_kernel(COUNT, MEAN_P, M2_P, MEAN, RSTD, RUNNING_MEAN, RUNNIN
     g = tl.program_id(1)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    # Means relative to the first partial's, for the reason given in `_stats_partials_kernel`.
+    # Means relative to the first partial's, for the reason given in `_stats_partials_kernel` (0 when that
+    # partial counted no rows: its mean is then undefined).
     shift = tl.load(MEAN_P + (g * T).to(tl.int64) * C + cols, mask=col_mask, other=0.0)
+    shift = tl.where(tl.load(COUNT + g * T) > 0, shift, 0.0)
     n_a = tl.zeros([BLOCK_C], tl.float32)
     mean_a = tl.zeros([BLOCK_C], tl.float32)
     m2_a = tl.zeros([BLOCK_C], tl.float32)
@@ -178,19 +181,20 @@ def _stats_finalize_kernel(COUNT, MEAN_P, M2_P, MEAN, RSTD, RUNNING_MEAN, RUNNIN
         mask = tile_mask[:, None] & col_mask[None, :]
         offsets = (g * T + tiles).to(tl.int64)[:, None] * C + cols[None, :]
         n_t = tl.load(COUNT + g * T + tiles, mask=tile_mask, other=0.0)[:, None]
+        mask = mask & (n_t > 0)  # a partial that counted no rows holds no mean or M2
         mean_t = tl.where(mask, tl.load(MEAN_P + offsets, mask=mask, other=0.0) - shift[None, :], 0.0)
         m2_t = tl.load(M2_P + offsets, mask=mask, other=0.0)
         # This block of partials as one partial: the exact multi-way form of Chan's merge ...
         n_b = tl.sum(n_t, axis=0)
-        mean_b = tl.sum(n_t * mean_t, axis=0) / n_b
+        mean_b = tl.sum(n_t * mean_t, axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(mask, mean_t - mean_b[None, :], 0.0)
         m2_b = tl.sum(m2_t, axis=0) + tl.sum(n_t * d * d, axis=0)
         # ... merged into the running partial: only differences of means are squared, so a large |mean|/std
-        # cannot cancel catastrophically as E[x²] − E[x]² would.
+        # cannot cancel catastrophically as E[x²] − E[x]² would. (max(·, 1): blocks of empty partials add 0.)
         n_ab = n_a + n_b
         delta = mean_b - mean_a
-        mean_a = mean_a + delta * (n_b / n_ab)
-        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n_ab)
+        mean_a = mean_a + delta * (n_b / tl.maximum(n_ab, 1.0))
+        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / tl.maximum(n_ab, 1.0))
         n_a = n_ab
     var = m2_a / n_a
     mean_a += shift
@@ -510,7 +514,8 @@ class NormActFunction(torch.autograd.Function):
 
 
 def _check(x, weight, bias, activation):
-    require_launchable(x, "batch_norm_act")
+    if x.device.type != "meta":
+        require_launchable(x, "batch_norm_act")
     if x.dim() != 4:
         raise ValueError(f"expected a 4-d NCHW-shaped input, got shape {tuple(x.shape)}")
     if activation not in ACTIVATIONS:
@@ -519,6 +524,16 @@ def _check(x, weight, bias, activation):
         if p is not None and p.shape != (x.shape[1],):
             raise ValueError(f"{name} has shape {tuple(p.shape)}, expected ({x.shape[1]},) for input "
                              f"{tuple(x.shape)}")
+
+
+def _meta(z, activation, slope):
+    """Shape-only (meta-device) inputs, as FLOP counting and tracing use: the eager composition gives the shapes,
+    dtype and layout of the kernels' output without launching them."""
+    if activation == "relu":
+        z = F.relu(z)
+    elif activation == "leaky_relu":
+        z = F.leaky_relu(z, slope)
+    return z.contiguous(memory_format=torch.channels_last)
 
 
 def _snapshot_and_advance(rng_state, x, dropout_p):
@@ -550,6 +565,9 @@ def batch_norm_act(x, weight, bias, running_mean, running_var, training, momentu
     num_batches_tracked is the module's business (BatchNormAct2d).
     """
     _check(x, weight, bias, activation)
+    if x.device.type == "meta":
+        return _meta(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps), activation,
+                     slope)
     if training and x.numel() // x.shape[1] <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
                          f"{tuple(x.shape)}")
@@ -565,6 +583,8 @@ def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", sl
     """y = dropout(act(InstanceNorm(x))): statistics per (sample, channel), affine optional (pix2pix's instance norm
     has affine=False). Arguments as in `batch_norm_act`; autograd-enabled."""
     _check(x, weight, bias, activation)
+    if x.device.type == "meta":
+        return _meta(F.instance_norm(x, weight=weight, bias=bias, eps=eps), activation, slope)
     if x.shape[2] * x.shape[3] <= 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input of shape "
                          f"{tuple(x.shape)}")

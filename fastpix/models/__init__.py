@@ -1,7 +1,11 @@
 """Model factories with the reference's signatures: define_G, define_D.
 
-The returned modules' state_dict keys and shapes equal the reference's, so checkpoints move both ways.
+The returned modules' state_dict keys and shapes equal the reference's, so checkpoints move both ways, and between
+the backends: 'eager' (plain PyTorch modules) and 'triton' (the same tree with each norm + activation pair run by a
+fused Triton kernel, fastpix/models/fused.py).
 """
+import os
+
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer
 from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
@@ -12,15 +16,32 @@ BACKENDS = ("eager", "triton")
 
 
 def resolve_backend(backend=None) -> str:
-    """Only the eager backend exists until the fused kernels land (issue #4); then triton becomes the CUDA default."""
+    """None means eager. triton is opt-in for now: fastpix/infer/norm_modes.py swaps BatchNorm layers for its
+    inference modes and does not yet know the fused layers (which carry their activation), so a default of triton on
+    CUDA would change inference results."""
     if backend is None:
         return "eager"
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "triton":
-        raise ValueError("--backend triton is not available yet: the fused kernels arrive with issue #4; "
-                         "use --backend eager")
     return backend
+
+
+def use_triton_interpreter() -> None:
+    """Let backend='triton' run on the CPU, through Triton's interpreter (correct, very slow: for checking).
+
+    Triton picks compiled or interpreted kernels when a kernel module is imported, so TRITON_INTERPRET=1 is set
+    here, before the first fastpix.kernels import; once the kernels are loaded compiled it is too late, and this
+    says so rather than failing later inside a launch.
+    """
+    import sys
+
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y"):
+        return
+    if "fastpix.kernels.batch_norm_act" in sys.modules:
+        raise RuntimeError("--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
+                           "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
+                           "eager")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def unet_num_downs(netG: str):
@@ -33,8 +54,14 @@ def unet_num_downs(netG: str):
     return size.bit_length() - 1
 
 
-def _apply_backend(net, backend):
+def _apply_backend(net, backend, norm):
     net.backend = resolve_backend(backend)
+    if net.backend == "triton":
+        if norm == "syncbatch":  # convert_sync_batchnorm would replace the fused layers and drop their activations
+            raise ValueError("--norm syncbatch needs --backend eager (the fused norm layers are not synchronised)")
+        from fastpix.models.fused import fuse_norm_activations
+
+        fuse_norm_activations(net)
     return net
 
 
@@ -48,7 +75,7 @@ def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, in
     else:
         raise ValueError(f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, "
                          "resnet_9blocks)")
-    return _apply_backend(init_weights(net, init_type, init_gain), backend)
+    return _apply_backend(init_weights(net, init_type, init_gain), backend, norm)
 
 
 def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal", init_gain=0.02, backend=None):
@@ -61,7 +88,7 @@ def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal"
         net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
     else:
         raise ValueError(f"--netD {netD!r} is not one of basic, n_layers, pixel")
-    return _apply_backend(init_weights(net, init_type, init_gain), backend)
+    return _apply_backend(init_weights(net, init_type, init_gain), backend, norm)
 
 
 def build_models(model_cfg, backend=None):
@@ -75,4 +102,4 @@ def build_models(model_cfg, backend=None):
 
 
 __all__ = ["define_G", "define_D", "build_models", "init_weights", "get_norm_layer", "resolve_backend",
-           "unet_num_downs"]
+           "unet_num_downs", "use_triton_interpreter"]

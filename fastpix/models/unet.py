@@ -16,7 +16,7 @@ class UnetSkipConnectionBlock(nn.Module):
     def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
                  norm_layer=nn.BatchNorm2d, use_dropout=False):
         super().__init__()
-        self.outermost = outermost
+        self.outermost, self.innermost = outermost, innermost
         use_bias = conv_has_bias(norm_layer)
         input_nc = outer_nc if input_nc is None else input_nc
         downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)

@@ -15,6 +15,14 @@ LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def model_backend(net: torch.nn.Module) -> str:
+    """The backend define_G/define_D built `net` with, looking through DDP (.module) and torch.compile
+    (._orig_mod) wrappers; 'eager' for a network built otherwise."""
+    while not hasattr(net, "backend") and (hasattr(net, "module") or hasattr(net, "_orig_mod")):
+        net = getattr(net, "module", None) or net._orig_mod
+    return getattr(net, "backend", "eager")
+
+
 def set_requires_grad(net: torch.nn.Module, flag: bool):
     for p in net.parameters():
         p.requires_grad_(flag)
@@ -27,12 +35,14 @@ class Pix2PixStep:
     graph_safe: what a CUDA graph needs — the learning rate in a device tensor (changed without recapture),
     capturable Adam, and gradients zeroed in place rather than freed, so the captured kernels keep writing to
     the tensors the optimizers read.
+    backend: 'eager' or 'triton' (the fused GAN and L1 losses); None takes G's (define_G records it).
     """
 
     def __init__(self, G, D, lr=2e-4, beta1=0.5, gan_mode="vanilla", lambda_L1=100.0, precision="fp32",
-                 device_type="cpu", graph_safe=False):
+                 device_type="cpu", graph_safe=False, backend=None):
         self.G, self.D = G, D
         self.gan_mode, self.lambda_L1 = gan_mode, lambda_L1
+        self.backend = model_backend(G) if backend is None else backend
         self.device_type, self.graph_safe = device_type, graph_safe
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"--precision {precision!r} is not one of fp32, bf16, fp16")
@@ -71,16 +81,17 @@ class Pix2PixStep:
         set_requires_grad(self.D, True)
         self.opt_D.zero_grad(set_to_none=set_to_none)
         with self.autocast():
-            loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode)
-            loss_D_real = gan_loss(self.D(torch.cat((real_A, real_B), 1)), True, self.gan_mode)
+            loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode,
+                                   self.backend)
+            loss_D_real = gan_loss(self.D(torch.cat((real_A, real_B), 1)), True, self.gan_mode, self.backend)
         scaler.scale((loss_D_fake + loss_D_real) * 0.5).backward()
         scaler.step(self.opt_D)
 
         set_requires_grad(self.D, False)
         self.opt_G.zero_grad(set_to_none=set_to_none)
         with self.autocast():
-            loss_G_GAN = gan_loss(self.D(torch.cat((real_A, fake_B), 1)), True, self.gan_mode)
-            loss_G_L1 = l1_loss(fake_B.float(), real_B.float(), self.lambda_L1)
+            loss_G_GAN = gan_loss(self.D(torch.cat((real_A, fake_B), 1)), True, self.gan_mode, self.backend)
+            loss_G_L1 = self._l1(fake_B, real_B)
         scaler.scale(loss_G_GAN + loss_G_L1).backward()
         scaler.step(self.opt_G)
         scaler.update()
@@ -89,10 +100,16 @@ class Pix2PixStep:
         return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
                 "D_fake": loss_D_fake.detach()}
 
+    def _l1(self, fake_B, real_B):
+        """λ·L1 in fp32: eager upcasts (as the reference's fp32 loss), the fused kernel accumulates in fp32."""
+        if self.backend == "triton":
+            return l1_loss(fake_B, real_B, self.lambda_L1, "triton")
+        return l1_loss(fake_B.float(), real_B.float(), self.lambda_L1)
+
     def _l1_only(self, fake_B, real_B):
         """The paper's L1 baseline: G trained on λ·L1 alone; D is neither run nor updated."""
         self.opt_G.zero_grad(set_to_none=not self.graph_safe)
-        loss_G_L1 = l1_loss(fake_B.float(), real_B.float(), self.lambda_L1)
+        loss_G_L1 = self._l1(fake_B, real_B)
         self.scaler.scale(loss_G_L1).backward()
         self.scaler.step(self.opt_G)
         self.scaler.update()
