@@ -1,7 +1,8 @@
 """Training throughput: the reference's way against fastpix's, side by side in one run.
 
 (a) reference: eager fp32 NCHW, no graphs; (b) eager bf16 channels-last; (c) torch.compile (bf16 channels-last);
-(d) fastpix engine with CUDA graphs, backend eager; (e) the same with backend triton (when it exists).
+(d) fastpix engine with CUDA graphs, backend eager; (e) the same with backend triton (fused kernels; GPU only:
+on a CPU Triton's interpreter would time Python, not kernels).
 unet_256 + basic PatchGAN at 256² on a GPU, at batch 1, 16, 64. On a CPU the same cases run on a small
 configuration (unet_64, ngf 16, 64², batch 1 and 4) so the suite stays runnable anywhere; those numbers are
 not the GPU targets.
@@ -25,13 +26,15 @@ CASES = {
     "b_eager_bf16_channels_last": dict(precision="bf16", channels_last=True, graphs=False, backend="eager"),
     "c_torch_compile": dict(precision="bf16", channels_last=True, graphs=False, backend="compile"),
     "d_fastpix_graphs_eager": dict(precision="bf16", channels_last=True, graphs=True, backend="eager"),
+    "e_fastpix_graphs_triton": dict(precision="bf16", channels_last=True, graphs=True, backend="triton"),
 }
 
 
 def build(case, batch, device):
     torch.manual_seed(0)
-    G = define_G(3, 3, CONFIG["ngf"], CONFIG["netG"], "batch", True, backend="eager")
-    D = define_D(6, CONFIG["ngf"], "basic", backend="eager")
+    backend = "triton" if case["backend"] == "triton" else "eager"
+    G = define_G(3, 3, CONFIG["ngf"], CONFIG["netG"], "batch", True, backend=backend)
+    D = define_D(6, CONFIG["ngf"], "basic", backend=backend)
     fmt = torch.channels_last if case["channels_last"] else torch.contiguous_format
     G.to(device, memory_format=fmt)
     D.to(device, memory_format=fmt)
@@ -52,6 +55,8 @@ def test_train_iteration(benchmark, case_name, batch, device):
     case = CASES[case_name]
     if case["graphs"] and not GPU:
         pytest.skip("CUDA graphs need a GPU")
+    if case["backend"] == "triton" and not GPU:
+        pytest.skip("the triton backend is timed on a GPU only (the CPU runs it in Triton's interpreter)")
     engine, A, B, flops, precision = build(case, batch, device)
     for _ in range(5):  # warm-up: graph capture, compilation, cuDNN autotuning
         engine(A, B)
