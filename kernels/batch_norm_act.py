@@ -363,13 +363,14 @@ class _Plan:
     def __init__(self, R, C, groups):
         self.R, self.C, self.groups = R, C, groups
         self.block_c = min(triton.next_power_of_2(C), 64)
-        self.block_m = min(max(4096 // self.block_c, 1), triton.next_power_of_2(R))
+        # at least 16 rows and partials a block: no degenerate 1-wide reductions for the compiler, a few masked lanes
+        self.block_m = max(min(4096 // self.block_c, triton.next_power_of_2(R)), 16)
         self.channel_blocks = triton.cdiv(C, self.block_c)
         tiles = triton.cdiv(R, self.block_m)
         programs = max(1, min(tiles, triton.cdiv(REDUCTION_PROGRAMS, self.channel_blocks * groups)))
         self.rows_per_program = triton.cdiv(tiles, programs) * self.block_m
         self.partials = triton.cdiv(R, self.rows_per_program)
-        self.block_t = min(max(4096 // self.block_c, 1), triton.next_power_of_2(self.partials))
+        self.block_t = max(min(4096 // self.block_c, triton.next_power_of_2(self.partials)), 16)
 
     @property
     def tile_grid(self):

@@ -72,7 +72,7 @@ def _sum_partials_kernel(PARTIALS, OUT, count, scale, BLOCK: tl.constexpr):
 def sum_partials(partials, scale):
     """A fp32 0-d tensor scale·Σpartials, deterministic (one program, fixed order), without host synchronisation."""
     out = torch.empty((), dtype=torch.float32, device=partials.device)
-    block = min(triton.next_power_of_2(partials.numel()), 1024)
+    block = max(min(triton.next_power_of_2(partials.numel()), 1024), 16)
     _sum_partials_kernel[(1,)](partials, out, partials.numel(), scale, BLOCK=block)
     return out
 

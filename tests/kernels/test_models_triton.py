@@ -16,6 +16,12 @@ from fastpix.train.step import Pix2PixStep
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """Both backends run the same aten convolutions; TF32 would round their slightly different inputs apart."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 def perturb_affine(net):
     """Move every norm's (γ, β) off their initial (1, 0) and the running stats off (0, 1), so that they matter."""
     with torch.no_grad():
