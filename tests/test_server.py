@@ -368,3 +368,18 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tmp_path):
             process.wait(TIMEOUT_S)
     log = process.stdout.read().decode()
     assert "Shutting down" in log and "Traceback" not in log
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_are_captured_before_ready_and_serve_the_predictors_result():
+    G = tiny_generator()
+    predictor = Predictor(G, device="cuda", precision="fp32", graph_size=(32, 32), max_batch_size=16)
+    image = random_image(32, 32, 9)
+    with BackgroundServer(create_app(predictor, ServeConfig(graph_size=32, max_batch_size=16))) as server:
+        wait_until(lambda: request(f"{server.url}/readyz")[0] == 200, "readiness")
+        assert sorted(predictor.graphs.graphs) == [1, 2, 4, 8, 16]
+        status, _, body = translate(server, png_bytes(image))
+    assert status == 200
+    expected = Predictor(G, device="cpu")(image, output_type="np")
+    diff = np.abs(decoded(body).astype(int) - expected)  # cuDNN may use TF32: a grey level here and there
+    assert diff.max() <= 2 and diff.mean() < 0.5

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-NORM_MODES = ("instance", "batch", "running")
+from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
 
 
 class SampleNorm(nn.Module):

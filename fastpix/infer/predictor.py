@@ -311,6 +311,8 @@ class Predictor:
                     chunk = members[start:start + self.max_batch_size]
                     batch = torch.stack([pad_to(inputs[k][0].to(self.device), size) for k in chunk])
                     result = self._forward(batch, [(seeds[k], indices[k]) for k in chunk])
+                    if output_type != "pt":
+                        result = result.cpu()  # one transfer for the chunk rather than one per image
                     for k, y in zip(chunk, result):
                         # A copy, not a view: a returned image must not hold its whole batch alive.
                         y = _resize_tensor(crop_from(y, *inputs[k][0].shape[-2:]), *inputs[k][1])

@@ -184,10 +184,13 @@ async def image_and_seed(request, body: bytes) -> tuple[bytes, int | None]:
             form = await Request(request.scope, replay).form()
         except Exception as exc:  # noqa: BLE001 - malformed multipart
             raise RequestError(400, f"malformed multipart body: {exc}") from exc
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "multipart request without a file field named 'image'")
-        return await upload.read(), _seed(form.get("seed", seed))
+        try:
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(400, "multipart request without a file field named 'image'")
+            return await upload.read(), _seed(form.get("seed", seed))
+        finally:
+            await form.close()  # large uploads spill to temporary files
     if content_type == "application/json":
         try:
             payload = json.loads(body)
