@@ -32,13 +32,13 @@ Layout: activations are NCHW-shaped tensors stored channels_last (NHWC), weights
 [Cout, Cin, kh, kw], ConvT [Cin, Cout, kh, kw]) and are addressed through their strides. Operands are fp32, fp16
 or bf16 with fp32 accumulation; fp32 operands use TF32 exactly when torch.backends.cudnn.allow_tf32 would.
 """
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from fastpix.kernels import INTERPRETED, require_launchable
 from fastpix.kernels.batch_norm_act import (
     ACTIVATIONS, _activation, _activation_grad, _dropout_scale, _grad_finalize_kernel, _stats_finalize_kernel)
 
@@ -359,28 +359,35 @@ class Operand:
 
 
 
-def _interpreted():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _input_precision(dtype):
     # fp32 operands follow cuDNN's switch (TF32 by default on GPUs that have it); the interpreter computes exactly.
-    if dtype == torch.float32 and (_interpreted() or not torch.backends.cudnn.allow_tf32):
+    if dtype == torch.float32 and (INTERPRETED or not torch.backends.cudnn.allow_tf32):
         return "ieee"
     return "tf32"
 
 
-def _gemm_config(M, CO):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `_conv_gemm_kernel`: small fixed tiles under the interpreter."""
-    if _interpreted():
-        return 16, 16, 16, 1
+# The interpreter's cost is per operation, not per element: its tiles grow with the problem (fewer programs and
+# loop steps), rows staying ≤ M/2 so that every launch still has several row tiles (and partials to merge).
+def _interpreter_rows(M):
+    return max(16, min(512, triton.next_power_of_2(M) // 2))
+
+
+def _interpreter_channels(C):
+    return max(16, min(32, triton.next_power_of_2(C)))
+
+
+def _gemm_config(M, CO, C):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `_conv_gemm_kernel` for M output rows, CO output channels and
+    C reduction channels per tap."""
+    if INTERPRETED:
+        return _interpreter_rows(M), _interpreter_channels(CO), _interpreter_channels(C), 1
     return 64 if M >= 64 else 32, 64 if CO > 32 else 32, 32, 4
 
 
-def _wgrad_config():
-    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps) of `_wgrad_kernel`."""
-    if _interpreted():
-        return 16, 16, 16, 1
+def _wgrad_config(M, CD, CG):
+    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps) of `_wgrad_kernel`; M: rows of the reduction."""
+    if INTERPRETED:
+        return _interpreter_rows(M), _interpreter_channels(CD), _interpreter_channels(CG), 1
     return 32, 64, 64, 4
 
 
@@ -418,7 +425,7 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
     if stats and transposed and (OH % stride or OW % stride):
         raise ValueError(f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
                          f"{stride}, got {OH}×{OW}")
-    block_m, block_n, block_k, warps = _gemm_config(N * QH * QW, CO)
+    block_m, block_n, block_k, warps = _gemm_config(N * QH * QW, CO, max(C1, C2))
     grid_m = triton.cdiv(N * QH * QW, block_m)
     T = classes * grid_m
     y = out if out is not None else torch.empty((N, OH, OW, CO), dtype=x1.x.dtype, device=x1.x.device)
@@ -461,7 +468,7 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
 def _split_count(tiles, row_blocks):
     """Splits of the wgrad reduction: enough programs to fill the GPU twice over (the bottleneck layers at batch 1
     have few output tiles and long reductions), never more than the row blocks."""
-    if _interpreted():
+    if INTERPRETED:
         return min(2, row_blocks)
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     return max(1, min(row_blocks, triton.cdiv(2 * sms, tiles), 64))
@@ -475,7 +482,7 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out):
     _, GH, GW, CG = gathered.x.shape
     KH, KW = kernel
     taps = KH * KW
-    block_m, block_d, block_g, warps = _wgrad_config()
+    block_m, block_d, block_g, warps = _wgrad_config(N * QH * QW, CD, CG)
     row_blocks = triton.cdiv(N * QH * QW, block_m)
     tiles = taps * triton.cdiv(CG, block_g) * triton.cdiv(CD, block_d)
     steps = triton.cdiv(row_blocks, _split_count(tiles, row_blocks))
@@ -503,7 +510,7 @@ def bias_grad(grad, out):
     N, H, W, C = grad.x.shape
     R = N * H * W
     block_c = min(triton.next_power_of_2(C), 64)
-    block_m = 16 if _interpreted() else max(4096 // block_c, 16)
+    block_m = _interpreter_rows(R) if INTERPRETED else max(4096 // block_c, 16)
     T = triton.cdiv(R, block_m)
     part = torch.empty(T, C, dtype=torch.float32, device=out.device)
     X, U, PRM, _ = grad.pointers()
@@ -699,6 +706,7 @@ def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh):
         raise ValueError("stats and tanh exclude each other: BatchNorm never follows G's Tanh")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"conv_bn_act supports float32, float16 and bfloat16 inputs, got {x.dtype}")
+    require_launchable(x, "conv_bn_act")
 
 
 def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, norm=None, activation="none",

@@ -1,6 +1,7 @@
 """The PatchGAN discriminators, with the reference's module trees. Outputs are raw logits (no sigmoid)."""
 import torch.nn as nn
 
+from fastpix.models.fused_convs import sequential_forward, use_fused_convs
 from fastpix.models.norm import conv_has_bias
 
 
@@ -23,6 +24,8 @@ class NLayerDiscriminator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
+        if use_fused_convs(self, x):
+            return sequential_forward(self.model, x)
         return self.model(x)
 
 
@@ -38,4 +41,6 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf * 2, 1, kernel_size=1, bias=use_bias))
 
     def forward(self, x):
+        if use_fused_convs(self, x):
+            return sequential_forward(self.net, x)
         return self.net(x)

@@ -9,6 +9,7 @@ and every non-outermost block returns cat([x, block(x)]): the skip first.
 import torch
 import torch.nn as nn
 
+from fastpix.models.fused_convs import unet_forward, use_fused_convs
 from fastpix.models.norm import conv_has_bias
 
 
@@ -66,4 +67,6 @@ class UnetGenerator(nn.Module):
         if x.dim() != 4 or x.shape[-1] % multiple or x.shape[-2] % multiple:
             raise ValueError(f"U-Net with {self.num_downs} downsamplings needs an input (N, C, H, W) with H and W "
                              f"multiples of {multiple}; got shape {tuple(x.shape)}")
+        if use_fused_convs(self, x):
+            return unet_forward(self, x)
         return self.model(x)

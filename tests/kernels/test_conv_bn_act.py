@@ -56,8 +56,8 @@ PLAIN_CASES = [
     (True, 2, 1, 4, 1, 8, 4, 1, 1, torch.float16, False),     # 1×1 → 2×2 bottleneck
     (True, 2, 1, 4, 2, 4, 3, 2, 3, torch.float16, True),
     (True, 1, 1, 3, 1, 3, 4, 4, 4, torch.float32, False),     # stride-1 ConvT (any kernel size)
-    (False, 2, 1, 4, 1, 19, 17, 4, 4, torch.float32, False),  # several channel blocks
-    (True, 2, 1, 4, 1, 17, 19, 2, 2, torch.float16, True),
+    (False, 2, 1, 4, 1, 37, 35, 4, 4, torch.float32, False),  # several channel blocks
+    (True, 2, 1, 4, 1, 35, 37, 2, 2, torch.float16, True),
 ]
 
 

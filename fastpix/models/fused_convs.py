@@ -1,0 +1,200 @@
+"""backend='triton' forward on the fused conv kernels (kernels/conv_bn_act.py): BatchNorm never materialised.
+
+The module tree stays the eager one (so state_dicts are unchanged); `unet_forward` and `sequential_forward` walk
+it and run every conv and ConvTranspose as one fused Triton kernel. What flows between layers is a `Pending`
+tensor: a conv's raw output plus what its consumers must apply while loading it — the BatchNorm (mean,
+k = γ·rstd, β), the activation and dropout. A BatchNorm layer in training mode turns into the statistics its conv's
+epilogue computes (running statistics and num_batches_tracked updated as nn.BatchNorm2d does); in eval mode into
+its running statistics. The U-Net's up conv reads skip and up as two sources: no concat is written.
+
+Layers are recognised by type: Conv2d, ConvTranspose2d, BatchNorm2d (and its fused subclass BatchNormAct2d,
+whose activation and dropout it carries), ReLU, LeakyReLU, Dropout, Tanh, Identity. `fused_forward_supported`
+says whether a network consists of these only (instance norm does not: its per-sample statistics are not fused
+into the convs), and define_G/define_D fall back to the module-by-module path otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU)
+
+
+@dataclass
+class Pending:
+    """A conv's raw output and what its consumer applies on load: dropout(act((raw − mean)·k + β))."""
+    raw: torch.Tensor
+    norm: tuple | None = None
+    activation: str = "none"
+    slope: float = 0.2
+    dropout_p: float = 0.0
+    rng: torch.Tensor | None = None
+
+    def read_by(self, activation: nn.Module | None):
+        """This tensor as a consumer reads it after `activation` (a ReLU/LeakyReLU module, or None)."""
+        if activation is None:
+            return self
+        kind = "relu" if isinstance(activation, nn.ReLU) else "leaky_relu"
+        if self.activation == "none":
+            slope = activation.negative_slope if kind == "leaky_relu" else self.slope
+            return Pending(self.raw, self.norm, kind, slope, self.dropout_p, self.rng)
+        if kind == "relu":  # ReLU∘ReLU = ReLU∘LeakyReLU = ReLU (dropout's scaling is non-negative)
+            return Pending(self.raw, self.norm, "relu", self.slope, self.dropout_p, self.rng)
+        if self.activation == "relu":  # LeakyReLU∘ReLU = ReLU
+            return self
+        raise ValueError("LeakyReLU applied twice is not a layer order the fused conv path supports")
+
+    def materialise(self):
+        """The tensor itself (only needed at a network's end; pix2pix networks end in a raw conv or Tanh)."""
+        if self.norm is None and self.activation == "none" and self.dropout_p == 0.0:
+            return self.raw
+        raise ValueError("a network ending in a norm or activation is not supported by the fused conv path")
+
+
+def _is_batch_norm(m):
+    return isinstance(m, nn.BatchNorm2d)
+
+
+def use_fused_convs(net: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `net`'s forward on `x` takes the fused conv path: backend triton, a real device (meta-device
+    inputs, as FLOP counting uses, run the module path whose conv hooks count) and only known layers."""
+    return getattr(net, "backend", "eager") == "triton" and x.device.type != "meta" and fused_forward_supported(net)
+
+
+def fused_forward_supported(net: nn.Module) -> bool:
+    """True when every layer of `net` is one the fused conv path knows (see the module docstring)."""
+    known = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh,
+             nn.Identity, nn.Sequential)
+    from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
+    from fastpix.models.unet import UnetGenerator, UnetSkipConnectionBlock
+
+    containers = (UnetGenerator, UnetSkipConnectionBlock, NLayerDiscriminator, PixelDiscriminator)
+    for m in net.modules():
+        if isinstance(m, containers):
+            continue
+        if not isinstance(m, known) or type(m) is nn.SyncBatchNorm:
+            return False
+        if _is_batch_norm(m) and not m.training and (m.running_mean is None or m.running_var is None):
+            return False
+    return True
+
+
+def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False):
+    """Run `conv` on one or two pending sources; returns the Pending output (with `norm` folded in)."""
+    from fastpix.kernels.batch_norm_act import _snapshot_and_advance
+    from fastpix.kernels.conv_bn_act import batch_norm_prologue, conv_bn_act
+
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
+            or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1] \
+            or conv.padding_mode != "zeros":
+        raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, equal strides and paddings, "
+                         "zero padding and no output padding")
+    first, second = pending[0], (pending[1] if len(pending) > 1 else None)
+    stats = norm is not None and norm.training
+    kwargs = {}
+    if stats:
+        factor = 0.0 if norm.momentum is None else norm.momentum
+        if norm.track_running_stats and norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+            if norm.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                factor = 1.0 / float(norm.num_batches_tracked)
+        track = norm.track_running_stats
+        kwargs = dict(stats=True, running_mean=norm.running_mean if track else None,
+                      running_var=norm.running_var if track else None, momentum=factor, eps=norm.eps)
+    weight = conv.weight
+    out = conv_bn_act(
+        first.raw, weight, conv.bias, conv.stride[0], conv.padding[0], transposed=transposed, norm=first.norm,
+        activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
+        x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
+        activation2="none" if second is None else second.activation,
+        dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
+        slope=first.slope, tanh=tanh, **kwargs)
+    if norm is None:
+        return Pending(out)
+    if stats:
+        raw, mean, rstd = out
+    else:
+        raw, mean, rstd = out, norm.running_mean, torch.rsqrt(norm.running_var + norm.eps)
+    result = Pending(raw, batch_norm_prologue(mean, rstd, norm.weight, norm.bias))
+    activation = getattr(norm, "activation", "none")  # BatchNormAct2d carries its activation and dropout
+    if activation != "none":
+        result.activation, result.slope = activation, norm.slope
+    p = getattr(norm, "dropout_p", 0.0) if norm.training else 0.0
+    if p > 0:
+        result.dropout_p, result.rng = p, _snapshot_and_advance(norm.rng_state, raw, p)
+    return result
+
+
+def _with_dropout(p: Pending, prob: float) -> Pending:
+    if p.dropout_p > 0:
+        raise ValueError("two dropouts on one tensor are not a layer order the fused conv path supports")
+    rng = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=p.raw.device)
+    return Pending(p.raw, p.norm, p.activation, p.slope, prob, rng)
+
+
+def _walk(layers, pending: list[Pending]):
+    """Run a list of layers (a Sequential's, or a U-Net level's between its structural parts) on `pending`."""
+    i = 0
+    activation = None
+    while i < len(layers):
+        m = layers[i]
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            norm = nxt if _is_batch_norm(nxt) else None
+            tanh = isinstance(nxt, nn.Tanh)
+            pending = [_conv([p.read_by(activation) for p in pending], m, norm, tanh)]
+            activation = None
+            i += 2 if (norm is not None or tanh) else 1
+            continue
+        if isinstance(m, ACTIVATION_MODULES):
+            activation = m
+        elif isinstance(m, nn.Dropout):
+            if m.training and m.p > 0:  # an unfused Dropout: its mask comes from a fresh counter-RNG state
+                pending = [_with_dropout(p, m.p) for p in pending]
+        elif not isinstance(m, nn.Identity):
+            raise ValueError(f"layer {m} is not supported by the fused conv path")
+        i += 1
+    return pending, activation
+
+
+def _unet_block(block, x: Pending) -> list[Pending]:
+    """One U-Net level on Pending tensors. Returns what the parent's up conv reads: [skip, up] as two sources
+    (the outermost level returns [its output])."""
+    from fastpix.models.unet import UnetSkipConnectionBlock
+
+    layers = list(block.model)
+    sub = next((i for i, m in enumerate(layers) if isinstance(m, UnetSkipConnectionBlock)), None)
+    if sub is None:  # innermost: [LeakyReLU, down conv, ReLU, up conv, up norm]
+        up, activation = _walk(layers, [x])
+    else:
+        down, activation = _walk(layers[:sub], [x])
+        if activation is not None:
+            raise ValueError("an activation directly before a U-Net submodule is not supported")
+        up, activation = _walk(layers[sub + 1:], _unet_block(layers[sub], down[0]))
+    if activation is not None:
+        raise ValueError("a U-Net level ending in an activation is not supported by the fused conv path")
+    return up if block.outermost else [x, up[0]]
+
+
+def _compute_dtype(x):
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def unet_forward(net, x: torch.Tensor) -> torch.Tensor:
+    """UnetGenerator.forward on the fused conv kernels (input already validated by the caller)."""
+    x = x.to(_compute_dtype(x), memory_format=torch.channels_last)
+    return _unet_block(net.model, Pending(x))[0].materialise()
+
+
+def sequential_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A PatchGAN (a Sequential of the known layers) on the fused conv kernels."""
+    x = x.to(_compute_dtype(x), memory_format=torch.channels_last)
+    pending, activation = _walk(list(seq), [Pending(x)])
+    if activation is not None:
+        raise ValueError("a network ending in an activation is not supported by the fused conv path")
+    return pending[0].materialise()
