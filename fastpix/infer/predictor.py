@@ -285,7 +285,8 @@ class Predictor:
         request of its own (indices then default to 0): a server batches independent requests this way. None picks
         a seed, kept in `last_seed`.
         resize=(w, h): inputs are resized (bicubic) to it, and outputs back to each input's size.
-        output_type: 'pil' (RGB, grey tiled), 'np' (HWC uint8), 'pt' (CHW float32 in [-1, 1] on the device).
+        output_type: 'pil' (RGB, grey tiled), 'np' (HWC uint8), 'pt' (CHW float32 in [-1, 1] on the device; the
+        images of a batch that needed no padding share one storage).
         Under norm_mode 'batch' the statistics are those of each group of same-size images (at most
         max_batch_size of them).
         """
@@ -311,12 +312,17 @@ class Predictor:
                     chunk = members[start:start + self.max_batch_size]
                     batch = torch.stack([pad_to(inputs[k][0].to(self.device), size) for k in chunk])
                     result = self._forward(batch, [(seeds[k], indices[k]) for k in chunk])
+                    # One NCHW conversion and one host transfer for the chunk, rather than one per image.
+                    result = result.contiguous()
                     if output_type != "pt":
-                        result = result.cpu()  # one transfer for the chunk rather than one per image
+                        result = result.cpu()
                     for k, y in zip(chunk, result):
-                        # A copy, not a view: a returned image must not hold its whole batch alive.
-                        y = _resize_tensor(crop_from(y, *inputs[k][0].shape[-2:]), *inputs[k][1])
-                        outputs[k] = convert_output(y.clone(memory_format=torch.contiguous_format), output_type)
+                        h, w = inputs[k][0].shape[-2:]
+                        if (h, w) != size or inputs[k][1] != (h, w):
+                            # A copy, not a view: a cropped image must not hold its whole batch alive.
+                            y = _resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
+                                memory_format=torch.contiguous_format)
+                        outputs[k] = convert_output(y, output_type)
         return outputs[0] if single else outputs
 
     @staticmethod
@@ -357,7 +363,7 @@ class GraphRunner:
         static_in, static_out, graph = self.capture(bucket)
         static_in[:n].copy_(batch)
         graph.replay()
-        return static_out[:n].clone()
+        return static_out[:n].clone(memory_format=torch.contiguous_format)  # out of the buffer the next replay reuses
 
     def capture(self, bucket: int):
         """(static input, static output, graph) of a bucket, captured on first use."""
