@@ -598,12 +598,29 @@ def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", sl
 # Modules (drop-in: the same state_dict as their torch parents)
 # --------------------------------------------------------------------------------------------------------------
 
-def _rng_buffer(module):
-    # Not persistent: the state_dict stays identical to the torch parent's.
-    module.register_buffer("rng_state", torch.randint(0, 2 ** 62, (2,), dtype=torch.int64), persistent=False)
+class _DropoutRng:
+    """Mixin of the fused modules: `rng_state`, their dropout's int64 [seed, offset] on the module's device.
+
+    Kept in a non-persistent buffer (the state_dict stays identical to the torch parent's). The seed is drawn from
+    torch's generator on the first access (a device-side draw, no host synchronisation), not at construction: so
+    building a module consumes no random numbers and, as with nn.Dropout, torch.manual_seed before a run (or another
+    seed per DDP rank) decides the masks. Every reader (the module's forward, the fused conv path) goes through it.
+    """
+
+    def _init_rng(self):
+        self.register_buffer("_rng_state", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self._rng_seeded = False
+
+    @property
+    def rng_state(self):
+        if not self._rng_seeded:
+            seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=self._rng_state.device)
+            self._rng_state.copy_(torch.cat([seed, torch.zeros_like(seed)]))
+            self._rng_seeded = True
+        return self._rng_state
 
 
-class BatchNormAct2d(nn.BatchNorm2d):
+class BatchNormAct2d(_DropoutRng, nn.BatchNorm2d):
     """nn.BatchNorm2d followed by an activation and (in training) dropout, fused. Same state_dict keys and the same
     training/eval, momentum (None: cumulative average) and track_running_stats behaviour as nn.BatchNorm2d."""
 
@@ -613,7 +630,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
         self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
-        _rng_buffer(self)
+        self._init_rng()
 
     def forward(self, x):
         factor = 0.0 if self.momentum is None else self.momentum
@@ -622,16 +639,17 @@ class BatchNormAct2d(nn.BatchNorm2d):
             if self.momentum is None:  # cumulative moving average, as torch (which also reads the count on host)
                 factor = 1.0 / float(self.num_batches_tracked)
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        p = self.dropout_p if self.training else 0.0
         track = not self.training or self.track_running_stats
         return batch_norm_act(x, self.weight, self.bias, self.running_mean if track else None,
                               self.running_var if track else None, batch_stats, factor, self.eps,
-                              self.activation, self.slope, self.dropout_p if self.training else 0.0, self.rng_state)
+                              self.activation, self.slope, p, self.rng_state if p > 0 else None)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"
 
 
-class InstanceNormAct2d(nn.InstanceNorm2d):
+class InstanceNormAct2d(_DropoutRng, nn.InstanceNorm2d):
     """nn.InstanceNorm2d followed by an activation and (in training) dropout, fused. Same state_dict as
     nn.InstanceNorm2d; running statistics are not supported (pix2pix uses track_running_stats=False)."""
 
@@ -643,11 +661,12 @@ class InstanceNormAct2d(nn.InstanceNorm2d):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
         self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
-        _rng_buffer(self)
+        self._init_rng()
 
     def forward(self, x):
-        return instance_norm_act(x, self.weight, self.bias, self.eps, self.activation, self.slope,
-                                 self.dropout_p if self.training else 0.0, self.rng_state)
+        p = self.dropout_p if self.training else 0.0
+        return instance_norm_act(x, self.weight, self.bias, self.eps, self.activation, self.slope, p,
+                                 self.rng_state if p > 0 else None)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"

@@ -102,16 +102,15 @@ def _fuse_unet_block(block, input_activated: bool):
 def fuse_norm_activations(net: nn.Module) -> nn.Module:
     """Rewrite `net` (from define_G / define_D) in place for backend='triton' and return it.
 
-    The fused modules draw their dropout seeds inside a forked RNG, so building a triton network consumes the same
-    global random numbers as building the eager one: with one seed, both backends get the same weights.
+    Building consumes no random numbers (the fused modules draw their dropout seeds on first use), so
+    with one seed both backends get the same weights, and torch.manual_seed before a run decides the masks.
     """
     from fastpix.models.unet import UnetGenerator
 
-    with torch.random.fork_rng(devices=[]):
-        if isinstance(net, UnetGenerator):
-            _fuse_unet_block(net.model, input_activated=False)
-        else:
-            for module in list(net.modules()):
-                if isinstance(module, nn.Sequential):
-                    _fuse_sequential(module)
+    if isinstance(net, UnetGenerator):
+        _fuse_unet_block(net.model, input_activated=False)
+    else:
+        for module in list(net.modules()):
+            if isinstance(module, nn.Sequential):
+                _fuse_sequential(module)
     return net
