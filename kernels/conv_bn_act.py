@@ -41,6 +41,7 @@ import triton.language as tl
 from fastpix.kernels import INTERPRETED, require_launchable
 from fastpix.kernels.batch_norm_act import (
     ACTIVATIONS, _activation, _activation_grad, _dropout_scale, _grad_finalize_kernel, _stats_finalize_kernel)
+from fastpix.kernels.conv_tuning import tuned_config
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -376,19 +377,36 @@ def _interpreter_channels(C):
     return max(16, min(32, triton.next_power_of_2(C)))
 
 
-def _gemm_config(M, CO, C):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `_conv_gemm_kernel` for M output rows, CO output channels and
-    C reduction channels per tap."""
-    if INTERPRETED:
-        return _interpreter_rows(M), _interpreter_channels(CO), _interpreter_channels(C), 1
-    return 64 if M >= 64 else 32, 64 if CO > 32 else 32, 32, 4
+def _interpreter_gemm_config(M, CO, C):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of `_conv_gemm_kernel` under the interpreter, for M
+    output rows, CO output channels and C reduction channels per tap."""
+    return _interpreter_rows(M), _interpreter_channels(CO), _interpreter_channels(C), 1, 1
 
 
-def _wgrad_config(M, CD, CG):
-    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps) of `_wgrad_kernel`; M: rows of the reduction."""
-    if INTERPRETED:
-        return _interpreter_rows(M), _interpreter_channels(CD), _interpreter_channels(CG), 1
-    return 32, 64, 64, 4
+def _interpreter_wgrad_config(M, CD, CG):
+    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps, num_stages) of `_wgrad_kernel` under the interpreter."""
+    return _interpreter_rows(M), _interpreter_channels(CD), _interpreter_channels(CG), 1, 1
+
+
+# GPU candidates (block sizes, num_warps, num_stages), the first the default while nothing may be measured.
+# Tiles wider than the problem only waste lanes, so they are dropped (tl.dot needs every side ≥ 16).
+_GEMM_CONFIGS = [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
+                 (128, 128, 64, 8, 3), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4), (128, 32, 32, 4, 4),
+                 (32, 32, 64, 4, 3)]
+_WGRAD_CONFIGS = [(32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (32, 128, 64, 4, 3), (32, 64, 128, 4, 3),
+                  (64, 128, 128, 8, 3), (32, 32, 32, 4, 3), (64, 32, 64, 4, 3), (64, 64, 32, 4, 3)]
+
+
+def _fits(block, size):
+    return block <= max(32, triton.next_power_of_2(size))
+
+
+def _gemm_candidates(M, CO):
+    return [c for c in _GEMM_CONFIGS if _fits(c[0], M) and _fits(c[1], CO)] or _GEMM_CONFIGS[-1:]
+
+
+def _wgrad_candidates(CD, CG):
+    return [c for c in _WGRAD_CONFIGS if _fits(c[1], CD) and _fits(c[2], CG)] or _WGRAD_CONFIGS[5:6]
 
 
 def _merge_config(C, T):
@@ -425,19 +443,8 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
     if stats and transposed and (OH % stride or OW % stride):
         raise ValueError(f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
                          f"{stride}, got {OH}×{OW}")
-    block_m, block_n, block_k, warps = _gemm_config(N * QH * QW, CO, max(C1, C2))
-    grid_m = triton.cdiv(N * QH * QW, block_m)
-    T = classes * grid_m
     y = out if out is not None else torch.empty((N, OH, OW, CO), dtype=x1.x.dtype, device=x1.x.device)
-    partials = None
-    count = part_a = part_b = y  # placeholders the flags keep unread
     e_norm = dgrad_of is not None and dgrad_of.prm is not None
-    if stats or e_norm:
-        f32 = dict(dtype=torch.float32, device=y.device)
-        count = torch.empty(T, **f32) if stats else y
-        part_a = torch.empty(T, CO, **f32)
-        part_b = torch.empty(T, CO, **f32)
-        partials = (count if stats else None, part_a, part_b)
     X1, U1, P1, R1 = x1.pointers()
     X2, _, P2, R2 = x2.pointers() if x2 is not None else (X1, X1, X1, X1)
     e = dgrad_of if dgrad_of is not None else Operand(x1.x)
@@ -450,19 +457,39 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
     p2, scale2 = x2.dropout() if x2 is not None else (0.0, 1.0)
     ep, escale = e.dropout()
     f1 = x1.flags()
-    _conv_gemm_kernel[(grid_m, triton.cdiv(CO, block_n), classes)](
-        X1, U1, P1, R1, X2, P2, R2, weight, X1 if bias is None else bias, y, EX, EP, ER, count, part_a, part_b,
-        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m,
-        slope, p1, scale1, p2, scale2, ep, escale,
+    flags = dict(
         STRIDE=stride, PAD=padding, TRANSPOSED=transposed,
         NORM1=f1["NORM"], ACT1=f1["ACT"], DROP1=f1["DROP"], TANH_BWD=f1["TANH_BWD"], BN_BWD=f1["BN_BWD"],
         HAS_X2=x2 is not None, NORM2=x2 is not None and x2.prm is not None, ACT2=x2.act if x2 is not None else 0,
         DROP2=x2 is not None and x2.p > 0,
         DGRAD=dgrad_of is not None, HAS_BIAS=bias is not None, TANH=tanh, STATS=stats,
         E_NORM=e_norm, E_ACT=e.act if dgrad_of is not None else 0, E_DROP=dgrad_of is not None and e.p > 0,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=_input_precision(x1.x.dtype),
-        num_warps=warps)
-    return y, partials
+        INPUT_PRECISION=_input_precision(x1.x.dtype))
+    M = N * QH * QW
+
+    def launch(config):
+        block_m, block_n, block_k, warps, stages = config
+        grid_m = triton.cdiv(M, block_m)
+        T = classes * grid_m
+        partials = None
+        count = part_a = part_b = y  # placeholders the flags keep unread
+        if stats or e_norm:
+            f32 = dict(dtype=torch.float32, device=y.device)
+            count = torch.empty(T, **f32) if stats else y
+            part_a = torch.empty(T, CO, **f32)
+            part_b = torch.empty(T, CO, **f32)
+            partials = (count if stats else None, part_a, part_b)
+        _conv_gemm_kernel[(grid_m, triton.cdiv(CO, block_n), classes)](
+            X1, U1, P1, R1, X2, P2, R2, weight, X1 if bias is None else bias, y, EX, EP, ER, count, part_a, part_b,
+            N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m, slope, p1, scale1, p2, scale2, ep, escale,
+            **flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        return y, partials
+
+    if INTERPRETED:
+        return launch(_interpreter_gemm_config(M, CO, max(C1, C2)))
+    key = (f"{N}x{IH}x{IW}x{C1}+{C2} -> {OH}x{OW}x{CO} k{KH}x{KW} " + str(x1.x.dtype)[6:] + " " +
+           ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
+    return launch(tuned_config("conv_gemm", key, _gemm_candidates(M, CO), launch))
 
 
 def _split_count(tiles, row_blocks):
@@ -482,27 +509,37 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out):
     _, GH, GW, CG = gathered.x.shape
     KH, KW = kernel
     taps = KH * KW
-    block_m, block_d, block_g, warps = _wgrad_config(N * QH * QW, CD, CG)
-    row_blocks = triton.cdiv(N * QH * QW, block_m)
-    tiles = taps * triton.cdiv(CG, block_g) * triton.cdiv(CD, block_d)
-    steps = triton.cdiv(row_blocks, _split_count(tiles, row_blocks))
-    splits = triton.cdiv(row_blocks, steps)
-    ws = torch.empty(splits, taps, CD, CG, dtype=torch.float32, device=out.device)
     D, DU, DP, DR = direct.pointers()
     G, GU, GP, GR = gathered.pointers()
     dp, dscale = direct.dropout()
     gp, gscale = gathered.dropout()
     slopes = {o.slope for o in (direct, gathered) if o.act == ACTIVATIONS["leaky_relu"]}
-    _wgrad_kernel[(taps * triton.cdiv(CG, block_g), triton.cdiv(CD, block_d), splits)](
-        D, DU, DP, DR, G, GU, GP, GR, ws, N, QH, QW, GH, GW, CD, CG, KW, steps,
-        slopes.pop() if slopes else 0.0, dp, dscale, gp, gscale, STRIDE=stride, PAD=padding,
-        **direct.flags("D_"), **gathered.flags("G_"), BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g,
-        INPUT_PRECISION=_input_precision(direct.x.dtype), num_warps=warps)
-    total = taps * CD * CG
-    block = 1024
-    _wgrad_reduce_kernel[(triton.cdiv(total, block),)](ws, out, splits, total, CD, CG, KW, *out.stride(),
-                                                        BLOCK=block)
-    return out
+    flags = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"),
+                 INPUT_PRECISION=_input_precision(direct.x.dtype))
+    M = N * QH * QW
+
+    def launch(config):
+        block_m, block_d, block_g, warps, stages = config
+        row_blocks = triton.cdiv(M, block_m)
+        tiles = taps * triton.cdiv(CG, block_g) * triton.cdiv(CD, block_d)
+        steps = triton.cdiv(row_blocks, _split_count(tiles, row_blocks))
+        splits = triton.cdiv(row_blocks, steps)
+        ws = torch.empty(splits, taps, CD, CG, dtype=torch.float32, device=out.device)
+        _wgrad_kernel[(taps * triton.cdiv(CG, block_g), triton.cdiv(CD, block_d), splits)](
+            D, DU, DP, DR, G, GU, GP, GR, ws, N, QH, QW, GH, GW, CD, CG, KW, steps,
+            min(slopes) if slopes else 0.0, dp, dscale, gp, gscale, **flags,
+            BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g, num_warps=warps, num_stages=stages)
+        total = taps * CD * CG
+        block = 1024
+        _wgrad_reduce_kernel[(triton.cdiv(total, block),)](ws, out, splits, total, CD, CG, KW, *out.stride(),
+                                                            BLOCK=block)
+        return out
+
+    if INTERPRETED:
+        return launch(_interpreter_wgrad_config(M, CD, CG))
+    key = (f"{N}x{QH}x{QW}x{CD} * {GH}x{GW}x{CG} k{KH}x{KW} " + str(direct.x.dtype)[6:] + " " +
+           ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
+    return launch(tuned_config("conv_wgrad", key, _wgrad_candidates(CD, CG), launch))
 
 
 def bias_grad(grad, out):

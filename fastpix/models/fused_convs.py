@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU)
 
@@ -81,37 +82,102 @@ def fused_forward_supported(net: nn.Module) -> bool:
     return True
 
 
+def _layer(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh: bool):
+    """The ConvLayer (kernels/conv_layers.py) this conv is, for the measured cuDNN-fallback choice."""
+    from fastpix.kernels.conv_layers import ConvLayer
+
+    reads = tuple("bn_act" if p.norm is not None else ("act" if p.activation != "none" else "image")
+                  for p in pending)
+    out = "bn" if norm is not None and norm.training else "tanh" if tanh else "bias" if conv.bias is not None \
+        else "raw"
+    raw = pending[0].raw
+    return ConvLayer(type(conv).__name__, isinstance(conv, nn.ConvTranspose2d), tuple(p.raw.shape[1] for p in pending),
+                     conv.out_channels, raw.shape[2], conv.stride[0], reads, pending[0].activation,
+                     len(pending) > 1 and pending[1].dropout_p > 0, out, width=raw.shape[3],
+                     kernel=conv.kernel_size[0], padding=conv.padding[0])
+
+
+def _materialise(p: Pending) -> torch.Tensor:
+    """The tensor a Pending stands for, computed with torch ops as the fused prologue does (fp32, then the
+    tensor's dtype); the dropout mask is the one the kernels draw for the same [seed, offset]."""
+    from fastpix.kernels.batch_norm_act import dropout_mask
+
+    z = p.raw
+    if p.norm is not None:
+        mean, k, beta = (t[:, None, None] for t in p.norm)
+        z = ((z.float() - mean) * k + beta).to(p.raw.dtype)
+    if p.activation == "relu":
+        z = F.relu(z)
+    elif p.activation == "leaky_relu":
+        z = F.leaky_relu(z, p.slope)
+    if p.dropout_p > 0:
+        z = z * dropout_mask(z.shape, p.rng, p.dropout_p).to(z.dtype) / (1.0 - p.dropout_p)
+    return z
+
+
+def _conv_eager(pending, conv, transposed, norm, factor, track):
+    """The cuDNN fallback of one layer: materialised input, aten conv and, with `norm` (training), BatchNorm
+    statistics by torch ops (running statistics updated when `track`). Returns what conv_bn_act would: the
+    output, or (output, mean, rstd)."""
+    x = torch.cat([_materialise(p) for p in pending], 1) if len(pending) > 1 else _materialise(pending[0])
+    weight = conv.weight.to(x.dtype)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    op = F.conv_transpose2d if transposed else F.conv2d
+    y = op(x, weight, bias, conv.stride, conv.padding)
+    if norm is None:
+        return y
+    var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), correction=0)
+    if track:
+        n = y.numel() // y.shape[1]
+        with torch.no_grad():  # nn.BatchNorm2d's update: momentum `factor`, unbiased variance
+            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
+            norm.running_var.lerp_((var * n / max(n - 1, 1)).to(norm.running_var.dtype), factor)
+    return y, mean, torch.rsqrt(var + norm.eps)
+
+
 def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False):
-    """Run `conv` on one or two pending sources; returns the Pending output (with `norm` folded in)."""
+    """Run `conv` on one or two pending sources — the fused kernel, or cuDNN where that was measured faster for
+    this layer — and return the Pending output (with `norm` folded in)."""
     from fastpix.kernels.batch_norm_act import _snapshot_and_advance
     from fastpix.kernels.conv_bn_act import batch_norm_prologue, conv_bn_act
+    from fastpix.kernels.conv_layers import block_step
+    from fastpix.kernels.conv_tuning import layer_choice, median_seconds
 
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
             or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1] \
-            or conv.padding_mode != "zeros":
-        raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, equal strides and paddings, "
-                         "zero padding and no output padding")
+            or conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros":
+        raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, square kernels, equal strides "
+                         "and paddings, zero padding and no output padding")
     first, second = pending[0], (pending[1] if len(pending) > 1 else None)
     stats = norm is not None and norm.training
-    kwargs = {}
+    track = stats and norm.track_running_stats
+    factor = 0.0
     if stats:
         factor = 0.0 if norm.momentum is None else norm.momentum
-        if norm.track_running_stats and norm.num_batches_tracked is not None:
+        if track and norm.num_batches_tracked is not None:
             norm.num_batches_tracked.add_(1)
             if norm.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 factor = 1.0 / float(norm.num_batches_tracked)
-        track = norm.track_running_stats
-        kwargs = dict(stats=True, running_mean=norm.running_mean if track else None,
-                      running_var=norm.running_var if track else None, momentum=factor, eps=norm.eps)
-    weight = conv.weight
-    out = conv_bn_act(
-        first.raw, weight, conv.bias, conv.stride[0], conv.padding[0], transposed=transposed, norm=first.norm,
-        activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
-        x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
-        activation2="none" if second is None else second.activation,
-        dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
-        slope=first.slope, tanh=tanh, **kwargs)
+    layer = _layer(pending, conv, norm, tanh)
+    raw = first.raw
+    choice = layer_choice(layer.key(raw.shape[0], raw.dtype),
+                          lambda: median_seconds(block_step(layer, raw.shape[0], raw.dtype, raw.device, "triton")),
+                          lambda: median_seconds(block_step(layer, raw.shape[0], raw.dtype, raw.device, "cudnn")))
+    if choice == "cudnn":
+        out = _conv_eager(pending, conv, transposed, norm if stats else None, factor, track)
+        if tanh:
+            out = torch.tanh(out)
+    else:
+        out = conv_bn_act(
+            first.raw, conv.weight, conv.bias, conv.stride[0], conv.padding[0], transposed=transposed,
+            norm=first.norm, activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
+            x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
+            activation2="none" if second is None else second.activation,
+            dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
+            slope=first.slope, tanh=tanh, stats=stats, running_mean=norm.running_mean if track else None,
+            running_var=norm.running_var if track else None, momentum=factor,
+            eps=norm.eps if stats else 1e-5)
     if norm is None:
         return Pending(out)
     if stats:

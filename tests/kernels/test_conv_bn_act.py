@@ -12,6 +12,9 @@ import torch.nn.functional as F
 
 from fastpix.kernels import conv_bn_act as cba
 from fastpix.kernels.batch_norm_act import dropout_mask
+from fastpix.kernels.conv_layers import (
+    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
+from fastpix.kernels.conv_tuning import TuningCache
 from fastpix.kernels.testing import TOLERANCES, assert_close, full_sweep, poison, relative_error
 
 CPU = torch.device("cpu")
@@ -283,3 +286,45 @@ def test_fused_chain_is_deterministic():
                      p["bn3"]["running_var"]])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layer factory shared with the benchmarks and the cuDNN-fallback measurement; the tuning cache
+# ---------------------------------------------------------------------------------------------------------------
+
+TINY_LAYERS = [  # the pix2pix layer kinds (kernels/conv_layers.py) at interpreter sizes
+    ConvLayer("down", False, (5,), 6, 6, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
+    ConvLayer("first", False, (3,), 4, 6, 2, ("image",), "none", False, "bias"),
+    ConvLayer("up", True, (3, 4), 5, 3, 2, ("act", "bn_act"), "relu", True, "bn", "relu"),
+    ConvLayer("last", True, (2, 2), 3, 3, 2, ("bn_act", "bn_act"), "relu", False, "tanh"),
+    ConvLayer("d4", False, (4,), 3, 5, 1, ("bn_act",), "leaky_relu", False, "bias", width=6),
+]
+
+
+@pytest.mark.parametrize("layer", TINY_LAYERS, ids=lambda layer: layer.name)
+def test_layer_factory_fused_block_equals_eager_block(layer):
+    """What the benchmarks time as 'triton' and 'cudnn' computes the same block (fp32, CPU)."""
+    case = layer_inputs(layer, 2, torch.float32, CPU, seed=3)
+    fused = fused_block_output(layer, case, fused_block(layer, case))
+    eager = eager_block(layer, case, activated_sources(layer, case))
+    assert fused.shape == eager.shape == (2, layer.out_channels, *layer.out_hw)
+    assert relative_error(fused, eager) < 1e-5
+
+
+def test_pix2pix_layer_table_matches_performance_md():
+    """G 12.10 GFLOP and D 6.39 GFLOP per 256² image (performance.md)."""
+    g = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("G."))
+    d = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("D."))
+    assert round(g / 1e9, 2) == 12.10 and round(d / 1e9, 2) == 6.39
+
+
+def test_tuning_cache_round_trip(tmp_path):
+    path = tmp_path / "sub" / "tuning.json"
+    cache = TuningCache(str(path))
+    assert cache.get("conv_gemm", "k") is None
+    cache.put("conv_gemm", "k", [64, 64, 32, 4, 3])
+    cache.put("layer", "l", {"choice": "cudnn"})
+    again = TuningCache(str(path))
+    assert again.get("conv_gemm", "k") == [64, 64, 32, 4, 3] and again.get("layer", "l") == {"choice": "cudnn"}
+    path.write_text("{not json")
+    assert TuningCache(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal

@@ -96,3 +96,32 @@ def test_module_path_where_the_fused_convs_do_not_apply():
     G_e, G_f = pair(define_G, 3, 3, 4, "unet_32", "batch", False)
     assert conv_flops(G_f, (1, 3, 32, 32)) == conv_flops(G_e, (1, 3, 32, 32)) > 0
     assert not fused_forward_supported(define_D(6, 4, "basic", norm="instance", backend="triton"))
+
+
+@pytest.mark.parametrize("choose", ["cudnn", "alternate"])
+def test_cudnn_fallback_layers_match_eager(choose):
+    """The per-layer cuDNN fallback (forced here; on a GPU it is measured): all layers, or every other one mixed
+    with the fused kernels, give eager's output, gradients and running statistics."""
+    from fastpix.kernels.conv_tuning import force_layer_choice
+
+    calls = []
+
+    def chooser(key):
+        calls.append(key)
+        return "cudnn" if choose == "cudnn" or len(calls) % 2 else "triton"
+
+    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", "batch", False), (1, 3, 32, 32)),
+                                  (pair(define_D, 6, 4, "basic"), (1, 6, 32, 32))):
+        x = torch.randn(shape).to(DEVICE)
+        out_e = eager(x)
+        grad = torch.randn(out_e.shape).to(DEVICE)
+        (out_e * grad).sum().backward()
+        with force_layer_choice(chooser), AtenOps() as ops:
+            out = fused(x)
+            (out * grad).sum().backward()
+        assert "aten::convolution" in ops.names
+        assert_close(out, out_e, torch.float32, "output", scale=10)
+        grads = dict(eager.named_parameters())
+        for k, p in fused.named_parameters():
+            assert_close(p.grad, grads[k].grad, torch.float32, f"grad {k}", scale=100)
+        assert_same_state(eager, fused, "running stats", scale=10)
