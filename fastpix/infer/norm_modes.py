@@ -8,10 +8,23 @@ norm_mode
   batch     train-mode BatchNorm over the whole batch (the paper's literal protocol), running statistics untouched.
   running   eval-mode BatchNorm folded into the preceding conv / transposed conv, so no normalisation runs at all.
 InstanceNorm2d layers (norm 'instance') and Identity (norm 'none') are left as they are: all modes agree for them.
+
+backend='triton' networks (fastpix/models/fused.py) hold fused norm layers that carry their activation (and their
+Dropout's p). Each keeps running fused, with its activation, as the mode's twin (`_fused_inference_twin`):
+  instance  InstanceNormAct2d with the BatchNorm's affine (instance_norm_act: per-sample statistics);
+  batch     BatchNormAct2d without running statistics (batch_norm_act over the batch);
+  running   the BatchNormAct2d itself in eval mode. It is not folded: the fused conv path (fused_convs.py) applies
+            the running statistics while its consumer conv loads the tensor, so the BatchNorm costs no pass of its
+            own either way, and a fold would leave a bare activation that the fused conv path cannot place.
+With dropout on, a layer that carried dropout becomes Sequential(twin, SeededDropout): the masks come from the same
+per-sample generators in the same order as on the eager path, so both backends drop the same elements. Dropout on
+(and instance mode) runs the module-by-module path (aten convs, fused norm kernels); running and batch modes with
+dropout off run entirely on the fused conv kernels.
 """
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import torch
@@ -100,17 +113,18 @@ def _fold_into(conv: nn.Module, bn: _BatchNorm):
     conv.bias = nn.Parameter((old_bias * scale + shift - mean * scale).to(dtype), requires_grad=False)
 
 
-def _fold_batchnorms(net: nn.Module):
+def _fold_batchnorms(net: nn.Module, keep: tuple = ()):
+    """Fold every BatchNorm but those of the types in `keep` (the fused layers) into the conv before it."""
     for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
         for i, layer in enumerate(seq):
-            if isinstance(layer, _BatchNorm):
+            if isinstance(layer, _BatchNorm) and not isinstance(layer, keep):
                 previous = seq[i - 1] if i > 0 else None
                 if not isinstance(previous, (nn.Conv2d, nn.ConvTranspose2d)):
                     raise ValueError(f"norm_mode 'running': a BatchNorm at {i} of a Sequential is not preceded by a "
                                      "conv to fold it into")
                 _fold_into(previous, layer)
                 seq[i] = nn.Identity()
-    leftover = [name for name, m in net.named_modules() if isinstance(m, _BatchNorm)]
+    leftover = [name for name, m in net.named_modules() if isinstance(m, _BatchNorm) and not isinstance(m, keep)]
     if leftover:
         raise ValueError(f"norm_mode 'running': BatchNorm outside a Sequential cannot be folded: {leftover}")
 
@@ -125,16 +139,57 @@ def _swap(net: nn.Module, replace):
             _swap(child, replace)
 
 
+def _fused_norm_types() -> tuple:
+    """(BatchNormAct2d, InstanceNormAct2d) once the fused kernels are loaded, else (). A network can hold a fused
+    layer only after its module was imported, and importing it here would fix Triton's interpreted-or-compiled
+    choice too early (models.use_triton_interpreter) or fail on an install without a working Triton."""
+    kernels = sys.modules.get("fastpix.kernels.batch_norm_act")
+    return () if kernels is None else (kernels.BatchNormAct2d, kernels.InstanceNormAct2d)
+
+
+def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn.Module:
+    """The inference form of a fused norm layer (see the module docstring): its activation, no dropout of its own,
+    then SeededDropout when dropout is on and the layer carried dropout."""
+    from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
+
+    device = next(layer.buffers()).device  # every fused layer holds an rng_state buffer
+    act = dict(activation=layer.activation, slope=layer.slope)
+    if isinstance(layer, InstanceNormAct2d) or norm_mode == "running":
+        if isinstance(layer, BatchNormAct2d) and layer.running_mean is None:
+            raise ValueError(f"norm_mode 'running': {layer} has no running statistics (track_running_stats=False)")
+        twin = copy.deepcopy(layer).eval()
+        twin.dropout_p = 0.0
+    else:
+        if norm_mode == "instance":
+            twin = InstanceNormAct2d(layer.num_features, layer.eps, affine=layer.affine, **act)
+        else:
+            twin = BatchNormAct2d(layer.num_features, layer.eps, affine=layer.affine, track_running_stats=False,
+                                  **act)
+            # Without running statistics, train and eval mode alike normalise over the batch and update nothing;
+            # train mode is what routes the layer through the fused conv path's statistics epilogue (fused_convs.py).
+            twin.train()
+        if layer.affine:
+            twin.weight = nn.Parameter(layer.weight.detach().clone())
+            twin.bias = nn.Parameter(layer.bias.detach().clone())
+    twin = twin.to(device)
+    if dropout and layer.dropout_p > 0:
+        return nn.Sequential(twin, SeededDropout(layer.dropout_p))
+    return twin
+
+
 def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout: bool = False) -> nn.Module:
     """A copy of `generator` in eval mode with BatchNorm per norm_mode and dropout off or per-sample seeded."""
     if norm_mode not in NORM_MODES:
         raise ValueError(f"norm_mode {norm_mode!r} is not one of {', '.join(NORM_MODES)}")
     net = copy.deepcopy(generator).eval()
+    fused = _fused_norm_types()
+    if fused:
+        _swap(net, lambda m: _fused_inference_twin(m, norm_mode, dropout) if isinstance(m, fused) else None)
     if norm_mode == "running":
-        _fold_batchnorms(net)
+        _fold_batchnorms(net, keep=fused)
     else:
         norm_cls = SampleNorm if norm_mode == "instance" else BatchStatsNorm
-        _swap(net, lambda m: norm_cls(m) if isinstance(m, _BatchNorm) else None)
+        _swap(net, lambda m: norm_cls(m) if isinstance(m, _BatchNorm) and not isinstance(m, fused) else None)
     _swap(net, lambda m: (SeededDropout(m.p) if dropout else nn.Identity()) if isinstance(m, nn.Dropout) else None)
     for p in net.parameters():
         p.requires_grad_(False)

@@ -8,7 +8,8 @@
 Images are reflect-padded to the size the generator needs (a multiple of 2**num_downs for a U-Net, of 4 for a
 ResNet), run, and cropped back. Padding is split evenly between the two sides; where it exceeds what one reflection
 can give (pad >= side), several reflections are chained, and a side of 1 pixel is replicated instead.
-Norm and dropout behaviour: see norm_modes.py. Outputs convert to uint8 as the reference saves them.
+Norm and dropout behaviour: see norm_modes.py (both backends: a backend='triton' generator keeps its fused kernels).
+Outputs convert to uint8 as the reference saves them.
 """
 from __future__ import annotations
 
@@ -223,9 +224,13 @@ class Predictor:
             self.multiple = 4
         else:
             raise TypeError(f"Predictor needs a UnetGenerator or ResnetGenerator, not {type(generator).__name__}")
-        if getattr(generator, "backend", "eager") != "eager":
-            raise ValueError(f"the Predictor runs backend 'eager' for now, not {generator.backend!r}: its norm modes "
-                             "(norm_modes.py) swap BatchNorm layers, which the fused layers replace (issue #4)")
+        if getattr(generator, "backend", "eager") == "triton":
+            from fastpix.kernels import INTERPRETED
+
+            if self.device.type != "cuda" and not INTERPRETED:
+                raise ValueError(f"backend 'triton' needs a CUDA device, not {self.device} (or TRITON_INTERPRET=1 set "
+                                 "before importing fastpix, to run the kernels in Triton's slow interpreter); use "
+                                 "backend 'eager' on a CPU")
         self.generator = generator
         self.input_nc = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.norm_mode = norm_mode

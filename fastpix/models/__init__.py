@@ -16,9 +16,12 @@ BACKENDS = ("eager", "triton")
 
 
 def resolve_backend(backend=None) -> str:
-    """None means eager. triton is opt-in for now: fastpix/infer/norm_modes.py swaps BatchNorm layers for its
-    inference modes and does not yet know the fused layers (which carry their activation), so a default of triton on
-    CUDA would change inference results."""
+    """None means eager, on CUDA too, although architecture.md makes triton the default there: triton stays opt-in
+    until it has run on a GPU. Training, the Predictor's norm modes and seeded dropout agree with eager on it, but
+    only through Triton's CPU interpreter (tests/kernels/): compiled kernels at full size, bf16 numerics and speed
+    against cuDNN are unchecked (the gpu-marked tests and bench/bench_kernels.py are written to check them). Before
+    flipping this line, `fastpix export` (which loads with the default backend) must ask for eager: ONNX can only
+    trace eager modules."""
     if backend is None:
         return "eager"
     if backend not in BACKENDS:
