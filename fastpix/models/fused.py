@@ -114,3 +114,25 @@ def fuse_norm_activations(net: nn.Module) -> nn.Module:
             if isinstance(module, nn.Sequential):
                 _fuse_sequential(module)
     return net
+
+
+def dropout_rng_states(net: nn.Module) -> dict:
+    """{module name: [seed, offset] (CPU int64)} of the fused modules whose dropout RNG has been seeded.
+
+    A training checkpoint keeps these so that a resumed run draws the masks an uninterrupted run would. Unseeded
+    modules are left out rather than seeded here: seeding draws from torch's generator, and a save must not change
+    what the run draws next.
+    """
+    return {name: m.rng_state.cpu().clone() for name, m in net.named_modules()
+            if getattr(m, "_rng_seeded", False)}
+
+
+def load_dropout_rng_states(net: nn.Module, states: dict):
+    modules = dict(net.named_modules())
+    for name, state in states.items():
+        if name not in modules or not hasattr(modules[name], "_rng_seeded"):
+            raise ValueError(f"the checkpoint holds a dropout RNG state for {name!r}, which is not a fused module "
+                             "of this network (was it trained with another --backend or --netG?)")
+        module = modules[name]
+        module._rng_state.copy_(state)
+        module._rng_seeded = True

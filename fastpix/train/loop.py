@@ -20,6 +20,7 @@ from fastpix.data.dataset import PairedDataset
 from fastpix.data.stream import make_pipeline
 from fastpix.data.transforms import to_image_array
 from fastpix.models import build_models
+from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
 from fastpix.plot import write_loss_plot
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
@@ -76,7 +77,8 @@ def save_checkpoint(run: Run, G, D, step: Pix2PixStep, epoch: int, position: int
         ckpt.save_weights(run.path(f"{tag}_net_G.safetensors"), G, meta)
         ckpt.save_weights(run.path(f"{tag}_net_D.safetensors"), D, meta)
     state = {"epoch": epoch, "position": position, "iteration": iteration, "optimizers": step.state_dict(),
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(),
+             "dropout_rng": {"G": dropout_rng_states(G), "D": dropout_rng_states(D)}}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     ckpt.save_train_state(run.path("latest_train_state.pt"), state)
@@ -92,6 +94,8 @@ def load_checkpoint(run: Run, G, D, step: Pix2PixStep) -> dict:
             raise ckpt.CheckpointError(f"{path} is from iteration {saved_at} but the train state is from "
                                        f"{state['iteration']}: the last save was interrupted")
     step.load_state_dict(state["optimizers"])
+    for net, tag in ((G, "G"), (D, "D")):  # the fused kernels' dropout counters (backend triton)
+        load_dropout_rng_states(net, state.get("dropout_rng", {}).get(tag, {}))
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -148,6 +148,29 @@ def test_unet_dropout_uses_the_kernel_mask():
     assert block_f[6].rng_state[1] == offset  # the next call draws a fresh mask
 
 
+def test_dropout_counters_survive_a_checkpoint():
+    """Resume exactness on backend triton: the fused layers' [seed, offset] go into the train state, so a network
+    rebuilt from a checkpoint draws the masks the uninterrupted network draws next; unseeded layers are not seeded
+    (and torch's generator not advanced) by saving."""
+    from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
+
+    torch.manual_seed(5)
+    G = define_G(3, 3, 2, "unet_64", "batch", True, backend="triton").to(DEVICE)
+    x = torch.randn(1, 3, 64, 64).to(DEVICE)
+    G(x)
+    before = torch.get_rng_state()
+    states = dropout_rng_states(G)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert list(states) == ["model.model.1.model.3.model.3.model.3.model.6"]  # unet_64's one dropout level
+    resumed = define_G(3, 3, 2, "unet_64", "batch", True, backend="triton").to(DEVICE)
+    resumed.load_state_dict(G.state_dict())
+    load_dropout_rng_states(resumed, states)
+    torch.manual_seed(6)  # a different torch RNG: the masks must come from the restored counters alone
+    assert torch.equal(resumed(x), G(x))
+    with pytest.raises(ValueError, match="not a fused module"):
+        load_dropout_rng_states(define_G(3, 3, 2, "unet_64", "batch", True, backend="eager"), states)
+
+
 def test_training_step_matches_eager():
     """One Pix2PixStep (G and D forward/backward, fused losses, both Adam steps) leaves the same weights."""
     G_e, G_f = pair(define_G, 3, 3, 4, "unet_32", "batch", False)
