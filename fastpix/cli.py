@@ -108,8 +108,20 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def prepare_backend(backend, device):
+    """--backend triton without a CUDA device: switch Triton to its interpreter before the kernels load, and say so."""
+    from fastpix.train.loop import default_device
+
+    if backend == "triton" and default_device(device).type != "cuda":
+        from fastpix.models import use_triton_interpreter
+
+        use_triton_interpreter()
+        print("fastpix: --backend triton without a CUDA device runs the kernels in Triton's interpreter "
+              "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
+
+
 def cmd_train(args):
-    from fastpix.train.loop import default_device, train
+    from fastpix.train.loop import train
 
     given = apply_reference_args(vars(args))
     train_cfg = build_config(TrainConfig, given)
@@ -126,12 +138,7 @@ def cmd_train(args):
     if data_cfg.dataroot is None:
         data_cfg.dataroot = ensure_demo_data()
         print(f"fastpix: no --dataroot given, training on the built-in demo data in {data_cfg.dataroot}")
-    if model_cfg.backend == "triton" and default_device(train_cfg.device).type != "cuda":
-        from fastpix.models import use_triton_interpreter
-
-        use_triton_interpreter()
-        print("fastpix: --backend triton without a CUDA device runs the kernels in Triton's interpreter "
-              "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
+    prepare_backend(model_cfg.backend, train_cfg.device)
     run_dir = train(model_cfg, data_cfg, train_cfg, overwrite=args.overwrite, progress=not args.quiet)
     print(f"fastpix: checkpoints in {run_dir}")
 
@@ -161,7 +168,7 @@ def load_predictor(cfg, command: str, **options):
     arch = {k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k, None) is not None}
     try:
         return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
-                                         epoch=cfg.epoch, **options, **arch)
+                                         cfg.backend, epoch=cfg.epoch, **options, **arch)
     except CheckpointError:
         raise
     except (ValueError, TypeError) as exc:
@@ -184,6 +191,7 @@ def cmd_predict(args):
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
+    prepare_backend(cfg.backend, cfg.device)
           + (f"; {len(failed)} unreadable files skipped" if failed else ""))
     if failed:
         raise SystemExit(1)

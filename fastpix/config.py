@@ -136,6 +136,8 @@ class InferenceConfig:
 class PredictConfig(InferenceConfig):
     batch_size: int = opt(8, "images per forward pass (same-size images share a pass)")
     seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")
+    backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
+                       "slow, for checking) (default: eager)", choices=("eager", "triton"))
 
 
 @dataclass

@@ -130,3 +130,31 @@ def test_cuda_full_size_fp32_bf16_and_graphs(norm_mode):
         plain = Predictor(fused, "cuda", "bf16", norm_mode=norm_mode)
         for a, e in zip(graphed(x, output_type="pt"), plain(x, output_type="pt")):
             assert_close(a, e, torch.bfloat16, f"{norm_mode} graphs")
+
+
+def test_predict_cli_backend_triton_equals_eager(tmp_path):
+    """`fastpix predict --backend triton` on a CPU switches Triton to its interpreter itself and writes what the
+    eager backend writes (running mode: both paths are deterministic)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    eager, _ = pair("unet_32")
+    torch.save(eager.state_dict(), tmp_path / "latest_net_G.pth")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    outputs = {}
+    for backend in ("eager", "triton"):
+        argv = [sys.executable, "-m", "fastpix", "predict", "--checkpoint", str(tmp_path / "latest_net_G.pth"),
+                "--input", str(tmp_path / "x.png"), "--output", str(tmp_path / backend), "--backend", backend,
+                "--norm-mode", "running"]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("Triton's interpreter" in proc.stdout) == (backend == "triton")
+        outputs[backend] = np.asarray(Image.open(tmp_path / backend / "x.png")).astype(int)
+    assert np.abs(outputs["triton"] - outputs["eager"]).max() <= 1  # uint8 truncation of fp32-close outputs
