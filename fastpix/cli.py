@@ -166,6 +166,7 @@ def load_predictor(cfg, command: str, **options):
         raise SystemExit(f"fastpix {command}: error: --checkpoint is required (a run folder, a .safetensors or a "
                          "reference .pth)")
     arch = {k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k, None) is not None}
+    prepare_backend(cfg.backend, cfg.device)
     try:
         return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
                                          cfg.backend, epoch=cfg.epoch, **options, **arch)
@@ -191,7 +192,6 @@ def cmd_predict(args):
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
-    prepare_backend(cfg.backend, cfg.device)
           + (f"; {len(failed)} unreadable files skipped" if failed else ""))
     if failed:
         raise SystemExit(1)
