@@ -12,7 +12,7 @@ import os
 import sys
 
 from fastpix import __version__
-from fastpix.config import DataConfig, ModelConfig, PredictConfig, ServeConfig, TestConfig, TrainConfig
+from fastpix.config import DataConfig, EvalConfig, ModelConfig, PredictConfig, ServeConfig, TestConfig, TrainConfig
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -157,6 +157,31 @@ def cmd_test(args):
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
 
+def cmd_eval(args):
+    """Score a checkpoint on a split (or saved results): L1, PSNR, SSIM, sharpness; optional baselines, FID/KID."""
+    from fastpix import evaluate
+    from fastpix.infer.protocol import find_generator_weights
+
+    given = apply_reference_args(vars(args))
+    cfg = build_config(EvalConfig, given)
+    if cfg.results and cfg.checkpoint is None:
+        run_dir, weights = os.path.join(cfg.checkpoints_dir, cfg.name), None
+    else:
+        run_dir, weights = find_generator_weights(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.epoch)
+    run_dir = os.path.normpath(run_dir)
+    saved = saved_config(*os.path.split(run_dir))
+    model_cfg, data_cfg = build_config(ModelConfig, saved, given), build_config(DataConfig, saved, given)
+    if data_cfg.dataroot is None and not cfg.results:
+        raise SystemExit("fastpix eval: --dataroot is required (the run's config.json does not name one)")
+    report = evaluate.run_eval(model_cfg, data_cfg, cfg, weights, os.path.basename(run_dir))
+    print(evaluate.format_report(report))
+    if "page" in report:
+        print(f"fastpix eval: results page {report['page']}")
+    if cfg.json:
+        evaluate.write_json(cfg.json, report)
+        print(f"fastpix eval: report written to {cfg.json}")
+
+
 def load_predictor(cfg, command: str, **options):
     """The Predictor an InferenceConfig describes; a bad checkpoint or flag ends the command with its message."""
     from fastpix.checkpoint import CheckpointError
@@ -247,7 +272,8 @@ def cmd_demo(args):
     data_cfg = DataConfig(dataroot=data, load_size=286 if gpu else 72, crop_size=size)
     train_cfg = TrainConfig(name="demo", checkpoints_dir=os.path.join(args.out, "checkpoints"),
                             batch_size=1 if gpu else 4, n_epochs=args.epochs, n_epochs_decay=args.epochs,
-                            print_freq=50, display_freq=200, save_epoch_freq=max(1, args.epochs))
+                            print_freq=50, display_freq=200, save_epoch_freq=max(1, args.epochs),
+                            gan_mode=args.gan_mode)
     train(model_cfg, data_cfg, train_cfg, overwrite=True)
     test_cfg = TestConfig(name="demo", checkpoints_dir=train_cfg.checkpoints_dir,
                           results_dir=os.path.join(args.out, "results"), num_test=40)
@@ -333,6 +359,14 @@ def cmd_info(args):
 def cmd_bench(args):
     from fastpix import bench
 
+    if args.layers:
+        from fastpix.kernels.conv_layers import layer_table
+
+        try:
+            print(layer_table())
+        except RuntimeError as exc:
+            raise SystemExit(f"fastpix bench --layers: {exc}") from exc
+        return
     try:
         code = bench.run(args.suite, args.json, args.select)
     except FileNotFoundError as exc:
@@ -369,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_reference_args(p)
     p.set_defaults(func=cmd_test)
 
+    p = sub.add_parser("eval", help="score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
+                       formatter_class=fmt, description=cmd_eval.__doc__)
+    add_config_args(p, ModelConfig, "model (default: from the run's config.json)")
+    add_config_args(p, DataConfig, "data (default: from the run's config.json)")
+    add_config_args(p, EvalConfig, "evaluation")
+    add_reference_args(p)
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("predict", help="translate image files or folders with a checkpoint (any image size)",
                        formatter_class=fmt, description=cmd_predict.__doc__)
     p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
@@ -398,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="folder for data, checkpoints and results (default: demo_out)")
     p.add_argument("--epochs", type=int, default=5,
                    help="epochs at full learning rate, then as many decaying (default: 5)")
+    p.add_argument("--gan_mode", "--gan-mode", choices=("vanilla", "lsgan", "none"), default=TrainConfig.gan_mode,
+                   help=f"GAN objective; none = the L1-only baseline (default: {TrainConfig.gan_mode})")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="write a run's weights as reference-loadable .pth state dicts, or the "
@@ -423,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="fastpix-bench.json", help="where to write the results (default: "
                    "fastpix-bench.json)")
     p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression")
+    p.add_argument("--layers", action="store_true", help="instead: per pix2pix conv layer (batch 1/16/64, bf16), "
+                   "the fused Triton block vs cuDNN and which one backend triton uses (measured once, cached)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -63,7 +63,6 @@ class DataConfig:
     cache_dir: str = opt(None, "folder of the decode-once cache (default: <dataroot>/.fastpix_cache)")
 
 
-
 @dataclass
 class TrainConfig:
     name: str = opt("experiment_name", "name of the experiment: checkpoints go to <checkpoints_dir>/<name>")
@@ -108,6 +107,20 @@ class TestConfig:
     eval: bool = opt(False, "use running BatchNorm statistics and no dropout (model.eval())")
     seed: int = opt(0, "random seed for the dropout noise")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+    sort: str = opt("name", "order of the results page: by file name, or worst L1 first",
+                    choices=("name", "worst"))
+
+
+@dataclass
+class EvalConfig(TestConfig):
+    checkpoint: str = opt(None, "a run folder (with config.json and <epoch>_net_G.*) or a generator weights file "
+                          "(default: <checkpoints_dir>/<name>)")
+    phase: str = opt("val", "dataset split to score")
+    num_test: int = opt(1_000_000, "score the first this many images of the split")
+    results: str = opt(None, "score saved results instead: a folder with images/<stem>_{fake_B,real_B}.png")
+    json: str = opt(None, "also write the report as JSON to this path")
+    baselines: bool = opt(False, "also score the trivial baselines: output = input, output = mean training target")
+    inception_weights: str = opt(None, "TorchScript Inception feature network for FID/KID (never downloaded)")
 
 
 @dataclass
@@ -123,6 +136,8 @@ class InferenceConfig:
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
     precision: str = opt(None, "fp32, bf16 or fp16 (autocast, CUDA only) (default: bf16 on GPUs that support it, "
                          "else fp32)", choices=("fp32", "bf16", "fp16"))
+    backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
+                       "slow, for checking) (default: eager)", choices=("eager", "triton"))
     netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",
                     choices=NET_G_CHOICES)
     ngf: int = opt(None, "generator filters, when neither config.json nor the weights tell it")
@@ -136,8 +151,6 @@ class InferenceConfig:
 class PredictConfig(InferenceConfig):
     batch_size: int = opt(8, "images per forward pass (same-size images share a pass)")
     seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")
-    backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
-                       "slow, for checking) (default: eager)", choices=("eager", "triton"))
 
 
 @dataclass

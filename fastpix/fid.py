@@ -9,15 +9,21 @@ unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, ave
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
+from fastpix.checkpoint import CheckpointError
+
 
 def load_feature_network(path: str, device: torch.device):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--inception-weights {path}: no such file")
     try:
         net = torch.jit.load(path, map_location=device)
     except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
-        raise ValueError(f"--inception-weights {path}: not a TorchScript feature network ({exc})") from exc
+        raise CheckpointError(f"--inception-weights {path}: not a TorchScript feature network ({exc})") from exc
     return net.eval()
 
 

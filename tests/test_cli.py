@@ -48,7 +48,7 @@ def test_reference_checkpoint_folder_is_used_as_is(tiny_data, workdir):
     argv = ["test", "--dataroot", tiny_data, "--name", "ref", "--eval", "--num_test", "1", *TINY]
     assert main(argv) == 0
     html = (workdir / "results" / "ref" / "test_latest" / "index.html").read_text()
-    assert "running statistics" in html
+    assert "eval mode (--eval): running BatchNorm statistics, no dropout" in html
 
 
 def test_errors_name_the_problem(workdir, capsys):

@@ -29,7 +29,7 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     """One (A, B) pair of size×size uint8 RGB images."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     labels = np.zeros((size, size), np.int64)
-    for _ in range(rng.integers(3, 7)):
+    for _ in range(rng.integers(4, 10)):
         cls = rng.integers(1, N_CLASSES)
         cx, cy = rng.uniform(0, size, 2)
         rx, ry = rng.uniform(size * 0.1, size * 0.35, 2)
@@ -43,7 +43,7 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     period = STRIPE_PERIOD[labels] * scale
     angle = STRIPE_ANGLE[labels]
     wave = np.sin(2 * math.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phases[labels])
-    shade = np.where(wave >= 0, 1.0, 0.55)[:, :, None]
+    shade = np.where(wave >= 0, 1.0, 0.7)[:, :, None]
     b = MATERIAL_COLOUR[labels] * shade
     border = np.zeros_like(labels, dtype=bool)
     border[:, 1:] |= labels[:, 1:] != labels[:, :-1]

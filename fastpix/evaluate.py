@@ -1,0 +1,244 @@
+"""Scoring translations: per-image metrics, the aggregate report, the results page, baselines, FID/KID.
+
+Images are scored as saved (uint8, the reference's truncating conversion), so scoring a checkpoint and scoring
+its saved results give the same numbers. Metrics on [0, 1] images (data range 1): L1 (mean absolute error),
+PSNR, SSIM (Gaussian window σ 1.5) and the high-frequency energy ratio output/target (sharpness: blur → below 1).
+A results folder holds index.html, images/ and scores.json (the report: protocol, aggregate, per-image values).
+"""
+from __future__ import annotations
+
+import glob
+import html
+import json
+import math
+import os
+
+import numpy as np
+
+from fastpix.data.dataset import DataError
+from fastpix.data.transforms import to_image_array
+from fastpix.results import save_png, write_index
+
+METRICS = {"l1": "lower is better", "psnr": "higher is better", "ssim": "higher is better",
+           "hf_ratio": "sharpness: 1 = as sharp as the target, below 1 = blurrier"}
+IMAGE_LABELS = ("real_A", "fake_B", "real_B")
+SCALE = ("images scaled to [0, 1] (uint8 / 255), data range 1.0; SSIM with a Gaussian window σ 1.5 (11 taps), "
+         "K1 0.01, K2 0.03; hf_ratio = high-frequency energy (image − its σ 1.5 blur) of output / target")
+SCORES_FILE = "scores.json"
+
+
+def score(output: np.ndarray, target: np.ndarray) -> dict:
+    """Every metric of one uint8 HWC output against its uint8 HWC target."""
+    from fastpix import metrics
+
+    return {"l1": float(metrics.l1(output, target)), "psnr": float(metrics.psnr(output, target)),
+            "ssim": float(metrics.ssim(output, target)),
+            "hf_ratio": float(metrics.high_frequency_ratio(output, target))}
+
+
+def aggregate(per_image: list[dict], protocol: str) -> dict:
+    from fastpix.metrics import summarize
+
+    return {"protocol": protocol, "scale": SCALE, "n": len(per_image),
+            "metrics": {m: summarize([r[m] for r in per_image]) for m in METRICS},
+            "per_image": per_image}
+
+
+def save_and_score(items, out: str, kept: list | None = None) -> list[tuple]:
+    """Save each (stem, real_A, fake_B, real_B) under <out>/images/ as the reference does, and score it.
+
+    Returns rows (stem, [(label, file relative to out)], scores). With a list as `kept`, the uint8
+    (real_A, fake_B, real_B) arrays of every image are appended to it (for the baselines and FID/KID)."""
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    rows = []
+    for stem, real_A, fake_B, real_B in items:
+        arrays = [to_image_array(t) for t in (real_A, fake_B, real_B)]
+        files = []
+        for label, array in zip(IMAGE_LABELS, arrays):
+            files.append((label, f"images/{stem}_{label}.png"))
+            save_png(array, os.path.join(out, files[-1][1]))
+        rows.append((stem, files, {"name": stem, **score(arrays[1], arrays[2])}))
+        if kept is not None:
+            kept.append(arrays)
+    return rows
+
+
+def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name") -> dict:
+    """`fastpix test`: save, score, write index.html and scores.json; return the report."""
+    rows = save_and_score(items, out)
+    report = aggregate([r[2] for r in rows], protocol)
+    write_results(out, title, rows, report, sort)
+    return report
+
+
+def write_results(out: str, title: str, rows: list[tuple], report: dict, sort: str = "name"):
+    """<out>/index.html (the aggregate table on top, then per image input, output and target with its metrics,
+    by name or worst L1 first) and <out>/scores.json (the report)."""
+    if sort == "worst":
+        rows = sorted(rows, key=lambda r: -r[2]["l1"])
+    header = f"<p>{html.escape(report['protocol'])}; {report['n']} images</p>" + summary_html(report)
+    page_rows = [(f"{stem} — " + ", ".join(f"{m} {scores[m]:.4g}" for m in METRICS), files)
+                 for stem, files, scores in rows]
+    write_index(out, title, page_rows, header_html=header)
+    write_json(os.path.join(out, SCORES_FILE), report)
+
+
+def write_json(path: str, report: dict):
+    """Strict JSON: a non-finite value (the PSNR of identical images is +inf) is written as a string."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    with open(path, "w") as f:
+        json.dump(finite(report), f, indent=2, allow_nan=False)
+
+
+def summary_html(report: dict) -> str:
+    baselines = report.get("baselines", {})
+    head = "".join(f"<th>{html.escape(name)}<br>mean</th>" for name in baselines)
+    body = ""
+    for m, s in report["metrics"].items():
+        others = "".join(f"<td>{b[m]['mean']:.4g}</td>" for b in baselines.values())
+        body += (f"<tr><td>{m}</td><td>{s['mean']:.4g}</td><td>{s['std']:.4g}</td><td>{s['min']:.4g}</td>"
+                 f"<td>{s['max']:.4g}</td>{others}<td>{html.escape(METRICS[m])}</td></tr>")
+    extra = "".join(f"<p>{key.upper()}: {html.escape(json.dumps(report[key]))}</p>" for key in ("fid", "kid")
+                    if key in report)
+    return ("<table border='1' cellpadding='4'><tr><th>metric</th><th>mean</th><th>std</th><th>min</th>"
+            f"<th>max</th>{head}<th></th></tr>{body}</table><p>{html.escape(report['scale'])}</p>{extra}")
+
+
+def saved_images(folder: str) -> tuple[list[str], str]:
+    """The image stems of a results folder (--results) and the protocol that made them.
+
+    A fastpix folder's scores.json names the images of its last run (a folder reused by a run with a smaller
+    --num_test still holds the older images); a reference results folder has none, and every *_fake_B.png counts.
+    """
+    manifest = os.path.join(folder, SCORES_FILE)
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            saved = json.load(f)
+        return [r["name"] for r in saved["per_image"]], saved["protocol"]
+    fakes = sorted(glob.glob(os.path.join(folder, "images", "*_fake_B.png")))
+    if not fakes:
+        raise DataError(f"--results {folder}: no scores.json and no images/*_fake_B.png (expected a fastpix or "
+                        "reference results folder such as results/<name>/test_latest)")
+    return [os.path.basename(p)[: -len("_fake_B.png")] for p in fakes], "an unknown protocol (no scores.json)"
+
+
+def load_saved(folder: str, stem: str, label: str, required: bool = True) -> np.ndarray | None:
+    from PIL import Image
+
+    path = os.path.join(folder, "images", f"{stem}_{label}.png")
+    if not os.path.isfile(path):
+        if required:
+            raise DataError(f"{path}: missing (--results {folder})")
+        return None
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def score_saved(folder: str, kept: list | None = None) -> dict:
+    """The report for a results folder's saved images; `kept` as in score_and_write (real_A may be None)."""
+    stems, protocol = saved_images(folder)
+    per_image = []
+    for stem in stems:
+        fake, real = load_saved(folder, stem, "fake_B"), load_saved(folder, stem, "real_B")
+        per_image.append({"name": stem, **score(fake, real)})
+        if kept is not None:
+            kept.append((load_saved(folder, stem, "real_A", required=False), fake, real))
+    return aggregate(per_image, f"saved results in {folder}, made with {protocol}")
+
+
+def baseline_scores(pairs: list[tuple[np.ndarray, np.ndarray]], mean_target: np.ndarray | None) -> dict:
+    """Scores of the trivial translations over (input, target) pairs: output = input; output = mean target."""
+    from fastpix.metrics import summarize
+
+    found = {}
+    if all(a is not None and a.shape == b.shape for a, b in pairs):
+        values = [score(a, b) for a, b in pairs]
+        found["output = input"] = {m: summarize([v[m] for v in values]) for m in METRICS}
+    if mean_target is not None:
+        values = [score(mean_target, b) for _, b in pairs if b.shape == mean_target.shape]
+        found["output = mean training target"] = {m: summarize([v[m] for v in values]) for m in METRICS}
+    return found
+
+
+def mean_training_target(model_cfg, data_cfg) -> np.ndarray:
+    """The per-pixel mean of the training split's targets at the test transform (uint8)."""
+    from fastpix.infer.protocol import protocol_dataset
+
+    dataset = protocol_dataset(model_cfg, data_cfg, "train")
+    total, count = None, 0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item is None:
+            continue
+        b = to_image_array(item["B"]).astype(np.float64)
+        total, count = (b if total is None else total + b), count + 1
+    return np.round(total / count).astype(np.uint8)
+
+
+def add_fid_kid(report: dict, kept: list | None, weights: str | None, device):
+    """FID and KID of the outputs against the targets, with the user's feature network; else say why not."""
+    if weights is None:
+        report["fid"] = report["kid"] = "skipped: no --inception-weights given (fastpix downloads nothing)"
+        return
+    if len(kept) < 2:
+        report["fid"] = report["kid"] = f"skipped: FID/KID need at least 2 images, got {len(kept)}"
+        return
+    from fastpix import fid
+
+    net = fid.load_feature_network(weights, device)
+    feat_fake = fid.features(net, [f for _, f, _ in kept], device)
+    feat_real = fid.features(net, [b for _, _, b in kept], device)
+    report["fid"] = fid.fid(feat_fake, feat_real)
+    mean, std = fid.kid(feat_fake, feat_real)
+    report["kid"] = {"mean": mean, "std": std}
+
+
+def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> dict:
+    """`fastpix eval`: translate cfg.phase with the generator in `weights` under the chosen protocol and score
+    it (or score the saved images in cfg.results), add the baselines and FID/KID as asked, and write the results
+    page <results_dir>/<run_name>/eval_<phase>_<epoch>/ (not for --results). Returns the report."""
+    from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
+    from fastpix.train.loop import default_device
+
+    device = default_device(cfg.device)
+    kept = [] if cfg.baselines or cfg.inception_weights else None
+    rows = None
+    if cfg.results:
+        report = score_saved(cfg.results, kept)
+    else:
+        G = build_generator(model_cfg, weights, device)
+        dataset = protocol_dataset(model_cfg, data_cfg, cfg.phase)
+        epoch = os.path.splitext(os.path.basename(weights))[0].removesuffix("_net_G")
+        out = os.path.join(cfg.results_dir, run_name, f"eval_{cfg.phase}_{epoch}")
+        rows = save_and_score(translate_split(G, dataset, cfg.num_test, cfg.eval, cfg.seed, device), out, kept)
+        report = aggregate([r[2] for r in rows], protocol_name(cfg.eval, cfg.seed))
+    if cfg.baselines:
+        mean_target = mean_training_target(model_cfg, data_cfg) if data_cfg.dataroot else None
+        report["baselines"] = baseline_scores([(a, b) for a, _, b in kept], mean_target)
+    add_fid_kid(report, kept, cfg.inception_weights, device)
+    if rows is not None:
+        write_results(out, f"Evaluation of {run_name} ({os.path.basename(weights)}), phase {cfg.phase}", rows,
+                      report, cfg.sort)
+        report["page"] = os.path.join(out, "index.html")
+    return report
+
+
+def format_report(report: dict) -> str:
+    columns = {"model": report["metrics"], **report.get("baselines", {})}
+    lines = [f"{report['n']} images; {report['protocol']}", report["scale"],
+             f"{'metric':<10}" + "".join(f"{name:>32}" for name in columns)]
+    for m in METRICS:
+        cells = "".join(f"{c[m]['mean']:>22.4f} ± {c[m]['std']:<7.4f}" for c in columns.values())
+        lines.append(f"{m:<10}{cells}")
+    for key in ("fid", "kid"):
+        value = report.get(key)
+        if value is not None:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return "\n".join(lines)
