@@ -188,3 +188,100 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
     size = fake.numel() * fake.element_size()
     record(benchmark, benchmark.group, impl, dtype, batch, size * (2 if mode == "fwd" else 3), copy_bandwidth,
            shape=list(fake.shape))
+
+
+# ==============================================================================================================
+# Fused convolutions (kernels/conv_bn_act.py): each pix2pix conv block, then the whole G and D
+# ==============================================================================================================
+# Per layer of kernels/conv_layers.py (the blocks the GPU tests check), bf16 channels-last, batch 1/16/64: the fused
+# block (conv with the producer's BatchNorm + activation applied on load and this layer's BatchNorm statistics in the
+# epilogue) against eager cuDNN conv + BatchNorm + activation, forward ('fwd') and forward + backward ('fwd_bwd').
+# extra_info: median per call, speed-up over eager, achieved TFLOP/s (performance.md's FLOP count; fwd_bwd counts
+# dgrad and wgrad, no dgrad for an image input) and % of this device's measured bf16 matmul peak. The whole networks
+# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (whose
+# per-layer cuDNN fallback then applies). Without a GPU only eager runs, on the smallest layer.
+from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step  # noqa: E402
+from fastpix.models import define_D, define_G  # noqa: E402
+from fastpix.train.flops import conv_flops  # noqa: E402
+
+CONV_LAYERS = PIX2PIX_CONV_LAYERS if GPU else [layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down8"]
+CONV_DTYPE = torch.bfloat16 if GPU else torch.float32
+
+
+@pytest.fixture(scope="module")
+def matmul_peak():
+    """This device's measured dense bf16 matmul rate in FLOP/s (8192³, median of CUDA-event timings); None on CPU."""
+    if not GPU:
+        return None
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * 8192 ** 3 / sorted(times)[len(times) // 2]
+
+
+def record_compute(benchmark, impl, batch, flops, peak, **info):
+    if benchmark.stats is None:
+        return
+    per_call = benchmark.stats.stats.median / REPS
+    group = benchmark.group
+    if impl == "eager":
+        _eager_medians[group] = per_call
+    eager = _eager_medians.get(group)
+    benchmark.extra_info.update({
+        "impl": impl, "baseline": impl == "eager", "dtype": str(CONV_DTYPE)[6:], "batch": batch,
+        "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
+        "tflop_per_s": flops / per_call / 1e12, "pct_of_peak": 100 * flops / per_call / peak if peak else None,
+        "peak_tflop_per_s": peak / 1e12 if peak else None, "reps_per_timed_call": REPS, **info})
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("layer", CONV_LAYERS, ids=[layer.name for layer in CONV_LAYERS])
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_conv_block(benchmark, impl, layer, batch, mode, device, matmul_peak):
+    if impl == "triton" and not GPU:
+        pytest.skip("the Triton kernels are timed on a GPU only (on a CPU they run in the interpreter)")
+    call = block_step(layer, batch, CONV_DTYPE, device, "triton" if impl == "triton" else "cudnn",
+                      backward=mode == "fwd_bwd")
+    run(benchmark, f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
+                   f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}", call)
+    passes = 1 if mode == "fwd" else (2 if layer.reads[0] == "image" else 3)
+    record_compute(benchmark, impl, batch, passes * layer.flops(batch), matmul_peak, layer=layer.name,
+                   flops_per_call=passes * layer.flops(batch))
+
+
+NETWORKS = {"G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend), 3),
+            "D basic": (lambda backend: define_D(6, 64, "basic", backend=backend), 6)}
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_conv_network(benchmark, impl, network, batch, device, matmul_peak):
+    if impl == "triton" and not GPU:
+        pytest.skip("backend triton is timed on a GPU only")
+    build, channels = NETWORKS[network]
+    torch.manual_seed(0)
+    net = build(impl).to(device, memory_format=torch.channels_last).train()
+    x = torch.randn(batch, channels, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=CONV_DTYPE, enabled=GPU):
+        grad = torch.randn_like(net(x))
+
+    def call():
+        with torch.autocast(device.type, dtype=CONV_DTYPE, enabled=GPU):
+            out = net(x)
+        out.backward(grad)
+
+    run(benchmark, f"network {network} 256² batch {batch} {str(CONV_DTYPE)[6:]} fwd_bwd", call)
+    flops = 3 * conv_flops(net, (1, channels, 256, 256)) * batch
+    record_compute(benchmark, impl, batch, flops, matmul_peak, network=network, flops_per_call=flops,
+                   img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None)

@@ -655,7 +655,8 @@ class ConvBNActFunction(torch.autograd.Function):
         ctx.spec = spec
         ctx.num_sources = len(xs)
         ctx.has_norm = tuple(p is not None for p in prms)
-        ctx.save_for_backward(*xs, *[p for p in prms if p is not None], *[r for r in rngs[:len(xs)] if r is not None], w,
+        ctx.save_for_backward(*xs, *[p for p in prms if p is not None],
+                              *[r for r in rngs[:len(xs)] if r is not None], w,
                               weight, bias, y if spec.tanh or spec.stats else None, mean_out, rstd_out)
         ctx.has_rng = tuple(r is not None for r in rngs[:len(xs)])
         y_nchw = y.permute(0, 3, 1, 2)

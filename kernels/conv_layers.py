@@ -82,8 +82,8 @@ def _pix2pix_layers():
     for level, skip, up, out, side, dropout in ((7, 512, 512, 512, 2, False), (6, 512, 512, 512, 4, True),
                                                (5, 512, 512, 512, 8, True), (4, 512, 512, 256, 16, True),
                                                (3, 256, 256, 128, 32, False), (2, 128, 128, 64, 64, False)):
-        layers.append(ConvLayer(f"G.up{level}", True, (skip, up), out, side, 2, ("bn_act", "bn_act"), "relu", dropout, "bn",
-                                "relu"))
+        layers.append(ConvLayer(f"G.up{level}", True, (skip, up), out, side, 2, ("bn_act", "bn_act"), "relu",
+                                dropout, "bn", "relu"))
     layers.append(ConvLayer("G.up1", True, (64, 64), 3, 128, 2, ("act", "bn_act"), "relu", False, "tanh"))
     layers += [ConvLayer("D.conv1", False, (6,), 64, 256, 2, ("image",), "none", False, "bias"),
                ConvLayer("D.conv2", False, (64,), 128, 128, 2, ("act",), "leaky_relu", False, "bn", "leaky_relu"),
@@ -111,8 +111,9 @@ def layer_inputs(layer: ConvLayer, N, dtype, device, seed=None, requires_grad=Tr
     def leaf(t):
         return t.requires_grad_(requires_grad)
 
-    sources = [leaf(rand(N, c, *layer.in_hw).to(dtype).contiguous(memory_format=torch.channels_last))
-               for c in layer.sources]
+    # An image input (G's and D's first conv) needs no gradient: the model never asks for it.
+    sources = [rand(N, c, *layer.in_hw).to(dtype).contiguous(memory_format=torch.channels_last)
+               .requires_grad_(requires_grad and read != "image") for c, read in zip(layer.sources, layer.reads)]
     norms = [(rand(c, scale=0.5), leaf(rand(c, scale=0.2, shift=1.0).abs()), leaf(rand(c, scale=0.2)))
              if read == "bn_act" else None for c, read in zip(layer.sources, layer.reads)]
     k = layer.kernel
@@ -132,8 +133,9 @@ def fused_block(layer: ConvLayer, case):
     sources, norms = case["sources"], case["norms"]
     second = len(sources) > 1
     return conv_bn_act(
-        sources[0], case["weight"], case["bias"], layer.stride, layer.padding, transposed=layer.transposed, norm=norms[0],
-        activation=layer.activation, x2=sources[1] if second else None, norm2=norms[1] if second else None,
+        sources[0], case["weight"], case["bias"], layer.stride, layer.padding, transposed=layer.transposed,
+        norm=norms[0], activation=layer.activation, x2=sources[1] if second else None,
+        norm2=norms[1] if second else None,
         activation2=layer.activation, dropout_p2=0.5 if layer.dropout else 0.0,
         rng2=case["rng"] if layer.dropout else None, stats=layer.out == "bn", tanh=layer.out == "tanh")
 
@@ -148,9 +150,10 @@ def fused_block_output(layer: ConvLayer, case, out):
     return F.relu(z) if layer.out_activation == "relu" else F.leaky_relu(z, 0.2)
 
 
-def activated_sources(layer: ConvLayer, case):
+def activated_sources(layer: ConvLayer, case, detach=True):
     """The eager block's input: each source after its producer's BatchNorm, activation and dropout (computed in
-    the producer's block in eager PyTorch, so outside the eager block's own work)."""
+    the producer's block in eager PyTorch, so outside the eager block's own work: detached leaves, unless
+    `detach` is False — tests then compare the gradients of the raw sources and the producers' (k, β))."""
     from fastpix.kernels.batch_norm_act import dropout_mask
 
     out = []
@@ -165,7 +168,7 @@ def activated_sources(layer: ConvLayer, case):
             z = F.leaky_relu(z, 0.2)
         if i == 1 and layer.dropout:
             z = z * dropout_mask(z.shape, case["rng"], 0.5).to(z.dtype) * 2.0
-        out.append(z.detach().requires_grad_(x.requires_grad))
+        out.append(z.detach().requires_grad_(x.requires_grad) if detach else z)
     return out
 
 
@@ -206,3 +209,36 @@ def block_step(layer: ConvLayer, N, dtype, device, impl, backward=True, seed=0):
         torch.autograd.backward(run(), grads)
 
     return step
+
+
+def time_block(layer: ConvLayer, N, dtype, device, impl) -> float:
+    """Median seconds of one block's forward + backward (block_step), measured with autograd on and autocast off
+    whatever the caller's context (the per-layer choice is made inside a model's forward, maybe under no_grad or
+    autocast)."""
+    from fastpix.kernels.conv_tuning import median_seconds
+
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
+        return median_seconds(block_step(layer, N, dtype, device, impl))
+
+
+def layer_table(batches=(1, 16, 64), dtype=torch.bfloat16) -> str:
+    """What backend='triton' runs for each pix2pix layer on this GPU: the fused block's and eager cuDNN's forward +
+    backward median time and the choice (the faster), measuring the layers not in the tuning cache yet."""
+    from fastpix.kernels.conv_tuning import cached_layer_timings, layer_choice
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("the per-layer choice is measured on a CUDA device; on a CPU backend='triton' always "
+                           "runs the Triton kernels (through the interpreter)")
+    lines = [f"{'layer':<9} {'batch':>5}  {'input':<22} {'triton ms':>10} {'cuDNN ms':>10} {'speed-up':>9}  choice"]
+    for layer in PIX2PIX_CONV_LAYERS:
+        for batch in batches:
+            key = layer.key(batch, dtype)
+            choice = layer_choice(key, lambda: time_block(layer, batch, dtype, "cuda", "triton"),
+                                  lambda: time_block(layer, batch, dtype, "cuda", "cudnn"))
+            timings = cached_layer_timings(key) or {}
+            t_fused, t_eager = timings.get("triton_ms"), timings.get("cudnn_ms")
+            shape = f"{'+'.join(map(str, layer.sources))}x{layer.size}x{layer.in_hw[1]}"
+            times = (f"{t_fused:>10.3f} {t_eager:>10.3f} {t_eager / t_fused:>8.2f}x" if t_fused and t_eager
+                     else f"{'-':>10} {'-':>10} {'-':>9}")
+            lines.append(f"{layer.name:<9} {batch:>5}  {shape:<22} {times}  {choice}")
+    return "\n".join(lines)

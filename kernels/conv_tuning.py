@@ -7,6 +7,7 @@
 
 The cache is one JSON file (FASTPIX_TUNING_CACHE, default $XDG_CACHE_HOME/fastpix/conv_tuning.json) with one
 section per device name + torch + triton version: timings from another GPU or another compiler are not reused.
+FASTPIX_CONV_AUTOTUNE=0 keeps the default block sizes.
 Under Triton's interpreter nothing is measured: one small fixed config, and always the Triton kernels (there is
 nothing to compare against, and the tests must exercise the kernels). While a CUDA graph is being captured
 nothing is measured either: a choice not yet cached takes the default (Triton, first config) for that capture.
@@ -43,8 +44,14 @@ class TuningCache:
     added entries) and replaced atomically."""
 
     def __init__(self, path=None):
-        self.path = path or cache_path()
+        self._path = path
         self._data = None
+        self._data_path = None
+
+    @property
+    def path(self):
+        """The explicit path, else cache_path() as the environment says now."""
+        return self._path or cache_path()
 
     def _read(self):
         try:
@@ -55,8 +62,8 @@ class TuningCache:
             return {}
 
     def get(self, kind, key):
-        if self._data is None:
-            self._data = self._read()
+        if self._data is None or self._data_path != self.path:
+            self._data, self._data_path = self._read(), self.path
         return self._data.get(device_section(), {}).get(kind, {}).get(key)
 
     def put(self, kind, key, value):
@@ -68,7 +75,7 @@ class TuningCache:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
-        self._data = data
+        self._data, self._data_path = data, self.path
 
 
 CACHE = TuningCache()
@@ -76,6 +83,12 @@ CACHE = TuningCache()
 
 def _measuring_allowed() -> bool:
     return not INTERPRETED and torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()
+
+
+def autotune_enabled() -> bool:
+    """FASTPIX_CONV_AUTOTUNE=0 skips block-size tuning (each config is a compilation: the GPU tests, which run
+    many distinct small problems once, switch it off); the per-layer cuDNN choice is not affected."""
+    return os.environ.get("FASTPIX_CONV_AUTOTUNE", "1") not in ("", "0")
 
 
 def median_seconds(fn) -> float:
@@ -89,7 +102,7 @@ def tuned_config(kind: str, key: str, candidates: list[tuple], launch) -> tuple:
     cached = CACHE.get(kind, key) if not INTERPRETED else None
     if cached is not None:
         return tuple(cached)
-    if not _measuring_allowed() or len(candidates) == 1:
+    if not _measuring_allowed() or not autotune_enabled() or len(candidates) == 1:
         return candidates[0]
     times = []
     for config in candidates:

@@ -140,8 +140,8 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
     this layer — and return the Pending output (with `norm` folded in)."""
     from fastpix.kernels.batch_norm_act import _snapshot_and_advance
     from fastpix.kernels.conv_bn_act import batch_norm_prologue, conv_bn_act
-    from fastpix.kernels.conv_layers import block_step
-    from fastpix.kernels.conv_tuning import layer_choice, median_seconds
+    from fastpix.kernels.conv_layers import time_block
+    from fastpix.kernels.conv_tuning import layer_choice
 
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
@@ -162,8 +162,8 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
     layer = _layer(pending, conv, norm, tanh)
     raw = first.raw
     choice = layer_choice(layer.key(raw.shape[0], raw.dtype),
-                          lambda: median_seconds(block_step(layer, raw.shape[0], raw.dtype, raw.device, "triton")),
-                          lambda: median_seconds(block_step(layer, raw.shape[0], raw.dtype, raw.device, "cudnn")))
+                          lambda: time_block(layer, raw.shape[0], raw.dtype, raw.device, "triton"),
+                          lambda: time_block(layer, raw.shape[0], raw.dtype, raw.device, "cudnn"))
     if choice == "cudnn":
         out = _conv_eager(pending, conv, transposed, norm if stats else None, factor, track)
         if tanh:

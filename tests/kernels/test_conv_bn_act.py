@@ -1,4 +1,4 @@
-"""The fused convolution (kernels/conv_bn_act.py) against torch.nn.functional, under the interpreter on CPU.
+"""The fused convolution (kernels/conv_bn_act.py) against torch.nn.functional (under the interpreter on a CPU).
 
 Plain conv / ConvTranspose: forward, input, weight and bias gradients over strides, paddings, odd channel counts,
 1×1 and 2×2 bottlenecks and batch 1, in fp32 and fp16, with every buffer the kernels write poisoned first.
@@ -15,9 +15,18 @@ from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.kernels.conv_layers import (
     PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
 from fastpix.kernels.conv_tuning import TuningCache
-from fastpix.kernels.testing import TOLERANCES, assert_close, full_sweep, poison, relative_error
+from fastpix.kernels.testing import assert_close, full_sweep, poison, relative_error
 
-CPU = torch.device("cpu")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _exact_and_untuned(monkeypatch, tmp_path):
+    """fp32 compared exactly (no TF32, in cuDNN or in the kernels), default block sizes (tuning each tiny problem
+    would compile every candidate), and any tuning cache kept in tmp_path."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setenv("FASTPIX_CONV_AUTOTUNE", "0")
+    monkeypatch.setenv("FASTPIX_TUNING_CACHE", str(tmp_path / "conv_tuning.json"))
 
 
 @pytest.fixture
@@ -41,7 +50,8 @@ def _cl(t):
 
 
 def _leaf(t):
-    return t.detach().clone().requires_grad_()
+    """A leaf on DEVICE (drawn on the CPU, so a seed gives the same values on every device)."""
+    return t.detach().to(DEVICE).clone().requires_grad_()
 
 
 def _ref(t):
@@ -82,7 +92,7 @@ def test_plain_conv_matches_torch(case, poisoned):
     op = F.conv_transpose2d if transposed else F.conv2d
     xr, wr, br = _ref(x), _ref(w), _ref(b)
     yr = op(xr, wr, br, stride, padding)
-    g = torch.randn(yr.shape).to(dtype)
+    g = torch.randn(yr.shape).to(dtype).to(DEVICE)
     y.backward(_cl(g))
     yr.backward(g.double())
     assert_close(y, yr, dtype, "output")
@@ -115,7 +125,7 @@ def test_two_source_conv_transpose_matches_concat(dtype, poisoned):
     y = cba.conv_bn_act(skip, w, None, 2, 1, transposed=True, x2=up)
     sr, ur, wr = _ref(skip), _ref(up), _ref(w)
     yr = F.conv_transpose2d(torch.cat([sr, ur], 1), wr, None, 2, 1)
-    g = torch.randn(yr.shape).to(dtype)
+    g = torch.randn(yr.shape).to(dtype).to(DEVICE)
     y.backward(_cl(g))
     yr.backward(g.double())
     assert_close(y, yr, dtype, "output")
@@ -140,7 +150,7 @@ def test_bad_shapes_raise_clear_errors():
 
 def _bn_params(c):
     return {"weight": _leaf(1 + 0.2 * torch.randn(c)), "bias": _leaf(0.2 * torch.randn(c)),
-            "running_mean": torch.zeros(c), "running_var": torch.ones(c)}
+            "running_mean": torch.zeros(c, device=DEVICE), "running_var": torch.ones(c, device=DEVICE)}
 
 
 def _make_unet_chain(dtype):
@@ -148,7 +158,7 @@ def _make_unet_chain(dtype):
     p = {"x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
          "w1": _leaf(0.3 * torch.randn(6, 3, 4, 4)), "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
          "w3": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w4": _leaf(0.3 * torch.randn(12, 3, 4, 4)),
-         "b4": _leaf(0.1 * torch.randn(3)), "rng": torch.tensor([1234, 77], dtype=torch.int64)}
+         "b4": _leaf(0.1 * torch.randn(3)), "rng": torch.tensor([1234, 77], dtype=torch.int64, device=DEVICE)}
     for name, c in (("bn1", 6), ("bn2", 8), ("bn3", 6)):
         p[name] = _bn_params(c)
     return p
@@ -243,7 +253,7 @@ def _compare_chain(make, fused, eager, dtype):
     r = _reference_leaves(p)
     out = fused(p)
     ref = eager(p, r)
-    g = torch.randn(ref.shape).to(dtype)
+    g = torch.randn(ref.shape).to(dtype).to(DEVICE)
     out.backward(_cl(g))
     ref.backward(g.double())
     checks = [("output", out, ref)]
@@ -303,8 +313,8 @@ TINY_LAYERS = [  # the pix2pix layer kinds (kernels/conv_layers.py) at interpret
 
 @pytest.mark.parametrize("layer", TINY_LAYERS, ids=lambda layer: layer.name)
 def test_layer_factory_fused_block_equals_eager_block(layer):
-    """What the benchmarks time as 'triton' and 'cudnn' computes the same block (fp32, CPU)."""
-    case = layer_inputs(layer, 2, torch.float32, CPU, seed=3)
+    """What the benchmarks time as 'triton' and 'cudnn' computes the same block (fp32)."""
+    case = layer_inputs(layer, 2, torch.float32, DEVICE, seed=3)
     fused = fused_block_output(layer, case, fused_block(layer, case))
     eager = eager_block(layer, case, activated_sources(layer, case))
     assert fused.shape == eager.shape == (2, layer.out_channels, *layer.out_hw)
@@ -328,3 +338,62 @@ def test_tuning_cache_round_trip(tmp_path):
     assert again.get("conv_gemm", "k") == [64, 64, 32, 4, 3] and again.get("layer", "l") == {"choice": "cudnn"}
     path.write_text("{not json")
     assert TuningCache(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: every pix2pix layer at full size in bf16, autotuning and the per-layer choice
+# ---------------------------------------------------------------------------------------------------------------
+
+def _block_leaves(case):
+    leaves = [t for t in case["sources"] if t.requires_grad]
+    leaves += [t for norm in case["norms"] if norm is not None for t in norm if t.requires_grad]
+    leaves += [case["weight"], case["bn_weight"], case["bn_bias"]] + ([case["bias"]] if case["bias"] is not None
+                                                                      else [])
+    return leaves
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layer", PIX2PIX_CONV_LAYERS, ids=[layer.name for layer in PIX2PIX_CONV_LAYERS])
+def test_pix2pix_layer_bf16_matches_eager(layer):
+    """The fused block against eager cuDNN conv + BatchNorm + activation on the same bf16 inputs: output and the
+    gradients of the raw sources, the producers' (k, β), the weight, the bias and this layer's (γ, β)."""
+    for batch in ((1, 16) if full_sweep() else (1,)):
+        case = layer_inputs(layer, batch, torch.bfloat16, DEVICE, seed=0)
+        fused = fused_block_output(layer, case, fused_block(layer, case))
+        eager = eager_block(layer, case, activated_sources(layer, case, detach=False))
+        assert relative_error(fused, eager) < 1e-2, f"{layer.name} batch {batch} output"
+        g = torch.randn(eager.shape, device=DEVICE).to(eager.dtype)
+        leaves = _block_leaves(case)
+        grads_f = torch.autograd.grad(fused, leaves, g.to(fused.dtype), allow_unused=True)
+        grads_e = torch.autograd.grad(eager, leaves, g, allow_unused=True)
+        for i, (a, e) in enumerate(zip(grads_f, grads_e)):
+            if e is None:  # this layer's (γ, β) where it has no BatchNorm
+                assert a is None, f"{layer.name} leaf {i}"
+                continue
+            error = relative_error(a.float(), e.float())
+            assert error < 2e-2, f"{layer.name} batch {batch} grad of leaf {i}: relative error {error:.3g}"
+
+
+@pytest.mark.gpu
+def test_autotuning_and_layer_choice_are_measured_once_and_cached(monkeypatch, tmp_path):
+    import json
+
+    from fastpix.kernels import conv_tuning
+    from fastpix.kernels.conv_layers import time_block
+
+    monkeypatch.setenv("FASTPIX_CONV_AUTOTUNE", "1")
+    layer = next(layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down5")
+    case = layer_inputs(layer, 2, torch.bfloat16, DEVICE, seed=0)
+    fused = fused_block_output(layer, case, fused_block(layer, case))
+    eager = eager_block(layer, case, activated_sources(layer, case))
+    assert relative_error(fused, eager) < 1e-2  # the tuned config computes the same
+    key = layer.key(2, torch.bfloat16)
+    choice = conv_tuning.layer_choice(
+        key, lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "triton"),
+        lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "cudnn"))
+    with open(tmp_path / "conv_tuning.json") as f:
+        section = json.load(f)[conv_tuning.device_section()]
+    assert section["conv_gemm"] and section["layer"][key]["choice"] == choice
+    timings = section["layer"][key]
+    assert choice == ("triton" if timings["triton_ms"] <= timings["cudnn_ms"] else "cudnn")
+    assert conv_tuning.layer_choice(key, None, None) == choice  # cached: nothing measured again
