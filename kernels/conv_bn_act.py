@@ -619,6 +619,15 @@ def _params(*columns):
     return torch.stack([c.detach().float().reshape(-1) for c in columns]).contiguous()
 
 
+def _gemm_weight(weight, dtype, out_dim):
+    """`weight` in `dtype` with the same shape, stored with dimension `out_dim` (the GEMM's output channel)
+    fastest, then the reduction channel, then the taps: the kernels' weight tiles [reduction, output] are then
+    contiguous along the output channels (coalesced, vectorised loads)."""
+    order = (2, 3, 1 - out_dim, out_dim)
+    inverse = sorted(range(4), key=order.__getitem__)
+    return weight.to(dtype).permute(order).contiguous().permute(inverse)
+
+
 def _weight_layout(weight, transposed):
     """(in_channels, out_channels, forward strides, dgrad strides) for a conv [Co, Ci, kh, kw] or ConvT
     [Ci, Co, kh, kw] weight; strides as (reduction channel, output channel, kh, kw)."""
@@ -640,8 +649,8 @@ class ConvBNActFunction(torch.autograd.Function):
         rngs = (rng, rng2)
         ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
                for i, xi in enumerate(xs)]
-        w = weight.to(x.dtype)
-        c_in, c_out, strides, _ = _weight_layout(w, spec.transposed)
+        w = _gemm_weight(weight, x.dtype, 1 if spec.transposed else 0)
+        _, c_out, strides, _ = _weight_layout(w, spec.transposed)
         KH, KW = w.shape[2], w.shape[3]
         N, H, W, _ = xs[0].shape
         out_size = (output_size(H, KH, spec.stride, spec.padding, spec.transposed),
@@ -653,10 +662,11 @@ class ConvBNActFunction(torch.autograd.Function):
             mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum,
                                                 spec.eps)
         ctx.spec = spec
+        ctx.compute_dtype = x.dtype
         ctx.num_sources = len(xs)
         ctx.has_norm = tuple(p is not None for p in prms)
         ctx.save_for_backward(*xs, *[p for p in prms if p is not None],
-                              *[r for r in rngs[:len(xs)] if r is not None], w,
+                              *[r for r in rngs[:len(xs)] if r is not None],
                               weight, bias, y if spec.tanh or spec.stats else None, mean_out, rstd_out)
         ctx.has_rng = tuple(r is not None for r in rngs[:len(xs)])
         y_nchw = y.permute(0, 3, 1, 2)
@@ -671,10 +681,10 @@ class ConvBNActFunction(torch.autograd.Function):
         xs = [saved.pop(0) for _ in range(ctx.num_sources)]
         prms = [saved.pop(0) if has else None for has in ctx.has_norm]
         rngs = [saved.pop(0) if has else None for has in ctx.has_rng]
-        w, weight, bias, y, mean_out, rstd_out = saved
+        weight, bias, y, mean_out, rstd_out = saved
         ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
                for i, xi in enumerate(xs)]
-        g = _nhwc(gy.to(w.dtype))
+        g = _nhwc(gy.to(ctx.compute_dtype))
         grad = Operand(g)
         if spec.tanh:
             grad = Operand(g, u=y, tanh_bwd=True)
@@ -683,9 +693,11 @@ class ConvBNActFunction(torch.autograd.Function):
             a = torch.zeros_like(mean_out) if gmean is None else gmean.float() / n
             b = torch.zeros_like(rstd_out) if grstd is None else -grstd.float() * rstd_out ** 3 / n
             grad = Operand(g, prm=_params(mean_out, a, b), u=y, bn_bwd=True)
-        c_in, c_out, _, d_strides = _weight_layout(w, spec.transposed)
-        KH, KW = w.shape[2], w.shape[3]
+        KH, KW = weight.shape[2], weight.shape[3]
         needs = ctx.needs_input_grad
+        if any(needs[1:9]):  # dgrad reads the weight with the input channels as its output channels
+            w = _gemm_weight(weight, ctx.compute_dtype, 0 if spec.transposed else 1)
+            d_strides = _weight_layout(w, spec.transposed)[3]
         grads = []
         c0 = 0
         for i, op in enumerate(ops):
