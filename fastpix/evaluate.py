@@ -106,7 +106,7 @@ def summary_html(report: dict) -> str:
         others = "".join(f"<td>{b[m]['mean']:.4g}</td>" for b in baselines.values())
         body += (f"<tr><td>{m}</td><td>{s['mean']:.4g}</td><td>{s['std']:.4g}</td><td>{s['min']:.4g}</td>"
                  f"<td>{s['max']:.4g}</td>{others}<td>{html.escape(METRICS[m])}</td></tr>")
-    extra = "".join(f"<p>{key.upper()}: {html.escape(json.dumps(report[key]))}</p>" for key in ("fid", "kid")
+    extra = "".join(f"<p>{key.upper()}: {html.escape(describe(report[key]))}</p>" for key in ("fid", "kid")
                     if key in report)
     return ("<table border='1' cellpadding='4'><tr><th>metric</th><th>mean</th><th>std</th><th>min</th>"
             f"<th>max</th>{head}<th></th></tr>{body}</table><p>{html.escape(report['scale'])}</p>{extra}")
@@ -238,7 +238,15 @@ def format_report(report: dict) -> str:
         cells = "".join(f"{c[m]['mean']:>22.4f} ± {c[m]['std']:<7.4f}" for c in columns.values())
         lines.append(f"{m:<10}{cells}")
     for key in ("fid", "kid"):
-        value = report.get(key)
-        if value is not None:
-            lines.append(f"{key}: {json.dumps(value)}")
+        if key in report:
+            lines.append(f"{key.upper()}: {describe(report[key])}")
     return "\n".join(lines)
+
+
+def describe(value) -> str:
+    """FID (a number), KID (mean and std) or why they were skipped (a sentence)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return f"{value['mean']:.6g} ± {value['std']:.2g}"
+    return f"{value:.6g}"

@@ -1,8 +1,9 @@
 """FID and KID from a user-supplied Inception network (fastpix never downloads weights).
 
 The network is a TorchScript file mapping a uint8 batch (N, 3, H, W) in [0, 255] to features (N, D) — the form
-of the widely used `inception-2015-12-05.pt` (pass it with --inception-weights). Pass the path; nothing else is
-assumed about it. FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Heusel et al. 2017), with Tr((Σ₁Σ₂)^½) computed as
+of the widely used `inception-2015-12-05.pt` (StyleGAN2-ADA's export; pass it with --inception-weights). Nothing
+else is assumed about it, except that a forward() with a `return_features` argument is called with
+return_features=True (that file returns class probabilities otherwise, and FID is defined on its pool features). FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Heusel et al. 2017), with Tr((Σ₁Σ₂)^½) computed as
 the trace of the square root of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½ (same eigenvalues, stable). KID is the
 unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subsets
 (Bińkowski et al. 2018).
@@ -27,19 +28,25 @@ def load_feature_network(path: str, device: torch.device):
     return net.eval()
 
 
+def forward_options(net) -> dict:
+    arguments = {a.name for a in net.forward.schema.arguments} if hasattr(net.forward, "schema") else set()
+    return {"return_features": True} if "return_features" in arguments else {}
+
+
 @torch.no_grad()
 def features(net, images_uint8: list[np.ndarray], device: torch.device, batch_size: int = 32) -> np.ndarray:
     """HWC uint8 RGB images (same size within a batch is not required: each runs alone if sizes differ)."""
+    options = forward_options(net)
     out = []
     for i in range(0, len(images_uint8), batch_size):
         chunk = images_uint8[i:i + batch_size]
         if len({im.shape for im in chunk}) == 1:
             batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).to(device)
-            out.append(net(batch).float().cpu().numpy().reshape(len(chunk), -1))
+            out.append(net(batch, **options).float().cpu().numpy().reshape(len(chunk), -1))
         else:
             for im in chunk:
                 x = torch.from_numpy(im[None]).permute(0, 3, 1, 2).to(device)
-                out.append(net(x).float().cpu().numpy().reshape(1, -1))
+                out.append(net(x, **options).float().cpu().numpy().reshape(1, -1))
     return np.concatenate(out).astype(np.float64)
 
 

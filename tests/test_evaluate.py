@@ -136,22 +136,37 @@ def unbiased_mmd2(x, y):
     return xx + yy - 2 * xy
 
 
-def test_fid_kid_with_a_torchscript_feature_network(untrained, tmp_path):
+class Features(torch.nn.Module):
+    """A tiny stand-in for Inception: uint8 NCHW in, 6 features out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+
+    def features(self, x):
+        return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class FeaturesOnRequest(Features):
+    """Like inception-2015-12-05.pt: class probabilities unless return_features=True."""
+
+    def forward(self, x, return_features: bool = False):
+        features = self.features(x)
+        return features if return_features else torch.softmax(features, dim=1)
+
+
+@pytest.mark.parametrize("network", [Features, FeaturesOnRequest])
+def test_fid_kid_with_a_torchscript_feature_network(untrained, tmp_path, network):
     """Any TorchScript network from uint8 NCHW to features serves (here a tiny conv net, not Inception)."""
     from scipy import linalg
 
-    class Features(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
-
-        def forward(self, x):
-            return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))
-
     path = tmp_path / "features.pt"
-    net = torch.jit.script(Features())
-    net.save(str(path))
+    torch.jit.script(network()).save(str(path))
+    net = Features()
     root, flags = untrained
     report = run_eval(root, *flags, "--inception-weights", str(path))
     assert report["n"] == 12
@@ -168,7 +183,7 @@ def test_fid_kid_with_a_torchscript_feature_network(untrained, tmp_path):
     assert report["fid"] == pytest.approx(expected, rel=1e-5) and report["fid"] > 0
     # fewer images than subset_size: every subset is the whole set, so KID is the plain unbiased MMD²
     assert report["kid"]["mean"] == pytest.approx(unbiased_mmd2(fake, real), abs=1e-8)  # float32 features
-    assert "FID" in open(report["page"]).read()
+    assert f"FID: {report['fid']:.6g}" in open(report["page"]).read()
     one = run_eval(root, *flags, "--num_test", "1", "--inception-weights", str(path))
     assert one["fid"] == one["kid"] == "skipped: FID/KID need at least 2 images, got 1"
 
