@@ -359,7 +359,6 @@ class Operand:
                 prefix + "DROP": self.p > 0, prefix + "TANH_BWD": self.tanh_bwd, prefix + "BN_BWD": self.bn_bwd}
 
 
-
 def _input_precision(dtype):
     # fp32 operands follow cuDNN's switch (TF32 by default on GPUs that have it); the interpreter computes exactly.
     if dtype == torch.float32 and (INTERPRETED or not torch.backends.cudnn.allow_tf32):
