@@ -9,8 +9,10 @@ the TRANSPOSED flag:
   ConvT dgrad       dx    = the conv of dy with the same weight                     gather, reduce over co
 The transposed form is the sub-pixel decomposition: output pixels are split into s×s classes by
 (oh + p) mod s, and a class only meets the taps kh ≡ (oh + p) mod s — for 4×4 stride 2 that is four 2×2-tap convs —
-so no zero is ever inserted or multiplied. A second kernel (`_wgrad_kernel`) computes the weight gradient as a
-split-K GEMM over output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
+so no zero is ever inserted or multiplied. When a problem has too few output tiles to fill the GPU (the U-Net
+bottleneck at batch 1), the taps are split (split-K): fp32 partials that `_split_k_epilogue_kernel` sums in a fixed
+order before the epilogue. A second kernel (`_wgrad_kernel`) computes the weight gradient as a split-K GEMM over
+output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
 
 Fusion (architecture.md, "The fused design"): a producer conv writes its raw output y and, in the epilogue,
 per-tile (count, mean, M2) partials that `_stats_finalize_kernel` (batch_norm_act.py) merges in a fixed order into
@@ -106,34 +108,10 @@ def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, co, co_mask, w_tap, C
 # --------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _conv_gemm_kernel(
-        X1, U1, P1, R1, X2, P2, R2, W, BIAS, Y, EX, EP, ER, COUNT, PART_A, PART_B,
-        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m,
-        slope, p1, scale1, p2, scale2, ep, escale,
-        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr,
-        NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
-        HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
-        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
-        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """Implicit-GEMM convolution: Y[N, OH, OW, CO] (NHWC) from X1 [N, IH, IW, C1] (and X2 [N, IH, IW, C2], whose
-    channels follow X1's in the weight). Grid (grid_m, cdiv(CO, BLOCK_N), STRIDE² if TRANSPOSED else 1).
-
-    Gather form (TRANSPOSED false): input pixel ih = oh·STRIDE − PAD + kh for every tap. Transposed form: program
-    axis 2 is the output class r = ((oh + PAD) mod STRIDE) in each dimension; the class meets taps kh = r + STRIDE·t
-    only, at input pixel ih = j + (oh0 + PAD − r)/STRIDE − t for the class's j-th output row oh = oh0 + STRIDE·j.
-    The weight element (reduction channel c, output channel o, tap kh, kw) is W[c·sw_c + o·sw_o + kh·sw_h +
-    kw·sw_w]. U1, P1, R1 (P2, R2): source 1 (2) prologue tensors, see `_operand`.
-
-    Epilogue, forward (DGRAD false): + BIAS[o], Tanh, store; with STATS, tile t = class·grid_m + program_id(0)
-    writes COUNT[t] (rows), PART_A[t, o] (mean) and PART_B[t, o] (M2) of the stored values before Tanh.
-    Epilogue, dgrad: the accumulator is the gradient of the forward conv's operand; EX, EP, ER are that operand's
-    raw input and prologue (E_NORM, E_ACT, E_DROP). dz = acc·dropout·act'(z) with z recomputed from EX; stores
-    dx = dz·k (dz without E_NORM) and, with E_NORM, PART_A[t, o] = Σdz and PART_B[t, o] = Σdz·(x − mean).
-    """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    cls = tl.program_id(2)
+def _output_rows(pid_m, cls, N, OH, OW, KH, KW, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                 TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The output rows of row tile pid_m of class cls: (n, qh, qw, row_mask, oh, ow) per row, and the class's
+    (taps_h, taps_w, r_h, r_w, base_h, base_w) — see `_conv_gemm_kernel` for the transposed form's classes."""
     if TRANSPOSED:
         r_h = cls // STRIDE
         r_w = cls % STRIDE
@@ -162,42 +140,20 @@ def _conv_gemm_kernel(
     q = rows % (QH * QW)
     qh = q // QW
     qw = q % QW
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    co_mask = co < CO
-
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for th in range(0, taps_h):
-        if TRANSPOSED:
-            kh = r_h + STRIDE * th
-            ih = qh + base_h - th
-        else:
-            kh = th
-            ih = qh * STRIDE - PAD + kh
-        for tw in range(0, taps_w):
-            if TRANSPOSED:
-                kw = r_w + STRIDE * tw
-                iw = qw + base_w - tw
-            else:
-                kw = tw
-                iw = qw * STRIDE - PAD + kw
-            valid = row_mask & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-            pix = ((n * IH + ih) * IW + iw).to(tl.int64)
-            pix = tl.where(valid, pix, 0)
-            w_tap = kh.to(tl.int64) * sw_h + kw * sw_w
-            acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
-                                     slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD,
-                                     BLOCK_K, INPUT_PRECISION)
-            if HAS_X2:
-                acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, co, co_mask, w_tap, C2, C1, sw_c,
-                                         sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False,
-                                         BLOCK_K, INPUT_PRECISION)
-
     oh = oh0 + qh * STRIDE if TRANSPOSED else qh
     ow = ow0 + qw * STRIDE if TRANSPOSED else qw
+    return n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w
+
+
+@triton.jit
+def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
+              Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
+              DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
+              E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr):
+    """Write the output tile from the fp32 accumulator; see `_conv_gemm_kernel` for the two epilogues."""
     out_pix = ((n * OH + oh) * OW + ow).to(tl.int64)
     out_mask = row_mask[:, None] & co_mask[None, :]
     offsets = out_pix[:, None] * CO + co[None, :]
-    tile = cls * grid_m + pid_m
     if DGRAD:
         dz = acc
         if E_DROP:
@@ -235,6 +191,107 @@ def _conv_gemm_kernel(
             # tanh(v) = 1 − 2/(exp(2v) + 1): exact at ±inf and without cancellation for large |v|.
             out = 1.0 - 2.0 / (tl.exp(2.0 * out) + 1.0)
         tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _conv_gemm_kernel(
+        X1, U1, P1, R1, X2, P2, R2, W, BIAS, Y, EX, EP, ER, COUNT, PART_A, PART_B, WS,
+        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m,
+        slope, p1, scale1, p2, scale2, ep, escale,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
+        NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+        HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
+        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
+        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Implicit-GEMM convolution: Y[N, OH, OW, CO] (NHWC) from X1 [N, IH, IW, C1] (and X2 [N, IH, IW, C2], whose
+    channels follow X1's in the weight). Grid (grid_m, cdiv(CO, BLOCK_N), classes·SPLIT_K), classes = STRIDE² if
+    TRANSPOSED else 1.
+
+    Gather form (TRANSPOSED false): input pixel ih = oh·STRIDE − PAD + kh for every tap. Transposed form: the
+    output class r = ((oh + PAD) mod STRIDE) in each dimension meets taps kh = r + STRIDE·t only, at input pixel
+    ih = j + (oh0 + PAD − r)/STRIDE − t for the class's j-th output row oh = oh0 + STRIDE·j.
+    The weight element (reduction channel c, output channel o, tap kh, kw) is W[c·sw_c + o·sw_o + kh·sw_h +
+    kw·sw_w]. U1, P1, R1 (P2, R2): source 1 (2) prologue tensors, see `_operand`.
+
+    SPLIT_K > 1 (few output tiles, as at the bottleneck at batch 1): split s of the class's taps writes its fp32
+    partial to WS[s, class, row, o] (rows padded to grid_m·BLOCK_M) and `_split_k_epilogue_kernel` sums the splits
+    in order and runs the epilogue; SPLIT_K = 1 runs it here.
+    Epilogue, forward (DGRAD false): + BIAS[o], Tanh, store; with STATS, tile t = class·grid_m + program_id(0)
+    writes COUNT[t] (rows), PART_A[t, o] (mean) and PART_B[t, o] (M2) of the stored values before Tanh.
+    Epilogue, dgrad: the accumulator is the gradient of the forward conv's operand; EX, EP, ER are that operand's
+    raw input and prologue (E_NORM, E_ACT, E_DROP). dz = acc·dropout·act'(z) with z recomputed from EX; stores
+    dx = dz·k (dz without E_NORM) and, with E_NORM, PART_A[t, o] = Σdz and PART_B[t, o] = Σdz·(x − mean).
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    cls = tl.program_id(2) // SPLIT_K
+    split = tl.program_id(2) % SPLIT_K
+    n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
+        pid_m, cls, N, OH, OW, KH, KW, STRIDE, PAD, TRANSPOSED, BLOCK_M)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_mask = co < CO
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    taps = taps_h * taps_w
+    per_split = (taps + SPLIT_K - 1) // SPLIT_K
+    for t in range(split * per_split, tl.minimum(taps, (split + 1) * per_split)):
+        th = t // taps_w
+        tw = t % taps_w
+        if TRANSPOSED:
+            kh = r_h + STRIDE * th
+            ih = qh + base_h - th
+            kw = r_w + STRIDE * tw
+            iw = qw + base_w - tw
+        else:
+            kh = th
+            ih = qh * STRIDE - PAD + kh
+            kw = tw
+            iw = qw * STRIDE - PAD + kw
+        valid = row_mask & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        pix = ((n * IH + ih) * IW + iw).to(tl.int64)
+        pix = tl.where(valid, pix, 0)
+        w_tap = kh.to(tl.int64) * sw_h + kw * sw_w
+        acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
+                                 slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD,
+                                 BLOCK_K, INPUT_PRECISION)
+        if HAS_X2:
+            acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, co, co_mask, w_tap, C2, C1, sw_c,
+                                     sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False,
+                                     BLOCK_K, INPUT_PRECISION)
+
+    if SPLIT_K == 1:
+        _epilogue(acc, n, oh, ow, row_mask, co, co_mask, cls * grid_m + pid_m, pid_n, OH, OW, CO,
+                  Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
+                  DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP)
+    else:
+        rows = (tl.program_id(2).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(WS + rows[:, None] * CO + co[None, :], acc, mask=co_mask[None, :])
+
+
+@triton.jit
+def _split_k_epilogue_kernel(
+        WS, Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, N, OH, OW, CO, KH, KW, grid_m, slope, ep, escale,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
+        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
+        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The second stage of a split-K `_conv_gemm_kernel`: sums WS over the splits in split order (bitwise
+    reproducible) and runs the same epilogue on the same tiles. Grid (grid_m, cdiv(CO, BLOCK_N), classes)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    cls = tl.program_id(2)
+    n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
+        pid_m, cls, N, OH, OW, KH, KW, STRIDE, PAD, TRANSPOSED, BLOCK_M)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_mask = co < CO
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for split in range(0, SPLIT_K):
+        rows = ((cls * SPLIT_K + split).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+        acc += tl.load(WS + rows[:, None] * CO + co[None, :], mask=co_mask[None, :], other=0.0)
+    _epilogue(acc, n, oh, ow, row_mask, co, co_mask, cls * grid_m + pid_m, pid_n, OH, OW, CO,
+              Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
+              DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP)
 
 
 @triton.jit
@@ -465,10 +522,15 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
         E_NORM=e_norm, E_ACT=e.act if dgrad_of is not None else 0, E_DROP=dgrad_of is not None and e.p > 0,
         INPUT_PRECISION=_input_precision(x1.x.dtype))
     M = N * QH * QW
+    class_taps = triton.cdiv(KH, stride) * triton.cdiv(KW, stride) if transposed else KH * KW
+    epilogue_flags = {k: flags[k] for k in ("STRIDE", "PAD", "TRANSPOSED", "DGRAD", "HAS_BIAS", "TANH", "STATS",
+                                            "E_NORM", "E_ACT", "E_DROP")}
 
     def launch(config):
         block_m, block_n, block_k, warps, stages = config
         grid_m = triton.cdiv(M, block_m)
+        n_blocks = triton.cdiv(CO, block_n)
+        split_k = _split_k_count(grid_m * n_blocks * classes, class_taps)
         T = classes * grid_m
         partials = None
         count = part_a = part_b = y  # placeholders the flags keep unread
@@ -478,10 +540,19 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
             part_a = torch.empty(T, CO, **f32)
             part_b = torch.empty(T, CO, **f32)
             partials = (count if stats else None, part_a, part_b)
-        _conv_gemm_kernel[(grid_m, triton.cdiv(CO, block_n), classes)](
-            X1, U1, P1, R1, X2, P2, R2, weight, X1 if bias is None else bias, y, EX, EP, ER, count, part_a, part_b,
+        ws = y  # placeholder unless split
+        if split_k > 1:
+            ws = torch.empty(classes * split_k, grid_m * block_m, CO, dtype=torch.float32, device=y.device)
+        b = X1 if bias is None else bias
+        _conv_gemm_kernel[(grid_m, n_blocks, classes * split_k)](
+            X1, U1, P1, R1, X2, P2, R2, weight, b, y, EX, EP, ER, count, part_a, part_b, ws,
             N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m, slope, p1, scale1, p2, scale2, ep, escale,
-            **flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            **flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+            num_stages=stages)
+        if split_k > 1:
+            _split_k_epilogue_kernel[(grid_m, n_blocks, classes)](
+                ws, y, b, EX, EP, ER, count, part_a, part_b, N, OH, OW, CO, KH, KW, grid_m, slope, ep, escale,
+                **epilogue_flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
         return y, partials
 
     if INTERPRETED:
@@ -489,6 +560,15 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
     key = (f"{N}x{IH}x{IW}x{C1}+{C2} -> {OH}x{OW}x{CO} k{KH}x{KW} " + str(x1.x.dtype)[6:] + " " +
            ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
     return launch(tuned_config("conv_gemm", key, _gemm_candidates(M, CO), launch))
+
+
+def _split_k_count(programs, taps):
+    """Splits of a conv's taps (split-K) when its output tiles alone would leave the GPU mostly idle — the
+    bottleneck layers at batch 1 have a handful of output tiles and 16 taps × 512 channels to reduce."""
+    if INTERPRETED:
+        return 1
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 1 if programs >= sms else max(1, min(taps, triton.cdiv(2 * sms, programs)))
 
 
 def _split_count(tiles, row_blocks):

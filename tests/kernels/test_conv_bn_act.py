@@ -397,3 +397,22 @@ def test_autotuning_and_layer_choice_are_measured_once_and_cached(monkeypatch, t
     timings = section["layer"][key]
     assert choice == ("triton" if timings["triton_ms"] <= timings["cudnn_ms"] else "cudnn")
     assert conv_tuning.layer_choice(key, None, None) == choice  # cached: nothing measured again
+
+
+@pytest.fixture
+def split_k(monkeypatch):
+    """Every conv GEMM splits its taps 3 ways (on a GPU only the few-tile bottleneck layers do)."""
+    monkeypatch.setattr(cba, "_split_k_count", lambda programs, taps: min(3, taps))
+
+
+@pytest.mark.parametrize("case", [PLAIN_CASES[0], PLAIN_CASES[1], PLAIN_CASES[6]],
+                         ids=["conv-s2", "conv-s1", "convT-1x1"])
+def test_split_k_matches_torch(case, split_k, poisoned):
+    test_plain_conv_matches_torch(case, None)
+
+
+def test_split_k_fused_chain_matches_eager(split_k, poisoned):
+    """Statistics and dgrad epilogues after the split-K second stage (two sources, dropout, Tanh included)."""
+    for name, actual, expected in _compare_chain(*CHAINS["unet"], torch.float32):
+        error = relative_error(actual, expected)
+        assert error < 1e-5, f"unet {name}: relative error {error:.3g}"
