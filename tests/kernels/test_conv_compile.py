@@ -1,0 +1,77 @@
+"""The conv kernels compile for an H100 (sm_90: Triton front end, PTX, ptxas), checked on a machine without a GPU.
+
+The interpreter runs the kernels' logic but not Triton's compiler, which has its own rules (types across branches,
+tuple returns, dot shapes, shared memory). Compiling ahead of time needs no device; it needs a process where the
+kernels were decorated without TRITON_INTERPRET, so the test runs this file as a script.
+"""
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _compile(kernel, pointers, constexprs, floats, num_warps=4, num_stages=3):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = inspect.signature(kernel.fn).parameters
+    signature = {p: "constexpr" if p in constexprs else pointers.get(p, "fp32" if p in floats else "i32")
+                 for p in params}
+    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _gemm(cba, dtype, **flags):
+    constexprs = dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=1, NORM1=True, ACT1=2, DROP1=False, TANH_BWD=False,
+                      BN_BWD=False, HAS_X2=False, NORM2=False, ACT2=0, DROP2=False, DGRAD=False, HAS_BIAS=False,
+                      TANH=False, STATS=True, E_NORM=False, E_ACT=0, E_DROP=False, BLOCK_M=128, BLOCK_N=128,
+                      BLOCK_K=64, INPUT_PRECISION="tf32")
+    constexprs.update(flags)
+    pointers = {k: f"*{dtype}" for k in ("X1", "U1", "X2", "W", "Y", "EX")}
+    pointers.update({k: "*fp32" for k in ("P1", "P2", "EP", "BIAS", "COUNT", "PART_A", "PART_B", "WS")})
+    pointers.update({k: "*i64" for k in ("R1", "R2", "ER")})
+    _compile(cba._conv_gemm_kernel, pointers, constexprs, ("slope", "p1", "scale1", "p2", "scale2", "ep", "escale"),
+             num_warps=8)
+
+
+def _wgrad(cba, dtype, **flags):
+    constexprs = dict(STRIDE=2, PAD=1, D_NORM=False, D_ACT=0, D_DROP=False, D_TANH_BWD=False, D_BN_BWD=True,
+                      G_NORM=True, G_ACT=2, G_DROP=False, G_TANH_BWD=False, G_BN_BWD=False, BLOCK_M=64,
+                      BLOCK_D=128, BLOCK_G=128, INPUT_PRECISION="tf32")
+    constexprs.update(flags)
+    pointers = {"D": f"*{dtype}", "DU": f"*{dtype}", "DP": "*fp32", "DR": "*i64", "G": f"*{dtype}",
+                "GU": f"*{dtype}", "GP": "*fp32", "GR": "*i64", "WS": "*fp32"}
+    _compile(cba._wgrad_kernel, pointers, constexprs, ("slope", "dp", "dscale", "gp", "gscale"), num_warps=8)
+
+
+def compile_all():
+    from fastpix.kernels import conv_bn_act as cba
+
+    _gemm(cba, "bf16")  # down conv: BatchNorm + LeakyReLU prologue, statistics epilogue
+    _gemm(cba, "bf16", TRANSPOSED=True, HAS_X2=True, NORM2=True, ACT1=1, ACT2=1, DROP2=True)  # up conv
+    _gemm(cba, "bf16", TRANSPOSED=True, NORM1=False, ACT1=0, BN_BWD=True, STATS=False, DGRAD=True, E_NORM=True,
+          E_ACT=1, E_DROP=True, SPLIT_K=4)  # a dgrad, split-K
+    _gemm(cba, "fp32", STRIDE=1, PAD=0, KH=1, KW=1, STATS=False, HAS_BIAS=True, TANH=True,
+          INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)  # 1×1, fp32, bias + Tanh
+    _compile(cba._split_k_epilogue_kernel,
+             {"WS": "*fp32", "Y": "*bf16", "BIAS": "*fp32", "EX": "*bf16", "EP": "*fp32", "ER": "*i64",
+              "COUNT": "*fp32", "PART_A": "*fp32", "PART_B": "*fp32"},
+             dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=4, DGRAD=False, HAS_BIAS=False, TANH=False, STATS=True,
+                  E_NORM=False, E_ACT=0, E_DROP=False, BLOCK_M=64, BLOCK_N=64), ("slope", "ep", "escale"))
+    _wgrad(cba, "bf16")
+    _wgrad(cba, "fp16", D_NORM=True, D_ACT=1, D_DROP=True, D_BN_BWD=False, G_NORM=False, G_ACT=0, G_TANH_BWD=True)
+
+
+def test_conv_kernels_compile_for_sm90(tmp_path):
+    pytest.importorskip("triton.backends.nvidia", reason="this Triton build has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier run's cache
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+if __name__ == "__main__":
+    compile_all()
