@@ -15,6 +15,16 @@ from fastpix.models import define_G
 from fastpix.train.loop import train
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These convolutions are too small to gain from a second intra-op thread, and on a busy machine two threads
+    waiting on each other run several times slower; with one, the results do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
     """The demo task at 32², trained briefly twice with a fixed seed: GAN + L1, and L1 only."""
