@@ -3,10 +3,11 @@
 The network is a TorchScript file mapping a uint8 batch (N, 3, H, W) in [0, 255] to features (N, D) — the form
 of the widely used `inception-2015-12-05.pt` (StyleGAN2-ADA's export; pass it with --inception-weights). Nothing
 else is assumed about it, except that a forward() with a `return_features` argument is called with
-return_features=True (that file returns class probabilities otherwise, and FID is defined on its pool features). FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Heusel et al. 2017), with Tr((Σ₁Σ₂)^½) computed as
-the trace of the square root of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½ (same eigenvalues, stable). KID is the
-unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subsets
-(Bińkowski et al. 2018).
+return_features=True (that file returns class probabilities otherwise, and FID is defined on its pool features).
+
+FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Heusel et al. 2017), with Tr((Σ₁Σ₂)^½) computed as the trace of the
+square root of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½ (same eigenvalues, stable). KID is the unbiased MMD² with the
+cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subsets (Bińkowski et al. 2018).
 """
 from __future__ import annotations
 
