@@ -113,8 +113,9 @@ class TestConfig:
 
 @dataclass
 class EvalConfig(TestConfig):
-    checkpoint: str = opt(None, "a run folder (with config.json and <epoch>_net_G.*) or a generator weights file "
-                          "(default: <checkpoints_dir>/<name>)")
+    checkpoint: str = opt(None, "a run folder (with config.json and <epoch>_net_G.*) or a generator weights file, "
+                          "instead of <checkpoints_dir>/<name>")
+    results_dir: str = opt(TestConfig.results_dir, "the page goes to <results_dir>/<name>/eval_<phase>_<epoch>/")
     phase: str = opt("val", "dataset split to score")
     num_test: int = opt(1_000_000, "score the first this many images of the split")
     results: str = opt(None, "score saved results instead: a folder with images/<stem>_{fake_B,real_B}.png")
