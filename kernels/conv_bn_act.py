@@ -51,24 +51,39 @@ from fastpix.kernels.conv_tuning import tuned_config
 # --------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _operand(X, U, PRM, RNG, offsets, mask, ch, ch_mask, C, slope, p, scale,
+def _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE: tl.constexpr):
+    """The three per-channel parameter rows of PRM, broadcastable to a [rows, channels] tile: PRM fp32 [3, C], or
+    [N, 3, C] when PER_SAMPLE (instance norm; row r belongs to sample n[r])."""
+    if PER_SAMPLE:
+        offsets = n.to(tl.int64)[:, None] * (3 * C) + ch[None, :]
+        mask = row_mask[:, None] & ch_mask[None, :]
+        p0 = tl.load(PRM + offsets, mask=mask, other=0.0)
+        p1 = tl.load(PRM + offsets + C, mask=mask, other=0.0)
+        p2 = tl.load(PRM + offsets + 2 * C, mask=mask, other=0.0)
+    else:
+        p0 = tl.load(PRM + ch, mask=ch_mask, other=0.0)[None, :]
+        p1 = tl.load(PRM + C + ch, mask=ch_mask, other=0.0)[None, :]
+        p2 = tl.load(PRM + 2 * C + ch, mask=ch_mask, other=0.0)[None, :]
+    return p0, p1, p2
+
+
+@triton.jit
+def _operand(X, U, PRM, RNG, offsets, mask, n, row_mask, ch, ch_mask, C, slope, p, scale,
              NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
-             TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr):
+             TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr):
     """Load a [rows, channels] tile of X at `offsets` and apply the fused prologue, in X's dtype.
 
-    Forward operands (a producer's raw output): v = dropout(act((x − mean)·k + β)), PRM fp32 [3, C] = (mean, k, β)
-    when NORM. Gradient operands: v = g·(1 − u²) when TANH_BWD (u the saved Tanh output), then
-    v = g + a + b·(u − mean) when BN_BWD (u the saved raw output, PRM = (mean, a, b)). Masked lanes (padding,
-    tails) are 0 after the prologue, as the zero padding of the activated tensor requires.
+    Forward operands (a producer's raw output): v = dropout(act((x − mean)·k + β)), PRM = (mean, k, β) when NORM.
+    Gradient operands: v = g·(1 − u²) when TANH_BWD (u the saved Tanh output), then v = g + a + b·(u − mean) when
+    BN_BWD (u the saved raw output, PRM = (mean, a, b)). PRM: see `_channel_params` (n: each row's sample).
+    Masked lanes (padding, tails) are 0 after the prologue, as the zero padding of the activated tensor requires.
     """
     v = tl.load(X + offsets, mask=mask, other=0.0)
     if NORM or ACT != 0 or DROP or TANH_BWD or BN_BWD:
         v = v.to(tl.float32)
         if NORM:
-            mean = tl.load(PRM + ch, mask=ch_mask, other=0.0)
-            k = tl.load(PRM + C + ch, mask=ch_mask, other=0.0)
-            beta = tl.load(PRM + 2 * C + ch, mask=ch_mask, other=0.0)
-            v = (v - mean[None, :]) * k[None, :] + beta[None, :]
+            mean, k, beta = _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE)
+            v = (v - mean) * k + beta
         v = _activation(v, slope, ACT)
         if DROP:
             v = v * _dropout_scale(RNG, offsets, p, scale)
@@ -77,26 +92,25 @@ def _operand(X, U, PRM, RNG, offsets, mask, ch, ch_mask, C, slope, p, scale,
             if TANH_BWD:
                 v = v * (1.0 - u * u)
             if BN_BWD:
-                mean = tl.load(PRM + ch, mask=ch_mask, other=0.0)
-                a = tl.load(PRM + C + ch, mask=ch_mask, other=0.0)
-                b = tl.load(PRM + 2 * C + ch, mask=ch_mask, other=0.0)
-                v = v + a[None, :] + b[None, :] * (u - mean[None, :])
+                mean, a, b = _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE)
+                v = v + a + b * (u - mean)
         v = tl.where(mask, v, 0.0).to(X.dtype.element_ty)
     return v
 
 
 @triton.jit
-def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, co, co_mask, w_tap, C, c_base, sw_c, sw_o,
+def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, n, co, co_mask, w_tap, C, c_base, sw_c, sw_o,
                        slope, p, scale, NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
-                       TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+                       TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr,
                        BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc += A·B for one tap over all C channels of one source: A the [BLOCK_M, BLOCK_K] input tile at pixels
-    `pix` (int64, −1-free; `valid` masks padding), B the weight tile at reduction channels c_base + ch."""
+    `pix` (int64, −1-free; `valid` masks padding; n: each row's sample), B the weight tile at reduction channels
+    c_base + ch."""
     for c0 in range(0, C, BLOCK_K):
         ch = c0 + tl.arange(0, BLOCK_K)
         ch_mask = ch < C
-        a = _operand(X, U, PRM, RNG, pix[:, None] * C + ch[None, :], valid[:, None] & ch_mask[None, :], ch,
-                     ch_mask, C, slope, p, scale, NORM, ACT, DROP, TANH_BWD, BN_BWD)
+        a = _operand(X, U, PRM, RNG, pix[:, None] * C + ch[None, :], valid[:, None] & ch_mask[None, :], n, valid,
+                     ch, ch_mask, C, slope, p, scale, NORM, ACT, DROP, TANH_BWD, BN_BWD, PER_SAMPLE)
         w_offsets = w_tap + (c_base + ch).to(tl.int64)[:, None] * sw_c + co.to(tl.int64)[None, :] * sw_o
         b = tl.load(W + w_offsets, mask=ch_mask[:, None] & co_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
@@ -108,10 +122,13 @@ def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, co, co_mask, w_tap, C
 # --------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _output_rows(pid_m, cls, N, OH, OW, KH, KW, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The output rows of row tile pid_m of class cls: (n, qh, qw, row_mask, oh, ow) per row, and the class's
-    (taps_h, taps_w, r_h, r_w, base_h, base_w) — see `_conv_gemm_kernel` for the transposed form's classes."""
+def _output_rows(pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE: tl.constexpr,
+                 PAD: tl.constexpr, TRANSPOSED: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The output rows of row tile pid_m of class cls: (n, qh, qw, row_mask, oh, ow) per row, the tile's index
+    among the statistics partials, and the class's (taps_h, taps_w, r_h, r_w, base_h, base_w) — see
+    `_conv_gemm_kernel` for the transposed form's classes. PER_SAMPLE: tiles never straddle two samples (their
+    partials are per-sample statistics), tile index sample·(classes·tiles_per_sample) + class·tiles_per_sample + t;
+    else tile index class·grid_m + pid_m."""
     if TRANSPOSED:
         r_h = cls // STRIDE
         r_w = cls % STRIDE
@@ -134,22 +151,30 @@ def _output_rows(pid_m, cls, N, OH, OW, KH, KW, STRIDE: tl.constexpr, PAD: tl.co
         base_w = 0
         taps_h = KH
         taps_w = KW
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < N * QH * QW
-    n = rows // (QH * QW)
-    q = rows % (QH * QW)
+    if PER_SAMPLE:
+        sample = pid_m // tiles_per_sample
+        q = (pid_m % tiles_per_sample) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n = sample + q * 0
+        row_mask = (q < QH * QW) & (n < N)  # vector & vector: the interpreter rejects a scalar & vector mask
+        tile = (sample * classes + cls) * tiles_per_sample + pid_m % tiles_per_sample
+    else:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < N * QH * QW
+        n = rows // (QH * QW)
+        q = rows % (QH * QW)
+        tile = cls * grid_m + pid_m
     qh = q // QW
     qw = q % QW
     oh = oh0 + qh * STRIDE if TRANSPOSED else qh
     ow = ow0 + qw * STRIDE if TRANSPOSED else qw
-    return n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w
+    return n, qh, qw, row_mask, oh, ow, tile, taps_h, taps_w, r_h, r_w, base_h, base_w
 
 
 @triton.jit
 def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
               Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
               DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
-              E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr):
+              E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr, PER_SAMPLE: tl.constexpr):
     """Write the output tile from the fp32 accumulator; see `_conv_gemm_kernel` for the two epilogues."""
     out_pix = ((n * OH + oh) * OW + ow).to(tl.int64)
     out_mask = row_mask[:, None] & co_mask[None, :]
@@ -162,18 +187,16 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
             x = tl.load(EX + offsets, mask=out_mask, other=0.0).to(tl.float32)
             z = x
             if E_NORM:
-                mean = tl.load(EP + co, mask=co_mask, other=0.0)
-                k = tl.load(EP + CO + co, mask=co_mask, other=0.0)
-                beta = tl.load(EP + 2 * CO + co, mask=co_mask, other=0.0)
-                xc = x - mean[None, :]
-                z = xc * k[None, :] + beta[None, :]
+                mean, k, beta = _channel_params(EP, n, row_mask, co, co_mask, CO, PER_SAMPLE)
+                xc = x - mean
+                z = xc * k + beta
             dz = dz * _activation_grad(z, slope, E_ACT)
         if E_NORM:
             dz = tl.where(out_mask, dz, 0.0)
             tl.store(PART_A + tile.to(tl.int64) * CO + co, tl.sum(dz, axis=0), mask=co_mask)
             tl.store(PART_B + tile.to(tl.int64) * CO + co, tl.sum(dz * tl.where(out_mask, xc, 0.0), axis=0),
                      mask=co_mask)
-            dz = dz * k[None, :]
+            dz = dz * k
         tl.store(Y + offsets, dz.to(Y.dtype.element_ty), mask=out_mask)
     else:
         out = acc
@@ -196,9 +219,10 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
 @triton.jit
 def _conv_gemm_kernel(
         X1, U1, P1, R1, X2, P2, R2, W, BIAS, Y, EX, EP, ER, COUNT, PART_A, PART_B, WS,
-        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m,
+        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m, tiles_per_sample,
         slope, p1, scale1, p2, scale2, ep, escale,
         STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
+        PER_SAMPLE: tl.constexpr,
         NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
         HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
         DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
@@ -225,10 +249,12 @@ def _conv_gemm_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    classes = tl.num_programs(2) // SPLIT_K
     cls = tl.program_id(2) // SPLIT_K
     split = tl.program_id(2) % SPLIT_K
-    n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
-        pid_m, cls, N, OH, OW, KH, KW, STRIDE, PAD, TRANSPOSED, BLOCK_M)
+    n, qh, qw, row_mask, oh, ow, tile, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
+        pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE, PAD, TRANSPOSED, PER_SAMPLE,
+        BLOCK_M)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     co_mask = co < CO
 
@@ -252,18 +278,18 @@ def _conv_gemm_kernel(
         pix = ((n * IH + ih) * IW + iw).to(tl.int64)
         pix = tl.where(valid, pix, 0)
         w_tap = kh.to(tl.int64) * sw_h + kw * sw_w
-        acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
-                                 slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD,
+        acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, n, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
+                                 slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD, PER_SAMPLE,
                                  BLOCK_K, INPUT_PRECISION)
         if HAS_X2:
-            acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, co, co_mask, w_tap, C2, C1, sw_c,
-                                     sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False,
+            acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, n, co, co_mask, w_tap, C2, C1, sw_c,
+                                     sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False, PER_SAMPLE,
                                      BLOCK_K, INPUT_PRECISION)
 
     if SPLIT_K == 1:
-        _epilogue(acc, n, oh, ow, row_mask, co, co_mask, cls * grid_m + pid_m, pid_n, OH, OW, CO,
+        _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
                   Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
-                  DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP)
+                  DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP, PER_SAMPLE)
     else:
         rows = (tl.program_id(2).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(WS + rows[:, None] * CO + co[None, :], acc, mask=co_mask[None, :])
@@ -271,8 +297,10 @@ def _conv_gemm_kernel(
 
 @triton.jit
 def _split_k_epilogue_kernel(
-        WS, Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, N, OH, OW, CO, KH, KW, grid_m, slope, ep, escale,
+        WS, Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, N, OH, OW, CO, KH, KW, grid_m, tiles_per_sample,
+        slope, ep, escale,
         STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
+        PER_SAMPLE: tl.constexpr,
         DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
         E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -281,17 +309,18 @@ def _split_k_epilogue_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     cls = tl.program_id(2)
-    n, qh, qw, row_mask, oh, ow, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
-        pid_m, cls, N, OH, OW, KH, KW, STRIDE, PAD, TRANSPOSED, BLOCK_M)
+    n, qh, qw, row_mask, oh, ow, tile, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
+        pid_m, cls, tl.num_programs(2), N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE, PAD, TRANSPOSED,
+        PER_SAMPLE, BLOCK_M)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     co_mask = co < CO
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for split in range(0, SPLIT_K):
         rows = ((cls * SPLIT_K + split).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         acc += tl.load(WS + rows[:, None] * CO + co[None, :], mask=co_mask[None, :], other=0.0)
-    _epilogue(acc, n, oh, ow, row_mask, co, co_mask, cls * grid_m + pid_m, pid_n, OH, OW, CO,
+    _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
               Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
-              DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP)
+              DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP, PER_SAMPLE)
 
 
 @triton.jit
@@ -301,7 +330,7 @@ def _wgrad_kernel(D, DU, DP, DR, G, GU, GP, GR, WS,
                   D_NORM: tl.constexpr, D_ACT: tl.constexpr, D_DROP: tl.constexpr,
                   D_TANH_BWD: tl.constexpr, D_BN_BWD: tl.constexpr,
                   G_NORM: tl.constexpr, G_ACT: tl.constexpr, G_DROP: tl.constexpr,
-                  G_TANH_BWD: tl.constexpr, G_BN_BWD: tl.constexpr,
+                  G_TANH_BWD: tl.constexpr, G_BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr):
     """Split-K weight gradient: WS[split, tap, d, g] = Σ_m D[m, d]·G[gather(m, tap), g] over the rows m of this
@@ -333,11 +362,11 @@ def _wgrad_kernel(D, DU, DP, DR, G, GU, GP, GR, WS,
         gw = (q % QW) * STRIDE - PAD + kw
         valid = row_mask & (gh >= 0) & (gh < GH) & (gw >= 0) & (gw < GW)
         d = _operand(D, DU, DP, DR, rows.to(tl.int64)[:, None] * CD + dch[None, :],
-                     row_mask[:, None] & d_mask[None, :], dch, d_mask, CD, slope, dp, dscale,
-                     D_NORM, D_ACT, D_DROP, D_TANH_BWD, D_BN_BWD)
+                     row_mask[:, None] & d_mask[None, :], n, row_mask, dch, d_mask, CD, slope, dp, dscale,
+                     D_NORM, D_ACT, D_DROP, D_TANH_BWD, D_BN_BWD, PER_SAMPLE)
         gpix = tl.where(valid, ((n * GH + gh) * GW + gw).to(tl.int64), 0)
-        g = _operand(G, GU, GP, GR, gpix[:, None] * CG + gch[None, :], valid[:, None] & g_mask[None, :], gch,
-                     g_mask, CG, slope, gp, gscale, G_NORM, G_ACT, G_DROP, G_TANH_BWD, G_BN_BWD)
+        g = _operand(G, GU, GP, GR, gpix[:, None] * CG + gch[None, :], valid[:, None] & g_mask[None, :], n, valid,
+                     gch, g_mask, CG, slope, gp, gscale, G_NORM, G_ACT, G_DROP, G_TANH_BWD, G_BN_BWD, PER_SAMPLE)
         acc = tl.dot(tl.trans(d), g, acc, input_precision=INPUT_PRECISION)
     taps = tl.num_programs(0) // g_blocks
     offsets = ((split.to(tl.int64) * taps + tap) * CD + dch[:, None]) * CG + gch[None, :]
@@ -361,17 +390,18 @@ def _wgrad_reduce_kernel(WS, DW, splits, total, CD, CG, KW, s_d, s_g, s_h, s_w, 
 
 
 @triton.jit
-def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, HW, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
+                                 PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """PART[t, c] = Σ over rows of tile t of the gradient operand X [R, C] after its prologue (the bias gradient's
-    first stage). Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C))."""
+    first stage); HW rows per sample. Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C))."""
     t = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ch_mask = ch < C
     rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = (rows < R)[:, None] & ch_mask[None, :]
-    v = _operand(X, U, PRM, PRM, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, ch, ch_mask, C, 0.0, 0.0, 1.0,
-                 False, 0, False, TANH_BWD, BN_BWD)
+    row_mask = rows < R
+    mask = row_mask[:, None] & ch_mask[None, :]
+    v = _operand(X, U, PRM, PRM, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, rows // HW, row_mask, ch,
+                 ch_mask, C, 0.0, 0.0, 1.0, False, 0, False, TANH_BWD, BN_BWD, PER_SAMPLE)
     tl.store(PART + t.to(tl.int64) * C + ch, tl.sum(v.to(tl.float32), axis=0), mask=ch_mask)
 
 
@@ -479,13 +509,14 @@ def output_size(size, kernel, stride, padding, transposed):
 
 
 def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out_size, out_channels, *, bias=None,
-              tanh=False, stats=False, dgrad_of=None, out=None):
+              tanh=False, stats=False, dgrad_of=None, per_sample=False, out=None):
     """Launch `_conv_gemm_kernel`. sources: one or two Operands (two only in the forward). strides: the weight's
     strides as (reduction channel, output channel, kh, kw). kernel: (KH, KW). out_size: (OH, OW). dgrad_of: the
-    forward Operand whose gradient this launch computes (the dgrad epilogue). out: preallocated NHWC output.
+    forward Operand whose gradient this launch computes (the dgrad epilogue). per_sample: statistics, their
+    gradients and every operand's parameters are per sample (instance norm). out: preallocated NHWC output.
 
-    Returns (y, partials): y NHWC [N, OH, OW, CO]; partials (count, part_a, part_b) with STATS or a dgrad of a
-    normalised operand (count None there), else None.
+    Returns (y, partials): y NHWC [N, OH, OW, CO]; partials (count, part_a, part_b, samples) with STATS or a dgrad
+    of a normalised operand (count None there), else None; samples: N per sample, else None.
     """
     x1 = sources[0]
     x2 = sources[1] if len(sources) > 1 else None
@@ -520,15 +551,16 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
         DROP2=x2 is not None and x2.p > 0,
         DGRAD=dgrad_of is not None, HAS_BIAS=bias is not None, TANH=tanh, STATS=stats,
         E_NORM=e_norm, E_ACT=e.act if dgrad_of is not None else 0, E_DROP=dgrad_of is not None and e.p > 0,
-        INPUT_PRECISION=_input_precision(x1.x.dtype))
+        PER_SAMPLE=per_sample, INPUT_PRECISION=_input_precision(x1.x.dtype))
     M = N * QH * QW
     class_taps = triton.cdiv(KH, stride) * triton.cdiv(KW, stride) if transposed else KH * KW
     epilogue_flags = {k: flags[k] for k in ("STRIDE", "PAD", "TRANSPOSED", "DGRAD", "HAS_BIAS", "TANH", "STATS",
-                                            "E_NORM", "E_ACT", "E_DROP")}
+                                            "E_NORM", "E_ACT", "E_DROP", "PER_SAMPLE")}
 
     def launch(config):
         block_m, block_n, block_k, warps, stages = config
-        grid_m = triton.cdiv(M, block_m)
+        tiles_per_sample = triton.cdiv(QH * QW, block_m)
+        grid_m = N * tiles_per_sample if per_sample else triton.cdiv(M, block_m)
         n_blocks = triton.cdiv(CO, block_n)
         split_k = _split_k_count(grid_m * n_blocks * classes, class_taps)
         T = classes * grid_m
@@ -539,24 +571,24 @@ def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out
             count = torch.empty(T, **f32) if stats else y
             part_a = torch.empty(T, CO, **f32)
             part_b = torch.empty(T, CO, **f32)
-            partials = (count if stats else None, part_a, part_b)
+            partials = (count if stats else None, part_a, part_b, N if per_sample else None)
         ws = y  # placeholder unless split
         if split_k > 1:
             ws = torch.empty(classes * split_k, grid_m * block_m, CO, dtype=torch.float32, device=y.device)
         b = X1 if bias is None else bias
         _conv_gemm_kernel[(grid_m, n_blocks, classes * split_k)](
             X1, U1, P1, R1, X2, P2, R2, weight, b, y, EX, EP, ER, count, part_a, part_b, ws,
-            N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m, slope, p1, scale1, p2, scale2, ep, escale,
-            **flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+            N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m, tiles_per_sample, slope, p1, scale1, p2, scale2,
+            ep, escale, **flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
             num_stages=stages)
         if split_k > 1:
             _split_k_epilogue_kernel[(grid_m, n_blocks, classes)](
-                ws, y, b, EX, EP, ER, count, part_a, part_b, N, OH, OW, CO, KH, KW, grid_m, slope, ep, escale,
-                **epilogue_flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+                ws, y, b, EX, EP, ER, count, part_a, part_b, N, OH, OW, CO, KH, KW, grid_m, tiles_per_sample, slope,
+                ep, escale, **epilogue_flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
         return y, partials
 
     if INTERPRETED:
-        return launch(_interpreter_gemm_config(M, CO, max(C1, C2)))
+        return launch(_interpreter_gemm_config(QH * QW if per_sample else M, CO, max(C1, C2)))
     key = (f"{N}x{IH}x{IW}x{C1}+{C2} -> {OH}x{OW}x{CO} k{KH}x{KW} " + str(x1.x.dtype)[6:] + " " +
            ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
     return launch(tuned_config("conv_gemm", key, _gemm_candidates(M, CO), launch))
@@ -580,7 +612,7 @@ def _split_count(tiles, row_blocks):
     return max(1, min(row_blocks, triton.cdiv(2 * sms, tiles), 64))
 
 
-def conv_wgrad(direct, gathered, kernel, stride, padding, out):
+def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False):
     """Weight gradient into `out` [CD, CG, KH, KW] (a strided view): out[d, g, kh, kw] = Σ_m direct[m, d]·
     gathered[gather(m, kh, kw), g], gather(m) = (qh·stride − padding + kh, qw·stride − padding + kw) for the
     direct operand's row m = (n, qh, qw). Split-K partials, then a fixed-order sum (bitwise reproducible)."""
@@ -593,7 +625,7 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out):
     dp, dscale = direct.dropout()
     gp, gscale = gathered.dropout()
     slopes = {o.slope for o in (direct, gathered) if o.act == ACTIVATIONS["leaky_relu"]}
-    flags = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"),
+    flags = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"), PER_SAMPLE=per_sample,
                  INPUT_PRECISION=_input_precision(direct.x.dtype))
     M = N * QH * QW
 
@@ -621,7 +653,7 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out):
     return launch(tuned_config("conv_wgrad", key, _wgrad_candidates(CD, CG), launch))
 
 
-def bias_grad(grad, out):
+def bias_grad(grad, out, per_sample=False):
     """out[c] = Σ over pixels of the gradient operand `grad` after its prologue, in a fixed order."""
     N, H, W, C = grad.x.shape
     R = N * H * W
@@ -630,8 +662,9 @@ def bias_grad(grad, out):
     T = triton.cdiv(R, block_m)
     part = torch.empty(T, C, dtype=torch.float32, device=out.device)
     X, U, PRM, _ = grad.pointers()
-    _channel_sum_partials_kernel[(T, triton.cdiv(C, block_c))](X, U, PRM, part, R, C, TANH_BWD=grad.tanh_bwd,
-                                                               BN_BWD=grad.bn_bwd, BLOCK_M=block_m, BLOCK_C=block_c)
+    _channel_sum_partials_kernel[(T, triton.cdiv(C, block_c))](
+        X, U, PRM, part, R, C, H * W, TANH_BWD=grad.tanh_bwd, BN_BWD=grad.bn_bwd, PER_SAMPLE=per_sample,
+        BLOCK_M=block_m, BLOCK_C=block_c)
     sums = torch.empty(2, C, dtype=torch.float32, device=out.device)
     block_t, block_c = _merge_config(C, T)
     _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], out, out, 1, T, C,
@@ -640,29 +673,32 @@ def bias_grad(grad, out):
 
 
 def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
-    """(mean, rstd) fp32 [C] from the forward epilogue's per-tile (count, mean, M2), merged in a fixed order;
-    running_mean/running_var (when given) are updated in place like nn.BatchNorm2d's."""
-    count, mean_p, m2_p = partials
-    T = count.numel()
-    stats = torch.empty(2, C, dtype=torch.float32, device=count.device)
+    """(mean, rstd) fp32 [C] ([N, C] per sample) from the forward epilogue's per-tile (count, mean, M2), merged in
+    a fixed order; running_mean/running_var (when given) are updated in place like nn.BatchNorm2d's."""
+    count, mean_p, m2_p, samples = partials
+    groups = samples or 1
+    T = count.numel() // groups
+    stats = torch.empty(2, groups, C, dtype=torch.float32, device=count.device)
     update = running_mean is not None
     block_t, block_c = _merge_config(C, T)
-    _stats_finalize_kernel[(triton.cdiv(C, block_c), 1)](
+    _stats_finalize_kernel[(triton.cdiv(C, block_c), groups)](
         count, mean_p, m2_p, stats[0], stats[1], running_mean if update else stats, running_var if update else stats,
         T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
-    return stats[0], stats[1]
+    return (stats[0], stats[1]) if samples else (stats[0, 0], stats[1, 0])
 
 
 def finalize_sums(partials, C):
-    """(Σdz, Σdz·(x − mean)) fp32 [C] from the dgrad epilogue's per-tile partials, summed in a fixed order."""
-    _, part_a, part_b = partials
-    T = part_a.shape[0]
-    sums = torch.empty(2, C, dtype=torch.float32, device=part_a.device)
+    """(Σdz, Σdz·(x − mean)) fp32 [C] ([N, C] per sample) from the dgrad epilogue's per-tile partials, summed in
+    a fixed order."""
+    _, part_a, part_b, samples = partials
+    groups = samples or 1
+    T = part_a.shape[0] // groups
+    sums = torch.empty(2, groups, C, dtype=torch.float32, device=part_a.device)
     block_t, block_c = _merge_config(C, T)
-    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, 1, T, C,
+    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, groups, T, C,
                                                        HAS_DW=False, HAS_DB=False, BLOCK_T=block_t,
                                                        BLOCK_C=block_c)
-    return sums[0], sums[1]
+    return (sums[0], sums[1]) if samples else (sums[0, 0], sums[1, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -674,7 +710,8 @@ class ConvSpec:
     """The static description of one fused conv: geometry, how each source is read, what the epilogue does.
 
     activation, dropout_p: per source (x, x2). stats: the epilogue produces BatchNorm statistics (and updates
-    the running ones) with momentum and eps. tanh: the epilogue applies Tanh (G's last layer).
+    the running ones) with momentum and eps. tanh: the epilogue applies Tanh (G's last layer). per_sample:
+    statistics and the sources' (mean, k, β) are per sample (instance norm).
     """
     stride: int = 1
     padding: int = 0
@@ -686,6 +723,7 @@ class ConvSpec:
     momentum: float = 0.1
     eps: float = 1e-5
     tanh: bool = False
+    per_sample: bool = False
 
 
 def _nhwc(t):
@@ -694,8 +732,13 @@ def _nhwc(t):
     return nhwc if nhwc.is_contiguous() else nhwc.contiguous()
 
 
-def _params(*columns):
-    return torch.stack([c.detach().float().reshape(-1) for c in columns]).contiguous()
+def _params(*columns, samples=None):
+    """The kernels' parameter block: fp32 [3, C] from three [C] tensors, or [N, 3, C] per sample (`samples` = N;
+    [C] columns are broadcast to every sample)."""
+    if samples is None:
+        return torch.stack([c.detach().float().reshape(-1) for c in columns]).contiguous()
+    C = columns[0].shape[-1]
+    return torch.stack([c.detach().float().expand(samples, C) for c in columns], 1).contiguous()
 
 
 def _gemm_weight(weight, dtype, out_dim):
@@ -724,7 +767,8 @@ class ConvBNActFunction(torch.autograd.Function):
                 running_var):
         norms = (None if mean is None else (mean, k, beta), None if mean2 is None else (mean2, k2, beta2))
         xs = [_nhwc(x)] + ([] if x2 is None else [_nhwc(x2)])
-        prms = [None if nm is None else _params(*nm) for nm in norms[:len(xs)]]
+        samples = x.shape[0] if spec.per_sample else None
+        prms = [None if nm is None else _params(*nm, samples=samples) for nm in norms[:len(xs)]]
         rngs = (rng, rng2)
         ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
                for i, xi in enumerate(xs)]
@@ -735,7 +779,7 @@ class ConvBNActFunction(torch.autograd.Function):
         out_size = (output_size(H, KH, spec.stride, spec.padding, spec.transposed),
                     output_size(W, KW, spec.stride, spec.padding, spec.transposed))
         y, partials = conv_gemm(ops, w, strides, (KH, KW), spec.stride, spec.padding, spec.transposed, out_size,
-                                c_out, bias=bias, tanh=spec.tanh, stats=spec.stats)
+                                c_out, bias=bias, tanh=spec.tanh, stats=spec.stats, per_sample=spec.per_sample)
         mean_out = rstd_out = None
         if spec.stats:
             mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum,
@@ -744,6 +788,7 @@ class ConvBNActFunction(torch.autograd.Function):
         ctx.compute_dtype = x.dtype
         ctx.num_sources = len(xs)
         ctx.has_norm = tuple(p is not None for p in prms)
+        ctx.norm_dims = tuple(None if nm is None else nm[0].dim() for nm in norms)
         ctx.save_for_backward(*xs, *[p for p in prms if p is not None],
                               *[r for r in rngs[:len(xs)] if r is not None],
                               weight, bias, y if spec.tanh or spec.stats else None, mean_out, rstd_out)
@@ -768,10 +813,11 @@ class ConvBNActFunction(torch.autograd.Function):
         if spec.tanh:
             grad = Operand(g, u=y, tanh_bwd=True)
         elif spec.stats and (gmean is not None or grstd is not None):
-            n = g.shape[0] * g.shape[1] * g.shape[2]
+            n = g.shape[1] * g.shape[2] * (1 if spec.per_sample else g.shape[0])  # values per statistic
             a = torch.zeros_like(mean_out) if gmean is None else gmean.float() / n
             b = torch.zeros_like(rstd_out) if grstd is None else -grstd.float() * rstd_out ** 3 / n
-            grad = Operand(g, prm=_params(mean_out, a, b), u=y, bn_bwd=True)
+            grad = Operand(g, prm=_params(mean_out, a, b, samples=g.shape[0] if spec.per_sample else None), u=y,
+                           bn_bwd=True)
         KH, KW = weight.shape[2], weight.shape[3]
         needs = ctx.needs_input_grad
         if any(needs[1:9]):  # dgrad reads the weight with the input channels as its output channels
@@ -786,12 +832,14 @@ class ConvBNActFunction(torch.autograd.Function):
             if any(needs[first:first + 4]):
                 w_slice = w[c0:c0 + cs] if spec.transposed else w[:, c0:c0 + cs]
                 dx, partials = conv_gemm([grad], w_slice, d_strides, (KH, KW), spec.stride, spec.padding,
-                                         not spec.transposed, op.x.shape[1:3], cs, dgrad_of=op)
+                                         not spec.transposed, op.x.shape[1:3], cs, dgrad_of=op,
+                                         per_sample=spec.per_sample)
                 dx = dx.permute(0, 3, 1, 2)
                 if op.prm is not None:
                     sum_dz, sum_dzx = finalize_sums(partials, cs)
-                    mean, k = op.prm[0], op.prm[1]
-                    dmean, dk, dbeta = -k * sum_dz, sum_dzx, sum_dz
+                    k = op.prm[:, 1] if spec.per_sample else op.prm[1]
+                    dims = ctx.norm_dims[i]
+                    dmean, dk, dbeta = (t.sum(0) if t.dim() > dims else t for t in (-k * sum_dz, sum_dzx, sum_dz))
             grads += [dx, dmean, dk, dbeta]
             c0 += cs
         grads += [None] * (8 - len(grads))
@@ -802,16 +850,16 @@ class ConvBNActFunction(torch.autograd.Function):
             for op in ops:
                 cs = op.channels
                 if spec.transposed:
-                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs])
+                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs], spec.per_sample)
                 else:
-                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs])
+                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs], spec.per_sample)
                 c0 += cs
         if bias is not None and needs[12]:
-            db = bias_grad(grad, torch.empty_like(bias))
+            db = bias_grad(grad, torch.empty_like(bias), spec.per_sample)
         return (None, *grads, None, None, dw, db, None, None)
 
 
-def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh):
+def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh, per_sample, running):
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"expected a 4-d NCHW-shaped input and a 4-d weight, got input {tuple(x.shape)} and "
                          f"weight {tuple(weight.shape)}")
@@ -826,8 +874,13 @@ def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh):
         raise ValueError(f"the two sources must share batch, size and dtype: {tuple(x.shape)} {x.dtype} vs "
                          f"{tuple(x2.shape)} {x2.dtype}")
     for name, nm, src in (("norm", norm, x), ("norm2", norm2, x2)):
-        if nm is not None and (len(nm) != 3 or any(t.shape != (src.shape[1],) for t in nm)):
-            raise ValueError(f"{name} must be (mean, k, beta), each of shape ({src.shape[1]},)")
+        if nm is None or src is None:
+            continue
+        shapes = [(src.shape[1],)] + ([(src.shape[0], src.shape[1])] if per_sample else [])
+        if len(nm) != 3 or any(tuple(t.shape) not in shapes for t in nm):
+            raise ValueError(f"{name} must be (mean, k, beta), each of shape {' or '.join(map(str, shapes))}")
+    if per_sample and running:
+        raise ValueError("per-sample (instance norm) statistics keep no running statistics")
     for a in activation:
         if a not in ACTIVATIONS:
             raise ValueError(f"activation {a!r} is not one of {', '.join(ACTIVATIONS)}")
@@ -840,7 +893,8 @@ def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh):
 
 def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, norm=None, activation="none",
                 dropout_p=0.0, rng=None, x2=None, norm2=None, activation2="none", dropout_p2=0.0, rng2=None,
-                slope=0.2, stats=False, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, tanh=False):
+                slope=0.2, stats=False, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, tanh=False,
+                per_sample=False):
     """A conv (transposed=False, weight [Cout, Cin, kh, kw]) or ConvTranspose (weight [Cin, Cout, kh, kw]) of
     the activated input, as one fused Triton kernel per direction; autograd-enabled.
 
@@ -852,21 +906,24 @@ def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, 
     x, x2: NCHW-shaped, channels_last preferred; fp32, fp16 or bf16 (the weight is cast to x's dtype; its gradient
     comes back in its own dtype). bias: [Cout] or None. tanh: apply Tanh to the output.
     stats: also return the output's BatchNorm statistics (mean, rstd), fp32 [Cout], and update running_mean /
-    running_var in place (momentum, unbiased variance) when given.
+    running_var in place (momentum, unbiased variance) when given. per_sample: instance norm instead — statistics
+    per (sample, channel), [N, Cout], and the norm triples may be [N, C] too.
 
     Returns y (NCHW-shaped, channels_last, x's dtype), or (y, mean, rstd) with stats.
     """
-    _check(x, weight, x2, transposed, norm, norm2, (activation, activation2), stats, tanh)
+    _check(x, weight, x2, transposed, norm, norm2, (activation, activation2), stats, tanh, per_sample,
+           running_mean is not None or running_var is not None)
     spec = ConvSpec(stride, padding, transposed, (activation, activation2), (dropout_p, dropout_p2), slope, stats,
-                    momentum, eps, tanh)
+                    momentum, eps, tanh, per_sample)
     n1 = norm if norm is not None else (None, None, None)
     n2 = norm2 if norm2 is not None else (None, None, None)
     return ConvBNActFunction.apply(spec, x, *n1, x2, *n2, rng, rng2, weight, bias, running_mean, running_var)
 
 
 def batch_norm_prologue(mean, rstd, weight, bias):
-    """The (mean, k, beta) a consumer conv applies for a BatchNorm with batch statistics (mean, rstd) and affine
-    (weight, bias) (either None: no affine), as differentiable tensors: k = γ·rstd."""
+    """The (mean, k, beta) a consumer conv applies for a BatchNorm (or, with [N, C] statistics, an instance norm)
+    with statistics (mean, rstd) and affine (weight, bias) (either None: no affine), as differentiable tensors:
+    k = γ·rstd."""
     k = rstd if weight is None else weight * rstd
-    beta = torch.zeros_like(mean) if bias is None else bias
+    beta = torch.zeros_like(mean) if bias is None else bias.expand_as(mean)
     return mean, k, beta

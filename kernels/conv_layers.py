@@ -39,6 +39,7 @@ class ConvLayer:
     width: int = 0  # 0: square (width = size)
     kernel: int = 4
     padding: int = 1
+    norm: str = "batch"  # the norms' kind: 'batch' or 'instance' (per-sample statistics)
 
     @property
     def in_channels(self):
@@ -64,7 +65,8 @@ class ConvLayer:
         h, w = self.in_hw
         return (f"{'convT' if self.transposed else 'conv'} k{self.kernel}s{self.stride}p{self.padding} "
                 f"{batch}x{'+'.join(map(str, self.sources))}x{h}x{w} -> {self.out_channels} {str(dtype)[6:]} "
-                f"reads={','.join(self.reads)} act={self.activation} dropout={int(self.dropout)} out={self.out}")
+                f"reads={','.join(self.reads)} act={self.activation} dropout={int(self.dropout)} out={self.out}"
+                f"{' instance' if self.norm == 'instance' else ''}")
 
 
 def _pix2pix_layers():
@@ -137,7 +139,8 @@ def fused_block(layer: ConvLayer, case):
         norm=norms[0], activation=layer.activation, x2=sources[1] if second else None,
         norm2=norms[1] if second else None,
         activation2=layer.activation, dropout_p2=0.5 if layer.dropout else 0.0,
-        rng2=case["rng"] if layer.dropout else None, stats=layer.out == "bn", tanh=layer.out == "tanh")
+        rng2=case["rng"] if layer.dropout else None, stats=layer.out == "bn", tanh=layer.out == "tanh",
+        per_sample=layer.norm == "instance")
 
 
 def fused_block_output(layer: ConvLayer, case, out):
@@ -146,7 +149,7 @@ def fused_block_output(layer: ConvLayer, case, out):
         return out
     y, mean, rstd = out
     m, k, b = batch_norm_prologue(mean, rstd, case["bn_weight"], case["bn_bias"])
-    z = (y.float() - m[:, None, None]) * k[:, None, None] + b[:, None, None]
+    z = (y.float() - m[..., None, None]) * k[..., None, None] + b[..., None, None]
     return F.relu(z) if layer.out_activation == "relu" else F.leaky_relu(z, 0.2)
 
 
@@ -183,7 +186,10 @@ def eager_block(layer: ConvLayer, case, inputs):
         return torch.tanh(y)
     if layer.out != "bn":
         return y
-    z = F.batch_norm(y, None, None, case["bn_weight"], case["bn_bias"], True, 0.1, 1e-5)
+    if layer.norm == "instance":
+        z = F.instance_norm(y, weight=case["bn_weight"], bias=case["bn_bias"], eps=1e-5)
+    else:
+        z = F.batch_norm(y, None, None, case["bn_weight"], case["bn_bias"], True, 0.1, 1e-5)
     return F.relu(z) if layer.out_activation == "relu" else F.leaky_relu(z, 0.2)
 
 

@@ -153,9 +153,9 @@ def _bn_params(c):
             "running_mean": torch.zeros(c, device=DEVICE), "running_var": torch.ones(c, device=DEVICE)}
 
 
-def _make_unet_chain(dtype):
+def _make_unet_chain(dtype, instance=False):
     """A two-level U-Net in miniature: x (2, 3, 8, 8) → down 6 → down 8 (2×2) → up 6 → up(skip, up) 3 + Tanh."""
-    p = {"x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
+    p = {"instance": instance, "x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
          "w1": _leaf(0.3 * torch.randn(6, 3, 4, 4)), "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
          "w3": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w4": _leaf(0.3 * torch.randn(12, 3, 4, 4)),
          "b4": _leaf(0.1 * torch.randn(3)), "rng": torch.tensor([1234, 77], dtype=torch.int64, device=DEVICE)}
@@ -164,19 +164,26 @@ def _make_unet_chain(dtype):
     return p
 
 
+def _stats(p, bn):
+    """conv_bn_act's statistics arguments for norm layer `bn`: batch (with running statistics) or instance."""
+    if p["instance"]:
+        return dict(stats=True, per_sample=True)
+    return dict(stats=True, running_mean=bn["running_mean"], running_var=bn["running_var"])
+
+
 def _unet_fused(p):
     bn1, bn2, bn3 = p["bn1"], p["bn2"], p["bn3"]
-    y1, m1, r1 = cba.conv_bn_act(p["x"], p["w1"], None, 2, 1, stats=True, running_mean=bn1["running_mean"],
-                                 running_var=bn1["running_var"])
+    y1, m1, r1 = cba.conv_bn_act(p["x"], p["w1"], None, 2, 1, **_stats(p, bn1))
     n1 = cba.batch_norm_prologue(m1, r1, bn1["weight"], bn1["bias"])
-    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, norm=n1, activation="leaky_relu", stats=True,
-                                 running_mean=bn2["running_mean"], running_var=bn2["running_var"])
+    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, norm=n1, activation="leaky_relu", **_stats(p, bn2))
     n2 = cba.batch_norm_prologue(m2, r2, bn2["weight"], bn2["bias"])
-    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 2, 1, transposed=True, norm=n2, activation="relu", stats=True,
-                                 running_mean=bn3["running_mean"], running_var=bn3["running_var"])
+    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 2, 1, transposed=True, norm=n2, activation="relu",
+                                 **_stats(p, bn3))
     n3 = cba.batch_norm_prologue(m3, r3, bn3["weight"], bn3["bias"])
+    per_sample = p["instance"]
     return cba.conv_bn_act(y1, p["w4"], p["b4"], 2, 1, transposed=True, norm=n1, activation="relu", x2=y3,
-                           norm2=n3, activation2="relu", dropout_p2=0.5, rng2=p["rng"], tanh=True)
+                           norm2=n3, activation2="relu", dropout_p2=0.5, rng2=p["rng"], tanh=True,
+                           per_sample=per_sample)
 
 
 def _rounding(p):
@@ -187,10 +194,18 @@ def _rounding(p):
     return lambda t: t.to(dtype).double()
 
 
+def _eager_norm(p, r):
+    """The eager norm layer `name` of a chain: training-mode BatchNorm or InstanceNorm (affine), float64."""
+    def norm(y, name):
+        if p["instance"]:
+            return F.instance_norm(y, weight=r[name + ".w"], bias=r[name + ".b"], eps=1e-5)
+        return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+    return norm
+
+
 def _unet_eager(p, r):
     """The same network as eager float64 ops; r holds float64 leaves of p's tensors and running statistics."""
-    def bn(y, name):
-        return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+    bn = _eager_norm(p, r)
 
     q = _rounding(p)
     z1 = bn(q(F.conv2d(r["x"], r["w1"], None, 2, 1)), "bn1")
@@ -201,38 +216,37 @@ def _unet_eager(p, r):
     return torch.tanh(F.conv_transpose2d(q(torch.cat([F.relu(z1), up], 1)), r["w4"], r["b4"], 2, 1))
 
 
-def _make_patchgan_chain(dtype):
+def _make_patchgan_chain(dtype, instance=False):
     """A PatchGAN in miniature: (2, 6, 12, 12) → s2 6 + bias, LReLU → s2 8, BN, LReLU → s1 8, BN, LReLU → s1 1."""
-    p = {"x": _leaf(_cl(torch.randn(2, 6, 12, 12).to(dtype))),
+    p = {"instance": instance, "x": _leaf(_cl(torch.randn(2, 6, 12, 12).to(dtype))),
          "w1": _leaf(0.3 * torch.randn(6, 6, 4, 4)), "b1": _leaf(0.1 * torch.randn(6)),
          "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w3": _leaf(0.3 * torch.randn(8, 8, 4, 4)),
          "w4": _leaf(0.3 * torch.randn(1, 8, 4, 4)), "b4": _leaf(0.1 * torch.randn(1))}
     for name, c in (("bn2", 8), ("bn3", 8)):
         p[name] = _bn_params(c)
+    if instance:  # pix2pix's rule: a conv has a bias under instance norm (its backward sums the fused prologue)
+        p["b2"] = _leaf(0.1 * torch.randn(8))
     return p
 
 
 def _patchgan_fused(p):
     bn2, bn3 = p["bn2"], p["bn3"]
     y1 = cba.conv_bn_act(p["x"], p["w1"], p["b1"], 2, 1)
-    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, activation="leaky_relu", stats=True,
-                                 running_mean=bn2["running_mean"], running_var=bn2["running_var"])
+    y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], p.get("b2"), 2, 1, activation="leaky_relu", **_stats(p, bn2))
     y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 1, 1, norm=cba.batch_norm_prologue(m2, r2, bn2["weight"],
                                                                                        bn2["bias"]),
-                                 activation="leaky_relu", stats=True, running_mean=bn3["running_mean"],
-                                 running_var=bn3["running_var"])
+                                 activation="leaky_relu", **_stats(p, bn3))
     return cba.conv_bn_act(y3, p["w4"], p["b4"], 1, 1, norm=cba.batch_norm_prologue(m3, r3, bn3["weight"],
                                                                                      bn3["bias"]),
-                           activation="leaky_relu")
+                           activation="leaky_relu", per_sample=p["instance"])
 
 
 def _patchgan_eager(p, r):
-    def bn(y, name):
-        return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+    bn = _eager_norm(p, r)
 
     q = _rounding(p)
     a1 = q(F.leaky_relu(q(F.conv2d(r["x"], r["w1"], r["b1"], 2, 1)), 0.2))
-    a2 = q(F.leaky_relu(bn(q(F.conv2d(a1, r["w2"], None, 2, 1)), "bn2"), 0.2))
+    a2 = q(F.leaky_relu(bn(q(F.conv2d(a1, r["w2"], r.get("b2"), 2, 1)), "bn2"), 0.2))
     a3 = q(F.leaky_relu(bn(q(F.conv2d(a2, r["w3"], None, 1, 1)), "bn3"), 0.2))
     return F.conv2d(a3, r["w4"], r["b4"], 1, 1)
 
@@ -243,13 +257,13 @@ def _reference_leaves(p):
         if isinstance(v, dict):
             r[key + ".w"], r[key + ".b"] = _ref(v["weight"]), _ref(v["bias"])
             r[key + ".rm"], r[key + ".rv"] = v["running_mean"].double().clone(), v["running_var"].double().clone()
-        elif v.is_floating_point():
+        elif isinstance(v, torch.Tensor) and v.is_floating_point():
             r[key] = _ref(v)
     return r
 
 
-def _compare_chain(make, fused, eager, dtype):
-    p = make(dtype)
+def _compare_chain(make, fused, eager, dtype, instance=False):
+    p = make(dtype, instance)
     r = _reference_leaves(p)
     out = fused(p)
     ref = eager(p, r)
@@ -263,7 +277,7 @@ def _compare_chain(make, fused, eager, dtype):
                        (key + ".bias grad", v["bias"].grad, r[key + ".b"].grad),
                        (key + ".running_mean", v["running_mean"], r[key + ".rm"]),
                        (key + ".running_var", v["running_var"], r[key + ".rv"])]
-        elif v.is_floating_point():
+        elif isinstance(v, torch.Tensor) and v.is_floating_point():
             checks.append((key + " grad", v.grad, r[key].grad))
     return checks
 
@@ -308,6 +322,7 @@ TINY_LAYERS = [  # the pix2pix layer kinds (kernels/conv_layers.py) at interpret
     ConvLayer("up", True, (3, 4), 5, 3, 2, ("act", "bn_act"), "relu", True, "bn", "relu"),
     ConvLayer("last", True, (2, 2), 3, 3, 2, ("bn_act", "bn_act"), "relu", False, "tanh"),
     ConvLayer("d4", False, (4,), 3, 5, 1, ("bn_act",), "leaky_relu", False, "bias", width=6),
+    ConvLayer("up-instance", True, (3, 4), 5, 3, 2, ("act", "bn_act"), "relu", True, "bn", "relu", norm="instance"),
 ]
 
 
@@ -416,3 +431,15 @@ def test_split_k_fused_chain_matches_eager(split_k, poisoned):
     for name, actual, expected in _compare_chain(*CHAINS["unet"], torch.float32):
         error = relative_error(actual, expected)
         assert error < 1e-5, f"unet {name}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_fused_chain_with_instance_norm_matches_eager(chain, poisoned):
+    """Per-sample statistics (instance norm, with affine here to cover it) in the epilogue, per-sample (mean, k, β)
+    in the prologues and the dgrad/wgrad/bias-grad backward, against F.instance_norm."""
+    for name, actual, expected in _compare_chain(*CHAINS[chain], torch.float32, instance=True):
+        if name == "b2 grad":  # a bias right before a norm has a zero gradient: only rounding is left of it
+            assert expected.abs().max() < 1e-6 and actual.abs().max() < 1e-6, (actual, expected)
+            continue
+        error = relative_error(actual, expected)
+        assert error < 1e-5, f"{chain} {name}: relative error {error:.3g}"

@@ -27,7 +27,8 @@ def _compile(kernel, pointers, constexprs, floats, num_warps=4, num_stages=3):
 def _gemm(cba, dtype, **flags):
     constexprs = dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=1, NORM1=True, ACT1=2, DROP1=False, TANH_BWD=False,
                       BN_BWD=False, HAS_X2=False, NORM2=False, ACT2=0, DROP2=False, DGRAD=False, HAS_BIAS=False,
-                      TANH=False, STATS=True, E_NORM=False, E_ACT=0, E_DROP=False, BLOCK_M=128, BLOCK_N=128,
+                      TANH=False, STATS=True, E_NORM=False, E_ACT=0, E_DROP=False, PER_SAMPLE=False,
+                      BLOCK_M=128, BLOCK_N=128,
                       BLOCK_K=64, INPUT_PRECISION="tf32")
     constexprs.update(flags)
     pointers = {k: f"*{dtype}" for k in ("X1", "U1", "X2", "W", "Y", "EX")}
@@ -39,7 +40,8 @@ def _gemm(cba, dtype, **flags):
 
 def _wgrad(cba, dtype, **flags):
     constexprs = dict(STRIDE=2, PAD=1, D_NORM=False, D_ACT=0, D_DROP=False, D_TANH_BWD=False, D_BN_BWD=True,
-                      G_NORM=True, G_ACT=2, G_DROP=False, G_TANH_BWD=False, G_BN_BWD=False, BLOCK_M=64,
+                      G_NORM=True, G_ACT=2, G_DROP=False, G_TANH_BWD=False, G_BN_BWD=False, PER_SAMPLE=False,
+                      BLOCK_M=64,
                       BLOCK_D=128, BLOCK_G=128, INPUT_PRECISION="tf32")
     constexprs.update(flags)
     pointers = {"D": f"*{dtype}", "DU": f"*{dtype}", "DP": "*fp32", "DR": "*i64", "G": f"*{dtype}",
@@ -52,6 +54,7 @@ def compile_all():
 
     _gemm(cba, "bf16")  # down conv: BatchNorm + LeakyReLU prologue, statistics epilogue
     _gemm(cba, "bf16", TRANSPOSED=True, HAS_X2=True, NORM2=True, ACT1=1, ACT2=1, DROP2=True)  # up conv
+    _gemm(cba, "bf16", PER_SAMPLE=True, HAS_BIAS=True)  # instance norm
     _gemm(cba, "bf16", TRANSPOSED=True, NORM1=False, ACT1=0, BN_BWD=True, STATS=False, DGRAD=True, E_NORM=True,
           E_ACT=1, E_DROP=True, SPLIT_K=4)  # a dgrad, split-K
     _gemm(cba, "fp32", STRIDE=1, PAD=0, KH=1, KW=1, STATS=False, HAS_BIAS=True, TANH=True,
@@ -60,9 +63,11 @@ def compile_all():
              {"WS": "*fp32", "Y": "*bf16", "BIAS": "*fp32", "EX": "*bf16", "EP": "*fp32", "ER": "*i64",
               "COUNT": "*fp32", "PART_A": "*fp32", "PART_B": "*fp32"},
              dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=4, DGRAD=False, HAS_BIAS=False, TANH=False, STATS=True,
-                  E_NORM=False, E_ACT=0, E_DROP=False, BLOCK_M=64, BLOCK_N=64), ("slope", "ep", "escale"))
+                  E_NORM=False, E_ACT=0, E_DROP=False, PER_SAMPLE=True, BLOCK_M=64, BLOCK_N=64),
+             ("slope", "ep", "escale"))
     _wgrad(cba, "bf16")
-    _wgrad(cba, "fp16", D_NORM=True, D_ACT=1, D_DROP=True, D_BN_BWD=False, G_NORM=False, G_ACT=0, G_TANH_BWD=True)
+    _wgrad(cba, "fp16", D_NORM=True, D_ACT=1, D_DROP=True, D_BN_BWD=False, G_NORM=False, G_ACT=0, G_TANH_BWD=True,
+           PER_SAMPLE=True)
 
 
 def test_conv_kernels_compile_for_sm90(tmp_path):
