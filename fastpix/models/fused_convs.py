@@ -7,10 +7,10 @@ k = γ·rstd, β), the activation and dropout. A BatchNorm layer in training mod
 epilogue computes (running statistics and num_batches_tracked updated as nn.BatchNorm2d does); in eval mode into
 its running statistics. The U-Net's up conv reads skip and up as two sources: no concat is written.
 
-Layers are recognised by type: Conv2d, ConvTranspose2d, BatchNorm2d (and its fused subclass BatchNormAct2d,
-whose activation and dropout it carries), ReLU, LeakyReLU, Dropout, Tanh, Identity. `fused_forward_supported`
-says whether a network consists of these only (instance norm does not: its per-sample statistics are not fused
-into the convs), and define_G/define_D fall back to the module-by-module path otherwise.
+Layers are recognised by type: Conv2d, ConvTranspose2d, BatchNorm2d and InstanceNorm2d without running statistics
+(and their fused subclasses BatchNormAct2d / InstanceNormAct2d, whose activation and dropout they carry; instance
+norm's statistics are per sample), ReLU, LeakyReLU, Dropout, Tanh, Identity. `fused_forward_supported` says whether
+a network consists of these only; define_G/define_D fall back to the module-by-module path otherwise.
 """
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ class Pending:
         raise ValueError("a network ending in a norm or activation is not supported by the fused conv path")
 
 
-def _is_batch_norm(m):
-    return isinstance(m, nn.BatchNorm2d)
+def _is_norm(m):
+    """A norm layer the fused convs absorb: BatchNorm2d, or InstanceNorm2d without running statistics."""
+    return isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats)
 
 
 def use_fused_convs(net: nn.Module, x: torch.Tensor) -> bool:
@@ -66,8 +67,8 @@ def use_fused_convs(net: nn.Module, x: torch.Tensor) -> bool:
 
 def fused_forward_supported(net: nn.Module) -> bool:
     """True when every layer of `net` is one the fused conv path knows (see the module docstring)."""
-    known = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh,
-             nn.Identity, nn.Sequential)
+    known = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh, nn.Identity,
+             nn.Sequential)
     from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
     from fastpix.models.unet import UnetGenerator, UnetSkipConnectionBlock
 
@@ -75,9 +76,9 @@ def fused_forward_supported(net: nn.Module) -> bool:
     for m in net.modules():
         if isinstance(m, containers):
             continue
-        if not isinstance(m, known) or type(m) is nn.SyncBatchNorm:
+        if not (isinstance(m, known) or _is_norm(m)) or type(m) is nn.SyncBatchNorm:
             return False
-        if _is_batch_norm(m) and not m.training and (m.running_mean is None or m.running_var is None):
+        if isinstance(m, nn.BatchNorm2d) and not m.training and (m.running_mean is None or m.running_var is None):
             return False
     return True
 
@@ -88,13 +89,18 @@ def _layer(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh
 
     reads = tuple("bn_act" if p.norm is not None else ("act" if p.activation != "none" else "image")
                   for p in pending)
-    out = "bn" if norm is not None and norm.training else "tanh" if tanh else "bias" if conv.bias is not None \
-        else "raw"
+    out = "bn" if _batch_stats(norm) else "tanh" if tanh else "bias" if conv.bias is not None else "raw"
     raw = pending[0].raw
     return ConvLayer(type(conv).__name__, isinstance(conv, nn.ConvTranspose2d), tuple(p.raw.shape[1] for p in pending),
                      conv.out_channels, raw.shape[2], conv.stride[0], reads, pending[0].activation,
                      len(pending) > 1 and pending[1].dropout_p > 0, out, width=raw.shape[3],
-                     kernel=conv.kernel_size[0], padding=conv.padding[0])
+                     kernel=conv.kernel_size[0], padding=conv.padding[0],
+                     norm="instance" if isinstance(norm, nn.InstanceNorm2d) else "batch")
+
+
+def _batch_stats(norm) -> bool:
+    """Whether `norm` normalises with statistics of this batch: BatchNorm in training, instance norm always."""
+    return norm is not None and (norm.training or isinstance(norm, nn.InstanceNorm2d))
 
 
 def _materialise(p: Pending) -> torch.Tensor:
@@ -103,8 +109,8 @@ def _materialise(p: Pending) -> torch.Tensor:
     from fastpix.kernels.batch_norm_act import dropout_mask
 
     z = p.raw
-    if p.norm is not None:
-        mean, k, beta = (t[:, None, None] for t in p.norm)
+    if p.norm is not None:  # [C] (batch) or [N, C] (instance) parameters
+        mean, k, beta = (t[..., None, None] for t in p.norm)
         z = ((z.float() - mean) * k + beta).to(p.raw.dtype)
     if p.activation == "relu":
         z = F.relu(z)
@@ -126,7 +132,8 @@ def _conv_eager(pending, conv, transposed, norm, factor, track):
     y = op(x, weight, bias, conv.stride, conv.padding)
     if norm is None:
         return y
-    var, mean = torch.var_mean(y.float(), dim=(0, 2, 3), correction=0)
+    dims = (2, 3) if isinstance(norm, nn.InstanceNorm2d) else (0, 2, 3)
+    var, mean = torch.var_mean(y.float(), dim=dims, correction=0)
     if track:
         n = y.numel() // y.shape[1]
         with torch.no_grad():  # nn.BatchNorm2d's update: momentum `factor`, unbiased variance
@@ -150,7 +157,10 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
         raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, square kernels, equal strides "
                          "and paddings, zero padding and no output padding")
     first, second = pending[0], (pending[1] if len(pending) > 1 else None)
-    stats = norm is not None and norm.training
+    stats = _batch_stats(norm)
+    # Per-sample parameters and statistics (instance norm): this conv's norm, or its inputs' [N, C] parameters.
+    instance = isinstance(norm, nn.InstanceNorm2d) or any(p.norm is not None and p.norm[0].dim() == 2
+                                                          for p in pending)
     track = stats and norm.track_running_stats
     factor = 0.0
     if stats:
@@ -177,7 +187,7 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
             dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
             slope=first.slope, tanh=tanh, stats=stats, running_mean=norm.running_mean if track else None,
             running_var=norm.running_var if track else None, momentum=factor,
-            eps=norm.eps if stats else 1e-5)
+            eps=norm.eps if stats else 1e-5, per_sample=instance)
     if norm is None:
         return Pending(out)
     if stats:
@@ -209,7 +219,7 @@ def _walk(layers, pending: list[Pending]):
         m = layers[i]
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            norm = nxt if _is_batch_norm(nxt) else None
+            norm = nxt if _is_norm(nxt) else None
             tanh = isinstance(nxt, nn.Tanh)
             pending = [_conv([p.read_by(activation) for p in pending], m, norm, tanh)]
             activation = None

@@ -56,14 +56,15 @@ def assert_same_state(eager, fused, what, scale):
             assert torch.equal(a[k], b[k]), f"{what} {k}"
 
 
-def test_triton_networks_run_no_aten_convolution():
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_triton_networks_run_no_aten_convolution(norm):
     """unet_32 (ngf 4) and basic D (ndf 4), forward and backward, with every layer on the Triton kernels (on a GPU
     the measured choice could pick cuDNN for some; here it is forced): no aten convolution is dispatched, and
     output and parameter gradients equal the eager network's."""
     from fastpix.kernels.conv_tuning import force_layer_choice
 
-    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", "batch", False), (1, 3, 32, 32)),
-                                  (pair(define_D, 6, 4, "basic"), (1, 6, 32, 32))):
+    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
+                                  (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32))):
         assert fused_forward_supported(fused)
         x = torch.randn(shape).to(DEVICE)
         grad = torch.randn(eager(x).shape).to(DEVICE)
@@ -98,14 +99,18 @@ def test_two_training_iterations_match_eager():
 
 
 def test_module_path_where_the_fused_convs_do_not_apply():
-    """FLOP counting runs on the meta device through the modules' hooks; instance norm keeps the module path."""
+    """FLOP counting runs on the meta device through the modules' hooks; a layer the fused path does not know (an
+    instance norm keeping running statistics) keeps the module path."""
     G_e, G_f = pair(define_G, 3, 3, 4, "unet_32", "batch", False)
     assert conv_flops(G_f, (1, 3, 32, 32)) == conv_flops(G_e, (1, 3, 32, 32)) > 0
-    assert not fused_forward_supported(define_D(6, 4, "basic", norm="instance", backend="triton"))
+    D = define_D(6, 4, "basic", norm="instance", backend="triton")
+    assert fused_forward_supported(D)
+    D.model[3] = nn.InstanceNorm2d(D.model[3].num_features, track_running_stats=True)
+    assert not fused_forward_supported(D)
 
 
-@pytest.mark.parametrize("choose", ["cudnn", "alternate"])
-def test_cudnn_fallback_layers_match_eager(choose):
+@pytest.mark.parametrize("choose, norm", [("cudnn", "batch"), ("alternate", "batch"), ("alternate", "instance")])
+def test_cudnn_fallback_layers_match_eager(choose, norm):
     """The per-layer cuDNN fallback (forced here; on a GPU it is measured): all layers, or every other one mixed
     with the fused kernels, give eager's output, gradients and running statistics."""
     from fastpix.kernels.conv_tuning import force_layer_choice
@@ -116,8 +121,8 @@ def test_cudnn_fallback_layers_match_eager(choose):
         calls.append(key)
         return "cudnn" if choose == "cudnn" or len(calls) % 2 else "triton"
 
-    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", "batch", False), (1, 3, 32, 32)),
-                                  (pair(define_D, 6, 4, "basic"), (1, 6, 32, 32))):
+    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
+                                  (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32))):
         x = torch.randn(shape).to(DEVICE)
         out_e = eager(x)
         grad = torch.randn(out_e.shape).to(DEVICE)
