@@ -18,8 +18,8 @@ Dropout's p). Each keeps running fused, with its activation, as the mode's twin 
             own either way, and a fold would leave a bare activation that the fused conv path cannot place.
 With dropout on, a layer that carried dropout becomes Sequential(twin, SeededDropout): the masks come from the same
 per-sample generators in the same order as on the eager path, so both backends drop the same elements. Dropout on
-(and instance mode) runs the module-by-module path (aten convs, fused norm kernels); running and batch modes with
-dropout off run entirely on the fused conv kernels.
+runs the module-by-module path (aten convs, fused norm kernels); with dropout off every mode runs entirely on the
+fused conv kernels (instance mode with per-sample statistics in the conv epilogue).
 """
 from __future__ import annotations
 
