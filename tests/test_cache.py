@@ -184,7 +184,7 @@ def test_make_pipeline_modes(data, tmp_path):
 def test_crop_paths_agree(channels, monkeypatch):
     """The GPU's gather path (run on the CPU), the native one-pass crop and torch's slicing path, against numpy."""
     from fastpix.data import decode
-    from fastpix.data.augment import crop_flip, crop_flip_params
+    from fastpix.data.augment import augment, crop_flip, crop_flip_params
 
     src = torch.randint(0, 256, (6, 20, 20, channels), dtype=torch.uint8)
     rows, indices = [4, 0, 5, 2], [40, 10, 50, 20]
@@ -196,9 +196,13 @@ def test_crop_paths_agree(channels, monkeypatch):
         assert params[2].any() and not params[2].all()  # both kinds of sample are in the batch
         assert torch.equal(crop_flip(src, rows, params, 16, gather=True), want)
         assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)  # native where built
+        normalised = augment(src, src, rows, indices, 3, epoch, 16, True)  # the fused native pass where built
+        assert torch.equal(normalised[0], want.float().div(255).sub_(0.5).div_(0.5))
         with monkeypatch.context() as m:
             m.setattr(decode, "backend", lambda: "pil")
             assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)
+            assert all(torch.equal(x, y) for x, y in zip(augment(src, src, rows, indices, 3, epoch, 16, True),
+                                                         normalised))
 
 
 @pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")
@@ -214,6 +218,53 @@ def test_native_crop_checks_its_arguments():
         crop_flip_into(src, [0, 1], [0, 0], [0, 0], [False, True], out)
     with pytest.raises(ValueError, match="contiguous"):
         crop_flip_into(src[:, ::2], [0], [0], [0], [False], np.zeros((1, 4, 4, 3), np.uint8))
+
+
+@pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")
+def test_native_normalized_crop_checks_its_arguments():
+    from fastpix.data.decode import crop_flip_normalize_into
+
+    src, table = np.zeros((2, 10, 10, 3), np.uint8), np.zeros(256, np.float32)
+    out = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="table"):
+        crop_flip_normalize_into(src, [0], [0], [0], [False], table[:255], out)
+    with pytest.raises(ValueError, match="float32"):
+        crop_flip_normalize_into(src, [0], [0], [0], [False], table, out.astype(np.float64))
+    with pytest.raises(ValueError, match=r"\(len\(rows\), C, crop, crop\)"):
+        crop_flip_normalize_into(src, [0], [0], [0], [False], table, np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        crop_flip_normalize_into(src, [0], [3], [0], [True], table, out)
+
+
+@pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("portable", [False, True], ids=["simd", "portable"])
+def test_native_crops_at_every_width(channels, portable):
+    """The native mirror kernels move 16 RGB pixels (SIMD), 4 RGB or 8 grey pixels (64-bit words), then single
+    pixels: crop widths ending in each, uint8 and normalised, on 1 and 3 threads, against torch's slicing and
+    to_tensor's operations."""
+    from fastpix import _decode
+    from fastpix.data import decode
+    from fastpix.data.augment import crop_flip, crop_flip_normalize
+
+    src = torch.randint(0, 256, (3, 40, 40, channels), dtype=torch.uint8)
+    rows, flipped = [2, 0, 1, 2], torch.tensor([True, False, True, True])
+    _decode._portable_mirror_only(portable)
+    try:
+        for crop in (1, 3, 4, 7, 8, 15, 16, 17, 21, 33, 40):
+            room = 40 - crop
+            xs, ys = torch.tensor([0, room, room // 2, min(1, room)]), torch.tensor([room, 0, min(3, room), room // 3])
+            want = torch.stack([src[r, y:y + crop, x:x + crop].flip(1) if f else src[r, y:y + crop, x:x + crop]
+                                for r, x, y, f in zip(rows, xs, ys, flipped)])
+            assert torch.equal(crop_flip(src, rows, (xs, ys, flipped), crop), want.permute(0, 3, 1, 2))
+            threaded = np.zeros(want.shape, np.uint8)
+            decode.crop_flip_into(src.numpy(), rows, xs.tolist(), ys.tolist(), flipped.tolist(), threaded, threads=3)
+            assert np.array_equal(threaded, want.numpy())
+            normalised = want.permute(0, 3, 1, 2).float().div(255).sub_(0.5).div_(0.5)
+            got = crop_flip_normalize(src, rows, (xs, ys, flipped), crop)
+            assert torch.equal(got, normalised) and got.is_contiguous()
+    finally:
+        _decode._portable_mirror_only(False)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])

@@ -3,8 +3,10 @@
 The crop offset and flip of sample i in epoch e are fastpix.data.transforms.sample_crop_flip(..., sample_rng(seed, e,
 i)): the draws PairedDataset makes, so a batch does not depend on who decoded it. Normalisation on a GPU goes
 through a 256-entry table computed on the CPU with to_tensor's float32 operations (/ 255, − 0.5, / 0.5): CUDA divides
-by a scalar as a multiplication by its reciprocal, which can differ in the last bit, and a table cannot. On the CPU,
-to_tensor's operations themselves run (the same kernels, so the same bits, and faster than a lookup).
+by a scalar as a multiplication by its reciprocal, which can differ in the last bit, and a table cannot. On the CPU
+with the native extension, crop, flip, NHWC → NCHW and the same table lookup run in one native pass
+(crop_flip_normalize_into: one read of the cache, one write of the floats); without it, to_tensor's operations
+themselves run (the same kernels, so the same bits, and faster than a lookup in torch).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | No
     if not (dev.type != "cpu" if gather is None else gather):
         xs, ys, flipped = (p.tolist() for p in params)
         out = torch.empty((len(xs), crop_size, crop_size, src.shape[3]), dtype=torch.uint8, pin_memory=pin)
-        if decode.backend() == "native" and src.is_contiguous():
+        if native_crops(src):
             decode.crop_flip_into(src.numpy(), [int(r) for r in rows], xs, ys, flipped, out.numpy())
             return out.permute(0, 3, 1, 2)
         for k, (row, x, y) in enumerate(zip(rows, xs, ys)):
@@ -63,6 +65,21 @@ def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | No
     cols = torch.where(flipped[:, None], crop_size - 1 - step, step) + xs[:, None]
     lines = ys[:, None] + step
     return src[rows[:, None, None], lines[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def native_crops(src: torch.Tensor) -> bool:
+    """Whether the native one-pass crops serve src (a C-contiguous CPU cache, extension built)."""
+    return decode.backend() == "native" and src.device.type == "cpu" and src.is_contiguous()
+
+
+def crop_flip_normalize(src: torch.Tensor, rows, params, crop_size: int) -> torch.Tensor:
+    """normalize(crop_flip(src, rows, params, crop_size)) for a CPU src where native_crops(src), in one native pass
+    through the to_tensor table: (len(rows), C, crop, crop) contiguous float32, bitwise equal to the two-step path."""
+    xs, ys, flipped = (p.tolist() for p in params)
+    out = torch.empty((len(xs), src.shape[3], crop_size, crop_size), dtype=torch.float32)
+    decode.crop_flip_normalize_into(src.numpy(), [int(r) for r in rows], xs, ys, flipped,
+                                    normalize_table("cpu").numpy(), out.numpy())
+    return out
 
 
 def normalize(crops: torch.Tensor, memory_format=torch.contiguous_format, table: bool | None = None) -> torch.Tensor:
@@ -96,6 +113,9 @@ def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: i
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     out = []
     for src in (a, b):
+        if device.type == "cpu" and native_crops(src):
+            out.append(crop_flip_normalize(src, rows, params, crop_size))
+            continue
         moving = src.device != device
         crops = crop_flip(src, rows, params, crop_size, pin=moving and device.type == "cuda")
         if moving:  # crops are NHWC memory: move that, not a transposed copy

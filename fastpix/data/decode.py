@@ -24,8 +24,8 @@ try:
 except ImportError:  # extension not built: PIL serves
     _native = None
 
-__all__ = ["DecodeError", "MAX_PIXELS", "backend", "crop_flip_into", "decode_image", "decode_pair",
-           "decode_pairs_into"]
+__all__ = ["DecodeError", "MAX_PIXELS", "backend", "crop_flip_into", "crop_flip_normalize_into", "decode_image",
+           "decode_pair", "decode_pairs_into"]
 
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same default here. Assign to change.
 MAX_PIXELS = 178956970
@@ -231,3 +231,13 @@ def crop_flip_into(src: np.ndarray, rows, xs, ys, flips, out: np.ndarray, thread
     if _native is None:
         raise RuntimeError("crop_flip_into needs the native extension fastpix._decode")
     _native.crop_flip_into(src, list(rows), list(xs), list(ys), [bool(f) for f in flips], out, int(threads))
+
+
+def crop_flip_normalize_into(src: np.ndarray, rows, xs, ys, flips, table: np.ndarray, out: np.ndarray,
+                             threads: int = 1):
+    """out[k, c] = table[crop k of src, channel c] for float32 (len(rows), C, crop, crop) out: crop_flip_into's crops
+    looked up in a 256-entry float32 table and split into channel planes, in one pass. Native only."""
+    if _native is None:
+        raise RuntimeError("crop_flip_normalize_into needs the native extension fastpix._decode")
+    _native.crop_flip_normalize_into(src, list(rows), list(xs), list(ys), [bool(f) for f in flips], table, out,
+                                     int(threads))
