@@ -754,6 +754,15 @@ CropPlan plan_crops(const char* fn, const py::buffer_info& is, int64_t crop, con
     return CropPlan{static_cast<const unsigned char*>(is.ptr), h, w, c, crop, rows, xs, ys, flips};
 }
 
+// Mirrored rows are read from their end backwards, which hardware prefetchers follow poorly: a flipped crop from a
+// cache beyond L2 ran ~4x slower than a plain one. Asking for the row two ahead while this one is copied fixes that.
+constexpr int64_t kPrefetchRows = 2;
+
+inline void prefetch_bytes(const unsigned char* p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(p + o);
+    __builtin_prefetch(p + n - 1);
+}
+
 // Runs one(k) for k < count on `threads` threads (the caller's among them), the GIL released.
 template <class Fn>
 void parallel_samples(size_t count, int threads, Fn one) {
@@ -789,6 +798,7 @@ void py_crop_flip_into(const py::buffer& src, const std::vector<int64_t>& rows, 
         const unsigned char* s = plan.start(k);
         unsigned char* d = dst + k * (size_t)crop * row_bytes;
         for (int64_t y = 0; y < crop; y++, s += plan.w * c, d += row_bytes) {
+            if (y + kPrefetchRows < crop) prefetch_bytes(s + kPrefetchRows * plan.w * c, row_bytes);
             if (plan.flips[k]) mirror_row(s, d, (int)crop, (int)c);
             else std::memcpy(d, s, row_bytes);
         }
@@ -820,6 +830,7 @@ void py_crop_flip_normalize_into(const py::buffer& src, const std::vector<int64_
         std::vector<unsigned char> line(plan.flips[k] ? (size_t)(crop * c) : 0);
         const unsigned char* s = plan.start(k);
         for (int64_t y = 0; y < crop; y++, s += plan.w * c) {
+            if (y + kPrefetchRows < crop) prefetch_bytes(s + kPrefetchRows * plan.w * c, (size_t)(crop * c));
             const unsigned char* px = s;
             if (plan.flips[k]) {
                 mirror_row(s, line.data(), (int)crop, (int)c);

@@ -198,9 +198,15 @@ def test_crop_paths_agree(channels, monkeypatch):
         assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)  # native where built
         normalised = augment(src, src, rows, indices, 3, epoch, 16, True)  # the fused native pass where built
         assert torch.equal(normalised[0], want.float().div(255).sub_(0.5).div_(0.5))
+        staging = torch.full((4, 16, 16, channels), 7, dtype=torch.uint8)
+        assert torch.equal(crop_flip(src, rows, params, 16, out=staging), want)
+        assert torch.equal(staging.permute(0, 3, 1, 2), want)
         with monkeypatch.context() as m:
             m.setattr(decode, "backend", lambda: "pil")
             assert torch.equal(crop_flip(src, rows, params, 16, gather=False), want)
+            staging.zero_()
+            assert torch.equal(crop_flip(src, rows, params, 16, out=staging), want)
+            assert torch.equal(staging.permute(0, 3, 1, 2), want)
             assert all(torch.equal(x, y) for x, y in zip(augment(src, src, rows, indices, 3, epoch, 16, True),
                                                          normalised))
 
@@ -218,6 +224,18 @@ def test_native_crop_checks_its_arguments():
         crop_flip_into(src, [0, 1], [0, 0], [0, 0], [False, True], out)
     with pytest.raises(ValueError, match="contiguous"):
         crop_flip_into(src[:, ::2], [0], [0], [0], [False], np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_crop_staging_buffer_is_checked():
+    from fastpix.data.augment import crop_flip, crop_flip_params
+
+    src, params = torch.zeros((2, 20, 20, 3), dtype=torch.uint8), crop_flip_params([0, 1], 0, 0, 20, 16, True)
+    with pytest.raises(ValueError, match=r"shape \(2, 16, 16, 3\), not torch.uint8 \(2, 16, 16, 1\)"):
+        crop_flip(src, [0, 1], params, 16, out=torch.zeros((2, 16, 16, 1), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="contiguous"):
+        crop_flip(src, [0, 1], params, 16, out=torch.zeros((2, 16, 16, 3), dtype=torch.uint8).transpose(1, 2))
+    with pytest.raises(ValueError, match="gather"):
+        crop_flip(src, [0, 1], params, 16, gather=True, out=torch.zeros((2, 16, 16, 3), dtype=torch.uint8))
 
 
 @pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")

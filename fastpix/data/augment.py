@@ -37,19 +37,25 @@ def crop_flip_params(indices, seed: int, epoch: int, load_size: int, crop_size: 
 
 
 def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | None = None,
-              pin: bool = False) -> torch.Tensor:
+              pin: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """Crops of src[rows] (src: (N, L, L, C) uint8 on any device) → (len(rows), C, crop, crop) uint8, a view of
     NHWC memory.
 
     On a GPU: one advanced-indexing gather, a flip being a reversed column index. On the CPU, the native
     crop_flip_into (one pass, no per-byte flip), else per-sample row copies and one batched flip: both much faster
     than the gather. gather=None picks by device. pin: the CPU path writes into pinned memory, ready for an
-    asynchronous copy to a GPU.
+    asynchronous copy to a GPU. out: the CPU path writes into this contiguous (len(rows), crop, crop, C) uint8
+    tensor (a reused staging buffer: a fresh one costs page faults, about as long as the crops themselves).
     """
     dev = src.device
     if not (dev.type != "cpu" if gather is None else gather):
         xs, ys, flipped = (p.tolist() for p in params)
-        out = torch.empty((len(xs), crop_size, crop_size, src.shape[3]), dtype=torch.uint8, pin_memory=pin)
+        shape = (len(xs), crop_size, crop_size, src.shape[3])
+        if out is None:
+            out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        elif out.shape != shape or out.dtype != torch.uint8 or out.device.type != "cpu" or not out.is_contiguous():
+            raise ValueError(f"crop_flip: out must be a contiguous CPU uint8 tensor of shape {shape}, not "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device}")
         if native_crops(src):
             decode.crop_flip_into(src.numpy(), [int(r) for r in rows], xs, ys, flipped, out.numpy())
             return out.permute(0, 3, 1, 2)
@@ -59,6 +65,8 @@ def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | No
         if mirrored:
             out[mirrored] = out[mirrored].flip(2)
         return out.permute(0, 3, 1, 2)
+    if out is not None:
+        raise ValueError("crop_flip: out is for the CPU paths; the gather makes its own tensor")
     xs, ys, flipped = (p.to(dev, non_blocking=True) for p in params)
     rows = torch.as_tensor(rows, dtype=torch.long).to(dev, non_blocking=True)
     step = torch.arange(crop_size, device=dev)
