@@ -598,18 +598,26 @@ def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", sl
 # Modules (drop-in: the same state_dict as their torch parents)
 # --------------------------------------------------------------------------------------------------------------
 
-class _DropoutRng:
-    """Mixin of the fused modules: `rng_state`, their dropout's int64 [seed, offset] on the module's device.
+class _FusedNormAct:
+    """Mixin of the fused modules: their activation settings, and `rng_state`, their dropout's int64 [seed, offset]
+    on the module's device.
 
-    Kept in a non-persistent buffer (the state_dict stays identical to the torch parent's). The seed is drawn from
-    torch's generator on the first access (a device-side draw, no host synchronisation), not at construction: so
-    building a module consumes no random numbers and, as with nn.Dropout, torch.manual_seed before a run (or another
-    seed per DDP rank) decides the masks. Every reader (the module's forward, the fused conv path) goes through it.
+    `rng_state` is kept in a non-persistent buffer (the state_dict stays identical to the torch parent's). The seed
+    is drawn from torch's generator on the first access (a device-side draw, no host synchronisation), not at
+    construction: so building a module consumes no random numbers and, as with nn.Dropout, torch.manual_seed before
+    a run (or another seed per DDP rank) decides the masks. Every reader (the module's forward, the fused conv path)
+    goes through it.
     """
 
-    def _init_rng(self):
+    def _init_fused(self, activation, slope, dropout_p):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
         self.register_buffer("_rng_state", torch.zeros(2, dtype=torch.int64), persistent=False)
         self._rng_seeded = False
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"
 
     @property
     def rng_state(self):
@@ -620,17 +628,14 @@ class _DropoutRng:
         return self._rng_state
 
 
-class BatchNormAct2d(_DropoutRng, nn.BatchNorm2d):
+class BatchNormAct2d(_FusedNormAct, nn.BatchNorm2d):
     """nn.BatchNorm2d followed by an activation and (in training) dropout, fused. Same state_dict keys and the same
     training/eval, momentum (None: cumulative average) and track_running_stats behaviour as nn.BatchNorm2d."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  activation="none", slope=0.2, dropout_p=0.0, device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
-        self._init_rng()
+        self._init_fused(activation, slope, dropout_p)
 
     def forward(self, x):
         factor = 0.0 if self.momentum is None else self.momentum
@@ -645,11 +650,8 @@ class BatchNormAct2d(_DropoutRng, nn.BatchNorm2d):
                               self.running_var if track else None, batch_stats, factor, self.eps,
                               self.activation, self.slope, p, self.rng_state if p > 0 else None)
 
-    def extra_repr(self):
-        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"
 
-
-class InstanceNormAct2d(_DropoutRng, nn.InstanceNorm2d):
+class InstanceNormAct2d(_FusedNormAct, nn.InstanceNorm2d):
     """nn.InstanceNorm2d followed by an activation and (in training) dropout, fused. Same state_dict as
     nn.InstanceNorm2d; running statistics are not supported (pix2pix uses track_running_stats=False)."""
 
@@ -658,15 +660,9 @@ class InstanceNormAct2d(_DropoutRng, nn.InstanceNorm2d):
         if track_running_stats:
             raise ValueError("InstanceNormAct2d supports track_running_stats=False only (the pix2pix setting)")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
-        self._init_rng()
+        self._init_fused(activation, slope, dropout_p)
 
     def forward(self, x):
         p = self.dropout_p if self.training else 0.0
         return instance_norm_act(x, self.weight, self.bias, self.eps, self.activation, self.slope, p,
                                  self.rng_state if p > 0 else None)
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"

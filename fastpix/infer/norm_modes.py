@@ -35,14 +35,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
 
 
-class SampleNorm(nn.Module):
-    """A BatchNorm's affine applied after per-sample normalisation over H×W."""
+class _FrozenAffine(nn.Module):
+    """A BatchNorm's eps and affine, copied and frozen: what every inference replacement of a BatchNorm keeps."""
 
     def __init__(self, bn: _BatchNorm):
         super().__init__()
         self.eps = bn.eps
         self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
         self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
+
+
+class SampleNorm(_FrozenAffine):
+    """A BatchNorm's affine applied after per-sample normalisation over H×W."""
 
     def forward(self, x):
         # Statistics in fp32 whatever the autocast dtype: a bf16 variance over a large image loses digits.
@@ -54,14 +58,8 @@ class SampleNorm(nn.Module):
         return y.to(x.dtype)
 
 
-class BatchStatsNorm(nn.Module):
+class BatchStatsNorm(_FrozenAffine):
     """Train-mode BatchNorm over the batch that never updates running statistics (it has none to update)."""
-
-    def __init__(self, bn: _BatchNorm):
-        super().__init__()
-        self.eps = bn.eps
-        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
-        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x):
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
