@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -305,7 +306,10 @@ int read_file(const char* path, unsigned char** data, size_t* size, char* err) {
 // ------------------------------------------------------------------------------------------------ resize
 // PIL's Resample.c scheme: per output pixel a window of source pixels weighted by the cubic (a = -0.5) with its
 // support widened by the downscale factor, weights normalised in double, then rounded to 22-bit fixed point;
-// the horizontal pass runs first (on just the rows the vertical pass reads) and rounds to 8 bits in between.
+// the horizontal pass runs first (on just the rows the vertical pass reads; but see resize_bicubic for when the
+// vertical one does) and rounds to 8 bits in between.
+// The AVX2 kernels (chosen at run time) do PIL's very integer arithmetic, 8 int32 lanes at a time, so they stay
+// bit-identical to it; other CPUs run the scalar loops (auto-vectorised where the compiler can).
 
 constexpr int kPrecision = 32 - 8 - 2;
 
@@ -318,19 +322,21 @@ double cubic(double x) {
 }
 
 struct Coeffs {
-    int ksize = 0;
-    std::vector<int> bounds;  // per output: first source index, count
-    std::vector<int> k;       // per output: ksize fixed-point weights
+    int kstride = 0;              // ints per output in k: the window size rounded up to 8, zero-padded
+    std::vector<int> bounds;      // per output: first source index, count
+    std::vector<int32_t> k;       // per output: kstride fixed-point weights, 0 past the count
+    std::vector<int32_t> pairs;   // per output: kstride / 2 groups of 8, (k[2i] x3, 0, k[2i+1] x3, 0), for RGB
 };
 
 Coeffs precompute(int in_size, int out_size) {
     Coeffs cf;
     double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
     double support = 2.0 * filterscale;
-    cf.ksize = (int)std::ceil(support) * 2 + 1;
+    const int ksize = (int)std::ceil(support) * 2 + 1;
+    cf.kstride = (ksize + 7) / 8 * 8;
     cf.bounds.resize(2 * (size_t)out_size);
-    cf.k.assign((size_t)out_size * cf.ksize, 0);
-    std::vector<double> w(cf.ksize);
+    cf.k.assign((size_t)out_size * cf.kstride, 0);
+    std::vector<double> w(ksize);
     for (int xx = 0; xx < out_size; xx++) {
         double center = (xx + 0.5) * scale, ss = 1.0 / filterscale, ww = 0.0;
         int xmin = (int)(center - support + 0.5);
@@ -342,7 +348,7 @@ Coeffs precompute(int in_size, int out_size) {
             w[x] = cubic((x + xmin - center + 0.5) * ss);
             ww += w[x];
         }
-        int* k = &cf.k[(size_t)xx * cf.ksize];
+        int32_t* k = &cf.k[(size_t)xx * cf.kstride];
         for (int x = 0; x < xmax; x++) {
             double v = ww != 0.0 ? w[x] / ww : w[x];
             k[x] = v < 0 ? (int)(-0.5 + v * (1 << kPrecision)) : (int)(0.5 + v * (1 << kPrecision));
@@ -350,7 +356,26 @@ Coeffs precompute(int in_size, int out_size) {
         cf.bounds[2 * xx] = xmin;
         cf.bounds[2 * xx + 1] = xmax;
     }
+    cf.pairs.assign((size_t)out_size * cf.kstride * 4, 0);
+    for (int xx = 0; xx < out_size; xx++) {
+        const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
+        int32_t* p = &cf.pairs[(size_t)xx * cf.kstride * 4];
+        for (int i = 0; i < cf.kstride / 2; i++)
+            for (int c = 0; c < 3; c++) p[8 * i + c] = k[2 * i], p[8 * i + 4 + c] = k[2 * i + 1];
+    }
     return cf;
+}
+
+// The tables depend only on (in size, out size), and a data set resizes the same sizes over and over: each thread
+// keeps the few it used last.
+const Coeffs& coeffs_for(int in_size, int out_size) {
+    struct Entry { int in, out; std::unique_ptr<Coeffs> cf; };
+    thread_local std::vector<Entry> cache;
+    for (auto& e : cache)
+        if (e.in == in_size && e.out == out_size) return *e.cf;
+    if (cache.size() >= 8) cache.erase(cache.begin());
+    cache.push_back({in_size, out_size, std::make_unique<Coeffs>(precompute(in_size, out_size))});
+    return *cache.back().cf;
 }
 
 inline unsigned char clip8(int v) {
@@ -367,7 +392,7 @@ void horizontal(const unsigned char* src, ptrdiff_t sstride, int rows, const Coe
         unsigned char* o = dst + y * dstride;
         for (int xx = 0; xx < out_w; xx++) {
             const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
-            const int* k = &cf.k[(size_t)xx * cf.ksize];
+            const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
             const unsigned char* p = in + (ptrdiff_t)xmin * C;
             int acc[C];
             for (int c = 0; c < C; c++) acc[c] = 1 << (kPrecision - 1);
@@ -383,7 +408,7 @@ void vertical(const unsigned char* src, ptrdiff_t sstride, int row_len, const Co
     std::vector<int> acc(row_len);
     for (int yy = 0; yy < out_h; yy++) {
         const int ymin = cf.bounds[2 * yy] - row_offset, n = cf.bounds[2 * yy + 1];
-        const int* k = &cf.k[(size_t)yy * cf.ksize];
+        const int32_t* k = &cf.k[(size_t)yy * cf.kstride];
         std::fill(acc.begin(), acc.end(), 1 << (kPrecision - 1));
         for (int y = 0; y < n; y++) {
             const unsigned char* in = src + (ptrdiff_t)(ymin + y) * sstride;
@@ -395,6 +420,117 @@ void vertical(const unsigned char* src, ptrdiff_t sstride, int row_len, const Co
     }
 }
 
+std::atomic<bool> g_portable_resize{false};  // tests force the scalar kernels to check them on AVX2 machines too
+
+#if defined(__x86_64__) || defined(__i386__)
+bool has_avx2() {
+    if (g_portable_resize.load(std::memory_order_relaxed)) return false;
+    static const bool yes = __builtin_cpu_supports("avx2");
+    return yes;
+}
+
+// 8 accumulators >> 22, saturated to 0..255 (what clip8 does per value) in the low 8 bytes.
+__attribute__((target("avx2"))) inline __m128i clip8_avx2(__m256i acc) {
+    const __m256i s = _mm256_srai_epi32(acc, kPrecision);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return _mm_packus_epi16(w, w);
+}
+
+// The horizontal kernels read up to 8 bytes past a window's last pixel (with weight 0): callers give them rows
+// followed by at least 8 readable bytes.
+__attribute__((target("avx2"))) void horizontal_row_rgb_avx2(const unsigned char* in, const Coeffs& cf, int out_w,
+                                                             unsigned char* o) {
+    // Pixels 2i and 2i+1 of the window go to lanes 0-2 and 4-6: one multiply-add for two taps of all channels.
+    const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i half = _mm_set1_epi32(1 << (kPrecision - 1));
+    for (int xx = 0; xx < out_w; xx++) {
+        const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
+        const int32_t* k = &cf.pairs[(size_t)xx * cf.kstride * 4];
+        const unsigned char* p = in + (ptrdiff_t)xmin * 3;
+        __m256i acc = _mm256_setzero_si256();
+        for (int i = 0; 2 * i < n; i++) {
+            const __m128i px = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 6 * i)), spread);
+            const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 8 * i));
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px), kv));
+        }
+        __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)), half);
+        sum = _mm_srai_epi32(sum, kPrecision);
+        sum = _mm_packus_epi16(_mm_packs_epi32(sum, sum), sum);
+        const uint32_t rgb = (uint32_t)_mm_cvtsi128_si32(sum);
+        o[3 * xx] = (unsigned char)rgb, o[3 * xx + 1] = (unsigned char)(rgb >> 8), o[3 * xx + 2] = (unsigned char)(rgb >> 16);
+    }
+}
+
+__attribute__((target("avx2"))) void horizontal_row_grey_avx2(const unsigned char* in, const Coeffs& cf, int out_w,
+                                                              unsigned char* o) {
+    for (int xx = 0; xx < out_w; xx++) {
+        const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
+        const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
+        const unsigned char* p = in + xmin;
+        __m256i acc = _mm256_setzero_si256();
+        for (int i = 0; i < n; i += 8) {
+            const __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i))));
+        }
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+        o[xx] = clip8(_mm_cvtsi128_si32(s) + (1 << (kPrecision - 1)));
+    }
+}
+
+void horizontal_avx2(const unsigned char* src, ptrdiff_t sstride, int rows, int w, int c, const Coeffs& cf,
+                     int out_w, unsigned char* dst, ptrdiff_t dstride) {
+    // The last row may end its buffer: it is read from a copy with 8 spare bytes.
+    std::vector<unsigned char> last((size_t)w * c + 8, 0);
+    for (int y = 0; y < rows; y++) {
+        const unsigned char* in = src + y * sstride;
+        if (y == rows - 1) in = static_cast<const unsigned char*>(std::memcpy(last.data(), in, (size_t)w * c));
+        if (c == 3) horizontal_row_rgb_avx2(in, cf, out_w, dst + y * dstride);
+        else horizontal_row_grey_avx2(in, cf, out_w, dst + y * dstride);
+    }
+}
+
+__attribute__((target("avx2"))) void vertical_avx2(const unsigned char* src, ptrdiff_t sstride, int row_len,
+                                                   const Coeffs& cf, int row_offset, int out_h, unsigned char* dst,
+                                                   ptrdiff_t dstride) {
+    const __m256i half = _mm256_set1_epi32(1 << (kPrecision - 1));
+    for (int yy = 0; yy < out_h; yy++) {
+        const int ymin = cf.bounds[2 * yy] - row_offset, n = cf.bounds[2 * yy + 1];
+        const int32_t* k = &cf.k[(size_t)yy * cf.kstride];
+        const unsigned char* in = src + (ptrdiff_t)ymin * sstride;
+        unsigned char* o = dst + yy * dstride;
+        // 8 values at a time; the last block overlaps the one before so that no byte past the row is touched.
+        for (int x0 = 0; x0 < row_len; x0 += 8) {
+            const int x = x0 + 8 <= row_len ? x0 : row_len - 8;
+            __m256i acc = half;
+            for (int y = 0; y < n; y++) {
+                const __m128i px = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + y * sstride + x));
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px), _mm256_set1_epi32(k[y])));
+            }
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(o + x), clip8_avx2(acc));
+        }
+    }
+}
+#endif
+
+void horizontal_pass(const unsigned char* src, ptrdiff_t sstride, int rows, int w, int c, const Coeffs& cf,
+                     int out_w, unsigned char* dst, ptrdiff_t dstride) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (has_avx2()) return horizontal_avx2(src, sstride, rows, w, c, cf, out_w, dst, dstride);
+#endif
+    if (c == 1) horizontal<1>(src, sstride, rows, cf, out_w, dst, dstride);
+    else horizontal<3>(src, sstride, rows, cf, out_w, dst, dstride);
+}
+
+void vertical_pass(const unsigned char* src, ptrdiff_t sstride, int row_len, const Coeffs& cf, int row_offset,
+                   int out_h, unsigned char* dst, ptrdiff_t dstride) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (has_avx2() && row_len >= 8) return vertical_avx2(src, sstride, row_len, cf, row_offset, out_h, dst, dstride);
+#endif
+    vertical(src, sstride, row_len, cf, row_offset, out_h, dst, dstride);
+}
+
 // src: h rows of w pixels of c channels, rows sstride bytes apart; dst: contiguous dh x dw x c.
 void resize_bicubic(const unsigned char* src, int w, int h, ptrdiff_t sstride, int c, unsigned char* dst, int dw,
                     int dh) {
@@ -404,24 +540,28 @@ void resize_bicubic(const unsigned char* src, int w, int h, ptrdiff_t sstride, i
         for (int y = 0; y < h; y++) std::memcpy(dst + y * drow, src + y * sstride, (size_t)drow);
         return;
     }
-    Coeffs cv = precompute(h, dh);
+    const Coeffs& cv = coeffs_for(h, dh);
     if (!need_h) {
-        vertical(src, sstride, w * c, cv, 0, dh, dst, drow);
+        vertical_pass(src, sstride, w * c, cv, 0, dh, dst, drow);
         return;
     }
-    Coeffs ch = precompute(w, dw);
-    const int first = cv.bounds[0], last = cv.bounds[2 * dh - 2] + cv.bounds[2 * dh - 1];
-    auto hpass = [&](const unsigned char* s, int rows, unsigned char* d) {
-        if (c == 1) horizontal<1>(s, sstride, rows, ch, dw, d, drow);
-        else horizontal<3>(s, sstride, rows, ch, dw, d, drow);
-    };
+    const Coeffs& ch = coeffs_for(w, dw);
     if (!need_v) {
-        hpass(src, h, dst);
+        horizontal_pass(src, sstride, h, w, c, ch, dw, dst, drow);
         return;
     }
+    if (h > dh && h - dh > 2 * (w - dw)) {
+        // Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks, by more than
+        // twice as many pixels as the width: the 8-bit rounding in between then differs, so we follow it.
+        std::vector<unsigned char> tmp((size_t)dh * w * c);
+        vertical_pass(src, sstride, w * c, cv, 0, dh, tmp.data(), (ptrdiff_t)w * c);
+        horizontal_pass(tmp.data(), (ptrdiff_t)w * c, dh, w, c, ch, dw, dst, drow);
+        return;
+    }
+    const int first = cv.bounds[0], last = cv.bounds[2 * dh - 2] + cv.bounds[2 * dh - 1];
     std::vector<unsigned char> tmp((size_t)(last - first) * drow);
-    hpass(src + first * sstride, last - first, tmp.data());
-    vertical(tmp.data(), drow, dw * c, cv, first, dh, dst, drow);
+    horizontal_pass(src + first * sstride, sstride, last - first, w, c, ch, dw, tmp.data(), drow);
+    vertical_pass(tmp.data(), drow, dw * c, cv, first, dh, dst, drow);
 }
 
 // ------------------------------------------------------------------------------------------------ pairs
@@ -868,6 +1008,8 @@ PYBIND11_MODULE(_decode, m) {
     m.def("resize", &py_resize, py::arg("src"), py::arg("width"), py::arg("height"));
     m.def("crop_flip_into", &py_crop_flip_into, py::arg("src"), py::arg("rows"), py::arg("xs"), py::arg("ys"),
           py::arg("flips"), py::arg("out"), py::arg("threads"));
+    m.def("_portable_resize_only", [](bool on) { g_portable_resize.store(on); },
+          "tests: resize with the scalar kernels even where AVX2 ones are available");
     m.def("_portable_mirror_only", [](bool on) { g_portable_only.store(on); },
           "tests: mirror rows with the portable kernel even where a SIMD one is available");
     m.def("crop_flip_normalize_into", &py_crop_flip_normalize_into, py::arg("src"), py::arg("rows"), py::arg("xs"),
