@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints-dir", "--checkpoints_dir", dest="checkpoints_dir", default="./checkpoints",
                    help="where the run is (default: ./checkpoints)")
     p.add_argument("--epoch", default="latest", help="which checkpoint (default: latest)")
-    p.add_argument("--out", required=True, help="folder to write <epoch>_net_{G,D}.pth into (required)")
+    p.add_argument("--out", required=True, help="folder to write into: <epoch>_net_{G,D}.pth, or the .onnx file (required)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="versions, devices and the active image decoder")
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which suites of bench/ to run (default: train)")
     p.add_argument("--json", default="fastpix-bench.json", help="where to write the results (default: "
                    "fastpix-bench.json)")
-    p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression")
+    p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression (default: all)")
     p.add_argument("--layers", action="store_true", help="instead: per pix2pix conv layer (batch 1/16/64, bf16), "
                    "the fused Triton block vs cuDNN and which one backend triton uses (measured once, cached)")
     p.set_defaults(func=cmd_bench)

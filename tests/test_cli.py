@@ -81,12 +81,27 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_data, workdir):
 
 
 def test_every_subcommand_has_help(capsys):
-    for cmd in ("train", "test", "data", "demo", "export", "bench", "info"):
+    """Every subcommand the parser has (so a new one is covered too) answers --help, and each of its flags is
+    explained with its default."""
+    import argparse
+
+    from fastpix.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "test", "eval", "predict", "serve", "export", "data", "demo", "bench", "info"} <= set(commands)
+    for cmd, parser in commands.items():
         try:
             main([cmd, "--help"])
         except SystemExit as exc:
             assert exc.code == 0
-        assert "default" in capsys.readouterr().out or cmd in ("data", "info")
+        assert capsys.readouterr().out.startswith("usage: ")
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS and "-h" not in action.option_strings:
+                assert action.help, f"fastpix {cmd} {action.option_strings[0]} has no help text"
+                if not action.required and not isinstance(action, (argparse._StoreTrueAction,
+                                                                   argparse.BooleanOptionalAction)):
+                    assert any(word in action.help for word in ("default", "required", "ignored")), \
+                        f"fastpix {cmd} {action.option_strings[0]}: no default in its help"
     from fastpix.data.decode import backend
 
     assert main(["info"]) == 0
