@@ -308,8 +308,9 @@ int read_file(const char* path, unsigned char** data, size_t* size, char* err) {
 // support widened by the downscale factor, weights normalised in double, then rounded to 22-bit fixed point;
 // the horizontal pass runs first (on just the rows the vertical pass reads; but see resize_bicubic for when the
 // vertical one does) and rounds to 8 bits in between.
-// The AVX2 kernels (chosen at run time) do PIL's very integer arithmetic, 8 int32 lanes at a time, so they stay
-// bit-identical to it; other CPUs run the scalar loops (auto-vectorised where the compiler can).
+// Both passes run one row kernel (the horizontal one on transposed pixels). Its AVX2 version (chosen at run time)
+// does PIL's very integer arithmetic, 8 int32 lanes at a time, so it stays bit-identical to PIL; other CPUs run
+// the scalar loop (auto-vectorised where the compiler can).
 
 constexpr int kPrecision = 32 - 8 - 2;
 
@@ -322,21 +323,19 @@ double cubic(double x) {
 }
 
 struct Coeffs {
-    int kstride = 0;              // ints per output in k: the window size rounded up to 8, zero-padded
-    std::vector<int> bounds;      // per output: first source index, count
-    std::vector<int32_t> k;       // per output: kstride fixed-point weights, 0 past the count
-    std::vector<int32_t> pairs;   // per output: kstride / 2 groups of 8, (k[2i] x3, 0, k[2i+1] x3, 0), for RGB
+    int ksize = 0;
+    std::vector<int> bounds;  // per output: first source index, count
+    std::vector<int32_t> k;   // per output: ksize fixed-point weights
 };
 
 Coeffs precompute(int in_size, int out_size) {
     Coeffs cf;
     double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
     double support = 2.0 * filterscale;
-    const int ksize = (int)std::ceil(support) * 2 + 1;
-    cf.kstride = (ksize + 7) / 8 * 8;
+    cf.ksize = (int)std::ceil(support) * 2 + 1;
     cf.bounds.resize(2 * (size_t)out_size);
-    cf.k.assign((size_t)out_size * cf.kstride, 0);
-    std::vector<double> w(ksize);
+    cf.k.assign((size_t)out_size * cf.ksize, 0);
+    std::vector<double> w(cf.ksize);
     for (int xx = 0; xx < out_size; xx++) {
         double center = (xx + 0.5) * scale, ss = 1.0 / filterscale, ww = 0.0;
         int xmin = (int)(center - support + 0.5);
@@ -348,20 +347,13 @@ Coeffs precompute(int in_size, int out_size) {
             w[x] = cubic((x + xmin - center + 0.5) * ss);
             ww += w[x];
         }
-        int32_t* k = &cf.k[(size_t)xx * cf.kstride];
+        int32_t* k = &cf.k[(size_t)xx * cf.ksize];
         for (int x = 0; x < xmax; x++) {
             double v = ww != 0.0 ? w[x] / ww : w[x];
             k[x] = v < 0 ? (int)(-0.5 + v * (1 << kPrecision)) : (int)(0.5 + v * (1 << kPrecision));
         }
         cf.bounds[2 * xx] = xmin;
         cf.bounds[2 * xx + 1] = xmax;
-    }
-    cf.pairs.assign((size_t)out_size * cf.kstride * 4, 0);
-    for (int xx = 0; xx < out_size; xx++) {
-        const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
-        int32_t* p = &cf.pairs[(size_t)xx * cf.kstride * 4];
-        for (int i = 0; i < cf.kstride / 2; i++)
-            for (int c = 0; c < 3; c++) p[8 * i + c] = k[2 * i], p[8 * i + 4 + c] = k[2 * i + 1];
     }
     return cf;
 }
@@ -384,31 +376,12 @@ inline unsigned char clip8(int v) {
     return (unsigned char)(v >> kPrecision);
 }
 
-template <int C>
-void horizontal(const unsigned char* src, ptrdiff_t sstride, int rows, const Coeffs& cf, int out_w,
-                unsigned char* dst, ptrdiff_t dstride) {
-    for (int y = 0; y < rows; y++) {
-        const unsigned char* in = src + y * sstride;
-        unsigned char* o = dst + y * dstride;
-        for (int xx = 0; xx < out_w; xx++) {
-            const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
-            const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
-            const unsigned char* p = in + (ptrdiff_t)xmin * C;
-            int acc[C];
-            for (int c = 0; c < C; c++) acc[c] = 1 << (kPrecision - 1);
-            for (int x = 0; x < n; x++)
-                for (int c = 0; c < C; c++) acc[c] += p[x * C + c] * k[x];
-            for (int c = 0; c < C; c++) o[xx * C + c] = clip8(acc[c]);
-        }
-    }
-}
-
 void vertical(const unsigned char* src, ptrdiff_t sstride, int row_len, const Coeffs& cf, int row_offset,
               int out_h, unsigned char* dst, ptrdiff_t dstride) {
     std::vector<int> acc(row_len);
     for (int yy = 0; yy < out_h; yy++) {
         const int ymin = cf.bounds[2 * yy] - row_offset, n = cf.bounds[2 * yy + 1];
-        const int32_t* k = &cf.k[(size_t)yy * cf.kstride];
+        const int32_t* k = &cf.k[(size_t)yy * cf.ksize];
         std::fill(acc.begin(), acc.end(), 1 << (kPrecision - 1));
         for (int y = 0; y < n; y++) {
             const unsigned char* in = src + (ptrdiff_t)(ymin + y) * sstride;
@@ -436,72 +409,30 @@ __attribute__((target("avx2"))) inline __m128i clip8_avx2(__m256i acc) {
     return _mm_packus_epi16(w, w);
 }
 
-// The horizontal kernels read up to 8 bytes past a window's last pixel (with weight 0): callers give them rows
-// followed by at least 8 readable bytes.
-__attribute__((target("avx2"))) void horizontal_row_rgb_avx2(const unsigned char* in, const Coeffs& cf, int out_w,
-                                                             unsigned char* o) {
-    // Pixels 2i and 2i+1 of the window go to lanes 0-2 and 4-6: one multiply-add for two taps of all channels.
-    const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i half = _mm_set1_epi32(1 << (kPrecision - 1));
-    for (int xx = 0; xx < out_w; xx++) {
-        const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
-        const int32_t* k = &cf.pairs[(size_t)xx * cf.kstride * 4];
-        const unsigned char* p = in + (ptrdiff_t)xmin * 3;
-        __m256i acc = _mm256_setzero_si256();
-        for (int i = 0; 2 * i < n; i++) {
-            const __m128i px = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 6 * i)), spread);
-            const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 8 * i));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px), kv));
-        }
-        __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)), half);
-        sum = _mm_srai_epi32(sum, kPrecision);
-        sum = _mm_packus_epi16(_mm_packs_epi32(sum, sum), sum);
-        const uint32_t rgb = (uint32_t)_mm_cvtsi128_si32(sum);
-        o[3 * xx] = (unsigned char)rgb, o[3 * xx + 1] = (unsigned char)(rgb >> 8), o[3 * xx + 2] = (unsigned char)(rgb >> 16);
-    }
-}
-
-__attribute__((target("avx2"))) void horizontal_row_grey_avx2(const unsigned char* in, const Coeffs& cf, int out_w,
-                                                              unsigned char* o) {
-    for (int xx = 0; xx < out_w; xx++) {
-        const int xmin = cf.bounds[2 * xx], n = cf.bounds[2 * xx + 1];
-        const int32_t* k = &cf.k[(size_t)xx * cf.kstride];
-        const unsigned char* p = in + xmin;
-        __m256i acc = _mm256_setzero_si256();
-        for (int i = 0; i < n; i += 8) {
-            const __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i))));
-        }
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-        o[xx] = clip8(_mm_cvtsi128_si32(s) + (1 << (kPrecision - 1)));
-    }
-}
-
-void horizontal_avx2(const unsigned char* src, ptrdiff_t sstride, int rows, int w, int c, const Coeffs& cf,
-                     int out_w, unsigned char* dst, ptrdiff_t dstride) {
-    // The last row may end its buffer: it is read from a copy with 8 spare bytes.
-    std::vector<unsigned char> last((size_t)w * c + 8, 0);
-    for (int y = 0; y < rows; y++) {
-        const unsigned char* in = src + y * sstride;
-        if (y == rows - 1) in = static_cast<const unsigned char*>(std::memcpy(last.data(), in, (size_t)w * c));
-        if (c == 3) horizontal_row_rgb_avx2(in, cf, out_w, dst + y * dstride);
-        else horizontal_row_grey_avx2(in, cf, out_w, dst + y * dstride);
-    }
-}
-
 __attribute__((target("avx2"))) void vertical_avx2(const unsigned char* src, ptrdiff_t sstride, int row_len,
                                                    const Coeffs& cf, int row_offset, int out_h, unsigned char* dst,
                                                    ptrdiff_t dstride) {
     const __m256i half = _mm256_set1_epi32(1 << (kPrecision - 1));
     for (int yy = 0; yy < out_h; yy++) {
         const int ymin = cf.bounds[2 * yy] - row_offset, n = cf.bounds[2 * yy + 1];
-        const int32_t* k = &cf.k[(size_t)yy * cf.kstride];
+        const int32_t* k = &cf.k[(size_t)yy * cf.ksize];
         const unsigned char* in = src + (ptrdiff_t)ymin * sstride;
         unsigned char* o = dst + yy * dstride;
+        int x0 = 0;
+        for (; x0 + 32 <= row_len; x0 += 32) {  // 4 independent sums per weight broadcast
+            __m256i acc[4] = {half, half, half, half};
+            for (int y = 0; y < n; y++) {
+                const __m256i kv = _mm256_set1_epi32(k[y]);
+                const unsigned char* p = in + y * sstride + x0;
+                for (int j = 0; j < 4; j++) {
+                    const __m128i px = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * j));
+                    acc[j] = _mm256_add_epi32(acc[j], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px), kv));
+                }
+            }
+            for (int j = 0; j < 4; j++) _mm_storel_epi64(reinterpret_cast<__m128i*>(o + x0 + 8 * j), clip8_avx2(acc[j]));
+        }
         // 8 values at a time; the last block overlaps the one before so that no byte past the row is touched.
-        for (int x0 = 0; x0 < row_len; x0 += 8) {
+        for (; x0 < row_len; x0 += 8) {
             const int x = x0 + 8 <= row_len ? x0 : row_len - 8;
             __m256i acc = half;
             for (int y = 0; y < n; y++) {
@@ -514,15 +445,6 @@ __attribute__((target("avx2"))) void vertical_avx2(const unsigned char* src, ptr
 }
 #endif
 
-void horizontal_pass(const unsigned char* src, ptrdiff_t sstride, int rows, int w, int c, const Coeffs& cf,
-                     int out_w, unsigned char* dst, ptrdiff_t dstride) {
-#if defined(__x86_64__) || defined(__i386__)
-    if (has_avx2()) return horizontal_avx2(src, sstride, rows, w, c, cf, out_w, dst, dstride);
-#endif
-    if (c == 1) horizontal<1>(src, sstride, rows, cf, out_w, dst, dstride);
-    else horizontal<3>(src, sstride, rows, cf, out_w, dst, dstride);
-}
-
 void vertical_pass(const unsigned char* src, ptrdiff_t sstride, int row_len, const Coeffs& cf, int row_offset,
                    int out_h, unsigned char* dst, ptrdiff_t dstride) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -530,6 +452,54 @@ void vertical_pass(const unsigned char* src, ptrdiff_t sstride, int row_len, con
 #endif
     vertical(src, sstride, row_len, cf, row_offset, out_h, dst, dstride);
 }
+
+// rows x cols pixels of C bytes (rows sstride bytes apart) to cols x rows pixels, rows dstride bytes apart; in
+// 16 x 16 tiles so that both sides stay in cache.
+template <int C>
+void transpose_pixels(const unsigned char* src, ptrdiff_t sstride, int rows, int cols, unsigned char* dst,
+                      ptrdiff_t dstride) {
+    constexpr int kTile = 16;
+    for (int y0 = 0; y0 < rows; y0 += kTile)
+        for (int x0 = 0; x0 < cols; x0 += kTile) {
+            const int y1 = std::min(rows, y0 + kTile), x1 = std::min(cols, x0 + kTile);
+            for (int x = x0; x < x1; x++) {
+                unsigned char* d = dst + x * dstride;
+                const unsigned char* sp = src + (ptrdiff_t)x * C;
+                int y = y0;
+                if (C == 3) {
+                    // 4-byte moves: the extra byte read is the next pixel's, the extra byte written is overwritten
+                    // next (or by the next tile); only the last pixel of a destination row has no next one.
+                    for (; y < std::min(y1, rows - 1); y++) {
+                        uint32_t v;
+                        std::memcpy(&v, sp + y * sstride, 4);
+                        std::memcpy(d + (ptrdiff_t)y * C, &v, 4);
+                    }
+                }
+                for (; y < y1; y++) std::memcpy(d + (ptrdiff_t)y * C, sp + y * sstride, C);
+            }
+        }
+}
+
+constexpr size_t kKeepScratch = 16 << 20;  // a thread keeps scratch buffers up to this size between calls
+
+// The horizontal pass as a vertical one on the transposed rows: the row kernel then runs 8 lanes of one channel
+// of one pixel each, with no per-pixel horizontal sums; the two transposes cost less than what that saves.
+void horizontal_pass(const unsigned char* src, ptrdiff_t sstride, int rows, int w, int c, const Coeffs& cf,
+                     int out_w, unsigned char* dst, ptrdiff_t dstride) {
+    thread_local std::vector<unsigned char> cols, out_cols;  // reused: a batch resizes the same sizes
+    const ptrdiff_t col_len = (ptrdiff_t)rows * c;
+    cols.resize((size_t)w * col_len);
+    out_cols.resize((size_t)out_w * col_len);
+    if (c == 1) transpose_pixels<1>(src, sstride, rows, w, cols.data(), col_len);
+    else transpose_pixels<3>(src, sstride, rows, w, cols.data(), col_len);
+    vertical_pass(cols.data(), col_len, (int)col_len, cf, 0, out_w, out_cols.data(), col_len);
+    if (c == 1) transpose_pixels<1>(out_cols.data(), col_len, out_w, rows, dst, dstride);
+    else transpose_pixels<3>(out_cols.data(), col_len, out_w, rows, dst, dstride);
+    if (cols.capacity() > kKeepScratch) std::vector<unsigned char>().swap(cols);
+    if (out_cols.capacity() > kKeepScratch) std::vector<unsigned char>().swap(out_cols);
+}
+
+
 
 // src: h rows of w pixels of c channels, rows sstride bytes apart; dst: contiguous dh x dw x c.
 void resize_bicubic(const unsigned char* src, int w, int h, ptrdiff_t sstride, int c, unsigned char* dst, int dw,
