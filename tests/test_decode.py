@@ -4,6 +4,7 @@ import io
 import struct
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
@@ -236,6 +237,17 @@ def test_split_at_int_half_width(width):
     assert np.array_equal(a, arr[:, :w2]) and np.array_equal(b, arr[:, w2:])
 
 
+PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+
+
+def pillow_orders_passes_like_ours(src, dst) -> bool:
+    """fastpix follows Pillow >= 13 (python-pillow/Pillow#9549), which runs the vertical pass first when the height
+    shrinks most (h > dh and h - dh > 2·(w - dw)); older Pillow always goes horizontal first, and then differs there
+    by rounding between the passes. Comparisons with an older installed Pillow leave those cases out."""
+    (w, h), (dw, dh) = src, dst
+    return PILLOW_MAJOR >= 13 or not (h > dh and h - dh > 2 * (w - dw))
+
+
 @native
 @pytest.mark.parametrize("src,dst", [((256, 256), (286, 286)), ((600, 600), (286, 286)), ((37, 37), (64, 64)),
                                      ((133, 67), (50, 77)), ((133, 67), (133, 31)), ((133, 67), (41, 67)),
@@ -245,6 +257,8 @@ def test_split_at_int_half_width(width):
 @pytest.mark.parametrize("kernels", ["simd", "portable"])
 def test_resize_equals_pil(src, dst, channels, kernels):
     from fastpix import _decode
+    if not pillow_orders_passes_like_ours(src, dst):
+        pytest.skip(f"Pillow {PIL.__version__} orders the passes of this resize as Pillow < 13 did")
     arr = textured(src[1], src[0], channels, seed=src[0])
     ref = np.asarray(Image.fromarray(arr if channels == 3 else arr[..., 0]).resize(dst, BICUBIC))
     _decode._portable_resize_only(kernels == "portable")
@@ -267,6 +281,8 @@ def test_resize_equals_pil_over_many_sizes(kernels):
     for case in range(40):
         sw, sh, dw, dh = (int(v) for v in rng.randint(1, 40 if case < 15 else 700, 4))
         channels = (1, 3)[case % 2]
+        if not pillow_orders_passes_like_ours((sw, sh), (dw, dh)):
+            continue
         arr = np.where(rng.rand(sh, sw, 1) < 0.5, 0, 255).astype(np.uint8) if case % 3 == 0 else \
             rng.randint(0, 256, (sh, sw, 1)).astype(np.uint8)
         arr = np.ascontiguousarray(np.repeat(arr, channels, -1) if case % 4 else
