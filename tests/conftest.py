@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,18 @@ def tiny_data(tmp_path_factory):
     """A small demo data set: 32×32 halves, 8 train / 3 val / 3 test pairs."""
     root = str(tmp_path_factory.mktemp("tiny_data"))
     return write_demo_dataset(root, 32, {"train": 8, "val": 3, "test": 3})
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """8 demo pairs (32×32 halves) per test module, never changed: `data` hands each test its own copy."""
+    return write_demo_dataset(str(tmp_path_factory.mktemp("pairs")), 32, {"train": 8})
+
+
+@pytest.fixture
+def data(pristine, tmp_path):
+    """A private copy of `pristine`: the cache and stream tests change files and write cache folders in it."""
+    return shutil.copytree(pristine, str(tmp_path / "data"))
 
 
 @pytest.fixture

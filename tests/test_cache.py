@@ -1,7 +1,6 @@
 """The decode-once cache and its loader: batches equal make_loader's bit for bit; keying, rebuilds, bad files."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -10,51 +9,10 @@ from PIL import Image
 
 from fastpix.data import cache as C
 from fastpix.data.cache import CachedLoader, PairCache
-from fastpix.data.dataset import DataError, PairedDataset, make_loader
+from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
-from fastpix.data.demo import write_demo_dataset
 from fastpix.data.stream import make_pipeline
-
-KEYS = ("A", "B", "A_paths", "B_paths", "index")  # the DataLoader path's order
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return write_demo_dataset(str(tmp_path_factory.mktemp("pairs")), 32, {"train": 8})
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    """A private copy: tests here change files and write cache folders."""
-    return shutil.copytree(pristine, str(tmp_path / "data"))
-
-
-def dataset(root, direction="AtoB", nc=(3, 3), flip=True, seed=5, load=40, crop=32, **kw):
-    return PairedDataset(root, "train", direction, nc[0], nc[1], load_size=load, crop_size=crop, flip=flip,
-                         seed=seed, **kw)
-
-
-def reference_batches(ds, batch_size, seed, epoch, start=0, rank=0, world=1):
-    loader, sampler = make_loader(ds, batch_size, True, 0, seed, rank, world)
-    sampler.set_position(epoch, start)
-    ds.set_epoch(epoch)
-    return list(loader)
-
-
-def pipeline_batches(pipe, epoch, start=0):
-    pipe.set_position(epoch, start)
-    return list(pipe)
-
-
-def assert_same_batches(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        if w is None:
-            assert g is None
-            continue
-        assert list(g) == list(w) == list(KEYS) and g["index"].dtype == torch.long
-        for key in KEYS:
-            assert (torch.equal(g[key], w[key]) if key in ("A", "B", "index") else g[key] == w[key]), key
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])

@@ -1,6 +1,5 @@
 """The streaming path: batches equal make_loader's and the cache's; bounded ring; clean stops, never a hang."""
 import os
-import shutil
 import threading
 
 import pytest
@@ -8,46 +7,9 @@ import torch
 
 from fastpix.data import stream as S
 from fastpix.data.cache import CachedLoader, PairCache
-from fastpix.data.dataset import DataError, PairedDataset, make_loader
-from fastpix.data.demo import write_demo_dataset
+from fastpix.data.dataset import DataError
 from fastpix.data.stream import StreamLoader, make_pipeline
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return write_demo_dataset(str(tmp_path_factory.mktemp("pairs")), 32, {"train": 8})
-
-
-@pytest.fixture
-def data(pristine, tmp_path):
-    return shutil.copytree(pristine, str(tmp_path / "data"))
-
-
-def dataset(root, direction="AtoB", nc=(3, 3), seed=5, **kw):
-    return PairedDataset(root, "train", direction, nc[0], nc[1], load_size=40, crop_size=32, seed=seed, **kw)
-
-
-def reference_batches(ds, batch_size, seed, epoch, start=0, rank=0, world=1):
-    loader, sampler = make_loader(ds, batch_size, True, 0, seed, rank, world)
-    sampler.set_position(epoch, start)
-    ds.set_epoch(epoch)
-    return list(loader)
-
-
-def epoch_batches(pipe, epoch, start=0):
-    pipe.set_position(epoch, start)
-    return list(pipe)
-
-
-def assert_same_batches(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        if w is None:
-            assert g is None
-            continue
-        assert list(g) == list(w)
-        for key, value in w.items():
-            assert torch.equal(g[key], value) if torch.is_tensor(value) else g[key] == value, key
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 def within(seconds, fn):
@@ -75,23 +37,23 @@ def test_stream_equals_paired_dataset_and_cache(data, tmp_path, direction, nc):
     stream = StreamLoader(ds, 3, seed=9, threads=2, depth=2)
     cached = CachedLoader(PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False), 3, seed=9)
     for epoch, start in ((1, 0), (2, 4)):
-        got = within(30, lambda: epoch_batches(stream, epoch, start))
+        got = within(30, lambda: pipeline_batches(stream, epoch, start))
         assert_same_batches(got, reference_batches(ds, 3, 9, epoch, start))
-        assert_same_batches(got, epoch_batches(cached, epoch, start))
+        assert_same_batches(got, pipeline_batches(cached, epoch, start))
 
 
 def test_rank_slices(data):
     ds = dataset(data)
     for rank in (0, 1):
         stream = StreamLoader(ds, 4, seed=1, rank=rank, world=2)
-        assert_same_batches(within(30, lambda: epoch_batches(stream, 3)),
+        assert_same_batches(within(30, lambda: pipeline_batches(stream, 3)),
                             reference_batches(ds, 4, 1, 3, rank=rank, world=2))
 
 
 def test_ring_is_bounded(data):
     stream = StreamLoader(dataset(data), 1, depth=2)
     for epoch in range(3):
-        assert len(within(30, lambda: epoch_batches(stream, epoch))) == 8
+        assert len(within(30, lambda: pipeline_batches(stream, epoch))) == 8
         assert stream.slots_allocated <= 2
 
 
@@ -105,7 +67,7 @@ def test_early_break_stops_the_thread_and_next_epoch_works(data):
 
     within(10, one_then_break)
     within(10, lambda: stream._producer.thread.join())
-    assert_same_batches(within(30, lambda: epoch_batches(stream, 1)), reference_batches(ds, 1, 2, 1))
+    assert_same_batches(within(30, lambda: pipeline_batches(stream, 1)), reference_batches(ds, 1, 2, 1))
     assert stream.slots_allocated <= 2
 
 
@@ -133,7 +95,7 @@ def test_decode_thread_error_surfaces(data, monkeypatch):
     monkeypatch.setattr(S, "decode_into", failing)
     stream = StreamLoader(dataset(data), 2, depth=2)
     with pytest.raises(RuntimeError, match="decoder broke"):
-        within(10, lambda: epoch_batches(stream, 0))
+        within(10, lambda: pipeline_batches(stream, 0))
     within(10, lambda: stream._producer.thread.join())
 
 
@@ -141,10 +103,10 @@ def test_bad_file_named_or_skipped(data):
     with open(os.path.join(data, "train", "0006.png"), "wb") as f:
         f.write(b"\x89PNG broken")
     with pytest.raises(DataError, match="0006.png"):
-        within(10, lambda: epoch_batches(StreamLoader(dataset(data), 2), 0))
+        within(10, lambda: pipeline_batches(StreamLoader(dataset(data), 2), 0))
     ds = dataset(data, skip_bad_images=True)
     with pytest.warns(UserWarning, match="0006.png"):
-        got = within(30, lambda: epoch_batches(StreamLoader(ds, 2, seed=3), 0))
+        got = within(30, lambda: pipeline_batches(StreamLoader(ds, 2, seed=3), 0))
     with pytest.warns(UserWarning):
         assert_same_batches(got, reference_batches(ds, 2, 3, 0))
 
@@ -153,7 +115,7 @@ def test_make_pipeline_stream(data):
     ds = dataset(data)
     pipe = make_pipeline(ds, 4, seed=6, mode="stream", num_threads=2)
     assert pipe.mode == "stream" and len(pipe) == 2
-    assert_same_batches(within(30, lambda: epoch_batches(pipe, 5)), reference_batches(ds, 4, 6, 5))
+    assert_same_batches(within(30, lambda: pipeline_batches(pipe, 5)), reference_batches(ds, 4, 6, 5))
 
 
 def test_batches_do_not_depend_on_thread_count_or_depth(data):
@@ -161,7 +123,7 @@ def test_batches_do_not_depend_on_thread_count_or_depth(data):
     want = reference_batches(ds, 3, 2, 6)
     for threads, depth in ((1, 1), (2, 4)):
         stream = StreamLoader(ds, 3, seed=2, threads=threads, depth=depth)
-        assert_same_batches(within(30, lambda: epoch_batches(stream, 6)), want)
+        assert_same_batches(within(30, lambda: pipeline_batches(stream, 6)), want)
 
 
 def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path):
@@ -205,7 +167,7 @@ def test_stream_on_cuda_equals_paired_dataset(data):
     ds = dataset(data, "BtoA", (1, 3))
     stream = StreamLoader(ds, 2, seed=9, device="cuda", threads=2, depth=2)
     for epoch in range(3):
-        got = within(60, lambda: epoch_batches(stream, epoch))
+        got = within(60, lambda: pipeline_batches(stream, epoch))
         assert all(b["A"].is_cuda and b["A"].is_contiguous(memory_format=torch.channels_last) for b in got)
         torch.cuda.synchronize()
         assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
