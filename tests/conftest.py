@@ -20,6 +20,17 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): their convolutions gain
+    nothing from a second intra-op thread, and on a busy 2-core machine two threads waiting on each other run
+    several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """8 demo pairs (32×32 halves) per test module, never changed: `data` hands each test its own copy."""
     return write_demo_dataset(str(tmp_path_factory.mktemp("pairs")), 32, {"train": 8})

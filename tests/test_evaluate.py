@@ -14,15 +14,7 @@ from fastpix.fid import fid, kid
 from fastpix.models import define_G
 from fastpix.train.loop import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These convolutions are too small to gain from a second intra-op thread, and on a busy machine two threads
-    waiting on each other run several times slower; with one, the results do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fastpix import checkpoint as ckpt
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
+from tiny_models import perturb_batchnorms
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the 'onnx' extra")
 pytest.importorskip("onnxscript", reason="ONNX export needs the 'onnx' extra")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generator(netG):
-    G = define_G(3, 3, 4, netG, "batch", True, backend="eager")
-    with torch.no_grad():
-        for m in G.modules():
-            if isinstance(m, _BatchNorm):
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0.0, 0.3)
-                m.running_mean.normal_(0.0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return G
+    return perturb_batchnorms(define_G(3, 3, 4, netG, "batch", True, backend="eager"))
 
 
 def run_onnx(path, x: torch.Tensor) -> torch.Tensor:

@@ -14,28 +14,14 @@ from fastpix.config import ModelConfig
 from fastpix.data.transforms import to_image_array, to_tensor
 from fastpix.infer.predictor import Predictor, infer_architecture, pad_to, predict_files
 from fastpix.models import define_G
+from tiny_models import perturb_batchnorms
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a busy 2-core machine, intra-op threads spin against each other and cost 100× the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generator(netG="unet_32", norm="batch", dropout=False, input_nc=3, output_nc=3):
     """A tiny generator whose BatchNorms have non-trivial affine and running statistics."""
-    G = define_G(input_nc, output_nc, 4, netG, norm, dropout, backend="eager")
-    with torch.no_grad():
-        for m in G.modules():
-            if isinstance(m, _BatchNorm):
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0.0, 0.3)
-                m.running_mean.normal_(0.0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return G
+    return perturb_batchnorms(define_G(input_nc, output_nc, 4, netG, norm, dropout, backend="eager"))
 
 
 def batch(n, h=32, w=32, c=3):
@@ -298,7 +284,6 @@ def test_cuda_bf16_is_close_to_cpu_fp32(norm_mode):
     assert gpu[0].device.type == "cuda"
     for a, b in zip(gpu, cpu):  # bf16 autocast through 10 layers: a relative error of ~1e-2 (performance.md)
         assert (a.cpu() - b).norm() / b.norm() < 3e-2
-
 
 
 # ---- fastpix predict -------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.nn.modules.batchnorm import _BatchNorm
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
@@ -27,28 +26,16 @@ from fastpix.config import ServeConfig  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.infer.server import BackgroundServer, create_app, output_format  # noqa: E402
 from fastpix.models import define_G  # noqa: E402
+from tiny_models import perturb_batchnorms  # noqa: E402
 
 TIMEOUT_S = 30  # every wait in this file is bounded
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a busy 2-core machine, intra-op threads spin against the server's threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator():
     torch.manual_seed(0)
-    G = define_G(3, 3, 4, "unet_32", "batch", False, backend="eager")
-    with torch.no_grad():
-        for m in G.modules():
-            if isinstance(m, _BatchNorm):
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0.0, 0.3)
-    return G
+    return perturb_batchnorms(define_G(3, 3, 4, "unet_32", "batch", False, backend="eager"))
 
 
 @pytest.fixture(scope="module")

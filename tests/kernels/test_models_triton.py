@@ -12,6 +12,7 @@ from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d, dr
 from fastpix.kernels.testing import assert_close
 from fastpix.models import define_D, define_G
 from fastpix.train.step import Pix2PixStep
+from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -22,21 +23,9 @@ def _no_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-def perturb_affine(net):
-    """Move every norm's (γ, β) off their initial (1, 0) and the running stats off (0, 1), so that they matter."""
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0.0, 0.3)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net
-
-
 def pair(factory, *args, **kwargs):
     """(eager, triton) networks of one architecture with identical weights, on DEVICE, in training mode."""
-    eager = perturb_affine(factory(*args, backend="eager", **kwargs)).to(DEVICE).train()
+    eager = perturb_batchnorms(factory(*args, backend="eager", **kwargs), mean_std=0.1, var_range=(0.5, 1.5)).to(DEVICE).train()
     fused = factory(*args, backend="triton", **kwargs).to(DEVICE).train()
     fused.load_state_dict(eager.state_dict(), strict=True)
     return eager, fused

@@ -9,34 +9,25 @@ from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
 from fastpix.kernels.testing import assert_close, relative_error
 from fastpix.models import define_G
 from fastpix.models.fused_convs import fused_forward_supported
+from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("instance", "batch", "running")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True)
-def _quiet_machine(monkeypatch):
-    """Tiny models: one intra-op thread (a busy CPU makes threads spin), and no TF32 on a GPU (both backends' aten
-    convs would round their slightly different inputs apart)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _no_tf32(monkeypatch):
+    """No TF32 on a GPU: both backends' aten convs would round their slightly different inputs apart."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pair(netG, norm="batch", dropout=False, ngf=4):
     """(eager, triton) generators with the same weights; BatchNorm affine and running statistics moved off their
     initial values so that every mode's use of them matters."""
     torch.manual_seed(0)
-    eager = define_G(3, 3, ngf, netG, norm, dropout, backend="eager")
-    with torch.no_grad():
-        for m in eager.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.3)
-                m.bias.normal_(0.0, 0.3)
-                m.running_mean.normal_(0.0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+    eager = perturb_batchnorms(define_G(3, 3, ngf, netG, norm, dropout, backend="eager"))
     fused = define_G(3, 3, ngf, netG, norm, dropout, backend="triton")
     fused.load_state_dict(eager.state_dict(), strict=True)
     return eager, fused
