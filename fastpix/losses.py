@@ -12,7 +12,7 @@ GAN_MODES = ("vanilla", "lsgan")
 def gan_loss(logits: torch.Tensor, target_is_real: bool, mode: str = "vanilla", backend: str = "eager") -> torch.Tensor:
     """vanilla: BCE-with-logits, mean over all patch logits; lsgan: mean squared error. Real 1.0, fake 0.0."""
     if mode not in GAN_MODES:
-        raise ValueError(f"--gan_mode {mode!r} is not one of vanilla, lsgan (none trains no discriminator)")
+        raise ValueError(f"--gan_mode {mode!r} is not one of {', '.join(GAN_MODES)} (none trains no discriminator)")
     if backend == "triton":
         from fastpix.kernels.patchgan_loss import patchgan_loss
 
