@@ -122,6 +122,36 @@ class EvalConfig(TestConfig):
     json: str = opt(None, "also write the report as JSON to this path")
     baselines: bool = opt(False, "also score the trivial baselines: output = input, output = mean training target")
     inception_weights: str = opt(None, "TorchScript Inception feature network for FID/KID (never downloaded)")
+    segmenter: str = opt(None, "TorchScript segmentation network for the FCN-score (float N×3×H×W in [0, 1] -> "
+                         "class logits N×C×H×W; never downloaded): needs --label-palette or --label-dir")
+    label_palette: str = opt(None, "FCN-score ground truth from the input label maps (real_A): a JSON file "
+                             '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "ignore_id": 255}')
+    label_dir: str = opt(None, "FCN-score ground truth from class-id PNGs instead: <label_dir>/<stem>.png")
+    label_tolerance: float = opt(10.0, "--label-palette: a pixel takes the class of the nearest palette colour "
+                                 "within this RGB distance (resized or JPEG label maps blur colours), else it is "
+                                 "ignored; 0 = exact colours only")
+
+
+@dataclass
+class StudyConfig:
+    """The real-vs-fake perceptual study of the paper (§4.1): `fastpix study make` writes these into the page."""
+    practice_trials: int = opt(10, "practice trials at the start of a session, with feedback")
+    scored_trials: int = opt(40, "scored trials that follow, without feedback")
+    attention_checks: int = opt(2, "extra trials among the scored ones pitting a real image against a blank one "
+                                "(not scored; an observer who misses one is flagged and left out of the pooled score)")
+    exposure_ms: int = opt(1000, "how long each pair is shown before it is blanked")
+    feedback_ms: int = opt(1000, "how long practice feedback stays on screen")
+    gap_ms: int = opt(500, "blank pause (a fixation cross) before each pair")
+    image_size: int = opt(256, "images are shown at this many CSS pixels square (the paper: 256)")
+    seed: int = opt(0, "study seed: with the observer id it fixes the model, the image order and the sides")
+
+
+@dataclass
+class StudyServeConfig:
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(8100, "TCP port to listen on (0: any free port)")
+    answers: str = opt(None, "JSON-lines file the sessions are appended to (default: <study>/answers.jsonl)")
+    max_bytes: int = opt(256 * 2 ** 10, "largest answers submission accepted (bigger: 413)")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Scoring translations: per-image metrics, the aggregate report, the results page, baselines, FID/KID.
+"""Scoring translations: per-image metrics, the aggregate report, the results page, baselines, FID/KID, and the
+FCN-score (fcn_score.py).
 
 Images are scored as saved (uint8, the reference's truncating conversion), so scoring a checkpoint and scoring
 its saved results give the same numbers. Metrics on [0, 1] images (data range 1): L1 (mean absolute error),
@@ -108,6 +109,10 @@ def summary_html(report: dict) -> str:
                  f"<td>{s['max']:.4g}</td>{others}<td>{html.escape(METRICS[m])}</td></tr>")
     extra = "".join(f"<p>{key.upper()}: {html.escape(describe(report[key]))}</p>" for key in ("fid", "kid")
                     if key in report)
+    if "fcn_score" in report:
+        from fastpix.fcn_score import summary_html as fcn_html
+
+        extra += fcn_html(report["fcn_score"])
     return ("<table border='1' cellpadding='4'><tr><th>metric</th><th>mean</th><th>std</th><th>min</th>"
             f"<th>max</th>{head}<th></th></tr>{body}</table><p>{html.escape(report['scale'])}</p>{extra}")
 
@@ -208,7 +213,9 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
     from fastpix.train.loop import default_device
 
     device = default_device(cfg.device)
-    kept = [] if cfg.baselines or cfg.inception_weights else None
+    if (cfg.label_palette or cfg.label_dir) and not cfg.segmenter:
+        raise DataError("--label-palette / --label-dir are the FCN-score's ground truth: give --segmenter too")
+    kept = [] if cfg.baselines or cfg.inception_weights or cfg.segmenter else None
     rows = None
     if cfg.results:
         report = score_saved(cfg.results, kept)
@@ -223,6 +230,10 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
         mean_target = mean_training_target(model_cfg, data_cfg) if data_cfg.dataroot else None
         report["baselines"] = baseline_scores([(a, b) for a, _, b in kept], mean_target)
     add_fid_kid(report, kept, cfg.inception_weights, device)
+    if cfg.segmenter:
+        from fastpix.fcn_score import fcn_score
+
+        report["fcn_score"] = fcn_score(kept, [r["name"] for r in report["per_image"]], cfg, device)
     if rows is not None:
         write_results(out, f"Evaluation of {run_name} ({os.path.basename(weights)}), phase {cfg.phase}", rows,
                       report, cfg.sort)
@@ -240,6 +251,10 @@ def format_report(report: dict) -> str:
     for key in ("fid", "kid"):
         if key in report:
             lines.append(f"{key.upper()}: {describe(report[key])}")
+    if "fcn_score" in report:
+        from fastpix.fcn_score import format_lines
+
+        lines += format_lines(report["fcn_score"])
     return "\n".join(lines)
 
 
