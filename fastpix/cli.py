@@ -378,6 +378,86 @@ def cmd_bench(args):
         raise SystemExit(code)
 
 
+def cmd_study_make(args):
+    """Write a self-contained real-vs-fake study (index.html, study.json, images/) from results folders."""
+    from fastpix.config import StudyConfig
+    from fastpix.study.page import make_study
+
+    cfg = build_config(StudyConfig, vars(args))
+    study = make_study(args.results, args.out, cfg, args.names)
+    for m in study["models"]:
+        print(f"fastpix study: {m['name']}: {len(m['stems'])} image pairs from {m['source']}")
+    print(f"fastpix study: written to {args.out}; run it with: fastpix study serve {args.out}")
+
+
+def cmd_study_serve(args):
+    """Serve a study folder: observers open http://HOST:PORT/?observer=ID; each finished session is appended to
+    the answers file (fsync'ed before it is acknowledged). SIGTERM / Ctrl-C: stop and finish the submissions
+    received."""
+    from fastpix.config import StudyServeConfig
+
+    try:
+        from fastpix.study.server import create_app, run
+    except ImportError as exc:
+        raise SystemExit(f"fastpix study serve: error: {exc.name} is missing; install the server with "
+                         "pip install 'fastpix[serve]'") from exc
+    cfg = build_config(StudyServeConfig, vars(args))
+    app = create_app(args.folder, cfg)
+    print(f"fastpix study: serving {args.folder} at http://{cfg.host}:{cfg.port}/?observer=ID; answers go to "
+          f"{app.state.answers.path}", flush=True)
+    run(app, cfg.host, cfg.port)
+
+
+def cmd_study_report(args):
+    """'% judged real' per model with 95% Wilson intervals, per observer and pooled; observers who miss an
+    attention check are flagged and left out of the pooled number."""
+    from fastpix.study.answers import read_sessions
+    from fastpix.study.page import ANSWERS_FILE, load_study
+    from fastpix.study.report import build_report, format_report, write_report
+
+    study = load_study(args.folder)
+    sessions, unreadable = [], 0
+    for path in args.answers or [os.path.join(args.folder, ANSWERS_FILE)]:
+        if not os.path.isfile(path):
+            raise SystemExit(f"fastpix study report: error: {path}: no such answers file (no session saved yet?)")
+        found, bad = read_sessions(path)
+        sessions, unreadable = sessions + found, unreadable + bad
+    report = build_report(study, sessions, unreadable)
+    print(format_report(report))
+    target = args.json or os.path.join(args.folder, "report.json")
+    write_report(report, target)
+    print(f"fastpix study report: written to {target}")
+
+
+def add_study_parser(sub):
+    from fastpix.config import StudyConfig, StudyServeConfig
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("study", help="the paper's real-vs-fake perceptual study: make, serve, report")
+    study_sub = p.add_subparsers(dest="study_command", required=True, metavar="WHAT")
+    s = study_sub.add_parser("make", help="write a study folder from results folders", formatter_class=fmt,
+                             description=cmd_study_make.__doc__)
+    s.add_argument("--results", nargs="+", required=True, metavar="DIR",
+                   help="results folders (results/<name>/<phase>_<epoch>), one per model to compare (required)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the study folder to write (required)")
+    s.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                   help="one name per results folder (default: <name>/<phase>_<epoch> of each)")
+    add_config_args(s, StudyConfig, "protocol")
+    s.set_defaults(func=cmd_study_make)
+    s = study_sub.add_parser("serve", help="serve a study folder and collect the answers", formatter_class=fmt,
+                             description=cmd_study_serve.__doc__)
+    s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
+    add_config_args(s, StudyServeConfig, "server")
+    s.set_defaults(func=cmd_study_serve)
+    s = study_sub.add_parser("report", help="%% judged real per model, per observer and pooled", formatter_class=fmt,
+                             description=cmd_study_report.__doc__)
+    s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
+    s.add_argument("--answers", nargs="+", default=None, metavar="FILE",
+                   help="answers files (JSON lines; downloaded sessions too) (default: DIR/answers.jsonl)")
+    s.add_argument("--json", default=None, metavar="FILE", help="where to write the report (default: DIR/report.json)")
+    s.set_defaults(func=cmd_study_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.")
@@ -470,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", action="store_true", help="instead: per pix2pix conv layer (batch 1/16/64, bf16), "
                    "the fused Triton block vs cuDNN and which one backend triton uses (measured once, cached)")
     p.set_defaults(func=cmd_bench)
+    add_study_parser(sub)
     return parser
 
 
