@@ -30,3 +30,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
+
+# The browser tests (tests/test_study_browser.py) need Debian's chromium and chromium-driver: say how to get them.
+.PHONY: check-browser
+test: check-browser
+check-browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || echo "make test: /usr/bin/chromium or \
+	/usr/bin/chromedriver is missing, so the browser tests will skip; install them with: \
+	sudo apt-get update && sudo apt-get install -y chromium chromium-driver"

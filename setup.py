@@ -88,7 +88,9 @@ setup(
         # fastpix export --format onnx: torch.onnx's dynamo exporter needs onnx and onnxscript; onnxruntime checks
         # the exported file against PyTorch.
         "onnx": ONNX,
-        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", *SERVE, *ONNX],
+        # selenium drives the system's chromium through its chromedriver in the study's browser tests.
+        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
+                 *SERVE, *ONNX],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

@@ -107,9 +107,10 @@ def test_server_appends_valid_sessions_and_refuses_the_rest(study_dir):
         with urllib.request.urlopen(server.url + "/images/m1/x%232_fake_B.png", timeout=10) as image:
             assert image.read()[:4] == b"\x89PNG"
         assert post(server.url + "/api/answers", json.dumps(good).encode()) == (200, {"saved": True, "trials": 52})
-        for body, status, words in ((b"{not json", 400, "not JSON"), (json.dumps(wrong_study).encode(), 400, "study_id"),
-                                    (json.dumps(bad_side).encode(), 400, "answer"), (json.dumps(short).encode(), 400, "52"),
-                                    (json.dumps(foreign_stem).encode(), 400, "stem"), (b"[" * 70000, 413, "65536")):
+        refused = ((b"{not json", 400, "not JSON"), (json.dumps(wrong_study).encode(), 400, "study_id"),
+                   (json.dumps(bad_side).encode(), 400, "answer"), (json.dumps(short).encode(), 400, "52"),
+                   (json.dumps(foreign_stem).encode(), 400, "stem"), (b"[" * 70000, 413, "65536"))
+        for body, status, words in refused:
             code, answer = post(server.url + "/api/answers", body)
             assert code == status and words in answer["error"], (code, answer)
         assert post(server.url + "/api/answers", json.dumps(good).encode())[0] == 200

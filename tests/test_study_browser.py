@@ -52,7 +52,7 @@ const poll = () => {
     const left = document.getElementById("left"), right = document.getElementById("right");
     done({index: s.index, kind: s.plan[s.index].kind, left: left.getAttribute("src"),
           right: right.getAttribute("src"), hidden: getComputedStyle(left).visibility === "hidden"
-          && getComputedStyle(right).visibility === "hidden", progress: document.getElementById("progress").textContent});
+          && getComputedStyle(right).visibility === "hidden"});
   } else if (["saved", "save_failed", "offline"].includes(s.state)) {
     done({state: s.state, message: document.getElementById("end-message").textContent});
   } else setTimeout(poll, 2);

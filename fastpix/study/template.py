@@ -171,7 +171,8 @@ async function runTrial(trial, number) {
   if (practice) {
     const right = side === trial.fake_side;
     $("feedback").className = right ? "right" : "wrong";
-    $("feedback").textContent = right ? "Correct: that one was fake." : `Not quite: the fake was on the ${trial.fake_side}.`;
+    $("feedback").textContent = right ? "Correct: that one was fake."
+      : `Not quite: the fake was on the ${trial.fake_side}.`;
     setState("feedback");
     await sleep(P.feedback_ms);
   }
