@@ -133,3 +133,35 @@ def test_user_errors_name_the_flag(tmp_path, capsys):
     assert "give --segmenter" in capsys.readouterr().err
     assert main([*base, "--segmenter", str(tmp_path / "nope.pt"), "--label-dir", str(tmp_path / "labels")]) == 2
     assert "--segmenter" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_scored_on_its_input_labels_and_the_page_shows_it(tmp_path):
+    """The demo task is labels→photo: a segmenter that knows its materials' colours recognises the real photos
+    (the ceiling row) and not an untrained generator's outputs; the scores reach the results page."""
+    from fastpix.data.demo import MATERIAL_COLOUR, PALETTE, write_demo_dataset
+    from fastpix.models import define_G
+
+    class Material(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("colours", torch.tensor(MATERIAL_COLOUR) / 255)
+
+        def forward(self, x):
+            x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # the stripes averaged out: a material's mean colour
+            return -((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
+
+    data = write_demo_dataset(str(tmp_path / "data"), 32, {"val": 4})
+    torch.save(define_G(3, 3, 4, "unet_32", "batch", True).state_dict(), tmp_path / "gen.pth")
+    torch.jit.script(Material()).save(str(tmp_path / "seg.pt"))
+    (tmp_path / "p.json").write_text(json.dumps({"classes": [{"id": i, "rgb": c.tolist()}
+                                                             for i, c in enumerate(PALETTE)]}))
+    assert main(["eval", "--checkpoint", str(tmp_path / "gen.pth"), "--dataroot", data, "--netG", "unet_32",
+                 "--ngf", "4", "--load_size", "32", "--crop_size", "32", "--results_dir", str(tmp_path / "res"),
+                 "--segmenter", str(tmp_path / "seg.pt"), "--label-palette", str(tmp_path / "p.json"),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    fcn = report["fcn_score"]
+    assert fcn["n"] == 4 and fcn["ignored_pixel_fraction"] == 0
+    assert fcn["real_B"]["pixel_accuracy"] > 0.6 and fcn["fake_B"]["pixel_accuracy"] < 0.3  # 0.68, 0.09 when written
+    page = open(report["page"]).read()
+    assert f"<td>{fcn['real_B']['pixel_accuracy']:.4f}</td>" in page and "ceiling" in page
