@@ -146,6 +146,8 @@ def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
     """The FCN-score of the generated (fake_B) and the real (real_B) images of `kept` [(real_A, fake_B, real_B)]."""
     if not (cfg.label_palette or cfg.label_dir):
         raise DataError("--segmenter needs the ground truth: --label-palette FILE.json or --label-dir DIR")
+    if cfg.label_palette and cfg.label_dir:
+        raise DataError("--label-palette and --label-dir are two sources of the same ground truth: give one")
     net = load_segmenter(cfg.segmenter, device)
     labels, ignore_id, names = ground_truth(kept, stems, cfg)
     predicted, num_classes = {"fake_B": [], "real_B": []}, 1

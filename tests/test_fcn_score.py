@@ -133,6 +133,9 @@ def test_user_errors_name_the_flag(tmp_path, capsys):
     assert "give --segmenter" in capsys.readouterr().err
     assert main([*base, "--segmenter", str(tmp_path / "nope.pt"), "--label-dir", str(tmp_path / "labels")]) == 2
     assert "--segmenter" in capsys.readouterr().err
+    assert main([*base, "--segmenter", str(tmp_path / "seg.pt"), "--label-dir", str(tmp_path / "labels"),
+                 "--label-palette", str(tmp_path / "palette.json")]) == 2
+    assert "give one" in capsys.readouterr().err
 
 
 def test_a_checkpoint_is_scored_on_its_input_labels_and_the_page_shows_it(tmp_path):
