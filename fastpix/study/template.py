@@ -18,7 +18,7 @@ main { max-width: 860px; margin: 0 auto; padding: 16px; }
 #pair { display: flex; justify-content: center; gap: 32px; margin: 16px 0; position: relative; }
 .slot { display: flex; flex-direction: column; align-items: center; gap: 8px; }
 .box { width: __SIZE__px; height: __SIZE__px; background: #bbb; border: 2px solid #888; cursor: pointer; }
-.box img { width: 100%; height: 100%; display: block; visibility: hidden; }
+.box img { width: 100%; height: 100%; object-fit: contain; display: block; visibility: hidden; }
 #cross { position: absolute; top: calc(__SIZE__px / 2 - 20px); font-size: 40px; visibility: hidden; }
 button { font-size: 16px; padding: 8px 16px; cursor: pointer; }
 #prompt, #feedback { min-height: 28px; font-size: 18px; }
