@@ -15,13 +15,14 @@ PAGE = r"""<!DOCTYPE html>
 <style>
 body { font-family: sans-serif; background: #f4f4f4; color: #222; margin: 0; text-align: center; }
 main { max-width: 860px; margin: 0 auto; padding: 16px; }
-#pair { display: flex; justify-content: center; gap: 32px; margin: 16px 0; position: relative; }
+#pair { display: flex; justify-content: center; gap: 32px; margin: 8px 0; position: relative; }
 .slot { display: flex; flex-direction: column; align-items: center; gap: 8px; }
 .box { width: __SIZE__px; height: __SIZE__px; background: #bbb; border: 2px solid #888; cursor: pointer; }
 .box img { width: 100%; height: 100%; object-fit: contain; display: block; visibility: hidden; }
 #cross { position: absolute; top: calc(__SIZE__px / 2 - 20px); font-size: 40px; visibility: hidden; }
 button { font-size: 16px; padding: 8px 16px; cursor: pointer; }
-#prompt, #feedback { min-height: 28px; font-size: 18px; }
+#message { min-height: 26px; font-size: 18px; margin-top: 6px; }
+h2 { margin: 8px 0 12px; }
 #feedback.right { color: #17702b; } #feedback.wrong { color: #b00020; }
 .hidden { display: none !important; }
 #progress { color: #666; }
@@ -39,6 +40,7 @@ the <span id="n-scored"></span> that follow do not.</p>
 </section>
 <section id="run" class="hidden">
 <div id="progress"></div>
+<div id="message"><span id="prompt"></span><span id="feedback"></span></div>
 <div id="pair">
  <div class="slot"><div class="box" id="box-left"><img id="left" alt=""></div>
   <button id="answer-left" disabled>Left was fake (&larr; / F)</button></div>
@@ -46,7 +48,6 @@ the <span id="n-scored"></span> that follow do not.</p>
  <div class="slot"><div class="box" id="box-right"><img id="right" alt=""></div>
   <button id="answer-right" disabled>Right was fake (&rarr; / J)</button></div>
 </div>
-<div id="prompt"></div><div id="feedback"></div>
 </section>
 <section id="end" class="hidden"><p id="end-message"></p><button id="retry" class="hidden">Send again</button>
 <p><a id="download" class="hidden" download="answers.json">Download your answers</a></p></section>
