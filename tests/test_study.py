@@ -128,7 +128,12 @@ def test_torn_last_line_is_skipped_and_counted(study_dir, capsys):
     (study_dir / "answers.jsonl").write_text(line + "\n" + line[: len(line) // 2])
     sessions, bad = read_sessions(str(study_dir / "answers.jsonl"))
     assert len(sessions) == 1 and bad == 1
-    assert main(["study", "report", str(study_dir)]) == 0
+    downloaded = session(study, "fay", model, [True] * 40)  # a session saved from the page opened as a file
+    del downloaded["trials"][12]["answer"]
+    (study_dir / "fay.json").write_text(json.dumps(downloaded))
+    assert main(["study", "report", str(study_dir), "--answers", str(study_dir / "answers.jsonl"),
+                 str(study_dir / "fay.json")]) == 0
     out = capsys.readouterr().out
-    assert "1 unreadable lines" in out and "100.0% [91.2, 100.0] of 40 trials" in out
+    assert "1 unreadable lines" in out and "1 incomplete or malformed" in out
+    assert "100.0% [91.2, 100.0] of 40 trials" in out
     assert json.loads((study_dir / "report.json").read_text())["models"][model]["judged_real"] == 40

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 
+from fastpix.study.answers import SessionError, check_session
+
 Z95 = 1.959963984540054
 
 
@@ -61,12 +63,16 @@ def model_summary(rows: list[dict]) -> dict:
 def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict:
     """The report of every session of `study` found in `sessions` (others are counted and left out)."""
     by_model = {m["name"]: [] for m in study["models"]}
-    seen, foreign = set(), 0
+    seen, foreign, invalid = set(), 0, 0
     for session in sessions:
         if session.get("study_id") != study["study_id"] or session.get("model") not in by_model:
             foreign += 1
             continue
-        row = observer_row(session)
+        try:  # a downloaded session (the page opened from a file) never went through the server's check
+            row = observer_row(check_session(session, study))
+        except SessionError:
+            invalid += 1
+            continue
         if row["attention_missed"]:
             row["excluded"] = f"missed {row['attention_missed']} of {row['attention_checks']} attention checks"
         elif (row["observer"], row["model"]) in seen:
@@ -74,7 +80,7 @@ def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict
         seen.add((row["observer"], row["model"]))
         by_model[row["model"]].append(row)
     return {"study_id": study["study_id"], "protocol": study["protocol"], "sessions": len(sessions),
-            "other_studies": foreign, "unreadable_lines": unreadable,
+            "other_studies": foreign, "invalid_sessions": invalid, "unreadable_lines": unreadable,
             "models": {name: model_summary(rows) for name, rows in by_model.items()}}
 
 
@@ -91,9 +97,9 @@ def format_report(report: dict) -> str:
              f"practice + {p['scored_trials']} scored trials, {p['exposure_ms']} ms exposure",
              "% judged real = scored trials in which the generated image was taken for the real one "
              "(50% = at chance); [95% Wilson interval]"]
-    if report["unreadable_lines"] or report["other_studies"]:
+    if report["unreadable_lines"] or report["other_studies"] or report["invalid_sessions"]:
         lines.append(f"skipped: {report['unreadable_lines']} unreadable lines, {report['other_studies']} sessions "
-                     "of another study")
+                     f"of another study, {report['invalid_sessions']} incomplete or malformed sessions")
     for name, m in report["models"].items():
         sem = "" if m["observer_sem_pct"] is None else f" ± {m['observer_sem_pct']:.1f}"
         lines.append(f"\n{name}: pooled {fmt_pct(m['judged_real_pct'], m['ci95_pct'])} of {m['n']} trials, "
