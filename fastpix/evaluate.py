@@ -210,11 +210,11 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
     it (or score the saved images in cfg.results), add the baselines and FID/KID as asked, and write the results
     page <results_dir>/<run_name>/eval_<phase>_<epoch>/ (not for --results). Returns the report."""
     from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
+    from fastpix.fcn_score import check_options
     from fastpix.train.loop import default_device
 
+    check_options(cfg)
     device = default_device(cfg.device)
-    if (cfg.label_palette or cfg.label_dir) and not cfg.segmenter:
-        raise DataError("--label-palette / --label-dir are the FCN-score's ground truth: give --segmenter too")
     kept = [] if cfg.baselines or cfg.inception_weights or cfg.segmenter else None
     rows = None
     if cfg.results:

@@ -142,12 +142,26 @@ def ground_truth(kept: list, stems: list[str], cfg) -> tuple[list[np.ndarray], i
     return maps, 255, {}
 
 
-def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
-    """The FCN-score of the generated (fake_B) and the real (real_B) images of `kept` [(real_A, fake_B, real_B)]."""
+def check_options(cfg):
+    """The FCN-score flags of an EvalConfig, checked before anything is translated."""
+    if (cfg.label_palette or cfg.label_dir) and not cfg.segmenter:
+        raise DataError("--label-palette / --label-dir are the FCN-score's ground truth: give --segmenter too")
+    if not cfg.segmenter:
+        return
     if not (cfg.label_palette or cfg.label_dir):
         raise DataError("--segmenter needs the ground truth: --label-palette FILE.json or --label-dir DIR")
     if cfg.label_palette and cfg.label_dir:
         raise DataError("--label-palette and --label-dir are two sources of the same ground truth: give one")
+    if not os.path.isfile(cfg.segmenter):
+        raise CheckpointError(f"--segmenter {cfg.segmenter}: no such file")
+    if cfg.label_palette:
+        Palette(cfg.label_palette)
+    elif not os.path.isdir(cfg.label_dir):
+        raise DataError(f"--label-dir {cfg.label_dir}: no such folder")
+
+
+def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
+    """The FCN-score of the generated (fake_B) and the real (real_B) images of `kept` [(real_A, fake_B, real_B)]."""
     net = load_segmenter(cfg.segmenter, device)
     labels, ignore_id, names = ground_truth(kept, stems, cfg)
     predicted, num_classes = {"fake_B": [], "real_B": []}, 1
@@ -172,9 +186,7 @@ def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
     return out
 
 
-def format_lines(result) -> list[str]:
-    if isinstance(result, str):
-        return [f"FCN-score: {result}"]
+def format_lines(result: dict) -> list[str]:
     lines = [f"FCN-score ({result['n']} images, segmenter {result['segmenter']}; "
              f"{result['ignored_pixel_fraction']:.1%} of label pixels ignored)",
              f"{'':<40}{'per-pixel acc.':>16}{'per-class acc.':>16}{'class IoU':>12}"]
@@ -189,9 +201,7 @@ def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def summary_html(result) -> str:
-    if isinstance(result, str):
-        return f"<p>FCN-score: {html.escape(result)}</p>"
+def summary_html(result: dict) -> str:
     body = "".join(f"<tr><td>{html.escape(title)}</td><td>{result[row]['pixel_accuracy']:.4f}</td>"
                    f"<td>{fmt(result[row]['mean_class_accuracy'])}</td><td>{fmt(result[row]['mean_iou'])}</td></tr>"
                    for row, title in ROWS.items())
