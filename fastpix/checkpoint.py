@@ -64,15 +64,19 @@ def _create(path: str):
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
+def _write_file(path: str, data: bytes):
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes(path: str, data: bytes, needed: int | None = None, note: str = ""):
     """data to a new file at path, fsynced; ENOSPC becomes one line naming the path and the bytes needed (those
     of data, or `needed`)."""
     try:
         _create(path)
-        with open(path, "r+b") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_file(path, data)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(path)

@@ -175,8 +175,8 @@ def cmd_eval(args):
 
 def load_predictor(cfg, command: str, **options):
     """The Predictor an InferenceConfig describes; a bad checkpoint or flag ends the command with its message."""
-    from fastpix.checkpoint import CheckpointError
-    from fastpix.infer.predictor import ARCH_FIELDS, Predictor
+    from fastpix.checkpoint import ARCH_FIELDS, CheckpointError
+    from fastpix.infer.predictor import Predictor
 
     if cfg.checkpoint is None:
         raise SystemExit(f"fastpix {command}: error: --checkpoint is required (a run folder, a .safetensors or a "
