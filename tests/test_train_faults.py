@@ -211,6 +211,7 @@ def test_use_wandb_logs_scalars_and_samples(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", fake)
     train(*configs(tiny_data, tmp_path, max_iters=3, use_wandb=True, wandb_project_name="p"), progress=False)
     assert runs[0]["project"] == "p" and runs[0]["name"] == "run" and runs[-1] == "finished"
+    assert runs[0]["dir"] == str(tmp_path / "run")
     assert runs[0]["config"]["model"]["netG"] == "unet_64"
     scalars = [(step, v) for step, v in logged if "train/G_L1" in v]
     assert [step for step, _ in scalars] == [1, 2, 3] and all(v["train/G_L1"] > 0 for _, v in scalars)

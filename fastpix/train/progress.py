@@ -25,7 +25,7 @@ def sample_grid(real_A, fake_B, real_B, max_rows=4) -> Image.Image:
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
-def start_wandb(train_cfg, config: dict):
+def start_wandb(train_cfg, config: dict, folder: str):
     """A Weights & Biases run, as the reference's --use_wandb starts one; None (and one line) without wandb."""
     try:
         import wandb
@@ -33,7 +33,7 @@ def start_wandb(train_cfg, config: dict):
         print("fastpix: --use_wandb: wandb is not installed (pip install wandb); logging to metrics.jsonl, "
               "loss.png and samples/ only", file=sys.stderr)
         return None
-    return wandb.init(project=train_cfg.wandb_project_name, name=train_cfg.name, config=config)
+    return wandb.init(project=train_cfg.wandb_project_name, name=train_cfg.name, config=config, dir=folder)
 
 
 class Progress:
@@ -56,7 +56,7 @@ class Progress:
         if train_cfg.use_wandb and self.main:
             self.wandb = start_wandb(train_cfg, {"model": dataclasses.asdict(model_cfg),
                                                  "data": dataclasses.asdict(data_cfg),
-                                                 "train": dataclasses.asdict(train_cfg)})
+                                                 "train": dataclasses.asdict(train_cfg)}, run.dir)
         self.window_images, self.window_start = 0, time.perf_counter()  # throughput over the logging window
 
     def after_iteration(self, engine, batch, epoch, iteration, lr, data_time):
