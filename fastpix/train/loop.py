@@ -2,6 +2,10 @@
 
 Resume is exact because everything random is either a function of (seed, epoch, index) — the shuffle, the
 crops and flips — or saved: the torch RNG (dropout), the optimizers, and the position inside the epoch.
+
+Reading order: train (lock, one-line errors) → _train (data, models, step, start point) → run_epochs (the learning
+rate, the save after each epoch) → run_epoch (the iterations: step, progress, stop, the save cadence). What is
+logged and when lives in progress.py; how a signal stops the run in stop.py; the files in fastpix/checkpoint.py.
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ class Progress:
             self.bar = tqdm(total=planned, initial=min(iteration, planned), unit="it", dynamic_ncols=True)
         if train_cfg.tensorboard and self.main:
             from torch.utils.tensorboard import SummaryWriter  # optional: pip install tensorboard
-            self.board = SummaryWriter(run.path("tensorboard"))
+            # A resumed run writes the steps after its checkpoint again: TensorBoard drops the old ones.
+            self.board = SummaryWriter(run.path("tensorboard"), purge_step=iteration + 1 if iteration else None)
         if train_cfg.use_wandb and self.main:
             self.wandb = start_wandb(train_cfg, {"model": dataclasses.asdict(model_cfg),
                                                  "data": dataclasses.asdict(data_cfg),
