@@ -51,6 +51,11 @@ def _reason(exc: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+def _one_line(exc: Exception) -> str:
+    """A load_state_dict error (one line per mismatching key) as one line."""
+    return " ".join(str(exc).split())
+
+
 # ---- writing files -----------------------------------------------------------------------------------------------
 
 def _disk_full(path: str, needed: int, note: str = "") -> CheckpointError:
@@ -398,7 +403,7 @@ def load_into(net: torch.nn.Module, path: str, state: dict | None = None):
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit this network (check --netG/--netD/--ngf/--ndf/--norm "
-                              f"or config.json): {' '.join(str(exc).split())}") from exc
+                              f"or config.json): {_one_line(exc)}") from exc
 
 
 def load_train_state(path: str) -> dict:
@@ -519,5 +524,5 @@ def load_generator(path_or_dir, epoch: str = "latest", backend=None, **arch) -> 
         G.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights} does not fit netG={a['netG']} ngf={a['ngf']} norm={a['norm']} "
-                              f"input_nc={a['input_nc']} output_nc={a['output_nc']}: {' '.join(str(exc).split())}") from exc
+                              f"input_nc={a['input_nc']} output_nc={a['output_nc']}: {_one_line(exc)}") from exc
     return G
