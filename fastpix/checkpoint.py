@@ -90,8 +90,9 @@ def write_bytes(path: str, data: bytes, needed: int | None = None, note: str = "
         raise
 
 
-def atomic_write(path: str, write):
-    """Write through a temporary file in the same folder, then rename: readers see the old file or the new one."""
+def atomic_write(path: str, write, nbytes: int | None = None):
+    """Write through a temporary file in the same folder, then rename: readers see the old file or the new one.
+    nbytes: the size being written, for the message of a full disk (else what was written when it filled)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(4)}-{os.path.basename(path)}")
@@ -103,7 +104,7 @@ def atomic_write(path: str, write):
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(path, os.path.getsize(tmp) if os.path.exists(tmp) else 0) from exc
+            raise _disk_full(path, nbytes or (os.path.getsize(tmp) if os.path.exists(tmp) else 0)) from exc
         raise
     finally:
         if os.path.exists(tmp):
@@ -127,17 +128,12 @@ def torch_bytes(obj) -> bytes:
 
 def save_weights(path: str, net_or_state, metadata: dict | None = None):
     data = weights_bytes(net_or_state, metadata, ".pth" if path.endswith(".pth") else ".safetensors")
-    atomic_write(path, lambda tmp: write_bytes_over(tmp, data))
-
-
-def write_bytes_over(path: str, data: bytes):
-    with open(path, "r+b") as f:
-        f.write(data)
+    atomic_write(path, lambda tmp: _write_file(tmp, data), len(data))
 
 
 def save_json(path: str, obj):
     text = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    atomic_write(path, lambda tmp: write_bytes_over(tmp, text))
+    atomic_write(path, lambda tmp: _write_file(tmp, text), len(text))
 
 
 def load_json(path: str):
@@ -273,7 +269,8 @@ class RunFolder:
                 with contextlib.suppress(ValueError):
                     if json.loads(line).get("iter", 0) <= iteration:
                         kept.append(line.rstrip(b"\n") + b"\n")
-        atomic_write(path, lambda tmp: write_bytes_over(tmp, b"".join(kept)))
+        data = b"".join(kept)
+        atomic_write(path, lambda tmp: _write_file(tmp, data), len(data))
 
     def save(self, G, D, train_state: dict, tags=()):
         """latest (and each tag: an epoch, iter_<N>) weights of G and D with the train state, as one set."""
