@@ -283,8 +283,8 @@ class RunFolder:
         write_set(self.dir, files, meta)
 
     def load(self) -> tuple[dict, dict, dict]:
-        """(G state, D state, train state) of the newest complete save, verified."""
-        recover(self.dir)
+        """(G state, D state, train state) of the newest complete save, verified. Call `recover` first (in the one
+        process that writes the folder: the others of a distributed run only read it)."""
         manifest = read_manifest(self.dir)
         state = load_train_state(self.path(TRAIN_STATE))
         nets = {}
