@@ -237,3 +237,14 @@ def test_a_second_train_on_the_same_run_is_refused(tiny_data, tmp_path):
     with ckpt.RunFolder(str(tmp_path), "run").locked():
         with pytest.raises(ckpt.CheckpointError, match="is in use by another fastpix train"):
             train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
+
+
+def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):
+    old = os.umask(0o002)
+    try:
+        run = train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
+    finally:
+        os.umask(old)
+    modes = {os.path.relpath(os.path.join(folder, name), run): os.stat(os.path.join(folder, name)).st_mode & 0o777
+             for folder, _, names in os.walk(run) for name in names}
+    assert len(modes) >= 8 and set(modes.values()) == {0o664}, modes
