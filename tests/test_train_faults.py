@@ -248,3 +248,9 @@ def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):
     modes = {os.path.relpath(os.path.join(folder, name), run): os.stat(os.path.join(folder, name)).st_mode & 0o777
              for folder, _, names in os.walk(run) for name in names}
     assert len(modes) >= 8 and set(modes.values()) == {0o664}, modes
+
+
+def test_continue_train_of_a_missing_run_is_refused_and_creates_nothing(tiny_data, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="holds no checkpoint to resume and no latest_net_G"):
+        train(*configs(tiny_data, tmp_path, max_iters=2, continue_train=True), progress=False)
+    assert not os.path.exists(tmp_path / "run")

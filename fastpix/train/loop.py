@@ -97,6 +97,8 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
     """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem."""
     world, device = distributed.setup(train_cfg.device)
     run = ckpt.RunFolder(train_cfg.checkpoints_dir, train_cfg.name)
+    if not os.path.isdir(run.dir):
+        check_run_folder(run, train_cfg, overwrite)  # a --continue_train of a misspelt --name leaves no folder
     try:
         with run.locked() if world.is_main else contextlib.nullcontext():
             return _train(run, (model_cfg, data_cfg, train_cfg), world, device, overwrite, progress and world.is_main)
