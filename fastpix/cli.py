@@ -69,17 +69,6 @@ def build_config(cls, *layers: dict):
     return cls(**values)
 
 
-def saved_config(checkpoints_dir: str, name: str) -> dict:
-    """The model and data sections of a run's config.json; {} for a reference checkpoints folder."""
-    from fastpix.checkpoint import load_json
-
-    path = os.path.join(checkpoints_dir, name, "config.json")
-    if not os.path.isfile(path):
-        return {}
-    saved = load_json(path)
-    return {**saved.get("data", {}), **saved.get("model", {})}
-
-
 def demo_data_dir(size: int) -> str:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "fastpix", f"demo_{size}")
@@ -121,6 +110,7 @@ def prepare_backend(backend, device):
 
 
 def cmd_train(args):
+    from fastpix.checkpoint import saved_config
     from fastpix.train.loop import train
 
     given = apply_reference_args(vars(args))
@@ -132,7 +122,7 @@ def cmd_train(args):
         if code:
             raise SystemExit(code)
         return
-    saved = saved_config(train_cfg.checkpoints_dir, train_cfg.name) if train_cfg.continue_train else {}
+    saved = saved_config(os.path.join(train_cfg.checkpoints_dir, train_cfg.name)) if train_cfg.continue_train else {}
     model_cfg = build_config(ModelConfig, saved, given)
     data_cfg = build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None:
@@ -144,11 +134,12 @@ def cmd_train(args):
 
 
 def cmd_test(args):
+    from fastpix.checkpoint import saved_config
     from fastpix.infer.protocol import run_test
 
     given = apply_reference_args(vars(args))
     test_cfg = build_config(TestConfig, given)
-    saved = saved_config(test_cfg.checkpoints_dir, test_cfg.name)
+    saved = saved_config(os.path.join(test_cfg.checkpoints_dir, test_cfg.name))
     model_cfg = build_config(ModelConfig, saved, given)
     data_cfg = build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None:
@@ -160,7 +151,7 @@ def cmd_test(args):
 def cmd_eval(args):
     """Score a checkpoint on a split (or saved results): L1, PSNR, SSIM, sharpness; optional baselines, FID/KID."""
     from fastpix import evaluate
-    from fastpix.infer.protocol import find_generator_weights
+    from fastpix.checkpoint import find_generator_weights, saved_config
 
     given = apply_reference_args(vars(args))
     cfg = build_config(EvalConfig, given)
@@ -169,7 +160,7 @@ def cmd_eval(args):
     else:
         run_dir, weights = find_generator_weights(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.epoch)
     run_dir = os.path.normpath(run_dir)
-    saved = saved_config(*os.path.split(run_dir))
+    saved = saved_config(run_dir)
     model_cfg, data_cfg = build_config(ModelConfig, saved, given), build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None and not cfg.results:
         raise SystemExit("fastpix eval: --dataroot is required (the run's config.json does not name one)")
@@ -184,8 +175,8 @@ def cmd_eval(args):
 
 def load_predictor(cfg, command: str, **options):
     """The Predictor an InferenceConfig describes; a bad checkpoint or flag ends the command with its message."""
-    from fastpix.checkpoint import CheckpointError
-    from fastpix.infer.predictor import ARCH_FIELDS, Predictor
+    from fastpix.checkpoint import ARCH_FIELDS, CheckpointError
+    from fastpix.infer.predictor import Predictor
 
     if cfg.checkpoint is None:
         raise SystemExit(f"fastpix {command}: error: --checkpoint is required (a run folder, a .safetensors or a "
@@ -282,20 +273,12 @@ def cmd_demo(args):
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
 
 
-def export_source(args) -> str:
-    if args.checkpoint:
-        return args.checkpoint
-    if args.name:
-        return os.path.join(args.checkpoints_dir, args.name)
-    raise SystemExit("fastpix export: error: give --name (a run under --checkpoints-dir) or --checkpoint")
-
-
 def cmd_export_onnx(args):
     from fastpix.checkpoint import CheckpointError
     from fastpix.export import check_onnx, export_onnx, size_multiple
-    from fastpix.infer.predictor import load_generator
+    from fastpix.checkpoint import load_generator, run_source
 
-    source = export_source(args)
+    source = run_source(args.checkpoint, args.checkpoints_dir, args.name)
     stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{args.epoch}_net_G"
     target = os.path.join(args.out, f"{stem}.onnx")
     try:
@@ -323,7 +306,7 @@ def cmd_export(args):
 
     if args.format == "onnx":
         return cmd_export_onnx(args)
-    run_dir = export_source(args)
+    run_dir = ckpt.run_source(args.checkpoint, args.checkpoints_dir, args.name)
     os.makedirs(args.out, exist_ok=True)
     if os.path.isfile(run_dir):
         target = os.path.join(args.out, os.path.splitext(os.path.basename(run_dir))[0] + ".pth")

@@ -94,6 +94,14 @@ class TrainConfig:
     print_freq: int = opt(100, "write losses to metrics.jsonl every this many iterations")
     display_freq: int = opt(400, "save a sample grid (A, G(A), B) and the loss plot every this many iterations")
     tensorboard: bool = opt(False, "also log scalars and sample grids for TensorBoard (pip install tensorboard)")
+    serial_batches: bool = opt(False, "take the images in order, without shuffling")
+    save_by_iter: bool = opt(False, "also save iter_<N>_net_{G,D}.safetensors at every --save_latest_freq "
+                             "iterations")
+    epoch: str = opt("latest", "which weights --continue_train loads: latest (an exact resume when the train state "
+                     "is there) or an epoch number (fresh optimizers, from --epoch_count)")
+    load_iter: int = opt(0, "with --continue_train, load iter_<load_iter>_net_* instead of --epoch (0: use --epoch)")
+    use_wandb: bool = opt(False, "also log to Weights & Biases (pip install wandb)")
+    wandb_project_name: str = opt("CycleGAN-and-pix2pix", "Weights & Biases project of --use_wandb")
 
 
 @dataclass

@@ -9,6 +9,8 @@ import json
 
 from PIL import Image, ImageDraw
 
+from fastpix.checkpoint import atomic_write
+
 PANEL_W, PANEL_H, MARGIN = 360, 200, 40
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
 
@@ -17,7 +19,10 @@ def read_series(metrics_jsonl: str, names) -> tuple[list[int], dict]:
     iters, series = [], {n: [] for n in names}
     with open(metrics_jsonl) as f:
         for line in f:
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                continue
             if all(n in rec for n in names):
                 iters.append(rec["iter"])
                 for n in names:
@@ -53,4 +58,4 @@ def write_loss_plot(metrics_jsonl: str, png_path: str, names=("G_GAN", "G_L1", "
         x0, y0 = MARGIN + c * (PANEL_W + MARGIN), MARGIN + r * (PANEL_H + MARGIN)
         plot_panel(draw, (x0, y0, x0 + PANEL_W, y0 + PANEL_H), iters, series[name], f"{name} vs iteration",
                    COLOURS[k % len(COLOURS)])
-    img.save(png_path)
+    atomic_write(png_path, lambda tmp: img.save(tmp, format="PNG"))  # never a truncated loss.png

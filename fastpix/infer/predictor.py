@@ -25,111 +25,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fastpix import checkpoint as ckpt
+from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.transforms import BICUBIC, to_image_array, to_tensor
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
-from fastpix.models import define_G
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 from fastpix.train.loop import default_device, resolve_precision
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ARCH_FIELDS = ("netG", "ngf", "norm", "input_nc", "output_nc", "no_dropout")
-REQUIRED_ARCH = ("netG", "ngf", "norm", "input_nc", "output_nc")
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-# ---- architecture of a bare weights file -----------------------------------------------------------------------------
-
-def _unet_depth(state: dict) -> int:
-    """num_downs: the deepest block, following 'model.model.1.model.' then 'model.3.model.' down the keys."""
-    depth = 1
-    for key in state:
-        parts = key.split(".")[2:]
-        level, i = 1, 0
-        while i + 1 < len(parts) and parts[i] == ("1" if level == 1 else "3") and parts[i + 1] == "model":
-            level, i = level + 1, i + 2
-        depth = max(depth, level)
-    return depth
-
-
-def infer_architecture(state: dict) -> dict:
-    """What the keys and shapes of a generator state_dict tell: netG, ngf, norm, input_nc, output_nc (those found),
-    and no_dropout for a ResNet (a U-Net's Dropout leaves no trace in its keys)."""
-    found = {}
-    first = state.get("model.model.0.weight")
-    resnet_first = state.get("model.1.weight")
-    if first is not None and first.dim() == 4:
-        found.update(ngf=first.shape[0], input_nc=first.shape[1], netG=f"unet_{2 ** _unet_depth(state)}")
-        if "model.model.3.weight" in state:
-            found["output_nc"] = state["model.model.3.weight"].shape[1]  # ConvTranspose2d: [in, out, k, k]
-        first_bias = "model.model.0.bias"
-    elif (resnet_first is not None and resnet_first.dim() == 4 and tuple(resnet_first.shape[-2:]) == (7, 7)
-          and any(".conv_block." in k for k in state)):
-        found.update(ngf=resnet_first.shape[0], input_nc=resnet_first.shape[1])
-        n_blocks = len({k.split(".")[1] for k in state if ".conv_block." in k})
-        if n_blocks in (6, 9):
-            found["netG"] = f"resnet_{n_blocks}blocks"
-        # A block's Dropout (no weights) shifts its second conv from index 5 to 6: here dropout does show.
-        found["no_dropout"] = not any(k.endswith(".conv_block.6.weight") and state[k].dim() == 4 for k in state)
-        top_convs = [k for k in state if k.count(".") == 2 and k.endswith(".weight") and state[k].dim() == 4]
-        found["output_nc"] = state[max(top_convs, key=lambda k: int(k.split(".")[1]))].shape[0]
-        first_bias = "model.1.bias"
-    else:
-        return found
-    # The reference gives convs a bias only under InstanceNorm (conv_has_bias), and BatchNorm brings running stats.
-    if any(k.endswith("running_mean") for k in state):
-        found["norm"] = "batch"
-    else:
-        found["norm"] = "instance" if first_bias in state else "none"
-    return found
-
-
-def _locate(path_or_dir: str, epoch: str):
-    """(weights file, the run's config.json model section or None)."""
-    path = os.fspath(path_or_dir)
-    if os.path.isdir(path):
-        weights, run_dir = ckpt.find_weights(path, epoch, "G"), path
-    elif os.path.isfile(path):
-        weights, run_dir = path, os.path.dirname(os.path.abspath(path))
-    else:
-        raise ckpt.CheckpointError(f"{path}: no such checkpoint file or run folder")
-    config_path = os.path.join(run_dir, "config.json")
-    config = ckpt.load_json(config_path).get("model") if os.path.isfile(config_path) else None
-    return weights, config
-
-
-def resolve_architecture(state: dict, config: dict | None, given: dict, source: str) -> dict:
-    """config.json's model section (or what the keys tell), overridden by the keyword arguments."""
-    unknown = sorted(set(given) - set(ARCH_FIELDS))
-    if unknown:
-        raise TypeError(f"unknown architecture arguments {unknown}; accepted: {', '.join(ARCH_FIELDS)}")
-    values = {"no_dropout": False}  # the reference's pix2pix default; Dropout has no weights to tell
-    values.update({k: v for k, v in (config or infer_architecture(state)).items() if k in ARCH_FIELDS})
-    values.update({k: v for k, v in given.items() if v is not None})
-    missing = [k for k in REQUIRED_ARCH if values.get(k) is None]
-    if missing:
-        raise ValueError(f"{source}: cannot infer {', '.join(missing)} from the checkpoint's keys and shapes; pass "
-                         f"{', '.join(f'{k}=...' for k in missing)} (e.g. netG='unet_256', ngf=64, norm='batch', "
-                         "input_nc=3, output_nc=3)")
-    return values
-
-
-def load_generator(path_or_dir, epoch: str = "latest", backend=None, **arch) -> nn.Module:
-    """The generator of a run folder (config.json + <epoch>_net_G.*) or a weights file (.safetensors / reference
-    .pth). Architecture: the run's config.json, else inferred from the keys and shapes; keyword arguments (netG,
-    ngf, norm, input_nc, output_nc, no_dropout) override both."""
-    weights, config = _locate(path_or_dir, epoch)
-    state = ckpt.load_weights(weights)
-    a = resolve_architecture(state, config, arch, weights)
-    G = define_G(a["input_nc"], a["output_nc"], a["ngf"], a["netG"], a["norm"], not a["no_dropout"],
-                 backend=backend)
-    try:
-        G.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ckpt.CheckpointError(f"{weights} does not fit netG={a['netG']} ngf={a['ngf']} norm={a['norm']} "
-                                   f"input_nc={a['input_nc']} output_nc={a['output_nc']}: {exc}") from exc
-    return G
 
 
 # ---- padding and conversion ------------------------------------------------------------------------------------------

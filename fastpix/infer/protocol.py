@@ -13,32 +13,12 @@ import torch
 
 from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset
-from fastpix.models import define_G
 from fastpix.train.loop import default_device
 
 
-def find_generator_weights(checkpoint, checkpoints_dir, name, epoch="latest") -> tuple[str, str]:
-    """(run folder, generator weights file). `checkpoint` (--checkpoint) is a run folder or a weights file;
-    without it the run is <checkpoints_dir>/<name> and the file <epoch>_net_G.{safetensors,pth} in it."""
-    if checkpoint is None:
-        run_dir = os.path.join(checkpoints_dir, name)
-        return run_dir, ckpt.find_weights(run_dir, epoch, "G")
-    if os.path.isdir(checkpoint):
-        return checkpoint, ckpt.find_weights(checkpoint, epoch, "G")
-    if os.path.isfile(checkpoint):
-        return os.path.dirname(os.path.abspath(checkpoint)), checkpoint
-    raise ckpt.CheckpointError(f"--checkpoint {checkpoint}: no such run folder or generator weights file")
-
-
 def build_generator(model_cfg, weights: str, device=None):
-    G = define_G(model_cfg.input_nc, model_cfg.output_nc, model_cfg.ngf, model_cfg.netG, model_cfg.norm,
-                 not model_cfg.no_dropout, model_cfg.init_type, model_cfg.init_gain, model_cfg.backend)
-    ckpt.load_into(G, weights)
-    return G.to(default_device(device))
-
-
-def load_generator(model_cfg, checkpoints_dir, name, epoch="latest", device=None):
-    return build_generator(model_cfg, find_generator_weights(None, checkpoints_dir, name, epoch)[1], device)
+    arch = {k: getattr(model_cfg, k) for k in ckpt.ARCH_FIELDS}
+    return ckpt.load_generator(weights, backend=model_cfg.backend, **arch).to(default_device(device))
 
 
 def protocol_name(eval_mode: bool, seed: int) -> str:
@@ -71,7 +51,8 @@ def run_test(model_cfg, data_cfg, test_cfg) -> str:
     from fastpix.evaluate import score_and_write
 
     device = default_device(test_cfg.device)
-    G = load_generator(model_cfg, test_cfg.checkpoints_dir, test_cfg.name, test_cfg.epoch, device)
+    G = build_generator(model_cfg, ckpt.find_weights(os.path.join(test_cfg.checkpoints_dir, test_cfg.name),
+                                                     test_cfg.epoch, "G"), device)
     dataset = protocol_dataset(model_cfg, data_cfg, test_cfg.phase)
     out = os.path.join(test_cfg.results_dir, test_cfg.name, f"{test_cfg.phase}_{test_cfg.epoch}")
     items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device)

@@ -1,0 +1,139 @@
+"""The run folder (fastpix/checkpoint.py): sets committed by a manifest, recovery, full disks, the lock, file modes and
+one-line errors for damaged or foreign files."""
+import argparse
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastpix import checkpoint as ckpt
+
+
+def write_set(run_dir, iteration, value):
+    files = {"latest_net_G.safetensors": ckpt.weights_bytes({"w": torch.full((4,), float(value))},
+                                                              {"iteration": iteration}),
+             ckpt.TRAIN_STATE: ckpt.torch_bytes({"iteration": iteration})}
+    ckpt.write_set(str(run_dir), files, {"iteration": iteration, "epoch": 1, "position": 0})
+
+
+def g_value(run_dir):
+    return float(ckpt.load_weights(f"{run_dir}/latest_net_G.safetensors")["w"][0])
+
+
+class Killed(BaseException):
+    """Stands for a kill: no handler of the code under test catches it."""
+
+
+def test_a_save_cut_before_its_commit_leaves_the_previous_set(tmp_path, monkeypatch):
+    write_set(tmp_path, 1, 1.0)
+    real = ckpt._write_file
+    monkeypatch.setattr(ckpt, "_write_file", lambda path, data: (_ for _ in ()).throw(Killed())
+                        if path.endswith(ckpt.TRAIN_STATE) else real(path, data))
+    with pytest.raises(Killed):
+        write_set(tmp_path, 2, 2.0)
+    assert ckpt.read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
+    ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+
+
+def test_a_save_cut_among_its_renames_is_finished_by_recover(tmp_path, monkeypatch):
+    write_set(tmp_path, 1, 1.0)
+    real = os.replace
+
+    def one_rename_then_killed(src, dst):
+        if dst.endswith(ckpt.TRAIN_STATE):
+            raise Killed()
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", one_rename_then_killed)
+    with pytest.raises(Killed):
+        write_set(tmp_path, 2, 2.0)
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    assert torch.load(tmp_path / ckpt.TRAIN_STATE)["iteration"] == 1  # torn: G is new, the state old
+    open(tmp_path / ".tmp-ab12-config.json", "w").close()  # a stale temporary of some other write
+    ckpt.recover(str(tmp_path))
+    assert torch.load(tmp_path / ckpt.TRAIN_STATE)["iteration"] == 2 and g_value(tmp_path) == 2.0
+    ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_a_file_changed_after_its_save_is_refused(tmp_path):
+    write_set(tmp_path, 1, 1.0)
+    ckpt.save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
+    with pytest.raises(ckpt.CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch):
+    write_set(tmp_path, 1, 1.0)
+
+    def no_space(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_file", no_space)
+    with pytest.raises(ckpt.CheckpointError, match=r"\.tmp-2-latest_net_G.safetensors: no space left on the "
+                                                   r"device \(the write needs [\d,]+ bytes") as info:
+        write_set(tmp_path, 2, 2.0)
+    assert "\n" not in str(info.value) and "previous checkpoint" in str(info.value)
+    monkeypatch.undo()
+    assert ckpt.read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    # where the free space already tells, nothing is written at all
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: argparse.Namespace(free=10, total=10, used=0))
+    with pytest.raises(ckpt.CheckpointError, match="needs [\\d,]+ bytes, 10 are free"):
+        write_set(tmp_path, 3, 3.0)
+
+
+def test_files_get_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_set(tmp_path, 1, 1.0)
+        ckpt.save_json(str(tmp_path / "config.json"), {})
+    finally:
+        os.umask(old)
+    for name in ("latest_net_G.safetensors", ckpt.TRAIN_STATE, ckpt.MANIFEST, "config.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640, name
+
+
+def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
+    run = ckpt.RunFolder(str(tmp_path), "run")
+    with run.locked():
+        with pytest.raises(ckpt.CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"):
+            with ckpt.RunFolder(str(tmp_path), "run").locked():
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({run.path('.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    with pytest.raises(ckpt.CheckpointError, match="in use"):
+        with run.locked():
+            pass
+    holder.kill()
+    holder.wait()
+    with run.locked():  # the kernel released the dead process's lock
+        pass
+
+
+def test_damaged_or_foreign_files_give_one_line_naming_them(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": {"netG": ')
+    with pytest.raises(ckpt.CheckpointError, match="config.json: not valid JSON"):
+        ckpt.saved_config(str(tmp_path))
+    (tmp_path / "config.json").write_text('["model"]')
+    with pytest.raises(ckpt.CheckpointError, match="config.json: not a fastpix run configuration"):
+        ckpt.saved_config(str(tmp_path))
+    torch.save({"weights": [1, 2]}, tmp_path / ckpt.TRAIN_STATE)
+    with pytest.raises(ckpt.CheckpointError, match="not a fastpix train state \\(no epoch, position, iteration"):
+        ckpt.load_train_state(str(tmp_path / ckpt.TRAIN_STATE))
+    torch.save(argparse.Namespace(a=1), tmp_path / "g.pth")  # a pickle of an object: never unpickled
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_weights(str(tmp_path / "g.pth"))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/g.pth: cannot read checkpoint") and "\n" not in message
+    assert "weights_only=False" not in message and "pickled Python objects" in message
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"files": 3}))
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint.json: not a fastpix checkpoint manifest"):
+        ckpt.read_manifest(str(tmp_path))
