@@ -68,14 +68,14 @@ def _channels(mode: str) -> int:
         raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}") from None
 
 
-def _source(path_or_bytes):
-    """(what the native decoder takes, the name errors use)."""
+def _source(path_or_bytes, name=None):
+    """(what the native decoder takes, the name errors use: the path, else `name`, else "<bytes>")."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return path_or_bytes, "<bytes>"
+        return path_or_bytes, name or "<bytes>"
     path = os.fspath(path_or_bytes)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    return path, path
+    return path, name or path
 
 
 def _limit(max_pixels):
@@ -116,7 +116,7 @@ def _pil_open(src, name, max_pixels) -> Image.Image:
     except FileNotFoundError:
         raise DecodeError(f"{name}: no such file (or a link to a missing file)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
-        raise DecodeError(f"{name}: not an image in any format PIL reads ({type(exc).__name__}: {exc})") from None
+        raise DecodeError(f"{name}: not an image in any format PIL reads ({type(exc).__name__})") from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -158,17 +158,19 @@ def _pil_pair(src, name, mode_a, mode_b, size, draft, max_pixels):
 
 # ---------------------------------------------------------------------------------------------------- public API
 
-def image_size(path_or_bytes, *, max_pixels: int | None = None) -> tuple[int, int]:
+def image_size(path_or_bytes, *, max_pixels: int | None = None, name: str | None = None) -> tuple[int, int]:
     """(width, height) from the image's header alone (no pixel is decoded); DecodeError when no format is
-    recognised, ImageTooLarge over max_pixels (default MAX_PIXELS)."""
-    src, name = _source(path_or_bytes)
+    recognised, ImageTooLarge over max_pixels (default MAX_PIXELS). name: what errors call the source."""
+    src, name = _source(path_or_bytes, name)
     with _pil_open(src, name, _limit(max_pixels)) as im:
         return im.size
 
-def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode a whole image to a uint8 H×W×C array (C = 3 for "RGB", 1 for "L"), as PIL's convert(mode)."""
+def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None,
+                 name: str | None = None) -> np.ndarray:
+    """Decode a whole image to a uint8 H×W×C array (C = 3 for "RGB", 1 for "L"), as PIL's convert(mode).
+    name: what errors call the source (default: its path, or "<bytes>")."""
     c = _channels(mode)
-    src, name = _source(path_or_bytes)
+    src, name = _source(path_or_bytes, name)
     limit = _limit(max_pixels)
     if _native is not None:
         try:

@@ -113,20 +113,20 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
     if not data:
         raise RequestError(400, "the request holds no image data")
     try:
-        w, h = image_size(data, max_pixels=max_pixels)
+        w, h = image_size(data, max_pixels=max_pixels, name="the image")
     except ImageTooLarge as exc:
         raise RequestError(413, f"image too large: {exc}") from None
-    except DecodeError as exc:  # whatever the bytes are, the client sent no image
+    except DecodeError:  # whatever the bytes are, the client sent no image
         raise RequestError(400, f"not an image: {len(data)} bytes in no format PIL reads (PNG, JPEG, BMP, TIFF, "
-                                f"WebP …) ({exc})") from None
+                                "WebP …)") from None
     ph, pw = padded_size(h, w, multiple)
     if ph * pw > max_pixels:
         raise RequestError(413, f"image is {w}x{h} = {w * h} pixels, which the generator pads to {pw}x{ph} = "
                                 f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
     try:
-        array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h)
+        array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name=f"the {w}x{h} image")
     except DecodeError as exc:  # truncated or corrupt pixel data
-        raise RequestError(400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): {exc}") from None
+        raise RequestError(400, f"{exc} (it cannot be decoded: corrupt or truncated?)") from None
     return torch.from_numpy(array).permute(2, 0, 1), ph * pw
 
 
