@@ -7,10 +7,14 @@
     GET  /readyz         200 once warm-up (and, on CUDA, graph capture) is done
     GET  /metrics        Prometheus text: requests by status, queue depth, batch sizes, latency histogram
 
-Errors answer JSON {"error": "..."}: not an image or a malformed request 400, unsupported Content-Type 415, over
-max_bytes or max_pixels 413, queue full 503 with Retry-After, no answer within timeout_s 504. Decoding and encoding
-run in the request threads; only the forward pass runs in the worker. Shutdown (SIGTERM / Ctrl-C) stops accepting
-connections, answers every request already received, then ends the worker.
+Errors answer JSON {"error": "..."}: not an image or a malformed request 400, unsupported Content-Type 415, a body
+over max_bytes 413, an image whose size padded to the generator's multiple is over max_pixels 413 (read from the
+header, before any pixel is decoded), queue full (max_queue requests or max_queue_pixels padded pixels waiting) 503
+with Retry-After, no answer within timeout_s 504. Decoding and encoding run in the request threads (at most
+DECODE_SLOTS decodes at once); only the forward pass runs in the worker, and one forward pass computes at most
+max_pixels padded pixels whatever its batch, so the worker is never held longer than one such pass; a request that
+timed out is dropped before its batch runs. Shutdown (SIGTERM / Ctrl-C) stops accepting connections, answers every
+request already received, then ends the worker.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import binascii
 import contextlib
 import io
 import json
+import os
 import secrets
 import threading
 import time
@@ -34,6 +39,7 @@ from fastpix.infer.batcher import Batcher, QueueFull
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 RETRY_AFTER_S = 1
+DECODE_SLOTS = max(1, min(8, os.cpu_count() or 1))  # request images decoded at once
 
 
 class RequestError(Exception):
@@ -227,6 +233,12 @@ def create_app(predictor, cfg=None):
     batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
                       max_batch_pixels=cfg.max_pixels, max_queue_pixels=max(cfg.max_queue_pixels, cfg.max_pixels))
     metrics = Metrics(batcher.queue.qsize)
+    # Decoding is CPU-bound: more decodes at once than cores gain nothing and each holds up to 3 × max_pixels bytes.
+    decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+    def decode(data):
+        with decode_slots:
+            return decode_request_image(data, predictor.input_nc, predictor.multiple, cfg.max_pixels)
     batcher.on_batch = metrics.batch
 
     @contextlib.asynccontextmanager
@@ -246,8 +258,7 @@ def create_app(predictor, cfg=None):
             return error(503, batcher.error)
         body = await read_body(request, cfg.max_bytes)
         data, seed = await image_and_seed(request, body)
-        image, pixels = await run_in_threadpool(decode_request_image, data, predictor.input_nc, predictor.multiple,
-                                                cfg.max_pixels)
+        image, pixels = await run_in_threadpool(decode, data)
         if predictor.dropout and seed is None:
             seed = secrets.randbits(63)  # picked here, so that the answer can name it
         remaining = cfg.timeout_s - (time.perf_counter() - started)
