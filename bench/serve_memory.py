@@ -23,8 +23,9 @@ def main(side: int, netG: str = "unet_256", ngf: int = 64):
     predictor(image, output_type="np")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{netG} ngf {ngf} {side}x{side}: model and runtime {base / 1024:.0f} MiB, forward +{(peak - base) / 1024:.0f}"
-          f" MiB ({(peak - base) * 1024 / side ** 2:.0f} B per padded pixel), {seconds:.1f} s")
+    grown = peak - base
+    print(f"{netG} ngf {ngf} {side}x{side}: model and runtime {base / 1024:.0f} MiB, forward +{grown / 1024:.0f} MiB "
+          f"({grown * 1024 / side ** 2:.0f} B per padded pixel), {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ class ServeConfig(InferenceConfig):
     max_pixels: int = opt(4096 * 4096, "largest image accepted, in pixels after padding to the generator's "
                           "multiple (bigger: 413); also the most padded pixels one forward pass computes")
     max_queue_pixels: int = opt(4 * 4096 * 4096, "padded pixels of the requests waiting, at most (beyond: 503 with "
-                                "Retry-After; at least max_pixels)")
+                                "Retry-After; an empty queue admits any one request)")
     graph_size: int = opt(256, "CUDA only: images that pad to graph_size x graph_size run as CUDA graphs, one per "
                           "batch bucket, captured before /readyz reports ready (0: no graphs)")
 

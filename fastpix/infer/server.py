@@ -39,7 +39,9 @@ from fastpix.infer.batcher import Batcher, QueueFull
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 RETRY_AFTER_S = 1
-DECODE_SLOTS = max(1, min(8, os.cpu_count() or 1))  # request images decoded at once
+DECODE_SLOTS = max(1, min(8, os.cpu_count() or 1))  # request images decoded at once, in this process
+# Decoding is CPU-bound: more decodes at once than cores gain nothing, and each holds up to 3 × max_pixels bytes.
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 class RequestError(Exception):
@@ -130,7 +132,8 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
         raise RequestError(413, f"image is {w}x{h} = {w * h} pixels, which the generator pads to {pw}x{ph} = "
                                 f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
     try:
-        array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name=f"the {w}x{h} image")
+        with _decode_slots:
+            array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name=f"the {w}x{h} image")
     except DecodeError as exc:  # truncated or corrupt pixel data
         raise RequestError(400, f"{exc} (it cannot be decoded: corrupt or truncated?)") from None
     return torch.from_numpy(array).permute(2, 0, 1), ph * pw
@@ -228,17 +231,9 @@ def create_app(predictor, cfg=None):
         raise ValueError("norm_mode 'batch' makes a request's output depend on the other requests in its batch; "
                          "serve with norm_mode 'instance' (the paper's protocol at batch 1) or 'running'")
     warmup = (cfg.graph_size, cfg.graph_size) if cfg.graph_size else None
-    # One forward pass computes at most max_pixels padded pixels, whatever its batch: the worker is never held
-    # longer than one such pass, and a timed-out request is dropped before its batch runs.
     batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
-                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=max(cfg.max_queue_pixels, cfg.max_pixels))
+                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)  # see the module doc
     metrics = Metrics(batcher.queue.qsize)
-    # Decoding is CPU-bound: more decodes at once than cores gain nothing and each holds up to 3 × max_pixels bytes.
-    decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-
-    def decode(data):
-        with decode_slots:
-            return decode_request_image(data, predictor.input_nc, predictor.multiple, cfg.max_pixels)
     batcher.on_batch = metrics.batch
 
     @contextlib.asynccontextmanager
@@ -258,7 +253,8 @@ def create_app(predictor, cfg=None):
             return error(503, batcher.error)
         body = await read_body(request, cfg.max_bytes)
         data, seed = await image_and_seed(request, body)
-        image, pixels = await run_in_threadpool(decode, data)
+        image, pixels = await run_in_threadpool(decode_request_image, data, predictor.input_nc, predictor.multiple,
+                                                cfg.max_pixels)
         if predictor.dropout and seed is None:
             seed = secrets.randbits(63)  # picked here, so that the answer can name it
         remaining = cfg.timeout_s - (time.perf_counter() - started)
