@@ -133,7 +133,7 @@ def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
                 im.draft("RGB", draft_size)
             return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
-        raise DecodeError(f"{name}: cannot be decoded (corrupt or truncated?): {exc}") from exc
+        raise DecodeError(f"{name}: {exc}") from exc
 
 
 def _pil_half(img: Image.Image, box, mode, size) -> np.ndarray:

@@ -27,8 +27,8 @@ from PIL import Image
 from fastpix import checkpoint as ckpt
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
-from fastpix.infer.requests import ImageRequest
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
+from fastpix.infer.requests import ImageRequest
 from fastpix.models import define_G
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator

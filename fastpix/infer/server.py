@@ -133,9 +133,10 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
                                 f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
     try:
         with _decode_slots:
-            array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name=f"the {w}x{h} image")
+            array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name="image")
     except DecodeError as exc:  # truncated or corrupt pixel data
-        raise RequestError(400, f"{exc} (it cannot be decoded: corrupt or truncated?)") from None
+        raise RequestError(400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): "
+                                f"{str(exc).removeprefix('image: ')}") from None
     return torch.from_numpy(array).permute(2, 0, 1), ph * pw
 
 
