@@ -181,6 +181,8 @@ def load_input(item, input_nc: int, resize=None):
         if item.dim() != 3 or item.shape[0] != input_nc:
             raise ValueError(f"uint8 tensor images must be CHW with {input_nc} channels; got shape "
                              f"{tuple(item.shape)} (pass a batch as a list)")
+        if resize is None:
+            return item.detach(), tuple(item.shape[-2:])
         item = item.detach().cpu().permute(1, 2, 0).numpy()
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
