@@ -84,7 +84,8 @@ def test_a_bomb_in_a_split_is_named_or_skipped_on_every_pipeline(tmp_path):
     assert cache.bad == {2}
 
 
-def test_a_dangling_link_is_named_or_skipped_on_the_default_cache_path(tmp_path):
+def test_a_dangling_link_is_named_or_skipped_on_the_default_cache_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # should the default cache move to the user's cache
     root = split_of(tmp_path)
     os.symlink(str(tmp_path / "nowhere.png"), tmp_path / "data" / "train" / "9_link.png")
     with pytest.raises(DataError, match="9_link.png"):
