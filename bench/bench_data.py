@@ -6,7 +6,6 @@
 Each benchmark processes one batch of aligned A|B JPEGs and records pairs/s in extra_info; benchmarks on the same
 source size share a group so the PIL reference chain and the decoder variants sit side by side.
 """
-import io
 import os
 import resource
 import threading

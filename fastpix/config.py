@@ -202,7 +202,10 @@ class ServeConfig(InferenceConfig):
     max_queue: int = opt(256, "requests waiting beyond this many are refused with 503 and Retry-After")
     timeout_s: float = opt(30.0, "a request not answered within this many seconds gets 504")
     max_bytes: int = opt(20 * 2 ** 20, "largest request body accepted (bigger: 413)")
-    max_pixels: int = opt(4096 * 4096, "largest image accepted, in pixels (bigger: 413)")
+    max_pixels: int = opt(4096 * 4096, "largest image accepted, in pixels after padding to the generator's "
+                          "multiple (bigger: 413); also the most padded pixels one forward pass computes")
+    max_queue_pixels: int = opt(4 * 4096 * 4096, "padded pixels of the requests waiting, at most (beyond: 503 with "
+                                "Retry-After; an empty queue admits any one request)")
     graph_size: int = opt(256, "CUDA only: images that pad to graph_size x graph_size run as CUDA graphs, one per "
                           "batch bucket, captured before /readyz reports ready (0: no graphs)")
 

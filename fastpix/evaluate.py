@@ -136,14 +136,14 @@ def saved_images(folder: str) -> tuple[list[str], str]:
 
 
 def load_saved(folder: str, stem: str, label: str, required: bool = True) -> np.ndarray | None:
-    from PIL import Image
+    from fastpix.data.decode import decode_image
 
     path = os.path.join(folder, "images", f"{stem}_{label}.png")
     if not os.path.isfile(path):
         if required:
             raise DataError(f"{path}: missing (--results {folder})")
         return None
-    return np.asarray(Image.open(path).convert("RGB"))
+    return decode_image(path, "RGB")
 
 
 def score_saved(folder: str, kept: list | None = None) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import quote
 
 from PIL import Image
 
@@ -11,17 +12,27 @@ def save_png(array, path):
     Image.fromarray(array).save(path)
 
 
+def _text(s: str) -> str:
+    """s for the page: bytes of a file name that are not UTF-8 (kept by Python as surrogates) shown as U+FFFD."""
+    return html.escape(os.fsencode(s).decode("utf-8", "replace") if isinstance(s, str) else str(s))
+
+
+def _href(src: str) -> str:
+    """A link to the file src names, byte for byte, whatever its encoding: percent-encoded."""
+    return html.escape(quote(os.fsencode(src)))
+
+
 def write_index(folder: str, title: str, rows: list[tuple[str, list[tuple[str, str]]]], width: int = 256,
                 header_html: str = ""):
     """rows: (heading, [(label, image file relative to folder), ...]); one heading and one row of images each."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-             f"<h1>{html.escape(title)}</h1>", header_html]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_text(title)}</title></head><body>",
+             f"<h1>{_text(title)}</h1>", header_html]
     for heading, images in rows:
-        parts.append(f"<h3>{html.escape(heading)}</h3><table><tr>")
+        parts.append(f"<h3>{_text(heading)}</h3><table><tr>")
         for label, src in images:
-            parts.append(f"<td style='text-align:center'><a href='{html.escape(src)}'><img src='{html.escape(src)}' "
-                         f"style='width:{width}px'></a><br>{html.escape(label)}</td>")
+            parts.append(f"<td style='text-align:center'><a href='{_href(src)}'><img src='{_href(src)}' "
+                         f"style='width:{width}px'></a><br>{_text(label)}</td>")
         parts.append("</tr></table>")
     parts.append("</body></html>")
-    with open(os.path.join(folder, "index.html"), "w") as f:
+    with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts))

@@ -111,13 +111,13 @@ class GatedPredictor:
     def __getattr__(self, name):
         return getattr(self.predictor, name)
 
-    def __call__(self, images, **kwargs):
-        self.held = len(images)
+    def run(self, requests, **kwargs):
+        self.held = len(requests)
         self.entered.set()
         assert self.gate.wait(TIMEOUT_S)
-        if any(image.shape[-1] == self.fail_width for image in images):
+        if any(r.image.shape[-1] == self.fail_width for r in requests):
             raise RuntimeError(f"the model cannot take width {self.fail_width}")
-        return self.predictor(images, **kwargs)
+        return self.predictor.run(requests, **kwargs)
 
 
 def wait_until(condition, what):

@@ -6,7 +6,6 @@ Without Chromium the tests skip, naming the command that installs it; with FASTP
 .ci/run) they fail instead, so that CI cannot pass without running them."""
 import json
 import os
-import shutil
 
 import pytest
 

@@ -154,8 +154,11 @@ def cache_key(dataset: PairedDataset) -> dict:
     files = []
     for pair in dataset.paths:
         for p in dict.fromkeys(pair):  # an aligned pair names its file twice
-            st = os.stat(p)
-            files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+            try:
+                st = os.stat(p)
+                files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+            except OSError:  # a dangling link, a file gone since the listing: the decode names it (or skips it)
+                files.append([os.path.abspath(p), None, None])
     return {"version": CACHE_VERSION, "preprocess": "resize_and_crop", "load_size": dataset.load_size,
             "channels": list(channels(dataset)), "direction": "BtoA" if dataset.reverse else "AtoB",
             "two_folders": dataset.two_folders, "files": files}
@@ -216,6 +219,8 @@ class PairCache:
             manifest = self._build(threads, progress, chunk)
         errors = {int(k): v for k, v in manifest["bad"].items()}
         report_bad(errors, dataset.skip_bad_images)
+        if len(errors) == n:
+            raise dataset.none_readable()
         self.bad = frozenset(errors)
         self.a, self.b = (self._place(src, shape) for src, shape in zip(sources, (self.shape_a, self.shape_b)))
 

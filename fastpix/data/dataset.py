@@ -7,13 +7,10 @@ import warnings
 import torch
 from PIL import Image
 
+from fastpix.data.decode import DataError, decode_image
 from fastpix.data.transforms import sample_crop_flip, sample_rng, to_tensor, transform_image
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Bad data: the message names the folder or file and what is wrong."""
 
 
 def list_images(folder: str) -> list[str]:
@@ -27,11 +24,10 @@ def list_images(folder: str) -> list[str]:
 
 
 def open_rgb_or_l(path: str, mode: str = "RGB") -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert(mode)
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "not an image I can read"
-        raise DataError(f"{path}: cannot read image ({exc})") from exc
+    """The image at path as PIL's convert(mode) gives it, through the decoding facade (fastpix.data.decode): a
+    DecodeError (a DataError) naming the file for whatever cannot be read, decompression bombs included."""
+    arr = decode_image(path, mode)
+    return Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
 
 
 class PairedDataset(torch.utils.data.Dataset):
@@ -51,7 +47,7 @@ class PairedDataset(torch.utils.data.Dataset):
         split = os.path.join(dataroot, phase)
         if not os.path.isdir(split):
             raise DataError(f"{split} does not exist: --dataroot {dataroot} has no '{phase}' split")
-        self.dataroot = dataroot
+        self.dataroot, self.split = dataroot, split
         self.two_folders = os.path.isdir(os.path.join(split, "A")) and os.path.isdir(os.path.join(split, "B"))
         if self.two_folders:
             self.paths = self._match_two_folders(split)
@@ -78,6 +74,12 @@ class PairedDataset(torch.utils.data.Dataset):
             raise DataError(f"{split}: A/ and B/ must hold the same file names; unmatched: "
                             f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
         return [(files_a[k], files_b[k]) for k in sorted(files_a)]
+
+    def none_readable(self) -> DataError:
+        """The error for a split of which --skip_bad_images left nothing: training on it would write untrained
+        weights."""
+        return DataError(f"{self.split}: none of its {len(self)} images could be read (--skip_bad_images skipped "
+                         "them all)")
 
     def set_epoch(self, epoch: int):
         """Crops and flips of an epoch derive from (seed, epoch, index)."""

@@ -7,8 +7,10 @@ included. ``draft=True`` lets JPEGs decode at 1/2, 1/4 or 1/8 scale in the DCT d
 half the source: faster, but then pixels differ from PIL's (measured, 1200×600 → 286² halves: photo-like content
 mean |diff| 0.35, max 3 grey levels; a hard synthetic texture mean 5.2, max 59; see tests/test_decode.py).
 
-Every error names the file. Images of more than ``MAX_PIXELS`` pixels are refused from their header, before any
-pixel memory is allocated.
+This module is the one way fastpix decodes an image file or a request body: the datasets, the Predictor, the server
+and eval all come here. Every error is a DecodeError (a DataError) whose message names the file. Images of more than
+``MAX_PIXELS`` pixels (or the caller's max_pixels) are refused from their header, before any pixel memory is
+allocated, with ImageTooLarge; ``image_size`` reads only the header, for callers that bound their own work by size.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ try:
 except ImportError:  # extension not built: PIL serves
     _native = None
 
-__all__ = ["DecodeError", "MAX_PIXELS", "backend", "crop_flip_into", "crop_flip_normalize_into", "decode_image",
-           "decode_pair", "decode_pairs_into"]
+__all__ = ["DataError", "DecodeError", "ImageTooLarge", "MAX_PIXELS", "backend", "crop_flip_into",
+           "crop_flip_normalize_into", "decode_image", "decode_pair", "decode_pairs_into", "image_size"]
 
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same default here. Assign to change.
 MAX_PIXELS = 178956970
@@ -34,8 +36,24 @@ _CHANNELS = {"RGB": 3, "L": 1}
 _BICUBIC = Image.Resampling.BICUBIC
 
 
-class DecodeError(ValueError):
+class DataError(ValueError):
+    """Bad data: the message names the folder or file and what is wrong."""
+
+
+class DecodeError(DataError):
     """An image could not be decoded; the message names the file."""
+
+
+class ImageTooLarge(DecodeError):
+    """An image's header gives more pixels than the limit; refused before decoding. The message names the file."""
+
+
+_BOMB_GUARD = "(decompression bomb guard)"  # ends the native decoder's message for the size limit
+
+
+def _native_error(name, exc) -> DecodeError:
+    message = f"{name}: {exc}"
+    return ImageTooLarge(message) if str(exc).endswith(_BOMB_GUARD) else DecodeError(message)
 
 
 def backend() -> str:
@@ -50,14 +68,14 @@ def _channels(mode: str) -> int:
         raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}") from None
 
 
-def _source(path_or_bytes):
-    """(what the native decoder takes, the name errors use)."""
+def _source(path_or_bytes, name=None):
+    """(what the native decoder takes, the name errors use: the path, else `name`, else "<bytes>")."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return path_or_bytes, "<bytes>"
+        return path_or_bytes, name or "<bytes>"
     path = os.fspath(path_or_bytes)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    return path, path
+    return path, name or path
 
 
 def _limit(max_pixels):
@@ -89,18 +107,31 @@ def _cpu_count() -> int:
 
 # ---------------------------------------------------------------------------------------------------- PIL path
 
-def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
+def _pil_open(src, name, max_pixels) -> Image.Image:
+    """The opened (header read, pixels not decoded) image; ImageTooLarge over max_pixels."""
     try:
         im = Image.open(io.BytesIO(bytes(src)) if not isinstance(src, str) else src)
-        w, h = im.size
-        if w * h > max_pixels:
-            raise DecodeError(f"{name}: image size {w}x{h} ({w * h} pixels) exceeds the limit of {max_pixels} "
-                              f"pixels (decompression bomb guard)")
-        if draft_size is not None and im.format == "JPEG":
-            im.draft("RGB", draft_size)
-        return im.convert("RGB")
-    except DecodeError:
-        raise
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at twice Image.MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"{name}: {exc}") from None
+    except FileNotFoundError:
+        raise DecodeError(f"{name}: no such file (or a link to a missing file)") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
+        raise DecodeError(f"{name}: not an image in any format PIL reads ({type(exc).__name__})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageTooLarge(f"{name}: image size {w}x{h} ({w * h} pixels) exceeds the limit of {max_pixels} "
+                            f"pixels {_BOMB_GUARD}")
+    return im
+
+
+def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
+    im = _pil_open(src, name, max_pixels)
+    try:
+        with im:
+            if draft_size is not None and im.format == "JPEG":
+                im.draft("RGB", draft_size)
+            return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
         raise DecodeError(f"{name}: {exc}") from exc
 
@@ -127,10 +158,19 @@ def _pil_pair(src, name, mode_a, mode_b, size, draft, max_pixels):
 
 # ---------------------------------------------------------------------------------------------------- public API
 
-def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode a whole image to a uint8 H×W×C array (C = 3 for "RGB", 1 for "L"), as PIL's convert(mode)."""
+def image_size(path_or_bytes, *, max_pixels: int | None = None, name: str | None = None) -> tuple[int, int]:
+    """(width, height) from the image's header alone (no pixel is decoded); DecodeError when no format is
+    recognised, ImageTooLarge over max_pixels (default MAX_PIXELS). name: what errors call the source."""
+    src, name = _source(path_or_bytes, name)
+    with _pil_open(src, name, _limit(max_pixels)) as im:
+        return im.size
+
+def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None,
+                 name: str | None = None) -> np.ndarray:
+    """Decode a whole image to a uint8 H×W×C array (C = 3 for "RGB", 1 for "L"), as PIL's convert(mode).
+    name: what errors call the source (default: its path, or "<bytes>")."""
     c = _channels(mode)
-    src, name = _source(path_or_bytes)
+    src, name = _source(path_or_bytes, name)
     limit = _limit(max_pixels)
     if _native is not None:
         try:
@@ -138,7 +178,7 @@ def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = N
         except _native.UnsupportedFormat:
             pass
         except _native.DecodeError as exc:
-            raise DecodeError(f"{name}: {exc}") from None
+            raise _native_error(name, exc) from None
     img = _pil_open_rgb(src, name, limit)
     if mode == "L":
         img = img.convert("L")
@@ -167,7 +207,7 @@ def decode_pair(path_or_bytes, mode_a: str = "RGB", mode_b: str = "RGB", size=No
         except _native.UnsupportedFormat:
             pass
         except _native.DecodeError as exc:
-            raise DecodeError(f"{name}: {exc}") from None
+            raise _native_error(name, exc) from None
     return _pil_pair(src, name, mode_a, mode_b, size, draft, limit)
 
 

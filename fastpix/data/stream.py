@@ -87,6 +87,17 @@ class _Producer:
         self.thread.join(timeout)
 
 
+def require_readable(batches, dataset, sampler):
+    """The batches of one pass; after a pass over the whole data set (from its start, one process) that read no
+    image, the data set's none_readable error: --skip_bad_images must not train on nothing."""
+    read = False
+    for batch in batches:
+        read = read or batch is not None
+        yield batch
+    if not read and sampler.start == 0 and sampler.world == 1:
+        raise dataset.none_readable()
+
+
 class StreamLoader:
     """Batches decoded on the fly, identical to make_loader's (order, boundaries, crops, flips, keys).
 
@@ -131,6 +142,9 @@ class StreamLoader:
         return a, b
 
     def __iter__(self):
+        return require_readable(self._batches(), self.dataset, self.sampler)
+
+    def _batches(self):
         if self._producer is not None:  # a pass left early: wait until its thread is done with the slots
             self._producer.stop()
             while not self._producer.ready.empty():
@@ -181,6 +195,9 @@ class LoaderPipeline:
         return len(self.loader)
 
     def __iter__(self):
+        return require_readable(self._batches(), self.dataset, self.sampler)
+
+    def _batches(self):
         for batch in self.loader:
             if batch is not None and self.device.type != "cpu":
                 batch["A"] = batch["A"].to(self.device, non_blocking=True)

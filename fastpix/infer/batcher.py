@@ -1,10 +1,12 @@
 """Dynamic batching: requests from many threads, one worker thread that owns the Predictor (and the GPU).
 
-The worker takes the first waiting request, then whatever else is already waiting (up to max_batch_size), or keeps
-collecting for up to max_wait seconds after the first; with max_wait 0 an idle worker starts at once, and requests
-that arrive while it runs form the next batch. Each request carries its own dropout seed, so its result does not
-depend on its batch (norm modes 'instance' and 'running'). Jobs are futures: a caller that gave up (timeout)
-cancels its future, and the worker skips it if it has not started. stop() lets every queued job finish first.
+The worker takes the first waiting request, then whatever else is already waiting (up to max_batch_size requests
+and max_batch_pixels padded pixels: the work of one forward pass is bounded), or keeps collecting for up to
+max_wait seconds after the first; with max_wait 0 an idle worker starts at once, and requests that arrive while it
+runs form the next batch. Each request carries its own dropout seed (an ImageRequest), so its result does not depend
+on its batch (norm modes 'instance' and 'running'). Jobs are futures: a caller that gave up (timeout) cancels its
+future, and a job whose deadline has passed is dropped, before its batch runs. The queue holds at most max_queue
+jobs and max_queue_pixels padded pixels. stop() lets every queued job finish first.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from fastpix.infer.requests import ImageRequest
+
 
 class QueueFull(Exception):
     pass
@@ -21,10 +25,22 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    image: object  # anything Predictor accepts; the server passes a CHW float tensor
-    seed: int | None
+    request: ImageRequest  # the server's image is a CHW uint8 tensor
+    pixels: int = 0  # the padded pixels it will cost the forward pass (0: not counted)
+    deadline: float | None = None  # time.monotonic() after which nobody waits for it
     future: Future = field(default_factory=Future)
     batch_size: int = 0  # set by the worker: how many jobs shared this job's forward pass
+
+    @property
+    def image(self):
+        return self.request.image
+
+    @property
+    def seed(self):
+        return self.request.seed
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
 
 _STOP = object()
@@ -32,13 +48,18 @@ _STOP = object()
 
 class Batcher:
     def __init__(self, predictor, max_batch_size: int = 16, max_wait_s: float = 0.0, max_queue: int = 256,
-                 warmup_size: tuple[int, int] | None = None, on_batch=None):
+                 warmup_size: tuple[int, int] | None = None, on_batch=None, max_batch_pixels: int | None = None,
+                 max_queue_pixels: int | None = None):
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.warmup_size = warmup_size
         self.on_batch = on_batch  # called with each batch's size (metrics)
+        self.max_batch_pixels, self.max_queue_pixels = max_batch_pixels, max_queue_pixels
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.queued_pixels = 0  # of the jobs submitted and not yet taken by the worker
+        self._pixels_lock = threading.Lock()
+        self._carried: Job | None = None  # taken, but over the pixel budget of the batch it was taken for
         self.ready = threading.Event()
         self.error: str | None = None  # why the worker could not start (a failed warm-up)
         self._thread = threading.Thread(target=self._run, name="fastpix-batcher", daemon=True)
@@ -51,12 +72,26 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, image, seed=None) -> Job:
-        job = Job(image, seed)
-        try:
-            self.queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"{self.queue.maxsize} requests are already waiting") from None
+    def submit(self, image, seed=None, pixels: int = 0, deadline: float | None = None) -> Job:
+        """Queue one image (anything Predictor.run accepts) with its dropout seed; QueueFull when max_queue jobs or
+        max_queue_pixels padded pixels are already waiting."""
+        job = Job(ImageRequest(image, seed), pixels, deadline)
+        with self._pixels_lock:
+            if self.max_queue_pixels is not None and self.queued_pixels and \
+                    self.queued_pixels + pixels > self.max_queue_pixels:
+                raise QueueFull(f"{self.queued_pixels} padded pixels are already waiting (at most "
+                                f"{self.max_queue_pixels})")
+            try:
+                self.queue.put_nowait(job)
+            except queue.Full:
+                raise QueueFull(f"{self.queue.maxsize} requests are already waiting") from None
+            self.queued_pixels += pixels
+        return job
+
+    def _taken(self, job):
+        if job is not _STOP:
+            with self._pixels_lock:
+                self.queued_pixels -= job.pixels
         return job
 
     def stop(self, timeout: float | None = None):
@@ -85,29 +120,36 @@ class Batcher:
                     self._run_batch(jobs)
 
     def _collect(self) -> tuple[list[Job], bool]:
-        first = self.queue.get()
+        first, self._carried = self._carried or self._taken(self.queue.get()), None
         if first is _STOP:
             return [], True
-        jobs = [first]
+        jobs, pixels = [first], first.pixels
         deadline = time.monotonic() + self.max_wait_s
         while len(jobs) < self.max_batch_size:
             try:
                 remaining = deadline - time.monotonic()
-                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                job = self._taken(self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait())
             except queue.Empty:
                 break
             if job is _STOP:
                 return jobs, True
+            if self.max_batch_pixels is not None and pixels + job.pixels > self.max_batch_pixels:
+                self._carried = job  # it opens the next batch
+                break
             jobs.append(job)
+            pixels += job.pixels
         return jobs, False
 
     def _run_batch(self, jobs: list[Job]):
+        now = time.monotonic()
+        for job in jobs:
+            if job.expired(now):
+                job.future.cancel()  # nobody waits for it any more: its forward pass would hold the worker for nothing
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # skip callers that gave up
         if not jobs:
             return
         try:
-            outputs = self.predictor([job.image for job in jobs], seed=[job.seed for job in jobs],
-                                     output_type="np")
+            outputs = self.predictor.run([job.request for job in jobs], output_type="np")
         except Exception as exc:  # noqa: BLE001 - one failing request must not take the others (or the server) down
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)
@@ -119,7 +161,7 @@ class Batcher:
 
     def _run_batch_of_one(self, job: Job):
         try:
-            outputs = self.predictor([job.image], seed=[job.seed], output_type="np")
+            outputs = self.predictor.run([job.request], output_type="np")
         except Exception as exc:  # noqa: BLE001
             job.future.set_exception(exc)
             return

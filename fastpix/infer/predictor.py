@@ -26,8 +26,10 @@ from PIL import Image
 
 from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
-from fastpix.data.transforms import BICUBIC, to_image_array, to_tensor
+from fastpix.data.decode import DecodeError, decode_image
+from fastpix.data.transforms import BICUBIC, to_image_array
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
+from fastpix.infer.requests import ImageRequest
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 from fastpix.train.loop import default_device, resolve_precision
@@ -74,20 +76,36 @@ def _resize_tensor(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def load_input(item, input_nc: int, resize=None):
-    """An image as (CHW float tensor in [-1, 1], (h, w) before any resize)."""
+    """An image as (CHW tensor, (h, w) before any resize): uint8 for images, arrays and paths (normalised to
+    [-1, 1] on the device, by Predictor.run), float in [-1, 1] for float tensors. Files are read through the
+    decoding facade (fastpix.data.decode): its DecodeError names the file."""
+    mode = "L" if input_nc == 1 else "RGB"
     if isinstance(item, (str, os.PathLike)):
-        with Image.open(item) as opened:
-            item = opened.convert("L" if input_nc == 1 else "RGB")
+        item = decode_image(item, mode)
+    if isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
+        if item.dim() != 3 or item.shape[0] != input_nc:
+            raise ValueError(f"uint8 tensor images must be CHW with {input_nc} channels; got shape "
+                             f"{tuple(item.shape)} (pass a batch as a list)")
+        if resize is None:
+            return item.detach(), tuple(item.shape[-2:])
+        item = item.detach().cpu().permute(1, 2, 0).numpy()
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
             raise ValueError(f"numpy images must be HWC (or HW) uint8; got {item.dtype} of shape {item.shape}")
-        item = Image.fromarray(item[:, :, 0] if item.ndim == 3 and item.shape[2] == 1 else item)
+        channels = 1 if item.ndim == 2 else item.shape[2]
+        if channels == input_nc and resize is None:  # already what the network takes: no PIL round trip
+            hwc = np.ascontiguousarray(item).reshape(item.shape[0], item.shape[1], channels)
+            if not hwc.flags.writeable:  # torch wants a writable array; nothing here writes to it, but copy anyway
+                hwc = hwc.copy()
+            return torch.from_numpy(hwc).permute(2, 0, 1), item.shape[:2]
+        item = Image.fromarray(item[:, :, 0] if channels == 1 and item.ndim == 3 else item)
     if isinstance(item, Image.Image):
         original = (item.height, item.width)
-        img = item.convert("L" if input_nc == 1 else "RGB")
+        img = item.convert(mode)
         if resize is not None:
             img = img.resize(tuple(resize), BICUBIC)
-        return to_tensor(img), original
+        arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, input_nc)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), original
     if isinstance(item, torch.Tensor):
         if item.dim() != 3 or item.shape[0] != input_nc:
             raise ValueError(f"tensor images must be CHW with {input_nc} channels in [-1, 1]; got shape "
@@ -96,7 +114,16 @@ def load_input(item, input_nc: int, resize=None):
         original = tuple(t.shape[-2:])
         return (t if resize is None else _resize_tensor(t, resize[1], resize[0])), original
     raise TypeError(f"cannot read an image from {type(item).__name__}: give a PIL image, an HWC uint8 array, a CHW "
-                    "tensor in [-1, 1] or a file path")
+                    "tensor (uint8, or float in [-1, 1]) or a file path")
+
+
+def to_network_input(t: torch.Tensor, device) -> torch.Tensor:
+    """load_input's tensor on the device in [-1, 1]: uint8 crosses to the device as bytes and is normalised there,
+    with to_tensor's operation order (x / 255 - 0.5) / 0.5, so the values equal the CPU chain's bit for bit."""
+    t = t.to(device, non_blocking=True)
+    if t.dtype == torch.uint8:
+        return t.float().div_(255).sub_(0.5).div_(0.5)
+    return t
 
 
 def convert_output(t: torch.Tensor, output_type: str):
@@ -188,20 +215,18 @@ class Predictor:
         return torch.autocast("cuda", dtype=PRECISIONS[self.precision], cache_enabled=False)
 
     def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None):
-        """One image or a list: PIL images, HWC uint8 arrays, CHW float tensors in [-1, 1], or file paths.
+        """One image or a list: PIL images, HWC uint8 arrays, CHW tensors (uint8, or float in [-1, 1]), or file paths.
 
         seed: dropout noise; image k of the call draws its masks from (seed, indices[k]) (indices default 0..n-1),
         so its output does not depend on the other images. A list gives each image its own seed and makes it a
-        request of its own (indices then default to 0): a server batches independent requests this way. None picks
-        a seed, kept in `last_seed`.
+        request of its own (indices then default to 0): a server batches independent requests this way (the typed
+        form of that is run()). None picks a seed, kept in `last_seed`.
         resize=(w, h): inputs are resized (bicubic) to it, and outputs back to each input's size.
         output_type: 'pil' (RGB, grey tiled), 'np' (HWC uint8), 'pt' (CHW float32 in [-1, 1] on the device; the
         images of a batch that needed no padding share one storage).
         Under norm_mode 'batch' the statistics are those of each group of same-size images (at most
         max_batch_size of them).
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         if indices is None:
@@ -209,19 +234,32 @@ class Predictor:
         indices = list(indices)
         if len(indices) != len(items):
             raise ValueError(f"indices has {len(indices)} entries for {len(items)} images")
-        self.last_seed = self._resolve_seed(seed, len(items)) if self.dropout else seed
-        seeds = self.last_seed if isinstance(self.last_seed, list) else [self.last_seed] * len(items)
-        inputs = [load_input(item, self.input_nc, resize) for item in items]
+        last_seed = self._resolve_seed(seed, len(items)) if self.dropout else seed
+        seeds = last_seed if isinstance(last_seed, list) else [last_seed] * len(items)
+        outputs = self.run([ImageRequest(item, s, i) for item, s, i in zip(items, seeds, indices)], output_type,
+                           resize)
+        self.last_seed = last_seed
+        return outputs[0] if single else outputs
+
+    def run(self, requests: list[ImageRequest], output_type="np", resize=None) -> list:
+        """The typed path: one output per ImageRequest, each from its own (seed, index) dropout noise (a seed of None
+        is picked here, with dropout on; `last_seed` then lists the seeds used). resize and output_type as in
+        __call__. Images of one padded size run together, at most max_batch_size per forward pass."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        seeds = [secrets.randbits(63) if self.dropout and r.seed is None else r.seed for r in requests]
+        self.last_seed = seeds
+        inputs = [load_input(r.image, self.input_nc, resize) for r in requests]
         groups = defaultdict(list)
         for k, (t, _) in enumerate(inputs):
             groups[padded_size(*t.shape[-2:], self.multiple)].append(k)
-        outputs = [None] * len(items)
+        outputs = [None] * len(requests)
         with torch.inference_mode():
             for size, members in groups.items():
                 for start in range(0, len(members), self.max_batch_size):
                     chunk = members[start:start + self.max_batch_size]
-                    batch = torch.stack([pad_to(inputs[k][0].to(self.device), size) for k in chunk])
-                    result = self._forward(batch, [(seeds[k], indices[k]) for k in chunk])
+                    batch = torch.stack([pad_to(to_network_input(inputs[k][0], self.device), size) for k in chunk])
+                    result = self._forward(batch, [(seeds[k], requests[k].index) for k in chunk])
                     # One NCHW conversion and one host transfer for the chunk, rather than one per image.
                     result = result.contiguous()
                     if output_type != "pt":
@@ -233,7 +271,7 @@ class Predictor:
                             y = _resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
                                 memory_format=torch.contiguous_format)
                         outputs[k] = convert_output(y, output_type)
-        return outputs[0] if single else outputs
+        return outputs
 
     @staticmethod
     def _resolve_seed(seed, n: int):
@@ -316,12 +354,21 @@ def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
 
 
 def _output_names(names: list[str]) -> list[str]:
-    """<stem>.png per input name; a stem seen before gets _2, _3 … so that no result overwrites another."""
-    seen, out = defaultdict(int), []
-    for name in names:
-        stem = os.path.splitext(os.fspath(name))[0]
-        seen[stem] += 1
-        out.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    """<stem>.png per input name, none the same: every name that is unique keeps it; a name taken (a.jpg and a.png,
+    or a third file whose own name is a_2.png) gets the first free _2, _3 … so that no result overwrites another."""
+    wanted = [f"{os.path.splitext(os.fspath(name))[0]}.png" for name in names]
+    first = {}
+    for k, name in enumerate(wanted):
+        first.setdefault(name, k)
+    taken, out = set(wanted), []
+    for k, name in enumerate(wanted):
+        if first[name] != k:
+            stem, n = name[:-len(".png")], 2
+            while f"{stem}_{n}.png" in taken:
+                n += 1
+            name = f"{stem}_{n}.png"
+            taken.add(name)
+        out.append(name)
     return out
 
 
@@ -343,10 +390,9 @@ def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batc
             images, targets, indices = [], [], []
             for k in range(start, min(start + batch_size, len(inputs))):
                 try:
-                    with Image.open(inputs[k]) as opened:
-                        images.append(opened.convert("L" if predictor.input_nc == 1 else "RGB"))
-                except Exception as exc:  # noqa: BLE001 - any unreadable file: report it and go on
-                    failed.append((inputs[k], f"{type(exc).__name__}: {exc}"))
+                    images.append(decode_image(inputs[k], "L" if predictor.input_nc == 1 else "RGB"))
+                except DecodeError as exc:  # report it and go on; the caller names the file, so the message need not
+                    failed.append((inputs[k], str(exc).removeprefix(f"{os.fsdecode(inputs[k])}: ")))
                     continue
                 targets.append(os.path.join(output_dir, names[k]))
                 indices.append(k)

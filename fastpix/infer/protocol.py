@@ -38,12 +38,16 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
     G.eval() if eval_mode else G.train()
     torch.manual_seed(seed)
     with torch.no_grad():
+        read = 0
         for index in range(min(num, len(dataset))):
             item = dataset[index]
             if item is None:
                 continue
+            read += 1
             fake = G(item["A"][None].to(device))[0].float().cpu()
             yield os.path.splitext(os.path.basename(item["A_paths"]))[0], item["A"], fake, item["B"]
+        if not read:
+            raise dataset.none_readable()
 
 
 def run_test(model_cfg, data_cfg, test_cfg) -> str:

@@ -7,10 +7,14 @@
     GET  /readyz         200 once warm-up (and, on CUDA, graph capture) is done
     GET  /metrics        Prometheus text: requests by status, queue depth, batch sizes, latency histogram
 
-Errors answer JSON {"error": "..."}: not an image or a malformed request 400, unsupported Content-Type 415, over
-max_bytes or max_pixels 413, queue full 503 with Retry-After, no answer within timeout_s 504. Decoding and encoding
-run in the request threads; only the forward pass runs in the worker. Shutdown (SIGTERM / Ctrl-C) stops accepting
-connections, answers every request already received, then ends the worker.
+Errors answer JSON {"error": "..."}: not an image or a malformed request 400, unsupported Content-Type 415, a body
+over max_bytes 413, an image whose size padded to the generator's multiple is over max_pixels 413 (read from the
+header, before any pixel is decoded), queue full (max_queue requests or max_queue_pixels padded pixels waiting) 503
+with Retry-After, no answer within timeout_s 504. Decoding and encoding run in the request threads (at most
+DECODE_SLOTS decodes at once); only the forward pass runs in the worker, and one forward pass computes at most
+max_pixels padded pixels whatever its batch, so the worker is never held longer than one such pass; a request that
+timed out is dropped before its batch runs. Shutdown (SIGTERM / Ctrl-C) stops accepting connections, answers every
+request already received, then ends the worker.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import binascii
 import contextlib
 import io
 import json
+import os
 import secrets
 import threading
 import time
@@ -34,6 +39,9 @@ from fastpix.infer.batcher import Batcher, QueueFull
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 RETRY_AFTER_S = 1
+DECODE_SLOTS = max(1, min(8, os.cpu_count() or 1))  # request images decoded at once, in this process
+# Decoding is CPU-bound: more decodes at once than cores gain nothing, and each holds up to 3 × max_pixels bytes.
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 class RequestError(Exception):
@@ -101,27 +109,35 @@ class Metrics:
 
 # ---- image codecs ----------------------------------------------------------------------------------------------------
 
-def decode_image(data: bytes, input_nc: int, max_pixels: int):
-    """Request bytes → CHW float tensor in [-1, 1]; RequestError 400 / 413 for what cannot be served."""
-    from fastpix.data.transforms import to_tensor
+def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: int):
+    """Request bytes → (CHW uint8 tensor, the padded pixels its forward pass will cost); RequestError 400 / 413 for
+    what cannot be served. The size is checked from the header, padded as the Predictor pads it, before any pixel
+    is decoded: a 1×N strip costs a U-Net multiple×N pixels, not N."""
+    import torch
+
+    from fastpix.data.decode import DecodeError, ImageTooLarge, decode_image, image_size
+    from fastpix.infer.predictor import padded_size
 
     if not data:
         raise RequestError(400, "the request holds no image data")
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"image too large: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - whatever PIL raises for foreign bytes, the client sent no image
+        w, h = image_size(data, max_pixels=max_pixels, name="the image")
+    except ImageTooLarge as exc:
+        raise RequestError(413, f"image too large: {exc}") from None
+    except DecodeError:  # whatever the bytes are, the client sent no image
         raise RequestError(400, f"not an image: {len(data)} bytes in no format PIL reads (PNG, JPEG, BMP, TIFF, "
-                                f"WebP …) ({type(exc).__name__})") from exc
-    w, h = img.size
-    if w * h > max_pixels:
-        raise RequestError(413, f"image is {w}x{h} = {w * h} pixels; this server accepts at most {max_pixels}")
+                                "WebP …)") from None
+    ph, pw = padded_size(h, w, multiple)
+    if ph * pw > max_pixels:
+        raise RequestError(413, f"image is {w}x{h} = {w * h} pixels, which the generator pads to {pw}x{ph} = "
+                                f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
     try:
-        img = img.convert("L" if input_nc == 1 else "RGB")
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
-        raise RequestError(400, f"the {img.format} image cannot be decoded (corrupt or truncated?): {exc}") from exc
-    return to_tensor(img)
+        with _decode_slots:
+            array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name="image")
+    except DecodeError as exc:  # truncated or corrupt pixel data
+        raise RequestError(400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): "
+                                f"{str(exc).removeprefix('image: ')}") from None
+    return torch.from_numpy(array).permute(2, 0, 1), ph * pw
 
 
 def output_format(accept: str | None) -> str:
@@ -216,7 +232,8 @@ def create_app(predictor, cfg=None):
         raise ValueError("norm_mode 'batch' makes a request's output depend on the other requests in its batch; "
                          "serve with norm_mode 'instance' (the paper's protocol at batch 1) or 'running'")
     warmup = (cfg.graph_size, cfg.graph_size) if cfg.graph_size else None
-    batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup)
+    batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
+                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)  # see the module doc
     metrics = Metrics(batcher.queue.qsize)
     batcher.on_batch = metrics.batch
 
@@ -237,17 +254,18 @@ def create_app(predictor, cfg=None):
             return error(503, batcher.error)
         body = await read_body(request, cfg.max_bytes)
         data, seed = await image_and_seed(request, body)
-        image = await run_in_threadpool(decode_image, data, predictor.input_nc, cfg.max_pixels)
+        image, pixels = await run_in_threadpool(decode_request_image, data, predictor.input_nc, predictor.multiple,
+                                                cfg.max_pixels)
         if predictor.dropout and seed is None:
             seed = secrets.randbits(63)  # picked here, so that the answer can name it
-        try:
-            job = batcher.submit(image, seed)
-        except QueueFull as exc:
-            return error(503, f"server busy: {exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
         remaining = cfg.timeout_s - (time.perf_counter() - started)
         try:
+            job = batcher.submit(image, seed, pixels, deadline=time.monotonic() + remaining)
+        except QueueFull as exc:
+            return error(503, f"server busy: {exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
             output = await asyncio.wait_for(asyncio.wrap_future(job.future), max(remaining, 0.0))
-        except asyncio.TimeoutError:  # wait_for cancels the future: the worker skips it if it has not started
+        except asyncio.TimeoutError:  # wait_for cancels the future (and its deadline passed): the worker skips it
             return error(504, f"no result within {cfg.timeout_s:g} s (queue depth {batcher.queue.qsize()})")
         fmt = output_format(request.headers.get("accept"))
         encoded = await run_in_threadpool(encode_image, output, fmt)

@@ -1,0 +1,18 @@
+"""What the Predictor's typed path (Predictor.run) takes: one request per image, its own dropout noise named."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to translate.
+
+    image: what the Predictor accepts (a PIL image, an HWC uint8 array, a CHW uint8 tensor, a CHW float tensor in
+    [-1, 1], a file path). seed and index: the image's dropout masks come from (seed, index), so that its output
+    does not depend on the other requests of its batch; seed None lets the Predictor pick one (with dropout on).
+    """
+
+    image: object
+    seed: int | None = None
+    index: int = 0
