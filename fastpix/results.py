@@ -25,3 +25,17 @@ def write_index(folder: str, title: str, rows: list[tuple[str, list[tuple[str, s
     parts.append("</body></html>")
     with open(os.path.join(folder, "index.html"), "w") as f:
         f.write("\n".join(parts))
+
+
+def apply_aspect_ratio(folder: str, aspect_ratio: float):
+    """The reference's test --aspect_ratio: resize each saved image (bicubic) so that height/width = aspect_ratio,
+    with its exact arithmetic (for ratio > 1 the height becomes int(width * ratio), else the width int(height /
+    ratio), taken from a square result)."""
+    if aspect_ratio == 1.0:
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        image = Image.open(path)
+        w, h = image.size
+        size = (h, int(w * aspect_ratio)) if aspect_ratio > 1.0 else (int(h / aspect_ratio), w)
+        image.convert(image.mode).resize(size, Image.BICUBIC).save(path)

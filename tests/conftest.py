@@ -12,6 +12,19 @@ def _seeded():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """fastpix's user cache directory (default decode caches, demo data) in a temporary folder: the tests never
+    write into the user's ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small demo data set: 32×32 halves, 8 train / 3 val / 3 test pairs."""
@@ -57,5 +70,3 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip)
 
-
-os.environ.setdefault("FASTPIX_TEST", "1")

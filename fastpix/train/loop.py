@@ -142,7 +142,7 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
-    dataset = PairedDataset(data_cfg.dataroot, "train", data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
+    dataset = PairedDataset(data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
                             data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
                             data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
