@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 
 from fastpix import __version__
 from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DemoConfig, DemoDataConfig, EvalConfig, ExportConfig,
@@ -18,6 +19,7 @@ from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DemoConfig, DemoDa
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
+RANK_EXIT_DELAY_S = 3.0
 DISPLAY_TITLE = ("the reference's visdom/HTML display, accepted and ignored: fastpix writes <run>/samples/, "
                  "<run>/loss.png, <run>/metrics.jsonl and, with --tensorboard, TensorBoard logs")
 
@@ -184,8 +186,9 @@ def check_launch(train_cfg, given: dict):
     try:
         check_world(train_cfg.batch_size, world_size, given.get("norm"), cuda)
     except ValueError:
-        if not is_main_process():
-            raise SystemExit(2) from None  # rank 0 says it
+        if not is_main_process():  # rank 0 says it; torchrun kills the others once one exits, so leave it time
+            time.sleep(RANK_EXIT_DELAY_S)
+            raise SystemExit(2) from None
         raise
 
 
