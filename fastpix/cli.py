@@ -20,6 +20,7 @@ from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DemoConfig, DemoDa
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
 RANK_EXIT_DELAY_S = 3.0
+DEBUG_HELP = "on an error, show its traceback (default: one line naming the problem; FASTPIX_DEBUG=1 does the same)"
 DISPLAY_TITLE = ("the reference's visdom/HTML display, accepted and ignored: fastpix writes <run>/samples/, "
                  "<run>/loss.png, <run>/metrics.jsonl and, with --tensorboard, TensorBoard logs")
 
@@ -69,8 +70,11 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
 def apply_reference_args(given: dict):
     gpu_ids = given.get("gpu_ids")
     if gpu_ids is not None and "device" not in given:
-        first = str(gpu_ids).split(",")[0].strip()
-        given["device"] = "cpu" if first == "-1" else f"cuda:{first}"
+        ids = [i.strip() for i in str(gpu_ids).split(",") if i.strip()]
+        given["device"] = "cpu" if not ids or ids[0] == "-1" else f"cuda:{ids[0]}"
+        if len(ids) > 1 and is_main_process():
+            print(f"fastpix: --gpu_ids {gpu_ids}: fastpix runs on cuda:{ids[0]}; for {len(ids)} GPUs, one process "
+                  f"each, use --nproc {len(ids)} (with CUDA_VISIBLE_DEVICES={gpu_ids} to choose them)")
     return given
 
 
@@ -219,7 +223,8 @@ def cmd_train(args):
         print_networks(model_cfg)
     prepare_backend(model_cfg.backend, train_cfg.device)
     run_dir = train(model_cfg, data_cfg, train_cfg, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"fastpix: checkpoints in {run_dir}")
+    if is_main_process():
+        print(f"fastpix: checkpoints in {run_dir}")
 
 
 def cmd_test(args):
@@ -465,6 +470,7 @@ def subcommand(sub, name: str, func, help: str, *configs) -> argparse.ArgumentPa
                        allow_abbrev=False)
     for cls, title in configs:
         add_config_args(p, cls, title)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     p.set_defaults(func=func)
     return p
 
@@ -515,8 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.",
                                      allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"fastpix {__version__}")
-    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (default: one line "
-                        "naming the problem; FASTPIX_DEBUG=1 does the same)")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)
     add_test(sub)

@@ -45,8 +45,9 @@ def test_user_errors_are_one_line(exc, line, code, monkeypatch, capsys):
 
 def test_debug_shows_the_traceback_and_programming_errors_always_do(monkeypatch):
     monkeypatch.setattr(cli, "cmd_info", raising(ValueError("--ngf must be positive")))
-    with pytest.raises(ValueError, match="--ngf"):
-        cli.main(["--debug", "info"])
+    for argv in (["--debug", "info"], ["info", "--debug"]):
+        with pytest.raises(ValueError, match="--ngf"):
+            cli.main(argv)
     monkeypatch.setenv("FASTPIX_DEBUG", "1")
     with pytest.raises(ValueError, match="--ngf"):
         cli.main(["info"])
