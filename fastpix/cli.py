@@ -549,16 +549,16 @@ def user_error(exc: BaseException) -> tuple[str, int] | None:
         return str(exc) or "interrupted", 130
     if isinstance(exc, (DataError, CheckpointError)):
         return f"error: {exc}", 2
-    if isinstance(exc, OSError) and exc.strerror:  # permission denied, no space left, missing file: with the path
+    if isinstance(exc, OSError):  # permission denied, no space left, a missing file: with the path
         paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-        return f"error: {exc.strerror}{': ' + paths if paths else ''}", 1
+        return f"error: {exc.strerror or exc}{': ' + paths if paths else ''}", 1
     if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("fastpix"):
         return f"error: this needs the optional package {exc.name.split('.')[0]} (pip install it)", 1
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return f"error: out of device memory (try a smaller --batch_size or --crop_size): {exc}".split("\n")[0], 1
     if isinstance(exc, MemoryError):
-        return f"error: {exc or 'out of memory'}", 1
+        return f"error: {str(exc) or 'out of memory'}", 1
     if isinstance(exc, (ValueError, TypeError)) and "--" in str(exc):  # names the flag to change
         return f"error: {exc}", 2
     return None

@@ -36,6 +36,8 @@ def one_line(capsys) -> str:
     (ValueError("--netG unet_48: the U-Net size must be a power of two"),
      "fastpix info: error: --netG unet_48: the U-Net size must be a power of two", 2),
     (KeyboardInterrupt(), "fastpix info: interrupted", 130),  # e.g. during the cache build: not an empty message
+    (MemoryError("a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead"),
+     "fastpix info: error: a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead", 1),
 ])
 def test_user_errors_are_one_line(exc, line, code, monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_info", raising(exc))
