@@ -137,6 +137,15 @@ def prepare_backend(backend, device):
               "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
 
 
+def refuse_single_images(ref: ReferenceConfig, command: str):
+    """The reference's --model test / --dataset_mode single translate images that have no target: `fastpix
+    predict` does that (any size, the paper's per-image statistics by default)."""
+    if ref.model == "test" or ref.dataset_mode == "single":
+        flag = "--model test" if ref.model == "test" else "--dataset_mode single"
+        raise SystemExit(f"fastpix {command}: error: {flag} translates images without targets: use fastpix predict "
+                         "--checkpoint <checkpoints_dir>/<name> --input <images> --output <folder>")
+
+
 def is_main_process() -> bool:
     """False on the ranks > 0 of a torchrun launch: what all ranks would say, rank 0 says once."""
     return os.environ.get("RANK", "0") == "0"
@@ -210,6 +219,7 @@ def cmd_train(args):
             raise SystemExit(code)
         return
     ref = build_config(ReferenceConfig, given)
+    refuse_single_images(ref, "train")
     note_reference_display(given)
     train_cfg.name = suffixed_name(train_cfg.name, ref.suffix, build_config(ModelConfig, given),
                                    build_config(DataConfig, given), train_cfg, ref)
@@ -234,6 +244,7 @@ def cmd_test(args):
     given = apply_reference_args(vars(args))
     test_cfg = build_config(TestConfig, given)
     ref, ref_test = build_config(ReferenceConfig, given), build_config(ReferenceTestConfig, given)
+    refuse_single_images(ref, "test")
     test_cfg.name = suffixed_name(test_cfg.name, ref.suffix, build_config(ModelConfig, given),
                                   build_config(DataConfig, given), test_cfg, ref, ref_test)
     saved = saved_config(test_cfg.checkpoints_dir, test_cfg.name)
@@ -254,6 +265,7 @@ def cmd_eval(args):
     from fastpix.infer.protocol import find_generator_weights
 
     given = apply_reference_args(vars(args))
+    refuse_single_images(build_config(ReferenceConfig, given), "eval")
     cfg = build_config(EvalConfig, given)
     if cfg.results and cfg.checkpoint is None:
         run_dir, weights = os.path.join(cfg.checkpoints_dir, cfg.name), None

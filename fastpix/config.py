@@ -204,9 +204,10 @@ class ServeConfig(InferenceConfig):
 @dataclass
 class ReferenceConfig:
     """Options of the reference's train and test alike."""
-    model: str = opt("pix2pix", "the reference's model switch; fastpix is pix2pix", choices=("pix2pix",))
-    dataset_mode: str = opt("aligned", "aligned A|B files; fastpix also reads A/ and B/ folders without it",
-                            choices=("aligned",))
+    model: str = opt("pix2pix", "the reference's model switch; fastpix is pix2pix (test: the reference's "
+                     "single-image generator run, which is `fastpix predict`)", choices=("pix2pix", "test"))
+    dataset_mode: str = opt("aligned", "aligned A|B files; fastpix also reads A/ and B/ folders without it (single: "
+                            "images without targets, which is `fastpix predict`)", choices=("aligned", "single"))
     gpu_ids: str = opt(None, "'-1' for the CPU, '0' for cuda:0 (the first id; more GPUs: --nproc); same as "
                        "--device (default: cuda if available)")
     suffix: str = opt("", "customised suffix: --name becomes <name>_<suffix>, the suffix formatted with the "

@@ -118,3 +118,11 @@ def test_aspect_ratio_resizes_as_the_reference(tmp_path):
         Image.new("RGB", (20, 30), (200, 10, 10)).save(folder / "a.png")  # width 20, height 30
         apply_aspect_ratio(str(folder), ratio)
         assert Image.open(folder / "a.png").size == size
+
+
+def test_single_image_runs_point_to_predict(workdir):
+    """The reference's pretrained-model line (--model test --dataset_mode single) is `fastpix predict`'s job."""
+    for flags in (["--model", "test"], ["--dataset_mode", "single"]):
+        with pytest.raises(SystemExit, match=f"{' '.join(flags)} translates images without targets: use fastpix "
+                                             "predict --checkpoint"):
+            main(["test", "--dataroot", str(workdir), "--name", "pretrained", *flags])
