@@ -254,8 +254,9 @@ def cmd_test(args):
         raise SystemExit("fastpix test: --dataroot is required (the run's config.json does not name one)")
     if ref.verbose:
         print_networks(model_cfg, ("G",))
+    started = int(time.time())  # whole seconds: file systems may round mtimes down
     out = run_test(model_cfg, data_cfg, test_cfg)
-    apply_aspect_ratio(os.path.join(out, "images"), ref_test.aspect_ratio)
+    apply_aspect_ratio(os.path.join(out, "images"), ref_test.aspect_ratio, since=started)
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
 

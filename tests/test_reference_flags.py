@@ -118,6 +118,10 @@ def test_aspect_ratio_resizes_as_the_reference(tmp_path):
         Image.new("RGB", (20, 30), (200, 10, 10)).save(folder / "a.png")  # width 20, height 30
         apply_aspect_ratio(str(folder), ratio)
         assert Image.open(folder / "a.png").size == size
+    old = tmp_path / "2.0" / "a.png"
+    os.utime(old, (1, 1))  # another run's file: left as it is
+    apply_aspect_ratio(str(tmp_path / "2.0"), 2.0, since=1000)
+    assert Image.open(old).size == (30, 40)
 
 
 def test_single_image_runs_point_to_predict(workdir):
