@@ -21,18 +21,6 @@ def user_cache_dir() -> str:
     return os.path.join(base, "fastpix")
 
 
-NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
-NET_D_CHOICES = ("basic", "n_layers", "pixel")
-NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
-INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
-PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-INFERENCE_NORM_MODES = ("instance", "batch", "running")
-DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
-MODEL_BACKENDS = ("eager", "triton")  # what define_G/define_D build (fastpix.models.BACKENDS)
-TRAIN_BACKENDS = MODEL_BACKENDS + ("compile",)  # training also runs torch.compile of the eager modules
-EXPORT_NORM_MODES = ("instance", "running")  # 'batch' mixes the images of a batch: not a model to ship
-BENCH_SUITES = ("train", "kernels", "data", "infer")
-
 # The smallest value each numeric flag takes (by field name, in every config that has it): below it a run would
 # divide by zero or build an empty network, so argparse refuses it with the flag's name.
 MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "load_size": 1, "crop_size": 1,
@@ -42,6 +30,19 @@ MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "
            "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1, "graph_size": 0, "port": 0,
            "timeout_s": 0.0, "max_wait_ms": 0.0, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
            "epochs": 1}
+
+
+NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
+NET_D_CHOICES = ("basic", "n_layers", "pixel")
+NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
+INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
+MODEL_BACKENDS = ("eager", "triton")  # what define_G/define_D build (fastpix.models.BACKENDS)
+TRAIN_BACKENDS = MODEL_BACKENDS + ("compile",)  # training also runs torch.compile of the eager modules
+EXPORT_NORM_MODES = ("instance", "running")  # 'batch' mixes the images of a batch: not a model to ship
+BENCH_SUITES = ("train", "kernels", "data", "infer")
+PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+INFERENCE_NORM_MODES = ("instance", "batch", "running")
+DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
 
 
 @dataclass

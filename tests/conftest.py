@@ -12,19 +12,6 @@ def _seeded():
     torch.manual_seed(1234)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _user_cache(tmp_path_factory):
-    """fastpix's user cache directory (default decode caches, demo data) in a temporary folder: the tests never
-    write into the user's ~/.cache."""
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("XDG_CACHE_HOME")
-    else:
-        os.environ["XDG_CACHE_HOME"] = previous
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small demo data set: 32×32 halves, 8 train / 3 val / 3 test pairs."""
@@ -60,6 +47,19 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """fastpix's user cache directory (default decode caches, demo data) in a temporary folder: the tests never
+    write into the user's ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,12 +6,13 @@ fused Triton kernel, fastpix/models/fused.py).
 """
 import os
 
-from fastpix.config import MODEL_BACKENDS as BACKENDS
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer
 from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
+
+from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one list of backends, in config.py
 
 
 def resolve_backend(backend=None) -> str:
