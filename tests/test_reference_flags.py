@@ -70,7 +70,8 @@ def test_flag_values_below_their_minimum_are_refused(capsys):
         assert flag.replace("_", "-") in err and "0 is below the smallest value it takes, 1" in err
 
 
-def test_reference_train_and_test_command_lines_run(tiny_data, workdir, capsys):
+def test_reference_train_and_test_command_lines_run(tiny_data, workdir, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # --use_wandb, where wandb is installed: nothing leaves the machine
     ckpts, results = workdir / "ckpt", workdir / "res"
     known = {k: v for k, v in {**BASE, **TRAIN}.items() if k not in NOT_YET}
     train = ["train", "--dataroot", tiny_data, "--name", "ref", "--checkpoints_dir", str(ckpts), "--quiet",
