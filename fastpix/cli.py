@@ -266,8 +266,11 @@ def cmd_eval(args):
     from fastpix.infer.protocol import find_generator_weights
 
     given = apply_reference_args(vars(args))
-    refuse_single_images(build_config(ReferenceConfig, given), "eval")
+    ref = build_config(ReferenceConfig, given)
+    refuse_single_images(ref, "eval")
     cfg = build_config(EvalConfig, given)
+    cfg.name = suffixed_name(cfg.name, ref.suffix, build_config(ModelConfig, given), build_config(DataConfig, given),
+                             cfg, ref)
     if cfg.results and cfg.checkpoint is None:
         run_dir, weights = os.path.join(cfg.checkpoints_dir, cfg.name), None
     else:
@@ -277,6 +280,8 @@ def cmd_eval(args):
     model_cfg, data_cfg = build_config(ModelConfig, saved, given), build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None and not cfg.results:
         raise SystemExit("fastpix eval: --dataroot is required (the run's config.json does not name one)")
+    if ref.verbose and weights is not None:
+        print_networks(model_cfg, ("G",))
     report = evaluate.run_eval(model_cfg, data_cfg, cfg, weights, os.path.basename(run_dir))
     print(evaluate.format_report(report))
     if "page" in report:
@@ -502,14 +507,15 @@ def add_test(sub):
     saved = "(default: from the run's config.json)"
     subcommand(sub, "test", cmd_test, "run the test protocol over a split and write a results page",
                (ModelConfig, f"model {saved}"), (DataConfig, f"data {saved}"), (TestConfig, "test"),
-               (ReferenceConfig, "reference options"), (ReferenceTestConfig, "reference test options"))
+               (ReferenceConfig, "reference options"), (ReferenceTestConfig, "reference test options"),
+               (ReferenceDisplayConfig, DISPLAY_TITLE))
 
 
 def add_eval(sub):
     saved = "(default: from the run's config.json)"
     subcommand(sub, "eval", cmd_eval, "score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
                (ModelConfig, f"model {saved}"), (DataConfig, f"data {saved}"), (EvalConfig, "evaluation"),
-               (ReferenceConfig, "reference options"))
+               (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE))
 
 
 def add_predict(sub):

@@ -220,14 +220,15 @@ class ReferenceConfig:
 
 @dataclass
 class ReferenceDisplayConfig:
-    """The reference's visdom and HTML display (train). fastpix shows a run instead as <run>/samples/*.png and
+    """The reference's visdom and HTML display (train; test and eval accept them too). fastpix shows a run instead as <run>/samples/*.png and
     <run>/loss.png (every --display_freq iterations), metrics.jsonl (every --print_freq) and TensorBoard."""
     display_id: int = opt(1, "ignored: the visdom window id")
     display_server: str = opt("http://localhost", "ignored: the visdom server")
     display_port: int = opt(8097, "ignored: the visdom port")
     display_env: str = opt("main", "ignored: the visdom environment")
     display_ncols: int = opt(4, "ignored: images per row of the visdom panel")
-    display_winsize: int = opt(256, "ignored: the visdom/HTML image size (sample grids are at crop_size)")
+    display_winsize: int = opt(256, "ignored: the visdom/HTML image size (fastpix's sample grids are at crop_size, "
+                               "its results pages show images 256 px wide)")
     no_html: bool = opt(False, "ignored: fastpix writes no web/ folder (its samples are in <run>/samples/)")
     update_html_freq: int = opt(1000, "ignored: the web/ page cadence (samples follow --display_freq)")
 
@@ -240,7 +241,6 @@ class ReferenceTestConfig:
     batch_size: int = opt(1, "ignored: the test protocol runs one image at a time (the reference's test sets 1 "
                           "too)")
     serial_batches: bool = opt(False, "accepted: test always takes the images in order")
-    display_winsize: int = opt(256, "ignored: the results page shows images 256 px wide")
     use_wandb: bool = opt(False, "ignored by test: the results are index.html and scores.json")
     wandb_project_name: str = opt("CycleGAN-and-pix2pix", "ignored by test (see --use_wandb)")
 

@@ -131,3 +131,10 @@ def test_single_image_runs_point_to_predict(workdir):
         with pytest.raises(SystemExit, match=f"{' '.join(flags)} translates images without targets: use fastpix "
                                              "predict --checkpoint"):
             main(["test", "--dataroot", str(workdir), "--name", "pretrained", *flags])
+
+
+@pytest.mark.parametrize("command", ["train", "test", "eval"])
+def test_reference_flags_fastpix_took_before_still_parse(command):
+    argv = ["--model", "pix2pix", "--dataset_mode", "aligned", "--gpu_ids", "-1", "--display_id", "0",
+            "--pool_size", "0", "--suffix", "x", "--verbose"]
+    assert vars(build_parser().parse_args([command, *argv]))["display_id"] == 0
