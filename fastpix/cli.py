@@ -146,6 +146,17 @@ def refuse_single_images(ref: ReferenceConfig, command: str):
                          "--checkpoint <checkpoints_dir>/<name> --input <images> --output <folder>")
 
 
+def check_crop(model_cfg, data_cfg):
+    """A U-Net halves its input num_downs times, so a fixed crop must be a multiple of 2**num_downs: otherwise the
+    first forward fails, after the cache was built. Say it first, in one line."""
+    from fastpix.models import unet_num_downs
+
+    downs = unet_num_downs(model_cfg.netG)
+    if downs and data_cfg.preprocess in ("resize_and_crop", "crop") and data_cfg.crop_size % 2 ** downs:
+        raise ValueError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {2 ** downs}: "
+                         f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
+
+
 def is_main_process() -> bool:
     """False on the ranks > 0 of a torchrun launch: what all ranks would say, rank 0 says once."""
     return os.environ.get("RANK", "0") == "0"
@@ -229,6 +240,7 @@ def cmd_train(args):
     if data_cfg.dataroot is None:
         data_cfg.dataroot = ensure_demo_data()
         print(f"fastpix: no --dataroot given, training on the built-in demo data in {data_cfg.dataroot}")
+    check_crop(model_cfg, data_cfg)
     if ref.verbose and is_main_process():
         print_networks(model_cfg)
     prepare_backend(model_cfg.backend, train_cfg.device)
@@ -252,6 +264,7 @@ def cmd_test(args):
     data_cfg = build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None:
         raise SystemExit("fastpix test: --dataroot is required (the run's config.json does not name one)")
+    check_crop(model_cfg, data_cfg)
     if ref.verbose:
         print_networks(model_cfg, ("G",))
     started = int(time.time())  # whole seconds: file systems may round mtimes down

@@ -75,6 +75,14 @@ def test_real_user_errors(workdir, capsys):
     assert "--backend 'compile' is not one of eager, triton" in one_line(capsys)
 
 
+def test_a_crop_the_unet_cannot_take_is_refused_before_any_work(tiny_data, workdir, capsys):
+    argv = ["train", "--dataroot", tiny_data, "--netG", "unet_32", "--load_size", "44", "--crop_size", "40", "--quiet"]
+    assert cli.main(argv) == 2
+    assert one_line(capsys) == ("fastpix train: error: --netG unet_32 takes images whose sides are multiples of 32: "
+                                "--crop_size 40 is not (or use a smaller U-Net)")
+    assert not os.path.exists(workdir / "checkpoints")
+
+
 def test_indivisible_batch_is_refused_before_any_work(tiny_data, workdir, monkeypatch, capsys):
     """--batch_size is the global batch: under --nproc or torchrun it must split evenly, said once, before the
     cache is built or torchrun is started."""
