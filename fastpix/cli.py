@@ -10,11 +10,40 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 
 from fastpix import __version__
-from fastpix.config import DataConfig, EvalConfig, ModelConfig, PredictConfig, ServeConfig, TestConfig, TrainConfig
+from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DemoConfig, DemoDataConfig, EvalConfig, ExportConfig,
+                            ModelConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig, ReferenceTestConfig,
+                            ServeConfig, TestConfig, TrainConfig, demo_configs, user_cache_dir)
 
-TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
+FORMATTER = argparse.RawDescriptionHelpFormatter
+RANK_EXIT_DELAY_S = 3.0
+DEBUG_HELP = "on an error, show its traceback (default: one line naming the problem; FASTPIX_DEBUG=1 does the same)"
+DISPLAY_TITLE = ("the reference's visdom/HTML display, accepted and ignored: fastpix writes <run>/samples/, "
+                 "<run>/loss.png, <run>/metrics.jsonl and, with --tensorboard, TensorBoard logs")
+
+
+def at_least(kind, name: str):
+    """kind, refusing values below MINIMUM[name] with the flag's own error line."""
+    def parse(text):
+        value = kind(text)
+        if value < MINIMUM[name]:
+            raise argparse.ArgumentTypeError(f"{text} is below the smallest value it takes, {MINIMUM[name]}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
+
+
+def help_of(f) -> str:
+    text = f.metadata["help"]
+    if f.metadata.get("required"):
+        return f"{text} (required)"
+    if "(default:" in text:
+        return text
+    default = " ".join(f.default) if isinstance(f.default, tuple) else (f.default if f.default != "" else "''")
+    return f"{text} (default: {default})"
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
@@ -25,38 +54,27 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
             flags.insert(0, f"--{f.name.replace('_', '-')}")
         flags += list(f.metadata.get("aliases", ()))
         kind = TYPES[str(f.type).split(" ")[0]]
-        help_text = f"{f.metadata['help']} (default: {f.default})"
         if kind is bool and f.default is None:  # a tri-state: unset means "decide from the device"
             group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)
+                               help=help_of(f))
         elif kind is bool:
-            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_of(f))
         else:
-            group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               choices=f.metadata.get("choices"), help=help_text,
-                               metavar=f.name.upper() if not f.metadata.get("choices") else None)
-
-
-def add_reference_args(parser: argparse.ArgumentParser):
-    """Options of the reference's command lines that have one meaning in fastpix, accepted so they run unchanged."""
-    group = parser.add_argument_group("accepted for reference command lines")
-    group.add_argument("--model", choices=("pix2pix",), default=argparse.SUPPRESS,
-                       help="the reference's model switch; fastpix is pix2pix (default: pix2pix)")
-    group.add_argument("--dataset_mode", "--dataset-mode", choices=("aligned",), default=argparse.SUPPRESS,
-                       help="aligned A|B files; fastpix also reads A/ and B/ folders without it (default: aligned)")
-    group.add_argument("--gpu_ids", "--gpu-ids", default=argparse.SUPPRESS,
-                       help="'-1' for the CPU, '0' for cuda:0; same as --device (default: cuda if available)")
-    group.add_argument("--display_id", "--display-id", type=int, default=argparse.SUPPRESS,
-                       help="ignored: fastpix writes samples and metrics.jsonl instead of a visdom display")
-    group.add_argument("--pool_size", "--pool-size", type=int, choices=(0,), default=argparse.SUPPRESS,
-                       help="image pool size; pix2pix uses none (default: 0)")
+            choices = f.metadata.get("choices")
+            group.add_argument(*flags, dest=f.name, type=at_least(kind, f.name) if f.name in MINIMUM else kind,
+                               default=argparse.SUPPRESS, choices=choices, nargs=f.metadata.get("nargs"),
+                               required=f.metadata.get("required", False), help=help_of(f),
+                               metavar=None if choices else f.name.upper())
 
 
 def apply_reference_args(given: dict):
     gpu_ids = given.get("gpu_ids")
     if gpu_ids is not None and "device" not in given:
-        first = str(gpu_ids).split(",")[0].strip()
-        given["device"] = "cpu" if first == "-1" else f"cuda:{first}"
+        ids = [i.strip() for i in str(gpu_ids).split(",") if i.strip()]
+        given["device"] = "cpu" if not ids or ids[0] == "-1" else f"cuda:{ids[0]}"
+        if len(ids) > 1 and is_main_process():
+            print(f"fastpix: --gpu_ids {gpu_ids}: fastpix runs on cuda:{ids[0]}; for {len(ids)} GPUs, one process "
+                  f"each, use --nproc {len(ids)} (with CUDA_VISIBLE_DEVICES={gpu_ids} to choose them)")
     return given
 
 
@@ -70,11 +88,10 @@ def build_config(cls, *layers: dict):
 
 
 def demo_data_dir(size: int) -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "fastpix", f"demo_{size}")
+    return os.path.join(user_cache_dir(), f"demo_{size}")
 
 
-def ensure_demo_data(size: int = 64) -> str:
+def ensure_demo_data(size: int = DemoDataConfig.size) -> str:
     from fastpix.data.demo import write_demo_dataset
 
     folder = demo_data_dir(size)
@@ -109,12 +126,92 @@ def prepare_backend(backend, device):
               "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
 
 
+def refuse_single_images(ref: ReferenceConfig, command: str):
+    """The reference's --model test / --dataset_mode single translate images that have no target: `fastpix
+    predict` does that (any size, the paper's per-image statistics by default)."""
+    if ref.model == "test" or ref.dataset_mode == "single":
+        flag = "--model test" if ref.model == "test" else "--dataset_mode single"
+        raise SystemExit(f"fastpix {command}: error: {flag} translates images without targets: use fastpix predict "
+                         "--checkpoint <checkpoints_dir>/<name> --input <images> --output <folder>")
+
+
+def check_crop(model_cfg, data_cfg):
+    """A U-Net halves its input num_downs times, so a fixed crop must be a multiple of 2**num_downs: otherwise the
+    first forward fails, after the cache was built. Say it first, in one line."""
+    from fastpix.models import unet_num_downs
+
+    downs = unet_num_downs(model_cfg.netG)
+    if downs and data_cfg.preprocess in ("resize_and_crop", "crop") and data_cfg.crop_size % 2 ** downs:
+        raise ValueError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {2 ** downs}: "
+                         f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
+
+
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun launch: what all ranks would say, rank 0 says once."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def suffixed_name(name: str, suffix: str, *configs) -> str:
+    """The reference's --suffix: <name>_<suffix formatted with the options>."""
+    if not suffix:
+        return name
+    values = {k: v for cfg in configs for k, v in dataclasses.asdict(cfg).items()}
+    try:
+        return f"{name}_{suffix.format(**values)}"
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--suffix {suffix!r}: {exc} is not an option of this command (write e.g. "
+                         "{netG}_size{load_size})") from exc
+
+
+def print_networks(model_cfg, nets=("G", "D")):
+    """--verbose: each network and its parameter count, as the reference prints them (built on the meta device:
+    no memory, no time)."""
+    import torch
+
+    from fastpix.models import build_models
+
+    with torch.device("meta"):
+        built = dict(zip(("G", "D"), build_models(model_cfg, backend="eager")))
+    print("---------- Networks initialized -------------")
+    for name in nets:
+        print(built[name])
+        count = sum(p.numel() for p in built[name].parameters())
+        print(f"[Network {name}] Total number of parameters : {count / 1e6:.3f} M")
+    print("-----------------------------------------------")
+
+
+def note_reference_display(given: dict):
+    flags = [f"--{f.name}" for f in dataclasses.fields(ReferenceDisplayConfig) if f.name in given]
+    if flags and is_main_process():
+        print(f"fastpix train: {', '.join(flags)}: the reference's visdom/HTML display, ignored; fastpix writes "
+              "sample grids to <run>/samples/ and the loss plot <run>/loss.png every --display_freq iterations, "
+              "losses to <run>/metrics.jsonl every --print_freq, and TensorBoard logs with --tensorboard")
+
+
+def check_launch(train_cfg, given: dict):
+    """Refuse a multi-process launch that every rank would fail later, before any work: once, in one line."""
+    import torch
+
+    from fastpix.train.distributed import check_world, launch_world_size
+
+    world_size = launch_world_size(train_cfg.nproc)
+    cuda = torch.cuda.is_available() and not str(train_cfg.device or "cuda").startswith("cpu")
+    try:
+        check_world(train_cfg.batch_size, world_size, given.get("norm"), cuda)
+    except ValueError:
+        if not is_main_process():  # rank 0 says it; torchrun kills the others once one exits, so leave it time
+            time.sleep(RANK_EXIT_DELAY_S)
+            raise SystemExit(2) from None
+        raise
+
+
 def cmd_train(args):
     from fastpix.checkpoint import saved_config
     from fastpix.train.loop import train
 
     given = apply_reference_args(vars(args))
     train_cfg = build_config(TrainConfig, given)
+    check_launch(train_cfg, given)
     if train_cfg.nproc and train_cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from fastpix.train.distributed import relaunch_with_torchrun
 
@@ -122,29 +219,48 @@ def cmd_train(args):
         if code:
             raise SystemExit(code)
         return
+    ref = build_config(ReferenceConfig, given)
+    refuse_single_images(ref, "train")
+    note_reference_display(given)
+    train_cfg.name = suffixed_name(train_cfg.name, ref.suffix, build_config(ModelConfig, given),
+                                   build_config(DataConfig, given), train_cfg, ref)
     saved = saved_config(os.path.join(train_cfg.checkpoints_dir, train_cfg.name)) if train_cfg.continue_train else {}
     model_cfg = build_config(ModelConfig, saved, given)
     data_cfg = build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None:
         data_cfg.dataroot = ensure_demo_data()
         print(f"fastpix: no --dataroot given, training on the built-in demo data in {data_cfg.dataroot}")
+    check_crop(model_cfg, data_cfg)
+    if ref.verbose and is_main_process():
+        print_networks(model_cfg)
     prepare_backend(model_cfg.backend, train_cfg.device)
     run_dir = train(model_cfg, data_cfg, train_cfg, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"fastpix: checkpoints in {run_dir}")
+    if is_main_process():
+        print(f"fastpix: checkpoints in {run_dir}")
 
 
 def cmd_test(args):
     from fastpix.checkpoint import saved_config
     from fastpix.infer.protocol import run_test
+    from fastpix.results import apply_aspect_ratio
 
     given = apply_reference_args(vars(args))
     test_cfg = build_config(TestConfig, given)
+    ref, ref_test = build_config(ReferenceConfig, given), build_config(ReferenceTestConfig, given)
+    refuse_single_images(ref, "test")
+    test_cfg.name = suffixed_name(test_cfg.name, ref.suffix, build_config(ModelConfig, given),
+                                  build_config(DataConfig, given), test_cfg, ref, ref_test)
     saved = saved_config(os.path.join(test_cfg.checkpoints_dir, test_cfg.name))
     model_cfg = build_config(ModelConfig, saved, given)
     data_cfg = build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None:
         raise SystemExit("fastpix test: --dataroot is required (the run's config.json does not name one)")
+    check_crop(model_cfg, data_cfg)
+    if ref.verbose:
+        print_networks(model_cfg, ("G",))
+    started = int(time.time())  # whole seconds: file systems may round mtimes down
     out = run_test(model_cfg, data_cfg, test_cfg)
+    apply_aspect_ratio(os.path.join(out, "images"), ref_test.aspect_ratio, since=started)
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
 
@@ -154,16 +270,22 @@ def cmd_eval(args):
     from fastpix.checkpoint import find_generator_weights, saved_config
 
     given = apply_reference_args(vars(args))
+    ref = build_config(ReferenceConfig, given)
+    refuse_single_images(ref, "eval")
     cfg = build_config(EvalConfig, given)
+    cfg.name = suffixed_name(cfg.name, ref.suffix, build_config(ModelConfig, given), build_config(DataConfig, given),
+                             cfg, ref)
     if cfg.results and cfg.checkpoint is None:
         run_dir, weights = os.path.join(cfg.checkpoints_dir, cfg.name), None
     else:
-        run_dir, weights = find_generator_weights(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.epoch)
+        run_dir, weights = find_generator_weights(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.weights_tag())
     run_dir = os.path.normpath(run_dir)
     saved = saved_config(run_dir)
     model_cfg, data_cfg = build_config(ModelConfig, saved, given), build_config(DataConfig, saved, given)
     if data_cfg.dataroot is None and not cfg.results:
         raise SystemExit("fastpix eval: --dataroot is required (the run's config.json does not name one)")
+    if ref.verbose and weights is not None:
+        print_networks(model_cfg, ("G",))
     report = evaluate.run_eval(model_cfg, data_cfg, cfg, weights, os.path.basename(run_dir))
     print(evaluate.format_report(report))
     if "page" in report:
@@ -243,8 +365,9 @@ def cmd_serve(args):
 def cmd_data_demo(args):
     from fastpix.data.demo import write_demo_dataset
 
-    write_demo_dataset(args.out, args.size, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
-    print(f"fastpix: demo data set written to {args.out} (train {args.train}, val {args.val}, test {args.test})")
+    cfg = build_config(DemoDataConfig, vars(args))
+    write_demo_dataset(cfg.out, cfg.size, {"train": cfg.train, "val": cfg.val, "test": cfg.test}, cfg.seed)
+    print(f"fastpix: demo data set written to {cfg.out} (train {cfg.train}, val {cfg.val}, test {cfg.test})")
 
 
 def cmd_demo(args):
@@ -255,40 +378,31 @@ def cmd_demo(args):
     from fastpix.infer.protocol import run_test
     from fastpix.train.loop import train
 
-    gpu = torch.cuda.is_available()
-    size = 256 if gpu else 64
-    data = os.path.join(args.out, "data")
-    write_demo_dataset(data, size)
-    model_cfg = ModelConfig(netG="unet_256" if gpu else "unet_64", ngf=64 if gpu else 32, ndf=64 if gpu else 32)
-    data_cfg = DataConfig(dataroot=data, load_size=286 if gpu else 72, crop_size=size)
-    train_cfg = TrainConfig(name="demo", checkpoints_dir=os.path.join(args.out, "checkpoints"),
-                            batch_size=1 if gpu else 4, n_epochs=args.epochs, n_epochs_decay=args.epochs,
-                            print_freq=50, display_freq=200, save_epoch_freq=max(1, args.epochs),
-                            gan_mode=args.gan_mode)
+    model_cfg, data_cfg, train_cfg, test_cfg = demo_configs(build_config(DemoConfig, vars(args)),
+                                                            torch.cuda.is_available())
+    write_demo_dataset(data_cfg.dataroot, data_cfg.crop_size)
     train(model_cfg, data_cfg, train_cfg, overwrite=True)
-    test_cfg = TestConfig(name="demo", checkpoints_dir=train_cfg.checkpoints_dir,
-                          results_dir=os.path.join(args.out, "results"), num_test=40)
     out = run_test(model_cfg, data_cfg, test_cfg)
     print(f"fastpix demo: checkpoints in {os.path.join(train_cfg.checkpoints_dir, 'demo')}")
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
 
 
-def cmd_export_onnx(args):
+def cmd_export_onnx(cfg: ExportConfig):
     from fastpix.checkpoint import CheckpointError
     from fastpix.export import check_onnx, export_onnx, size_multiple
     from fastpix.checkpoint import load_generator, run_source
 
-    source = run_source(args.checkpoint, args.checkpoints_dir, args.name)
-    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{args.epoch}_net_G"
-    target = os.path.join(args.out, f"{stem}.onnx")
+    source = run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
+    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+    target = os.path.join(cfg.out, f"{stem}.onnx")
     try:
-        generator = load_generator(source, args.epoch)
-        net = export_onnx(generator, target, args.norm_mode)
+        generator = load_generator(source, cfg.epoch)
+        net = export_onnx(generator, target, cfg.norm_mode)
     except CheckpointError:
         raise
     except (ImportError, ValueError, TypeError) as exc:
         raise SystemExit(f"fastpix export: error: {exc}") from exc
-    print(f"fastpix: wrote {target} (norm_mode {args.norm_mode}; N×C×H×W float32 in [-1, 1], H and W multiples of "
+    print(f"fastpix: wrote {target} (norm_mode {cfg.norm_mode}; N×C×H×W float32 in [-1, 1], H and W multiples of "
           f"{size_multiple(generator)})")
     try:
         worst = check_onnx(target, net)
@@ -304,23 +418,24 @@ def cmd_export(args):
     onnxruntime when it is installed."""
     from fastpix import checkpoint as ckpt
 
-    if args.format == "onnx":
-        return cmd_export_onnx(args)
-    run_dir = ckpt.run_source(args.checkpoint, args.checkpoints_dir, args.name)
-    os.makedirs(args.out, exist_ok=True)
+    cfg = build_config(ExportConfig, vars(args))
+    if cfg.format == "onnx":
+        return cmd_export_onnx(cfg)
+    run_dir = ckpt.run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
+    os.makedirs(cfg.out, exist_ok=True)
     if os.path.isfile(run_dir):
-        target = os.path.join(args.out, os.path.splitext(os.path.basename(run_dir))[0] + ".pth")
+        target = os.path.join(cfg.out, os.path.splitext(os.path.basename(run_dir))[0] + ".pth")
         ckpt.save_weights(target, ckpt.load_weights(run_dir))
         print(f"fastpix: wrote {target}")
         return
     for net in ("G", "D"):
         try:
-            source = ckpt.find_weights(run_dir, args.epoch, net)
+            source = ckpt.find_weights(run_dir, cfg.epoch, net)
         except ckpt.CheckpointError:
             if net == "D":
                 continue  # a generator-only folder (as the reference's pretrained models are) exports just G
             raise
-        target = os.path.join(args.out, f"{args.epoch}_net_{net}.pth")
+        target = os.path.join(cfg.out, f"{cfg.epoch}_net_{net}.pth")
         ckpt.save_weights(target, ckpt.load_weights(source))
         print(f"fastpix: wrote {target}")
 
@@ -342,7 +457,8 @@ def cmd_info(args):
 def cmd_bench(args):
     from fastpix import bench
 
-    if args.layers:
+    cfg = build_config(BenchConfig, vars(args))
+    if cfg.layers:
         from fastpix.kernels.conv_layers import layer_table
 
         try:
@@ -351,12 +467,12 @@ def cmd_bench(args):
             raise SystemExit(f"fastpix bench --layers: {exc}") from exc
         return
     try:
-        code = bench.run(args.suite, args.json, args.select)
+        code = bench.run(cfg.suite, cfg.json, cfg.select)
     except FileNotFoundError as exc:
         raise SystemExit(f"fastpix bench: {exc}") from exc
-    if os.path.isfile(args.json):
-        print(bench.table(args.json))
-        print(f"fastpix bench: results in {args.json}")
+    if os.path.isfile(cfg.json):
+        print(bench.table(cfg.json))
+        print(f"fastpix bench: results in {cfg.json}")
     if code:
         raise SystemExit(code)
 
@@ -415,10 +531,11 @@ def cmd_study_report(args):
 def add_study_parser(sub):
     from fastpix.config import StudyConfig, StudyServeConfig
 
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("study", help="the paper's real-vs-fake perceptual study: make, serve, report")
+    p = sub.add_parser("study", help="the paper's real-vs-fake perceptual study: make, serve, report",
+                       allow_abbrev=False)
     study_sub = p.add_subparsers(dest="study_command", required=True, metavar="WHAT")
-    s = study_sub.add_parser("make", help="write a study folder from results folders", formatter_class=fmt,
+    s = study_sub.add_parser("make", help="write a study folder from results folders",
+                             formatter_class=FORMATTER, allow_abbrev=False,
                              description=cmd_study_make.__doc__)
     s.add_argument("--results", nargs="+", required=True, metavar="DIR",
                    help="results folders (results/<name>/<phase>_<epoch>), one per model to compare (required)")
@@ -427,12 +544,14 @@ def add_study_parser(sub):
                    help="one name per results folder (default: <name>/<phase>_<epoch> of each)")
     add_config_args(s, StudyConfig, "protocol")
     s.set_defaults(func=cmd_study_make)
-    s = study_sub.add_parser("serve", help="serve a study folder and collect the answers", formatter_class=fmt,
+    s = study_sub.add_parser("serve", help="serve a study folder and collect the answers",
+                             formatter_class=FORMATTER, allow_abbrev=False,
                              description=cmd_study_serve.__doc__)
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
     add_config_args(s, StudyServeConfig, "server")
     s.set_defaults(func=cmd_study_serve)
-    s = study_sub.add_parser("report", help="%% judged real per model, per observer and pooled", formatter_class=fmt,
+    s = study_sub.add_parser("report", help="%% judged real per model, per observer and pooled",
+                             formatter_class=FORMATTER, allow_abbrev=False,
                              description=cmd_study_report.__doc__)
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
     s.add_argument("--answers", nargs="+", default=None, metavar="FILE",
@@ -441,115 +560,120 @@ def add_study_parser(sub):
     s.set_defaults(func=cmd_study_report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.")
-    parser.add_argument("--version", action="version", version=f"fastpix {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def subcommand(sub, name: str, func, help: str, *configs) -> argparse.ArgumentParser:
+    """A subcommand running func, with the flags of each (dataclass, group title) in configs; no abbreviated flags,
+    so a misspelt or reference-only flag can never land on another one."""
+    p = sub.add_parser(name, help=help, description=func.__doc__, formatter_class=FORMATTER,
+                       allow_abbrev=False)
+    for cls, title in configs:
+        add_config_args(p, cls, title)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    p.set_defaults(func=func)
+    return p
 
-    p = sub.add_parser("train", help="train pix2pix (with no --dataroot: on the built-in demo data)",
-                       formatter_class=fmt, description=cmd_train.__doc__)
-    add_config_args(p, ModelConfig, "model")
-    add_config_args(p, DataConfig, "data")
-    add_config_args(p, TrainConfig, "training")
-    add_reference_args(p)
+
+def add_train(sub):
+    p = subcommand(sub, "train", cmd_train, "train pix2pix (with no --dataroot: on the built-in demo data)",
+                   (ModelConfig, "model"), (DataConfig, "data"), (TrainConfig, "training"),
+                   (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE))
     p.add_argument("--overwrite", action="store_true", help="start afresh over an existing run of --name "
                    "(default: refuse, so that no run is lost by accident)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
-    p.set_defaults(func=cmd_train, overwrite=False, quiet=False)
+    p.set_defaults(overwrite=False, quiet=False)
 
-    p = sub.add_parser("test", help="run the test protocol over a split and write a results page",
-                       formatter_class=fmt)
-    add_config_args(p, ModelConfig, "model (default: from the run's config.json)")
-    add_config_args(p, DataConfig, "data (default: from the run's config.json)")
-    add_config_args(p, TestConfig, "test")
-    add_reference_args(p)
-    p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("eval", help="score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
-                       formatter_class=fmt, description=cmd_eval.__doc__)
-    add_config_args(p, ModelConfig, "model (default: from the run's config.json)")
-    add_config_args(p, DataConfig, "data (default: from the run's config.json)")
-    add_config_args(p, EvalConfig, "evaluation")
-    add_reference_args(p)
-    p.set_defaults(func=cmd_eval)
+def add_test(sub):
+    saved = "(default: from the run's config.json)"
+    subcommand(sub, "test", cmd_test, "run the test protocol over a split and write a results page",
+               (ModelConfig, f"model {saved}"), (DataConfig, f"data {saved}"), (TestConfig, "test"),
+               (ReferenceConfig, "reference options"), (ReferenceTestConfig, "reference test options"),
+               (ReferenceDisplayConfig, DISPLAY_TITLE))
 
-    p = sub.add_parser("predict", help="translate image files or folders with a checkpoint (any image size)",
-                       formatter_class=fmt, description=cmd_predict.__doc__)
+
+def add_eval(sub):
+    saved = "(default: from the run's config.json)"
+    subcommand(sub, "eval", cmd_eval, "score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
+               (ModelConfig, f"model {saved}"), (DataConfig, f"data {saved}"), (EvalConfig, "evaluation"),
+               (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE))
+
+
+def add_predict(sub):
+    p = subcommand(sub, "predict", cmd_predict, "translate image files or folders with a checkpoint (any image "
+                   "size)", (PredictConfig, "prediction"))
     p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="image files and/or folders (searched recursively) (required)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the translated images (required)")
-    add_config_args(p, PredictConfig, "prediction")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
-    p.set_defaults(func=cmd_predict, quiet=False)
+    p.set_defaults(quiet=False)
 
-    p = sub.add_parser("serve", help="serve a checkpoint over HTTP with dynamic batching (the 'serve' extra)",
-                       formatter_class=fmt, description=cmd_serve.__doc__)
-    add_config_args(p, ServeConfig, "server")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("data", help="data sets: `fastpix data demo --out DIR` writes the built-in demo set")
+def add_data(sub):
+    p = sub.add_parser("data", help="data sets: `fastpix data demo --out DIR` writes the built-in demo set",
+                       allow_abbrev=False)
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
-    d = data_sub.add_parser("demo", help="write the built-in demo data set (aligned A|B, train/val/test)")
-    d.add_argument("--out", required=True, help="folder to write (required)")
-    d.add_argument("--size", type=int, default=64, help="side of each image half in pixels (default: 64)")
-    d.add_argument("--train", type=int, default=400, help="training pairs (default: 400)")
-    d.add_argument("--val", type=int, default=40, help="validation pairs (default: 40)")
-    d.add_argument("--test", type=int, default=40, help="test pairs (default: 40)")
-    d.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
-    d.set_defaults(func=cmd_data_demo)
+    subcommand(data_sub, "demo", cmd_data_demo, "write the built-in demo data set (aligned A|B, train/val/test)",
+               (DemoDataConfig, "demo data"))
 
-    p = sub.add_parser("demo", help="generate the demo data, train, test, and say where the results are")
-    p.add_argument("--out", default="demo_out", help="folder for data, checkpoints and results (default: demo_out)")
-    p.add_argument("--epochs", type=int, default=5,
-                   help="epochs at full learning rate, then as many decaying (default: 5)")
-    p.add_argument("--gan_mode", "--gan-mode", choices=("vanilla", "lsgan", "none"), default=TrainConfig.gan_mode,
-                   help=f"GAN objective; none = the L1-only baseline (default: {TrainConfig.gan_mode})")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="write a run's weights as reference-loadable .pth state dicts, or the "
-                       "generator as ONNX", formatter_class=fmt, description=cmd_export.__doc__)
-    p.add_argument("--format", choices=("pth", "onnx"), default="pth", help="output format (default: pth)")
-    p.add_argument("--name", help="run name (required unless --checkpoint is given)")
-    p.add_argument("--checkpoint", help="a run folder or a weights file, instead of --name (default: none)")
-    p.add_argument("--norm-mode", "--norm_mode", dest="norm_mode", choices=("instance", "running"),
-                   default="instance", help="onnx: BatchNorm as per-image statistics (the paper's protocol at "
-                   "batch 1) or folded running statistics (default: instance)")
-    p.add_argument("--checkpoints-dir", "--checkpoints_dir", dest="checkpoints_dir", default="./checkpoints",
-                   help="where the run is (default: ./checkpoints)")
-    p.add_argument("--epoch", default="latest", help="which checkpoint (default: latest)")
-    p.add_argument("--out", required=True, help="folder to write into: <epoch>_net_{G,D}.pth, or the .onnx file (required)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("info", help="versions, devices and the active image decoder")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("bench", help="benchmark fastpix against eager PyTorch on this machine")
-    p.add_argument("--suite", nargs="+", default=["train"], choices=("train", "kernels", "data", "infer"),
-                   help="which suites of bench/ to run (default: train)")
-    p.add_argument("--json", default="fastpix-bench.json", help="where to write the results (default: "
-                   "fastpix-bench.json)")
-    p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression (default: all)")
-    p.add_argument("--layers", action="store_true", help="instead: per pix2pix conv layer (batch 1/16/64, bf16), "
-                   "the fused Triton block vs cuDNN and which one backend triton uses (measured once, cached)")
-    p.set_defaults(func=cmd_bench)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastpix", description="pix2pix, fast: train, test and export.",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"fastpix {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(sub)
+    add_test(sub)
+    add_eval(sub)
+    add_predict(sub)
+    subcommand(sub, "serve", cmd_serve, "serve a checkpoint over HTTP with dynamic batching (the 'serve' extra)",
+               (ServeConfig, "server"))
+    add_data(sub)
+    subcommand(sub, "demo", cmd_demo, "generate the demo data, train, test, and say where the results are",
+               (DemoConfig, "demo"))
+    subcommand(sub, "export", cmd_export, "write a run's weights as reference-loadable .pth state dicts, or the "
+               "generator as ONNX", (ExportConfig, "export"))
+    subcommand(sub, "info", cmd_info, "versions, devices and the active image decoder")
+    subcommand(sub, "bench", cmd_bench, "benchmark fastpix against eager PyTorch on this machine",
+               (BenchConfig, "benchmarks"))
     add_study_parser(sub)
     return parser
 
 
-def main(argv=None) -> int:
+def user_error(exc: BaseException) -> tuple[str, int] | None:
+    """(one line, exit status) for an error the user can fix; None for a programming error (its traceback shows)."""
     from fastpix.checkpoint import CheckpointError
     from fastpix.data.dataset import DataError
 
+    if isinstance(exc, KeyboardInterrupt):
+        return str(exc) or "interrupted", 130
+    if isinstance(exc, (DataError, CheckpointError)):
+        return f"error: {exc}", 2
+    if isinstance(exc, OSError):  # permission denied, no space left, a missing file: with the path
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        return f"error: {exc.strerror or exc}{': ' + paths if paths else ''}", 1
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("fastpix"):
+        return f"error: this needs the optional package {exc.name.split('.')[0]} (pip install it)", 1
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return f"error: out of device memory (try a smaller --batch_size or --crop_size): {exc}".split("\n")[0], 1
+    if isinstance(exc, MemoryError):
+        return f"error: {str(exc) or 'out of memory'}", 1
+    if isinstance(exc, (ValueError, TypeError)) and "--" in str(exc):  # names the flag to change
+        return f"error: {exc}", 2
+    return None
+
+
+def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    debug = args.debug or os.environ.get("FASTPIX_DEBUG", "0") not in ("", "0")
     try:
         args.func(args)
-    except (DataError, CheckpointError) as exc:
-        print(f"fastpix {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(f"fastpix {args.command}: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        known = None if debug else user_error(exc)
+        if known is None:
+            raise
+        print(f"fastpix {args.command}: {known[0]}", file=sys.stderr)
+        return known[1]
     return 0

@@ -5,19 +5,41 @@ one to one; the CLI also offers each with dashes. The `help` metadata is what `f
 """
 from __future__ import annotations
 
-import dataclasses
+import os
 from dataclasses import dataclass, field
 
 
 def opt(default, help, **kw):
-    """A config field with its help text (and optional argparse extras: choices, flag aliases)."""
+    """A config field with its help text (and optional argparse extras: choices, flag aliases, nargs, required)."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def user_cache_dir() -> str:
+    """fastpix's folder in the user's cache directory ($XDG_CACHE_HOME/fastpix, else ~/.cache/fastpix): the decode
+    cache and the demo data go there, never into a data set."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastpix")
+
+
+# The smallest value each numeric flag takes (by field name, in every config that has it): below it a run would
+# divide by zero or build an empty network, so argparse refuses it with the flag's name.
+MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "load_size": 1, "crop_size": 1,
+           "max_dataset_size": 1, "num_threads": 0, "batch_size": 1, "n_epochs": 0, "n_epochs_decay": 0,
+           "epoch_count": 1, "max_iters": 1, "lr": 0.0, "lr_decay_iters": 1, "nproc": 1, "save_epoch_freq": 1,
+           "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "num_test": 0, "load_iter": 0,
+           "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1, "graph_size": 0, "port": 0,
+           "timeout_s": 0.0, "max_wait_ms": 0.0, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
+           "epochs": 1}
 
 
 NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
 NET_D_CHOICES = ("basic", "n_layers", "pixel")
 NORM_CHOICES = ("batch", "instance", "none", "syncbatch")
 INIT_CHOICES = ("normal", "xavier", "kaiming", "orthogonal")
+MODEL_BACKENDS = ("eager", "triton")  # what define_G/define_D build (fastpix.models.BACKENDS)
+TRAIN_BACKENDS = MODEL_BACKENDS + ("compile",)  # training also runs torch.compile of the eager modules
+EXPORT_NORM_MODES = ("instance", "running")  # 'batch' mixes the images of a batch: not a model to ship
+BENCH_SUITES = ("train", "kernels", "data", "infer")
 PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 INFERENCE_NORM_MODES = ("instance", "batch", "running")
 DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
@@ -39,7 +61,7 @@ class ModelConfig:
     no_dropout: bool = opt(False, "no dropout in the generator (pix2pix uses dropout 0.5 as its noise)")
     backend: str = opt(None, "eager, triton (fused norm+activation kernels and losses; on a CPU through Triton's "
                        "slow interpreter) or compile (torch.compile of eager; training only) (default: eager)",
-                       choices=("eager", "triton", "compile"))
+                       choices=TRAIN_BACKENDS)
 
 
 @dataclass
@@ -60,14 +82,16 @@ class DataConfig:
                              "per-item DataLoader); auto = cache if it fits on the GPU, in RAM or on disk, else "
                              "stream, and loader when --preprocess is not resize_and_crop",
                              choices=DATA_PIPELINE_CHOICES)
-    cache_dir: str = opt(None, "folder of the decode-once cache (default: <dataroot>/.fastpix_cache)")
+    cache_dir: str = opt(None, "folder of the decode-once cache (default: a folder per data set under "
+                         "$XDG_CACHE_HOME/fastpix/pairs, else ~/.cache/fastpix/pairs)")
 
 
 @dataclass
 class TrainConfig:
     name: str = opt("experiment_name", "name of the experiment: checkpoints go to <checkpoints_dir>/<name>")
     checkpoints_dir: str = opt("./checkpoints", "where checkpoints are saved")
-    batch_size: int = opt(1, "input batch size")
+    phase: str = opt("train", "dataset split to train on (<dataroot>/<phase>)")
+    batch_size: int = opt(1, "input batch size: the global batch, split across the processes of --nproc/torchrun")
     n_epochs: int = opt(100, "epochs at the initial learning rate")
     n_epochs_decay: int = opt(100, "epochs to decay the learning rate linearly to zero")
     epoch_count: int = opt(1, "the starting epoch count")
@@ -111,12 +135,17 @@ class TestConfig:
     results_dir: str = opt("./results", "results are written to <results_dir>/<name>/<phase>_<epoch>/")
     phase: str = opt("test", "dataset split to run on")
     epoch: str = opt("latest", "which checkpoint to load: latest or an epoch number")
+    load_iter: int = opt(0, "load iter_<load_iter>_net_G (saved with --save_by_iter) instead of --epoch, when > 0")
     num_test: int = opt(50, "how many images to run")
     eval: bool = opt(False, "use running BatchNorm statistics and no dropout (model.eval())")
     seed: int = opt(0, "random seed for the dropout noise")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
     sort: str = opt("name", "order of the results page: by file name, or worst L1 first",
                     choices=("name", "worst"))
+
+    def weights_tag(self) -> str:
+        """The <tag> of <tag>_net_G to load: iter_<N> with --load_iter N > 0, else --epoch (as the reference)."""
+        return f"iter_{self.load_iter}" if self.load_iter > 0 else self.epoch
 
 
 @dataclass
@@ -176,7 +205,7 @@ class InferenceConfig:
     precision: str = opt(None, "fp32, bf16 or fp16 (autocast, CUDA only) (default: bf16 on GPUs that support it, "
                          "else fp32)", choices=("fp32", "bf16", "fp16"))
     backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
-                       "slow, for checking) (default: eager)", choices=("eager", "triton"))
+                       "slow, for checking) (default: eager)", choices=MODEL_BACKENDS)
     netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",
                     choices=NET_G_CHOICES)
     ngf: int = opt(None, "generator filters, when neither config.json nor the weights tell it")
@@ -210,11 +239,108 @@ class ServeConfig(InferenceConfig):
                           "batch bucket, captured before /readyz reports ready (0: no graphs)")
 
 
-def fields_of(cls):
-    return dataclasses.fields(cls)
+# ------------------------------------------------------------------------------ the reference's other options
+# pytorch-CycleGAN-and-pix2pix's options that fastpix has no field for above, accepted so that a reference user's
+# command line runs unchanged. Each says what it does in fastpix.
+
+@dataclass
+class ReferenceConfig:
+    """Options of the reference's train and test alike."""
+    model: str = opt("pix2pix", "the reference's model switch; fastpix is pix2pix (test: the reference's "
+                     "single-image generator run, which is `fastpix predict`)", choices=("pix2pix", "test"))
+    dataset_mode: str = opt("aligned", "aligned A|B files; fastpix also reads A/ and B/ folders without it (single: "
+                            "images without targets, which is `fastpix predict`)", choices=("aligned", "single"))
+    gpu_ids: str = opt(None, "'-1' for the CPU, '0' for cuda:0 (the first id; more GPUs: --nproc); same as "
+                       "--device (default: cuda if available)")
+    suffix: str = opt("", "customised suffix: --name becomes <name>_<suffix>, the suffix formatted with the "
+                      "options, e.g. {netG}_size{load_size}")
+    verbose: bool = opt(False, "print the networks and their parameter counts before starting")
+    pool_size: int = opt(0, "ignored: the image pool size; pix2pix has no pool (the reference's pix2pix ignores "
+                         "it too)")
 
 
-def from_dict(cls, values: dict):
-    """Build a config from a dict, ignoring keys that belong to other configs."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+@dataclass
+class ReferenceDisplayConfig:
+    """The reference's visdom and HTML display (train; test and eval accept them too). fastpix shows a run instead as <run>/samples/*.png and
+    <run>/loss.png (every --display_freq iterations), metrics.jsonl (every --print_freq) and TensorBoard."""
+    display_id: int = opt(1, "ignored: the visdom window id")
+    display_server: str = opt("http://localhost", "ignored: the visdom server")
+    display_port: int = opt(8097, "ignored: the visdom port")
+    display_env: str = opt("main", "ignored: the visdom environment")
+    display_ncols: int = opt(4, "ignored: images per row of the visdom panel")
+    display_winsize: int = opt(256, "ignored: the visdom/HTML image size (fastpix's sample grids are at crop_size, "
+                               "its results pages show images 256 px wide)")
+    no_html: bool = opt(False, "ignored: fastpix writes no web/ folder (its samples are in <run>/samples/)")
+    update_html_freq: int = opt(1000, "ignored: the web/ page cadence (samples follow --display_freq)")
+
+
+@dataclass
+class ReferenceTestConfig:
+    """The reference's test options beyond TestConfig."""
+    aspect_ratio: float = opt(1.0, "resize the saved images to height/width = aspect_ratio, as the reference does "
+                              "(bicubic; the scores are of the unresized images)")
+    batch_size: int = opt(1, "ignored: the test protocol runs one image at a time (the reference's test sets 1 "
+                          "too)")
+    serial_batches: bool = opt(False, "accepted: test always takes the images in order")
+    use_wandb: bool = opt(False, "ignored by test: the results are index.html and scores.json")
+    wandb_project_name: str = opt("CycleGAN-and-pix2pix", "ignored by test (see --use_wandb)")
+
+
+# ------------------------------------------------------------------------------ the other subcommands
+
+@dataclass
+class DemoDataConfig:
+    """`fastpix data demo`; also the data `fastpix train` uses without --dataroot."""
+    out: str = opt(None, "folder to write", required=True)
+    size: int = opt(64, "side of each image half in pixels")
+    train: int = opt(400, "training pairs")
+    val: int = opt(40, "validation pairs")
+    test: int = opt(40, "test pairs")
+    seed: int = opt(0, "generator seed")
+
+
+@dataclass
+class DemoConfig:
+    out: str = opt("demo_out", "folder for data, checkpoints and results")
+    epochs: int = opt(5, "epochs at full learning rate, then as many decaying")
+    gan_mode: str = opt(TrainConfig.gan_mode, "GAN objective; none = the L1-only baseline",
+                        choices=("vanilla", "lsgan", "none"))
+
+
+# The demo's scale: the paper's unet_256 at 256² on a GPU; on a CPU a model that trains in a few minutes.
+DEMO_SCALE = {"gpu": {"size": 256, "netG": "unet_256", "ngf": 64, "ndf": 64, "load_size": 286, "batch_size": 1},
+              "cpu": {"size": 64, "netG": "unet_64", "ngf": 32, "ndf": 32, "load_size": 72, "batch_size": 4}}
+
+
+def demo_configs(cfg: DemoConfig, gpu: bool) -> tuple:
+    """(ModelConfig, DataConfig, TrainConfig, TestConfig) of `fastpix demo` writing under cfg.out."""
+    scale = DEMO_SCALE["gpu" if gpu else "cpu"]
+    model = ModelConfig(netG=scale["netG"], ngf=scale["ngf"], ndf=scale["ndf"])
+    data = DataConfig(dataroot=os.path.join(cfg.out, "data"), load_size=scale["load_size"], crop_size=scale["size"])
+    train = TrainConfig(name="demo", checkpoints_dir=os.path.join(cfg.out, "checkpoints"),
+                        batch_size=scale["batch_size"], n_epochs=cfg.epochs, n_epochs_decay=cfg.epochs,
+                        print_freq=50, display_freq=200, save_epoch_freq=max(1, cfg.epochs), gan_mode=cfg.gan_mode)
+    test = TestConfig(name="demo", checkpoints_dir=train.checkpoints_dir,
+                      results_dir=os.path.join(cfg.out, "results"), num_test=40)
+    return model, data, train, test
+
+
+@dataclass
+class ExportConfig:
+    format: str = opt("pth", "output format", choices=("pth", "onnx"))
+    name: str = opt(None, "run name (required unless --checkpoint is given)")
+    checkpoint: str = opt(None, "a run folder or a weights file, instead of --name")
+    norm_mode: str = opt("instance", "onnx: BatchNorm as per-image statistics (the paper's protocol at batch 1) or "
+                         "folded running statistics", choices=EXPORT_NORM_MODES)
+    checkpoints_dir: str = opt(TrainConfig.checkpoints_dir, "where the run is")
+    epoch: str = opt("latest", "which checkpoint")
+    out: str = opt(None, "folder to write into: <epoch>_net_{G,D}.pth, or the .onnx file", required=True)
+
+
+@dataclass
+class BenchConfig:
+    suite: tuple = opt(("train",), "which suites of bench/ to run", choices=BENCH_SUITES, nargs="+")
+    json: str = opt("fastpix-bench.json", "where to write the results")
+    select: str = opt(None, "only cases whose name matches this pytest -k expression (default: all)")
+    layers: bool = opt(False, "instead: per pix2pix conv layer (batch 1/16/64, bf16), the fused Triton block vs "
+                       "cuDNN and which one backend triton uses (measured once, cached)")

@@ -16,11 +16,11 @@ import os
 
 import torch
 
+from fastpix.config import EXPORT_NORM_MODES
 from fastpix.infer.norm_modes import inference_network
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 
-EXPORT_NORM_MODES = ("instance", "running")  # 'batch' mixes the images of a batch: not a model to ship
 OPSET = 18
 
 

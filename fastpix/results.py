@@ -36,3 +36,19 @@ def write_index(folder: str, title: str, rows: list[tuple[str, list[tuple[str, s
     parts.append("</body></html>")
     with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
+
+
+def apply_aspect_ratio(folder: str, aspect_ratio: float, since: float = 0.0):
+    """The reference's test --aspect_ratio: resize each image saved since `since` (a time.time(); older files are
+    another run's) so that height/width = aspect_ratio (bicubic), with the reference's arithmetic: for ratio > 1 the
+    height becomes int(width * ratio), else the width int(height / ratio), from a square result."""
+    if aspect_ratio == 1.0:
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.getmtime(path) < since:
+            continue
+        image = Image.open(path)
+        w, h = image.size
+        size = (h, int(w * aspect_ratio)) if aspect_ratio > 1.0 else (int(h / aspect_ratio), w)
+        image.resize(size, Image.BICUBIC).save(path)

@@ -52,7 +52,7 @@ def test_two_folder_layout(tmp_path):
 
 
 def test_reuse_and_rebuild(data):
-    folder = os.path.join(data, ".fastpix_cache")  # the default place
+    folder = C.default_cache_dir(dataset(data))  # the default place, in the user's cache directory
     assert not PairCache(dataset(data), progress=False).hit
     assert PairCache(dataset(data), progress=False).hit
     assert not PairCache(dataset(data, nc=(1, 3)), progress=False).hit  # options are part of the key

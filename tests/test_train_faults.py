@@ -138,7 +138,7 @@ def test_no_readable_image_is_an_error_not_an_untrained_checkpoint(tmp_path):
         (tmp_path / "data" / "train" / f"{k}.jpg").write_bytes(b"not a jpeg")
     model, data, cfg = configs(str(tmp_path / "data"), tmp_path, max_iters=4)
     data.skip_bad_images, data.data_pipeline = True, "loader"
-    with pytest.raises(loop.DataError, match="no readable pair"):
+    with pytest.raises(loop.DataError, match="train: none of its 3 images could be read"):
         train(model, data, cfg, progress=False)
     assert not os.path.exists(f"{tmp_path}/run/latest_net_G.safetensors")
 

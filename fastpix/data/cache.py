@@ -5,7 +5,8 @@ each pair is decoded and resized once to load_size² uint8 A and B; the random c
 per batch in fastpix.data.augment, equal bit for bit to PairedDataset's output. Other preprocess modes keep using
 PairedDataset through make_loader.
 
-The cache is built into files under a cache folder (default <dataroot>/.fastpix_cache): <stem>.a and <stem>.b hold
+The cache is built into files under a cache folder (default: one per data set in the user's cache directory, see
+default_cache_dir; nothing is written into the data set unless --cache_dir points there): <stem>.a and <stem>.b hold
 the raw (N, L, L, C) uint8 arrays, <stem>.json the manifest. stem is a hash of the files' paths, sizes and mtimes and
 of the preprocessing options, so any change builds a new cache; the manifest is written last, after the arrays were
 renamed from temporary names, so an interrupted build is never taken for a complete one. The arrays are then kept on
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from fastpix.config import user_cache_dir
 from fastpix.data.augment import augment
 from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
 from fastpix.data.decode import decode_pairs_into
@@ -122,7 +124,11 @@ def cache_nbytes(dataset: PairedDataset) -> int:
 
 
 def default_cache_dir(dataset: PairedDataset) -> str:
-    return os.path.join(dataset.dataroot, ".fastpix_cache")
+    """<user cache>/pairs/<data set folder name>-<hash of its absolute path>: data folders are often shared or
+    read-only, and a cache is the user's. The builds inside are keyed by the files' content (cache_key)."""
+    root = os.path.abspath(dataset.dataroot)
+    tag = hashlib.sha256(root.encode()).hexdigest()[:12]
+    return os.path.join(user_cache_dir(), "pairs", f"{os.path.basename(root) or 'root'}-{tag}")
 
 
 def disk_room(folder: str, nbytes: int) -> bool:

@@ -14,6 +14,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from fastpix.config import DemoDataConfig
+
 N_CLASSES = 6
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]], np.uint8)
 MATERIAL_COLOUR = np.array([[200, 190, 170], [180, 60, 40], [60, 150, 70], [50, 80, 170], [220, 180, 40],
@@ -21,7 +23,7 @@ MATERIAL_COLOUR = np.array([[200, 190, 170], [180, 60, 40], [60, 150, 70], [50, 
 STRIPE_PERIOD = np.array([6.0, 4.0, 5.0, 3.0, 8.0, 4.0])  # pixels, at size 64; scaled with the size
 STRIPE_ANGLE = np.array([0.0, 0.5, 1.2, 2.0, 2.6, 0.9])  # radians
 
-DEFAULT_SPLITS = {"train": 400, "val": 40, "test": 40}
+DEFAULT_SPLITS = {split: getattr(DemoDataConfig, split) for split in ("train", "val", "test")}
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 
@@ -52,7 +54,8 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     return PALETTE[labels], np.clip(b, 0, 255).astype(np.uint8)
 
 
-def write_demo_dataset(out: str, size: int = 64, splits: dict | None = None, seed: int = 0) -> str:
+def write_demo_dataset(out: str, size: int = DemoDataConfig.size, splits: dict | None = None,
+                       seed: int = DemoDataConfig.seed) -> str:
     """Write <out>/{train,val,test}/<index>.png in the aligned A|B format; deterministic for (size, splits, seed)."""
     splits = DEFAULT_SPLITS if splits is None else splits
     for phase, count in splits.items():

@@ -12,7 +12,7 @@ from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 
-BACKENDS = ("eager", "triton")
+from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one list of backends, in config.py
 
 
 def resolve_backend(backend=None) -> str:

@@ -58,6 +58,23 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def launch_world_size(nproc: int | None) -> int:
+    """The number of processes this launch trains on: torchrun's WORLD_SIZE, else --nproc, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "0")) or nproc or 1
+
+
+def check_world(batch_size: int, world_size: int, norm: str | None = None, cuda: bool = True):
+    """Refuse what every rank would fail on later (after building the cache): --batch_size is the global batch,
+    cut into equal per-process slices; SyncBatchNorm synchronises several GPU processes."""
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
+        examples = " or ".join(str(b) for b in (lower, lower + world_size) if b > 0)
+        raise ValueError(f"--batch_size {batch_size} is the global batch, split over {world_size} processes: it "
+                         f"must be a multiple of {world_size} (e.g. {examples})")
+    if norm == "syncbatch" and (world_size < 2 or not cuda):
+        raise ValueError("--norm syncbatch needs several GPU processes (--nproc N, or torchrun, on CUDA)")
+
+
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     """`fastpix train --nproc N ...` is `torchrun --nproc_per_node N -m fastpix train ...`."""
     import subprocess

@@ -139,7 +139,7 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
-    dataset = PairedDataset(data_cfg.dataroot, "train", data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
+    dataset = PairedDataset(data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
                             data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
                             data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
@@ -254,7 +254,7 @@ def run_epochs(s: Session, cursor: Cursor, stop: StopRequest):
         if run_epoch(s, cursor, lr, stop):
             return
         if whole_epoch and cursor.iteration == before:  # never save untrained weights as a trained epoch
-            raise DataError(f"{os.path.join(s.dataset.dataroot, 'train')}: no readable pair in epoch {cursor.epoch} "
+            raise DataError(f"{s.dataset.split}: no readable pair in epoch {cursor.epoch} "
                             "(every image was skipped as unreadable): nothing to train on")
         tags = [str(cursor.epoch)] if cursor.epoch % cfg.save_epoch_freq == 0 else []
         cursor.epoch, cursor.position = cursor.epoch + 1, 0
