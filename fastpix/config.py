@@ -92,16 +92,19 @@ class TrainConfig:
     checkpoints_dir: str = opt("./checkpoints", "where checkpoints are saved")
     phase: str = opt("train", "dataset split to train on (<dataroot>/<phase>)")
     batch_size: int = opt(1, "input batch size: the global batch, split across the processes of --nproc/torchrun")
-    n_epochs: int = opt(100, "epochs at the initial learning rate")
-    n_epochs_decay: int = opt(100, "epochs to decay the learning rate linearly to zero")
+    n_epochs: int = opt(100, "epochs at the initial learning rate", aliases=("--niter",))
+    n_epochs_decay: int = opt(100, "epochs to decay the learning rate linearly to zero", aliases=("--niter_decay",))
     epoch_count: int = opt(1, "the starting epoch count")
     max_iters: int = opt(None, "stop after this many iterations in total (short runs)")
     lr: float = opt(0.0002, "initial learning rate for Adam")
     beta1: float = opt(0.5, "Adam momentum term beta1")
-    lr_policy: str = opt("linear", "learning rate policy", choices=("linear", "step", "cosine"))
+    lr_policy: str = opt("linear", "learning rate policy (plateau: the reference's ReduceLROnPlateau on pix2pix's "
+                         "constant metric, x0.2 every 6 epochs after the first)",
+                         choices=("linear", "step", "plateau", "cosine"))
     lr_decay_iters: int = opt(50, "multiply by 0.1 every lr_decay_iters epochs (--lr_policy step)")
-    gan_mode: str = opt("vanilla", "GAN objective (vanilla = BCE on logits, lsgan = MSE, none = L1 only: the "
-                        "paper's L1 baseline, no discriminator)", choices=("vanilla", "lsgan", "none"))
+    gan_mode: str = opt("vanilla", "GAN objective (vanilla = BCE on logits, lsgan = MSE, wgangp = the reference's "
+                        "Wasserstein loss, no gradient penalty in pix2pix, none = L1 only: the paper's L1 baseline, "
+                        "no discriminator)", choices=("vanilla", "lsgan", "wgangp", "none"))
     lambda_L1: float = opt(100.0, "weight of the L1 loss")
     seed: int = opt(0, "random seed: same seed and device give the same weights")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")

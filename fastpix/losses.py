@@ -2,17 +2,22 @@
 
 backend 'eager' is the reference's composition; 'triton' runs the fused kernels (loss and gradient in one pass,
 no host synchronisation, deterministic): kernels/patchgan_loss.py and kernels/l1_loss.py. Both return fp32.
+wgangp is a plain mean on every backend (the fused kernel has no such mode, and a mean is one reduction already).
 """
 import torch
 import torch.nn.functional as F
 
-GAN_MODES = ("vanilla", "lsgan")
+GAN_MODES = ("vanilla", "lsgan", "wgangp")
 
 
 def gan_loss(logits: torch.Tensor, target_is_real: bool, mode: str = "vanilla", backend: str = "eager") -> torch.Tensor:
-    """vanilla: BCE-with-logits, mean over all patch logits; lsgan: mean squared error. Real 1.0, fake 0.0."""
+    """vanilla: BCE-with-logits, mean over all patch logits; lsgan: mean squared error; real 1.0, fake 0.0.
+    wgangp: the reference's critic loss, −mean for real and +mean for fake (pix2pix adds no gradient penalty)."""
     if mode not in GAN_MODES:
         raise ValueError(f"--gan_mode {mode!r} is not one of {', '.join(GAN_MODES)} (none trains no discriminator)")
+    if mode == "wgangp":
+        mean = logits.float().mean()  # fp32 like the other modes' losses under autocast
+        return -mean if target_is_real else mean
     if backend == "triton":
         from fastpix.kernels.patchgan_loss import patchgan_loss
 

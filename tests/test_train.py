@@ -1,14 +1,16 @@
 """The training step's update order, the LR policies, determinism, and exact resume."""
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from fastpix import checkpoint as ckpt
+from fastpix.losses import gan_loss
 from fastpix.config import DataConfig, ModelConfig, TrainConfig
 from fastpix.models import define_D, define_G
 from fastpix.train.loop import train
-from fastpix.train.schedule import lr_multiplier
+from fastpix.train.schedule import learning_rate, lr_multiplier
 from fastpix.train.step import Pix2PixStep
 
 
@@ -81,6 +83,50 @@ def test_linear_policy_is_the_reference_lambda_rule():
         torch.pi * 50 / 100)).item()))
 
 
+def test_plateau_policy_is_the_references_reduce_on_plateau_on_pix2pix_metric():
+    """The reference steps ReduceLROnPlateau(mode='min', factor=0.2, threshold=0.01, patience=5) at the start of every
+    epoch on BaseModel.metric, which pix2pix leaves at 0; 60 epochs reach torch's eps stop (7 drops from 2e-4)."""
+    for lr in (2e-4, 1.0):
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01, patience=5)
+        rates = []
+        for epoch in range(3, 63):  # --epoch_count 3
+            plateau.step(0)
+            rates.append(learning_rate("plateau", lr, epoch, epoch_count=3))
+            assert rates[-1] == opt.param_groups[0]["lr"], (lr, epoch)
+        assert rates[5] == lr and rates[6] == lr * 0.2  # the 7th step is the first drop
+    assert len(set(rates)) == 10 and len(set(learning_rate("plateau", 2e-4, e) for e in range(1, 61))) == 8
+
+
+def test_wgangp_is_the_references_critic_loss_without_penalty():
+    logits = torch.randn(2, 1, 6, 6, dtype=torch.bfloat16)
+    assert torch.equal(gan_loss(logits, True, "wgangp"), -logits.float().mean())
+    assert torch.equal(gan_loss(logits, False, "wgangp", backend="triton"), logits.float().mean())  # no kernel
+    G, D = tiny_models()
+    G2, D2 = tiny_models()
+    G2.load_state_dict(G.state_dict())
+    D2.load_state_dict(D.state_dict())
+    A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    torch.manual_seed(5)
+    losses = Pix2PixStep(G, D, lr=1e-3, gan_mode="wgangp", lambda_L1=10.0)(A, B)
+    torch.manual_seed(5)
+    opt_G = torch.optim.Adam(G2.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam(D2.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    fake = G2(A)
+    pf, pr = D2(torch.cat([A, fake.detach()], 1)), D2(torch.cat([A, B], 1))
+    (0.5 * (pf.mean() - pr.mean())).backward()
+    opt_D.step()
+    for p in D2.parameters():
+        p.requires_grad_(False)
+    opt_G.zero_grad()
+    (-D2(torch.cat([A, fake], 1)).mean() + 10.0 * (fake - B).abs().mean()).backward()
+    opt_G.step()
+    assert losses["D_real"] == -pr.mean() and losses["D_fake"] == pf.mean()
+    for a, b in zip(list(G.state_dict().values()) + list(D.state_dict().values()),
+                    list(G2.state_dict().values()) + list(D2.state_dict().values())):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def configs(data, tmp_path, **train_overrides):
     model = ModelConfig(netG="unet_64", ngf=4, ndf=4)  # unet_64 has a dropout level: resume must restore its RNG
     data_cfg = DataConfig(dataroot=data, load_size=72, crop_size=64, num_threads=0)
@@ -113,6 +159,21 @@ def test_resume_is_exact(tiny_data, tmp_path):
     parts = train(*configs(tiny_data, tmp_path / "parts", max_iters=7, continue_train=True), progress=False)
     assert_same_run(final_state(whole), final_state(parts))
     assert final_state(whole)[2]["iteration"] == 7
+
+
+def test_plateau_resume_is_exact_and_drops_the_rate_at_epoch_7(tiny_data, tmp_path):
+    """One iteration an epoch (2 pairs, batch 2): 8 epochs in one run equal 5, stop, resume, 3 more."""
+    def run(folder, **kw):
+        model, data_cfg, train_cfg = configs(tiny_data, tmp_path / folder, lr_policy="plateau", n_epochs=8,
+                                             n_epochs_decay=0, save_epoch_freq=100, display_freq=100, **kw)
+        return train(model, dataclasses.replace(data_cfg, max_dataset_size=2), train_cfg, progress=False)
+
+    whole = run("whole")
+    run("parts", max_iters=5)
+    parts = run("parts", continue_train=True)
+    assert_same_run(final_state(whole), final_state(parts))
+    rates = [json.loads(line)["lr"] for line in open(f"{parts}/metrics.jsonl")]
+    assert rates == [2e-4] * 6 + [2e-4 * 0.2] * 2
 
 
 def test_same_seed_same_weights_and_epoch_checkpoints(tiny_data, tmp_path):

@@ -25,7 +25,7 @@ from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
 from fastpix.train.progress import Progress
-from fastpix.train.schedule import lr_multiplier
+from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep
 from fastpix.train.stop import StopRequest
 
@@ -247,8 +247,8 @@ def run_epochs(s: Session, cursor: Cursor, stop: StopRequest):
     cfg = s.cfg
     last_epoch = cfg.n_epochs + cfg.n_epochs_decay
     while cursor.epoch <= last_epoch and not reached_max(cfg, cursor.iteration):
-        lr = cfg.lr * lr_multiplier(cfg.lr_policy, cursor.epoch, cfg.epoch_count, cfg.n_epochs,
-                                    cfg.n_epochs_decay, cfg.lr_decay_iters)
+        lr = learning_rate(cfg.lr_policy, cfg.lr, cursor.epoch, cfg.epoch_count, cfg.n_epochs, cfg.n_epochs_decay,
+                           cfg.lr_decay_iters)
         s.step.set_lr(lr)
         whole_epoch, before = cursor.position == 0, cursor.iteration
         if run_epoch(s, cursor, lr, stop):
