@@ -130,3 +130,11 @@ def test_reference_flags_fastpix_took_before_still_parse(command):
     argv = ["--model", "pix2pix", "--dataset_mode", "aligned", "--gpu_ids", "-1", "--display_id", "0",
             "--pool_size", "0", "--suffix", "x", "--verbose"]
     assert vars(build_parser().parse_args([command, *argv]))["display_id"] == 0
+
+
+def test_pre_2020_epoch_flags_are_aliases():
+    """The reference's --niter/--niter_decay (renamed --n_epochs/--n_epochs_decay in 2020), and its other policies and
+    GAN modes."""
+    args = build_parser().parse_args(["train", "--niter", "3", "--niter_decay", "4", "--lr_policy", "plateau",
+                                      "--gan_mode", "wgangp"])
+    assert (args.n_epochs, args.n_epochs_decay, args.lr_policy, args.gan_mode) == (3, 4, "plateau", "wgangp")
