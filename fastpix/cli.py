@@ -259,7 +259,7 @@ def cmd_test(args):
     if ref.verbose:
         print_networks(model_cfg, ("G",))
     started = int(time.time())  # whole seconds: file systems may round mtimes down
-    out = run_test(model_cfg, data_cfg, test_cfg)
+    out = run_test(model_cfg, data_cfg, test_cfg, build_config(ReferenceDisplayConfig, given).display_winsize)
     apply_aspect_ratio(os.path.join(out, "images"), ref_test.aspect_ratio, since=started)
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 

@@ -271,8 +271,8 @@ class ReferenceDisplayConfig:
     display_port: int = opt(8097, "ignored: the visdom port")
     display_env: str = opt("main", "ignored: the visdom environment")
     display_ncols: int = opt(4, "ignored: images per row of the visdom panel")
-    display_winsize: int = opt(256, "ignored: the visdom/HTML image size (fastpix's sample grids are at crop_size, "
-                               "its results pages show images 256 px wide)")
+    display_winsize: int = opt(256, "test: the width in px of the images on the results page, as the reference's; "
+                               "train: ignored (fastpix's sample grids are at crop_size)")
     no_html: bool = opt(False, "ignored: fastpix writes no web/ folder (its samples are in <run>/samples/)")
     update_html_freq: int = opt(1000, "ignored: the web/ page cadence (samples follow --display_freq)")
 

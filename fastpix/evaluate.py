@@ -64,15 +64,16 @@ def save_and_score(items, out: str, kept: list | None = None) -> list[tuple]:
     return rows
 
 
-def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name") -> dict:
-    """`fastpix test`: save, score, write index.html and scores.json; return the report."""
+def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name", width: int = 256) -> dict:
+    """`fastpix test`: save, score, write index.html (images `width` px wide: --display_winsize) and scores.json;
+    return the report."""
     rows = save_and_score(items, out)
     report = aggregate([r[2] for r in rows], protocol)
-    write_results(out, title, rows, report, sort)
+    write_results(out, title, rows, report, sort, width)
     return report
 
 
-def write_results(out: str, title: str, rows: list[tuple], report: dict, sort: str = "name"):
+def write_results(out: str, title: str, rows: list[tuple], report: dict, sort: str = "name", width: int = 256):
     """<out>/index.html (the aggregate table on top, then per image input, output and target with its metrics,
     by name or worst L1 first) and <out>/scores.json (the report)."""
     if sort == "worst":
@@ -80,7 +81,7 @@ def write_results(out: str, title: str, rows: list[tuple], report: dict, sort: s
     header = f"<p>{html.escape(report['protocol'])}; {report['n']} images</p>" + summary_html(report)
     page_rows = [(f"{stem} — " + ", ".join(f"{m} {scores[m]:.4g}" for m in METRICS), files)
                  for stem, files, scores in rows]
-    write_index(out, title, page_rows, header_html=header)
+    write_index(out, title, page_rows, width, header_html=header)
     write_json(os.path.join(out, SCORES_FILE), report)
 
 

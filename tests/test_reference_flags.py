@@ -138,3 +138,19 @@ def test_pre_2020_epoch_flags_are_aliases():
     args = build_parser().parse_args(["train", "--niter", "3", "--niter_decay", "4", "--lr_policy", "plateau",
                                       "--gan_mode", "wgangp"])
     assert (args.n_epochs, args.n_epochs_decay, args.lr_policy, args.gan_mode) == (3, 4, "plateau", "wgangp")
+
+
+def test_display_winsize_sets_the_results_page_image_width(tiny_data, workdir):
+    from fastpix import checkpoint as ckpt
+    from fastpix.models import define_G
+
+    os.makedirs(workdir / "ckpt" / "w")
+    ckpt.save_weights(str(workdir / "ckpt" / "w" / "latest_net_G.safetensors"),
+                      define_G(3, 3, 4, "unet_32", "batch", True, backend="eager"))
+    test = ["test", "--dataroot", tiny_data, "--name", "w", "--checkpoints_dir", str(workdir / "ckpt"), "--netG",
+            "unet_32", "--ngf", "4", "--load_size", "32", "--crop_size", "32", "--num_test", "1", "--results_dir",
+            str(workdir / "res")]
+    page = workdir / "res" / "w" / "test_latest" / "index.html"
+    for flags, width in (([], 256), (["--display_winsize", "128"], 128)):
+        assert main([*test, *flags]) == 0
+        assert page.read_text().count(f"style='width:{width}px'") == 3  # input, output, target
