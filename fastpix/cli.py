@@ -645,7 +645,7 @@ def user_error(exc: BaseException) -> tuple[str, int] | None:
     from fastpix.data.dataset import DataError
 
     if isinstance(exc, KeyboardInterrupt):
-        return str(exc) or "interrupted", 130
+        return str(exc) or "interrupted", getattr(exc, "exit_status", 130)  # train.stop.Stopped: 128 + signal
     if isinstance(exc, (DataError, CheckpointError)):
         return f"error: {exc}", 2
     if isinstance(exc, OSError):  # permission denied, no space left, a missing file: with the path

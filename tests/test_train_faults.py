@@ -132,6 +132,24 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
     assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]
 
 
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signalled_train_exits_128_plus_the_signal_with_one_line(tiny_data, tmp_path, signum, status):
+    args = [sys.executable, "-m", "fastpix", "train", "--dataroot", tiny_data, "--name", "run", "--checkpoints_dir",
+            str(tmp_path), "--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "32", "--crop_size", "32",
+            "--print_freq", "1", "--max_iters", "100000", "--quiet", "--num_threads", "0"]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    at = ckpt.read_manifest(str(tmp_path / "run"))["iteration"]
+    assert child.returncode == status and err.splitlines() == [
+        f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
+        f"{tmp_path / 'run'} (resume with --continue_train)"], err
+
+
 def test_no_readable_image_is_an_error_not_an_untrained_checkpoint(tmp_path):
     os.makedirs(tmp_path / "data" / "train")
     for k in range(3):

@@ -27,7 +27,7 @@ from fastpix.train.flops import peak_flops, train_flops_per_image
 from fastpix.train.progress import Progress
 from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep
-from fastpix.train.stop import StopRequest
+from fastpix.train.stop import StopRequest, Stopped
 
 STOP_SYNC_EVERY = 10
 
@@ -173,8 +173,8 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
     finally:
         s.progress.close(failing)
     if stop:
-        raise KeyboardInterrupt(f"{stop.signal_name}: stopped after iteration {cursor.iteration}, saved in "
-                                f"{run.dir} (resume with --continue_train)")
+        raise Stopped(stop.signum, f"{stop.signal_name}: stopped after iteration {cursor.iteration}, checkpoint "
+                                   f"saved in {run.dir} (resume with --continue_train)")
     return run.dir
 
 
