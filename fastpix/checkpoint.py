@@ -16,6 +16,8 @@ and a reference user look for, so the newest set must live under them. A save (w
   2. checkpoint.json is replaced atomically, naming the new files, their temporaries and hashes: the commit;
   3. the temporaries are renamed over the old files. A kill among these renames is finished by `recover` at the
      next start, from the manifest, so a resume sees exactly one set, which load_set verifies against the hashes.
+Until that start, readers (`fastpix test`, predict, eval, export) read such a file from the temporary the manifest
+names, verified by its hash (committed_bytes): they never rename, as a training process may hold the folder.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import secrets
 import shutil
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
 MANIFEST = "checkpoint.json"
@@ -205,6 +207,39 @@ def read_manifest(run_dir: str) -> dict | None:
     return manifest
 
 
+def pending_files(run_dir: str) -> dict:
+    """name -> manifest entry of the newest committed save's files still under their temporary names (a save killed
+    between its commit and its renames; the first save of a run leaves then no file under the names themselves)."""
+    try:
+        files = (read_manifest(run_dir) or {}).get("files", {})
+    except (CheckpointError, OSError):  # a damaged manifest is a resume's problem (load), not a reader's
+        return {}
+    pending = {}
+    for name, entry in files.items():
+        tmp = entry.get("tmp") if isinstance(entry, dict) else None
+        if (isinstance(tmp, str) and tmp.startswith(TMP_PREFIX) and os.path.basename(tmp) == tmp
+                and os.path.isfile(os.path.join(run_dir, tmp))):
+            pending[name] = entry
+    return pending
+
+
+def committed_bytes(path: str) -> bytes | None:
+    """The contents of `path` as the newest committed save left them, when that save was killed between its commit
+    and the rename of this file: read from the temporary its manifest names, and only if that temporary is whole
+    (its sha256 is the manifest's; a later save of the same iteration may be rewriting it). None otherwise: the file
+    under its own name is the committed one."""
+    run_dir, name = os.path.split(os.path.abspath(path))
+    entry = pending_files(run_dir).get(name)
+    if entry is None:
+        return None
+    try:
+        with open(os.path.join(run_dir, entry["tmp"]), "rb") as f:  # one read: a rename meanwhile leaves it whole
+            data = f.read()
+    except OSError:  # renamed (the file under its name is then this one) or removed by a train's recover
+        return None
+    return data if hashlib.sha256(data).hexdigest() == entry.get("sha256") else None
+
+
 def recover(run_dir: str):
     """Finish the renames of a save killed after its commit, then remove every other temporary (of saves killed
     before their commit, or of any atomic write). Only the process holding the run's lock may call this."""
@@ -345,16 +380,18 @@ def run_source(checkpoint: str | None, checkpoints_dir: str, name: str | None) -
 # ---- reading weights -----------------------------------------------------------------------------------------------
 
 def load_weights(path: str) -> dict:
-    if not os.path.isfile(path):
+    """A state_dict; from a run folder, the newest committed one (committed_bytes)."""
+    data = committed_bytes(path)
+    if data is None and not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         if path.endswith(".pth"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise CheckpointError(f"{path}: not a state_dict of tensors")
             # Reference checkpoints saved from DataParallel carry "module."; its loader strips it too.
             return {k.removeprefix("module."): v for k, v in state.items()}
-        return load_file(path)
+        return load_file(path) if data is None else load(data)
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which
@@ -376,10 +413,12 @@ def weights_metadata(path: str) -> dict:
 def weights_in(run_dir: str, tag: str) -> dict:
     """{'G': path, 'D': path} of the <tag>_net_* files present (.safetensors preferred over .pth)."""
     found = {}
+    pending = pending_files(run_dir)
     for net in ("G", "D"):
         for suffix in WEIGHT_SUFFIXES:
-            if os.path.isfile(os.path.join(run_dir, f"{tag}_net_{net}{suffix}")):
-                found[net] = os.path.join(run_dir, f"{tag}_net_{net}{suffix}")
+            name = f"{tag}_net_{net}{suffix}"
+            if name in pending or os.path.isfile(os.path.join(run_dir, name)):
+                found[net] = os.path.join(run_dir, name)
                 break
     return found
 

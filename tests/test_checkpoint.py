@@ -137,3 +137,56 @@ def test_damaged_or_foreign_files_give_one_line_naming_them(tmp_path):
     (tmp_path / "checkpoint.json").write_text(json.dumps({"files": 3}))
     with pytest.raises(ckpt.CheckpointError, match="checkpoint.json: not a fastpix checkpoint manifest"):
         ckpt.read_manifest(str(tmp_path))
+
+
+def kill_at_the_renames(monkeypatch):
+    """A kill just after a save's commit: none of its temporaries is renamed into place."""
+    real = os.replace
+
+    def killed(src, dst):
+        if os.path.basename(src).startswith(ckpt.TMP_PREFIX) and not dst.endswith(ckpt.MANIFEST):
+            raise Killed()
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", killed)
+
+
+def save_generator(run_dir, iteration, G):
+    ckpt.write_set(str(run_dir), {"latest_net_G.safetensors": ckpt.weights_bytes(G, {"iteration": iteration}),
+                                  ckpt.TRAIN_STATE: ckpt.torch_bytes({"iteration": iteration})},
+                   {"iteration": iteration, "epoch": 1, "position": 0})
+
+
+@pytest.mark.parametrize("first_save", [False, True])
+def test_readers_see_the_committed_save_before_its_renames_are_finished(tmp_path, monkeypatch, first_save):
+    """test/predict/eval (load_generator, find_weights, load_weights) read what the manifest committed, from its
+    temporaries, without renaming anything (a train may hold the folder); a temporary whose hash differs is not
+    read. Also when the killed save was the run's first: no file under the final names yet."""
+    from fastpix.models import define_G
+
+    arch = {"netG": "unet_32", "ngf": 4, "norm": "batch", "input_nc": 3, "output_nc": 3}
+    old, new = (define_G(3, 3, 4, "unet_32", "batch", True, backend="eager") for _ in range(2))
+    if not first_save:
+        save_generator(tmp_path, 1, old)
+    kill_at_the_renames(monkeypatch)
+    with pytest.raises(Killed):
+        save_generator(tmp_path, 2, new)
+    monkeypatch.undo()
+    before = sorted(os.listdir(tmp_path))
+    with ckpt.RunFolder(str(tmp_path.parent), tmp_path.name).locked():  # as if a train held it: readers still read
+        path = ckpt.find_weights(str(tmp_path), "latest", "G")
+        G = ckpt.load_generator(str(tmp_path), **arch)
+    assert path == str(tmp_path / "latest_net_G.safetensors")
+    for k, v in new.state_dict().items():
+        assert torch.equal(G.state_dict()[k], v), k
+    after = sorted(n for n in os.listdir(tmp_path) if n != ".lock")
+    assert after == before and ".tmp-2-latest_net_G.safetensors" in before  # nothing renamed
+    tmp = tmp_path / ".tmp-2-latest_net_G.safetensors"
+    data = bytearray(tmp.read_bytes())
+    data[-1] ^= 1
+    tmp.write_bytes(bytes(data))  # not the committed file any more: never read
+    if first_save:
+        with pytest.raises(ckpt.CheckpointError, match="latest_net_G.safetensors: no such checkpoint file"):
+            ckpt.load_weights(path)
+    else:
+        assert all(torch.equal(ckpt.load_weights(path)[k], v) for k, v in old.state_dict().items())
