@@ -272,7 +272,7 @@ class ReferenceDisplayConfig:
     display_env: str = opt("main", "ignored: the visdom environment")
     display_ncols: int = opt(4, "ignored: images per row of the visdom panel")
     display_winsize: int = opt(256, "test: the width in px of the images on the results page, as the reference's; "
-                               "train: ignored (fastpix's sample grids are at crop_size)")
+                               "train and eval: ignored (fastpix's sample grids are at crop_size)")
     no_html: bool = opt(False, "ignored: fastpix writes no web/ folder (its samples are in <run>/samples/)")
     update_html_freq: int = opt(1000, "ignored: the web/ page cadence (samples follow --display_freq)")
 

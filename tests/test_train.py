@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastpix import checkpoint as ckpt
-from fastpix.losses import gan_loss
 from fastpix.config import DataConfig, ModelConfig, TrainConfig
+from fastpix.losses import gan_loss
 from fastpix.models import define_D, define_G
 from fastpix.train.loop import train
 from fastpix.train.schedule import learning_rate, lr_multiplier
@@ -95,7 +95,7 @@ def test_plateau_policy_is_the_references_reduce_on_plateau_on_pix2pix_metric():
             rates.append(learning_rate("plateau", lr, epoch, epoch_count=3))
             assert rates[-1] == opt.param_groups[0]["lr"], (lr, epoch)
         assert rates[5] == lr and rates[6] == lr * 0.2  # the 7th step is the first drop
-    assert len(set(rates)) == 10 and len(set(learning_rate("plateau", 2e-4, e) for e in range(1, 61))) == 8
+    assert len(set(rates)) == 10 and len({learning_rate("plateau", 2e-4, e) for e in range(1, 61)}) == 8
 
 
 def test_wgangp_is_the_references_critic_loss_without_penalty():
@@ -172,7 +172,8 @@ def test_plateau_resume_is_exact_and_drops_the_rate_at_epoch_7(tiny_data, tmp_pa
     run("parts", max_iters=5)
     parts = run("parts", continue_train=True)
     assert_same_run(final_state(whole), final_state(parts))
-    rates = [json.loads(line)["lr"] for line in open(f"{parts}/metrics.jsonl")]
+    with open(f"{parts}/metrics.jsonl") as log:
+        rates = [json.loads(line)["lr"] for line in log]
     assert rates == [2e-4] * 6 + [2e-4 * 0.2] * 2
 
 

@@ -145,9 +145,9 @@ def test_a_signalled_train_exits_128_plus_the_signal_with_one_line(tiny_data, tm
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
     at = ckpt.read_manifest(str(tmp_path / "run"))["iteration"]
-    assert child.returncode == status and err.splitlines() == [
-        f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
-        f"{tmp_path / 'run'} (resume with --continue_train)"], err
+    line = (f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
+            f"{tmp_path / 'run'} (resume with --continue_train)")
+    assert child.returncode == status and err.splitlines() == [line], err
 
 
 def test_no_readable_image_is_an_error_not_an_untrained_checkpoint(tmp_path):

@@ -27,7 +27,7 @@ from fastpix.train.flops import peak_flops, train_flops_per_image
 from fastpix.train.progress import Progress
 from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep
-from fastpix.train.stop import StopRequest, Stopped
+from fastpix.train.stop import Stopped, StopRequest
 
 STOP_SYNC_EVERY = 10
 
