@@ -1,4 +1,4 @@
-"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the tests' factories, kernels/testing.py).
+"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the tests' factories, tests/kernels/harness.py).
 
 - norm + activation (+ dropout): nn.BatchNorm2d → LeakyReLU / ReLU (→ Dropout) against BatchNormAct2d, in training
   mode (batch statistics and running-stat updates), at every distinct pix2pix norm layer shape (unet_256 + basic D
@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 
 from conftest import synchronize
-from fastpix.kernels.testing import PIX2PIX_NORM_LAYERS, l1_inputs, logits_input, norm_act_inputs
+from harness import PIX2PIX_NORM_LAYERS, l1_inputs, logits_input, norm_act_inputs
 
 GPU = torch.cuda.is_available()
 if GPU:  # importing the kernels on a CPU-only machine is fine; launching them is not (skipped below)
-    from fastpix.kernels.batch_norm_act import BatchNormAct2d
+    from fastpix.models.norm_act import BatchNormAct2d
     from fastpix.kernels.l1_loss import l1_loss
     from fastpix.kernels.patchgan_loss import patchgan_loss
 

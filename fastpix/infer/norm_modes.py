@@ -141,14 +141,14 @@ def _fused_norm_types() -> tuple:
     """(BatchNormAct2d, InstanceNormAct2d) once the fused kernels are loaded, else (). A network can hold a fused
     layer only after its module was imported, and importing it here would fix Triton's interpreted-or-compiled
     choice too early (models.use_triton_interpreter) or fail on an install without a working Triton."""
-    kernels = sys.modules.get("fastpix.kernels.batch_norm_act")
+    kernels = sys.modules.get("fastpix.models.norm_act")
     return () if kernels is None else (kernels.BatchNormAct2d, kernels.InstanceNormAct2d)
 
 
 def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn.Module:
     """The inference form of a fused norm layer (see the module docstring): its activation, no dropout of its own,
     then SeededDropout when dropout is on and the layer carried dropout."""
-    from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
+    from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 
     device = next(layer.buffers()).device  # every fused layer holds an rng_state buffer
     act = dict(activation=layer.activation, slope=layer.slope)

@@ -145,7 +145,7 @@ def _conv_eager(pending, conv, transposed, norm, factor, track):
 def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False):
     """Run `conv` on one or two pending sources — the fused kernel, or cuDNN where that was measured faster for
     this layer — and return the Pending output (with `norm` folded in)."""
-    from fastpix.kernels.batch_norm_act import _snapshot_and_advance
+    from fastpix.kernels.batch_norm_act import snapshot_and_advance
     from fastpix.kernels.conv_bn_act import batch_norm_prologue, conv_bn_act
     from fastpix.kernels.conv_layers import time_block
     from fastpix.kernels.conv_tuning import layer_choice
@@ -200,7 +200,7 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
         result.activation, result.slope = activation, norm.slope
     p = getattr(norm, "dropout_p", 0.0) if norm.training else 0.0
     if p > 0:
-        result.dropout_p, result.rng = p, _snapshot_and_advance(norm.rng_state, raw, p)
+        result.dropout_p, result.rng = p, snapshot_and_advance(norm.rng_state, raw, p)
     return result
 
 

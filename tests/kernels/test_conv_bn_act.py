@@ -15,7 +15,7 @@ from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.kernels.conv_layers import (
     PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
 from fastpix.kernels.conv_tuning import TuningCache
-from fastpix.kernels.testing import assert_close, full_sweep, poison, relative_error
+from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

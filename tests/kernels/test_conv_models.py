@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastpix.kernels.testing import assert_close
+from harness import assert_close
 from fastpix.models import define_D, define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.train.flops import conv_flops
