@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
+from fastpix.models.fused_convs import set_forward_path
 
 
 class _FrozenAffine(nn.Module):
@@ -191,6 +192,8 @@ def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout
     _swap(net, lambda m: (SeededDropout(m.p) if dropout else nn.Identity()) if isinstance(m, nn.Dropout) else None)
     for p in net.parameters():
         p.requires_grad_(False)
+    if getattr(net, "fused_forward", None) is not None:  # the swapped layers decide the copy's forward once
+        set_forward_path(net)
     return net
 
 
