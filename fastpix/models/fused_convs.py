@@ -321,6 +321,7 @@ def tune_layers(net: nn.Module, example_input: torch.Tensor) -> dict:
     global _choices
     from fastpix.kernels.conv_tuning import tuning
 
+    net = getattr(net, "_orig_mod", net)  # torch.compile's wrapper (a DDP wrapper is not tuned: its backward syncs)
     net.layer_choices = {}
     if getattr(net, "fused_forward", None) is None:
         return net.layer_choices
