@@ -35,7 +35,9 @@ class TrainEngine:
         self.static_A = self.static_B = self.static_losses = None
         self.eager_iterations = 0
         self.graph_status = "captured on first use" if cuda_graphs else "off"
-        self.layer_choices = None  # {network: {layer: choice}} once tuned (backend 'triton' networks only)
+        # {network: {layer: choice}} once tuned, on CUDA (on a CPU nothing is measured: the Triton kernels run)
+        self.layer_choices = None
+        self._tuned = False
         self.loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
         self.loss_count = 0
 
@@ -94,8 +96,10 @@ class TrainEngine:
 
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor):
         real_A, real_B = self._prepare(real_A), self._prepare(real_B)
-        if self.layer_choices is None:
-            self._tune(real_A, real_B)
+        if not self._tuned:
+            self._tuned = True
+            if self.device.type == "cuda":
+                self._tune(real_A, real_B)
         graphable = self.cuda_graphs and (self.static_A is None or self.static_A.shape == real_A.shape)
         if not graphable or self.eager_iterations < self.warmup:
             losses = self._eager(real_A, real_B)
