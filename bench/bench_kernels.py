@@ -66,9 +66,11 @@ def timed(fn):
     """A callable running fn REPS times and waiting for it: on a GPU one CUDA-graph replay of REPS calls."""
     if not GPU:
         return fn
+    from fastpix.kernels.conv_tuning import tuning
+
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side), tuning():  # the warm-up is the tuning step: block sizes measured here
         for _ in range(3):  # warm-up: Triton compilation, cuDNN heuristics, autograd buffers
             fn()
     torch.cuda.current_stream().wait_stream(side)
@@ -199,9 +201,9 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 # extra_info: median per call, speed-up over eager, achieved TFLOP/s (performance.md's FLOP count; fwd_bwd counts
 # dgrad and wgrad, no dgrad for an image input) and % of this device's measured bf16 matmul peak. The whole networks
 # (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (whose
-# per-layer cuDNN fallback then applies). Without a GPU only eager runs, on the smallest layer.
+# per-layer choices, made by tune_layers before timing, then apply). Without a GPU only eager runs, on the smallest layer.
 from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step  # noqa: E402
-from fastpix.models import define_D, define_G  # noqa: E402
+from fastpix.models import define_D, define_G, tune_layers  # noqa: E402
 from fastpix.train.flops import conv_flops  # noqa: E402
 
 CONV_LAYERS = PIX2PIX_CONV_LAYERS if GPU else [layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down8"]
@@ -274,6 +276,7 @@ def test_conv_network(benchmark, impl, network, batch, device, matmul_peak):
     net = build(impl).to(device, memory_format=torch.channels_last).train()
     x = torch.randn(batch, channels, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=CONV_DTYPE, enabled=GPU):
+        tune_layers(net, x)  # backend triton: the per-layer choices (Triton or cuDNN), before timing
         grad = torch.randn_like(net(x))
 
     def call():
