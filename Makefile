@@ -22,8 +22,25 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp)
 demo: $(STAMP)
 	$(PY) -m fastpix demo --out $(DEMO_DIR)
 
-test: $(STAMP)
+# Triton 3.6 (the GPU machine's) beside CI's 3.9: a venv over .venv's packages with only triton replaced, in which
+# every kernel's sm_90 compile test and the norm and loss kernels' unit tests (interpreter) run again (~25 s; the
+# conv kernels' unit tests pass there too, +55 s: add tests/kernels/test_conv_bn_act.py to run them).
+VENV36 := .venv36
+STAMP36 := $(VENV36)/.fastpix-installed
+TRITON36_TESTS := tests/kernels/test_kernel_compile.py tests/kernels/test_batch_norm_act.py \
+	tests/kernels/test_l1_loss.py tests/kernels/test_patchgan_loss.py
+
+$(STAMP36): $(STAMP)
+	test -x $(VENV36)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV36)
+	echo "import site; site.addsitedir('$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")')" \
+		> "$$($(VENV36)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/fastpix-venv.pth"
+	$(VENV36)/bin/python -m pip install --quiet --no-deps "triton==3.6.0"
+	$(VENV36)/bin/python -c "import triton, fastpix; assert triton.__version__ == '3.6.0', triton.__version__"
+	touch $(STAMP36)
+
+test: $(STAMP) $(STAMP36)
 	$(PY) -m pytest -q tests
+	$(VENV36)/bin/python -m pytest -q -p no:cacheprovider $(TRITON36_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m fastpix bench

@@ -540,6 +540,9 @@ def main(argv=None):
         return run_stage(args.run_stage, out, args.dry, budgets[args.run_stage])
     chosen = [s for s in STAGES if not args.stages or s[0] in args.stages.split(",")]
     env = dict(os.environ, PYTHONUNBUFFERED="1", FASTPIX_TUNING_CACHE=os.path.join(out, "conv_tuning.json"))
+    # Block-size autotuning compiles every candidate config per problem: hundreds of compilations, more than the
+    # window holds. The per-layer choice (Triton or cuDNN) is still measured. FASTPIX_CONV_AUTOTUNE=1 turns it on.
+    env.setdefault("FASTPIX_CONV_AUTOTUNE", "0")
     if args.dry:
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     started = time.monotonic()
