@@ -200,8 +200,8 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 # epilogue) against eager cuDNN conv + BatchNorm + activation, forward ('fwd') and forward + backward ('fwd_bwd').
 # extra_info: median per call, speed-up over eager, achieved TFLOP/s (performance.md's FLOP count; fwd_bwd counts
 # dgrad and wgrad, no dgrad for an image input) and % of this device's measured bf16 matmul peak. The whole networks
-# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (whose
-# per-layer choices, made by tune_layers before timing, then apply). Without a GPU only eager runs, on the smallest layer.
+# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (with
+# the per-layer choices tune_layers makes before timing). Without a GPU only eager runs, on the smallest layer.
 from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step  # noqa: E402
 from fastpix.models import define_D, define_G, tune_layers  # noqa: E402
 from fastpix.train.flops import conv_flops  # noqa: E402
