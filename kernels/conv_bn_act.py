@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from fastpix.kernels import INTERPRETED, require_launchable
-from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale, grad_finalize_kernel,
-                                     stats_finalize_kernel)
+from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
+                                     grad_finalize_kernel, stats_finalize_kernel)
 from fastpix.kernels.conv_tuning import tuned_config
 
 
