@@ -51,6 +51,9 @@ SERVER_DEPS = ("fastapi", "uvicorn", "multipart")
 # ---- the record of one stage -----------------------------------------------------------------------------------
 
 def revision() -> str:
+    """The git revision; FASTPIX_REVISION when set (a copied working tree may come without its .git)."""
+    if os.environ.get("FASTPIX_REVISION"):
+        return os.environ["FASTPIX_REVISION"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
