@@ -36,8 +36,8 @@ STATUSES = ("ok", "failed", "timeout", "skipped", "running")
 # decoder (~20 s); correctness compiles every fused kernel once per dtype and shape class (the conv blocks at
 # batch 1/16/64 first); train and conv_blocks compile the fused convs and tune each layer (two timings per layer
 # and batch); compile is last because inductor's compile time alone can take a minute.
-STAGES = (("install", 45, 5), ("environment", 15, 15), ("correctness", 130, 25), ("train", 100, 40),
-          ("conv_blocks", 70, 20), ("inference", 55, 30), ("server", 20, 25), ("data", 30, 25), ("compile", 60, 30))
+STAGES = (("install", 45, 5), ("environment", 15, 15), ("correctness", 125, 25), ("train", 100, 40),
+          ("conv_blocks", 70, 20), ("inference", 55, 30), ("server", 20, 25), ("data", 35, 25), ("compile", 60, 30))
 # The gpu-marked tests, most telling first: the fused conv blocks, the CUDA-graph iteration, the Predictor's
 # graph buckets and norm modes, then the norm and loss kernels, then the data paths on the device.
 CORRECTNESS_TESTS = ("tests/kernels/test_conv_bn_act.py", "tests/test_engine.py", "tests/test_predictor.py",
@@ -354,7 +354,11 @@ def _pytest_benchmark_rows(st: Stage, files, select=None, timeout=None):
            *files, f"--benchmark-json={path}", "--benchmark-disable-gc"]
     if select:
         cmd += ["-k", select]
-    proc = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # pytest-benchmark writes its JSON at the end: nothing to keep
+        st.note = f"stopped at the budget ({timeout:g} s) before pytest-benchmark wrote its results"
+        return "timeout"
     if not os.path.exists(path):
         st.note = f"pytest exited {proc.returncode} without results: {proc.stdout[-400:]}"
         return "failed"
@@ -378,7 +382,7 @@ def stage_server(st: Stage):
 
 
 def stage_data(st: Stage):
-    select = "pipeline and 512x256" + (" and not dataloader" if st.dry else "")
+    select = "pipeline and 512x256 and not uint8" + (" and not dataloader" if st.dry else "")
     return _pytest_benchmark_rows(st, ["bench_data.py"], select, timeout=max(st.budget - 5, 1))
 
 
