@@ -68,7 +68,7 @@ def _apply_backend(net, backend, norm):
         from fastpix.models.fused import fuse_norm_activations
 
         fuse_norm_activations(net)
-        set_forward_path(net)
+        set_forward_path(net, strict=True)
     else:
         net.forward_path = "eager"
     return net

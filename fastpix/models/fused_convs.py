@@ -61,11 +61,12 @@ def _is_norm(m):
     return isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats)
 
 
-def set_forward_path(net: nn.Module) -> str:
-    """Fix `net`'s forward once for backend 'triton' (define_G / define_D call it after fusing the norms; code that
-    swaps layers afterwards, as the Predictor's inference network does, calls it again): the fused conv forward for
-    a U-Net or PatchGAN made only of the layers it knows, else the module path (the fused norm layers with aten
-    convs: the ResNet generator, or a network holding another layer). Returns and records net.forward_path."""
+def set_forward_path(net: nn.Module, strict: bool = False) -> str:
+    """Fix `net`'s forward once for backend 'triton' (define_G / define_D call it after fusing the norms, strict;
+    code that swaps layers afterwards, as the Predictor's inference network does, calls it again): the fused conv
+    forward for a U-Net or PatchGAN made only of the layers it knows, else the module path (the fused norm layers
+    with aten convs: the ResNet generator, or a rebuilt network holding another layer). strict: a U-Net or
+    PatchGAN holding a layer the fused convs do not know is refused, naming it. Returns net.forward_path."""
     from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
     from fastpix.models.unet import UnetGenerator
 
@@ -74,27 +75,36 @@ def set_forward_path(net: nn.Module) -> str:
         fused = unet_forward
     elif isinstance(net, (NLayerDiscriminator, PixelDiscriminator)):
         fused = sequential_forward
-    net.fused_forward = fused if fused is not None and fused_forward_supported(net) else None
+    unknown = unsupported_layer(net) if fused is not None else None
+    if unknown is not None and strict:
+        raise ValueError(f"backend 'triton': layer {unknown[0]} ({unknown[1]}) of this {type(net).__name__} is not "
+                         "one the fused conv kernels run; use backend 'eager'")
+    net.fused_forward = fused if fused is not None and unknown is None else None
     net.forward_path = "fused convs" if net.fused_forward is not None else "fused norms, aten convs"
     return net.forward_path
 
 
 def fused_forward_supported(net: nn.Module) -> bool:
     """True when every layer of `net` is one the fused conv path knows (see the module docstring)."""
+    return unsupported_layer(net) is None
+
+
+def unsupported_layer(net: nn.Module):
+    """(name, module) of the first layer of `net` the fused conv path does not know, or None."""
     known = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh, nn.Identity,
              nn.Sequential)
     from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
     from fastpix.models.unet import UnetGenerator, UnetSkipConnectionBlock
 
     containers = (UnetGenerator, UnetSkipConnectionBlock, NLayerDiscriminator, PixelDiscriminator)
-    for m in net.modules():
+    for name, m in net.named_modules():
         if isinstance(m, containers):
             continue
         if not (isinstance(m, known) or _is_norm(m)) or type(m) is nn.SyncBatchNorm:
-            return False
+            return name, m
         if isinstance(m, nn.BatchNorm2d) and not m.training and (m.running_mean is None or m.running_var is None):
-            return False
-    return True
+            return name, m
+    return None
 
 
 def _layer(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh: bool):

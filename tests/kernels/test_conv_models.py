@@ -192,4 +192,6 @@ def test_tuning_changes_no_state_and_the_path_is_fixed_at_build():
     G = define_G(3, 3, 4, "unet_32", "batch", True, backend="triton")
     assert G.forward_path == "fused convs"
     G.model.model[1].model[0] = nn.SiLU()
-    assert set_forward_path(G) == "fused norms, aten convs" and G.fused_forward is None
+    with pytest.raises(ValueError, match=r"layer model.model.1.model.0 \(SiLU\(\)\) of this UnetGenerator"):
+        set_forward_path(G, strict=True)  # what define_G does: refused, naming the layer
+    assert set_forward_path(G) == "fused norms, aten convs" and G.fused_forward is None  # a rebuilt copy
