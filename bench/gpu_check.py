@@ -36,14 +36,17 @@ STATUSES = ("ok", "failed", "timeout", "skipped", "running")
 # decoder (~20 s); correctness compiles every fused kernel once per dtype and shape class (the conv blocks at
 # batch 1/16/64 first); train and conv_blocks compile the fused convs and tune each layer (two timings per layer
 # and batch); compile is last because inductor's compile time alone can take a minute.
-STAGES = (("install", 45, 5), ("environment", 15, 15), ("correctness", 125, 25), ("train", 100, 40),
+STAGES = (("install", 45, 5), ("environment", 15, 15), ("correctness", 65, 20), ("conv_correctness", 60, 15),
+          ("train", 100, 40),
           ("conv_blocks", 70, 20), ("inference", 55, 30), ("server", 20, 25), ("data", 35, 25), ("compile", 60, 30))
-# The gpu-marked tests, most telling first: the fused conv blocks, the CUDA-graph iteration, the Predictor's
-# graph buckets and norm modes, then the norm and loss kernels, then the data paths on the device.
-CORRECTNESS_TESTS = ("tests/kernels/test_conv_bn_act.py", "tests/test_engine.py", "tests/test_predictor.py",
-                     "tests/kernels/test_predictor_triton.py", "tests/kernels/test_batch_norm_act.py",
-                     "tests/kernels/test_l1_loss.py", "tests/kernels/test_patchgan_loss.py", "tests/test_cache.py",
-                     "tests/test_stream.py", "tests/test_server.py")
+# The gpu-marked tests, in two stages so that the cheap, telling ones cannot be starved by compilations: first the
+# CUDA-graph iteration against eager, the Predictor's graph buckets and norm modes (both backends), the norm and
+# loss kernels and the data paths on the device; then every fused conv block (a compilation per flag set and dtype).
+CORRECTNESS_TESTS = ("tests/test_engine.py", "tests/test_predictor.py", "tests/kernels/test_predictor_triton.py",
+                     "tests/kernels/test_l1_loss.py", "tests/kernels/test_patchgan_loss.py",
+                     "tests/kernels/test_batch_norm_act.py", "tests/test_cache.py", "tests/test_stream.py",
+                     "tests/test_server.py")
+CONV_CORRECTNESS_TESTS = ("tests/kernels/test_conv_bn_act.py",)
 DRY_TRAIN = dict(netG="unet_32", ngf=2, size=32)
 SERVER_DEPS = ("fastapi", "uvicorn", "multipart")
 
@@ -158,19 +161,19 @@ def stage_environment(st: Stage):
     return "ok"
 
 
-def stage_correctness(st: Stage):
+def stage_correctness(st: Stage, tests=CORRECTNESS_TESTS):
     """The gpu-marked tests (full sweep: real pix2pix shapes, batch 1/16/64), one row per test as it finishes; the
     run is stopped a few seconds before the stage's budget so that this stage still writes its own record."""
-    results = os.path.join(st.out, "correctness.jsonl")
+    results = os.path.join(st.out, f"{st.name}.jsonl")
     if os.path.exists(results):
         os.remove(results)
     env = dict(os.environ, FASTPIX_FULL="1", FASTPIX_GPU_CHECK_RESULTS=results,
                PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-m", "gpu", "-p", "gpu_check", "-p", "no:cacheprovider",
-           "-o", "addopts=", "--continue-on-collection-errors", *CORRECTNESS_TESTS]
+           "-o", "addopts=", "--continue-on-collection-errors", *tests]
     status = "ok"
     try:
-        with open(os.path.join(st.out, "correctness_pytest.log"), "w") as log:
+        with open(os.path.join(st.out, f"{st.name}_pytest.log"), "w") as log:
             subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                            timeout=max(st.budget - 8, 1))
     except subprocess.TimeoutExpired:
@@ -183,6 +186,10 @@ def stage_correctness(st: Stage):
     st.note = (st.note + "; " if st.note else "") + ", ".join(f"{outcomes.count(o)} {o}"
                                                                for o in ("passed", "failed", "skipped"))
     return status
+
+
+def stage_conv_correctness(st: Stage):
+    return stage_correctness(st, CONV_CORRECTNESS_TESTS)
 
 
 def _device():
@@ -415,6 +422,7 @@ def stage_compile(st: Stage):
 
 
 STAGE_CODE = {"install": stage_install, "environment": stage_environment, "correctness": stage_correctness,
+              "conv_correctness": stage_conv_correctness,
               "train": stage_train, "conv_blocks": stage_conv_blocks, "inference": stage_inference,
               "server": stage_server, "data": stage_data, "compile": stage_compile}
 
@@ -516,7 +524,7 @@ def summary(out, stages, dry) -> str:
         r = records.get(name)
         if not r or not r["rows"] or name in ("environment",):
             continue
-        rows = _per_file(r["rows"]) if name == "correctness" else r["rows"]
+        rows = _per_file(r["rows"]) if name.endswith("correctness") else r["rows"]
         columns = list(dict.fromkeys(k for row in rows for k in row if k not in ("tail", "message")))
         lines += ["", f"## {name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:

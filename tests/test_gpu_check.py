@@ -55,7 +55,8 @@ def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
                                                                      for w in ("eager", "predictor")}
     assert all(r["triton_ms"] > 0 and r["cudnn_ms"] > 0 and r["choice"] in ("triton", "cudnn")
                for r in rows["conv_blocks"])
-    assert rows["correctness"] and all(r["outcome"] == "skipped" for r in rows["correctness"])  # no GPU here
+    for name in ("correctness", "conv_correctness"):  # no GPU here: every gpu-marked test is skipped, with reason
+        assert rows[name] and all(r["outcome"] == "skipped" and "CUDA" in r["message"] for r in rows[name])
     summary = (tmp_path / "summary.md").read_text()
     for name in STAGES:
         assert f"| {name} | {found[name]['status']} |" in summary

@@ -337,7 +337,7 @@ def tune_layers(net: nn.Module, example_input: torch.Tensor) -> dict:
         return net.layer_choices
     buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
     seeded = {name: m._rng_seeded for name, m in net.named_modules() if hasattr(m, "_rng_seeded")}
-    grads = {name: p.grad for name, p in net.named_parameters()}
+    grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in net.named_parameters()}
     devices = [example_input.device] if example_input.device.type == "cuda" else []
     previous, _choices = _choices, net.layer_choices
     try:
@@ -355,6 +355,9 @@ def tune_layers(net: nn.Module, example_input: torch.Tensor) -> dict:
         for name, m in net.named_modules():
             if name in seeded:
                 m._rng_seeded = seeded[name]
-        for name, p in net.named_parameters():
-            p.grad = grads[name]
+        for name, p in net.named_parameters():  # in place where a gradient existed: a CUDA graph may hold it
+            if grads[name] is None or p.grad is None:
+                p.grad = grads[name]
+            else:
+                p.grad.copy_(grads[name])
     return net.layer_choices
