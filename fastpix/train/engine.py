@@ -8,7 +8,8 @@ losses are summed on the device and read back only when the caller asks (no host
 A batch of another shape (the last, smaller batch of an epoch) runs eagerly on the same optimizer state.
 
 Fail-safe: if the capture fails (an operation that cannot be captured, a kernel that fails inside it), the engine
-warns once naming the cause and runs every later iteration eagerly, with the same results. Before the first
+warns once naming the cause and runs that and every later iteration eagerly: the same computation, on parameters
+and optimizer state the failed capture did not touch (a capture records kernels without running them). Before the first
 iteration, backend 'triton' networks get their per-layer choices (fastpix.models.tune_layers). `report()` says
 what ran: the graph's status and each layer's choice, for the run's logs.
 """
@@ -72,8 +73,8 @@ class TrainEngine:
                                   "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1))}
 
     def _capture(self, real_A, real_B) -> bool:
-        """Capture the iteration; on failure warn once, naming the cause, and go eager for good. Capture records
-        but runs nothing, so the failed attempt leaves no trace in the training state."""
+        """Capture the iteration; on failure warn once, naming the cause, and go eager for good (a capture records
+        kernels without running them: the failed attempt changed no parameter or optimizer state)."""
         self.static_A, self.static_B = real_A.clone(), real_B.clone()
         try:
             self.graph = torch.cuda.CUDAGraph()
