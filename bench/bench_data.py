@@ -154,7 +154,7 @@ def _epoch(pipeline):
         assert batch["A"].dtype == torch.float32 and batch["A"].shape[1:] == (3, 256, 256)
 
 
-@pytest.mark.parametrize("workers", [0, 1, 2])
+@pytest.mark.parametrize("workers", sorted({0, 1, 2, os.cpu_count() or 1}))  # all cores too
 def test_pipeline_dataloader(benchmark, pipeline_data, workers):
     """The reference chain (PIL decode, bicubic resize, crop, flip, to_tensor per item) in a DataLoader, as the
     reference trains; workers are started for every epoch, as there."""
@@ -192,7 +192,7 @@ class _PeakRss:
         self.thread.join()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", sorted({1, 2, os.cpu_count() or 1}))  # all cores too
 def test_pipeline_stream(benchmark, pipeline_data, threads):
     """Native decode threads into a ring of 3 reused batch buffers; crops, flips and normalisation batched."""
     from fastpix.data.stream import StreamLoader

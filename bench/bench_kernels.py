@@ -1,4 +1,4 @@
-"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the tests' factories, kernels/testing.py).
+"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the tests' factories, tests/kernels/harness.py).
 
 - norm + activation (+ dropout): nn.BatchNorm2d → LeakyReLU / ReLU (→ Dropout) against BatchNormAct2d, in training
   mode (batch statistics and running-stat updates), at every distinct pix2pix norm layer shape (unet_256 + basic D
@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 
 from conftest import synchronize
-from fastpix.kernels.testing import PIX2PIX_NORM_LAYERS, l1_inputs, logits_input, norm_act_inputs
+from harness import PIX2PIX_NORM_LAYERS, l1_inputs, logits_input, norm_act_inputs
 
 GPU = torch.cuda.is_available()
 if GPU:  # importing the kernels on a CPU-only machine is fine; launching them is not (skipped below)
-    from fastpix.kernels.batch_norm_act import BatchNormAct2d
+    from fastpix.models.norm_act import BatchNormAct2d
     from fastpix.kernels.l1_loss import l1_loss
     from fastpix.kernels.patchgan_loss import patchgan_loss
 
@@ -66,9 +66,11 @@ def timed(fn):
     """A callable running fn REPS times and waiting for it: on a GPU one CUDA-graph replay of REPS calls."""
     if not GPU:
         return fn
+    from fastpix.kernels.conv_tuning import tuning
+
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side), tuning():  # the warm-up is the tuning step: block sizes measured here
         for _ in range(3):  # warm-up: Triton compilation, cuDNN heuristics, autograd buffers
             fn()
     torch.cuda.current_stream().wait_stream(side)
@@ -198,10 +200,10 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 # epilogue) against eager cuDNN conv + BatchNorm + activation, forward ('fwd') and forward + backward ('fwd_bwd').
 # extra_info: median per call, speed-up over eager, achieved TFLOP/s (performance.md's FLOP count; fwd_bwd counts
 # dgrad and wgrad, no dgrad for an image input) and % of this device's measured bf16 matmul peak. The whole networks
-# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (whose
-# per-layer cuDNN fallback then applies). Without a GPU only eager runs, on the smallest layer.
+# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (with
+# the per-layer choices tune_layers makes before timing). Without a GPU only eager runs, on the smallest layer.
 from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step  # noqa: E402
-from fastpix.models import define_D, define_G  # noqa: E402
+from fastpix.models import define_D, define_G, tune_layers  # noqa: E402
 from fastpix.train.flops import conv_flops  # noqa: E402
 
 CONV_LAYERS = PIX2PIX_CONV_LAYERS if GPU else [layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down8"]
@@ -274,6 +276,7 @@ def test_conv_network(benchmark, impl, network, batch, device, matmul_peak):
     net = build(impl).to(device, memory_format=torch.channels_last).train()
     x = torch.randn(batch, channels, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=CONV_DTYPE, enabled=GPU):
+        tune_layers(net, x)  # backend triton: the per-layer choices (Triton or cuDNN), before timing
         grad = torch.randn_like(net(x))
 
     def call():

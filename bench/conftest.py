@@ -7,9 +7,13 @@ one run (same process, same inputs), and each benchmark stores its derived figur
 import os
 import platform
 import subprocess
+import sys
 
 import pytest
 import torch
+
+# the kernel tests' input factories (tests/kernels/harness.py): a benchmark times exactly what a test checked
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "kernels"))
 
 
 def git_revision():

@@ -1,4 +1,5 @@
-"""Fused BatchNorm / InstanceNorm + activation (+ dropout): Triton kernels, launchers, autograd.Function, modules.
+"""Fused BatchNorm / InstanceNorm + activation (+ dropout): Triton kernels, launchers, autograd.Function (the
+modules are fastpix/models/norm_act.py).
 
 Layout: the input is NCHW-shaped and channels_last (NHWC) in memory; a contiguous NCHW input is converted once. The
 kernels see it as a row-major matrix [rows, C] whose rows are split into `groups` equal groups of R rows: one group
@@ -8,7 +9,7 @@ Forward (training statistics), three launches:
   1. `_stats_partials_kernel`: each program walks a fixed run of [BLOCK_M, BLOCK_C] tiles and writes one
      (count, mean, M2) per channel, M2 = Σ(x − mean)², each tile's from the tile held in registers (two passes
      over registers, one over memory) merged into the program's with Chan's update;
-  2. `_stats_finalize_kernel`: merges the partials of each group in a fixed order with Chan's parallel algorithm —
+  2. `stats_finalize_kernel`: merges the partials of each group in a fixed order with Chan's parallel algorithm —
      deterministic, and accurate when |mean|/std is large, where E[x²] − E[x]² would cancel catastrophically —
      writes per-(group, channel) mean and rstd and updates running_mean/running_var like nn.BatchNorm2d;
   3. `_norm_act_kernel`: y = dropout(act(x̂·γ + β)), x̂ = (x − mean)·rstd.
@@ -16,7 +17,7 @@ Eval mode skips 1–2 and feeds the running statistics to 3.
 
 Backward, three launches: per-program partial Σdz and Σdz·x̂ with dz = dy·act'(z)·mask recomputed from the saved
 input (`_grad_partials_kernel`), a fixed-order merge that also writes dγ = Σdz·x̂ and dβ = Σdz
-(`_grad_finalize_kernel`), and dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n) (`_norm_act_backward_kernel`; eval mode drops
+(`grad_finalize_kernel`), and dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n) (`_norm_act_backward_kernel`; eval mode drops
 the two batch terms).
 
 Dropout: keep an element when u ≥ p, u = tl.rand(seed, offset + i) (Philox, counter-based), i the element's NHWC
@@ -29,45 +30,12 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch import nn
 
-from . import require_launchable
-
-ACTIVATIONS = {"none": 0, "relu": 1, "leaky_relu": 2}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Shared jitted helpers
-# --------------------------------------------------------------------------------------------------------------
-
-@triton.jit
-def _activation(z, slope, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 1:
-        z = tl.where(z > 0, z, 0.0)
-    elif ACTIVATION == 2:
-        z = tl.where(z > 0, z, z * slope)
-    return z
+from fastpix.kernels import require_launchable
+from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
+                                     grad_finalize_kernel, snapshot_and_advance, stats_finalize_kernel)
 
 
-@triton.jit
-def _activation_grad(z, slope, ACTIVATION: tl.constexpr):
-    # The derivative at z == 0 follows torch: relu and leaky_relu backward test `input > 0`.
-    if ACTIVATION == 1:
-        g = tl.where(z > 0, 1.0, 0.0)
-    elif ACTIVATION == 2:
-        g = tl.where(z > 0, 1.0, slope)
-    else:
-        g = tl.full(z.shape, 1.0, tl.float32)
-    return g
-
-
-@triton.jit
-def _dropout_scale(rng_ptr, offsets, p, scale):
-    """scale where the element is kept (u ≥ p), 0 where dropped; u from Philox at counter rng_ptr[1] + offsets."""
-    seed = tl.load(rng_ptr)
-    base = tl.load(rng_ptr + 1)
-    u = tl.rand(seed, base + offsets)
-    return tl.where(u >= p, scale, 0.0)
 
 
 @triton.jit
@@ -97,9 +65,9 @@ def _recompute_dz(X, DY, MEAN, RSTD, W, B, RNG, offsets, mask, cols, col_mask, g
         z = z * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         z = z + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    dz = dy * _activation_grad(z, slope, ACTIVATION)
+    dz = dy * activation_grad(z, slope, ACTIVATION)
     if DROPOUT:
-        dz = dz * _dropout_scale(RNG, offsets, p, scale)
+        dz = dz * dropout_scale(RNG, offsets, p, scale)
     # Masked-out lanes must not leak into the reductions (x̂ of a padding lane is −mean·rstd, not 0).
     dz = tl.where(mask, dz, 0.0)
     xhat = tl.where(mask, xhat, 0.0)
@@ -154,61 +122,6 @@ def _stats_partials_kernel(X, COUNT, MEAN_P, M2_P, R, C, T, ROWS_PER_PROGRAM,
 
 
 @triton.jit
-def _stats_finalize_kernel(COUNT, MEAN_P, M2_P, MEAN, RSTD, RUNNING_MEAN, RUNNING_VAR, T, C, eps, momentum,
-                           UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Merge the per-program (count, mean, M2) of a group in a fixed order into its per-channel mean and rstd.
-    Grid (cdiv(C, BLOCK_C), groups).
-
-    COUNT: fp32 [groups, T]. MEAN_P, M2_P: fp32 [groups, T, C] partials. MEAN, RSTD: fp32 [groups, C] outputs (rstd
-    of the biased variance). RUNNING_MEAN, RUNNING_VAR: [C] running statistics updated in place when UPDATE_RUNNING
-    (one group): r ← (1 − momentum)·r + momentum·s, the variance unbiased by n/(n − 1) as torch does. T: partials per
-    group. C: channels. BLOCK_T: partials merged per step. BLOCK_C: channels per program.
-    """
-    cb = tl.program_id(0)
-    g = tl.program_id(1)
-    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_mask = cols < C
-    # Means relative to the first partial's, for the reason given in `_stats_partials_kernel` (0 when that
-    # partial counted no rows: its mean is then undefined).
-    shift = tl.load(MEAN_P + (g * T).to(tl.int64) * C + cols, mask=col_mask, other=0.0)
-    shift = tl.where(tl.load(COUNT + g * T) > 0, shift, 0.0)
-    n_a = tl.zeros([BLOCK_C], tl.float32)
-    mean_a = tl.zeros([BLOCK_C], tl.float32)
-    m2_a = tl.zeros([BLOCK_C], tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        tiles = t0 + tl.arange(0, BLOCK_T)
-        tile_mask = tiles < T
-        mask = tile_mask[:, None] & col_mask[None, :]
-        offsets = (g * T + tiles).to(tl.int64)[:, None] * C + cols[None, :]
-        n_t = tl.load(COUNT + g * T + tiles, mask=tile_mask, other=0.0)[:, None]
-        mask = mask & (n_t > 0)  # a partial that counted no rows holds no mean or M2
-        mean_t = tl.where(mask, tl.load(MEAN_P + offsets, mask=mask, other=0.0) - shift[None, :], 0.0)
-        m2_t = tl.load(M2_P + offsets, mask=mask, other=0.0)
-        # This block of partials as one partial: the exact multi-way form of Chan's merge ...
-        n_b = tl.sum(n_t, axis=0)
-        mean_b = tl.sum(n_t * mean_t, axis=0) / tl.maximum(n_b, 1.0)
-        d = tl.where(mask, mean_t - mean_b[None, :], 0.0)
-        m2_b = tl.sum(m2_t, axis=0) + tl.sum(n_t * d * d, axis=0)
-        # ... merged into the running partial: only differences of means are squared, so a large |mean|/std
-        # cannot cancel catastrophically as E[x²] − E[x]² would. (max(·, 1): blocks of empty partials add 0.)
-        n_ab = n_a + n_b
-        delta = mean_b - mean_a
-        mean_a = mean_a + delta * (n_b / tl.maximum(n_ab, 1.0))
-        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / tl.maximum(n_ab, 1.0))
-        n_a = n_ab
-    var = m2_a / n_a
-    mean_a += shift
-    tl.store(MEAN + g * C + cols, mean_a, mask=col_mask)
-    tl.store(RSTD + g * C + cols, 1.0 / tl.sqrt(var + eps), mask=col_mask)
-    if UPDATE_RUNNING:
-        running_mean = tl.load(RUNNING_MEAN + cols, mask=col_mask, other=0.0).to(tl.float32)
-        running_var = tl.load(RUNNING_VAR + cols, mask=col_mask, other=0.0).to(tl.float32)
-        unbiased = m2_a / (n_a - 1.0)
-        tl.store(RUNNING_MEAN + cols, running_mean + momentum * (mean_a - running_mean), mask=col_mask)
-        tl.store(RUNNING_VAR + cols, running_var + momentum * (unbiased - running_var), mask=col_mask)
-
-
-@triton.jit
 def _norm_act_kernel(X, Y, MEAN, RSTD, W, B, RNG, R, C, slope, p, scale,
                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                      DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -231,9 +144,9 @@ def _norm_act_kernel(X, Y, MEAN, RSTD, W, B, RNG, R, C, slope, p, scale,
         z = z * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         z = z + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    y = _activation(z, slope, ACTIVATION)
+    y = apply_activation(z, slope, ACTIVATION)
     if DROPOUT:
-        y = y * _dropout_scale(RNG, offsets, p, scale)
+        y = y * dropout_scale(RNG, offsets, p, scale)
     tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -244,7 +157,7 @@ def _dropout_mask_kernel(RNG, KEEP, numel, p, BLOCK: tl.constexpr):
     RNG: int64 [seed, offset]. KEEP: uint8 [numel]. numel: elements. p: dropout probability. BLOCK: per program.
     """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_scale(RNG, offsets, p, 1.0)
+    keep = dropout_scale(RNG, offsets, p, 1.0)
     tl.store(KEEP + offsets, keep.to(tl.uint8), mask=offsets < numel)
 
 
@@ -284,39 +197,6 @@ def _grad_partials_kernel(X, DY, MEAN, RSTD, W, B, RNG, SUM_DZ_P, SUM_DZX_P, R, 
 
 
 @triton.jit
-def _grad_finalize_kernel(SUM_DZ_P, SUM_DZX_P, SUM_DZ, SUM_DZX, DW, DB, G, T, C,
-                          HAS_DW: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Sum the tile partials in a fixed order. Grid (cdiv(C, BLOCK_C),).
-
-    SUM_DZ_P, SUM_DZX_P: fp32 [G, T, C] partials. SUM_DZ, SUM_DZX: fp32 [G, C] per-group sums. DW, DB: dγ = ΣΣdz·x̂
-    and dβ = ΣΣdz over all groups [C], in the parameters' dtype (written when HAS_DW / HAS_DB). G: groups. T: tiles
-    per group. C: channels. BLOCK_T: tiles summed per step. BLOCK_C: channels per program.
-    """
-    cb = tl.program_id(0)
-    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_mask = cols < C
-    dw = tl.zeros([BLOCK_C], tl.float32)
-    db = tl.zeros([BLOCK_C], tl.float32)
-    for g in range(G):
-        s_dz = tl.zeros([BLOCK_C], tl.float32)
-        s_dzx = tl.zeros([BLOCK_C], tl.float32)
-        for t0 in range(0, T, BLOCK_T):
-            tiles = t0 + tl.arange(0, BLOCK_T)
-            mask = (tiles < T)[:, None] & col_mask[None, :]
-            offsets = (g * T + tiles).to(tl.int64)[:, None] * C + cols[None, :]
-            s_dz += tl.sum(tl.load(SUM_DZ_P + offsets, mask=mask, other=0.0), axis=0)
-            s_dzx += tl.sum(tl.load(SUM_DZX_P + offsets, mask=mask, other=0.0), axis=0)
-        tl.store(SUM_DZ + g * C + cols, s_dz, mask=col_mask)
-        tl.store(SUM_DZX + g * C + cols, s_dzx, mask=col_mask)
-        dw += s_dzx
-        db += s_dz
-    if HAS_DW:
-        tl.store(DW + cols, dw, mask=col_mask)
-    if HAS_DB:
-        tl.store(DB + cols, db, mask=col_mask)
-
-
-@triton.jit
 def _norm_act_backward_kernel(X, DY, DX, MEAN, RSTD, W, B, RNG, SUM_DZ, SUM_DZX, R, C, inv_n, slope, p, scale,
                               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                               DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
@@ -326,7 +206,7 @@ def _norm_act_backward_kernel(X, DY, DX, MEAN, RSTD, W, B, RNG, SUM_DZ, SUM_DZX,
 
     X, DY, DX: saved input, incoming gradient and output gradient [groups·R, C] (NHWC). MEAN, RSTD: fp32
     [groups, C]. W, B, RNG, slope, p, scale, ACTIVATION, DROPOUT: as in `_norm_act_kernel`. SUM_DZ, SUM_DZX: fp32
-    [groups, C] from `_grad_finalize_kernel` (read when BATCH_STATS). R: rows per group. C: channels. inv_n: 1/R.
+    [groups, C] from `grad_finalize_kernel` (read when BATCH_STATS). R: rows per group. C: channels. inv_n: 1/R.
     BATCH_STATS: the statistics were computed from this input (training), so they depend on x.
     BLOCK_M, BLOCK_C: tile shape.
     """
@@ -419,7 +299,7 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, *, batch_stats,
             x_nhwc, count, mean_p, m2_p, plan.R, C, plan.partials, plan.rows_per_program,
             BLOCK_M=plan.block_m, BLOCK_C=plan.block_c)
         update = running_mean is not None
-        _stats_finalize_kernel[(plan.channel_blocks, groups)](
+        stats_finalize_kernel[(plan.channel_blocks, groups)](
             count, mean_p, m2_p, mean, rstd, running_mean if update else mean, running_var if update else rstd,
             plan.partials, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=plan.block_t, BLOCK_C=plan.block_c)
     else:
@@ -466,7 +346,7 @@ def norm_act_backward(dy, x_nhwc, weight, bias, mean, rstd, *, batch_stats, grou
         _grad_partials_kernel[plan.reduction_grid](
             x_nhwc, dy_nhwc, mean, rstd, w_arg, b_arg, rng_arg, sum_dz_p, sum_dzx_p, plan.R, C, plan.partials,
             plan.rows_per_program, slope, dropout_p, scale, **common)
-        _grad_finalize_kernel[(plan.channel_blocks,)](
+        grad_finalize_kernel[(plan.channel_blocks,)](
             sum_dz_p, sum_dzx_p, sum_dz, sum_dzx, dw if need_dw else sum_dz, db if need_db else sum_dz,
             groups, plan.partials, C, HAS_DW=need_dw, HAS_DB=need_db, BLOCK_T=plan.block_t, BLOCK_C=plan.block_c)
     _norm_act_backward_kernel[plan.tile_grid](
@@ -537,21 +417,6 @@ def _meta(z, activation, slope):
     return z.contiguous(memory_format=torch.channels_last)
 
 
-def _snapshot_and_advance(rng_state, x, dropout_p):
-    """A device copy of [seed, offset] for this call (backward regenerates the mask from it), then offset += numel."""
-    if dropout_p == 0.0:
-        return None
-    if rng_state is None:
-        # No state given: a fresh one from torch's generator (reproducible under torch.manual_seed).
-        return torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=x.device)
-    if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device != x.device:
-        raise ValueError(f"rng_state must be an int64 tensor [seed, offset] on {x.device}, got "
-                         f"{rng_state.dtype} shape {tuple(rng_state.shape)} on {rng_state.device}")
-    snapshot = rng_state.clone()
-    rng_state[1:].add_(x.numel())
-    return snapshot
-
-
 def batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
                    activation="none", slope=0.2, dropout_p=0.0, rng_state=None):
     """y = dropout(act(BatchNorm(x))) in one fused pass per direction, autograd-enabled.
@@ -574,7 +439,7 @@ def batch_norm_act(x, weight, bias, running_mean, running_var, training, momentu
                          f"{tuple(x.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm_act(training=False) needs running_mean and running_var")
-    rng = _snapshot_and_advance(rng_state, x, dropout_p)
+    rng = snapshot_and_advance(rng_state, x, dropout_p)
     return NormActFunction.apply(x, weight, bias, running_mean, running_var, rng, training, 1, momentum, eps,
                                  activation, slope, dropout_p)
 
@@ -589,80 +454,6 @@ def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", sl
     if x.shape[2] * x.shape[3] <= 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input of shape "
                          f"{tuple(x.shape)}")
-    rng = _snapshot_and_advance(rng_state, x, dropout_p)
+    rng = snapshot_and_advance(rng_state, x, dropout_p)
     return NormActFunction.apply(x, weight, bias, None, None, rng, True, x.shape[0], 0.0, eps, activation, slope,
                                  dropout_p)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Modules (drop-in: the same state_dict as their torch parents)
-# --------------------------------------------------------------------------------------------------------------
-
-class _FusedNormAct:
-    """Mixin of the fused modules: their activation settings, and `rng_state`, their dropout's int64 [seed, offset]
-    on the module's device.
-
-    `rng_state` is kept in a non-persistent buffer (the state_dict stays identical to the torch parent's). The seed
-    is drawn from torch's generator on the first access (a device-side draw, no host synchronisation), not at
-    construction: so building a module consumes no random numbers and, as with nn.Dropout, torch.manual_seed before
-    a run (or another seed per DDP rank) decides the masks. Every reader (the module's forward, the fused conv path)
-    goes through it.
-    """
-
-    def _init_fused(self, activation, slope, dropout_p):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.activation, self.slope, self.dropout_p = activation, slope, dropout_p
-        self.register_buffer("_rng_state", torch.zeros(2, dtype=torch.int64), persistent=False)
-        self._rng_seeded = False
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}, dropout_p={self.dropout_p}"
-
-    @property
-    def rng_state(self):
-        if not self._rng_seeded:
-            seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=self._rng_state.device)
-            self._rng_state.copy_(torch.cat([seed, torch.zeros_like(seed)]))
-            self._rng_seeded = True
-        return self._rng_state
-
-
-class BatchNormAct2d(_FusedNormAct, nn.BatchNorm2d):
-    """nn.BatchNorm2d followed by an activation and (in training) dropout, fused. Same state_dict keys and the same
-    training/eval, momentum (None: cumulative average) and track_running_stats behaviour as nn.BatchNorm2d."""
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 activation="none", slope=0.2, dropout_p=0.0, device=None, dtype=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self._init_fused(activation, slope, dropout_p)
-
-    def forward(self, x):
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as torch (which also reads the count on host)
-                factor = 1.0 / float(self.num_batches_tracked)
-        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        p = self.dropout_p if self.training else 0.0
-        track = not self.training or self.track_running_stats
-        return batch_norm_act(x, self.weight, self.bias, self.running_mean if track else None,
-                              self.running_var if track else None, batch_stats, factor, self.eps,
-                              self.activation, self.slope, p, self.rng_state if p > 0 else None)
-
-
-class InstanceNormAct2d(_FusedNormAct, nn.InstanceNorm2d):
-    """nn.InstanceNorm2d followed by an activation and (in training) dropout, fused. Same state_dict as
-    nn.InstanceNorm2d; running statistics are not supported (pix2pix uses track_running_stats=False)."""
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 activation="none", slope=0.2, dropout_p=0.0, device=None, dtype=None):
-        if track_running_stats:
-            raise ValueError("InstanceNormAct2d supports track_running_stats=False only (the pix2pix setting)")
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self._init_fused(activation, slope, dropout_p)
-
-    def forward(self, x):
-        p = self.dropout_p if self.training else 0.0
-        return instance_norm_act(x, self.weight, self.bias, self.eps, self.activation, self.slope, p,
-                                 self.rng_state if p > 0 else None)

@@ -15,7 +15,7 @@ order before the epilogue. A second kernel (`_wgrad_kernel`) computes the weight
 output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
 
 Fusion (architecture.md, "The fused design"): a producer conv writes its raw output y and, in the epilogue,
-per-tile (count, mean, M2) partials that `_stats_finalize_kernel` (batch_norm_act.py) merges in a fixed order into
+per-tile (count, mean, M2) partials that `stats_finalize_kernel` (_shared.py) merges in a fixed order into
 the BatchNorm mean and rstd; a consumer conv reads y and applies z = (y − mean)·k + β with k = γ·rstd, then its
 activation (LeakyReLU/ReLU) and dropout, while loading the input tile: the normalised tensor is never written.
 The U-Net up conv reads its two inputs (skip, up) as two sources, each with its own (mean, k, β): the concat is
@@ -26,7 +26,7 @@ affine map of the raw output (d mean/dy = 1/n, d rstd/dy = −rstd³·(y − mea
   dy ← dy + a + b·(y − mean),  a = g_mean/n,  b = −g_rstd·rstd³/n
 on load (and dy ← dy·(1 − t²) for Tanh). The dgrad epilogue recomputes z from the saved input, multiplies by the
 activation derivative and dropout mask, writes dx = dz·k, and per-tile partials of Σdz and Σdz·(x − mean) from
-which the gradients of the prologue's (mean, k, β) follow (`_grad_finalize_kernel`, batch_norm_act.py); autograd
+which the gradients of the prologue's (mean, k, β) follow (`grad_finalize_kernel`, _shared.py); autograd
 then carries them to γ, β and to the producer's mean/rstd — whose backward is the affine map above. Every
 reduction is two-stage with a fixed order: results are bitwise reproducible.
 
@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from fastpix.kernels import INTERPRETED, require_launchable
-from fastpix.kernels.batch_norm_act import (
-    ACTIVATIONS, _activation, _activation_grad, _dropout_scale, _grad_finalize_kernel, _stats_finalize_kernel)
+from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
+                                     grad_finalize_kernel, stats_finalize_kernel)
 from fastpix.kernels.conv_tuning import tuned_config
 
 
@@ -84,9 +84,9 @@ def _operand(X, U, PRM, RNG, offsets, mask, n, row_mask, ch, ch_mask, C, slope, 
         if NORM:
             mean, k, beta = _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE)
             v = (v - mean) * k + beta
-        v = _activation(v, slope, ACT)
+        v = apply_activation(v, slope, ACT)
         if DROP:
-            v = v * _dropout_scale(RNG, offsets, p, scale)
+            v = v * dropout_scale(RNG, offsets, p, scale)
         if TANH_BWD or BN_BWD:
             u = tl.load(U + offsets, mask=mask, other=0.0).to(tl.float32)
             if TANH_BWD:
@@ -182,7 +182,7 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
     if DGRAD:
         dz = acc
         if E_DROP:
-            dz = dz * _dropout_scale(ER, offsets, ep, escale)
+            dz = dz * dropout_scale(ER, offsets, ep, escale)
         if E_NORM or E_ACT != 0:
             x = tl.load(EX + offsets, mask=out_mask, other=0.0).to(tl.float32)
             z = x
@@ -190,7 +190,7 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
                 mean, k, beta = _channel_params(EP, n, row_mask, co, co_mask, CO, PER_SAMPLE)
                 xc = x - mean
                 z = xc * k + beta
-            dz = dz * _activation_grad(z, slope, E_ACT)
+            dz = dz * activation_grad(z, slope, E_ACT)
         if E_NORM:
             dz = tl.where(out_mask, dz, 0.0)
             tl.store(PART_A + tile.to(tl.int64) * CO + co, tl.sum(dz, axis=0), mask=co_mask)
@@ -667,7 +667,7 @@ def bias_grad(grad, out, per_sample=False):
         BLOCK_M=block_m, BLOCK_C=block_c)
     sums = torch.empty(2, C, dtype=torch.float32, device=out.device)
     block_t, block_c = _merge_config(C, T)
-    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], out, out, 1, T, C,
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], out, out, 1, T, C,
                                                        HAS_DW=False, HAS_DB=True, BLOCK_T=block_t, BLOCK_C=block_c)
     return out
 
@@ -681,7 +681,7 @@ def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
     stats = torch.empty(2, groups, C, dtype=torch.float32, device=count.device)
     update = running_mean is not None
     block_t, block_c = _merge_config(C, T)
-    _stats_finalize_kernel[(triton.cdiv(C, block_c), groups)](
+    stats_finalize_kernel[(triton.cdiv(C, block_c), groups)](
         count, mean_p, m2_p, stats[0], stats[1], running_mean if update else stats, running_var if update else stats,
         T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
     return (stats[0], stats[1]) if samples else (stats[0, 0], stats[1, 0])
@@ -695,7 +695,7 @@ def finalize_sums(partials, C):
     T = part_a.shape[0] // groups
     sums = torch.empty(2, groups, C, dtype=torch.float32, device=part_a.device)
     block_t, block_c = _merge_config(C, T)
-    _grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, groups, T, C,
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, groups, T, C,
                                                        HAS_DW=False, HAS_DB=False, BLOCK_T=block_t,
                                                        BLOCK_C=block_c)
     return (sums[0], sums[1]) if samples else (sums[0, 0], sums[1, 0])
@@ -759,6 +759,12 @@ def _weight_layout(weight, transposed):
     return weight.shape[1], weight.shape[0], (s[1], s[0], s[2], s[3]), (s[0], s[1], s[2], s[3])
 
 
+# forward's arguments in order (ctx.needs_input_grad follows them), and each source's differentiable ones.
+_FORWARD_ARGS = ("spec", "x", "mean", "k", "beta", "x2", "mean2", "k2", "beta2", "rng", "rng2", "weight", "bias",
+                 "running_mean", "running_var")
+_SOURCE_ARGS = (("x", "mean", "k", "beta"), ("x2", "mean2", "k2", "beta2"))
+
+
 class ConvBNActFunction(torch.autograd.Function):
     """Autograd wiring of the fused conv; see `conv_bn_act` for the arguments."""
 
@@ -819,17 +825,17 @@ class ConvBNActFunction(torch.autograd.Function):
             grad = Operand(g, prm=_params(mean_out, a, b, samples=g.shape[0] if spec.per_sample else None), u=y,
                            bn_bwd=True)
         KH, KW = weight.shape[2], weight.shape[3]
-        needs = ctx.needs_input_grad
-        if any(needs[1:9]):  # dgrad reads the weight with the input channels as its output channels
+        needs = dict(zip(_FORWARD_ARGS, ctx.needs_input_grad))
+        # dgrad reads the weight with the input channels as its output channels
+        if any(needs[name] for names in _SOURCE_ARGS for name in names):
             w = _gemm_weight(weight, ctx.compute_dtype, 0 if spec.transposed else 1)
             d_strides = _weight_layout(w, spec.transposed)[3]
-        grads = []
+        grads = {}
         c0 = 0
-        for i, op in enumerate(ops):
+        for i, (op, names) in enumerate(zip(ops, _SOURCE_ARGS)):
             cs = op.channels
-            first = 1 + 4 * i  # position of this source's x in forward's arguments
             dx = dmean = dk = dbeta = None
-            if any(needs[first:first + 4]):
+            if any(needs[name] for name in names):
                 w_slice = w[c0:c0 + cs] if spec.transposed else w[:, c0:c0 + cs]
                 dx, partials = conv_gemm([grad], w_slice, d_strides, (KH, KW), spec.stride, spec.padding,
                                          not spec.transposed, op.x.shape[1:3], cs, dgrad_of=op,
@@ -840,12 +846,10 @@ class ConvBNActFunction(torch.autograd.Function):
                     k = op.prm[:, 1] if spec.per_sample else op.prm[1]
                     dims = ctx.norm_dims[i]
                     dmean, dk, dbeta = (t.sum(0) if t.dim() > dims else t for t in (-k * sum_dz, sum_dzx, sum_dz))
-            grads += [dx, dmean, dk, dbeta]
+            grads.update(zip(names, (dx, dmean, dk, dbeta)))
             c0 += cs
-        grads += [None] * (8 - len(grads))
-        dw = db = None
-        if needs[11]:
-            dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if needs["weight"]:
+            dw = grads["weight"] = torch.empty_like(weight, memory_format=torch.contiguous_format)
             c0 = 0
             for op in ops:
                 cs = op.channels
@@ -854,9 +858,9 @@ class ConvBNActFunction(torch.autograd.Function):
                 else:
                     conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs], spec.per_sample)
                 c0 += cs
-        if bias is not None and needs[12]:
-            db = bias_grad(grad, torch.empty_like(bias), spec.per_sample)
-        return (None, *grads, None, None, dw, db, None, None)
+        if bias is not None and needs["bias"]:
+            grads["bias"] = bias_grad(grad, torch.empty_like(bias), spec.per_sample)
+        return tuple(grads.get(name) for name in _FORWARD_ARGS)
 
 
 def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh, per_sample, running):

@@ -219,8 +219,7 @@ def block_step(layer: ConvLayer, N, dtype, device, impl, backward=True, seed=0):
 
 def time_block(layer: ConvLayer, N, dtype, device, impl) -> float:
     """Median seconds of one block's forward + backward (block_step), measured with autograd on and autocast off
-    whatever the caller's context (the per-layer choice is made inside a model's forward, maybe under no_grad or
-    autocast)."""
+    whatever the caller's context (the per-layer choice is made in tune_layers, maybe under no_grad or autocast)."""
     from fastpix.kernels.conv_tuning import median_seconds
 
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
@@ -230,7 +229,7 @@ def time_block(layer: ConvLayer, N, dtype, device, impl) -> float:
 def layer_table(batches=(1, 16, 64), dtype=torch.bfloat16) -> str:
     """What backend='triton' runs for each pix2pix layer on this GPU: the fused block's and eager cuDNN's forward +
     backward median time and the choice (the faster), measuring the layers not in the tuning cache yet."""
-    from fastpix.kernels.conv_tuning import cached_layer_timings, layer_choice
+    from fastpix.kernels.conv_tuning import cached_layer_timings, layer_choice, tuning
 
     if not torch.cuda.is_available():
         raise RuntimeError("the per-layer choice is measured on a CUDA device; on a CPU backend='triton' always "
@@ -239,8 +238,9 @@ def layer_table(batches=(1, 16, 64), dtype=torch.bfloat16) -> str:
     for layer in PIX2PIX_CONV_LAYERS:
         for batch in batches:
             key = layer.key(batch, dtype)
-            choice = layer_choice(key, lambda: time_block(layer, batch, dtype, "cuda", "triton"),
-                                  lambda: time_block(layer, batch, dtype, "cuda", "cudnn"))
+            with tuning():
+                choice = layer_choice(key, lambda: time_block(layer, batch, dtype, "cuda", "triton"),
+                                      lambda: time_block(layer, batch, dtype, "cuda", "cudnn"))
             timings = cached_layer_timings(key) or {}
             t_fused, t_eager = timings.get("triton_ms"), timings.get("cudnn_ms")
             shape = f"{'+'.join(map(str, layer.sources))}x{layer.size}x{layer.in_hw[1]}"

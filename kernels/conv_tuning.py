@@ -8,9 +8,12 @@
 The cache is one JSON file (FASTPIX_TUNING_CACHE, default $XDG_CACHE_HOME/fastpix/conv_tuning.json) with one
 section per device name + torch + triton version: timings from another GPU or another compiler are not reused.
 FASTPIX_CONV_AUTOTUNE=0 keeps the default block sizes.
-Under Triton's interpreter nothing is measured: one small fixed config, and always the Triton kernels (there is
-nothing to compare against, and the tests must exercise the kernels). While a CUDA graph is being captured
-nothing is measured either: a choice not yet cached takes the default (Triton, first config) for that capture.
+Measurements run only inside `tuning()`: the explicit tuning step (fastpix.models.tune_layers, before a run's
+first iteration; `fastpix bench --layers`), never inside a model's forward, where a choice not yet cached takes the
+default (Triton, first config). Under Triton's interpreter nothing is measured: one small fixed config, and always
+the Triton kernels (there is nothing to compare against, and the tests must exercise the kernels); nor while a
+CUDA graph is being captured. A layer whose Triton kernels failed to compile or launch in this process runs on
+cuDNN from then on (`record_failure`, with one warning naming the layer and the error).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 
 import torch
 import triton
@@ -81,8 +85,38 @@ class TuningCache:
 CACHE = TuningCache()
 
 
+_tuning = False
+FAILURES = {}  # layer key -> "<error type>: <message>" of Triton kernels that failed for it in this process
+
+
+@contextlib.contextmanager
+def tuning():
+    """Within the block, choices and block sizes not yet cached are measured and cached."""
+    global _tuning
+    previous, _tuning = _tuning, True
+    try:
+        yield
+    finally:
+        _tuning = previous
+
+
 def _measuring_allowed() -> bool:
-    return not INTERPRETED and torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()
+    return _tuning and not INTERPRETED and torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()
+
+
+def record_failure(key: str, exc: BaseException) -> str:
+    """Put layer `key` on cuDNN for the rest of the process after its Triton kernels raised `exc` (warned once per
+    layer). Returns 'cudnn'."""
+    if key not in FAILURES:
+        FAILURES[key] = f"{type(exc).__name__}: {exc}"[:300]
+        warnings.warn(f"fastpix: the Triton kernels failed for layer [{key}] ({FAILURES[key]}); this layer runs on "
+                      "cuDNN/aten instead", RuntimeWarning, stacklevel=3)
+    return "cudnn"
+
+
+def choice_label(key: str, choice: str) -> str:
+    """The choice as a run's logs record it: 'triton', 'cudnn', or 'cudnn (triton failed: <error>)'."""
+    return f"cudnn (triton failed: {FAILURES[key]})" if key in FAILURES else choice
 
 
 def autotune_enabled() -> bool:
@@ -131,10 +165,13 @@ def force_layer_choice(choose):
 
 
 def layer_choice(key: str, measure_fused, measure_eager) -> str:
-    """'triton' or 'cudnn' for one layer: the cached choice, else both measured (forward + backward) and the
-    faster kept. measure_*: zero-argument callables returning a median time in seconds."""
+    """'triton' or 'cudnn' for one layer: cuDNN after a Triton failure, the cached choice, else (inside `tuning()`)
+    both measured (forward + backward) and the faster kept, else 'triton'. measure_*: zero-argument callables
+    returning a median time in seconds."""
     if _forced_choice is not None:
         return _forced_choice(key)
+    if key in FAILURES:
+        return "cudnn"
     if INTERPRETED or not torch.cuda.is_available():
         return "triton"
     cached = CACHE.get("layer", key)
@@ -142,7 +179,11 @@ def layer_choice(key: str, measure_fused, measure_eager) -> str:
         return cached["choice"]
     if not _measuring_allowed():
         return "triton"
-    t_fused, t_eager = measure_fused(), measure_eager()
+    try:
+        t_fused = measure_fused()
+    except Exception as exc:  # noqa: BLE001 - fails to compile or launch: cuDNN, and nothing cached on disk
+        return record_failure(key, exc)
+    t_eager = measure_eager()
     choice = "triton" if t_fused <= t_eager else "cudnn"
     CACHE.put("layer", key, {"choice": choice, "triton_ms": 1000 * t_fused, "cudnn_ms": 1000 * t_eager})
     return choice

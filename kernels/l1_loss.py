@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import require_launchable
-from .patchgan_loss import dense, sum_partials
+from fastpix.kernels import require_launchable
+from fastpix.kernels._shared import dense, sum_partials
 
 BLOCK = 2048
 

@@ -1,11 +1,11 @@
 """Fused PatchGAN loss: mean BCE-with-logits ("vanilla") or mean squared error ("lsgan") against a constant label.
 
 One pass over the logits computes each element's loss and its gradient: `_patchgan_loss_kernel` writes
-dloss/dlogit / N (fp32) into a buffer kept for backward and one partial sum per block; `_sum_partials_kernel` (a
-single program) adds the partials in a fixed order and divides by N. Backward only scales the saved gradient by the
-incoming grad_output, in fp32, and rounds once to the logits' dtype: a GradScaler's large scale is applied before
-that rounding, as in eager autocast (where the loss runs in fp32), rather than to an fp16 value already flushed
-towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs nothing.
+dloss/dlogit / N (fp32) into a buffer kept for backward and one partial sum per block; `sum_partials_kernel`
+(_shared.py, a single program) adds the partials in a fixed order and divides by N. Backward only scales the saved
+gradient by the incoming grad_output, in fp32, and rounds once to the logits' dtype: a GradScaler's large scale is
+applied before that rounding, as in eager autocast (where the loss runs in fp32), rather than to an fp16 value
+already flushed towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs nothing.
 No value crosses to the host, so the loss can be captured in a CUDA graph, and the result is bitwise reproducible
 (the reduction tree depends only on the shape).
 
@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import require_launchable
+from fastpix.kernels import require_launchable
+from fastpix.kernels._shared import dense, sum_partials
 
 MODES = {"vanilla": 0, "lsgan": 1}
 BLOCK = 2048
@@ -53,36 +54,6 @@ def _patchgan_loss_kernel(X, DX, PARTIALS, numel, inv_numel, TARGET: tl.constexp
     tl.store(PARTIALS + pid, tl.sum(loss, axis=0))
     if WRITE_GRAD:
         tl.store(DX + offsets, grad * inv_numel, mask=mask)
-
-
-@triton.jit
-def _sum_partials_kernel(PARTIALS, OUT, count, scale, BLOCK: tl.constexpr):
-    """OUT[0] = scale · Σ PARTIALS, summed in a fixed order by a single program. Grid (1,).
-
-    PARTIALS: fp32 [count] block sums. OUT: fp32 [1]. count: number of partials. scale: the factor applied to the
-    total (1/N for a mean). BLOCK: partials loaded per step.
-    """
-    acc = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, count, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        acc += tl.load(PARTIALS + offsets, mask=offsets < count, other=0.0)
-    tl.store(OUT, tl.sum(acc, axis=0) * scale)
-
-
-def sum_partials(partials, scale):
-    """A fp32 0-d tensor scale·Σpartials, deterministic (one program, fixed order), without host synchronisation."""
-    out = torch.empty((), dtype=torch.float32, device=partials.device)
-    block = max(min(triton.next_power_of_2(partials.numel()), 1024), 16)
-    _sum_partials_kernel[(1,)](partials, out, partials.numel(), scale, BLOCK=block)
-    return out
-
-
-def dense(t):
-    """t itself when its elements are densely packed (contiguous or channels_last), else a contiguous copy: the
-    kernels read memory in storage order, which is all an elementwise loss needs."""
-    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return t
-    return t.contiguous()
 
 
 def patchgan_loss_forward(logits, target_is_real, mode="vanilla", write_grad=True, out_grad=None):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
+from fastpix.models.fused_convs import set_forward_path
 
 
 class _FrozenAffine(nn.Module):
@@ -141,14 +142,14 @@ def _fused_norm_types() -> tuple:
     """(BatchNormAct2d, InstanceNormAct2d) once the fused kernels are loaded, else (). A network can hold a fused
     layer only after its module was imported, and importing it here would fix Triton's interpreted-or-compiled
     choice too early (models.use_triton_interpreter) or fail on an install without a working Triton."""
-    kernels = sys.modules.get("fastpix.kernels.batch_norm_act")
+    kernels = sys.modules.get("fastpix.models.norm_act")
     return () if kernels is None else (kernels.BatchNormAct2d, kernels.InstanceNormAct2d)
 
 
 def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn.Module:
     """The inference form of a fused norm layer (see the module docstring): its activation, no dropout of its own,
     then SeededDropout when dropout is on and the layer carried dropout."""
-    from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
+    from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 
     device = next(layer.buffers()).device  # every fused layer holds an rng_state buffer
     act = dict(activation=layer.activation, slope=layer.slope)
@@ -191,6 +192,8 @@ def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout
     _swap(net, lambda m: (SeededDropout(m.p) if dropout else nn.Identity()) if isinstance(m, nn.Dropout) else None)
     for p in net.parameters():
         p.requires_grad_(False)
+    if getattr(net, "fused_forward", None) is not None:  # the swapped layers decide the copy's forward once
+        set_forward_path(net)
     return net
 
 

@@ -2,10 +2,13 @@
 
 The returned modules' state_dict keys and shapes equal the reference's, so checkpoints move both ways, and between
 the backends: 'eager' (plain PyTorch modules) and 'triton' (the same tree with each norm + activation pair run by a
-fused Triton kernel, fastpix/models/fused.py).
+fused Triton kernel, fastpix/models/fused.py, and for the U-Net and PatchGAN every conv too, fused_convs.py).
+The backend is decided here, once: the built module's forward is fixed (`net.forward_path`), and under 'triton'
+`tune_layers(net, example_input)` makes the per-layer choices (Triton or cuDNN) before the first iteration.
 """
 import os
 
+from fastpix.models.fused_convs import set_forward_path, tune_layers
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer
 from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
@@ -65,6 +68,9 @@ def _apply_backend(net, backend, norm):
         from fastpix.models.fused import fuse_norm_activations
 
         fuse_norm_activations(net)
+        set_forward_path(net, strict=True)
+    else:
+        net.forward_path = "eager"
     return net
 
 
@@ -105,4 +111,4 @@ def build_models(model_cfg, backend=None):
 
 
 __all__ = ["define_G", "define_D", "build_models", "init_weights", "get_norm_layer", "resolve_backend",
-           "unet_num_downs", "use_triton_interpreter"]
+           "set_forward_path", "tune_layers", "unet_num_downs", "use_triton_interpreter"]

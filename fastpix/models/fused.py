@@ -37,7 +37,7 @@ def _fusable(norm: nn.Module) -> bool:
 
 def _fused(norm: nn.Module, activation: str, slope: float = LEAKY_SLOPE, dropout_p: float = 0.0) -> nn.Module:
     """The fused twin of `norm` with the same state (parameters, running statistics, training flag)."""
-    from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
+    from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 
     cls = BatchNormAct2d if isinstance(norm, nn.BatchNorm2d) else InstanceNormAct2d
     fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,

@@ -9,8 +9,9 @@ its running statistics. The U-Net's up conv reads skip and up as two sources: no
 
 Layers are recognised by type: Conv2d, ConvTranspose2d, BatchNorm2d and InstanceNorm2d without running statistics
 (and their fused subclasses BatchNormAct2d / InstanceNormAct2d, whose activation and dropout they carry; instance
-norm's statistics are per sample), ReLU, LeakyReLU, Dropout, Tanh, Identity. `fused_forward_supported` says whether
-a network consists of these only; define_G/define_D fall back to the module-by-module path otherwise.
+norm's statistics are per sample), ReLU, LeakyReLU, Dropout, Tanh, Identity. `set_forward_path` gives a
+network made of these only this forward, once, at build time; `tune_layers` makes each layer's choice (fused
+Triton block or cuDNN) before the first iteration, so that no forward measures anything.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU)
+_choices = None  # while tune_layers runs: {layer key: the choice made}
 
 
 @dataclass
@@ -59,28 +61,50 @@ def _is_norm(m):
     return isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats)
 
 
-def use_fused_convs(net: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `net`'s forward on `x` takes the fused conv path: backend triton, a real device (meta-device
-    inputs, as FLOP counting uses, run the module path whose conv hooks count) and only known layers."""
-    return getattr(net, "backend", "eager") == "triton" and x.device.type != "meta" and fused_forward_supported(net)
+def set_forward_path(net: nn.Module, strict: bool = False) -> str:
+    """Fix `net`'s forward once for backend 'triton' (define_G / define_D call it after fusing the norms, strict;
+    code that swaps layers afterwards, as the Predictor's inference network does, calls it again): the fused conv
+    forward for a U-Net or PatchGAN made only of the layers it knows, else the module path (the fused norm layers
+    with aten convs: the ResNet generator, or a rebuilt network holding another layer). strict: a U-Net or
+    PatchGAN holding a layer the fused convs do not know is refused, naming it. Returns net.forward_path."""
+    from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
+    from fastpix.models.unet import UnetGenerator
+
+    fused = None
+    if isinstance(net, UnetGenerator):
+        fused = unet_forward
+    elif isinstance(net, (NLayerDiscriminator, PixelDiscriminator)):
+        fused = sequential_forward
+    unknown = unsupported_layer(net) if fused is not None else None
+    if unknown is not None and strict:
+        raise ValueError(f"backend 'triton': layer {unknown[0]} ({unknown[1]}) of this {type(net).__name__} is not "
+                         "one the fused conv kernels run; use backend 'eager'")
+    net.fused_forward = fused if fused is not None and unknown is None else None
+    net.forward_path = "fused convs" if net.fused_forward is not None else "fused norms, aten convs"
+    return net.forward_path
 
 
 def fused_forward_supported(net: nn.Module) -> bool:
     """True when every layer of `net` is one the fused conv path knows (see the module docstring)."""
+    return unsupported_layer(net) is None
+
+
+def unsupported_layer(net: nn.Module):
+    """(name, module) of the first layer of `net` the fused conv path does not know, or None."""
     known = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh, nn.Identity,
              nn.Sequential)
     from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
     from fastpix.models.unet import UnetGenerator, UnetSkipConnectionBlock
 
     containers = (UnetGenerator, UnetSkipConnectionBlock, NLayerDiscriminator, PixelDiscriminator)
-    for m in net.modules():
+    for name, m in net.named_modules():
         if isinstance(m, containers):
             continue
         if not (isinstance(m, known) or _is_norm(m)) or type(m) is nn.SyncBatchNorm:
-            return False
+            return name, m
         if isinstance(m, nn.BatchNorm2d) and not m.training and (m.running_mean is None or m.running_var is None):
-            return False
-    return True
+            return name, m
+    return None
 
 
 def _layer(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh: bool):
@@ -143,12 +167,10 @@ def _conv_eager(pending, conv, transposed, norm, factor, track):
 
 
 def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False):
-    """Run `conv` on one or two pending sources — the fused kernel, or cuDNN where that was measured faster for
-    this layer — and return the Pending output (with `norm` folded in)."""
-    from fastpix.kernels.batch_norm_act import _snapshot_and_advance
-    from fastpix.kernels.conv_bn_act import batch_norm_prologue, conv_bn_act
+    """Run `conv` on one or two pending sources — the fused kernel, or cuDNN where tune_layers measured that faster
+    for this layer or the kernel failed — and return the Pending output (with `norm` folded in)."""
     from fastpix.kernels.conv_layers import time_block
-    from fastpix.kernels.conv_tuning import layer_choice
+    from fastpix.kernels.conv_tuning import choice_label, layer_choice, record_failure
 
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
@@ -156,7 +178,6 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
             or conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros":
         raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, square kernels, equal strides "
                          "and paddings, zero padding and no output padding")
-    first, second = pending[0], (pending[1] if len(pending) > 1 else None)
     stats = _batch_stats(norm)
     # Per-sample parameters and statistics (instance norm): this conv's norm, or its inputs' [N, C] parameters.
     instance = isinstance(norm, nn.InstanceNorm2d) or any(p.norm is not None and p.norm[0].dim() == 2
@@ -170,24 +191,44 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
             if norm.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 factor = 1.0 / float(norm.num_batches_tracked)
     layer = _layer(pending, conv, norm, tanh)
-    raw = first.raw
-    choice = layer_choice(layer.key(raw.shape[0], raw.dtype),
-                          lambda: time_block(layer, raw.shape[0], raw.dtype, raw.device, "triton"),
+    raw = pending[0].raw
+    key = layer.key(raw.shape[0], raw.dtype)
+    choice = layer_choice(key, lambda: time_block(layer, raw.shape[0], raw.dtype, raw.device, "triton"),
                           lambda: time_block(layer, raw.shape[0], raw.dtype, raw.device, "cudnn"))
+    if choice == "triton":
+        try:
+            out = _conv_triton(pending, conv, transposed, norm, stats, track, factor, instance, tanh)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile or launch: this layer on cuDNN
+            choice = record_failure(key, exc)
+    if _choices is not None:
+        _choices[key] = choice_label(key, choice)
     if choice == "cudnn":
         out = _conv_eager(pending, conv, transposed, norm if stats else None, factor, track)
         if tanh:
             out = torch.tanh(out)
-    else:
-        out = conv_bn_act(
-            first.raw, conv.weight, conv.bias, conv.stride[0], conv.padding[0], transposed=transposed,
-            norm=first.norm, activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
-            x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
-            activation2="none" if second is None else second.activation,
-            dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
-            slope=first.slope, tanh=tanh, stats=stats, running_mean=norm.running_mean if track else None,
-            running_var=norm.running_var if track else None, momentum=factor,
-            eps=norm.eps if stats else 1e-5, per_sample=instance)
+    return _pending_output(out, norm, stats)
+
+
+def _conv_triton(pending, conv, transposed, norm, stats, track, factor, instance, tanh):
+    from fastpix.kernels.conv_bn_act import conv_bn_act
+
+    first, second = pending[0], (pending[1] if len(pending) > 1 else None)
+    return conv_bn_act(
+        first.raw, conv.weight, conv.bias, conv.stride[0], conv.padding[0], transposed=transposed,
+        norm=first.norm, activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
+        x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
+        activation2="none" if second is None else second.activation,
+        dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
+        slope=first.slope, tanh=tanh, stats=stats, running_mean=norm.running_mean if track else None,
+        running_var=norm.running_var if track else None, momentum=factor,
+        eps=norm.eps if stats else 1e-5, per_sample=instance)
+
+
+def _pending_output(out, norm, stats):
+    """The Pending a conv's consumer reads: its output with `norm` (statistics or running ones) folded in."""
+    from fastpix.kernels.batch_norm_act import snapshot_and_advance
+    from fastpix.kernels.conv_bn_act import batch_norm_prologue
+
     if norm is None:
         return Pending(out)
     if stats:
@@ -200,7 +241,7 @@ def _conv(pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=
         result.activation, result.slope = activation, norm.slope
     p = getattr(norm, "dropout_p", 0.0) if norm.training else 0.0
     if p > 0:
-        result.dropout_p, result.rng = p, _snapshot_and_advance(norm.rng_state, raw, p)
+        result.dropout_p, result.rng = p, snapshot_and_advance(norm.rng_state, raw, p)
     return result
 
 
@@ -274,3 +315,49 @@ def sequential_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     if activation is not None:
         raise ValueError("a network ending in an activation is not supported by the fused conv path")
     return pending[0].materialise()
+
+
+def tune_layers(net: nn.Module, example_input: torch.Tensor) -> dict:
+    """The explicit tuning step of backend 'triton', before the first iteration: one forward (+ backward when `net`
+    is training) on `example_input`, which has the iteration's shape, under the caller's autocast, with
+    measurements allowed (kernels/conv_tuning.py): each layer's choice (the fused Triton block or cuDNN, whichever
+    runs its forward + backward faster on this GPU) and the kernels' block sizes are measured and cached now, never
+    inside a later forward. A layer whose Triton kernels fail to compile or launch goes to cuDNN with a warning.
+    Parameters, buffers (running statistics, dropout counters), gradients and torch's RNG are restored: the step
+    changes no result. On a CPU (the interpreter) nothing is measured; the forward still checks every layer.
+
+    Returns net.layer_choices, {layer key: 'triton' | 'cudnn' | 'cudnn (triton failed: ...)'}; {} for a network on
+    the module path."""
+    global _choices
+    from fastpix.kernels.conv_tuning import tuning
+
+    net = getattr(net, "_orig_mod", net)  # torch.compile's wrapper (a DDP wrapper is not tuned: its backward syncs)
+    net.layer_choices = {}
+    if getattr(net, "fused_forward", None) is None:
+        return net.layer_choices
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    seeded = {name: m._rng_seeded for name, m in net.named_modules() if hasattr(m, "_rng_seeded")}
+    grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in net.named_parameters()}
+    devices = [example_input.device] if example_input.device.type == "cuda" else []
+    previous, _choices = _choices, net.layer_choices
+    try:
+        with torch.random.fork_rng(devices=devices), tuning(), torch.inference_mode(False):
+            backward = net.training and torch.is_grad_enabled()
+            with torch.set_grad_enabled(backward):
+                out = net(example_input.clone())
+            if backward and out.requires_grad:
+                out.float().sum().backward()
+    finally:
+        _choices = previous
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                b.copy_(buffers[name])
+        for name, m in net.named_modules():
+            if name in seeded:
+                m._rng_seeded = seeded[name]
+        for name, p in net.named_parameters():  # in place where a gradient existed: a CUDA graph may hold it
+            if grads[name] is None or p.grad is None:
+                p.grad = grads[name]
+            else:
+                p.grad.copy_(grads[name])
+    return net.layer_choices

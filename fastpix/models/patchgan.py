@@ -1,12 +1,17 @@
-"""The PatchGAN discriminators, with the reference's module trees. Outputs are raw logits (no sigmoid)."""
+"""The PatchGAN discriminators, with the reference's module trees. Outputs are raw logits (no sigmoid).
+
+fused_forward: None (the module path), or the fused conv forward that define_D chose for backend 'triton'
+(fastpix/models/fused_convs.py), set once at build time.
+"""
 import torch.nn as nn
 
-from fastpix.models.fused_convs import sequential_forward, use_fused_convs
 from fastpix.models.norm import conv_has_bias
 
 
 class NLayerDiscriminator(nn.Module):
     """n_layers = 3 is the 70×70 PatchGAN ('basic'): 30×30 logits for a 256×256 input."""
+
+    fused_forward = None
 
     def __init__(self, input_nc, ndf=64, n_layers=3, norm_layer=nn.BatchNorm2d):
         super().__init__()
@@ -24,13 +29,15 @@ class NLayerDiscriminator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
-        if use_fused_convs(self, x):
-            return sequential_forward(self.model, x)
+        if self.fused_forward is not None and x.device.type != "meta":  # meta: shape-only FLOP counting
+            return self.fused_forward(self.model, x)
         return self.model(x)
 
 
 class PixelDiscriminator(nn.Module):
     """1×1 PixelGAN: judges each pixel's colour only."""
+
+    fused_forward = None
 
     def __init__(self, input_nc, ndf=64, norm_layer=nn.BatchNorm2d):
         super().__init__()
@@ -41,6 +48,6 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf * 2, 1, kernel_size=1, bias=use_bias))
 
     def forward(self, x):
-        if use_fused_convs(self, x):
-            return sequential_forward(self.net, x)
+        if self.fused_forward is not None and x.device.type != "meta":
+            return self.fused_forward(self.net, x)
         return self.net(x)

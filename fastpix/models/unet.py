@@ -9,7 +9,6 @@ and every non-outermost block returns cat([x, block(x)]): the skip first.
 import torch
 import torch.nn as nn
 
-from fastpix.models.fused_convs import unet_forward, use_fused_convs
 from fastpix.models.norm import conv_has_bias
 
 
@@ -45,7 +44,12 @@ class UnetSkipConnectionBlock(nn.Module):
 
 
 class UnetGenerator(nn.Module):
-    """U-Net with num_downs downsamplings: a side of 2**num_downs becomes 1×1 at the bottleneck."""
+    """U-Net with num_downs downsamplings: a side of 2**num_downs becomes 1×1 at the bottleneck.
+
+    fused_forward: None (the module path), or the fused conv forward that define_G chose for backend 'triton'
+    (fastpix/models/fused_convs.py), set once at build time."""
+
+    fused_forward = None
 
     def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False):
         super().__init__()
@@ -67,6 +71,6 @@ class UnetGenerator(nn.Module):
         if x.dim() != 4 or x.shape[-1] % multiple or x.shape[-2] % multiple:
             raise ValueError(f"U-Net with {self.num_downs} downsamplings needs an input (N, C, H, W) with H and W "
                              f"multiples of {multiple}; got shape {tuple(x.shape)}")
-        if use_fused_convs(self, x):
-            return unet_forward(self, x)
+        if self.fused_forward is not None and x.device.type != "meta":  # meta: shape-only FLOP counting
+            return self.fused_forward(self, x)
         return self.model(x)

@@ -6,11 +6,21 @@ steps; later iterations copy the batch into the static inputs and replay. Dropou
 (PyTorch's graph-safe Philox advances its offset per replay), the learning rate lives in a device tensor, and the
 losses are summed on the device and read back only when the caller asks (no host synchronisation per iteration).
 A batch of another shape (the last, smaller batch of an epoch) runs eagerly on the same optimizer state.
+
+Fail-safe: if the capture fails (an operation that cannot be captured, a kernel that fails inside it), the engine
+warns once naming the cause and runs that and every later iteration eagerly: the same computation, on parameters
+and optimizer state the failed capture did not touch (a capture records kernels without running them). Before the first
+iteration, backend 'triton' networks get their per-layer choices (fastpix.models.tune_layers). `report()` says
+what ran: the graph's status and each layer's choice, for the run's logs.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 
+from fastpix.models import tune_layers
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 
 
@@ -25,6 +35,10 @@ class TrainEngine:
         self.graph = None
         self.static_A = self.static_B = self.static_losses = None
         self.eager_iterations = 0
+        self.graph_status = "captured on first use" if cuda_graphs else "off"
+        # {network: {layer: choice}} once tuned, on CUDA (on a CPU nothing is measured: the Triton kernels run)
+        self.layer_choices = None
+        self._tuned = False
         self.loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
         self.loss_count = 0
 
@@ -36,34 +50,67 @@ class TrainEngine:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    @contextlib.contextmanager
+    def _side_stream(self):
+        """Warm-up off the default stream, as capture requires."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
     def _eager(self, real_A, real_B):
         if not self.cuda_graphs:
             return self.step(real_A, real_B)
-        side = torch.cuda.Stream(self.device)  # warm-up off the default stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            losses = self.step(real_A, real_B)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return losses
+        with self._side_stream():
+            return self.step(real_A, real_B)
 
-    def _capture(self, real_A, real_B):
+    def _tune(self, real_A, real_B):
+        """backend 'triton': each layer's choice (Triton or cuDNN) measured now, at this batch's shape and
+        precision, before anything is captured (the step changes no state)."""
+        with self.step.autocast():
+            self.layer_choices = {"G": tune_layers(self.step.G, real_A),
+                                  "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1))}
+
+    def _capture(self, real_A, real_B) -> bool:
+        """Capture the iteration; on failure warn once, naming the cause, and go eager for good (a capture records
+        kernels without running them: the failed attempt changed no parameter or optimizer state)."""
         self.static_A, self.static_B = real_A.clone(), real_B.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_losses = self.step(self.static_A, self.static_B)
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_losses = self.step(self.static_A, self.static_B)
+        except Exception as exc:  # noqa: BLE001 - whatever broke the capture, the eager iteration still holds
+            self.graph = self.static_A = self.static_B = self.static_losses = None
+            self.cuda_graphs = False
+            self.graph_status = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
+            warnings.warn(f"fastpix: capturing the training iteration in a CUDA graph failed ({type(exc).__name__}: "
+                          f"{exc}); training continues without CUDA graphs", RuntimeWarning, stacklevel=3)
+            return False
+        self.graph_status = "captured"
+        return True
+
+    def report(self) -> dict:
+        """What this engine runs, for a run's metrics and logs: the CUDA graph's status and the per-layer
+        choices of backend 'triton' networks."""
+        return {"cuda_graph": self.graph_status, "layer_choices": self.layer_choices}
 
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor):
         real_A, real_B = self._prepare(real_A), self._prepare(real_B)
+        if not self._tuned:
+            self._tuned = True
+            if self.device.type == "cuda":
+                self._tune(real_A, real_B)
         graphable = self.cuda_graphs and (self.static_A is None or self.static_A.shape == real_A.shape)
         if not graphable or self.eager_iterations < self.warmup:
             losses = self._eager(real_A, real_B)
             self.eager_iterations += 1
+        elif self.graph is None and not self._capture(real_A, real_B):
+            losses = self.step(real_A, real_B)  # capture records but does not run: this iteration runs eagerly
         else:
-            if self.graph is None:
-                self._capture(real_A, real_B)  # capture records but does not run: replay below runs it
             self.static_A.copy_(real_A)
             self.static_B.copy_(real_B)
-            self.graph.replay()
+            self.graph.replay()  # capture records but does not run: replay runs it
             losses = self.static_losses
         self.loss_sum += torch.stack([losses[k].float() for k in LOSS_NAMES])
         self.loss_count += 1

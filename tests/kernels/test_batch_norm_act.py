@@ -3,7 +3,7 @@
 Reference: F.batch_norm / F.instance_norm, then F.relu / F.leaky_relu, then the dropout mask the kernel drew
 (kernels.batch_norm_act.dropout_mask) scaled by 1/(1 − p), evaluated in float64 with autograd on the very values the
 kernel saw (a half-precision input is upcast exactly), so the comparison measures the kernel's error alone, with the
-(atol, rtol) of its dtype from kernels/testing.py. Every output buffer is poisoned with NaN before the launch.
+(atol, rtol) of its dtype from tests/kernels/harness.py. Every output buffer is poisoned with NaN before the launch.
 The quick subset runs by default; FASTPIX_FULL=1 sweeps every shape of the issue (C 3/5/64/512 × H×W 1×1 … 64×64 ×
 batch 1/2/5) and the pix2pix layer shapes (those on a GPU).
 """
@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from fastpix.kernels import batch_norm_act as bna
-from fastpix.kernels.batch_norm_act import (BatchNormAct2d, InstanceNormAct2d, batch_norm_act, dropout_mask,
-                                            instance_norm_act, norm_act_backward, norm_act_forward)
-from fastpix.kernels.testing import PIX2PIX_NORM_LAYERS, assert_close, full_sweep, norm_act_inputs, poison
+from fastpix.kernels.batch_norm_act import (batch_norm_act, dropout_mask, instance_norm_act, norm_act_backward,
+                                            norm_act_forward)
+from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
+from harness import PIX2PIX_NORM_LAYERS, assert_close, full_sweep, norm_act_inputs, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.2

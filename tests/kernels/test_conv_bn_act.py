@@ -15,7 +15,7 @@ from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.kernels.conv_layers import (
     PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
 from fastpix.kernels.conv_tuning import TuningCache
-from fastpix.kernels.testing import assert_close, full_sweep, poison, relative_error
+from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -368,12 +368,14 @@ def _block_leaves(case):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("layer", PIX2PIX_CONV_LAYERS, ids=[layer.name for layer in PIX2PIX_CONV_LAYERS])
-def test_pix2pix_layer_bf16_matches_eager(layer):
-    """The fused block against eager cuDNN conv + BatchNorm + activation on the same bf16 inputs: output and the
-    gradients of the raw sources, the producers' (k, β), the weight, the bias and this layer's (γ, β)."""
-    for batch in ((1, 16) if full_sweep() else (1,)):
-        case = layer_inputs(layer, batch, torch.bfloat16, DEVICE, seed=0)
+def test_pix2pix_layer_matches_eager(layer, dtype):
+    """The fused block against eager cuDNN conv + BatchNorm + activation on the same bf16 / fp16 inputs: output and
+    the gradients of the raw sources, the producers' (k, β), the weight, the bias and this layer's (γ, β); at batch
+    1, 16 and 64 in the full sweep (`make gpu-check` runs it)."""
+    for batch in ((1, 16, 64) if full_sweep() else (1,)):
+        case = layer_inputs(layer, batch, dtype, DEVICE, seed=0)
         fused = fused_block_output(layer, case, fused_block(layer, case))
         eager = eager_block(layer, case, activated_sources(layer, case, detach=False))
         assert relative_error(fused, eager) < 1e-2, f"{layer.name} batch {batch} output"
@@ -399,13 +401,16 @@ def test_autotuning_and_layer_choice_are_measured_once_and_cached(monkeypatch, t
     monkeypatch.setenv("FASTPIX_CONV_AUTOTUNE", "1")
     layer = next(layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down5")
     case = layer_inputs(layer, 2, torch.bfloat16, DEVICE, seed=0)
-    fused = fused_block_output(layer, case, fused_block(layer, case))
+    with conv_tuning.tuning():  # measurements happen in the explicit tuning step only
+        fused = fused_block_output(layer, case, fused_block(layer, case))
     eager = eager_block(layer, case, activated_sources(layer, case))
     assert relative_error(fused, eager) < 1e-2  # the tuned config computes the same
     key = layer.key(2, torch.bfloat16)
-    choice = conv_tuning.layer_choice(
-        key, lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "triton"),
-        lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "cudnn"))
+    assert conv_tuning.layer_choice(key, None, None) == "triton"  # outside tuning(): nothing measured
+    with conv_tuning.tuning():
+        choice = conv_tuning.layer_choice(
+            key, lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "triton"),
+            lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "cudnn"))
     with open(tmp_path / "conv_tuning.json") as f:
         section = json.load(f)[conv_tuning.device_section()]
     assert section["conv_gemm"] and section["layer"][key]["choice"] == choice

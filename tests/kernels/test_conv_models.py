@@ -5,11 +5,11 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastpix.kernels.testing import assert_close
 from fastpix.models import define_D, define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.train.flops import conv_flops
 from fastpix.train.step import Pix2PixStep
+from harness import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -136,3 +136,62 @@ def test_cudnn_fallback_layers_match_eager(choose, norm):
         for k, p in fused.named_parameters():
             assert_close(p.grad, grads[k].grad, torch.float32, f"grad {k}", scale=100)
         assert_same_state(eager, fused, "running stats", scale=10)
+
+
+def test_a_layer_whose_triton_kernels_fail_runs_on_cudnn(monkeypatch):
+    """A Triton kernel that fails to compile or launch (injected here for the stride-1 convs) puts that layer on
+    cuDNN/aten with one warning per layer, recorded in tune_layers' choices; the results stay eager's."""
+    import warnings
+
+    from fastpix.kernels import conv_bn_act as cba
+    from fastpix.kernels import conv_tuning
+    from fastpix.models import tune_layers
+
+    monkeypatch.setattr(conv_tuning, "FAILURES", {})
+    launch = cba.conv_bn_act
+
+    def failing(x, weight, bias=None, stride=1, *args, **kwargs):
+        if stride == 1:
+            raise RuntimeError("injected: PTX assembly aborted")
+        return launch(x, weight, bias, stride, *args, **kwargs)
+
+    monkeypatch.setattr(cba, "conv_bn_act", failing)
+    eager, fused = pair(define_D, 6, 4, "basic")
+    x = torch.randn(2, 6, 32, 32).to(DEVICE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        choices = tune_layers(fused, x)
+        out = fused(x)
+        out.sum().backward()
+    failed = [key for key, choice in choices.items() if choice.startswith("cudnn (triton failed: RuntimeError")]
+    assert len(choices) == 5 and len(failed) == 2 and all("s1p1" in key for key in failed)  # D's last two convs
+    assert sum("injected" in str(w.message) for w in caught) == 2
+    assert all(choice == "triton" for key, choice in choices.items() if key not in failed)
+    out_e = eager(x)
+    out_e.sum().backward()
+    assert_close(out, out_e, torch.float32, "output", scale=10)
+    grads = dict(eager.named_parameters())
+    for name, p in fused.named_parameters():
+        assert_close(p.grad, grads[name].grad, torch.float32, f"grad {name}", scale=100)
+
+
+def test_tuning_changes_no_state_and_the_path_is_fixed_at_build():
+    """tune_layers restores buffers (running statistics, counters) and gradients; the forward path is decided at
+    build time (a U-Net with a layer the fused convs do not know is re-decided explicitly, never per forward)."""
+    from fastpix.models import set_forward_path, tune_layers
+
+    D = define_D(6, 4, "basic", backend="triton").to(DEVICE).train()
+    assert D.forward_path == "fused convs" and define_D(6, 4, "basic", backend="eager").forward_path == "eager"
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    x = torch.randn(2, 6, 32, 32).to(DEVICE)
+    rng = torch.get_rng_state()
+    assert len(tune_layers(D, x)) == 5
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in D.parameters()) and torch.equal(torch.get_rng_state(), rng)
+    G = define_G(3, 3, 4, "unet_32", "batch", True, backend="triton")
+    assert G.forward_path == "fused convs"
+    G.model.model[1].model[0] = nn.SiLU()
+    with pytest.raises(ValueError, match=r"layer model.model.1.model.0 \(SiLU\(\)\) of this UnetGenerator"):
+        set_forward_path(G, strict=True)  # what define_G does: refused, naming the layer
+    assert set_forward_path(G) == "fused norms, aten convs" and G.fused_forward is None  # a rebuilt copy

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastpix.kernels.l1_loss import l1_loss, l1_loss_backward, l1_loss_forward
-from fastpix.kernels.testing import PIX2PIX_IMAGE, assert_close, full_sweep, l1_inputs, poison
+from harness import PIX2PIX_IMAGE, assert_close, full_sweep, l1_inputs, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1, 3, 32, 32), (2, 3, 3, 7), (5, 1, 2, 2), (1, 3, 1, 1), (2, 3, 64, 64), (1, *PIX2PIX_IMAGE),

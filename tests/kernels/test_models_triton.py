@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d, dropout_mask
-from fastpix.kernels.testing import assert_close
+from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.models import define_D, define_G
+from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 from fastpix.train.step import Pix2PixStep
+from harness import assert_close
 from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from fastpix.infer.predictor import Predictor
-from fastpix.kernels.batch_norm_act import BatchNormAct2d, InstanceNormAct2d
-from fastpix.kernels.testing import assert_close, relative_error
 from fastpix.models import define_G
 from fastpix.models.fused_convs import fused_forward_supported
+from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
+from harness import assert_close, relative_error
 from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
