@@ -206,6 +206,8 @@ def test_metrics_log_and_samples(tiny_data, tmp_path):
     lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
     assert [r["iter"] for r in lines] == [1, 2, 3, 4]
     assert all(set(r) >= {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s"} for r in lines)
+    assert lines[0]["engine"] == {"cuda_graph": "off", "layer_choices": None}  # logged once: it did not change
+    assert not any("engine" in r for r in lines[1:])
     assert sorted(os.listdir(f"{run}/samples")) == ["iter_0000001.png", "iter_0000003.png"]
 
 

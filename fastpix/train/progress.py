@@ -59,6 +59,7 @@ class Progress:
                                                  "data": dataclasses.asdict(data_cfg),
                                                  "train": dataclasses.asdict(train_cfg)}, run.dir)
         self.window_images, self.window_start = 0, time.perf_counter()  # throughput over the logging window
+        self.engine_reported = None
 
     def after_iteration(self, engine, batch, epoch, iteration, lr, data_time):
         self.window_images += batch["A"].shape[0] * self.world.size
@@ -80,6 +81,9 @@ class Progress:
                   "data_time": round(data_time, 5)}
         if self.peak:
             record["mfu"] = round(self.flops_per_image * img_per_s / self.peak, 4)
+        report = engine.report()  # what the engine runs (CUDA graph or eager, per-layer choices), when it changes
+        if report != self.engine_reported:
+            record["engine"] = self.engine_reported = report
         if self.device.type == "cuda":
             record["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 3)
         self.window_images, self.window_start = 0, t_now
