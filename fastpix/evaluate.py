@@ -205,7 +205,7 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
     it (or score the saved images in cfg.results), add the baselines and FID/KID as asked, and write the results
     page <results_dir>/<run_name>/eval_<phase>_<epoch>/ (not for --results). Returns the report."""
     from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
-    from fastpix.train.loop import default_device
+    from fastpix.runtime import default_device
 
     device = default_device(cfg.device)
     kept = [] if cfg.baselines or cfg.inception_weights else None

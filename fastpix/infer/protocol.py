@@ -14,7 +14,7 @@ import torch
 from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset
 from fastpix.models import define_G
-from fastpix.train.loop import default_device
+from fastpix.runtime import default_device
 
 
 def find_generator_weights(checkpoint, checkpoints_dir, name, epoch="latest") -> tuple[str, str]:

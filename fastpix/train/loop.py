@@ -22,28 +22,12 @@ from fastpix.data.transforms import to_image_array
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
 from fastpix.plot import write_loss_plot
+from fastpix.runtime import channels_last, default_device, resolve_precision, set_tf32  # noqa: F401
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
 from fastpix.train.schedule import lr_multiplier
 from fastpix.train.step import Pix2PixStep
-
-
-def default_device(device=None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def resolve_precision(precision, device: torch.device) -> str:
-    if precision is not None:
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def set_tf32(enabled: bool):
-    """TF32 for fp32 convolutions and matmuls. PyTorch leaves it on for cuDNN convolutions by default, which would
-    make '--precision fp32' quietly run at ~1e-3 relative error; fastpix turns it on only when asked."""
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
 def sample_grid(real_A, fake_B, real_B, max_rows=4) -> Image.Image:
@@ -150,7 +134,7 @@ def _train(model_cfg, data_cfg, train_cfg, world, device, overwrite, progress):
                            data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir, progress=progress)
     sampler = loader.sampler
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     flops_per_image = train_flops_per_image(G, D, model_cfg.input_nc, model_cfg.output_nc, data_cfg.crop_size)
