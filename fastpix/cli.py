@@ -377,7 +377,7 @@ def cmd_bench(args):
             raise SystemExit(f"fastpix bench --layers: {exc}") from exc
         return
     try:
-        code = bench.run(args.suite, args.json, args.select)
+        code = bench.run(args.suite, args.json, args.select, args.cpu_config)
     except FileNotFoundError as exc:
         raise SystemExit(f"fastpix bench: {exc}") from exc
     if os.path.isfile(args.json):
@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="fastpix-bench.json", help="where to write the results (default: "
                    "fastpix-bench.json)")
     p.add_argument("--select", default=None, help="only cases whose name matches this pytest -k expression (default: all)")
+    p.add_argument("--cpu-config", default="reduced", choices=("reduced", "real"),
+                   help="on a CPU: reduced (small models) or real (unet_256 ngf 64 at 256², few rounds) (default: "
+                   "reduced)")
     p.add_argument("--layers", action="store_true", help="instead: per pix2pix conv layer (batch 1/16/64, bf16), "
                    "the fused Triton block vs cuDNN and which one backend triton uses (measured once, cached)")
     p.set_defaults(func=cmd_bench)
