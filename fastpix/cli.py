@@ -220,7 +220,7 @@ def cmd_predict(args):
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
-          + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+          + (f"; {len(failed)} unreadable files skipped" if failed else "") + f" ({predictor.description})")
     if failed:
         raise SystemExit(1)
 
