@@ -15,6 +15,53 @@ import torch
 # the kernel tests' input factories (tests/kernels/harness.py): a benchmark times exactly what a test checked
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "kernels"))
 
+# The CPU configuration of the suites: 'reduced' (small models, runnable anywhere) or 'real' (the reference's
+# unet_256 ngf 64 at 256², few rounds), from --cpu-config.
+CPU_CONFIG = {"value": "reduced"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-config", choices=("reduced", "real"), default="reduced",
+                     help="on a CPU: reduced (small models) or real (unet_256 ngf 64 at 256²) (default: reduced)")
+
+
+def pytest_configure(config):
+    CPU_CONFIG["value"] = config.getoption("--cpu-config")
+
+
+def cpu_real() -> bool:
+    """True for the real-size CPU configuration (read when a suite module is imported, after pytest_configure)."""
+    return not torch.cuda.is_available() and CPU_CONFIG["value"] == "real"
+
+
+def matmul_flops(dtype, n=2048, reps=5) -> float:
+    """FLOP/s of an n³ CPU matmul (best of reps): the CPU's reachable roof for that dtype, measured now."""
+    import time
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+_ROOF = {}
+
+
+def peak(device: torch.device, precision: str):
+    """The peak a row's '% of roof' is against: on a GPU its datasheet peak (fastpix.train.flops), on a CPU a
+    large matmul of that precision timed in this run (once per session)."""
+    from fastpix.train.flops import peak_flops
+
+    if device.type == "cuda":
+        return peak_flops(device, precision)
+    if precision not in _ROOF:
+        _ROOF[precision] = matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+    return _ROOF[precision]
+
 
 def git_revision():
     try:
@@ -38,7 +85,8 @@ def synchronize():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["fastpix"] = environment()
+    machine_info["fastpix"] = {**environment(), "cpu_config": CPU_CONFIG["value"],
+                               "cpu_roofline_flops": dict(_ROOF)}
 
 
 @pytest.fixture

@@ -236,7 +236,7 @@ def stage_train(st: Stage):
                 torch.cuda.reset_peak_memory_stats()
             seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
             per_iter = seconds / iters
-            peak = bt.peak_flops(device, precision)
+            peak = bt.peak(device, precision)
             report = engine.report()
             choices = [c for net in (report["layer_choices"] or {}).values() for c in net.values()]
             st.add(case=case, batch=batch, precision=precision, ms_per_iter=1000 * per_iter,
@@ -414,7 +414,7 @@ def stage_compile(st: Stage):
     compile_s = time.monotonic() - started
     iters = 1 if st.dry else 10
     seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
-    peak = bt.peak_flops(device, precision)
+    peak = bt.peak(device, precision)
     st.add(case="c_torch_compile train", batch=batch, precision=precision, compile_s=compile_s,
            ms_per_iter=1000 * seconds / iters, img_per_s=batch * iters / seconds,
            mfu=flops * batch * iters / seconds / peak if peak else None)

@@ -116,10 +116,10 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 
 def prepare_backend(backend, device):
     """--backend triton without a CUDA device: switch Triton to its interpreter before the kernels load, and say so."""
-    from fastpix.train.loop import default_device
+    from fastpix.runtime import default_device
 
     if backend == "triton" and default_device(device).type != "cuda":
-        from fastpix.models import use_triton_interpreter
+        from fastpix.runtime import use_triton_interpreter
 
         use_triton_interpreter()
         print("fastpix: --backend triton without a CUDA device runs the kernels in Triton's interpreter "
@@ -307,9 +307,12 @@ def load_predictor(cfg, command: str, **options):
     prepare_backend(cfg.backend, cfg.device)
     try:
         return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
-                                         cfg.backend, epoch=cfg.epoch, **options, **arch)
+                                         cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
+                                         cache_dir=cfg.compile_cache_dir, **options, **arch)
     except CheckpointError:
         raise
+    except ImportError as exc:  # --runtime onnxruntime without the [onnx] extra
+        raise SystemExit(f"fastpix {command}: error: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"fastpix {command}: error: {exc}") from exc
 
@@ -330,7 +333,7 @@ def cmd_predict(args):
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
-          + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+          + (f"; {len(failed)} unreadable files skipped" if failed else "") + f" ({predictor.description})")
     if failed:
         raise SystemExit(1)
 
@@ -345,10 +348,10 @@ def cmd_serve(args):
     except ImportError as exc:
         raise SystemExit(f"fastpix serve: error: {exc.name} is missing; install the server with "
                          "pip install 'fastpix[serve]'") from exc
-    import torch
+    from fastpix.runtime import default_device
 
     cfg = build_config(ServeConfig, vars(args))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(cfg.device)
     graphs = device.type == "cuda" and cfg.graph_size > 0 and cfg.norm_mode != "batch" and not cfg.dropout
     predictor = load_predictor(cfg, "serve", max_batch_size=cfg.max_batch_size,
                                graph_size=(cfg.graph_size, cfg.graph_size) if graphs else None)
@@ -356,8 +359,8 @@ def cmd_serve(args):
         app = create_app(predictor, cfg)
     except ValueError as exc:
         raise SystemExit(f"fastpix serve: error: {exc}") from exc
-    print(f"fastpix serve: {cfg.checkpoint} on {predictor.device} ({predictor.precision}, norm_mode "
-          f"{cfg.norm_mode}{', CUDA graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
+    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}"
+          f"{', graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
           f"http://{cfg.host}:{cfg.port}/v1/translate", flush=True)
     run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
 
@@ -449,6 +452,12 @@ def cmd_info(args):
     print(f"fastpix {__version__}")
     print(f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    from fastpix import runtime
+
+    cpu_precision = runtime.resolve_precision(None, "cpu")
+    print(f"cpu: {runtime.cpu_features()} (native bf16: {'yes' if runtime.cpu_has_native_bf16() else 'no'}); "
+          f"on the cpu fastpix trains in {cpu_precision} and predicts in {cpu_precision} with runtime compiled "
+          "(inductor, frozen weights, channels-last; eager for norm_mode batch or dropout)")
     print(f"image decoder: {decode_backend()}"
           + ("" if decode_backend() == "native" else " (the C++ decoder was not built: libjpeg/libpng headers "
              "missing at install time)"))
@@ -467,7 +476,7 @@ def cmd_bench(args):
             raise SystemExit(f"fastpix bench --layers: {exc}") from exc
         return
     try:
-        code = bench.run(cfg.suite, cfg.json, cfg.select)
+        code = bench.run(cfg.suite, cfg.json, cfg.select, cfg.cpu_config)
     except FileNotFoundError as exc:
         raise SystemExit(f"fastpix bench: {exc}") from exc
     if os.path.isfile(cfg.json):

@@ -43,6 +43,7 @@ BENCH_SUITES = ("train", "kernels", "data", "infer")
 PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 INFERENCE_NORM_MODES = ("instance", "batch", "running")
 DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
+INFERENCE_RUNTIMES = ("auto", "eager", "compiled", "onnxruntime")
 
 
 @dataclass
@@ -109,7 +110,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed: same seed and device give the same weights")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
     precision: str = opt(None, "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler) (default: bf16 on GPUs "
-                         "that support it, else fp32)", choices=("fp32", "bf16", "fp16"))
+                         "that support it and on CPUs with native bf16 (AVX-512 BF16, AMX; then channels-last too), "
+                         "else fp32)", choices=("fp32", "bf16", "fp16"))
     tf32: bool = opt(False, "let fp32 convolutions and matmuls use TF32 tensor cores (faster, ~1e-3 relative "
                      "error); off by default so that --precision fp32 means fp32")
     cuda_graphs: bool = opt(None, "capture the whole iteration in a CUDA graph (default: on with CUDA, except "
@@ -194,6 +196,14 @@ class StudyServeConfig:
     max_bytes: int = opt(256 * 2 ** 10, "largest answers submission accepted (bigger: 413)")
 
 
+def default_compile_cache_dir() -> str:
+    """InferenceConfig.compile_cache_dir's default."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastpix", "compiled")
+
+
 @dataclass
 class InferenceConfig:
     """What `fastpix predict` and `fastpix serve` share: which generator, and how it runs."""
@@ -205,8 +215,15 @@ class InferenceConfig:
                          "(running statistics folded into the convs: fastest)", choices=INFERENCE_NORM_MODES)
     dropout: bool = opt(False, "dropout on, as in the paper's test protocol (noise seeded per image)")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
-    precision: str = opt(None, "fp32, bf16 or fp16 (autocast, CUDA only) (default: bf16 on GPUs that support it, "
-                         "else fp32)", choices=("fp32", "bf16", "fp16"))
+    precision: str = opt(None, "fp32, bf16 or fp16 (fp16: CUDA only) (default: bf16 on GPUs that support it and on "
+                         "CPUs with native bf16 (AVX-512 BF16, AMX), else fp32)", choices=("fp32", "bf16", "fp16"))
+    runtime: str = opt("auto", "how the generator runs: eager (PyTorch module by module), compiled (CPU: inductor "
+                       "graphs with frozen weights, cached on disk), onnxruntime (CPU, fp32; pip install "
+                       "'fastpix[onnx]'); auto = compiled on a CPU for norm_mode instance/running without dropout, "
+                       "else eager (default: auto)", choices=INFERENCE_RUNTIMES)
+    compile_cache_dir: str = opt(None, "where compiled generators and ONNX files are kept, one folder per weights, "
+                                 "norm mode, precision, torch version and CPU (default: $XDG_CACHE_HOME/fastpix/"
+                                 "compiled, else ~/.cache/fastpix/compiled)")
     backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
                        "slow, for checking) (default: eager)", choices=MODEL_BACKENDS)
     netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",
@@ -345,5 +362,7 @@ class BenchConfig:
     suite: tuple = opt(("train",), "which suites of bench/ to run", choices=BENCH_SUITES, nargs="+")
     json: str = opt("fastpix-bench.json", "where to write the results")
     select: str = opt(None, "only cases whose name matches this pytest -k expression (default: all)")
+    cpu_config: str = opt("reduced", "on a CPU: reduced (small models) or real (unet_256 ngf 64 at 256², few "
+                          "rounds)", choices=("reduced", "real"))
     layers: bool = opt(False, "instead: per pix2pix conv layer (batch 1/16/64, bf16), the fused Triton block vs "
                        "cuDNN and which one backend triton uses (measured once, cached)")

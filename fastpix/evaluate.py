@@ -212,7 +212,7 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
     page <results_dir>/<run_name>/eval_<phase>_<epoch>/ (not for --results). Returns the report."""
     from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
     from fastpix.fcn_score import check_options
-    from fastpix.train.loop import default_device
+    from fastpix.runtime import default_device
 
     check_options(cfg)
     device = default_device(cfg.device)

@@ -12,16 +12,14 @@ torch.onnx's dynamo exporter is used (the TorchScript one is deprecated); it nee
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from fastpix.config import EXPORT_NORM_MODES
 from fastpix.infer.norm_modes import inference_network
+from fastpix.infer.onnx_runtime import write_onnx
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 
-OPSET = 18
 
 
 def size_multiple(generator) -> int:
@@ -37,27 +35,9 @@ def export_onnx(generator: torch.nn.Module, path: str, norm_mode: str = "instanc
     the eager module the file is equivalent to."""
     if norm_mode not in EXPORT_NORM_MODES:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
-    try:
-        import onnx
-        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it; fail here with a clear message
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs {exc.name}: pip install 'fastpix[onnx]'") from exc
     multiple = size_multiple(generator)
     net = inference_network(generator, norm_mode, dropout=False).cpu().float()
-    input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
-    # Example sizes above 1 on every dynamic axis: torch.export specialises axes of size 0 or 1.
-    example = torch.zeros(2, input_nc, 2 * multiple, 2 * multiple)
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    dynamic = {"x": {0: batch, 2: multiple * height, 3: multiple * width}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(net, (example,), path, dynamo=True, input_names=["image"], output_names=["translated"],
-                          dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False)
-    model = onnx.load(path)
-    for key, value in {"fastpix.multiple": multiple, "fastpix.norm_mode": norm_mode, **(metadata or {})}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(model, path)
+    write_onnx(net, path, multiple, {"fastpix.norm_mode": norm_mode, **(metadata or {})})
     return net
 
 

@@ -12,6 +12,20 @@ def _seeded():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _portable_cpu_defaults():
+    """On a CPU fastpix defaults to bf16 where the CPU has it natively, and the Predictor to compiled graphs: the
+    suite's results must not depend on the CPU it runs on, and compiling every tiny Predictor would take minutes.
+    So here the CPU defaults are fp32 and eager; the tests of bf16 and of the compiled runtime ask for them."""
+    from fastpix import runtime
+    from fastpix.infer import compiled
+
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: module-scoped fixtures build predictors too
+        patch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+        patch.setitem(compiled.AUTO, "cpu", "eager")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small demo data set: 32×32 halves, 8 train / 3 val / 3 test pairs."""

@@ -16,7 +16,8 @@ from fastpix.train.loop import train
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 
 TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32", "--norm",
-        "instance", "--no_dropout", "--num_threads", "0", "--quiet", "--seed", "3", "--print_freq", "1"]
+        "instance", "--no_dropout", "--num_threads", "0", "--quiet", "--seed", "3", "--print_freq", "1",
+        "--precision", "fp32"]  # the subprocesses do not see conftest: fp32 whatever the CPU
 
 
 def fastpix(*argv, cwd):
@@ -60,6 +61,7 @@ def test_engine_sums_losses_on_the_device():
 
     class Recording:
         graph_safe = False
+        precision = "fp32"
         fake_B = None
 
         def __call__(self, a, b):

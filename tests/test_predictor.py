@@ -235,8 +235,8 @@ def test_output_types():
 
 def test_cpu_refuses_half_precision_and_graphs():
     G = generator()
-    with pytest.raises(ValueError, match="only fp32"):
-        Predictor(G, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="fp32 and bf16 are supported"):
+        Predictor(G, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="CUDA"):
         Predictor(G, device="cpu", graph_size=(32, 32))
 
@@ -325,8 +325,10 @@ def test_cli_predict_names_bad_flags(tmp_path, capsys):
     base = ["predict", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="--checkpoint is required"):
         main(base)
-    with pytest.raises(SystemExit, match="precision 'bf16' needs a CUDA device"):
-        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "bf16"])
+    with pytest.raises(SystemExit, match="precision 'fp16' needs a CUDA device"):
+        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp16"])
+    with pytest.raises(SystemExit, match="runtime 'compiled': norm_mode 'batch'"):
+        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode", "batch"])
     with pytest.raises(SystemExit, match="no images in"):
         (tmp_path / "empty").mkdir()
         main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),

@@ -328,7 +328,9 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "fastpix", "serve", "--checkpoint", str(tmp_path), "--port",
-                                str(port), "--norm-mode", "running", "--graph-size", "32"],
+                                str(port), "--norm-mode", "running", "--graph-size", "32",
+                                # the conftest's portable CPU defaults, which a subprocess does not see
+                                "--runtime", "eager", "--precision", "fp32"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"

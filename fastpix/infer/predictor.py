@@ -13,7 +13,6 @@ Outputs convert to uint8 as the reference saves them.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections import defaultdict
@@ -28,14 +27,15 @@ from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
+from fastpix.infer.compiled import BATCH_PIECES, CompiledNetwork, resolve_runtime
+from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
 from fastpix.infer.requests import ImageRequest
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
-from fastpix.train.loop import default_device, resolve_precision
+from fastpix.runtime import PRECISIONS, autocast, channels_last, default_device, resolve_precision
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -143,13 +143,14 @@ class Predictor:
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
-                 graph_size=None, max_batch_size=16):
+                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None):
         self.device = default_device(device)
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.device.type != "cuda" and precision not in (None, "fp32"):
-            raise ValueError(f"precision {precision!r} needs a CUDA device; on {self.device} only fp32 is supported")
-        self.precision = resolve_precision(precision, self.device)
+        if self.device.type != "cuda" and precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision {precision!r} needs a CUDA device; on {self.device} fp32 and bf16 are "
+                             "supported")
+        self.precision, self.requested_precision = resolve_precision(precision, self.device), precision
         if isinstance(generator, UnetGenerator):
             self.multiple = 2 ** generator.num_downs
         elif isinstance(generator, ResnetGenerator):
@@ -168,9 +169,10 @@ class Predictor:
         self.norm_mode = norm_mode
         self.network = inference_network(generator, norm_mode, dropout).to(self.device)
         self.dropout = has_dropout(self.network)
-        self.channels_last = self.device.type == "cuda"
+        self.channels_last = channels_last(self.device, self.precision)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+        self.runner = self._build_runner(runtime, cache_dir)
         self.max_batch_size = max_batch_size
         self.last_seed = None
         self.graphs = None
@@ -185,16 +187,48 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
-                        backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, **arch):
+                        backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, runtime="auto",
+                        cache_dir=None, **arch):
         """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
         architecture as load_generator finds it."""
         G = load_generator(path_or_dir, epoch, backend, **arch)
-        return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size)
+        return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size, runtime=runtime,
+                   cache_dir=cache_dir)
+
+    def _build_runner(self, requested, cache_dir):
+        """The compiled or ONNX Runtime network when that is the runtime (compiled.py), else None (eager)."""
+        fused = getattr(self.generator, "backend", "eager") == "triton"
+        if fused and requested not in (None, "auto", "eager"):
+            raise ValueError(f"runtime {requested!r} runs backend 'eager' generators; this one is backend 'triton'")
+        self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout)
+        if self.runtime == "compiled":
+            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir)
+        if self.runtime == "onnxruntime":
+            if self.precision != "fp32" and self.requested_precision is not None:
+                raise ValueError(f"runtime 'onnxruntime' runs fp32, not {self.precision}")
+            self.precision = "fp32"
+            return OnnxNetwork(self.network, self.norm_mode, cache_dir, self.multiple)
+        return None
+
+    @property
+    def description(self) -> str:
+        """What runs, in a few words: device, precision, runtime and layout (fastpix info, /readyz, the logs)."""
+        parts = [str(self.device), self.precision, self.runtime]
+        if self.runtime == "compiled":
+            parts[-1] = "compiled (inductor, frozen weights)"
+            if self.runner.failed:
+                parts[-1] = f"eager (compiling failed: {self.runner.failed})"
+        if self.graphs is not None:
+            parts.append("CUDA graphs")
+        parts.append("channels-last" if self.channels_last or self.runtime == "compiled" else "NCHW")
+        parts.append(f"norm_mode {self.norm_mode}" + (", BatchNorm folded" if self.norm_mode == "running" else ""))
+        return ", ".join(parts)
 
     def warmup(self, size: tuple[int, int] | None = None) -> "Predictor":
         """Run the network before the first request: with graph_size, capture the CUDA graph of every batch bucket
-        up to max_batch_size; otherwise one eager batch of size (h, w), so that cuDNN / oneDNN choose their
-        algorithms now rather than during a request."""
+        up to max_batch_size; with the compiled runtime, every batch piece's graph at size (h, w); otherwise one
+        eager batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now rather than during a
+        request."""
         with torch.inference_mode():
             if self.graphs is not None:
                 last = next(b for b in GRAPH_BUCKETS if b >= self.max_batch_size)
@@ -202,17 +236,17 @@ class Predictor:
                     self.graphs.capture(bucket)
             else:
                 h, w = padded_size(*(size or (self.multiple, self.multiple)), self.multiple)
-                x = torch.zeros(1, self.input_nc, h, w, device=self.device)
-                self._forward(x, [(0, 0)])
+                # The compiled runtime has one graph per batch piece: compile (or load) each one now.
+                pieces = [n for n in BATCH_PIECES if n <= self.max_batch_size] if self.runtime == "compiled" else [1]
+                for n in pieces:
+                    self._forward(torch.zeros(n, self.input_nc, h, w, device=self.device), [(0, 0)] * n)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
         # No weight cache: it would hold casts made outside a CUDA graph capture.
-        return torch.autocast("cuda", dtype=PRECISIONS[self.precision], cache_enabled=False)
+        return autocast(self.device.type, self.precision, cache_enabled=False)
 
     def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None):
         """One image or a list: PIL images, HWC uint8 arrays, CHW tensors (uint8, or float in [-1, 1]), or file paths.
@@ -283,6 +317,8 @@ class Predictor:
 
     def _forward(self, batch: torch.Tensor, noise: list[tuple[int, int]]) -> torch.Tensor:
         """One padded batch through the network; noise holds each row's (seed, index) for seeded dropout."""
+        if self.runner is not None:
+            return self.runner(batch)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.graphs is not None and tuple(batch.shape[-2:]) == self.graphs.size:

@@ -13,7 +13,7 @@ import torch
 
 from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset
-from fastpix.train.loop import default_device
+from fastpix.runtime import default_device
 
 
 def build_generator(model_cfg, weights: str, device=None):

@@ -295,7 +295,7 @@ def create_app(predictor, cfg=None):
     @app.get("/readyz")
     async def readyz():
         if batcher.ready.is_set() and batcher.alive:
-            return {"ready": True}
+            return {"ready": True, "runtime": batcher.predictor.description}
         return JSONResponse({"ready": False, "reason": batcher.error or "warming up"}, status_code=503)
 
     @app.get("/metrics")

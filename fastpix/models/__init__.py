@@ -6,7 +6,6 @@ fused Triton kernel, fastpix/models/fused.py, and for the U-Net and PatchGAN eve
 The backend is decided here, once: the built module's forward is fixed (`net.forward_path`), and under 'triton'
 `tune_layers(net, example_input)` makes the per-layer choices (Triton or cuDNN) before the first iteration.
 """
-import os
 
 from fastpix.models.fused_convs import set_forward_path, tune_layers
 from fastpix.models.init import init_weights
@@ -14,6 +13,7 @@ from fastpix.models.norm import get_norm_layer
 from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
+from fastpix.runtime import use_triton_interpreter
 
 from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one list of backends, in config.py
 
@@ -30,24 +30,6 @@ def resolve_backend(backend=None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     return backend
-
-
-def use_triton_interpreter() -> None:
-    """Let backend='triton' run on the CPU, through Triton's interpreter (correct, very slow: for checking).
-
-    Triton picks compiled or interpreted kernels when a kernel module is imported, so TRITON_INTERPRET=1 is set
-    here, before the first fastpix.kernels import; once the kernels are loaded compiled it is too late, and this
-    says so rather than failing later inside a launch.
-    """
-    import sys
-
-    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y"):
-        return
-    if "fastpix.kernels.batch_norm_act" in sys.modules:
-        raise RuntimeError("--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
-                           "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
-                           "eager")
-    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def unet_num_downs(netG: str):

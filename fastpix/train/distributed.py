@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastpix.runtime import default_device
+
 
 @dataclass
 class World:
@@ -33,7 +35,7 @@ def setup(device_hint: str | None) -> tuple[World, torch.device]:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); a single process needs nothing."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World(), torch.device(device_hint or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return World(), default_device(device_hint)
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() and (device_hint is None or device_hint.startswith("cuda"))
     if use_cuda:

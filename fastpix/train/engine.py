@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from fastpix.models import tune_layers
+from fastpix.runtime import channels_last
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 
 
@@ -31,7 +32,7 @@ class TrainEngine:
         if cuda_graphs and not step.graph_safe:
             raise ValueError("CUDA graphs need a Pix2PixStep built with graph_safe=True")
         self.step, self.device, self.cuda_graphs, self.warmup = step, device, cuda_graphs, warmup
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last(device, step.precision)
         self.graph = None
         self.static_A = self.static_B = self.static_losses = None
         self.eager_iterations = 0

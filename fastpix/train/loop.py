@@ -21,6 +21,7 @@ from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
+from fastpix.runtime import channels_last, resolve_precision, set_tf32
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
@@ -32,21 +33,6 @@ from fastpix.train.stop import Stopped, StopRequest
 STOP_SYNC_EVERY = 10
 
 
-def default_device(device=None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def resolve_precision(precision, device: torch.device) -> str:
-    if precision is not None:
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def set_tf32(enabled: bool):
-    """TF32 for fp32 convolutions and matmuls. PyTorch leaves it on for cuDNN convolutions by default, which would
-    make '--precision fp32' quietly run at ~1e-3 relative error; fastpix turns it on only when asked."""
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
 def wrap_for_training(G, D, model_cfg, world, device):
@@ -147,7 +133,7 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
                            data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,
                            shuffle=not train_cfg.serial_batches, progress=show_progress)
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     flops_per_image = train_flops_per_image(G, D, model_cfg.input_nc, model_cfg.output_nc, data_cfg.crop_size)

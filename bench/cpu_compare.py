@@ -1,0 +1,276 @@
+"""The CPU comparison at the real model size, in one process: fastpix against eager PyTorch, interleaved.
+
+    OMP_NUM_THREADS=2 python bench/cpu_compare.py --json bench/results/cpu_real.json      # about 5 minutes
+
+unet_256 ngf 64 (+ basic PatchGAN ndf 64 for training) at 256², the reference's pix2pix configuration.
+- roofline: a 2048³ matmul in fp32 and in bf16, timed here, so that every row's "% roof" is against this CPU now.
+- inference, batch 1 and 8: (a) eager fp32 NCHW eval mode (the baseline for running), (a_i) eager fp32 NCHW run
+  image by image in train-mode norm (the baseline for instance: the paper's protocol), (d) the Predictor's
+  default for norm_mode running, (e) for norm_mode instance; the Predictor is timed as a caller sees it (a list of
+  tensors in, output tensors out). Its compiled artifacts come from (or go to) the on-disk cache.
+- training, batch 1 and 4: (a) the reference step (eager fp32 NCHW, per-parameter Adam), (f) fastpix's default
+  step on this CPU (TrainEngine + Pix2PixStep as `fastpix train` builds them), then (g) `fastpix train` itself,
+  end to end on demo data at 256² (data pipeline, logging): its per-iteration time is read from metrics.jsonl
+  windows, which start after the first iteration; its speed-up is against (a)'s median, and its loop overhead
+  against (f) timed right after it.
+- first call: a fresh process loads the Predictor (artifact cached) and times its first and a steady call.
+Cases of a group run in turn, round after round, so that load from other jobs hits them alike: the ratios are
+medians of per-round ratios, and the JSON keeps every round's time (spread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fastpix import runtime  # noqa: E402
+from fastpix.infer.norm_modes import inference_network  # noqa: E402
+from fastpix.infer.predictor import Predictor  # noqa: E402
+from fastpix.models import define_D, define_G  # noqa: E402
+from fastpix.train.engine import TrainEngine  # noqa: E402
+from fastpix.train.flops import conv_flops, train_flops_per_image  # noqa: E402
+from fastpix.train.step import Pix2PixStep  # noqa: E402
+
+SIZE, NGF = 256, 64
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def roofline(n=2048, reps=5) -> dict:
+    """FLOP/s of an n³ matmul in fp32 and bf16 (best of reps): this CPU's reachable peak, measured now."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        out[name] = 2 * n ** 3 / min(timed(torch.matmul, a, b) for _ in range(reps))
+    return out
+
+
+def interleaved(cases: dict, rounds: int) -> dict:
+    """{case: [seconds per round]}: each round runs every case once, in turn."""
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def generator():
+    torch.manual_seed(0)
+    return define_G(3, 3, NGF, "unet_256", "batch", True, backend="eager")
+
+
+def inference_cases(batch: int, cache_dir: str) -> tuple[dict, dict]:
+    G = generator()
+    x = torch.rand(batch, 3, SIZE, SIZE) * 2 - 1
+    images = list(x)
+    plain = generator().eval()
+    train_norm = inference_network(G, "batch")  # train-mode BatchNorm, no running-stat updates, dropout off
+    running = Predictor(G, device="cpu", norm_mode="running", max_batch_size=batch, cache_dir=cache_dir)
+    instance = Predictor(G, device="cpu", norm_mode="instance", max_batch_size=batch, cache_dir=cache_dir)
+    cases = {
+        "a_eager_fp32_nchw_eval": lambda: plain(x),
+        "a_i_eager_fp32_nchw_per_image_train_norm": lambda: [train_norm(img[None]) for img in x],
+        "d_predictor_running": lambda: running(images, output_type="pt"),
+        "e_predictor_instance": lambda: instance(images, output_type="pt"),
+    }
+    info = {"d_predictor_running": running.description, "e_predictor_instance": instance.description}
+    with torch.inference_mode():
+        # Accuracy against the eager twins, on these inputs.
+        ref_run = torch.stack(Predictor(G, device="cpu", precision="fp32", norm_mode="running",
+                                        runtime="eager")(images, output_type="pt"))
+        ref_inst = torch.stack([train_norm(img[None])[0] for img in x])
+        for name, p, ref in (("d_predictor_running", running, ref_run), ("e_predictor_instance", instance, ref_inst)):
+            got = torch.stack(p(images, output_type="pt"))
+            grey = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+            info[name + "_rel_error"] = float((got - ref).norm() / ref.norm())
+            info[name + "_mean_grey_levels"] = float((grey(got) - grey(ref)).abs().mean())
+        for fn in cases.values():  # warm-up; the Predictors compile (or load) their one graph of this batch here
+            fn()
+    return cases, info
+
+
+def train_pair(batch: int):
+    """(reference step, fastpix default step) as callables on fixed batches."""
+    made = {}
+    for name, precision in (("a_reference_fp32_nchw", "fp32"), ("f_fastpix_default", None)):
+        torch.manual_seed(0)
+        G = define_G(3, 3, NGF, "unet_256", "batch", True, backend="eager").train()
+        D = define_D(6, NGF, "basic", backend="eager").train()
+        precision = runtime.resolve_precision(precision, "cpu")
+        fmt = torch.channels_last if runtime.channels_last("cpu", precision) else torch.preserve_format
+        G.to(memory_format=fmt)
+        D.to(memory_format=fmt)
+        if name.startswith("a_"):  # the reference: plain Adam (for-loop), fp32, NCHW
+            step = Pix2PixStep(G, D, precision="fp32", device_type="cpu")
+            engine = TrainEngine(step, torch.device("cpu"))
+        else:
+            engine = TrainEngine(Pix2PixStep(G, D, precision=precision, device_type="cpu"), torch.device("cpu"))
+        A, B = torch.rand(batch, 3, SIZE, SIZE) * 2 - 1, torch.rand(batch, 3, SIZE, SIZE) * 2 - 1
+        engine(A, B)
+        made[name] = (lambda e=engine, a=A, b=B: (e(a, b), e.read_losses())), precision
+    return {k: v[0] for k, v in made.items()}, {k: v[1] for k, v in made.items()}
+
+
+def train_end_to_end(batch: int, iters: int, workdir: str) -> dict:
+    """`fastpix train` defaults at 256² on demo data: ms per iteration of the loop (windows after the first)."""
+    from fastpix.config import DataConfig, ModelConfig, TrainConfig
+    from fastpix.data.demo import write_demo_dataset
+    from fastpix.train.loop import train
+
+    data = os.path.join(workdir, "data")
+    if not os.path.isdir(data):
+        write_demo_dataset(data, SIZE, {"train": 32})
+    cfg = TrainConfig(name=f"bs{batch}", checkpoints_dir=os.path.join(workdir, "runs"), batch_size=batch,
+                      max_iters=1 + iters, print_freq=1, display_freq=10 ** 9, save_latest_freq=10 ** 9,
+                      save_epoch_freq=10 ** 9)
+    train(ModelConfig(), DataConfig(dataroot=data, num_threads=1), cfg, overwrite=True, progress=False)
+    with open(os.path.join(workdir, "runs", f"bs{batch}", "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steady = [r["ms_per_iter"] / 1000 for r in records[1:]]  # iteration 1 carries the first-call costs
+    return {"seconds": steady, "precision": runtime.resolve_precision(None, "cpu")}
+
+
+FIRST_CALL = r"""
+import json, sys, time, torch
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
+torch.manual_seed(0)
+G = define_G(3, 3, 64, "unet_256", "batch", True, backend="eager")
+t0 = time.perf_counter()
+p = Predictor(G, device="cpu", norm_mode="instance", max_batch_size=1, cache_dir=sys.argv[1])
+t1 = time.perf_counter()
+x = torch.rand(3, 256, 256) * 2 - 1
+with torch.inference_mode():
+    p(x, output_type="pt"); t2 = time.perf_counter()
+    steady = []
+    for _ in range(5):
+        s = time.perf_counter(); p(x, output_type="pt"); steady.append(time.perf_counter() - s)
+print(json.dumps({"load_s": t1 - t0, "first_call_s": t2 - t1, "steady_call_s": sorted(steady)[2],
+                  "runtime": p.description}))
+"""
+
+
+def first_call(cache_dir: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL, cache_dir], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(times: dict, baseline: str, batch: int, flops_per_image: float, peak: float) -> dict:
+    rows = {}
+    for name, seconds in times.items():
+        ratios = [b / s for b, s in zip(times[baseline], seconds)]
+        median = float(np.median(seconds))
+        rows[name] = {"ms": 1000 * median, "img_per_s": batch / median,
+                      "roof_pct": 100 * flops_per_image * batch / median / peak,
+                      "speedup_median": float(np.median(ratios)), "speedup_range": [min(ratios), max(ratios)],
+                      "rounds_ms": [1000 * s for s in seconds]}
+    return rows
+
+
+def infer_rows(times: dict, batch: int, f_g: float, roof: dict, precision: str) -> dict:
+    """Running mode against eager eval; instance mode against eager image by image in train-mode norm."""
+    instance_base = "a_i_eager_fp32_nchw_per_image_train_norm"
+    rows = summarise({k: v for k, v in times.items() if k != "e_predictor_instance"}, "a_eager_fp32_nchw_eval",
+                     batch, f_g, roof["fp32"])
+    rows["e_predictor_instance"] = summarise({k: times[k] for k in (instance_base, "e_predictor_instance")},
+                                             instance_base, batch, f_g, roof["fp32"])["e_predictor_instance"]
+    for name in ("d_predictor_running", "e_predictor_instance"):
+        rows[name]["roof_pct"] *= roof["fp32"] / roof[precision]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="cpu_real.json", help="where to write the results")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per group (default: 5)")
+    parser.add_argument("--cache-dir", default=None, help="compiled-artifact cache (default: fastpix's)")
+    parser.add_argument("--skip-train-loop", action="store_true", help="leave out the end-to-end `fastpix train`")
+    args = parser.parse_args(argv)
+    cache_dir = args.cache_dir or os.path.join(tempfile.gettempdir(), "fastpix_cpu_compare_cache")
+    started = time.perf_counter()
+    roof = roofline()
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                           "cpu_features": runtime.cpu_features(), "torch": torch.__version__,
+                           "load_average": os.getloadavg(), "roofline_flops": roof,
+                           "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                 text=True, cwd=os.path.dirname(__file__)).stdout.strip()},
+               "infer": {}, "train": {}}
+    f_g = conv_flops(generator(), (1, 3, SIZE, SIZE))
+    precision = runtime.resolve_precision(None, "cpu")
+    for batch in (1, 8):
+        cases, info = inference_cases(batch, cache_dir)
+        with torch.inference_mode():
+            times = interleaved(cases, args.rounds)
+        results["infer"][f"batch {batch}"] = {"rows": infer_rows(times, batch, f_g, roof, precision), "info": info}
+        print(f"infer batch {batch}: {time.perf_counter() - started:.0f} s", flush=True)
+    results["first_call"] = first_call(cache_dir)
+    G, D = generator(), define_D(6, NGF, "basic", backend="eager")
+    f_train = train_flops_per_image(G, D, 3, 3, SIZE)
+    workdir = tempfile.mkdtemp(prefix="fastpix_cpu_compare_")
+    for batch in (1, 4):
+        cases, precisions = train_pair(batch)
+        times = interleaved(cases, args.rounds)
+        rows = summarise(times, "a_reference_fp32_nchw", batch, f_train, roof["fp32"])
+        rows["f_fastpix_default"]["roof_pct"] *= roof["fp32"] / roof[precisions["f_fastpix_default"]]
+        entry = {"rows": rows, "precisions": precisions}
+        if not args.skip_train_loop:
+            loop = train_end_to_end(batch, args.rounds, workdir)
+            # The loop's overhead: its iterations against the bare step timed right after it (same load).
+            after = interleaved({"f": cases["f_fastpix_default"]}, args.rounds)["f"]
+            median = float(np.median(loop["seconds"]))
+            entry["rows"]["g_fastpix_train_end_to_end"] = {
+                "ms": 1000 * median, "img_per_s": batch / median,
+                "speedup_median": rows["a_reference_fp32_nchw"]["ms"] / 1000 / median,
+                "roof_pct": 100 * f_train * batch / median / roof[loop["precision"]],
+                "loop_overhead_pct": 100 * (median / float(np.median(after)) - 1),
+                "step_after_ms": [1000 * s for s in after], "rounds_ms": [1000 * s for s in loop["seconds"]]}
+        del cases
+        results["train"][f"batch {batch}"] = entry
+        print(f"train batch {batch}: {time.perf_counter() - started:.0f} s", flush=True)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["wall_s"] = time.perf_counter() - started
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+    print(f"written {args.json} in {results['wall_s']:.0f} s")
+
+
+def table(results: dict) -> str:
+    roof = results["machine"]["roofline_flops"]
+    lines = [f"CPU {results['machine']['cpu']} ({results['machine']['cpu_features']}, "
+             f"{results['machine']['threads']} threads), roofline fp32 {roof['fp32'] / 1e9:.0f} GFLOP/s, "
+             f"bf16 {roof['bf16'] / 1e9:.0f} GFLOP/s",
+             f"{'group':<14} {'case':<44} {'ms':>9} {'img/s':>8} {'% roof':>7} {'speed-up (range)':>20}"]
+    for kind in ("infer", "train"):
+        for group, entry in results[kind].items():
+            for name, row in entry["rows"].items():
+                spread = row.get("speedup_range")
+                speed = f"{row['speedup_median']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
+                lines.append(f"{kind + ' ' + group:<14} {name[:44]:<44} {row['ms']:>9.1f} {row['img_per_s']:>8.2f} "
+                             f"{row['roof_pct']:>6.1f}% {speed:>20}"
+                             + (f"  loop overhead {row['loop_overhead_pct']:.0f}%" if "loop_overhead_pct" in row else ""))
+    fc = results.get("first_call")
+    if fc:
+        lines.append(f"first call (artifact cached): load {fc['load_s']:.2f} s, first {1000 * fc['first_call_s']:.0f} "
+                     f"ms, steady {1000 * fc['steady_call_s']:.0f} ms ({fc['first_call_s'] / fc['steady_call_s']:.1f}x)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

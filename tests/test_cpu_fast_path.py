@@ -1,0 +1,176 @@
+"""The CPU fast path: runtime.py's device/precision decisions, the Predictor's compiled graphs (against eager, odd
+sizes, batch invariance, bf16), their on-disk cache key, the fallbacks, and ONNX Runtime.
+
+Compiling costs seconds per graph: the module compiles two graphs in all."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fastpix import runtime
+from fastpix.infer import compiled
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
+from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
+from tiny_models import perturb_batchnorms
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def tiny_G(seed=0):
+    torch.manual_seed(seed)
+    return perturb_batchnorms(define_G(3, 3, 8, "unet_32", "batch", True, backend="eager"))
+
+
+def odd_images(n=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, 37, 45, generator=g) * 2 - 1 for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("compiled")
+
+
+@pytest.fixture(scope="module")
+def instance_fp32(cache_root):
+    """A compiled fp32 instance-mode Predictor, its outputs for a batch of 2 odd-size images (one graph), and
+    eager's for each image alone."""
+    G = tiny_G()
+    images = odd_images(2)
+    predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="compiled",
+                          cache_dir=str(cache_root))
+    together = predictor(images, output_type="pt")
+    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
+    return predictor, together, [eager(x, output_type="pt") for x in images]
+
+
+def test_compiled_fp32_equals_eager_at_odd_sizes_whatever_the_batch(instance_fp32):
+    predictor, together, eager = instance_fp32
+    assert predictor.runtime == "compiled" and "compiled" in predictor.description
+    assert predictor.runner.failed is None
+    # Each image of the compiled batch equals eager's run of that image alone: batch-independent and exact.
+    for got, want in zip(together, eager):
+        assert got.shape == want.shape == (3, 37, 45)
+        assert relative_error(got, want) < 1e-4
+
+
+def test_compiled_code_lands_in_the_keyed_cache_folder(instance_fp32, cache_root):
+    predictor = instance_fp32[0]
+    folder = cache_root / predictor.runner.key
+    assert folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeypatch):
+    from fastpix.infer.norm_modes import inference_network
+
+    net = inference_network(tiny_G(), "running")
+    key = compiled.cache_key(net, "running", "fp32")
+    assert compiled.cache_key(inference_network(tiny_G(), "running"), "running", "fp32") == key  # same weights
+    other = inference_network(tiny_G(), "running")
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert compiled.cache_key(other, "running", "fp32") != key
+    assert compiled.cache_key(net, "instance", "fp32") != key
+    assert compiled.cache_key(net, "running", "bf16") != key
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert compiled.cache_key(net, "running", "fp32") != key
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime, "cpu_features", lambda: "NO AVX")
+    assert compiled.cache_key(net, "running", "fp32") != key
+
+
+def test_compiled_bf16_running_mode_is_close_to_eager_fp32(cache_root):
+    G = tiny_G()
+    x = odd_images(1)[0]
+    predictor = Predictor(G, device="cpu", precision="bf16", norm_mode="running", runtime="compiled",
+                          cache_dir=str(cache_root))
+    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
+    assert predictor.description.startswith("cpu, bf16, compiled") and "BatchNorm folded" in predictor.description
+    got, want = predictor(x, output_type="pt"), eager(x, output_type="pt")
+    assert relative_error(got, want) < 1e-2
+    grey = np.abs(predictor(x, output_type="np").astype(int) - eager(x, output_type="np").astype(int))
+    assert grey.mean() <= 1.0
+
+
+def test_a_failed_compile_says_why_once_and_gives_the_eager_result(monkeypatch, cache_root):
+    def broken(net):
+        def run(x):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(compiled, "compile_network", broken)
+    G = tiny_G()
+    predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
+                          cache_dir=str(cache_root))
+    x = odd_images(1)[0]
+    with pytest.warns(RuntimeWarning, match=r"compiling the generator failed \(RuntimeError: no C\+\+ compiler\)"):
+        got = predictor(x, output_type="pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictor(x, output_type="pt")  # said once
+    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
+    assert relative_error(got, eager(x, output_type="pt")) < 1e-6
+    assert "compiling failed: RuntimeError: no C++ compiler" in predictor.description
+
+
+def test_auto_compiles_only_where_images_are_independent(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    assert compiled.resolve_runtime("auto", cpu, "instance", False) == "compiled"
+    assert compiled.resolve_runtime(None, cpu, "running", False) == "compiled"
+    assert compiled.resolve_runtime("auto", cpu, "batch", False) == "eager"
+    assert compiled.resolve_runtime("auto", cpu, "instance", True) == "eager"
+    assert compiled.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
+    with pytest.raises(ValueError, match="runtime 'compiled': norm_mode 'batch'"):
+        compiled.resolve_runtime("compiled", cpu, "batch", False)
+    with pytest.raises(ValueError, match="runtime 'jit' is not one of"):
+        compiled.resolve_runtime("jit", cpu, "batch", False)
+
+
+def test_bf16_detection_is_honest(monkeypatch):
+    detect = real_bf16_detection
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for flags, native in (({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True), ({"avx512f", "avx2"}, False)):
+        monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda flags=flags: flags)
+        detect.cache_clear()
+        assert detect() is native, flags
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: {"avx512_bf16"})
+    detect.cache_clear()
+    assert detect() is False
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision(None, "cpu") == "fp32" and runtime.channels_last("cpu", "fp32") is False
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision(None, "cpu") == "bf16" and runtime.channels_last("cpu", "bf16") is True
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+    detect.cache_clear()
+
+
+def test_onnxruntime_missing_is_one_clear_message(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an install without the [onnx] extra sees
+    with pytest.raises(ImportError, match=r"runtime 'onnxruntime' and ONNX export need onnxruntime: pip install"):
+        Predictor(tiny_G(), device="cpu", norm_mode="running", runtime="onnxruntime")
+
+
+def test_onnxruntime_equals_eager_fp32(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    G = tiny_G()
+    images = odd_images(2)
+    predictor = Predictor(G, device="cpu", norm_mode="instance", runtime="onnxruntime", cache_dir=str(tmp_path))
+    assert predictor.description.startswith("cpu, fp32, onnxruntime")
+    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
+    for got, want in zip(predictor(images, output_type="pt"), eager(images, output_type="pt")):
+        assert relative_error(got, want) < 1e-4
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    with pytest.raises(ValueError, match="runtime 'onnxruntime' runs fp32, not bf16"):
+        Predictor(G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime",
+                  cache_dir=str(tmp_path))
