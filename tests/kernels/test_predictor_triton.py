@@ -125,7 +125,7 @@ def test_cuda_full_size_fp32_bf16_and_graphs(norm_mode):
 
 def test_predict_cli_backend_triton_equals_eager(tmp_path):
     """`fastpix predict --backend triton` on a CPU switches Triton to its interpreter itself and writes what the
-    eager backend writes (running mode: both paths are deterministic)."""
+    eager backend writes (running mode, fp32: both paths are deterministic)."""
     import os
     import subprocess
     import sys
@@ -143,7 +143,7 @@ def test_predict_cli_backend_triton_equals_eager(tmp_path):
     for backend in ("eager", "triton"):
         argv = [sys.executable, "-m", "fastpix", "predict", "--checkpoint", str(tmp_path / "latest_net_G.pth"),
                 "--input", str(tmp_path / "x.png"), "--output", str(tmp_path / backend), "--backend", backend,
-                "--norm-mode", "running"]
+                "--norm-mode", "running", "--precision", "fp32"]  # fp32 both: the CPU default may be bf16
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("Triton's interpreter" in proc.stdout) == (backend == "triton")
