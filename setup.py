@@ -88,9 +88,10 @@ setup(
         # fastpix export --format onnx: torch.onnx's dynamo exporter needs onnx and onnxscript; onnxruntime checks
         # the exported file against PyTorch.
         "onnx": ONNX,
-        # selenium drives the system's chromium through its chromedriver in the study's browser tests.
+        # selenium drives the system's chromium through its chromedriver in the study's browser tests;
+        # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
         "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
-                 *SERVE, *ONNX],
+                 "import-linter>=2.0", *SERVE, *ONNX],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

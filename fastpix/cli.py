@@ -241,7 +241,7 @@ def cmd_train(args):
 
 def cmd_test(args):
     from fastpix.checkpoint import saved_config
-    from fastpix.infer.protocol import run_test
+    from fastpix.evaluate import run_test
     from fastpix.results import apply_aspect_ratio
 
     given = apply_reference_args(vars(args))
@@ -378,7 +378,7 @@ def cmd_demo(args):
     import torch
 
     from fastpix.data.demo import write_demo_dataset
-    from fastpix.infer.protocol import run_test
+    from fastpix.evaluate import run_test
     from fastpix.train.loop import train
 
     model_cfg, data_cfg, train_cfg, test_cfg = demo_configs(build_config(DemoConfig, vars(args)),

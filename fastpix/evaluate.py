@@ -206,6 +206,26 @@ def add_fid_kid(report: dict, kept: list | None, weights: str | None, device):
     report["kid"] = {"mean": mean, "std": std}
 
 
+def run_test(model_cfg, data_cfg, test_cfg, width: int = 256) -> str:
+    """Write <results_dir>/<name>/<phase>_<epoch>/ (images, index.html with per-image metrics, its images `width` px
+    wide: the reference's --display_winsize); return it."""
+    from fastpix import checkpoint as ckpt
+    from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
+    from fastpix.runtime import default_device
+
+    device = default_device(test_cfg.device)
+    G = build_generator(model_cfg, ckpt.find_weights(os.path.join(test_cfg.checkpoints_dir, test_cfg.name),
+                                                     test_cfg.weights_tag(), "G"), device)
+    dataset = protocol_dataset(model_cfg, data_cfg, test_cfg.phase)
+    out = os.path.join(test_cfg.results_dir, test_cfg.name, f"{test_cfg.phase}_{test_cfg.epoch}")
+    if test_cfg.load_iter > 0:
+        out += f"_iter{test_cfg.load_iter}"  # the reference's folder for --load_iter
+    items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device)
+    title = f"Experiment = {test_cfg.name}, Phase = {test_cfg.phase}, Epoch = {test_cfg.epoch}"
+    score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width)
+    return out
+
+
 def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> dict:
     """`fastpix eval`: translate cfg.phase with the generator in `weights` under the chosen protocol and score
     it (or score the saved images in cfg.results), add the baselines and FID/KID as asked, and write the results

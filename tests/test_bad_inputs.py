@@ -109,7 +109,7 @@ def test_a_split_with_no_readable_image_is_an_error_naming_it(tmp_path, mode):
 
 
 def test_fastpix_test_names_a_bomb_skips_it_and_writes_non_utf8_names(tmp_path):
-    from fastpix.infer.protocol import run_test
+    from fastpix.evaluate import run_test
 
     root = split_of(tmp_path, 0)
     split = os.path.join(os.fsencode(root), b"test")

@@ -49,20 +49,3 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
         if not read:
             raise dataset.none_readable()
 
-
-def run_test(model_cfg, data_cfg, test_cfg, width: int = 256) -> str:
-    """Write <results_dir>/<name>/<phase>_<epoch>/ (images, index.html with per-image metrics, its images `width` px
-    wide: the reference's --display_winsize); return it."""
-    from fastpix.evaluate import score_and_write
-
-    device = default_device(test_cfg.device)
-    G = build_generator(model_cfg, ckpt.find_weights(os.path.join(test_cfg.checkpoints_dir, test_cfg.name),
-                                                     test_cfg.weights_tag(), "G"), device)
-    dataset = protocol_dataset(model_cfg, data_cfg, test_cfg.phase)
-    out = os.path.join(test_cfg.results_dir, test_cfg.name, f"{test_cfg.phase}_{test_cfg.epoch}")
-    if test_cfg.load_iter > 0:
-        out += f"_iter{test_cfg.load_iter}"  # the reference's folder for --load_iter
-    items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device)
-    title = f"Experiment = {test_cfg.name}, Phase = {test_cfg.phase}, Epoch = {test_cfg.epoch}"
-    score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width)
-    return out
