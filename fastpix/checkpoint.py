@@ -442,6 +442,17 @@ def load_into(net: torch.nn.Module, path: str, state: dict | None = None):
                               f"or config.json): {_one_line(exc)}") from exc
 
 
+def load_torchscript(path: str, flag: str, what: str, device: torch.device) -> torch.nn.Module:
+    """A network the user supplies as TorchScript (a feature network, a segmenter), in eval mode; never downloaded."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{flag} {path}: no such file")
+    try:
+        net = torch.jit.load(path, map_location=device)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
+        raise CheckpointError(f"{flag} {path}: not a TorchScript {what} ({exc})") from exc
+    return net.eval()
+
+
 def load_train_state(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no train state to resume from")

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from fastpix.checkpoint import CheckpointError
+from fastpix.checkpoint import CheckpointError, load_torchscript
 from fastpix.data.dataset import DataError
 
 ROWS = {"fake_B": "generated (fake_B)", "real_B": "real photos (real_B): the ceiling"}
@@ -65,13 +65,7 @@ class Palette:
 
 
 def load_segmenter(path: str, device: torch.device):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--segmenter {path}: no such file")
-    try:
-        net = torch.jit.load(path, map_location=device)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
-        raise CheckpointError(f"--segmenter {path}: not a TorchScript module ({exc})") from exc
-    return net.eval()
+    return load_torchscript(path, "--segmenter", "module", device)
 
 
 def input_size(net) -> tuple[int, int] | None:

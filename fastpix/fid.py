@@ -11,22 +11,15 @@ cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subset
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
 
-from fastpix.checkpoint import CheckpointError
+from fastpix.checkpoint import load_torchscript
 
 
 def load_feature_network(path: str, device: torch.device):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--inception-weights {path}: no such file")
-    try:
-        net = torch.jit.load(path, map_location=device)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
-        raise CheckpointError(f"--inception-weights {path}: not a TorchScript feature network ({exc})") from exc
-    return net.eval()
+    return load_torchscript(path, "--inception-weights", "feature network", device)
 
 
 def forward_options(net) -> dict:
