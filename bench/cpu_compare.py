@@ -13,7 +13,8 @@ unet_256 ngf 64 (+ basic PatchGAN ndf 64 for training) at 256², the reference's
   end to end on demo data at 256² (data pipeline, logging, print_freq 1), with (a) run once after each of its
   iterations inside the loop, so that each loop iteration has its own reference beside it (per-round ratios);
   the loop's overhead is each logged window (metrics.jsonl) less the engine call timed inside it (and less the
-  reference), over the same iterations. Every engine (a, f, g) first runs WARMUP_ITERS untimed iterations:
+  reference), over the same iterations, all inside one epoch; the checkpoint save that ends an epoch (every
+  epoch, for exact resume) is timed apart. Every engine (a, f, g) first runs WARMUP_ITERS untimed iterations:
   a fresh engine's first iterations are 2-15x slower (measured), and counting them in one case but not another
   is what once showed a 33% "loop overhead" at batch 1. The one-off costs outside the iterations (data cache
   build, model set-up, the final checkpoint save) and the warm-up iterations are reported separately.
@@ -143,10 +144,14 @@ def train_end_to_end(batch: int, iters: int, workdir: str, reference) -> dict:
     from fastpix.data.demo import write_demo_dataset
     from fastpix.train import loop
 
-    data = os.path.join(workdir, "data")
+    data = os.path.join(workdir, f"data_bs{batch}")  # one epoch holds every timed iteration: no epoch-end save
     if not os.path.isdir(data):
-        write_demo_dataset(data, SIZE, {"train": 32})
-    steps, refs = [], []
+        write_demo_dataset(data, SIZE, {"train": max(32, batch * (WARMUP_ITERS + iters))})
+    steps, refs, saves = [], [], []
+    real_save = loop.save
+
+    def timed_save(*args, **kwargs):
+        saves.append(timed(real_save, *args, **kwargs))
 
     class TimedEngine(TrainEngine):
         def __call__(self, real_A, real_B):
@@ -157,16 +162,17 @@ def train_end_to_end(batch: int, iters: int, workdir: str, reference) -> dict:
                       max_iters=WARMUP_ITERS + iters, print_freq=1, display_freq=10 ** 9, save_latest_freq=10 ** 9,
                       save_epoch_freq=10 ** 9)
     started = time.perf_counter()
-    with mock.patch.object(loop, "TrainEngine", TimedEngine):
+    with mock.patch.object(loop, "TrainEngine", TimedEngine), mock.patch.object(loop, "save", timed_save):
         loop.train(ModelConfig(), DataConfig(dataroot=data), cfg, overwrite=True, progress=False)
     wall = time.perf_counter() - started
     with open(os.path.join(workdir, "runs", f"bs{batch}", "metrics.jsonl")) as f:
-        windows = [r["ms_per_iter"] * batch / 1000 for r in map(json.loads, f)]  # one window per iteration
+        windows = [r["ms_per_iter"] / 1000 for r in map(json.loads, f)]  # print_freq 1: one window per iteration
     assert len(windows) == len(steps) == WARMUP_ITERS + iters, (len(windows), len(steps))
     loop_s = [w - r for w, r in zip(windows, refs)]
     return {"seconds": loop_s[WARMUP_ITERS:], "step_seconds": steps[WARMUP_ITERS:],
             "reference_seconds": refs[WARMUP_ITERS:], "warmup_seconds": loop_s[:WARMUP_ITERS],
-            "outside_iterations_s": wall - sum(windows), "precision": runtime.resolve_precision(None, "cpu")}
+            "outside_iterations_s": wall - sum(windows), "checkpoint_save_s": saves,
+            "precision": runtime.resolve_precision(None, "cpu")}
 
 
 FIRST_CALL = r"""
@@ -265,7 +271,7 @@ def main(argv=None):
                 "step_in_loop_ms": [1000 * s for s in loop["step_seconds"]],
                 "reference_in_loop_ms": [1000 * s for s in loop["reference_seconds"]],
                 "warmup_iterations_ms": [1000 * s for s in loop["warmup_seconds"]],
-                "outside_iterations_s": loop["outside_iterations_s"]}
+                "outside_iterations_s": loop["outside_iterations_s"], "checkpoint_save_s": loop["checkpoint_save_s"]}
         del cases
         results["train"][f"batch {batch}"] = entry
         print(f"train batch {batch}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -293,7 +299,8 @@ def table(results: dict) -> str:
                              f"{row['roof_pct']:>6.1f}% {speed:>20}"
                              + (f"  loop overhead {row['loop_overhead_pct']:.1f}%, warm-up iterations "
                                 f"{', '.join(f'{ms:.0f}' for ms in row['warmup_iterations_ms'])} ms, outside the "
-                                f"iterations {row['outside_iterations_s']:.1f} s" if "loop_overhead_pct" in row else ""))
+                                f"iterations {row['outside_iterations_s']:.1f} s (a checkpoint save "
+                                f"{row['checkpoint_save_s'][0]:.1f} s)" if "loop_overhead_pct" in row else ""))
     fc = results.get("first_call")
     if fc:
         lines.append(f"first call (artifact cached): load {fc['load_s']:.2f} s, first {1000 * fc['first_call_s']:.0f} "
