@@ -127,6 +127,11 @@ def test_auto_compiles_only_where_images_are_independent(monkeypatch):
     assert compiled.resolve_runtime("auto", cpu, "batch", False) == "eager"
     assert compiled.resolve_runtime("auto", cpu, "instance", True) == "eager"
     assert compiled.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
+    few, many = compiled.COMPILE_PAYS_FROM_IMAGES - 1, compiled.COMPILE_PAYS_FROM_IMAGES
+    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
+    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
+    assert compiled.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
+    assert Predictor(tiny_G(), device="cpu", precision="fp32", images=few).runtime == "eager"
     with pytest.raises(ValueError, match="runtime 'compiled': norm_mode 'batch'"):
         compiled.resolve_runtime("compiled", cpu, "batch", False)
     with pytest.raises(ValueError, match="runtime 'jit' is not one of"):

@@ -139,11 +139,12 @@ class Predictor:
     """Images in, images out. See the module docstring; `generator` is kept untouched, `network` is what runs.
 
     One thread at a time may call it (dropout seeds and CUDA graph buffers are per-predictor state); the server
-    gives it to a single worker thread.
+    gives it to a single worker thread. runtime 'auto' compiles on a CPU (compiled.resolve_runtime) unless the
+    caller says it will translate fewer `images` than compiling pays for (compiled.COMPILE_PAYS_FROM_IMAGES).
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
-                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None):
+                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None):
         self.device = default_device(device)
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -172,7 +173,7 @@ class Predictor:
         self.channels_last = channels_last(self.device, self.precision)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.runner = self._build_runner(runtime, cache_dir)
+        self.runner = self._build_runner(runtime, cache_dir, images)
         self.max_batch_size = max_batch_size
         self.last_seed = None
         self.graphs = None
@@ -188,19 +189,21 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
                         backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, runtime="auto",
-                        cache_dir=None, **arch):
+                        cache_dir=None, images=None, **arch):
         """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
         architecture as load_generator finds it."""
         G = load_generator(path_or_dir, epoch, backend, **arch)
         return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size, runtime=runtime,
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, images=images)
 
-    def _build_runner(self, requested, cache_dir):
-        """The compiled or ONNX Runtime network when that is the runtime (compiled.py), else None (eager)."""
+    def _build_runner(self, requested, cache_dir, images):
+        """The compiled or ONNX Runtime network when that is the runtime (compiled.py), else None (eager). images:
+        how many the caller will translate; runtime 'auto' does not compile for fewer than pay for it."""
         fused = getattr(self.generator, "backend", "eager") == "triton"
         if fused and requested not in (None, "auto", "eager"):
             raise ValueError(f"runtime {requested!r} runs backend 'eager' generators; this one is backend 'triton'")
-        self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout)
+        self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout,
+                                       images)
         if self.runtime == "compiled":
             return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir)
         if self.runtime == "onnxruntime":
