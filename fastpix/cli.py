@@ -327,7 +327,7 @@ def cmd_predict(args):
     inputs = collect_inputs(args.input)
     if not inputs:
         raise SystemExit(f"fastpix predict: error: no images in {' '.join(args.input)}")
-    predictor = load_predictor(cfg, "predict", max_batch_size=cfg.batch_size)
+    predictor = load_predictor(cfg, "predict", max_batch_size=cfg.batch_size, images=len(inputs))
     written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
                                     progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
     for path, message in failed:

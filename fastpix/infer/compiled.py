@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from fastpix import runtime
+from fastpix.config import COMPILE_PAYS_FROM_IMAGES
 from fastpix.config import INFERENCE_RUNTIMES as RUNTIMES
 from fastpix.config import default_compile_cache_dir
 
@@ -34,11 +35,6 @@ BATCH_PIECES = (8, 4, 2, 1)
 # What runtime 'auto' takes on each device type where nothing rules the compiled path out. CUDA keeps its eager
 # path (with CUDA graphs when asked).
 AUTO = {"cpu": "compiled"}
-# Runtime 'auto' compiles only for a caller that expects at least this many images (or does not say): before its
-# first image a fresh process spends ~7 s compiled (set-up 2.4 s + first call 4.8 s, kernels cached) against ~0.6 s
-# eager, and then saves ~60 ms per image (31 against ~92 ms), at unet_256 256² batch 1 on a 2-core Zen 4 (measured
-# 2026-12-01): ~100 images to break even. Fewer (a `fastpix predict` of a handful of files) run eagerly.
-COMPILE_PAYS_FROM_IMAGES = 100
 
 
 def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None) -> str:

@@ -140,7 +140,7 @@ class Predictor:
 
     One thread at a time may call it (dropout seeds and CUDA graph buffers are per-predictor state); the server
     gives it to a single worker thread. runtime 'auto' compiles on a CPU (compiled.resolve_runtime) unless the
-    caller says it will translate fewer `images` than compiling pays for (compiled.COMPILE_PAYS_FROM_IMAGES).
+    caller says it will translate fewer `images` than compiling pays for (config.COMPILE_PAYS_FROM_IMAGES).
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
