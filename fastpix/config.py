@@ -332,6 +332,8 @@ class DemoConfig:
     epochs: int = opt(5, "epochs at full learning rate, then as many decaying")
     gan_mode: str = opt(TrainConfig.gan_mode, "GAN objective; none = the L1-only baseline",
                         choices=("vanilla", "lsgan", "none"))
+    precision: str = opt(None, "training precision, as for train (default: bf16 on GPUs that support it and on "
+                         "CPUs with native bf16, else fp32)", choices=("fp32", "bf16", "fp16"))
 
 
 # The demo's scale: the paper's unet_256 at 256² on a GPU; on a CPU a model that trains in a few minutes.
@@ -346,7 +348,8 @@ def demo_configs(cfg: DemoConfig, gpu: bool) -> tuple:
     data = DataConfig(dataroot=os.path.join(cfg.out, "data"), load_size=scale["load_size"], crop_size=scale["size"])
     train = TrainConfig(name="demo", checkpoints_dir=os.path.join(cfg.out, "checkpoints"),
                         batch_size=scale["batch_size"], n_epochs=cfg.epochs, n_epochs_decay=cfg.epochs,
-                        print_freq=50, display_freq=200, save_epoch_freq=max(1, cfg.epochs), gan_mode=cfg.gan_mode)
+                        print_freq=50, display_freq=200, save_epoch_freq=max(1, cfg.epochs), gan_mode=cfg.gan_mode,
+                        precision=cfg.precision)
     test = TestConfig(name="demo", checkpoints_dir=train.checkpoints_dir,
                       results_dir=os.path.join(cfg.out, "results"), num_test=40)
     return model, data, train, test

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fastpix import checkpoint as ckpt
-from fastpix.cli import main
+from fastpix.cli import build_parser, main
 from fastpix.models import define_G
 
 TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32"]
@@ -124,3 +124,14 @@ def test_bench_table_shows_speedups_over_each_groups_baseline(tmp_path):
     lines = {name: next(row for row in rows if f" {name} " in row) for name in ("ref", "fast", "lonely")}
     assert lines["fast"].endswith("2.50x") and "250.0" in lines["fast"]
     assert lines["ref"].endswith("1.00x") and lines["lonely"].endswith("-")
+
+
+def test_demo_flags_reach_its_training_config():
+    """`fastpix demo --precision fp32 --gan_mode none` is how the README's proof-of-learning rows are reproduced."""
+    from fastpix.config import DemoConfig, demo_configs
+
+    args = build_parser().parse_args(["demo", "--out", "d", "--precision", "fp32", "--gan_mode", "none"])
+    cfg = DemoConfig(out=args.out, precision=args.precision, gan_mode=args.gan_mode)
+    _, data, train, _ = demo_configs(cfg, gpu=False)
+    assert (train.precision, train.gan_mode, data.dataroot) == ("fp32", "none", "d/data")
+    assert demo_configs(DemoConfig(), gpu=False)[2].precision is None  # the run's own default: runtime decides
