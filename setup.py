@@ -82,6 +82,8 @@ setup(
     ],
     extras_require={
         "tensorboard": ["tensorboard"],
+        # --use_wandb: Weights & Biases' own client (offline mode works without a network).
+        "wandb": ["wandb"],
         # fastpix serve: FastAPI (routing, multipart parsing, lifespan) on uvicorn (HTTP/1.1, graceful shutdown on
         # SIGTERM); well-kept libraries rather than an HTTP stack of our own. python-multipart parses uploads.
         "serve": SERVE,
