@@ -193,9 +193,9 @@ def stage_conv_correctness(st: Stage):
 
 
 def _device():
-    import torch
+    from fastpix.runtime import default_device
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def _time(fn, rounds):

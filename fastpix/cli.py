@@ -242,7 +242,6 @@ def cmd_train(args):
 def cmd_test(args):
     from fastpix.checkpoint import saved_config
     from fastpix.evaluate import run_test
-    from fastpix.results import apply_aspect_ratio
 
     given = apply_reference_args(vars(args))
     test_cfg = build_config(TestConfig, given)
@@ -258,9 +257,8 @@ def cmd_test(args):
     check_crop(model_cfg, data_cfg)
     if ref.verbose:
         print_networks(model_cfg, ("G",))
-    started = int(time.time())  # whole seconds: file systems may round mtimes down
-    out = run_test(model_cfg, data_cfg, test_cfg, build_config(ReferenceDisplayConfig, given).display_winsize)
-    apply_aspect_ratio(os.path.join(out, "images"), ref_test.aspect_ratio, since=started)
+    out = run_test(model_cfg, data_cfg, test_cfg, build_config(ReferenceDisplayConfig, given).display_winsize,
+                   ref_test.aspect_ratio)
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
 

@@ -45,8 +45,9 @@ def aggregate(per_image: list[dict], protocol: str) -> dict:
             "per_image": per_image}
 
 
-def save_and_score(items, out: str, kept: list | None = None) -> list[tuple]:
-    """Save each (stem, real_A, fake_B, real_B) under <out>/images/ as the reference does, and score it.
+def save_and_score(items, out: str, kept: list | None = None, aspect_ratio: float = 1.0) -> list[tuple]:
+    """Save each (stem, real_A, fake_B, real_B) under <out>/images/ as the reference does (resized to aspect_ratio:
+    its test --aspect_ratio), and score it (unresized).
 
     Returns rows (stem, [(label, file relative to out)], scores). With a list as `kept`, the uint8
     (real_A, fake_B, real_B) arrays of every image are appended to it (for the baselines and FID/KID)."""
@@ -57,17 +58,18 @@ def save_and_score(items, out: str, kept: list | None = None) -> list[tuple]:
         files = []
         for label, array in zip(IMAGE_LABELS, arrays):
             files.append((label, f"images/{stem}_{label}.png"))
-            save_png(array, os.path.join(out, files[-1][1]))
+            save_png(array, os.path.join(out, files[-1][1]), aspect_ratio)
         rows.append((stem, files, {"name": stem, **score(arrays[1], arrays[2])}))
         if kept is not None:
             kept.append(arrays)
     return rows
 
 
-def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name", width: int = 256) -> dict:
-    """`fastpix test`: save, score, write index.html (images `width` px wide: --display_winsize) and scores.json;
-    return the report."""
-    rows = save_and_score(items, out)
+def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name", width: int = 256,
+                    aspect_ratio: float = 1.0) -> dict:
+    """`fastpix test`: save (resized to aspect_ratio), score, write index.html (images `width` px wide:
+    --display_winsize) and scores.json; return the report."""
+    rows = save_and_score(items, out, aspect_ratio=aspect_ratio)
     report = aggregate([r[2] for r in rows], protocol)
     write_results(out, title, rows, report, sort, width)
     return report
@@ -206,9 +208,9 @@ def add_fid_kid(report: dict, kept: list | None, weights: str | None, device):
     report["kid"] = {"mean": mean, "std": std}
 
 
-def run_test(model_cfg, data_cfg, test_cfg, width: int = 256) -> str:
-    """Write <results_dir>/<name>/<phase>_<epoch>/ (images, index.html with per-image metrics, its images `width` px
-    wide: the reference's --display_winsize); return it."""
+def run_test(model_cfg, data_cfg, test_cfg, width: int = 256, aspect_ratio: float = 1.0) -> str:
+    """Write <results_dir>/<name>/<phase>_<epoch>/ (images resized to the reference's --aspect_ratio, index.html
+    with per-image metrics, its images `width` px wide: the reference's --display_winsize); return it."""
     from fastpix import checkpoint as ckpt
     from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
     from fastpix.runtime import default_device
@@ -222,7 +224,8 @@ def run_test(model_cfg, data_cfg, test_cfg, width: int = 256) -> str:
         out += f"_iter{test_cfg.load_iter}"  # the reference's folder for --load_iter
     items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device)
     title = f"Experiment = {test_cfg.name}, Phase = {test_cfg.phase}, Epoch = {test_cfg.epoch}"
-    score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width)
+    score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width,
+                    aspect_ratio=aspect_ratio)
     return out
 
 

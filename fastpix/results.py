@@ -8,8 +8,10 @@ from urllib.parse import quote
 from PIL import Image
 
 
-def save_png(array, path):
-    Image.fromarray(array).save(path)
+def save_png(array, path, aspect_ratio: float = 1.0):
+    """A uint8 HWC array as PNG; aspect_ratio != 1: resized first, as the reference's test --aspect_ratio does."""
+    image = Image.fromarray(array)
+    (image if aspect_ratio == 1.0 else aspect_resized(image, aspect_ratio)).save(path)
 
 
 def _text(s: str) -> str:
@@ -38,17 +40,9 @@ def write_index(folder: str, title: str, rows: list[tuple[str, list[tuple[str, s
         f.write("\n".join(parts))
 
 
-def apply_aspect_ratio(folder: str, aspect_ratio: float, since: float = 0.0):
-    """The reference's test --aspect_ratio: resize each image saved since `since` (a time.time(); older files are
-    another run's) so that height/width = aspect_ratio (bicubic), with the reference's arithmetic: for ratio > 1 the
-    height becomes int(width * ratio), else the width int(height / ratio), from a square result."""
-    if aspect_ratio == 1.0:
-        return
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.getmtime(path) < since:
-            continue
-        image = Image.open(path)
-        w, h = image.size
-        size = (h, int(w * aspect_ratio)) if aspect_ratio > 1.0 else (int(h / aspect_ratio), w)
-        image.resize(size, Image.BICUBIC).save(path)
+def aspect_resized(image: Image.Image, aspect_ratio: float) -> Image.Image:
+    """The reference's test --aspect_ratio (util.save_image): height/width = aspect_ratio (bicubic), with its
+    arithmetic: for ratio > 1 the height becomes int(width * ratio), else the width int(height / ratio)."""
+    w, h = image.size
+    size = (h, int(w * aspect_ratio)) if aspect_ratio > 1.0 else (int(h / aspect_ratio), w)
+    return image.resize(size, Image.BICUBIC)

@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from fastpix.cli import build_parser, main
-from fastpix.results import apply_aspect_ratio
+from fastpix.results import aspect_resized, save_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,16 +106,12 @@ def test_suffix_naming_no_option_is_one_line(tiny_data, workdir, capsys):
 
 def test_aspect_ratio_resizes_as_the_reference(tmp_path):
     """util.save_image: ratio > 1 → (width h, height int(w·ratio)); < 1 → (width int(h/ratio), height w)."""
-    for ratio, size in ((2.0, (30, 40)), (0.5, (60, 20)), (1.5, (30, 30)), (1.0, (20, 30))):
-        folder = tmp_path / str(ratio)
-        folder.mkdir()
-        Image.new("RGB", (20, 30), (200, 10, 10)).save(folder / "a.png")  # width 20, height 30
-        apply_aspect_ratio(str(folder), ratio)
-        assert Image.open(folder / "a.png").size == size
-    old = tmp_path / "2.0" / "a.png"
-    os.utime(old, (1, 1))  # another run's file: left as it is
-    apply_aspect_ratio(str(tmp_path / "2.0"), 2.0, since=1000)
-    assert Image.open(old).size == (30, 40)
+    for ratio, size in ((2.0, (30, 40)), (0.5, (60, 20)), (1.5, (30, 30))):
+        assert aspect_resized(Image.new("RGB", (20, 30), (200, 10, 10)), ratio).size == size  # width 20, height 30
+    array = np.full((30, 20, 3), 200, np.uint8)
+    for ratio, size in ((2.0, (30, 40)), (1.0, (20, 30))):  # as saved: ratio 1 leaves the image as it is
+        save_png(array, tmp_path / "a.png", ratio)
+        assert Image.open(tmp_path / "a.png").size == size
 
 
 def test_single_image_runs_point_to_predict(workdir):
