@@ -203,10 +203,7 @@ class StudyServeConfig:
 
 def default_compile_cache_dir() -> str:
     """InferenceConfig.compile_cache_dir's default."""
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fastpix", "compiled")
+    return os.path.join(user_cache_dir(), "compiled")
 
 
 @dataclass
