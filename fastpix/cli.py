@@ -541,30 +541,21 @@ def add_study_parser(sub):
     p = sub.add_parser("study", help="the paper's real-vs-fake perceptual study: make, serve, report",
                        allow_abbrev=False)
     study_sub = p.add_subparsers(dest="study_command", required=True, metavar="WHAT")
-    s = study_sub.add_parser("make", help="write a study folder from results folders",
-                             formatter_class=FORMATTER, allow_abbrev=False,
-                             description=cmd_study_make.__doc__)
+    s = subcommand(study_sub, "make", cmd_study_make, "write a study folder from results folders",
+                   (StudyConfig, "protocol"))
     s.add_argument("--results", nargs="+", required=True, metavar="DIR",
                    help="results folders (results/<name>/<phase>_<epoch>), one per model to compare (required)")
     s.add_argument("--out", required=True, metavar="DIR", help="the study folder to write (required)")
     s.add_argument("--names", nargs="+", default=None, metavar="NAME",
                    help="one name per results folder (default: <name>/<phase>_<epoch> of each)")
-    add_config_args(s, StudyConfig, "protocol")
-    s.set_defaults(func=cmd_study_make)
-    s = study_sub.add_parser("serve", help="serve a study folder and collect the answers",
-                             formatter_class=FORMATTER, allow_abbrev=False,
-                             description=cmd_study_serve.__doc__)
+    s = subcommand(study_sub, "serve", cmd_study_serve, "serve a study folder and collect the answers",
+                   (StudyServeConfig, "server"))
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
-    add_config_args(s, StudyServeConfig, "server")
-    s.set_defaults(func=cmd_study_serve)
-    s = study_sub.add_parser("report", help="%% judged real per model, per observer and pooled",
-                             formatter_class=FORMATTER, allow_abbrev=False,
-                             description=cmd_study_report.__doc__)
+    s = subcommand(study_sub, "report", cmd_study_report, "%% judged real per model, per observer and pooled")
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
     s.add_argument("--answers", nargs="+", default=None, metavar="FILE",
                    help="answers files (JSON lines; downloaded sessions too) (default: DIR/answers.jsonl)")
     s.add_argument("--json", default=None, metavar="FILE", help="where to write the report (default: DIR/report.json)")
-    s.set_defaults(func=cmd_study_report)
 
 
 def subcommand(sub, name: str, func, help: str, *configs) -> argparse.ArgumentParser:
