@@ -49,6 +49,10 @@ INFERENCE_RUNTIMES = ("auto", "eager", "compiled", "onnxruntime")
 # eager, and then saves ~60 ms per image (31 against ~92 ms), at unet_256 256² batch 1 on a 2-core Zen 4 (measured
 # 2026-12-01): ~100 images to break even. Fewer (a `fastpix predict` of a handful of files) run eagerly.
 COMPILE_PAYS_FROM_IMAGES = 100
+# CPU training (bf16): a conv whose matmul form has at most this many columns (batch × pixels on its small side) runs
+# as that matmul (models/small_convs.py). Measured on the 2-core Zen 5, forward + backward at unet_256's shapes:
+# 2-4x faster up to 64 columns, about even at 256, slower beyond.
+SMALL_CONV_COLUMNS = 128
 
 
 @dataclass

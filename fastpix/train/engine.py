@@ -10,7 +10,8 @@ A batch of another shape (the last, smaller batch of an epoch) runs eagerly on t
 Fail-safe: if the capture fails (an operation that cannot be captured, a kernel that fails inside it), the engine
 warns once naming the cause and runs that and every later iteration eagerly: the same computation, on parameters
 and optimizer state the failed capture did not touch (a capture records kernels without running them). Before the first
-iteration, backend 'triton' networks get their per-layer choices (fastpix.models.tune_layers). `report()` says
+iteration, backend 'triton' networks get their per-layer choices (fastpix.models.tune_layers), and on a CPU in
+mixed precision the convs over few pixels become matmuls (fastpix/models/small_convs.py). `report()` says
 what ran: the graph's status and each layer's choice, for the run's logs.
 """
 from __future__ import annotations
@@ -20,7 +21,9 @@ import warnings
 
 import torch
 
+from fastpix.config import SMALL_CONV_COLUMNS
 from fastpix.models import tune_layers
+from fastpix.models.small_convs import plan_small_convs
 from fastpix.runtime import channels_last
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 
@@ -73,6 +76,15 @@ class TrainEngine:
             self.layer_choices = {"G": tune_layers(self.step.G, real_A),
                                   "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1))}
 
+    def _plan_small_convs(self, real_A, real_B):
+        """CPU, mixed precision, module path: the convs over few pixels at this batch's shape run as matmuls
+        (models/small_convs.py); the fp32 path keeps the reference's convs and numbers."""
+        G, D = (getattr(net, "module", net) for net in (self.step.G, self.step.D))  # DDP: the network it holds
+        if hasattr(G, "_orig_mod") or hasattr(D, "_orig_mod"):
+            return  # torch.compile'd (--backend compile): inductor lowers the convs its own way
+        self.layer_choices = {"G": plan_small_convs(G, real_A, SMALL_CONV_COLUMNS),
+                              "D": plan_small_convs(D, torch.cat([real_A, real_B], 1), SMALL_CONV_COLUMNS)}
+
     def _capture(self, real_A, real_B) -> bool:
         """Capture the iteration; on failure warn once, naming the cause, and go eager for good (a capture records
         kernels without running them: the failed attempt changed no parameter or optimizer state)."""
@@ -102,6 +114,8 @@ class TrainEngine:
             self._tuned = True
             if self.device.type == "cuda":
                 self._tune(real_A, real_B)
+            elif self.step.precision != "fp32" and self.step.backend == "eager":
+                self._plan_small_convs(real_A, real_B)
         graphable = self.cuda_graphs and (self.static_A is None or self.static_A.shape == real_A.shape)
         if not graphable or self.eager_iterations < self.warmup:
             losses = self._eager(real_A, real_B)
