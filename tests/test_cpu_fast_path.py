@@ -60,10 +60,37 @@ def test_compiled_fp32_equals_eager_at_odd_sizes_whatever_the_batch(instance_fp3
         assert relative_error(got, want) < 1e-4
 
 
-def test_compiled_code_lands_in_the_keyed_cache_folder(instance_fp32, cache_root):
-    predictor = instance_fp32[0]
+def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_it(instance_fp32, cache_root,
+                                                                                 monkeypatch):
+    predictor, together, _ = instance_fp32
     folder = cache_root / predictor.runner.key
-    assert folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    assert sorted(p.name for p in folder.glob("*.pt2")) == ["2x64x64.pt2"]  # 37×45 padded to U-Net 32's multiple
+    assert not list(folder.glob("*.partial*"))
+
+    def no_build(*args):
+        raise AssertionError("a cached package was built again")
+
+    monkeypatch.setattr(compiled, "build_package", no_build)
+    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root),
+                      images=1)  # one image: compiling would not pay, loading the built package does
+    assert again.runtime == "compiled" and set(again.runner.packages) == {(2, 3, 64, 64)}  # loaded up front
+    for got, want in zip(again(odd_images(2), output_type="pt"), together):
+        assert torch.equal(got, want)
+
+
+def test_a_package_that_no_longer_loads_is_built_again(cache_root):
+    G = tiny_G(seed=5)
+    x = torch.rand(3, 32, 32) * 2 - 1
+    first = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
+                      cache_dir=str(cache_root))
+    want = first(x, output_type="pt")
+    path = first.runner.package_path((1, 3, 32, 32))
+    with open(path, "r+b") as f:
+        f.truncate(1000)  # a disk that filled up, a copy cut short
+    again = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
+                      cache_dir=str(cache_root))
+    assert torch.equal(again(x, output_type="pt"), want) and again.runner.failed is None
 
 
 def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeypatch):
@@ -99,12 +126,10 @@ def test_compiled_bf16_running_mode_is_close_to_eager_fp32(cache_root):
 
 
 def test_a_failed_compile_says_why_once_and_gives_the_eager_result(monkeypatch, cache_root):
-    def broken(net):
-        def run(x):
-            raise RuntimeError("no C++ compiler\nmore detail")
-        return run
+    def broken(*args):
+        raise RuntimeError("no C++ compiler\nmore detail")
 
-    monkeypatch.setattr(compiled, "compile_network", broken)
+    monkeypatch.setattr(compiled, "build_package", broken)
     G = tiny_G()
     predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
                           cache_dir=str(cache_root))
@@ -131,6 +156,9 @@ def test_auto_compiles_only_where_images_are_independent(monkeypatch):
     assert compiled.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
     assert compiled.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
     assert compiled.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
+    # A network whose packages are built already compiles for a single image: loading them costs ~0.1 s.
+    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: True) == "compiled"
+    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: False) == "eager"
     assert Predictor(tiny_G(), device="cpu", precision="fp32", images=few).runtime == "eager"
     with pytest.raises(ValueError, match="runtime 'compiled': norm_mode 'batch'"):
         compiled.resolve_runtime("compiled", cpu, "batch", False)

@@ -1,20 +1,23 @@
-"""The Predictor's compiled CPU path: the inference network as inductor graphs with frozen weights, cached on disk.
+"""The Predictor's compiled CPU path: the inference network as AOTInductor packages with frozen weights, cached on disk.
 
 What runs (runtime 'compiled'): a copy of the inference network (BatchNorm already folded for norm_mode running,
 per-image statistics for instance: norm_modes.py) in channels-last, its weights pre-cast to bf16 when the precision
-is bf16, compiled by torch.compile with inductor's freezing (weights become constants: oneDNN prepacks them and
-fuses conv + bias + activation). One graph per (batch bucket, padded size): a batch is cut into pieces of 8, 4, 2
-and 1 images, so at most four graphs per size are ever compiled and no image is computed twice. Cutting is exact
-because the modes compiled here treat every image on its own (instance, running; dropout off).
+is bf16, exported (torch.export) and compiled ahead of time by AOTInductor with freezing (weights become constants:
+oneDNN prepacks them once and fuses conv + bias + activation). One package per (batch piece, padded size): a batch
+is cut into pieces of 8, 4, 2 and 1 images, so at most four packages per size are ever built and no image is computed
+twice. Cutting is exact because the modes compiled here treat every image on its own (instance, running; dropout
+off).
 
-Compiling costs seconds per graph, so inductor's compiled kernels are kept on disk, in <cache_dir>/<key>/, where
-the key hashes the weights, the norm mode, the precision, torch's version and the CPU's features (inductor's own
-key covers the code and shapes): another model, precision, torch or CPU never meets these files. A fresh process
-still traces and lowers the network (~4 s at unet_256) but compiles no C++. Inductor's graph-level caches (FX graph,
-AOTAutograd) stay off: in torch 2.13 a frozen graph loaded from them ran ~10x slower than the one compiled (75 ms
-against 720-1330 ms at unet_256 batch 1, measured 2026-12-01), and they key frozen weights by shape only.
+Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
+torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
+kernels cached); its first call costs ~2 steady calls (oneDNN creating its primitives), its steady calls equal
+torch.compile's (17 ms at unet_256 batch 1, bf16, 2-core Zen 5, measured 2026-12-01). Building one costs ~9 s there,
+once per machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (a crash never
+leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and the
+CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of the
+weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for shipping.
 
-If compiling fails, the Predictor says why in one line and runs the network eagerly instead.
+If building or loading fails, the Predictor says why in one line and runs the network eagerly instead.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ BATCH_PIECES = (8, 4, 2, 1)
 AUTO = {"cpu": "compiled"}
 
 
-def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None) -> str:
+def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None,
+                    cached=None) -> str:
     """The runtime that runs: 'auto' compiles where that is exact and pays (images: how many the caller will
-    translate, None for a long-lived caller such as the server); one asked for that cannot run says why."""
+    translate, None for a long-lived caller such as the server; cached: a function saying whether this network's
+    packages are already built, which makes compiling pay at once); one asked for that cannot run says why."""
     requested = requested or "auto"
     if requested not in RUNTIMES:
         raise ValueError(f"runtime {requested!r} is not one of {', '.join(RUNTIMES)}")
@@ -55,9 +60,12 @@ def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bo
                    "the compiled graphs do not do")
     if requested != "auto" and blocker:
         raise ValueError(f"runtime {requested!r}: {blocker}")
-    if blocker or (requested == "auto" and images is not None and images < COMPILE_PAYS_FROM_IMAGES):
+    if requested != "auto":
+        return requested
+    if blocker or AUTO.get(device.type, "eager") == "eager":
         return "eager"
-    return (AUTO.get(device.type, "eager") if requested == "auto" else requested)
+    few = images is not None and images < COMPILE_PAYS_FROM_IMAGES
+    return "eager" if few and not (cached is not None and cached()) else AUTO[device.type]
 
 
 def weights_key(network: nn.Module, *parts) -> str:
@@ -78,72 +86,127 @@ def cache_key(network: nn.Module, norm_mode: str, precision: str) -> str:
 
 
 class CompiledNetwork:
-    """network(batch) with the compiled graphs; batch and result are float32, the result channels-last."""
+    """network(batch) with the compiled packages; batch and result are float32, the result channels-last.
 
-    def __init__(self, network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None):
+    The packages already in the cache folder (up to max_batch_size images) are loaded now, each run once on zeros so
+    that oneDNN creates its primitives here rather than in the first request (~0.1 s per package at unet_256)."""
+
+    def __init__(self, network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None,
+                 max_batch_size: int | None = None):
         self.precision = precision
         self.key = cache_key(network, norm_mode, precision)
-        self.cache_dir = os.path.join(cache_dir or default_compile_cache_dir(), self.key)
-        net = copy.deepcopy(network).to(memory_format=torch.channels_last)
+        self.cache_dir = package_folder(self.key, cache_dir)
+        net = copy.deepcopy(network).to(memory_format=torch.channels_last).eval()
         self.dtype = runtime.PRECISIONS[precision]
         if precision != "fp32":
             net = net.to(self.dtype)  # pre-cast once, rather than autocast casting every weight per call
         self.net = net
-        self.compiled = compile_network(net)
+        self.packages = {}  # (n, c, h, w) -> the loaded package
         self.failed = None  # the reason compiling failed, once it has
+        channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+        for n, h, w in cached_shapes(self.cache_dir):
+            if max_batch_size is None or n <= max_batch_size:
+                self._run(torch.zeros(n, channels, h, w, dtype=self.dtype).contiguous(
+                    memory_format=torch.channels_last))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
         pieces, start = [], 0
         while start < x.shape[0]:
             size = next(b for b in BATCH_PIECES if b <= x.shape[0] - start)
-            pieces.append(self._run(x[start:start + size]))
+            pieces.append(self._run(x[start:start + size].contiguous(memory_format=torch.channels_last)))
             start += size
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.failed is None:
             try:
-                with inductor_cache(self.cache_dir), torch.inference_mode():  # freezing needs grad off
-                    return self.compiled(x)
+                return self._package(tuple(x.shape)).boxed_run([x])[0]
             except Exception as exc:  # noqa: BLE001 - any compiler failure: say it once and run eagerly
                 self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 warnings.warn(f"fastpix: compiling the generator failed ({self.failed}); running it eagerly",
                               RuntimeWarning, stacklevel=3)
-        return self.net(x)
+        with torch.inference_mode():
+            return self.net(x)
+
+    def package_path(self, shape) -> str:
+        return os.path.join(self.cache_dir, "x".join(str(d) for d in (shape[0], *shape[2:])) + ".pt2")
+
+    def _package(self, shape):
+        """The loaded package for this input shape: from memory, else from the cache folder, else built now (a
+        package that no longer loads, say a truncated file, is built again once)."""
+        if shape not in self.packages:
+            path = self.package_path(shape)
+            if os.path.exists(path):
+                try:
+                    self.packages[shape] = load_package(path)
+                    return self.packages[shape]
+                except Exception:  # noqa: BLE001 - unreadable: build it again below
+                    os.unlink(path)
+            build_package(self.net, torch.zeros(shape, dtype=self.dtype).contiguous(
+                memory_format=torch.channels_last), path, self.cache_dir)
+            self.packages[shape] = load_package(path)
+        return self.packages[shape]
 
 
-def compile_network(net: nn.Module):
-    # freezing: weights as constants (oneDNN prepacking, conv+bias+activation fusion); dynamic=False: one graph
-    # per shape, which is what the batch pieces and the padded sizes give.
-    # Four batch pieces per padded size soon pass dynamo's default of 8 graphs per forward, after which it would
-    # quietly run the new shapes eagerly.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(net, dynamic=False, options={"fx_graph_cache": False})
+def package_folder(key: str, cache_dir: str | None = None) -> str:
+    return os.path.join(cache_dir or default_compile_cache_dir(), key)
 
 
-class inductor_cache:
-    """Point inductor's on-disk caches at `directory` while compiling (it reads the variable at each lookup), with
-    the graph-level caches off (see the module docstring: a graph with frozen weights loaded from them runs ~10x
-    slower in torch 2.13); the compiled kernels' cache stays on."""
+def cached_shapes(folder: str) -> list[tuple[int, int, int]]:
+    """(n, h, w) of every package in folder (named <n>x<h>x<w>.pt2)."""
+    shapes = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        stem, suffix = os.path.splitext(name)
+        parts = stem.split("x")
+        if suffix == ".pt2" and len(parts) == 3 and all(p.isdigit() for p in parts):
+            shapes.append(tuple(int(p) for p in parts))
+    return shapes
+
+
+def has_packages(network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None) -> bool:
+    return bool(cached_shapes(package_folder(cache_key(network, norm_mode, precision), cache_dir)))
+
+
+def build_package(net: nn.Module, example: torch.Tensor, path: str, inductor_dir: str | None = None) -> str:
+    """Export `net` on `example`'s shape, dtype and layout and compile it ahead of time with frozen weights into the
+    AOTInductor package `path` (written whole, then renamed). inductor_dir: where inductor keeps its build files."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad():
+        exported = torch.export.export(net, (example,))
+    partial = f"{os.path.splitext(path)[0]}.{os.getpid()}.partial.pt2"  # the packager wants the suffix
+    try:
+        with inductor_build(inductor_dir or os.path.dirname(os.path.abspath(path))), torch.no_grad():  # freezing
+            torch._inductor.aoti_compile_and_package(exported, package_path=partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return path
+
+
+def load_package(path: str):
+    """The package's runner (its boxed_run([x]) gives [y]). The loader class itself rather than
+    torch._inductor.aoti_load_package, whose import of the compiler costs ~1.3 s against a ~0.1 s load."""
+    return torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+
+
+class inductor_build:
+    """While building: inductor's build files in `directory` (it reads the variable at each lookup), and freezing
+    on in inductor's global config (the freezing pass reads it there; without it every conv would reorder its weights
+    on each call: 30.9 against 17.4 ms at unet_256 batch 1, bf16, measured 2026-12-01)."""
 
     def __init__(self, directory: str):
         self.directory = directory
-        self.autograd_cache = torch._functorch.config.patch(enable_autograd_cache=False)
-        # Freezing must be on in inductor's global config while it compiles: torch.compile(options={"freezing":
-        # True}) is not seen by the pass that decides to freeze (torch 2.13), which then leaves every conv to
-        # reorder its weights on each call (30.9 against 18.0 ms at unet_256 batch 1, bf16, measured 2026-12-01).
         self.freezing = torch._inductor.config.patch(freezing=True)
 
     def __enter__(self):
         self.previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.directory
-        self.autograd_cache.__enter__()
         self.freezing.__enter__()
 
     def __exit__(self, *exc):
         self.freezing.__exit__(*exc)
-        self.autograd_cache.__exit__(*exc)
         if self.previous is None:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:

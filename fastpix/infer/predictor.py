@@ -27,7 +27,7 @@ from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
-from fastpix.infer.compiled import BATCH_PIECES, CompiledNetwork, resolve_runtime
+from fastpix.infer.compiled import BATCH_PIECES, CompiledNetwork, has_packages, resolve_runtime
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
 from fastpix.infer.requests import ImageRequest
@@ -173,8 +173,8 @@ class Predictor:
         self.channels_last = channels_last(self.device, self.precision)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.runner = self._build_runner(runtime, cache_dir, images)
         self.max_batch_size = max_batch_size
+        self.runner = self._build_runner(runtime, cache_dir, images)
         self.last_seed = None
         self.graphs = None
         if graph_size is not None:
@@ -203,9 +203,10 @@ class Predictor:
         if fused and requested not in (None, "auto", "eager"):
             raise ValueError(f"runtime {requested!r} runs backend 'eager' generators; this one is backend 'triton'")
         self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout,
-                                       images)
+                                       images, lambda: has_packages(self.network, self.norm_mode, self.precision,
+                                                                    cache_dir))
         if self.runtime == "compiled":
-            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir)
+            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir, self.max_batch_size)
         if self.runtime == "onnxruntime":
             if self.precision != "fp32" and self.requested_precision is not None:
                 raise ValueError(f"runtime 'onnxruntime' runs fp32, not {self.precision}")
@@ -218,7 +219,7 @@ class Predictor:
         """What runs, in a few words: device, precision, runtime and layout (fastpix info, /readyz, the logs)."""
         parts = [str(self.device), self.precision, self.runtime]
         if self.runtime == "compiled":
-            parts[-1] = "compiled (inductor, frozen weights)"
+            parts[-1] = "compiled (AOTInductor, frozen weights)"
             if self.runner.failed:
                 parts[-1] = f"eager (compiling failed: {self.runner.failed})"
         if self.graphs is not None:
