@@ -413,15 +413,44 @@ def cmd_export_onnx(cfg: ExportConfig):
     print(f"fastpix: onnxruntime agrees with PyTorch to {worst:.2e} (largest absolute difference)")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image-size {text!r}: give HxW (e.g. 256x256) or one side (256)")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def cmd_export_package(cfg: ExportConfig):
+    from fastpix.checkpoint import load_generator, run_source
+    from fastpix.export import export_package
+    from fastpix.runtime import resolve_precision
+
+    source = run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
+    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+    size = parse_size(cfg.image_size)
+    if cfg.precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"--precision {cfg.precision!r}: a CPU package is fp32 or bf16")
+    precision = resolve_precision(cfg.precision, "cpu")
+    target = os.path.join(cfg.out, f"{stem}_{cfg.batch_size}x{size[0]}x{size[1]}_{precision}.pt2")
+    generator = load_generator(source, cfg.epoch)
+    error = export_package(generator, target, cfg.norm_mode, cfg.batch_size, size, precision)
+    print(f"fastpix: wrote {target} (norm_mode {cfg.norm_mode}; {cfg.batch_size}×C×{size[0]}×{size[1]} {precision} "
+          f"channels-last in [-1, 1], for this CPU; load with torch._inductor.aoti_load_package)")
+    print(f"fastpix: the package agrees with eager fp32 PyTorch to {error:.2e} (relative)")
+
+
 def cmd_export(args):
     """pth: the run's G (and D) as the reference's plain state dicts. onnx: the generator as an ONNX graph (the eager
     network in --norm-mode instance or running, dropout off, dynamic batch and size), checked against PyTorch with
-    onnxruntime when it is installed."""
+    onnxruntime when it is installed. pt2: the generator as an AOTInductor package for this CPU (one --batch-size,
+    --image-size and --precision), checked against eager PyTorch."""
     from fastpix import checkpoint as ckpt
 
     cfg = build_config(ExportConfig, vars(args))
     if cfg.format == "onnx":
         return cmd_export_onnx(cfg)
+    if cfg.format == "pt2":
+        return cmd_export_package(cfg)
     run_dir = ckpt.run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
     os.makedirs(cfg.out, exist_ok=True)
     if os.path.isfile(run_dir):
@@ -629,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand(sub, "demo", cmd_demo, "generate the demo data, train, test, and say where the results are",
                (DemoConfig, "demo"))
     subcommand(sub, "export", cmd_export, "write a run's weights as reference-loadable .pth state dicts, or the "
-               "generator as ONNX", (ExportConfig, "export"))
+               "generator as ONNX or an AOTInductor package", (ExportConfig, "export"))
     subcommand(sub, "info", cmd_info, "versions, devices and the active image decoder")
     subcommand(sub, "bench", cmd_bench, "benchmark fastpix against eager PyTorch on this machine",
                (BenchConfig, "benchmarks"))

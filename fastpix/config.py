@@ -44,10 +44,11 @@ PREPROCESS_CHOICES = ("resize_and_crop", "crop", "scale_width", "scale_width_and
 INFERENCE_NORM_MODES = ("instance", "batch", "running")
 DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
 INFERENCE_RUNTIMES = ("auto", "eager", "compiled", "onnxruntime")
-# Runtime 'auto' compiles only for a caller that expects at least this many images (or does not say): before its
-# first image a fresh process spends ~7 s compiled (set-up 2.4 s + first call 4.8 s, kernels cached) against ~0.6 s
-# eager, and then saves ~60 ms per image (31 against ~92 ms), at unet_256 256² batch 1 on a 2-core Zen 4 (measured
-# 2026-12-01): ~100 images to break even. Fewer (a `fastpix predict` of a handful of files) run eagerly.
+# Runtime 'auto' builds compiled packages only for a caller that expects at least this many images (or does not
+# say), or when this network's packages are built already (loading them costs ~0.1 s). Building one costs ~12 s at
+# unet_256 256² batch 1 on the 2-core Zen 5 (once per machine: packages are cached on disk) and saves ~35 ms per
+# image against eager (16 against ~54 ms, measured 2026-12-01): a first `fastpix predict` of a handful of files runs
+# eagerly, one of a hundred pays for the build within the run, and every later run reuses it.
 COMPILE_PAYS_FROM_IMAGES = 100
 # CPU training (bf16): a conv whose matmul form has at most this many columns (batch × pixels on its small side) runs
 # as that matmul (models/small_convs.py). Measured on the 2-core Zen 5, forward + backward at unet_256's shapes:
@@ -223,12 +224,12 @@ class InferenceConfig:
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
     precision: str = opt(None, "fp32, bf16 or fp16 (fp16: CUDA only) (default: bf16 on GPUs that support it and on "
                          "CPUs with native bf16 (AVX-512 BF16, AMX), else fp32)", choices=("fp32", "bf16", "fp16"))
-    runtime: str = opt("auto", "how the generator runs: eager (PyTorch module by module), compiled (CPU: inductor "
-                       "graphs with frozen weights, cached on disk), onnxruntime (CPU, fp32; pip install "
-                       "'fastpix[onnx]'); auto = compiled on a CPU for norm_mode instance/running without dropout, "
-                       f"except for a predict of fewer than {COMPILE_PAYS_FROM_IMAGES} images (compiling would "
-                       "not pay for itself), else "
-                       "eager (default: auto)", choices=INFERENCE_RUNTIMES)
+    runtime: str = opt("auto", "how the generator runs: eager (PyTorch module by module), compiled (CPU: "
+                       "AOTInductor packages with frozen weights, built once and cached on disk), onnxruntime (CPU, "
+                       "fp32; pip install 'fastpix[onnx]'); auto = compiled on a CPU for norm_mode instance/running "
+                       f"without dropout, except for a predict of fewer than {COMPILE_PAYS_FROM_IMAGES} images whose "
+                       "packages are not built yet (building would not pay for itself), else eager (default: auto)",
+                       choices=INFERENCE_RUNTIMES)
     compile_cache_dir: str = opt(None, "where compiled generators and ONNX files are kept, one folder per weights, "
                                  "norm mode, precision, torch version and CPU (default: $XDG_CACHE_HOME/fastpix/"
                                  "compiled, else ~/.cache/fastpix/compiled)")
@@ -358,14 +359,19 @@ def demo_configs(cfg: DemoConfig, gpu: bool) -> tuple:
 
 @dataclass
 class ExportConfig:
-    format: str = opt("pth", "output format", choices=("pth", "onnx"))
+    format: str = opt("pth", "output format: pth (reference state dicts), onnx, or pt2 (an AOTInductor package for "
+                      "this CPU: the compiled runtime's artifact)", choices=("pth", "onnx", "pt2"))
     name: str = opt(None, "run name (required unless --checkpoint is given)")
     checkpoint: str = opt(None, "a run folder or a weights file, instead of --name")
     norm_mode: str = opt("instance", "onnx: BatchNorm as per-image statistics (the paper's protocol at batch 1) or "
                          "folded running statistics", choices=EXPORT_NORM_MODES)
     checkpoints_dir: str = opt(TrainConfig.checkpoints_dir, "where the run is")
     epoch: str = opt("latest", "which checkpoint")
-    out: str = opt(None, "folder to write into: <epoch>_net_{G,D}.pth, or the .onnx file", required=True)
+    out: str = opt(None, "folder to write into: <epoch>_net_{G,D}.pth, or the .onnx / .pt2 file", required=True)
+    image_size: str = opt("256x256", "pt2: the HxW (or one side) of the images the package takes (multiples of the "
+                    "generator's: pad others, as the Predictor does)")
+    batch_size: int = opt(1, "pt2: images per call")
+    precision: str = opt(None, "pt2: fp32 or bf16 (default: bf16 where this CPU has it natively)")
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""ONNX export of a generator, for runtimes other than PyTorch (onnxruntime, TensorRT, OpenVINO …).
+"""Export of a generator: ONNX for runtimes other than PyTorch (onnxruntime, TensorRT, OpenVINO …), or an
+AOTInductor package (.pt2) for serving with torch alone on a CPU like this one.
+
+pt2: the compiled runtime's artifact (infer/compiled.py) for one batch size, image size and precision, built for
+this machine's CPU features: `torch._inductor.aoti_load_package(path)(x)` with x an N×C×H×W tensor of that
+shape and dtype in channels-last memory (x.contiguous(memory_format=torch.channels_last)), in [-1, 1].
 
 The exported graph is the eager network of the chosen norm mode (norm_modes.py) with dropout off: 'instance'
 (per-image statistics with the BatchNorm affine: the paper's protocol at batch 1) or 'running' (BatchNorm folded
@@ -15,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from fastpix.config import EXPORT_NORM_MODES
+from fastpix.infer.compiled import build_package, prepared_network
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.onnx_runtime import write_onnx
 from fastpix.models.resnet import ResnetGenerator
@@ -39,6 +45,26 @@ def export_onnx(generator: torch.nn.Module, path: str, norm_mode: str = "instanc
     net = inference_network(generator, norm_mode, dropout=False).cpu().float()
     write_onnx(net, path, multiple, {"fastpix.norm_mode": norm_mode, **(metadata or {})})
     return net
+
+
+def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch: int, size: tuple[int, int],
+                   precision: str) -> float:
+    """Write `generator`'s AOTInductor package for inputs (batch, C, *size) in `precision` to path; returns its
+    largest relative difference from the eager fp32 network on a random batch."""
+    if norm_mode not in EXPORT_NORM_MODES:
+        raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
+    multiple = size_multiple(generator)
+    if size[0] % multiple or size[1] % multiple or min(size) < multiple:
+        raise ValueError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of {multiple}")
+    net = inference_network(generator, norm_mode, dropout=False).cpu().float().eval()
+    compiled, dtype = prepared_network(net, precision)
+    input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    x = torch.rand(batch, input_nc, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    build_package(compiled, x.to(dtype).contiguous(memory_format=torch.channels_last), path)
+    got = torch._inductor.aoti_load_package(path)(x.to(dtype).contiguous(memory_format=torch.channels_last))
+    with torch.no_grad():
+        want = net(x)
+    return float((got.float() - want).norm() / want.norm())
 
 
 def check_onnx(path: str, net: torch.nn.Module, sizes=((1, 1), (3, 2)), seed: int = 0) -> float:

@@ -222,3 +222,23 @@ def test_compiling_freezes_the_weights_so_onednn_prepacks_every_conv(cache_root)
     packed = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
     convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in net.modules())
     assert packed == convs > 0
+
+
+def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_predictor(tmp_path, capsys):
+    from fastpix import checkpoint as ckpt
+    from fastpix.cli import main
+
+    G = tiny_G(seed=3)
+    ckpt.save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
+    args = ["export", "--format", "pt2", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
+            "--norm-mode", "running", "--precision", "fp32", "--batch-size", "2"]
+    assert main(args + ["--image-size", "64x30"]) == 2
+    assert "--image-size 64x30: this generator takes sides that are multiples of 32" in capsys.readouterr().err
+    assert main(args + ["--image-size", "64x32"]) == 0
+    assert "agrees with eager fp32 PyTorch" in capsys.readouterr().out
+    package = torch._inductor.aoti_load_package(str(tmp_path / "out" / "latest_net_G_2x64x32_fp32.pt2"))
+    x = torch.rand(2, 3, 64, 32) * 2 - 1
+    got = package(x.contiguous(memory_format=torch.channels_last))
+    want = torch.stack(Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")(
+        list(x), output_type="pt"))
+    assert relative_error(got, want) < 1e-4

@@ -96,11 +96,8 @@ class CompiledNetwork:
         self.precision = precision
         self.key = cache_key(network, norm_mode, precision)
         self.cache_dir = package_folder(self.key, cache_dir)
-        net = copy.deepcopy(network).to(memory_format=torch.channels_last).eval()
-        self.dtype = runtime.PRECISIONS[precision]
-        if precision != "fp32":
-            net = net.to(self.dtype)  # pre-cast once, rather than autocast casting every weight per call
-        self.net = net
+        self.net, self.dtype = prepared_network(network, precision)
+        net = self.net
         self.packages = {}  # (n, c, h, w) -> the loaded package
         self.failed = None  # the reason compiling failed, once it has
         channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
@@ -147,6 +144,13 @@ class CompiledNetwork:
                 memory_format=torch.channels_last), path, self.cache_dir)
             self.packages[shape] = load_package(path)
         return self.packages[shape]
+
+
+def prepared_network(network: nn.Module, precision: str):
+    """(a channels-last copy of network in eval mode, with its weights cast to the precision's dtype, that dtype):
+    what a package is built from. Pre-cast once, rather than autocast casting every weight per call."""
+    dtype = runtime.PRECISIONS[precision]
+    return copy.deepcopy(network).to(memory_format=torch.channels_last).eval().to(dtype), dtype
 
 
 def package_folder(key: str, cache_dir: str | None = None) -> str:
