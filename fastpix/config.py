@@ -155,6 +155,9 @@ class TestConfig:
     eval: bool = opt(False, "use running BatchNorm statistics and no dropout (model.eval())")
     seed: int = opt(0, "random seed for the dropout noise")
     device: str = opt(None, "torch device (default: cuda if available, else cpu)")
+    precision: str = opt(None, "with --eval: fp32 or bf16 (default: bf16 on GPUs that support it and on CPUs with "
+                         "native bf16, else fp32); the paper's protocol (dropout on) runs fp32, as the reference",
+                         choices=("fp32", "bf16"))
     sort: str = opt("name", "order of the results page: by file name, or worst L1 first",
                     choices=("name", "worst"))
 

@@ -222,7 +222,7 @@ def run_test(model_cfg, data_cfg, test_cfg, width: int = 256, aspect_ratio: floa
     out = os.path.join(test_cfg.results_dir, test_cfg.name, f"{test_cfg.phase}_{test_cfg.epoch}")
     if test_cfg.load_iter > 0:
         out += f"_iter{test_cfg.load_iter}"  # the reference's folder for --load_iter
-    items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device)
+    items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device, test_cfg.precision)
     title = f"Experiment = {test_cfg.name}, Phase = {test_cfg.phase}, Epoch = {test_cfg.epoch}"
     score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width,
                     aspect_ratio=aspect_ratio)
@@ -248,7 +248,8 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
         dataset = protocol_dataset(model_cfg, data_cfg, cfg.phase)
         epoch = os.path.splitext(os.path.basename(weights))[0].removesuffix("_net_G")
         out = os.path.join(cfg.results_dir, run_name, f"eval_{cfg.phase}_{epoch}")
-        rows = save_and_score(translate_split(G, dataset, cfg.num_test, cfg.eval, cfg.seed, device), out, kept)
+        items = translate_split(G, dataset, cfg.num_test, cfg.eval, cfg.seed, device, cfg.precision)
+        rows = save_and_score(items, out, kept)
         report = aggregate([r[2] for r in rows], protocol_name(cfg.eval, cfg.seed))
     if cfg.baselines:
         mean_target = mean_training_target(model_cfg, data_cfg) if data_cfg.dataroot else None

@@ -55,7 +55,8 @@ def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
     multiple = size_multiple(generator)
     if size[0] % multiple or size[1] % multiple or min(size) < multiple:
-        raise ValueError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of {multiple}")
+        raise ValueError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
+                         f"{multiple}")
     net = inference_network(generator, norm_mode, dropout=False).cpu().float().eval()
     compiled, dtype = prepared_network(net, precision)
     input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

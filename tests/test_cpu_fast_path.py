@@ -242,3 +242,9 @@ def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_pred
     want = torch.stack(Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")(
         list(x), output_type="pt"))
     assert relative_error(got, want) < 1e-4
+
+
+def test_batch_pieces_are_powers_of_two_up_to_one_image_per_thread():
+    assert compiled.batch_pieces(1) == compiled.batch_pieces(2) == (2, 1)
+    assert compiled.batch_pieces(6) == (4, 2, 1)
+    assert compiled.batch_pieces(64) == (8, 4, 2, 1)

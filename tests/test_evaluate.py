@@ -202,3 +202,24 @@ def test_bad_inputs_are_named(untrained, tmp_path, capsys):
     assert "--checkpoint" in err and "nothing" in err
     assert main(["eval", "--results", str(tmp_path)]) == 2
     assert "no scores.json and no images/*_fake_B.png" in capsys.readouterr().err
+
+
+def test_eval_mode_runs_the_predictors_folded_path_and_equals_the_modules_eval_mode(tiny_data):
+    from fastpix.data.dataset import PairedDataset
+    from fastpix.infer.protocol import translate_split
+
+    torch.manual_seed(0)
+    G = define_G(3, 3, 8, "unet_32", "batch", True, backend="eager")
+    with torch.no_grad():  # running statistics that are not the identity, so folding them is checked
+        for m in G.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    dataset = PairedDataset(tiny_data, "test", "AtoB", 3, 3, "resize_and_crop", 32, 32, flip=False)
+    items = list(translate_split(G, dataset, 3, True, 0, torch.device("cpu"), "fp32"))
+    assert len(items) == 3
+    G.eval()
+    for _, real_A, fake, _ in items:
+        with torch.no_grad():
+            want = G(real_A[None])[0]
+        assert float((fake - want).norm() / want.norm()) < 1e-4

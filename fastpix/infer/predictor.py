@@ -27,7 +27,7 @@ from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
-from fastpix.infer.compiled import BATCH_PIECES, CompiledNetwork, has_packages, resolve_runtime
+from fastpix.infer.compiled import CompiledNetwork, has_packages, resolve_runtime
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
 from fastpix.infer.requests import ImageRequest
@@ -240,8 +240,9 @@ class Predictor:
                     self.graphs.capture(bucket)
             else:
                 h, w = padded_size(*(size or (self.multiple, self.multiple)), self.multiple)
-                # The compiled runtime has one graph per batch piece: compile (or load) each one now.
-                pieces = [n for n in BATCH_PIECES if n <= self.max_batch_size] if self.runtime == "compiled" else [1]
+                # The compiled runtime has one package per batch piece: build (or load) each one now.
+                compiled = self.runtime == "compiled"
+                pieces = [n for n in self.runner.pieces if n <= self.max_batch_size] if compiled else [1]
                 for n in pieces:
                     self._forward(torch.zeros(n, self.input_nc, h, w, device=self.device), [(0, 0)] * n)
         if self.device.type == "cuda":

@@ -2,8 +2,10 @@
 
 "At inference time, we run the generator net in exactly the same manner as during the training phase":
 BatchNorm uses the statistics of the test batch (batch 1, so per-image statistics) and dropout stays on, with a
-fixed seed so that runs repeat. --eval switches to running statistics and no dropout. Images are resized to
-crop_size (load_size := crop_size), not flipped, taken in order, and the first num_test are used.
+fixed seed so that runs repeat: the module path in fp32, as the reference, whose dropout masks come from the same
+global generator. --eval switches to running statistics and no dropout, which is the Predictor's norm_mode
+'running': its fastest path (BatchNorm folded; on a CPU the compiled packages, bf16 where the CPU has it). Images are
+resized to crop_size (load_size := crop_size), not flipped, taken in order, and the first num_test are used.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 
 from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset
+from fastpix.infer.predictor import Predictor
 from fastpix.runtime import default_device
 
 
@@ -33,19 +36,25 @@ def protocol_dataset(model_cfg, data_cfg, phase) -> PairedDataset:
                          max_dataset_size=data_cfg.max_dataset_size, skip_bad_images=data_cfg.skip_bad_images)
 
 
-def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: int, device):
+def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: int, device, precision=None):
     """Yield (stem, real_A, fake_B, real_B) CHW tensors in [-1, 1] for the first num items, one at a time."""
-    G.eval() if eval_mode else G.train()
-    torch.manual_seed(seed)
+    count = min(num, len(dataset))
+    if eval_mode:
+        predictor = Predictor(G, device=device, precision=precision, norm_mode="running", max_batch_size=1,
+                              images=count)
+        translate = lambda a: predictor(a, output_type="pt").float().cpu()  # noqa: E731
+    else:
+        G.train()
+        torch.manual_seed(seed)
+        translate = lambda a: G(a[None].to(device))[0].float().cpu()  # noqa: E731
     with torch.no_grad():
         read = 0
-        for index in range(min(num, len(dataset))):
+        for index in range(count):
             item = dataset[index]
             if item is None:
                 continue
             read += 1
-            fake = G(item["A"][None].to(device))[0].float().cpu()
+            fake = translate(item["A"])
             yield os.path.splitext(os.path.basename(item["A_paths"]))[0], item["A"], fake, item["B"]
         if not read:
             raise dataset.none_readable()
-
