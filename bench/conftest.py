@@ -34,32 +34,18 @@ def cpu_real() -> bool:
     return not torch.cuda.is_available() and CPU_CONFIG["value"] == "real"
 
 
-def matmul_flops(dtype, n=2048, reps=5) -> float:
-    """FLOP/s of an n³ CPU matmul (best of reps): the CPU's reachable roof for that dtype, measured now."""
-    import time
-
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
-
-
 _ROOF = {}
 
 
 def peak(device: torch.device, precision: str):
     """The peak a row's '% of roof' is against: on a GPU its datasheet peak (fastpix.train.flops), on a CPU a
-    large matmul of that precision timed in this run (once per session)."""
-    from fastpix.train.flops import peak_flops
+    large matmul or GEMM-shaped conv of that precision timed in this run (once per session)."""
+    from fastpix.train.flops import cpu_roof_flops, peak_flops
 
     if device.type == "cuda":
         return peak_flops(device, precision)
     if precision not in _ROOF:
-        _ROOF[precision] = matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+        _ROOF[precision] = cpu_roof_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
     return _ROOF[precision]
 
 

@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=2 python bench/cpu_compare.py --json bench/results/cpu_real.json      # about 5 minutes
 
 unet_256 ngf 64 (+ basic PatchGAN ndf 64 for training) at 256², the reference's pix2pix configuration.
-- roofline: a 2048³ matmul in fp32 and in bf16, timed here, so that every row's "% roof" is against this CPU now.
+- roofline: the faster of a 2048³ matmul and a GEMM-shaped 1×1 conv, in fp32 and in bf16, timed here, so that
+  every row's "% roof" is against this CPU now.
 - inference, batch 1 and 8: (a) eager fp32 NCHW eval mode (the baseline for running), (a_i) eager fp32 NCHW run
   image by image in train-mode norm (the baseline for instance: the paper's protocol), (d) the Predictor's
   default for norm_mode running, (e) for norm_mode instance; the Predictor is timed as a caller sees it (a list of
@@ -43,7 +44,7 @@ from fastpix.infer.norm_modes import inference_network  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.models import define_D, define_G  # noqa: E402
 from fastpix.train.engine import TrainEngine  # noqa: E402
-from fastpix.train.flops import conv_flops, train_flops_per_image  # noqa: E402
+from fastpix.train.flops import conv_flops, cpu_roof_flops, train_flops_per_image  # noqa: E402
 from fastpix.train.step import Pix2PixStep  # noqa: E402
 
 SIZE, NGF = 256, 64
@@ -56,14 +57,9 @@ def timed(fn, *args):
     return time.perf_counter() - start
 
 
-def roofline(n=2048, reps=5) -> dict:
-    """FLOP/s of an n³ matmul in fp32 and bf16 (best of reps): this CPU's reachable peak, measured now."""
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        out[name] = 2 * n ** 3 / min(timed(torch.matmul, a, b) for _ in range(reps))
-    return out
+def roofline() -> dict:
+    """This CPU's reachable FLOP/s in fp32 and bf16, measured now (fastpix.train.flops.cpu_roof_flops)."""
+    return {"fp32": cpu_roof_flops(torch.float32), "bf16": cpu_roof_flops(torch.bfloat16)}
 
 
 def interleaved(cases: dict, rounds: int) -> dict:

@@ -53,3 +53,30 @@ def peak_flops(device: torch.device, precision: str):
         if key in name:
             return peaks.get(precision)
     return None
+
+
+def cpu_roof_flops(dtype: torch.dtype, reps: int = 5) -> float:
+    """This CPU's reachable FLOP/s in dtype, measured now: the faster of a 2048³ matmul and a 1×1 conv that oneDNN
+    runs as one large GEMM (8×1024×32×32 by 1024×1024, channels-last), best of reps. Both, because torch's fp32
+    matmul goes to MKL, which on AMD CPUs reaches about half of what oneDNN's fp32 kernels do (237 against 438
+    GFLOP/s on the 2-core Zen 5, measured 2026-12-01), and the convs we run are oneDNN's."""
+    import time
+
+    import torch.nn.functional as F
+
+    def best(fn) -> float:
+        fn()
+        fastest = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            fastest = min(fastest, time.perf_counter() - start)
+        return fastest
+
+    with torch.inference_mode():
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        matmul = 2 * 2048 ** 3 / best(lambda: a @ b)
+        x = torch.randn(8, 1024, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(1024, 1024, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        conv = 2 * 8 * 32 * 32 * 1024 * 1024 / best(lambda: F.conv2d(x, w))
+    return max(matmul, conv)
