@@ -38,10 +38,11 @@ from fastpix.config import default_compile_cache_dir
 
 def batch_pieces(threads: int) -> tuple[int, ...]:
     """The batch sizes a batch is cut into: powers of two up to one image per thread (at least 2, at most 8). One
-    image per thread keeps every core busy in the inner layers (1×1 to 8×8 pixels); smaller pieces keep each call's
-    buffers small enough that glibc reuses them rather than mapping fresh pages every call: on the 2-core Zen 5 a
-    batch of 8 ran in 127 ms as pieces of 2 against 146 ms as one piece (24,500 page faults per call; measured
-    2026-12-01, unet_256 bf16)."""
+    image per thread keeps every core busy in the inner layers (1×1 to 8×8 pixels); beyond that a bigger piece
+    only adds a package to build and hold (~110 MB each at unet_256 bf16) and buffers too big for glibc to reuse.
+    On the 2-core Zen 5 (unet_256 bf16, batch 8, 2026-12-01) pieces of 2 and one piece of 8 ran within noise of each
+    other: 127 against 146 ms in one process (24,500 page faults per call for the piece of 8), 129 against 123 ms
+    in two bench/cpu_compare.py runs."""
     top = min(8, max(2, 2 ** (max(threads, 1).bit_length() - 1)))
     return tuple(2 ** k for k in range(top.bit_length() - 1, -1, -1))
 
