@@ -248,3 +248,17 @@ def test_batch_pieces_are_powers_of_two_up_to_one_image_per_thread():
     assert compiled.batch_pieces(1) == compiled.batch_pieces(2) == (2, 1)
     assert compiled.batch_pieces(6) == (4, 2, 1)
     assert compiled.batch_pieces(64) == (8, 4, 2, 1)
+
+
+def test_a_torch_without_the_loader_class_loads_packages_through_the_public_loader(instance_fp32, monkeypatch):
+    predictor, together, _ = instance_fp32
+    path = predictor.runner.package_path((2, 3, 64, 64))
+
+    def other_signature(*args):
+        raise TypeError("AOTIModelPackageLoader(): incompatible function arguments")
+
+    monkeypatch.setattr(compiled, "PACKAGE_LOADER", other_signature)
+    x = torch.stack([torch.zeros(3, 64, 64), torch.ones(3, 64, 64) * 0.5]).contiguous(memory_format=torch.channels_last)
+    direct = compiled.load_package(path)(x)
+    monkeypatch.undo()
+    assert torch.equal(direct, compiled.load_package(path)(x))

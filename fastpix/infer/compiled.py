@@ -131,7 +131,7 @@ class CompiledNetwork:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.failed is None:
             try:
-                return self._package(tuple(x.shape)).boxed_run([x])[0]
+                return self._package(tuple(x.shape))(x)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: say it once and run eagerly
                 self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 warnings.warn(f"fastpix: compiling the generator failed ({self.failed}); running it eagerly",
@@ -202,10 +202,18 @@ def build_package(net: nn.Module, example: torch.Tensor, path: str, inductor_dir
     return path
 
 
+# AOTInductor's package loader class (torch 2.6 and later); load_package falls back to the public loader without it.
+PACKAGE_LOADER = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+
+
 def load_package(path: str):
-    """The package's runner (its boxed_run([x]) gives [y]). The loader class itself rather than
-    torch._inductor.aoti_load_package, whose import of the compiler costs ~1.3 s against a ~0.1 s load."""
-    return torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+    """The package as a function of one input tensor. Through the loader class where this torch has it, rather
+    than torch._inductor.aoti_load_package, whose import of the compiler costs ~1.3 s against a ~0.1 s load."""
+    try:
+        loader = PACKAGE_LOADER(path, "model", False, 1, -1)
+    except TypeError:  # no such class, or another signature: the public loader
+        return torch._inductor.aoti_load_package(path)
+    return lambda x: loader.boxed_run([x])[0]
 
 
 class inductor_build:
