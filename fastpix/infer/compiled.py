@@ -11,11 +11,12 @@ every image on its own (instance, running; dropout off).
 Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
 torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
 kernels cached); its first call costs ~2 steady calls (oneDNN creating its primitives), its steady calls equal
-torch.compile's (17 ms at unet_256 batch 1, bf16, 2-core Zen 5, measured 2026-12-01). Building one costs ~9 s there,
-once per machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (a crash never
-leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and the
-CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of the
-weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for shipping.
+torch.compile's (16-17 ms at unet_256 batch 1, bf16, 2-core Zen 5, measured 2026-12-01). Building one costs ~12 s
+there, once per machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (a crash
+never leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and
+the CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of
+the weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for
+shipping.
 
 If building or loading fails, the Predictor says why in one line and runs the network eagerly instead.
 """
