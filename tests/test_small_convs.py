@@ -1,4 +1,4 @@
-"""The matmul forms of small convs (fastpix/models/small_convs.py) against torch's convs, and the plan that picks them."""
+"""The matmul forms of small convs (fastpix/models/small_convs.py) against torch's convs, and the plan picking them."""
 import pytest
 import torch
 import torch.nn as nn
