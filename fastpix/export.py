@@ -50,7 +50,7 @@ def export_onnx(generator: torch.nn.Module, path: str, norm_mode: str = "instanc
 def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch: int, size: tuple[int, int],
                    precision: str) -> float:
     """Write `generator`'s AOTInductor package for inputs (batch, C, *size) in `precision` to path; returns its
-    largest relative difference from the eager fp32 network on a random batch."""
+    relative (L2) difference from the eager fp32 network on a random batch."""
     if norm_mode not in EXPORT_NORM_MODES:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
     multiple = size_multiple(generator)
