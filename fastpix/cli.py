@@ -388,13 +388,19 @@ def cmd_demo(args):
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
 
 
-def cmd_export_onnx(cfg: ExportConfig):
-    from fastpix.checkpoint import CheckpointError
-    from fastpix.export import check_onnx, export_onnx, size_multiple
-    from fastpix.checkpoint import load_generator, run_source
+def export_source(cfg: ExportConfig) -> tuple[str, str]:
+    """(the run folder or weights file to export, the stem of the files written from it)."""
+    from fastpix.checkpoint import run_source
 
     source = run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
-    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+    return source, os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+
+
+def cmd_export_onnx(cfg: ExportConfig):
+    from fastpix.checkpoint import CheckpointError, load_generator
+    from fastpix.export import check_onnx, export_onnx, size_multiple
+
+    source, stem = export_source(cfg)
     target = os.path.join(cfg.out, f"{stem}.onnx")
     try:
         generator = load_generator(source, cfg.epoch)
@@ -421,12 +427,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_export_package(cfg: ExportConfig):
-    from fastpix.checkpoint import load_generator, run_source
+    from fastpix.checkpoint import load_generator
     from fastpix.export import export_package
     from fastpix.runtime import resolve_precision
 
-    source = run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
-    stem = os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+    source, stem = export_source(cfg)
     size = parse_size(cfg.image_size)
     if cfg.precision not in (None, "fp32", "bf16"):
         raise ValueError(f"--precision {cfg.precision!r}: a CPU package is fp32 or bf16")

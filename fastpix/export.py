@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from fastpix.config import EXPORT_NORM_MODES
-from fastpix.infer.compiled import build_package, prepared_network
+from fastpix.infer.compiled import build_package, load_package, prepared_network
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.onnx_runtime import write_onnx
 from fastpix.models.resnet import ResnetGenerator
@@ -61,8 +61,9 @@ def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch:
     compiled, dtype = prepared_network(net, precision)
     input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     x = torch.rand(batch, input_nc, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    build_package(compiled, x.to(dtype).contiguous(memory_format=torch.channels_last), path)
-    got = torch._inductor.aoti_load_package(path)(x.to(dtype).contiguous(memory_format=torch.channels_last))
+    example = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    build_package(compiled, example, path)
+    got = load_package(path)(example)
     with torch.no_grad():
         want = net(x)
     return float((got.float() - want).norm() / want.norm())

@@ -105,16 +105,15 @@ class CompiledNetwork:
     that oneDNN creates its primitives here rather than in the first request (~0.1 s per package at unet_256)."""
 
     def __init__(self, network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None,
-                 max_batch_size: int | None = None):
+                 max_batch_size: int | None = None, key: str | None = None):
         self.precision = precision
-        self.key = cache_key(network, norm_mode, precision)
+        self.key = key or cache_key(network, norm_mode, precision)  # key: the caller's cache_key, when it has one
         self.cache_dir = package_folder(self.key, cache_dir)
         self.net, self.dtype = prepared_network(network, precision)
-        net = self.net
         self.packages = {}  # (n, c, h, w) -> the loaded package
         self.pieces = batch_pieces(torch.get_num_threads())
         self.failed = None  # the reason compiling failed, once it has
-        channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+        channels = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d)).in_channels
         for n, h, w in cached_shapes(self.cache_dir):
             if max_batch_size is None or n <= max_batch_size:
                 self._run(torch.zeros(n, channels, h, w, dtype=self.dtype).contiguous(
@@ -182,8 +181,8 @@ def cached_shapes(folder: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def has_packages(network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None) -> bool:
-    return bool(cached_shapes(package_folder(cache_key(network, norm_mode, precision), cache_dir)))
+def has_packages(key: str, cache_dir: str | None = None) -> bool:
+    return bool(cached_shapes(package_folder(key, cache_dir)))
 
 
 def build_package(net: nn.Module, example: torch.Tensor, path: str, inductor_dir: str | None = None) -> str:

@@ -13,6 +13,7 @@ Outputs convert to uint8 as the reference saves them.
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections import defaultdict
@@ -27,7 +28,7 @@ from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
-from fastpix.infer.compiled import CompiledNetwork, has_packages, resolve_runtime
+from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages, resolve_runtime
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
 from fastpix.infer.requests import ImageRequest
@@ -202,11 +203,13 @@ class Predictor:
         fused = getattr(self.generator, "backend", "eager") == "triton"
         if fused and requested not in (None, "auto", "eager"):
             raise ValueError(f"runtime {requested!r} runs backend 'eager' generators; this one is backend 'triton'")
+        # The weights' hash (~0.15 s at unet_256), taken at most once: for the decision and for the packages.
+        key = functools.cache(lambda: cache_key(self.network, self.norm_mode, self.precision))
         self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout,
-                                       images, lambda: has_packages(self.network, self.norm_mode, self.precision,
-                                                                    cache_dir))
+                                       images, lambda: has_packages(key(), cache_dir))
         if self.runtime == "compiled":
-            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir, self.max_batch_size)
+            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir, self.max_batch_size,
+                                   key())
         if self.runtime == "onnxruntime":
             if self.precision != "fp32" and self.requested_precision is not None:
                 raise ValueError(f"runtime 'onnxruntime' runs fp32, not {self.precision}")
