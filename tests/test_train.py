@@ -18,6 +18,15 @@ def tiny_models():
     return define_G(3, 3, 4, "unet_32", "batch", True, backend="eager"), define_D(6, 4, "basic", backend="eager")
 
 
+def twin_models():
+    """(G, D, G2, D2): tiny networks and copies of them with the same weights."""
+    G, D = tiny_models()
+    G2, D2 = tiny_models()
+    G2.load_state_dict(G.state_dict())
+    D2.load_state_dict(D.state_dict())
+    return G, D, G2, D2
+
+
 def test_update_order_detached_fake_and_d_updated_before_g_loss():
     G, D = tiny_models()
     step = Pix2PixStep(G, D)
@@ -46,10 +55,7 @@ def test_update_order_detached_fake_and_d_updated_before_g_loss():
 
 def test_step_equals_the_objective_written_out():
     """One step against pix2pix.md's objective, computed with plain torch on copies of the networks."""
-    G, D = tiny_models()
-    G2, D2 = tiny_models()
-    G2.load_state_dict(G.state_dict())
-    D2.load_state_dict(D.state_dict())
+    G, D, G2, D2 = twin_models()
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     torch.manual_seed(5)
     Pix2PixStep(G, D, lr=1e-3, gan_mode="lsgan", lambda_L1=10.0)(A, B)
@@ -102,10 +108,7 @@ def test_wgangp_is_the_references_critic_loss_without_penalty():
     logits = torch.randn(2, 1, 6, 6, dtype=torch.bfloat16)
     assert torch.equal(gan_loss(logits, True, "wgangp"), -logits.float().mean())
     assert torch.equal(gan_loss(logits, False, "wgangp", backend="triton"), logits.float().mean())  # no kernel
-    G, D = tiny_models()
-    G2, D2 = tiny_models()
-    G2.load_state_dict(G.state_dict())
-    D2.load_state_dict(D.state_dict())
+    G, D, G2, D2 = twin_models()
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     torch.manual_seed(5)
     losses = Pix2PixStep(G, D, lr=1e-3, gan_mode="wgangp", lambda_L1=10.0)(A, B)
