@@ -37,6 +37,7 @@ BATCHES = (1, 8) if cpu_real() else (1, 8, 64)
 ROUNDS = {1: 200, 8: 50, 64: 20} if GPU else {1: 5, 8: 3} if REAL else {1: 30, 8: 10, 64: 5}
 SERVER_CLIENTS = 32 if GPU else 4
 SERVER_SECONDS = 10.0 if GPU else 5.0
+SERVER_RUNTIME = "auto"  # what `fastpix serve` runs
 CASES = ("a_eager_fp32_nchw", "b_eager_bf16_channels_last", "c_torch_compile", "d_predictor_running",
          "e_predictor_instance")
 
@@ -114,7 +115,7 @@ def test_server_under_load(benchmark, device):
 
     size = CONFIG["size"]
     predictor = Predictor(generator(), device=device, norm_mode="running", max_batch_size=64,
-                          graph_size=(size, size) if GPU else None)
+                          graph_size=(size, size) if GPU else None, runtime=SERVER_RUNTIME)
     cfg = ServeConfig(max_batch_size=64, graph_size=size if GPU else 0, max_queue=4 * SERVER_CLIENTS)
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")

@@ -22,27 +22,23 @@ names, verified by its hash (committed_bytes): they never rename, as a training 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 
 import torch
 from safetensors.torch import load, load_file, save
 
+from fastpix.errors import CheckpointError
+from fastpix.files import TMP_PREFIX, atomic_write_bytes, atomic_write_json, disk_full, fsync_folder, write_new
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
 MANIFEST = "checkpoint.json"
 TRAIN_STATE = "latest_train_state.pt"
-TMP_PREFIX = ".tmp-"
 ARCH_FIELDS = ("netG", "ngf", "norm", "input_nc", "output_nc", "no_dropout")
 REQUIRED_ARCH = ("netG", "ngf", "norm", "input_nc", "output_nc")
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def _reason(exc: Exception) -> str:
@@ -60,59 +56,6 @@ def _one_line(exc: Exception) -> str:
 
 # ---- writing files -----------------------------------------------------------------------------------------------
 
-def _disk_full(path: str, needed: int, note: str = "") -> CheckpointError:
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    return CheckpointError(f"{path}: no space left on the device (the write needs {needed:,} bytes, "
-                           f"{free:,} are free){note}")
-
-
-def _create(path: str):
-    """A new file with the user's umask (mkstemp would make it 0600)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-
-
-def _write_file(path: str, data: bytes):
-    with open(path, "r+b") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_bytes(path: str, data: bytes, needed: int | None = None, note: str = ""):
-    """data to a new file at path, fsynced; ENOSPC becomes one line naming the path and the bytes needed (those
-    of data, or `needed`)."""
-    try:
-        _create(path)
-        _write_file(path, data)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(path, needed or len(data), note) from exc
-        raise
-
-
-def atomic_write(path: str, write, nbytes: int | None = None):
-    """Write through a temporary file in the same folder, then rename: readers see the old file or the new one.
-    nbytes: the size being written, for the message of a full disk (else what was written when it filled)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(4)}-{os.path.basename(path)}")
-    try:
-        _create(tmp)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(path, nbytes or (os.path.getsize(tmp) if os.path.exists(tmp) else 0)) from exc
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def weights_bytes(net_or_state, metadata: dict | None = None, fmt: str = ".safetensors") -> bytes:
     """A state_dict as safetensors, or as the reference's torch.save'd dict (.pth), on CPU."""
     state = net_or_state.state_dict() if isinstance(net_or_state, torch.nn.Module) else net_or_state
@@ -129,13 +72,9 @@ def torch_bytes(obj) -> bytes:
 
 
 def save_weights(path: str, net_or_state, metadata: dict | None = None):
-    data = weights_bytes(net_or_state, metadata, ".pth" if path.endswith(".pth") else ".safetensors")
-    atomic_write(path, lambda tmp: _write_file(tmp, data), len(data))
+    fmt = ".pth" if path.endswith(".pth") else ".safetensors"
+    atomic_write_bytes(path, weights_bytes(net_or_state, metadata, fmt))
 
-
-def save_json(path: str, obj):
-    text = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    atomic_write(path, lambda tmp: _write_file(tmp, text), len(text))
 
 
 def load_json(path: str):
@@ -156,16 +95,16 @@ def write_set(run_dir: str, files: dict[str, bytes], info: dict):
     needed = sum(len(b) for b in files.values())
     note = f"; the previous checkpoint ({MANIFEST}) is intact"
     if shutil.disk_usage(run_dir).free < needed:
-        raise _disk_full(os.path.join(run_dir, next(iter(files))), needed, note)
+        raise disk_full(os.path.join(run_dir, next(iter(files))), needed, note)
     entries = {}
     try:
         for name, data in files.items():
             tmp = f"{TMP_PREFIX}{info['iteration']}-{name}"
             with contextlib.suppress(FileNotFoundError):  # left by an earlier save of this iteration, killed
                 os.remove(os.path.join(run_dir, tmp))
-            write_bytes(os.path.join(run_dir, tmp), data, needed, note)
+            write_new(os.path.join(run_dir, tmp), data, needed, note)
             entries[name] = {"tmp": tmp, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        save_json(os.path.join(run_dir, MANIFEST), {**info, "files": entries})
+        atomic_write_json(os.path.join(run_dir, MANIFEST), {**info, "files": entries})
     except BaseException:
         if _committed(run_dir, entries):  # interrupted just after the commit: the new set stands
             _finish_renames(run_dir, entries)
@@ -189,12 +128,7 @@ def _finish_renames(run_dir: str, entries: dict):
         tmp = os.path.join(run_dir, entry["tmp"])
         if os.path.exists(tmp):
             os.replace(tmp, os.path.join(run_dir, name))
-    with contextlib.suppress(OSError):  # the renames themselves durable (not possible on every file system)
-        fd = os.open(run_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_folder(run_dir)  # the renames themselves durable
 
 
 def read_manifest(run_dir: str) -> dict | None:
@@ -304,8 +238,7 @@ class RunFolder:
                 with contextlib.suppress(ValueError):
                     if json.loads(line).get("iter", 0) <= iteration:
                         kept.append(line.rstrip(b"\n") + b"\n")
-        data = b"".join(kept)
-        atomic_write(path, lambda tmp: _write_file(tmp, data), len(data))
+        atomic_write_bytes(path, b"".join(kept))
 
     def save(self, G, D, train_state: dict, tags=()):
         """latest (and each tag: an epoch, iter_<N>) weights of G and D with the train state, as one set."""

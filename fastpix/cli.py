@@ -673,13 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_error(exc: BaseException) -> tuple[str, int] | None:
     """(one line, exit status) for an error the user can fix; None for a programming error (its traceback shows)."""
-    from fastpix.checkpoint import CheckpointError
-    from fastpix.data.dataset import DataError
+    from fastpix.errors import UserError
 
     if isinstance(exc, KeyboardInterrupt):
         return str(exc) or "interrupted", getattr(exc, "exit_status", 130)  # train.stop.Stopped: 128 + signal
-    if isinstance(exc, (DataError, CheckpointError)):
-        return f"error: {exc}", 2
+    if isinstance(exc, UserError):
+        return f"error: {exc}", exc.exit_status
     if isinstance(exc, OSError):  # permission denied, no space left, a missing file: with the path
         paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
         return f"error: {exc.strerror or exc}{': ' + paths if paths else ''}", 1

@@ -9,7 +9,7 @@ import json
 
 from PIL import Image, ImageDraw
 
-from fastpix.checkpoint import atomic_write
+from fastpix.files import atomic_write
 
 PANEL_W, PANEL_H, MARGIN = 360, 200, 40
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from fastpix import checkpoint as ckpt
+from fastpix import files
+from fastpix.errors import DiskFull
+from fastpix.files import atomic_write_json
 
 
 def write_set(run_dir, iteration, value):
@@ -30,8 +33,8 @@ class Killed(BaseException):
 
 def test_a_save_cut_before_its_commit_leaves_the_previous_set(tmp_path, monkeypatch):
     write_set(tmp_path, 1, 1.0)
-    real = ckpt._write_file
-    monkeypatch.setattr(ckpt, "_write_file", lambda path, data: (_ for _ in ()).throw(Killed())
+    real = files._write_into
+    monkeypatch.setattr(files, "_write_into", lambda path, data: (_ for _ in ()).throw(Killed())
                         if path.endswith(ckpt.TRAIN_STATE) else real(path, data))
     with pytest.raises(Killed):
         write_set(tmp_path, 2, 2.0)
@@ -73,8 +76,8 @@ def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch)
     def no_space(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_file", no_space)
-    with pytest.raises(ckpt.CheckpointError, match=r"\.tmp-2-latest_net_G.safetensors: no space left on the "
+    monkeypatch.setattr(files, "_write_into", no_space)
+    with pytest.raises(DiskFull, match=r"\.tmp-2-latest_net_G.safetensors: no space left on the "
                                                    r"device \(the write needs [\d,]+ bytes") as info:
         write_set(tmp_path, 2, 2.0)
     assert "\n" not in str(info.value) and "previous checkpoint" in str(info.value)
@@ -83,7 +86,7 @@ def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     # where the free space already tells, nothing is written at all
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: argparse.Namespace(free=10, total=10, used=0))
-    with pytest.raises(ckpt.CheckpointError, match="needs [\\d,]+ bytes, 10 are free"):
+    with pytest.raises(DiskFull, match="needs [\\d,]+ bytes, 10 are free"):
         write_set(tmp_path, 3, 3.0)
 
 
@@ -91,7 +94,7 @@ def test_files_get_the_users_umask(tmp_path):
     old = os.umask(0o027)
     try:
         write_set(tmp_path, 1, 1.0)
-        ckpt.save_json(str(tmp_path / "config.json"), {})
+        atomic_write_json(str(tmp_path / "config.json"), {})
     finally:
         os.umask(old)
     for name in ("latest_net_G.safetensors", ckpt.TRAIN_STATE, ckpt.MANIFEST, "config.json"):

@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fastpix import checkpoint as ckpt
 from fastpix.config import ModelConfig
 from fastpix.data.transforms import to_image_array, to_tensor
+from fastpix.files import atomic_write_json
 from fastpix.infer.predictor import Predictor, infer_architecture, pad_to, predict_files
 from fastpix.models import define_G
 from tiny_models import perturb_batchnorms
@@ -44,7 +45,7 @@ def test_from_run_folder_reads_config_json(tmp_path):
     ckpt.save_weights(str(run / "latest_net_G.safetensors"), G)
     # no_dropout cannot be read from weights; 'compile' is a training-only backend that inference must ignore
     model = dataclasses.asdict(ModelConfig(netG="unet_64", ngf=4, norm="batch", no_dropout=True, backend="compile"))
-    ckpt.save_json(str(run / "config.json"), {"model": model, "data": {}, "train": {}})
+    atomic_write_json(str(run / "config.json"), {"model": model, "data": {}, "train": {}})
     predictor = Predictor.from_checkpoint(run, norm_mode="running")
     assert not any(isinstance(m, torch.nn.Dropout) for m in predictor.generator.modules())
     x = batch(2, 64, 64)
@@ -95,11 +96,11 @@ def test_what_cannot_be_inferred_is_named(tmp_path):
     state = define_G(3, 3, 4, "unet_32", "batch").state_dict()
     del state["model.model.3.weight"]
     ckpt.save_weights(str(tmp_path / "g.safetensors"), state)
-    with pytest.raises(ValueError, match="cannot infer output_nc") as info:
+    with pytest.raises(ckpt.CheckpointError, match="cannot infer output_nc") as info:
         Predictor.from_checkpoint(tmp_path / "g.safetensors")
     assert "netG" not in str(info.value).split(";")[0]
     ckpt.save_weights(str(tmp_path / "foreign.safetensors"), {"encoder.weight": torch.zeros(2, 2)})
-    with pytest.raises(ValueError, match="cannot infer netG, ngf, norm, input_nc, output_nc"):
+    with pytest.raises(ckpt.CheckpointError, match="cannot infer netG, ngf, norm, input_nc, output_nc"):
         Predictor.from_checkpoint(tmp_path / "foreign.safetensors")
     with pytest.raises(ckpt.CheckpointError, match="does not fit"):  # given, but wrong: the strict load says so
         Predictor.from_checkpoint(tmp_path / "foreign.safetensors", netG="unet_32", ngf=4, norm="batch",

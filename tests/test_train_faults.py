@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from fastpix import checkpoint as ckpt
+from fastpix import files
+from fastpix.errors import DiskFull
 from fastpix.models import define_D, define_G
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
@@ -29,7 +31,7 @@ class Killed(BaseException):
 
 def fail_in_save(monkeypatch, iteration, error):
     """The save of `iteration` raises `error` while writing its second file (after latest_net_G)."""
-    real, failed = ckpt._write_file, []
+    real, failed = files._write_into, []
 
     def write(path, data):
         if os.path.basename(path) == f".tmp-{iteration}-latest_net_D.safetensors":
@@ -37,7 +39,7 @@ def fail_in_save(monkeypatch, iteration, error):
             raise error
         real(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_file", write)
+    monkeypatch.setattr(files, "_write_into", write)
     return failed
 
 
@@ -58,7 +60,7 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
         real_plot(*args)
 
     monkeypatch.setattr(progress, "write_loss_plot", plot)
-    with pytest.raises(type(error) if isinstance(error, Killed) else ckpt.CheckpointError) as info:
+    with pytest.raises(type(error) if isinstance(error, Killed) else DiskFull) as info:
         train(*configs(tiny_data, tmp_path, max_iters=7, save_latest_freq=1, display_freq=100), progress=False)
     if not isinstance(error, Killed):  # one line naming the file and the bytes, not the loss plot's second error
         assert "latest_net_D.safetensors: no space left on the device (the write needs" in str(info.value)

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from fastpix.errors import DataError, DecodeError, ImageTooLarge
+
 try:
     from fastpix import _decode as _native
 except ImportError:  # extension not built: PIL serves
@@ -34,18 +36,6 @@ MAX_PIXELS = 178956970
 
 _CHANNELS = {"RGB": 3, "L": 1}
 _BICUBIC = Image.Resampling.BICUBIC
-
-
-class DataError(ValueError):
-    """Bad data: the message names the folder or file and what is wrong."""
-
-
-class DecodeError(DataError):
-    """An image could not be decoded; the message names the file."""
-
-
-class ImageTooLarge(DecodeError):
-    """An image's header gives more pixels than the limit; refused before decoding. The message names the file."""
 
 
 _BOMB_GUARD = "(decompression bomb guard)"  # ends the native decoder's message for the size limit

@@ -24,10 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from fastpix import checkpoint as ckpt
 from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
+from fastpix.files import atomic_write
 from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages, resolve_runtime
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
@@ -466,7 +466,7 @@ def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batc
                 outputs = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices)
                 seed = predictor.last_seed  # one seed for the whole list, also when it was picked here
                 for output, target in zip(outputs, targets):
-                    ckpt.atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
+                    atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
                     written.append(target)
             bar.update(min(batch_size, len(inputs) - start))
     return written, failed

@@ -19,6 +19,7 @@ import torch
 from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
+from fastpix.files import atomic_write_json
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
 from fastpix.runtime import channels_last, resolve_precision, set_tf32
@@ -146,7 +147,7 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
         torch.manual_seed(train_cfg.seed + 7919 * world.rank)  # other dropout masks on other ranks
     s.engine = TrainEngine(step, device, cuda_graphs)
     if world.is_main:
-        ckpt.save_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
+        atomic_write_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
                                                  "data": dataclasses.asdict(data_cfg),
                                                  "train": dataclasses.asdict(train_cfg)})
     s.progress = Progress(run, cfgs, world, device, flops_per_image, peak_flops(device, precision),

@@ -14,6 +14,7 @@ from PIL import Image
 
 from fastpix import checkpoint as ckpt
 from fastpix.data.transforms import to_image_array
+from fastpix.files import atomic_write
 from fastpix.plot import write_loss_plot
 
 BOARD_SCALARS = ("G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s", "mfu")
@@ -106,7 +107,7 @@ class Progress:
     def samples(self, batch, fake_B, iteration):
         grid = sample_grid(batch["A"], fake_B, batch["B"])
         path = self.run.path(f"samples/iter_{iteration:07d}.png")
-        ckpt.atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
         write_loss_plot(self.run.path("metrics.jsonl"), self.run.path("loss.png"))
         if self.board is not None:
             self.board.add_image("samples/A_fake_B", np.asarray(grid), iteration, dataformats="HWC")
