@@ -184,3 +184,15 @@ def test_a_body_that_is_no_json_object_answers_400(study_dir, body):
         code, answer = post(server.url + "/api/answers", body)
     assert code == 400 and "JSON" in answer["error"], (code, answer)
 
+
+def test_report_prints_hostile_observer_ids_escaped_on_one_line_each(study_dir):
+    study = load_study(str(study_dir))
+    model = study["models"][0]["name"]
+    ids = ["\x1b[2J\x1b[1;31mmallory", "eve\nfacades: pooled 100.0%", "\u202etrudy", "back\\slash", "ok\r"]
+    text = format_report(build_report(study, [session(study, o, model, [True] * 40) for o in ids]))
+    assert all(c.isprintable() for line in text.splitlines() for c in line)  # no escape, no bidi override, no CR
+    rows = [line for line in text.splitlines() if " 0/40 " in line]
+    assert len(rows) == len(ids)  # one line per observer: no forged lines
+    for escaped in ("\\x1b[2J\\x1b[1;31mmallory", "eve\\nfacades: pooled 100.0%", "\\u202etrudy", "back\\\\slash",
+                    "ok\\r"):
+        assert sum(escaped in row for row in rows) == 1, escaped
