@@ -203,10 +203,12 @@ class StudyConfig:
 
 
 @dataclass
-class ConnectionLimits:
-    """How long, and how many, clients an HTTP server (`fastpix serve`, `fastpix study serve`) waits for. uvicorn's
-    own limits, and the two read deadlines it does not have, so that slow or stalled clients cannot hold
-    connections (and the memory of their bodies) for ever."""
+class HttpServerConfig:
+    """What both HTTP servers (`fastpix serve`, `fastpix study serve`) take: where to listen, and how long and how
+    many clients they wait for: uvicorn's own limits, and the two read deadlines it does not have, so that slow or
+    stalled clients cannot hold connections (and the memory of their bodies) for ever."""
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(8000, "TCP port to listen on (0: any free port)")
     header_timeout_s: float = opt(10.0, "a connection that has not sent a whole request head (request line and "
                                   "headers, at most 16 KiB: h11's limit) within this many seconds of opening, or of "
                                   "its previous answer, is closed (uvicorn has no such limit)")
@@ -220,8 +222,7 @@ class ConnectionLimits:
 
 
 @dataclass
-class StudyServeConfig(ConnectionLimits):
-    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+class StudyServeConfig(HttpServerConfig):
     port: int = opt(8100, "TCP port to listen on (0: any free port)")
     answers: str = opt(None, "JSON-lines file the sessions are appended to (default: <study>/answers.jsonl)")
     max_bytes: int = opt(256 * 2 ** 10, "largest answers submission accepted (bigger: 413)")
@@ -272,9 +273,7 @@ class PredictConfig(InferenceConfig):
 
 
 @dataclass
-class ServeConfig(ConnectionLimits, InferenceConfig):
-    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
-    port: int = opt(8000, "TCP port to listen on (0: any free port)")
+class ServeConfig(HttpServerConfig, InferenceConfig):
     max_batch_size: int = opt(16, "most requests one forward pass serves")
     max_wait_ms: float = opt(0.0, "after the first request of a batch, wait this long for more (0: a batch runs as "
                              "soon as the worker is free; requests arriving meanwhile form the next one)")

@@ -298,6 +298,29 @@ def test_a_failing_request_fails_alone_with_a_generic_500_and_its_traceback_in_t
     assert "Traceback" in log and "RuntimeError: the model cannot take width 40" in log
 
 
+class BrokenWarmup:
+    """The real predictor, whose warm-up fails (as it does when the device has no memory left)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def warmup(self, size):
+        raise RuntimeError("no device memory left for the warm-up")
+
+
+def test_a_failed_warm_up_answers_503_naming_it(predictor):
+    with BackgroundServer(create_app(BrokenWarmup(predictor), ServeConfig(graph_size=0))) as server:
+        wait_until(lambda: not server.app.state.batcher.alive, "the worker to give up")
+        status, _, body = translate(server, png_bytes(random_image(32, 32, 0)))
+        assert status == 503 and "warm-up failed: RuntimeError: no device memory left" in error_of(body)
+        assert request(f"{server.url}/healthz")[0] == 503
+        status, _, body = request(f"{server.url}/readyz")
+        assert status == 503 and "warm-up failed" in json.loads(body)["reason"]
+
+
 def test_full_queue_answers_503_with_retry_after_and_slow_answers_504(predictor):
     gated = GatedPredictor(predictor)
     with BackgroundServer(create_app(gated, ServeConfig(graph_size=0, max_queue=2, timeout_s=1.0))) as server:

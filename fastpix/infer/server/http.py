@@ -5,9 +5,9 @@ Errors: a client's mistake is raised as FastAPI's HTTPException and answered JSO
 status; anything else is a bug (or the machine failing): answered 500 with a generic JSON error, and re-raised by
 Starlette so that uvicorn logs it with its traceback.
 
-Slow clients (the limits of a config.ConnectionLimits, which both servers' configs are): uvicorn bounds the size of
-a request head (h11: 16 KiB) and the number of connections (limit_concurrency), but neither how long a client may
-take to send its head nor its body. HeadDeadlineProtocol closes a connection whose head is not whole within
+Slow clients (the limits of config.HttpServerConfig, which both servers' configs extend): uvicorn bounds the size
+of a request head (h11: 16 KiB) and the number of connections (limit_concurrency), but neither how long a client
+may take to send its head nor its body. HeadDeadlineProtocol closes a connection whose head is not whole within
 header_timeout_s; BodyLimits answers a body not whole within body_timeout_s with 408 (and closes the connection),
 one over max_bytes with 413. A stalled client thus holds its socket, its slot and what it sent for a bounded time.
 """
