@@ -56,7 +56,7 @@ class OptionalBuildExt(build_ext):
             print(f"fastpix: C++ decoder not built ({exc}); PIL serves", file=sys.stderr)
 
 
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
 ONNX = ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"]
 
 setup(
@@ -85,7 +85,8 @@ setup(
         # --use_wandb: Weights & Biases' own client (offline mode works without a network).
         "wandb": ["wandb"],
         # fastpix serve: FastAPI (routing, multipart parsing, lifespan) on uvicorn (HTTP/1.1, graceful shutdown on
-        # SIGTERM); well-kept libraries rather than an HTTP stack of our own. python-multipart parses uploads.
+        # SIGTERM); well-kept libraries rather than an HTTP stack of our own. python-multipart parses uploads;
+        # prometheus-client writes /metrics, from a registry of each app's own.
         "serve": SERVE,
         # fastpix export --format onnx: torch.onnx's dynamo exporter needs onnx and onnxscript; onnxruntime checks
         # the exported file against PyTorch.

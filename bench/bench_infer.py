@@ -150,8 +150,7 @@ def test_server_under_load(benchmark, device):
             time.sleep(0.05)
         benchmark.group = "serve"
         benchmark.pedantic(load, args=(server,), rounds=1, iterations=1)
-        batches = server.app.state.metrics.batch_size
-        mean_batch = batches.sum / max(batches.count, 1)
+        mean_batch = server.app.state.metrics.mean_batch_size()
     assert not failures, failures[:3]
     times = np.array(latencies)
     benchmark.extra_info.update({

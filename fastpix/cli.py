@@ -353,10 +353,7 @@ def cmd_serve(args):
     graphs = device.type == "cuda" and cfg.graph_size > 0 and cfg.norm_mode != "batch" and not cfg.dropout
     predictor = load_predictor(cfg, "serve", max_batch_size=cfg.max_batch_size,
                                graph_size=(cfg.graph_size, cfg.graph_size) if graphs else None)
-    try:
-        app = create_app(predictor, cfg)
-    except ValueError as exc:
-        raise SystemExit(f"fastpix serve: error: {exc}") from exc
+    app = create_app(predictor, cfg)  # ConfigError for --norm-mode batch
     print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}"
           f"{', graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
           f"http://{cfg.host}:{cfg.port}/v1/translate", flush=True)

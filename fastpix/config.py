@@ -28,7 +28,8 @@ MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "
            "epoch_count": 1, "max_iters": 1, "lr": 0.0, "lr_decay_iters": 1, "nproc": 1, "save_epoch_freq": 1,
            "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "num_test": 0, "load_iter": 0,
            "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1, "graph_size": 0, "port": 0,
-           "timeout_s": 0.0, "max_wait_ms": 0.0, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
+           "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1, "body_timeout_s": 0.1, "keep_alive_s": 1,
+           "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
            "epochs": 1}
 
 
@@ -202,8 +203,26 @@ class StudyConfig:
 
 
 @dataclass
-class StudyServeConfig:
+class HttpServerConfig:
+    """What both HTTP servers (`fastpix serve`, `fastpix study serve`) take: where to listen, and how long and how
+    many clients they wait for: uvicorn's own limits, and the two read deadlines it does not have, so that slow or
+    stalled clients cannot hold connections (and the memory of their bodies) for ever."""
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(8000, "TCP port to listen on (0: any free port)")
+    header_timeout_s: float = opt(10.0, "a connection that has not sent a whole request head (request line and "
+                                  "headers, at most 16 KiB: h11's limit) within this many seconds of opening, or of "
+                                  "its previous answer, is closed (uvicorn has no such limit)")
+    body_timeout_s: float = opt(30.0, "a request body not whole within this many seconds of its head is answered 408 "
+                                "and its connection closed (uvicorn has no such limit)")
+    keep_alive_s: int = opt(5, "an idle connection is closed this many seconds after its last answer (uvicorn's "
+                            "--timeout-keep-alive)")
+    limit_concurrency: int = opt(512, "connections and requests at once, at most (uvicorn's --limit-concurrency): "
+                                 "beyond, a request is answered 503; each may hold up to --max-bytes of body while "
+                                 "it is read")
+
+
+@dataclass
+class StudyServeConfig(HttpServerConfig):
     port: int = opt(8100, "TCP port to listen on (0: any free port)")
     answers: str = opt(None, "JSON-lines file the sessions are appended to (default: <study>/answers.jsonl)")
     max_bytes: int = opt(256 * 2 ** 10, "largest answers submission accepted (bigger: 413)")
@@ -254,14 +273,12 @@ class PredictConfig(InferenceConfig):
 
 
 @dataclass
-class ServeConfig(InferenceConfig):
-    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
-    port: int = opt(8000, "TCP port to listen on (0: any free port)")
+class ServeConfig(HttpServerConfig, InferenceConfig):
     max_batch_size: int = opt(16, "most requests one forward pass serves")
     max_wait_ms: float = opt(0.0, "after the first request of a batch, wait this long for more (0: a batch runs as "
                              "soon as the worker is free; requests arriving meanwhile form the next one)")
     max_queue: int = opt(256, "requests waiting beyond this many are refused with 503 and Retry-After")
-    timeout_s: float = opt(30.0, "a request not answered within this many seconds gets 504")
+    timeout_s: float = opt(30.0, "a request not answered within this many seconds of its body's arrival gets 504")
     max_bytes: int = opt(20 * 2 ** 20, "largest request body accepted (bigger: 413)")
     max_pixels: int = opt(4096 * 4096, "largest image accepted, in pixels after padding to the generator's "
                           "multiple (bigger: 413); also the most padded pixels one forward pass computes")

@@ -20,6 +20,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
+pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
 from fastpix import checkpoint as ckpt  # noqa: E402
 from fastpix.config import ServeConfig  # noqa: E402
@@ -98,6 +99,17 @@ def error_of(body) -> str:
     return json.loads(body)["error"]
 
 
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent), parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 class GatedPredictor:
     """The real predictor behind a gate the test opens: it holds the worker so that requests pile up."""
 
@@ -168,11 +180,26 @@ def test_translate_answers_the_predictors_image_in_every_request_form(predictor)
         assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
         assert np.abs(decoded(body).astype(int) - expected).mean() < 8  # JPEG quality 95
         metrics = request(f"{server.url}/metrics")[2].decode()
-    assert 'fastpix_requests_total{code="200"} 4' in metrics
-    assert "fastpix_queue_depth 0" in metrics
-    assert 'fastpix_batch_size_bucket{le="1"} 4' in metrics
-    assert "fastpix_request_latency_seconds_count 4" in metrics
+    assert metric(metrics, "fastpix_requests_total", code="200") == 4
+    assert metric(metrics, "fastpix_queue_depth") == 0 and "fastpix_queue_depth 0" in metrics
+    assert metric(metrics, "fastpix_batch_size_bucket", le="1.0") == 4
+    assert metric(metrics, "fastpix_request_latency_seconds_count") == 4
     assert "# TYPE fastpix_request_latency_seconds histogram" in metrics
+
+
+def test_two_apps_in_one_process_count_their_own_requests():
+    first, second = (Predictor(tiny_generator(), device="cpu") for _ in range(2))  # one model worker each
+    image = png_bytes(random_image(32, 32, 4))
+    with BackgroundServer(create_app(first, ServeConfig(graph_size=0))) as a, \
+            BackgroundServer(create_app(second, ServeConfig(graph_size=0))) as b:
+        for server, n in ((a, 2), (b, 1)):
+            for _ in range(n):
+                assert translate(server, image)[0] == 200
+        assert request(f"{b.url}/v1/translate", b"", {"Content-Type": "text/plain"})[0] == 415
+        texts = [request(f"{server.url}/metrics")[2].decode() for server in (a, b)]
+    assert [metric(text, "fastpix_requests_total", code="200") for text in texts] == [2, 1]
+    assert [metric(text, "fastpix_requests_total", code="415") for text in texts] == [0, 1]
+    assert [metric(text, "fastpix_batch_size_count") for text in texts] == [2, 1]
 
 
 def test_accept_header_chooses_the_format():
@@ -251,10 +278,10 @@ def test_bad_requests_are_named_and_the_server_goes_on(predictor):
         assert status == 200
         metrics = request(f"{server.url}/metrics")[2].decode()
     for code, n in [(400, 6), (413, 2), (415, 1), (200, 1)]:
-        assert f'fastpix_requests_total{{code="{code}"}} {n}' in metrics
+        assert metric(metrics, "fastpix_requests_total", code=str(code)) == n
 
 
-def test_a_failing_request_fails_alone(predictor):
+def test_a_failing_request_fails_alone_with_a_generic_500_and_its_traceback_in_the_log(predictor, capfd):
     gated = GatedPredictor(predictor, fail_width=40)
     with BackgroundServer(create_app(gated, ServeConfig(graph_size=0))) as server:
         batcher = server.app.state.batcher
@@ -265,8 +292,33 @@ def test_a_failing_request_fails_alone(predictor):
         gated.gate.set()
         join(threads)
         assert [status for status, _, _ in results] == [200, 500, 200, 200]
-        assert "width 40" in error_of(results[1][2])
+        assert error_of(results[1][2]).startswith("internal server error")  # a bug's details are not the client's
         assert translate(server, png_bytes(images[0]))[0] == 200
+    log = capfd.readouterr().err
+    assert "Traceback" in log and "RuntimeError: the model cannot take width 40" in log
+
+
+class BrokenWarmup:
+    """The real predictor, whose warm-up fails (as it does when the device has no memory left)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def warmup(self, size):
+        raise RuntimeError("no device memory left for the warm-up")
+
+
+def test_a_failed_warm_up_answers_503_naming_it(predictor):
+    with BackgroundServer(create_app(BrokenWarmup(predictor), ServeConfig(graph_size=0))) as server:
+        wait_until(lambda: not server.app.state.batcher.alive, "the worker to give up")
+        status, _, body = translate(server, png_bytes(random_image(32, 32, 0)))
+        assert status == 503 and "warm-up failed: RuntimeError: no device memory left" in error_of(body)
+        assert request(f"{server.url}/healthz")[0] == 503
+        status, _, body = request(f"{server.url}/readyz")
+        assert status == 503 and "warm-up failed" in json.loads(body)["reason"]
 
 
 def test_full_queue_answers_503_with_retry_after_and_slow_answers_504(predictor):
@@ -288,7 +340,7 @@ def test_full_queue_answers_503_with_retry_after_and_slow_answers_504(predictor)
         wait_until(lambda: batcher.queue.qsize() == 0, "the worker to pass over the abandoned requests")
         assert translate(server, image)[0] == 200
         metrics = request(f"{server.url}/metrics")[2].decode()
-    assert 'fastpix_batch_size_count 2' in metrics  # the held request and the last; the abandoned two never ran
+    assert metric(metrics, "fastpix_batch_size_count") == 2  # the held one and the last: the abandoned two never ran
 
 
 # ---- shutdown --------------------------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
+pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
 from fastpix.config import ServeConfig  # noqa: E402
 from fastpix.data.decode import decode_image  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
 from fastpix.models import define_G  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from test_server import assert_same_image, decoded, error_of, request  # noqa: E402
 from tiny_models import perturb_batchnorms  # noqa: E402
 
@@ -139,5 +141,6 @@ def test_soak_mixed_requests_over_a_small_queue(predictor):
             name, *_, want, words = spec
             assert status == want and words in error_of(answer), (name, status, answer[:200])
     assert watch.peak - baseline < RSS_BOUND, f"RSS grew by {(watch.peak - baseline) / 2 ** 20:.0f} MiB"
-    total = sum(int(line.split()[-1]) for line in metrics.splitlines() if line.startswith("fastpix_requests_total"))
+    total = sum(sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
+                if sample.name == "fastpix_requests_total")
     assert total == len(plan) + shed[0] + 1  # every request answered once, the warm-up one included

@@ -1,6 +1,7 @@
 """The perceptual study without a browser: the study folder, the answers server and file, the report.
 (tests/test_study_browser.py runs whole sessions in headless Chromium.)"""
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -137,3 +138,61 @@ def test_torn_last_line_is_skipped_and_counted(study_dir, capsys):
     assert "1 unreadable lines" in out and "1 incomplete or malformed" in out
     assert "100.0% [91.2, 100.0] of 40 trials" in out
     assert json.loads((study_dir / "report.json").read_text())["models"][model]["judged_real"] == 40
+
+
+def test_a_torn_last_line_is_ended_before_the_next_session_is_appended(study_dir):
+    from fastpix.infer.server import BackgroundServer
+    from fastpix.study.server import create_app
+
+    study = load_study(str(study_dir))
+    model = study["models"][0]["name"]
+    line = json.dumps(session(study, "gus", model, [True] * 40))
+    answers = study_dir / "answers.jsonl"
+    answers.write_text(line + "\n" + line[:100])  # a crash (or a full disk) tore the second append
+    with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0))) as server:
+        hana = json.dumps(session(study, "hana", model, [False] * 40)).encode()
+        assert post(server.url + "/api/answers", hana) == (200, {"saved": True, "trials": 52})
+    sessions, bad = read_sessions(str(answers))
+    assert [s["observer"] for s in sessions] == ["gus", "hana"] and bad == 1  # the acknowledged session is whole
+    assert answers.read_text().split("\n")[1] == line[:100]  # and the fragment is kept, on a line of its own
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full (Linux) answers every write with ENOSPC")
+def test_a_failed_write_answers_a_json_error_and_acknowledges_nothing(study_dir, tmp_path):
+    from fastpix.infer.server import BackgroundServer
+    from fastpix.study.server import create_app
+
+    study = load_study(str(study_dir))
+    body = json.dumps(session(study, "ian", study["models"][0]["name"], [True] * 40)).encode()
+    (tmp_path / "a folder").mkdir()
+    for answers, status, words in [("/dev/full", 507, "no space left"),  # a full disk
+                                   (str(tmp_path / "a folder"), 500, "internal server error")]:  # any other OSError
+        with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0, answers=answers))) as server:
+            code, answer = post(server.url + "/api/answers", body)
+            assert code == status and words in answer["error"] and "saved" not in answer, (code, answer)
+            with urllib.request.urlopen(server.url + "/healthz", timeout=10) as health:
+                assert json.loads(health.read())["sessions"] == 0
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"observer": "\xff\xfe"}', b"[1, 2]", b"null",
+                                  b'"a string"', b"1e999"])
+def test_a_body_that_is_no_json_object_answers_400(study_dir, body):
+    from fastpix.infer.server import BackgroundServer
+    from fastpix.study.server import create_app
+
+    with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0, max_bytes=2 ** 20))) as server:
+        code, answer = post(server.url + "/api/answers", body)
+    assert code == 400 and "JSON" in answer["error"], (code, answer)
+
+
+def test_report_prints_hostile_observer_ids_escaped_on_one_line_each(study_dir):
+    study = load_study(str(study_dir))
+    model = study["models"][0]["name"]
+    ids = ["\x1b[2J\x1b[1;31mmallory", "eve\nfacades: pooled 100.0%", "\u202etrudy", "back\\slash", "ok\r"]
+    text = format_report(build_report(study, [session(study, o, model, [True] * 40) for o in ids]))
+    assert all(c.isprintable() for line in text.splitlines() for c in line)  # no escape, no bidi override, no CR
+    rows = [line for line in text.splitlines() if " 0/40 " in line]
+    assert len(rows) == len(ids)  # one line per observer: no forged lines
+    for escaped in ("\\x1b[2J\\x1b[1;31mmallory", "eve\\nfacades: pooled 100.0%", "\\u202etrudy", "back\\\\slash",
+                    "ok\\r"):
+        assert sum(escaped in row for row in rows) == 1, escaped

@@ -20,7 +20,11 @@ from fastpix.infer.requests import ImageRequest
 
 
 class QueueFull(Exception):
-    pass
+    """max_queue jobs or max_queue_pixels padded pixels are waiting already: the caller may retry later."""
+
+
+class WorkerStopped(Exception):
+    """The worker will not run this job: its warm-up failed, or it stopped (the server is shutting down)."""
 
 
 @dataclass
@@ -181,4 +185,4 @@ class Batcher:
             except queue.Empty:
                 return
             if job is not _STOP and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError(message))
+                job.future.set_exception(WorkerStopped(message))

@@ -3,16 +3,20 @@
 A session is what the page posts at its end: {"study_id", "observer", "model", "started", "finished",
 "user_agent", "trials": [{"index", "kind", "stem", "fake_side", "answer", "rt_ms", "shown_ms"}, ...]}, with kind
 practice, scored or attention. Each line is written with one write(), flushed and fsync'ed before the server
-answers, so an acknowledged session survives a crash; a line torn by a crash mid-write is skipped (and counted) on
-reading.
+answers, so an acknowledged session survives a crash. A line torn by a crash or a full disk mid-write is skipped (and
+counted) on reading; before the next append it gets its newline, so that the fragment stays in the file, a line of
+its own for a person to inspect, and the next session's line is whole.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
 from datetime import datetime, timezone
+
+from fastpix.files import disk_full, is_disk_full
 
 KINDS = ("practice", "scored", "attention")
 SIDES = ("left", "right")
@@ -84,12 +88,34 @@ class AnswersFile:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def append(self, session: dict):
+        """Append `session` as one line, on disk (fsync'ed) when this returns. A torn last line first gets its
+        newline (see the module doc). No space left: DiskFull; any other OSError is raised as it is."""
         line = (json.dumps(session, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         with self.lock:
-            with open(self.path, "ab") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(self.path, "a+b") as f:
+                    torn = ends_torn(f)
+                    if torn:
+                        logging.getLogger(__name__).warning(
+                            "%s: its last line was torn (no newline: a crash or a full disk); it now ends there, so "
+                            "that this session starts a line of its own (study report counts the fragment as "
+                            "unreadable)", self.path)
+                    f.write((b"\n" if torn else b"") + line)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full(self.path, len(line), "; the session was not saved") from exc
+                raise
+
+
+def ends_torn(f) -> bool:
+    """Whether the file open as f ends in a line without its newline: an append torn by a crash or a full disk."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return False
+    f.seek(size - 1)
+    return f.read(1) != b"\n"
 
 
 def read_sessions(path: str) -> tuple[list[dict], int]:

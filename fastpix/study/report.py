@@ -84,6 +84,14 @@ def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict
             "models": {name: model_summary(rows) for name, rows in by_model.items()}}
 
 
+def printable(text) -> str:
+    """text with every character a terminal would act on (escape sequences, newlines, bidirectional overrides …)
+    written as a Python repr writes it (\\x1b, \\n, \\u202e), and backslashes doubled: whatever an observer id
+    holds, it prints as itself, on one line."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
 def fmt_pct(value, interval=None) -> str:
     if value is None:
         return "n/a"
@@ -93,8 +101,8 @@ def fmt_pct(value, interval=None) -> str:
 
 def format_report(report: dict) -> str:
     p = report["protocol"]
-    lines = [f"Real vs fake study {report['study_id']}: {report['sessions']} sessions; {p['practice_trials']} "
-             f"practice + {p['scored_trials']} scored trials, {p['exposure_ms']} ms exposure",
+    lines = [f"Real vs fake study {printable(report['study_id'])}: {report['sessions']} sessions; "
+             f"{p['practice_trials']} practice + {p['scored_trials']} scored trials, {p['exposure_ms']} ms exposure",
              "% judged real = scored trials in which the generated image was taken for the real one "
              "(50% = at chance); [95% Wilson interval]"]
     if report["unreadable_lines"] or report["other_studies"] or report["invalid_sessions"]:
@@ -102,11 +110,11 @@ def format_report(report: dict) -> str:
                      f"of another study, {report['invalid_sessions']} incomplete or malformed sessions")
     for name, m in report["models"].items():
         sem = "" if m["observer_sem_pct"] is None else f" ± {m['observer_sem_pct']:.1f}"
-        lines.append(f"\n{name}: pooled {fmt_pct(m['judged_real_pct'], m['ci95_pct'])} of {m['n']} trials, "
+        lines.append(f"\n{printable(name)}: pooled {fmt_pct(m['judged_real_pct'], m['ci95_pct'])} of {m['n']} trials, "
                      f"{m['observers']} observers; mean over observers {fmt_pct(m['observer_mean_pct'])}{sem} (s.e.)")
         for r in m["per_observer"]:
             flag = f"  EXCLUDED: {r['excluded']}" if r["excluded"] else ""
-            lines.append(f"  {r['observer'][:40]:<40} {r['judged_real']:>3}/{r['n']:<3} "
+            lines.append(f"  {printable(r['observer'])[:40]:<40} {r['judged_real']:>3}/{r['n']:<3} "
                          f"{fmt_pct(r['judged_real_pct'], r['ci95_pct']):<22} practice {r['practice_correct']}/"
                          f"{r['practice']}{flag}")
         if m["excluded"]:

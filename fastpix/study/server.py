@@ -5,38 +5,64 @@
     POST /api/answers    one whole session (answers.py); 200 {"saved": true} once it is on disk (fsync'ed)
     GET  /healthz        200 {"status": "ok", "sessions": n saved by this process}
 
-Errors answer JSON {"error": "..."}: not JSON or not a session of this study 400, over max_bytes 413. Shutdown
-(SIGTERM / Ctrl-C) stops accepting connections and finishes the submissions already received.
+Errors answer JSON {"error": "..."}, and a session is acknowledged only once it is on disk: a body that is not a JSON
+object or not a session of this study 400, over max_bytes 413, not whole within body_timeout_s 408, no space left
+for the answers file 507, any other failure 500 (its traceback in the log). The connection limits are fastpix
+serve's (fastpix/infer/server/http.py). Shutdown (SIGTERM / Ctrl-C) stops accepting connections and finishes the
+submissions already received.
 """
 from __future__ import annotations
 
-import json
 import os
+from typing import Annotated
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
+from fastpix.errors import DiskFull
+from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response, json_object, run
 from fastpix.study.answers import AnswersFile, SessionError, check_session
 from fastpix.study.page import ANSWERS_FILE, PAGE_FILE, load_study
 
+__all__ = ["create_app", "run"]
 
-class TooLarge(Exception):
-    pass
+router = APIRouter()
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise TooLarge(f"submission is {length} bytes; this server accepts at most {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked uploads carry no length: count as they come
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge(f"submission exceeds {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def app_state(request: Request) -> State:
+    return request.app.state
+
+
+AppState = Annotated[State, Depends(app_state)]
+
+
+@router.get("/")
+async def page(state: AppState):
+    return FileResponse(os.path.join(state.folder, PAGE_FILE), headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/answers")
+async def submit(request: Request, state: AppState):
+    session = check_session(json_object(await request.body()), state.study)
+    await run_in_threadpool(state.answers.append, session)
+    state.saved += 1
+    return {"saved": True, "trials": len(session["trials"])}
+
+
+@router.get("/healthz")
+async def healthz(state: AppState):
+    return {"status": "ok", "sessions": state.saved}
+
+
+async def not_a_session(request, exc: SessionError):
+    return error_response(400, f"not a session of this study: {exc}")
+
+
+async def no_space(request, exc: DiskFull):
+    return error_response(507, str(exc))
 
 
 def create_app(folder: str, cfg=None) -> FastAPI:
@@ -44,43 +70,13 @@ def create_app(folder: str, cfg=None) -> FastAPI:
     from fastpix.config import StudyServeConfig
 
     cfg = cfg or StudyServeConfig()
-    study = load_study(folder)
-    answers = AnswersFile(cfg.answers or os.path.join(folder, ANSWERS_FILE))
     app = FastAPI(title="fastpix study", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.study, app.state.answers, app.state.saved = study, answers, 0
-
-    def error(status: int, message: str):
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.get("/")
-    async def page():
-        return FileResponse(os.path.join(folder, PAGE_FILE), headers={"Cache-Control": "no-store"})
-
-    @app.post("/api/answers")
-    async def submit(request: Request):
-        try:
-            payload = json.loads(await read_body(request, cfg.max_bytes))
-            session = check_session(payload, study)
-        except TooLarge as exc:
-            return error(413, str(exc))
-        except SessionError as exc:
-            return error(400, f"not a session of this study: {exc}")
-        except (ValueError, RecursionError) as exc:
-            return error(400, f"the body is not JSON: {type(exc).__name__}: {str(exc)[:200]}")
-        await run_in_threadpool(answers.append, session)
-        app.state.saved += 1
-        return {"saved": True, "trials": len(session["trials"])}
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "sessions": app.state.saved}
-
+    app.state.folder, app.state.config, app.state.study = folder, cfg, load_study(folder)
+    app.state.answers, app.state.saved = AnswersFile(cfg.answers or os.path.join(folder, ANSWERS_FILE)), 0
+    app.include_router(router)
     app.mount("/images", StaticFiles(directory=os.path.join(folder, "images")), name="images")
+    add_error_handlers(app)
+    app.add_exception_handler(SessionError, not_a_session)
+    app.add_exception_handler(DiskFull, no_space)
+    app.add_middleware(BodyLimits, max_bytes=cfg.max_bytes, timeout_s=cfg.body_timeout_s)
     return app
-
-
-def run(app, host: str, port: int, graceful_timeout_s: float = 10.0):
-    """Serve in this thread until SIGINT/SIGTERM (the CLI)."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_timeout_s, log_level="info")

@@ -1,0 +1,60 @@
+"""create_app: one Predictor behind the dynamic batcher, served by the routes of routes.py."""
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from fastpix.errors import ConfigError
+from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
+from fastpix.infer.server.codecs import decode_slots
+from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response
+from fastpix.infer.server.metrics import CountRequests, ServerMetrics
+from fastpix.infer.server.routes import router
+
+RETRY_AFTER_S = 1
+
+
+async def server_busy(request, exc: QueueFull):
+    return error_response(503, f"server busy: {exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def worker_stopped(request, exc: WorkerStopped):
+    return error_response(503, str(exc))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    """The batcher's worker runs while the app serves; on shutdown it answers every request queued, then ends."""
+    app.state.batcher.start()
+    yield
+    await run_in_threadpool(app.state.batcher.stop, app.state.config.timeout_s)
+
+
+def create_app(predictor, cfg=None) -> FastAPI:
+    """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig."""
+    from fastpix.config import ServeConfig
+
+    cfg = cfg or ServeConfig()
+    if predictor.norm_mode == "batch":
+        raise ConfigError("--norm-mode batch makes a request's output depend on the other requests in its batch; "
+                          "serve with --norm-mode instance (the paper's protocol at batch 1) or running")
+    # The predictor decides whether it runs CUDA graphs; warm-up at the size requests are expected at lets it
+    # capture them (or choose its algorithms) before /readyz says ready. One forward pass computes at most
+    # max_pixels padded pixels whatever its batch: the worker is never held longer than one such pass.
+    warmup = (cfg.graph_size, cfg.graph_size) if cfg.graph_size else None
+    batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
+                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)
+    metrics = ServerMetrics(batcher.queue.qsize)
+    batcher.on_batch = metrics.batch
+    app = FastAPI(title="fastpix", lifespan=lifespan)
+    app.state.batcher, app.state.config, app.state.metrics = batcher, cfg, metrics
+    app.state.decode_slots = decode_slots()
+    app.include_router(router)
+    add_error_handlers(app)
+    app.add_exception_handler(QueueFull, server_busy)
+    app.add_exception_handler(WorkerStopped, worker_stopped)
+    app.add_middleware(BodyLimits, max_bytes=cfg.max_bytes, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(CountRequests, metrics=metrics, method="POST", path="/v1/translate")
+    return app
