@@ -2,6 +2,8 @@
 sizes, batch invariance, bf16), their on-disk cache key, the fallbacks, and ONNX Runtime.
 
 Compiling costs seconds per graph: the module compiles two graphs in all."""
+import errno
+import os
 import warnings
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 import torch
 
 from fastpix import runtime
+from fastpix.errors import DiskFull, MissingDependency
+from fastpix.files import TMP_PREFIX
 from fastpix.infer import compiled
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
@@ -65,7 +69,7 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
     predictor, together, _ = instance_fp32
     folder = cache_root / predictor.runner.key
     assert sorted(p.name for p in folder.glob("*.pt2")) == ["2x64x64.pt2"]  # 37×45 padded to U-Net 32's multiple
-    assert not list(folder.glob("*.partial*"))
+    assert not list(folder.glob(f"{TMP_PREFIX}*"))  # built under a temporary name, renamed when whole
 
     def no_build(*args):
         raise AssertionError("a cached package was built again")
@@ -189,7 +193,7 @@ def test_onnxruntime_missing_is_one_clear_message(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an install without the [onnx] extra sees
-    with pytest.raises(ImportError, match=r"runtime 'onnxruntime' and ONNX export need onnxruntime: pip install"):
+    with pytest.raises(MissingDependency, match=r"needs the optional package onnxruntime: pip install 'fastpix\[onnx"):
         Predictor(tiny_G(), device="cpu", norm_mode="running", runtime="onnxruntime")
 
 
@@ -203,7 +207,7 @@ def test_onnxruntime_equals_eager_fp32(tmp_path):
     eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
     for got, want in zip(predictor(images, output_type="pt"), eager(images, output_type="pt")):
         assert relative_error(got, want) < 1e-4
-    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(predictor.runner.path)]  # nothing beside it
     with pytest.raises(ValueError, match="runtime 'onnxruntime' runs fp32, not bf16"):
         Predictor(G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime",
                   cache_dir=str(tmp_path))
@@ -262,3 +266,41 @@ def test_a_torch_without_the_loader_class_loads_packages_through_the_public_load
     direct = compiled.load_package(path)(x)
     monkeypatch.undo()
     assert torch.equal(direct, compiled.load_package(path)(x))
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def half_written_then_full(path_arg: str):
+    """A writer that puts part of a file at the path it is given, then finds the disk full."""
+    def write(*args, **kwargs):
+        path = kwargs.get(path_arg) or args[2]
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        no_space()
+    return write
+
+
+def test_a_full_disk_while_building_a_package_leaves_no_file_and_names_it(tmp_path, monkeypatch):
+    from fastpix.infer.norm_modes import inference_network
+
+    net, _ = compiled.prepared_network(inference_network(tiny_G(), "running"), "fp32")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", half_written_then_full("package_path"))
+    target = tmp_path / "cache" / "1x32x32.pt2"
+    with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
+        compiled.build_package(net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last),
+                               str(target))
+    assert [p.name for p in target.parent.iterdir() if not p.is_dir()] == []  # neither the package nor a temporary
+
+
+def test_a_full_disk_while_writing_onnx_leaves_no_file_and_names_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    from fastpix.infer.norm_modes import inference_network
+    from fastpix.infer.onnx_runtime import write_onnx
+
+    monkeypatch.setattr(torch.onnx, "export", half_written_then_full("f"))
+    target = tmp_path / "g.onnx"
+    with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
+        write_onnx(inference_network(tiny_G(), "running"), str(target), 32)
+    assert list(tmp_path.iterdir()) == []
