@@ -152,18 +152,19 @@ def test_seeded_dropout_does_not_depend_on_the_batch():
     predictor = Predictor(G, dropout=True)
     assert not torch.allclose(predictor(a, seed=8, output_type="pt"), together[0])
     assert not torch.allclose(Predictor(G)(a, output_type="pt"), together[0])
-    first = predictor(a, output_type="pt")
-    assert isinstance(predictor.last_seed, int)
-    assert torch.equal(predictor(a, seed=predictor.last_seed, output_type="pt"), first)
+    first, picked = predictor(a, output_type="pt", return_seeds=True)
+    assert isinstance(picked, int)
+    assert torch.equal(predictor(a, seed=picked, output_type="pt"), first)
+    assert not torch.allclose(predictor(a, seed=picked + 1, output_type="pt"), first)
 
 
 def test_a_seed_per_image_equals_each_image_alone():
     G = generator("unet_64", "batch", dropout=True)  # unet_32 has no block that carries dropout
     x = batch(3, 64, 64)
     predictor = Predictor(G, dropout=True, max_batch_size=8)
-    together = predictor(list(x), seed=[11, 12, None], output_type="pt")
-    seeds = predictor.last_seed
+    together, seeds = predictor(list(x), seed=[11, 12, None], output_type="pt", return_seeds=True)
     assert seeds[:2] == [11, 12] and isinstance(seeds[2], int)
+    close(torch.stack(together), torch.stack(predictor(list(x), seed=seeds, output_type="pt")))
     for i in range(3):  # a list of seeds makes each image a request of its own: noise index 0
         close(together[i], predictor(x[i], seed=seeds[i], output_type="pt"))
     assert not torch.allclose(together[0], predictor(x[0], seed=12, output_type="pt"))

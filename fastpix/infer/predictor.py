@@ -4,6 +4,7 @@
     predict = Predictor.from_checkpoint("checkpoints/facades")     # a run folder, a .safetensors or a reference .pth
     photo = predict("label.png")                                   # PIL in, PIL out, same size as the input
     arrays = predict([img_a, img_b], seed=3, output_type="np")
+    results = predict.run([ImageRequest(img_a, seed=3)])           # typed: each result names the seed it drew
 
 Images are reflect-padded to the size the generator needs (a multiple of 2**num_downs for a U-Net, of 4 for a
 ResNet), run, and cropped back. Padding is split evenly between the two sides; where it exceeds what one reflection
@@ -31,7 +32,7 @@ from fastpix.files import atomic_write
 from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages, resolve_runtime
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
-from fastpix.infer.requests import ImageRequest
+from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 from fastpix.runtime import PRECISIONS, autocast, channels_last, default_device, resolve_precision
@@ -139,9 +140,10 @@ def convert_output(t: torch.Tensor, output_type: str):
 class Predictor:
     """Images in, images out. See the module docstring; `generator` is kept untouched, `network` is what runs.
 
-    One thread at a time may call it (dropout seeds and CUDA graph buffers are per-predictor state); the server
-    gives it to a single worker thread. runtime 'auto' compiles on a CPU (compiled.resolve_runtime) unless the
-    caller says it will translate fewer `images` than compiling pays for (config.COMPILE_PAYS_FROM_IMAGES).
+    One thread at a time may call it (CUDA graph buffers and the dropout layers' generators are per-predictor
+    state); the server gives it to a single worker thread. runtime 'auto' compiles on a CPU
+    (compiled.resolve_runtime) unless the caller says it will translate fewer `images` than compiling pays for
+    (config.COMPILE_PAYS_FROM_IMAGES).
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
@@ -176,7 +178,6 @@ class Predictor:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.max_batch_size = max_batch_size
         self.runner = self._build_runner(runtime, cache_dir, images)
-        self.last_seed = None
         self.graphs = None
         if graph_size is not None:
             if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -256,13 +257,15 @@ class Predictor:
         # No weight cache: it would hold casts made outside a CUDA graph capture.
         return autocast(self.device.type, self.precision, cache_enabled=False)
 
-    def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None):
+    def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None, return_seeds=False):
         """One image or a list: PIL images, HWC uint8 arrays, CHW tensors (uint8, or float in [-1, 1]), or file paths.
 
         seed: dropout noise; image k of the call draws its masks from (seed, indices[k]) (indices default 0..n-1),
         so its output does not depend on the other images. A list gives each image its own seed and makes it a
         request of its own (indices then default to 0): a server batches independent requests this way (the typed
-        form of that is run()). None picks a seed, kept in `last_seed`.
+        form of that is run()). None picks a seed (dropout on).
+        return_seeds: return (outputs, seed), seed being the argument that gives these outputs again (the one
+        given, or the one picked; a list for a list).
         resize=(w, h): inputs are resized (bicubic) to it, and outputs back to each input's size.
         output_type: 'pil' (RGB, grey tiled), 'np' (HWC uint8), 'pt' (CHW float32 in [-1, 1] on the device; the
         images of a batch that needed no padding share one storage).
@@ -276,21 +279,20 @@ class Predictor:
         indices = list(indices)
         if len(indices) != len(items):
             raise ValueError(f"indices has {len(indices)} entries for {len(items)} images")
-        last_seed = self._resolve_seed(seed, len(items)) if self.dropout else seed
-        seeds = last_seed if isinstance(last_seed, list) else [last_seed] * len(items)
-        outputs = self.run([ImageRequest(item, s, i) for item, s, i in zip(items, seeds, indices)], output_type,
+        seed = self._resolve_seed(seed, len(items)) if self.dropout else seed
+        seeds = seed if isinstance(seed, list) else [seed] * len(items)
+        results = self.run([ImageRequest(item, s, i) for item, s, i in zip(items, seeds, indices)], output_type,
                            resize)
-        self.last_seed = last_seed
-        return outputs[0] if single else outputs
+        outputs = results[0].image if single else [r.image for r in results]
+        return (outputs, seed) if return_seeds else outputs
 
-    def run(self, requests: list[ImageRequest], output_type="np", resize=None) -> list:
-        """The typed path: one output per ImageRequest, each from its own (seed, index) dropout noise (a seed of None
-        is picked here, with dropout on; `last_seed` then lists the seeds used). resize and output_type as in
-        __call__. Images of one padded size run together, at most max_batch_size per forward pass."""
+    def run(self, requests: list[ImageRequest], output_type="np", resize=None) -> list[ImageResult]:
+        """The typed path: one ImageResult per ImageRequest, each from its own (seed, index) dropout noise (a seed
+        of None is picked here, with dropout on, and named in the result). resize and output_type as in __call__.
+        Images of one padded size run together, at most max_batch_size per forward pass."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         seeds = [secrets.randbits(63) if self.dropout and r.seed is None else r.seed for r in requests]
-        self.last_seed = seeds
         inputs = [load_input(r.image, self.input_nc, resize) for r in requests]
         groups = defaultdict(list)
         for k, (t, _) in enumerate(inputs):
@@ -313,7 +315,7 @@ class Predictor:
                             y = _resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
                                 memory_format=torch.contiguous_format)
                         outputs[k] = convert_output(y, output_type)
-        return outputs
+        return [ImageResult(out, s, r.index) for out, s, r in zip(outputs, seeds, requests)]
 
     @staticmethod
     def _resolve_seed(seed, n: int):
@@ -444,7 +446,7 @@ def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batc
     Returns (written paths, [(path, message)] of failures).
 
     An unreadable file is reported and skipped. File k of `inputs` draws its dropout noise from (seed, k), so the
-    results do not depend on batch_size.
+    results do not depend on batch_size; with dropout on and no seed, one is picked for the whole run.
     """
     from tqdm import tqdm
 
@@ -463,8 +465,9 @@ def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batc
                 targets.append(os.path.join(output_dir, names[k]))
                 indices.append(k)
             if images:
-                outputs = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices)
-                seed = predictor.last_seed  # one seed for the whole list, also when it was picked here
+                # The seed the call drew from (picked by the first batch when none was given) serves every batch.
+                outputs, seed = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices,
+                                          return_seeds=True)
                 for output, target in zip(outputs, targets):
                     atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
                     written.append(target)
