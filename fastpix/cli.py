@@ -319,7 +319,7 @@ def cmd_predict(args):
     """Translate image files with a generator: each output is <output>/<input name>.png (images found in a folder
     keep their sub-folder). Unreadable files are reported and skipped, the others still written; the exit status
     is then 1 (0 when every file was translated)."""
-    from fastpix.infer.predictor import collect_inputs, predict_files
+    from fastpix.infer.image_files import collect_inputs, predict_files
 
     cfg = build_config(PredictConfig, vars(args))
     inputs = collect_inputs(args.input)

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from fastpix.infer.predictor import GraphRunner, Predictor
+from fastpix.infer.graphs import GraphRunner
+from fastpix.infer.predictor import Predictor
 from fastpix.models import define_D, define_G
 from fastpix.train.engine import TrainEngine
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep

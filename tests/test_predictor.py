@@ -13,7 +13,9 @@ from fastpix import checkpoint as ckpt
 from fastpix.config import ModelConfig
 from fastpix.data.transforms import to_image_array, to_tensor
 from fastpix.files import atomic_write_json
-from fastpix.infer.predictor import Predictor, infer_architecture, pad_to, predict_files
+from fastpix.infer.image_files import predict_files
+from fastpix.infer.images import pad_to
+from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from tiny_models import perturb_batchnorms
 
@@ -78,7 +80,7 @@ def test_bare_reference_pth_architecture_is_inferred(tmp_path, netG, norm, input
     expected = dict(netG=netG, ngf=4, norm=norm, input_nc=input_nc, output_nc=output_nc)
     if netG.startswith("resnet"):
         expected["no_dropout"] = False
-    assert infer_architecture(G.state_dict()) == expected
+    assert ckpt.infer_architecture(G.state_dict()) == expected
     predictor = Predictor.from_checkpoint(str(path), norm_mode="running")
     for (k, a), (k2, b) in zip(G.state_dict().items(), predictor.generator.state_dict().items()):
         assert k == k2 and torch.equal(a, b)

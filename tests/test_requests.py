@@ -10,7 +10,8 @@ from PIL import Image
 
 from fastpix.data.transforms import to_tensor
 from fastpix.infer.batcher import Batcher, QueueFull
-from fastpix.infer.predictor import Predictor, load_input, to_network_input
+from fastpix.infer.images import load_input, to_network_input
+from fastpix.infer.predictor import Predictor
 from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models import define_G
 

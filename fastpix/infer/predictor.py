@@ -6,30 +6,24 @@
     arrays = predict([img_a, img_b], seed=3, output_type="np")
     results = predict.run([ImageRequest(img_a, seed=3)])           # typed: each result names the seed it drew
 
-Images are reflect-padded to the size the generator needs (a multiple of 2**num_downs for a U-Net, of 4 for a
-ResNet), run, and cropped back. Padding is split evenly between the two sides; where it exceeds what one reflection
-can give (pad >= side), several reflections are chained, and a side of 1 pixel is replicated instead.
-Norm and dropout behaviour: see norm_modes.py (both backends: a backend='triton' generator keeps its fused kernels).
-Outputs convert to uint8 as the reference saves them.
+Images are padded to the generator's multiple and cropped back (images.py). Norm and dropout behaviour: see
+norm_modes.py (both backends: a backend='triton' generator keeps its fused kernels). CUDA graphs: graphs.py.
+Translating files into a folder: image_files.py.
 """
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 from collections import defaultdict
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image
 
-from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
-from fastpix.data.decode import DecodeError, decode_image
-from fastpix.data.transforms import BICUBIC, to_image_array
-from fastpix.files import atomic_write
+from fastpix.checkpoint import load_generator
 from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages, resolve_runtime
+from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
+from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
+    resize_tensor, to_network_input
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
 from fastpix.infer.requests import ImageRequest, ImageResult
@@ -37,105 +31,6 @@ from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 from fastpix.runtime import PRECISIONS, autocast, channels_last, default_device, resolve_precision
 
-OUTPUT_TYPES = ("pil", "np", "pt")
-GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-# ---- padding and conversion ------------------------------------------------------------------------------------------
-
-def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
-    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
-
-
-def _pad_offsets(h, w, size):
-    return (size[0] - h) // 2, (size[1] - w) // 2
-
-
-def pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Reflect-pad a (N)CHW tensor to size, centred; chained reflections for pads >= the side, replicate at side 1."""
-    h, w = x.shape[-2:]
-    top, left = _pad_offsets(h, w, size)
-    bottom, right = size[0] - h - top, size[1] - w - left
-    while left or right or top or bottom:
-        h, w = x.shape[-2:]
-        if (w == 1 and (left or right)) or (h == 1 and (top or bottom)):
-            return F.pad(x, (left, right, top, bottom), mode="replicate")
-        step = (min(left, w - 1), min(right, w - 1), min(top, h - 1), min(bottom, h - 1))
-        x = F.pad(x, step, mode="reflect")
-        left, right, top, bottom = left - step[0], right - step[1], top - step[2], bottom - step[3]
-    return x
-
-
-def crop_from(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    top, left = _pad_offsets(h, w, y.shape[-2:])
-    return y[..., top:top + h, left:left + w]
-
-
-def _resize_tensor(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    if tuple(t.shape[-2:]) == (h, w):
-        return t
-    return F.interpolate(t[None], size=(h, w), mode="bicubic", align_corners=False, antialias=True)[0].clamp(-1, 1)
-
-
-def load_input(item, input_nc: int, resize=None):
-    """An image as (CHW tensor, (h, w) before any resize): uint8 for images, arrays and paths (normalised to
-    [-1, 1] on the device, by Predictor.run), float in [-1, 1] for float tensors. Files are read through the
-    decoding facade (fastpix.data.decode): its DecodeError names the file."""
-    mode = "L" if input_nc == 1 else "RGB"
-    if isinstance(item, (str, os.PathLike)):
-        item = decode_image(item, mode)
-    if isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
-        if item.dim() != 3 or item.shape[0] != input_nc:
-            raise ValueError(f"uint8 tensor images must be CHW with {input_nc} channels; got shape "
-                             f"{tuple(item.shape)} (pass a batch as a list)")
-        if resize is None:
-            return item.detach(), tuple(item.shape[-2:])
-        item = item.detach().cpu().permute(1, 2, 0).numpy()
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or item.ndim not in (2, 3):
-            raise ValueError(f"numpy images must be HWC (or HW) uint8; got {item.dtype} of shape {item.shape}")
-        channels = 1 if item.ndim == 2 else item.shape[2]
-        if channels == input_nc and resize is None:  # already what the network takes: no PIL round trip
-            hwc = np.ascontiguousarray(item).reshape(item.shape[0], item.shape[1], channels)
-            if not hwc.flags.writeable:  # torch wants a writable array; nothing here writes to it, but copy anyway
-                hwc = hwc.copy()
-            return torch.from_numpy(hwc).permute(2, 0, 1), item.shape[:2]
-        item = Image.fromarray(item[:, :, 0] if channels == 1 and item.ndim == 3 else item)
-    if isinstance(item, Image.Image):
-        original = (item.height, item.width)
-        img = item.convert(mode)
-        if resize is not None:
-            img = img.resize(tuple(resize), BICUBIC)
-        arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, input_nc)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), original
-    if isinstance(item, torch.Tensor):
-        if item.dim() != 3 or item.shape[0] != input_nc:
-            raise ValueError(f"tensor images must be CHW with {input_nc} channels in [-1, 1]; got shape "
-                             f"{tuple(item.shape)} (pass a batch as a list)")
-        t = item.detach().float()
-        original = tuple(t.shape[-2:])
-        return (t if resize is None else _resize_tensor(t, resize[1], resize[0])), original
-    raise TypeError(f"cannot read an image from {type(item).__name__}: give a PIL image, an HWC uint8 array, a CHW "
-                    "tensor (uint8, or float in [-1, 1]) or a file path")
-
-
-def to_network_input(t: torch.Tensor, device) -> torch.Tensor:
-    """load_input's tensor on the device in [-1, 1]: uint8 crosses to the device as bytes and is normalised there,
-    with to_tensor's operation order (x / 255 - 0.5) / 0.5, so the values equal the CPU chain's bit for bit."""
-    t = t.to(device, non_blocking=True)
-    if t.dtype == torch.uint8:
-        return t.float().div_(255).sub_(0.5).div_(0.5)
-    return t
-
-
-def convert_output(t: torch.Tensor, output_type: str):
-    if output_type == "pt":
-        return t
-    arr = to_image_array(t)
-    return arr if output_type == "np" else Image.fromarray(arr)
-
-
-# ---- the predictor ---------------------------------------------------------------------------------------------------
 
 class Predictor:
     """Images in, images out. See the module docstring; `generator` is kept untouched, `network` is what runs.
@@ -312,7 +207,7 @@ class Predictor:
                         h, w = inputs[k][0].shape[-2:]
                         if (h, w) != size or inputs[k][1] != (h, w):
                             # A copy, not a view: a cropped image must not hold its whole batch alive.
-                            y = _resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
+                            y = resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
                                 memory_format=torch.contiguous_format)
                         outputs[k] = convert_output(y, output_type)
         return [ImageResult(out, s, r.index) for out, s, r in zip(outputs, seeds, requests)]
@@ -337,139 +232,3 @@ class Predictor:
             seed_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
         with self.autocast():
             return self.network(batch).float()
-
-
-class GraphRunner:
-    """CUDA graphs of the predictor's network for one padded size, one per batch bucket, captured on first use.
-
-    A request is padded up to the next bucket with spare rows; the rows are independent (checked by Predictor), so
-    the spare rows' content does not matter. If a capture fails, the runner warns once, naming the cause
-    (`failure`), and that bucket runs the eager forward, with the same results.
-    """
-
-    def __init__(self, predictor: Predictor, size: tuple[int, int]):
-        self.predictor = predictor
-        self.size = size
-        self.graphs = {}
-        self.failure = None
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        n = batch.shape[0]
-        bucket = next(b for b in GRAPH_BUCKETS if b >= n)
-        captured = self.capture(bucket)
-        if captured is None:
-            with self.predictor.autocast():
-                return self.predictor.network(batch).float()
-        static_in, static_out, graph = captured
-        static_in[:n].copy_(batch)
-        graph.replay()
-        return static_out[:n].clone(memory_format=torch.contiguous_format)  # out of the buffer the next replay reuses
-
-    def capture(self, bucket: int):
-        """(static input, static output, graph) of a bucket, captured on first use; None if its capture failed."""
-        if bucket not in self.graphs:
-            self.graphs[bucket] = self._capture(bucket)
-        return self.graphs[bucket]
-
-    def _capture(self, bucket: int):
-        import warnings
-
-        try:
-            return self._record(bucket)
-        except Exception as exc:  # noqa: BLE001 - whatever broke the capture, the eager forward still holds
-            if self.failure is None:
-                warnings.warn(f"fastpix: capturing the Predictor's CUDA graph failed ({type(exc).__name__}: {exc}); "
-                              "it runs without CUDA graphs", RuntimeWarning, stacklevel=4)
-            self.failure = f"{type(exc).__name__}: {exc}"[:300]
-            return None
-
-    def _record(self, bucket: int):
-        from fastpix.models import tune_layers
-
-        p = self.predictor
-        static_in = torch.zeros(bucket, p.input_nc, *self.size, device=p.device).contiguous(
-            memory_format=torch.channels_last)
-        with p.autocast():  # backend 'triton': each layer's choice (Triton or cuDNN) made now, outside the capture
-            tune_layers(p.network, static_in)
-        # Warm-up on a side stream, as CUDA graph capture requires: cuDNN picks its algorithms outside the capture.
-        stream = torch.cuda.Stream(p.device)
-        stream.wait_stream(torch.cuda.current_stream(p.device))
-        with torch.cuda.stream(stream), p.autocast():
-            for _ in range(2):
-                p.network(static_in)
-        torch.cuda.current_stream(p.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), p.autocast():
-            static_out = p.network(static_in).float()
-        return static_in, static_out, graph
-
-
-# ---- files -----------------------------------------------------------------------------------------------------------
-
-def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
-    """(path, name relative to the output folder) for each file given, and for each image under each folder given
-    (recursively, sorted; the sub-folders are kept in the name). A path that does not exist is kept, so that
-    predict_files reports it with the unreadable files."""
-    from fastpix.data.dataset import list_images
-
-    found = []
-    for item in map(os.fspath, items):
-        if os.path.isdir(item):
-            found += [(path, os.path.relpath(path, item)) for path in list_images(item)]
-        else:
-            found.append((item, os.path.basename(item)))
-    return found
-
-
-def _output_names(names: list[str]) -> list[str]:
-    """<stem>.png per input name, none the same: every name that is unique keeps it; a name taken (a.jpg and a.png,
-    or a third file whose own name is a_2.png) gets the first free _2, _3 … so that no result overwrites another."""
-    wanted = [f"{os.path.splitext(os.fspath(name))[0]}.png" for name in names]
-    first = {}
-    for k, name in enumerate(wanted):
-        first.setdefault(name, k)
-    taken, out = set(wanted), []
-    for k, name in enumerate(wanted):
-        if first[name] != k:
-            stem, n = name[:-len(".png")], 2
-            while f"{stem}_{n}.png" in taken:
-                n += 1
-            name = f"{stem}_{n}.png"
-            taken.add(name)
-        out.append(name)
-    return out
-
-
-def predict_files(predictor: Predictor, inputs: list[str], output_dir: str, batch_size: int = 8,
-                  progress: bool = True, seed=None, resize=None, names: list[str] | None = None):
-    """Translate image files into output_dir/<name stem>.png (names default to the inputs' file names).
-    Returns (written paths, [(path, message)] of failures).
-
-    An unreadable file is reported and skipped. File k of `inputs` draws its dropout noise from (seed, k), so the
-    results do not depend on batch_size; with dropout on and no seed, one is picked for the whole run.
-    """
-    from tqdm import tqdm
-
-    os.makedirs(output_dir, exist_ok=True)
-    names = _output_names([os.path.basename(os.fspath(p)) for p in inputs] if names is None else names)
-    written, failed = [], []
-    with tqdm(total=len(inputs), unit="img", disable=not progress) as bar:
-        for start in range(0, len(inputs), batch_size):
-            images, targets, indices = [], [], []
-            for k in range(start, min(start + batch_size, len(inputs))):
-                try:
-                    images.append(decode_image(inputs[k], "L" if predictor.input_nc == 1 else "RGB"))
-                except DecodeError as exc:  # report it and go on; the caller names the file, so the message need not
-                    failed.append((inputs[k], str(exc).removeprefix(f"{os.fsdecode(inputs[k])}: ")))
-                    continue
-                targets.append(os.path.join(output_dir, names[k]))
-                indices.append(k)
-            if images:
-                # The seed the call drew from (picked by the first batch when none was given) serves every batch.
-                outputs, seed = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices,
-                                          return_seeds=True)
-                for output, target in zip(outputs, targets):
-                    atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
-                    written.append(target)
-            bar.update(min(batch_size, len(inputs) - start))
-    return written, failed

@@ -116,7 +116,7 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
     import torch
 
     from fastpix.data.decode import DecodeError, ImageTooLarge, decode_image, image_size
-    from fastpix.infer.predictor import padded_size
+    from fastpix.infer.images import padded_size
 
     if not data:
         raise RequestError(400, "the request holds no image data")
