@@ -346,20 +346,16 @@ def cmd_serve(args):
     except ImportError as exc:
         raise SystemExit(f"fastpix serve: error: {exc.name} is missing; install the server with "
                          "pip install 'fastpix[serve]'") from exc
-    from fastpix.runtime import default_device
-
     cfg = build_config(ServeConfig, vars(args))
-    device = default_device(cfg.device)
-    graphs = device.type == "cuda" and cfg.graph_size > 0 and cfg.norm_mode != "batch" and not cfg.dropout
+    # The graph size asked for; whether CUDA graphs run is the predictor's plan, and its description says it.
     predictor = load_predictor(cfg, "serve", max_batch_size=cfg.max_batch_size,
-                               graph_size=(cfg.graph_size, cfg.graph_size) if graphs else None)
+                               graph_size=(cfg.graph_size, cfg.graph_size) if cfg.graph_size > 0 else None)
     try:
         app = create_app(predictor, cfg)
     except ValueError as exc:
         raise SystemExit(f"fastpix serve: error: {exc}") from exc
-    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}"
-          f"{', graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
-          f"http://{cfg.host}:{cfg.port}/v1/translate", flush=True)
+    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}), http://{cfg.host}:{cfg.port}/v1/translate",
+          flush=True)
     run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from fastpix import runtime
-from fastpix.errors import DiskFull, MissingDependency
+from fastpix.config import COMPILE_PAYS_FROM_IMAGES
+from fastpix.errors import ConfigError, DiskFull, MissingDependency
 from fastpix.files import TMP_PREFIX
-from fastpix.infer import compiled
+from fastpix.infer import compiled, plan
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
@@ -75,7 +76,7 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
         raise AssertionError("a cached package was built again")
 
     monkeypatch.setattr(compiled, "build_package", no_build)
-    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
     again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root),
                       images=1)  # one image: compiling would not pay, loading the built package does
     assert again.runtime == "compiled" and set(again.runner.packages) == {(2, 3, 64, 64)}  # loaded up front
@@ -150,24 +151,24 @@ def test_a_failed_compile_says_why_once_and_gives_the_eager_result(monkeypatch, 
 
 def test_auto_compiles_only_where_images_are_independent(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
-    assert compiled.resolve_runtime("auto", cpu, "instance", False) == "compiled"
-    assert compiled.resolve_runtime(None, cpu, "running", False) == "compiled"
-    assert compiled.resolve_runtime("auto", cpu, "batch", False) == "eager"
-    assert compiled.resolve_runtime("auto", cpu, "instance", True) == "eager"
-    assert compiled.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
-    few, many = compiled.COMPILE_PAYS_FROM_IMAGES - 1, compiled.COMPILE_PAYS_FROM_IMAGES
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
-    assert compiled.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
+    monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    assert plan.resolve_runtime("auto", cpu, "instance", False) == "compiled"
+    assert plan.resolve_runtime(None, cpu, "running", False) == "compiled"
+    assert plan.resolve_runtime("auto", cpu, "batch", False) == "eager"
+    assert plan.resolve_runtime("auto", cpu, "instance", True) == "eager"
+    assert plan.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
+    few, many = COMPILE_PAYS_FROM_IMAGES - 1, COMPILE_PAYS_FROM_IMAGES
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
+    assert plan.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
     # A network whose packages are built already compiles for a single image: loading them costs ~0.1 s.
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: True) == "compiled"
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: False) == "eager"
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: True) == "compiled"
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: False) == "eager"
     assert Predictor(tiny_G(), device="cpu", precision="fp32", images=few).runtime == "eager"
-    with pytest.raises(ValueError, match="runtime 'compiled': norm_mode 'batch'"):
-        compiled.resolve_runtime("compiled", cpu, "batch", False)
-    with pytest.raises(ValueError, match="runtime 'jit' is not one of"):
-        compiled.resolve_runtime("jit", cpu, "batch", False)
+    with pytest.raises(ConfigError, match="--runtime 'compiled': norm_mode 'batch'"):
+        plan.resolve_runtime("compiled", cpu, "batch", False)
+    with pytest.raises(ConfigError, match="--runtime 'jit' is not one of"):
+        plan.resolve_runtime("jit", cpu, "batch", False)
 
 
 def test_bf16_detection_is_honest(monkeypatch):
@@ -203,12 +204,12 @@ def test_onnxruntime_equals_eager_fp32(tmp_path):
     G = tiny_G()
     images = odd_images(2)
     predictor = Predictor(G, device="cpu", norm_mode="instance", runtime="onnxruntime", cache_dir=str(tmp_path))
-    assert predictor.description.startswith("cpu, fp32, onnxruntime")
+    assert predictor.description.startswith("cpu, fp32, onnxruntime") and "NCHW" in predictor.description
     eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
     for got, want in zip(predictor(images, output_type="pt"), eager(images, output_type="pt")):
         assert relative_error(got, want) < 1e-4
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(predictor.runner.path)]  # nothing beside it
-    with pytest.raises(ValueError, match="runtime 'onnxruntime' runs fp32, not bf16"):
+    with pytest.raises(ConfigError, match="runtime 'onnxruntime' runs fp32, not bf16"):
         Predictor(G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime",
                   cache_dir=str(tmp_path))
 

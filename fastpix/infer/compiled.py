@@ -16,7 +16,7 @@ machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then 
 never leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and
 the CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of
 the weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for
-shipping. docs/design.md, "The CPU runtime".
+shipping. Whether this runtime runs at all is the Predictor's plan (plan.py); docs/design.md, "The CPU runtime".
 
 If building or loading fails, the Predictor says why in one line and runs the network eagerly instead.
 """
@@ -31,8 +31,6 @@ import torch
 import torch.nn as nn
 
 from fastpix import runtime
-from fastpix.config import COMPILE_PAYS_FROM_IMAGES
-from fastpix.config import INFERENCE_RUNTIMES as RUNTIMES
 from fastpix.config import default_compile_cache_dir
 from fastpix.files import atomic_write
 
@@ -45,39 +43,6 @@ def batch_pieces(threads: int) -> tuple[int, ...]:
     of 8 with ~24,500 page faults per call (docs/benchmarks.md, "CPU at real size: unet_256")."""
     top = min(8, max(2, 2 ** (max(threads, 1).bit_length() - 1)))
     return tuple(2 ** k for k in range(top.bit_length() - 1, -1, -1))
-
-
-# What runtime 'auto' takes on each device type where nothing rules the compiled path out. CUDA keeps its eager
-# path (with CUDA graphs when asked).
-AUTO = {"cpu": "compiled"}
-
-
-def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None,
-                    cached=None) -> str:
-    """The runtime that runs: 'auto' compiles where that is exact and pays (images: how many the caller will
-    translate, None for a long-lived caller such as the server; cached: a function saying whether this network's
-    packages are already built, which makes compiling pay at once); one asked for that cannot run says why."""
-    requested = requested or "auto"
-    if requested not in RUNTIMES:
-        raise ValueError(f"runtime {requested!r} is not one of {', '.join(RUNTIMES)}")
-    if requested == "eager":
-        return requested
-    blocker = ""
-    if requested == "onnxruntime" and device.type != "cpu":
-        blocker = f"the ONNX Runtime path runs on the CPU, not {device.type}"
-    elif device.type != "cpu":
-        blocker = f"the compiled runtime is for CPUs, not {device.type}"
-    elif norm_mode == "batch" or dropout:
-        blocker = ("norm_mode 'batch' and dropout tie images of a batch together or draw per-image noise, which "
-                   "the compiled graphs do not do")
-    if requested != "auto" and blocker:
-        raise ValueError(f"runtime {requested!r}: {blocker}")
-    if requested != "auto":
-        return requested
-    if blocker or AUTO.get(device.type, "eager") == "eager":
-        return "eager"
-    few = images is not None and images < COMPILE_PAYS_FROM_IMAGES
-    return "eager" if few and not (cached is not None and cached()) else AUTO[device.type]
 
 
 def weights_key(network: nn.Module, *parts) -> str:

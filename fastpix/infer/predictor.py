@@ -6,12 +6,14 @@
     arrays = predict([img_a, img_b], seed=3, output_type="np")
     results = predict.run([ImageRequest(img_a, seed=3)])           # typed: each result names the seed it drew
 
-Images are padded to the generator's multiple and cropped back (images.py). Norm and dropout behaviour: see
-norm_modes.py (both backends: a backend='triton' generator keeps its fused kernels). CUDA graphs: graphs.py.
-Translating files into a folder: image_files.py.
+How it runs (device, precision, runtime, layout, CUDA graphs) is decided once, when it is built: `plan`
+(plan.py), and `description` says it in a few words. Images are padded to the generator's multiple and cropped back
+(images.py). Norm and dropout behaviour: see norm_modes.py (both backends: a backend='triton' generator keeps its
+fused kernels). Translating files into a folder: image_files.py.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 from collections import defaultdict
@@ -20,68 +22,58 @@ import torch
 import torch.nn as nn
 
 from fastpix.checkpoint import load_generator
-from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages, resolve_runtime
+from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
 from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
     resize_tensor, to_network_input
+from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seeded_dropout, uses_triton
 from fastpix.infer.onnx_runtime import OnnxNetwork
-from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seed_dropout
+from fastpix.infer.plan import ExecutionPlan, plan_execution
 from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
-from fastpix.runtime import PRECISIONS, autocast, channels_last, default_device, resolve_precision
 
 
 class Predictor:
     """Images in, images out. See the module docstring; `generator` is kept untouched, `network` is what runs.
 
     One thread at a time may call it (CUDA graph buffers and the dropout layers' generators are per-predictor
-    state); the server gives it to a single worker thread. runtime 'auto' compiles on a CPU
-    (compiled.resolve_runtime) unless the caller says it will translate fewer `images` than compiling pays for
-    (config.COMPILE_PAYS_FROM_IMAGES).
+    state); the server gives it to a single worker thread. runtime 'auto' compiles on a CPU (plan.resolve_runtime)
+    unless the caller says it will translate fewer `images` than compiling pays for (config.COMPILE_PAYS_FROM_IMAGES).
+    graph_size (h, w): run batches of that size (padded) as CUDA graphs where the device and the norm mode allow it;
+    elsewhere the plan runs without them and `plan.graphs_off` says why.
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
                  graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None):
-        self.device = default_device(device)
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.device.type != "cuda" and precision not in (None, "fp32", "bf16"):
-            raise ValueError(f"precision {precision!r} needs a CUDA device; on {self.device} fp32 and bf16 are "
-                             "supported")
-        self.precision, self.requested_precision = resolve_precision(precision, self.device), precision
         if isinstance(generator, UnetGenerator):
             self.multiple = 2 ** generator.num_downs
         elif isinstance(generator, ResnetGenerator):
             self.multiple = 4
         else:
             raise TypeError(f"Predictor needs a UnetGenerator or ResnetGenerator, not {type(generator).__name__}")
-        if getattr(generator, "backend", "eager") == "triton":
-            from fastpix.kernels import INTERPRETED
-
-            if self.device.type != "cuda" and not INTERPRETED:
-                raise ValueError(f"backend 'triton' needs a CUDA device, not {self.device} (or TRITON_INTERPRET=1 set "
-                                 "before importing fastpix, to run the kernels in Triton's slow interpreter); use "
-                                 "backend 'eager' on a CPU")
         self.generator = generator
         self.input_nc = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.norm_mode = norm_mode
-        self.network = inference_network(generator, norm_mode, dropout).to(self.device)
-        self.dropout = has_dropout(self.network)
-        self.channels_last = channels_last(self.device, self.precision)
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
-        self.max_batch_size = max_batch_size
-        self.runner = self._build_runner(runtime, cache_dir, images)
-        self.graphs = None
-        if graph_size is not None:
-            if self.device.type != "cuda" or not torch.cuda.is_available():
-                raise ValueError("graph_size: CUDA graphs need a CUDA device")
-            if norm_mode == "batch" or self.dropout:
-                raise ValueError("graph_size: CUDA graphs pad requests with spare images, which needs images that "
-                                 "are independent of each other (norm_mode 'instance' or 'running', dropout off)")
-            self.graphs = GraphRunner(self, padded_size(*graph_size, self.multiple))
-            self.max_batch_size = min(max_batch_size, GRAPH_BUCKETS[-1])
+        network = inference_network(generator, norm_mode, dropout)
+        self.dropout = has_dropout(network)
+        # The weights' hash (~0.15 s at unet_256), taken at most once: for the plan's decision and for the packages.
+        key = functools.cache(lambda precision: cache_key(network, norm_mode, precision))
+        self.plan: ExecutionPlan = plan_execution(
+            device=device, precision=precision, runtime_asked=runtime, graph_size=graph_size,
+            max_batch_size=max_batch_size, images=images, backend="triton" if uses_triton(generator) else "eager",
+            norm_mode=norm_mode, dropout=self.dropout, multiple=self.multiple,
+            packages_built=lambda precision: has_packages(key(precision), cache_dir))
+        network = network.to(self.plan.device)
+        self.network = network.to(memory_format=torch.channels_last) if self.plan.channels_last else network
+        if self.plan.runtime == "compiled":
+            self.runner = CompiledNetwork(self.network, norm_mode, self.plan.precision, cache_dir,
+                                          self.plan.max_batch_size, key(self.plan.precision))
+        elif self.plan.runtime == "onnxruntime":
+            self.runner = OnnxNetwork(self.network, norm_mode, cache_dir, self.multiple)
+        else:
+            self.runner = None
+        self.graphs = GraphRunner(self.network, self.plan, self.input_nc) if self.plan.cuda_graphs else None
 
     @classmethod
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
@@ -93,43 +85,37 @@ class Predictor:
         return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size, runtime=runtime,
                    cache_dir=cache_dir, images=images)
 
-    def _build_runner(self, requested, cache_dir, images):
-        """The compiled or ONNX Runtime network when that is the runtime (compiled.py), else None (eager). images:
-        how many the caller will translate; runtime 'auto' does not compile for fewer than pay for it."""
-        fused = getattr(self.generator, "backend", "eager") == "triton"
-        if fused and requested not in (None, "auto", "eager"):
-            raise ValueError(f"runtime {requested!r} runs backend 'eager' generators; this one is backend 'triton'")
-        # The weights' hash (~0.15 s at unet_256), taken at most once: for the decision and for the packages.
-        key = functools.cache(lambda: cache_key(self.network, self.norm_mode, self.precision))
-        self.runtime = resolve_runtime("eager" if fused else requested, self.device, self.norm_mode, self.dropout,
-                                       images, lambda: has_packages(key(), cache_dir))
-        if self.runtime == "compiled":
-            return CompiledNetwork(self.network, self.norm_mode, self.precision, cache_dir, self.max_batch_size,
-                                   key())
-        if self.runtime == "onnxruntime":
-            if self.precision != "fp32" and self.requested_precision is not None:
-                raise ValueError(f"runtime 'onnxruntime' runs fp32, not {self.precision}")
-            self.precision = "fp32"
-            return OnnxNetwork(self.network, self.norm_mode, cache_dir, self.multiple)
-        return None
+    # What the plan decided, for callers that ask the Predictor (read-only: the plan does not change).
+    device = property(lambda self: self.plan.device)
+    precision = property(lambda self: self.plan.precision)
+    runtime = property(lambda self: self.plan.runtime)
+    max_batch_size = property(lambda self: self.plan.max_batch_size)
+
+    def autocast(self):
+        """The autocast context `network` runs under (for code that runs it directly, as bench/gpu_check.py does)."""
+        return self.plan.autocast()
 
     @property
     def description(self) -> str:
-        """What runs, in a few words: device, precision, runtime and layout (fastpix info, /readyz, the logs)."""
-        parts = [str(self.device), self.precision, self.runtime]
-        if self.runtime == "compiled":
-            parts[-1] = "compiled (AOTInductor, frozen weights)"
-            if self.runner.failed:
-                parts[-1] = f"eager (compiling failed: {self.runner.failed})"
-        if self.graphs is not None:
-            parts.append("CUDA graphs")
-        parts.append("channels-last" if self.channels_last or self.runtime == "compiled" else "NCHW")
+        """What runs, in a few words: device, precision, runtime, CUDA graphs and layout (fastpix info, /readyz,
+        the logs)."""
+        plan = self.plan
+        runtime = plan.runtime
+        if runtime == "compiled":
+            failed = self.runner.failed
+            runtime = f"eager (compiling failed: {failed})" if failed else "compiled (AOTInductor, frozen weights)"
+        parts = [str(plan.device), plan.precision, runtime]
+        if plan.cuda_graphs:
+            parts.append(f"CUDA graphs at {plan.graph_size[0]}x{plan.graph_size[1]}")
+        elif plan.graphs_off and plan.device.type == "cuda":
+            parts.append(f"no CUDA graphs ({plan.graphs_off})")
+        parts.append("channels-last" if plan.channels_last else "NCHW")
         parts.append(f"norm_mode {self.norm_mode}" + (", BatchNorm folded" if self.norm_mode == "running" else ""))
         return ", ".join(parts)
 
     def warmup(self, size: tuple[int, int] | None = None) -> "Predictor":
-        """Run the network before the first request: with graph_size, capture the CUDA graph of every batch bucket
-        up to max_batch_size; with the compiled runtime, every batch piece's graph at size (h, w); otherwise one
+        """Run the network before the first request: with CUDA graphs, capture the graph of every batch bucket up
+        to max_batch_size; with the compiled runtime, every batch piece's graph at size (h, w); otherwise one
         eager batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now rather than during a
         request."""
         with torch.inference_mode():
@@ -147,10 +133,6 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self
-
-    def autocast(self):
-        # No weight cache: it would hold casts made outside a CUDA graph capture.
-        return autocast(self.device.type, self.precision, cache_enabled=False)
 
     def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None, return_seeds=False):
         """One image or a list: PIL images, HWC uint8 arrays, CHW tensors (uint8, or float in [-1, 1]), or file paths.
@@ -224,11 +206,12 @@ class Predictor:
         """One padded batch through the network; noise holds each row's (seed, index) for seeded dropout."""
         if self.runner is not None:
             return self.runner(batch)
-        if self.channels_last:
+        if self.plan.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.graphs is not None and tuple(batch.shape[-2:]) == self.graphs.size:
             return self.graphs(batch)
+        drawing = contextlib.nullcontext()
         if self.dropout:
-            seed_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
-        with self.autocast():
+            drawing = seeded_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
+        with drawing, self.plan.autocast():
             return self.network(batch).float()
