@@ -183,6 +183,10 @@ def test_fastpix_predictor_is_lazy():
     code = ("import sys, fastpix; assert 'torch' not in sys.modules; "
             "from fastpix.infer.predictor import Predictor; assert fastpix.Predictor is Predictor")
     subprocess.run([sys.executable, "-c", code], check=True)
+    star = ("from fastpix import *; from fastpix.infer.requests import ImageRequest as R, ImageResult as S; "
+            "from fastpix.infer.predictor import Predictor as P; "
+            "assert (Predictor, ImageRequest, ImageResult) == (P, R, S)")
+    subprocess.run([sys.executable, "-c", star], check=True)
 
 
 def test_warmup_runs_the_network_and_changes_nothing():
