@@ -1,11 +1,14 @@
 """fastpix: pix2pix (Isola et al. 2017), the same mathematics as the reference implementation, made fast.
 
 Heavy pieces (the Triton kernels, the decoder, torch itself) are imported lazily so that `import fastpix` stays
-cheap: `fastpix.Predictor` loads fastpix.infer.predictor on first access.
+cheap: `fastpix.Predictor` loads fastpix.infer.predictor on first access (and `from fastpix import *` then).
 """
 __version__ = "0.1.0"
 
-_LAZY = {"Predictor": "fastpix.infer.predictor"}
+_LAZY = {"Predictor": "fastpix.infer.predictor", "ImageRequest": "fastpix.infer.requests",
+         "ImageResult": "fastpix.infer.requests"}
+
+__all__ = ["Predictor", "ImageRequest", "ImageResult"]
 
 
 def __getattr__(name):

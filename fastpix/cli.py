@@ -319,7 +319,7 @@ def cmd_predict(args):
     """Translate image files with a generator: each output is <output>/<input name>.png (images found in a folder
     keep their sub-folder). Unreadable files are reported and skipped, the others still written; the exit status
     is then 1 (0 when every file was translated)."""
-    from fastpix.infer.predictor import collect_inputs, predict_files
+    from fastpix.infer.image_files import collect_inputs, predict_files
 
     cfg = build_config(PredictConfig, vars(args))
     inputs = collect_inputs(args.input)
@@ -346,17 +346,13 @@ def cmd_serve(args):
     except ImportError as exc:
         raise SystemExit(f"fastpix serve: error: {exc.name} is missing; install the server with "
                          "pip install 'fastpix[serve]'") from exc
-    from fastpix.runtime import default_device
-
     cfg = build_config(ServeConfig, vars(args))
-    device = default_device(cfg.device)
-    graphs = device.type == "cuda" and cfg.graph_size > 0 and cfg.norm_mode != "batch" and not cfg.dropout
+    # The graph size asked for; whether CUDA graphs run is the predictor's plan, and its description says it.
     predictor = load_predictor(cfg, "serve", max_batch_size=cfg.max_batch_size,
-                               graph_size=(cfg.graph_size, cfg.graph_size) if graphs else None)
+                               graph_size=(cfg.graph_size, cfg.graph_size) if cfg.graph_size > 0 else None)
     app = create_app(predictor, cfg)  # ConfigError for --norm-mode batch
-    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}"
-          f"{', graphs at ' + str(cfg.graph_size) + '²' if graphs else ''}), "
-          f"http://{cfg.host}:{cfg.port}/v1/translate", flush=True)
+    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}), http://{cfg.host}:{cfg.port}/v1/translate",
+          flush=True)
     run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
 
 

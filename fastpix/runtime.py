@@ -1,7 +1,7 @@
 """Where and how a network runs: the device, the precision, autocast, TF32 and Triton's interpreter switch.
 
-Decided here once for training, inference, evaluation and the CLI. Imports only torch and the standard library, so
-every layer of fastpix may use it.
+Decided here once for training, inference, evaluation and the CLI (the Predictor's whole plan: infer/plan.py). Imports
+only torch, the standard library and fastpix.errors, so every layer of fastpix may use it.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import os
 import sys
 
 import torch
+
+from fastpix.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,7 +61,7 @@ def resolve_precision(precision, device: torch.device) -> str:
     AVX-512 BF16 / AMX), else fp32."""
     if precision is not None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         return precision
     device = torch.device(device)
     if device.type == "cuda":

@@ -18,11 +18,11 @@ def _portable_cpu_defaults():
     suite's results must not depend on the CPU it runs on, and compiling every tiny Predictor would take minutes.
     So here the CPU defaults are fp32 and eager; the tests of bf16 and of the compiled runtime ask for them."""
     from fastpix import runtime
-    from fastpix.infer import compiled
+    from fastpix.infer import plan
 
     with pytest.MonkeyPatch.context() as patch:  # session-wide: module-scoped fixtures build predictors too
         patch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-        patch.setitem(compiled.AUTO, "cpu", "eager")
+        patch.setitem(plan.AUTO, "cpu", "eager")
         yield
 
 

@@ -17,7 +17,8 @@ from fastpix.data.cache import PairCache
 from fastpix.data.dataset import DataError, PairedDataset, make_loader
 from fastpix.data.decode import DecodeError, ImageTooLarge, decode_image, image_size
 from fastpix.data.stream import make_pipeline
-from fastpix.infer.predictor import Predictor, _output_names, predict_files
+from fastpix.infer.image_files import output_names, predict_files
+from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,9 +140,9 @@ def test_fastpix_test_names_a_bomb_skips_it_and_writes_non_utf8_names(tmp_path):
 # ---- fastpix predict -------------------------------------------------------------------------------------------------
 
 def test_output_names_never_collide():
-    assert _output_names(["a.jpg", "a.png", "a_2.jpg"]) == ["a.png", "a_3.png", "a_2.png"]
-    assert _output_names(["x/a.jpg", "x/a.png", "b.png"]) == ["x/a.png", "x/a_2.png", "b.png"]
-    names = _output_names(["a.png", "a.jpg", "a_2.png", "a_2.jpg", "a_3.bmp", "a.tif"])
+    assert output_names(["a.jpg", "a.png", "a_2.jpg"]) == ["a.png", "a_3.png", "a_2.png"]
+    assert output_names(["x/a.jpg", "x/a.png", "b.png"]) == ["x/a.png", "x/a_2.png", "b.png"]
+    names = output_names(["a.png", "a.jpg", "a_2.png", "a_2.jpg", "a_3.bmp", "a.tif"])
     assert len(set(names)) == 6 and names[:1] == ["a.png"] and names[2] == "a_2.png" and names[4] == "a_3.png"
 
 

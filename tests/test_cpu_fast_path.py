@@ -2,6 +2,8 @@
 sizes, batch invariance, bf16), their on-disk cache key, the fallbacks, and ONNX Runtime.
 
 Compiling costs seconds per graph: the module compiles two graphs in all."""
+import errno
+import os
 import warnings
 
 import numpy as np
@@ -9,7 +11,10 @@ import pytest
 import torch
 
 from fastpix import runtime
-from fastpix.infer import compiled
+from fastpix.config import COMPILE_PAYS_FROM_IMAGES
+from fastpix.errors import ConfigError, DiskFull, MissingDependency
+from fastpix.files import TMP_PREFIX
+from fastpix.infer import compiled, plan
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
@@ -65,13 +70,13 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
     predictor, together, _ = instance_fp32
     folder = cache_root / predictor.runner.key
     assert sorted(p.name for p in folder.glob("*.pt2")) == ["2x64x64.pt2"]  # 37×45 padded to U-Net 32's multiple
-    assert not list(folder.glob("*.partial*"))
+    assert not list(folder.glob(f"{TMP_PREFIX}*"))  # built under a temporary name, renamed when whole
 
     def no_build(*args):
         raise AssertionError("a cached package was built again")
 
     monkeypatch.setattr(compiled, "build_package", no_build)
-    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
     again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root),
                       images=1)  # one image: compiling would not pay, loading the built package does
     assert again.runtime == "compiled" and set(again.runner.packages) == {(2, 3, 64, 64)}  # loaded up front
@@ -146,24 +151,24 @@ def test_a_failed_compile_says_why_once_and_gives_the_eager_result(monkeypatch, 
 
 def test_auto_compiles_only_where_images_are_independent(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setitem(compiled.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
-    assert compiled.resolve_runtime("auto", cpu, "instance", False) == "compiled"
-    assert compiled.resolve_runtime(None, cpu, "running", False) == "compiled"
-    assert compiled.resolve_runtime("auto", cpu, "batch", False) == "eager"
-    assert compiled.resolve_runtime("auto", cpu, "instance", True) == "eager"
-    assert compiled.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
-    few, many = compiled.COMPILE_PAYS_FROM_IMAGES - 1, compiled.COMPILE_PAYS_FROM_IMAGES
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
-    assert compiled.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
+    monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
+    assert plan.resolve_runtime("auto", cpu, "instance", False) == "compiled"
+    assert plan.resolve_runtime(None, cpu, "running", False) == "compiled"
+    assert plan.resolve_runtime("auto", cpu, "batch", False) == "eager"
+    assert plan.resolve_runtime("auto", cpu, "instance", True) == "eager"
+    assert plan.resolve_runtime("auto", torch.device("cuda"), "instance", False) == "eager"
+    few, many = COMPILE_PAYS_FROM_IMAGES - 1, COMPILE_PAYS_FROM_IMAGES
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=few) == "eager"  # compiling won't pay
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=many) == "compiled"
+    assert plan.resolve_runtime("compiled", cpu, "instance", False, images=1) == "compiled"  # asked for
     # A network whose packages are built already compiles for a single image: loading them costs ~0.1 s.
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: True) == "compiled"
-    assert compiled.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: False) == "eager"
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: True) == "compiled"
+    assert plan.resolve_runtime("auto", cpu, "instance", False, images=1, cached=lambda: False) == "eager"
     assert Predictor(tiny_G(), device="cpu", precision="fp32", images=few).runtime == "eager"
-    with pytest.raises(ValueError, match="runtime 'compiled': norm_mode 'batch'"):
-        compiled.resolve_runtime("compiled", cpu, "batch", False)
-    with pytest.raises(ValueError, match="runtime 'jit' is not one of"):
-        compiled.resolve_runtime("jit", cpu, "batch", False)
+    with pytest.raises(ConfigError, match="--runtime 'compiled': norm_mode 'batch'"):
+        plan.resolve_runtime("compiled", cpu, "batch", False)
+    with pytest.raises(ConfigError, match="--runtime 'jit' is not one of"):
+        plan.resolve_runtime("jit", cpu, "batch", False)
 
 
 def test_bf16_detection_is_honest(monkeypatch):
@@ -189,7 +194,7 @@ def test_onnxruntime_missing_is_one_clear_message(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an install without the [onnx] extra sees
-    with pytest.raises(ImportError, match=r"runtime 'onnxruntime' and ONNX export need onnxruntime: pip install"):
+    with pytest.raises(MissingDependency, match=r"needs the optional package onnxruntime: pip install 'fastpix\[onnx"):
         Predictor(tiny_G(), device="cpu", norm_mode="running", runtime="onnxruntime")
 
 
@@ -199,12 +204,12 @@ def test_onnxruntime_equals_eager_fp32(tmp_path):
     G = tiny_G()
     images = odd_images(2)
     predictor = Predictor(G, device="cpu", norm_mode="instance", runtime="onnxruntime", cache_dir=str(tmp_path))
-    assert predictor.description.startswith("cpu, fp32, onnxruntime")
+    assert predictor.description.startswith("cpu, fp32, onnxruntime") and "NCHW" in predictor.description
     eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
     for got, want in zip(predictor(images, output_type="pt"), eager(images, output_type="pt")):
         assert relative_error(got, want) < 1e-4
-    assert len(list(tmp_path.glob("*.onnx"))) == 1
-    with pytest.raises(ValueError, match="runtime 'onnxruntime' runs fp32, not bf16"):
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(predictor.runner.path)]  # nothing beside it
+    with pytest.raises(ConfigError, match="runtime 'onnxruntime' runs fp32, not bf16"):
         Predictor(G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime",
                   cache_dir=str(tmp_path))
 
@@ -262,3 +267,41 @@ def test_a_torch_without_the_loader_class_loads_packages_through_the_public_load
     direct = compiled.load_package(path)(x)
     monkeypatch.undo()
     assert torch.equal(direct, compiled.load_package(path)(x))
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def half_written_then_full(path_arg: str):
+    """A writer that puts part of a file at the path it is given, then finds the disk full."""
+    def write(*args, **kwargs):
+        path = kwargs.get(path_arg) or args[2]
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        no_space()
+    return write
+
+
+def test_a_full_disk_while_building_a_package_leaves_no_file_and_names_it(tmp_path, monkeypatch):
+    from fastpix.infer.norm_modes import inference_network
+
+    net, _ = compiled.prepared_network(inference_network(tiny_G(), "running"), "fp32")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", half_written_then_full("package_path"))
+    target = tmp_path / "cache" / "1x32x32.pt2"
+    with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
+        compiled.build_package(net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last),
+                               str(target))
+    assert [p.name for p in target.parent.iterdir() if not p.is_dir()] == []  # neither the package nor a temporary
+
+
+def test_a_full_disk_while_writing_onnx_leaves_no_file_and_names_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    from fastpix.infer.norm_modes import inference_network
+    from fastpix.infer.onnx_runtime import write_onnx
+
+    monkeypatch.setattr(torch.onnx, "export", half_written_then_full("f"))
+    target = tmp_path / "g.onnx"
+    with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
+        write_onnx(inference_network(tiny_G(), "running"), str(target), 32)
+    assert list(tmp_path.iterdir()) == []

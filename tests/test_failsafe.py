@@ -2,12 +2,14 @@
 training engine, the Predictor's buckets) warns once, naming the cause, and the run goes on eagerly with the same
 results."""
 import contextlib
+import dataclasses
 import warnings
 
 import pytest
 import torch
 
-from fastpix.infer.predictor import GraphRunner, Predictor
+from fastpix.infer.graphs import GraphRunner
+from fastpix.infer.predictor import Predictor
 from fastpix.models import define_D, define_G
 from fastpix.train.engine import TrainEngine
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
@@ -72,7 +74,9 @@ def test_predictor_bucket_capture_failure_warns_once_and_runs_eagerly(monkeypatc
     torch.manual_seed(0)
     G = define_G(3, 3, 4, "unet_32", "batch", False, backend="eager")
     predictor = Predictor(G, "cpu", "fp32", norm_mode="running")
-    predictor.graphs = GraphRunner(predictor, (32, 32))  # what graph_size builds on CUDA
+    # What a plan with CUDA graphs at 32x32 builds on CUDA.
+    predictor.graphs = GraphRunner(predictor.network, dataclasses.replace(predictor.plan, graph_size=(32, 32)),
+                                   predictor.input_nc)
     torch.manual_seed(0)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with warnings.catch_warnings(record=True) as caught:

@@ -13,7 +13,11 @@ from fastpix import checkpoint as ckpt
 from fastpix.config import ModelConfig
 from fastpix.data.transforms import to_image_array, to_tensor
 from fastpix.files import atomic_write_json
-from fastpix.infer.predictor import Predictor, infer_architecture, pad_to, predict_files
+from fastpix.errors import ConfigError
+from fastpix.infer.image_files import predict_files
+from fastpix.infer.images import pad_to
+from fastpix.infer.plan import plan_execution
+from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from tiny_models import perturb_batchnorms
 
@@ -78,7 +82,7 @@ def test_bare_reference_pth_architecture_is_inferred(tmp_path, netG, norm, input
     expected = dict(netG=netG, ngf=4, norm=norm, input_nc=input_nc, output_nc=output_nc)
     if netG.startswith("resnet"):
         expected["no_dropout"] = False
-    assert infer_architecture(G.state_dict()) == expected
+    assert ckpt.infer_architecture(G.state_dict()) == expected
     predictor = Predictor.from_checkpoint(str(path), norm_mode="running")
     for (k, a), (k2, b) in zip(G.state_dict().items(), predictor.generator.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -152,18 +156,19 @@ def test_seeded_dropout_does_not_depend_on_the_batch():
     predictor = Predictor(G, dropout=True)
     assert not torch.allclose(predictor(a, seed=8, output_type="pt"), together[0])
     assert not torch.allclose(Predictor(G)(a, output_type="pt"), together[0])
-    first = predictor(a, output_type="pt")
-    assert isinstance(predictor.last_seed, int)
-    assert torch.equal(predictor(a, seed=predictor.last_seed, output_type="pt"), first)
+    first, picked = predictor(a, output_type="pt", return_seeds=True)
+    assert isinstance(picked, int)
+    assert torch.equal(predictor(a, seed=picked, output_type="pt"), first)
+    assert not torch.allclose(predictor(a, seed=picked + 1, output_type="pt"), first)
 
 
 def test_a_seed_per_image_equals_each_image_alone():
     G = generator("unet_64", "batch", dropout=True)  # unet_32 has no block that carries dropout
     x = batch(3, 64, 64)
     predictor = Predictor(G, dropout=True, max_batch_size=8)
-    together = predictor(list(x), seed=[11, 12, None], output_type="pt")
-    seeds = predictor.last_seed
+    together, seeds = predictor(list(x), seed=[11, 12, None], output_type="pt", return_seeds=True)
     assert seeds[:2] == [11, 12] and isinstance(seeds[2], int)
+    close(torch.stack(together), torch.stack(predictor(list(x), seed=seeds, output_type="pt")))
     for i in range(3):  # a list of seeds makes each image a request of its own: noise index 0
         close(together[i], predictor(x[i], seed=seeds[i], output_type="pt"))
     assert not torch.allclose(together[0], predictor(x[0], seed=12, output_type="pt"))
@@ -178,6 +183,10 @@ def test_fastpix_predictor_is_lazy():
     code = ("import sys, fastpix; assert 'torch' not in sys.modules; "
             "from fastpix.infer.predictor import Predictor; assert fastpix.Predictor is Predictor")
     subprocess.run([sys.executable, "-c", code], check=True)
+    star = ("from fastpix import *; from fastpix.infer.requests import ImageRequest as R, ImageResult as S; "
+            "from fastpix.infer.predictor import Predictor as P; "
+            "assert (Predictor, ImageRequest, ImageResult) == (P, R, S)")
+    subprocess.run([sys.executable, "-c", star], check=True)
 
 
 def test_warmup_runs_the_network_and_changes_nothing():
@@ -234,12 +243,61 @@ def test_output_types():
         predictor(image, output_type="jpg")
 
 
-def test_cpu_refuses_half_precision_and_graphs():
+def test_cpu_refuses_half_precision_and_runs_a_graph_size_without_graphs():
     G = generator()
-    with pytest.raises(ValueError, match="fp32 and bf16 are supported"):
+    with pytest.raises(ConfigError, match="--precision 'fp16' needs a CUDA device; on cpu fp32 and bf16 are"):
         Predictor(G, device="cpu", precision="fp16")
-    with pytest.raises(ValueError, match="CUDA"):
-        Predictor(G, device="cpu", graph_size=(32, 32))
+    with pytest.raises(ConfigError, match="--precision 'fp8' is not one of fp32, bf16, fp16"):
+        Predictor(G, device="cpu", precision="fp8")
+    with pytest.raises(ConfigError, match="--norm-mode 'train' is not one of"):
+        Predictor(G, device="cpu", norm_mode="train")
+    # A graph size asked for on a CPU: decided once, when the Predictor is built; it runs without CUDA graphs and
+    # says why, and its outputs are the plain ones.
+    x = list(batch(3))
+    asked = Predictor(G, device="cpu", precision="fp32", graph_size=(32, 32), max_batch_size=100)
+    assert asked.plan.graph_size is None and not asked.plan.cuda_graphs and asked.graphs is None
+    assert asked.plan.graphs_off == "CUDA graphs need a CUDA device, not cpu"
+    assert asked.max_batch_size == 100  # not cut to the largest graph bucket: there are no graphs
+    plain = Predictor(G, device="cpu", precision="fp32")
+    assert asked.plan == dataclasses.replace(plain.plan, graphs_off=asked.plan.graphs_off, max_batch_size=100)
+    assert asked.description == plain.description
+    for a, b in zip(asked.warmup()(x, output_type="pt"), plain(x, output_type="pt")):
+        assert torch.equal(a, b)
+
+
+def test_the_plan_is_decided_once_and_names_what_cannot_run():
+    G = generator("unet_64", "batch", dropout=True)
+    with pytest.raises(ConfigError, match="--runtime 'compiled': norm_mode 'batch' and dropout .* use --runtime eager"):
+        Predictor(G, device="cpu", norm_mode="batch", runtime="compiled")
+    with pytest.raises(ConfigError, match="--runtime 'compiled': .* use --runtime eager"):
+        Predictor(G, device="cpu", dropout=True, runtime="compiled")
+    with pytest.raises(ConfigError, match="--runtime 'onnxruntime' runs fp32, not bf16"):
+        Predictor(G, device="cpu", precision="bf16", norm_mode="running", runtime="onnxruntime")
+    # 'auto' with dropout on: eager, and the layout the precision wants (NCHW for fp32 on a CPU).
+    p = Predictor(G, device="cpu", precision="fp32", dropout=True)
+    assert (p.plan.runtime, p.plan.precision, p.plan.channels_last, p.plan.backend) == ("eager", "fp32", False, "eager")
+    assert p.plan.device == torch.device("cpu") and p.runtime == "eager" and p.precision == "fp32"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.plan.runtime = "compiled"
+    with pytest.raises(AttributeError):
+        p.precision = "bf16"  # what runs is read from the plan, never set after the fact
+
+
+def test_the_plan_decides_cuda_graphs_from_the_size_asked_the_device_and_the_norm_mode(monkeypatch):
+    """The one place that decides whether CUDA graphs run, checked without a GPU: plan_execution for a CUDA device
+    (torch.cuda.is_available answered yes; the precision given, so that nothing asks the missing GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ask = dict(device="cuda", precision="fp32", graph_size=(30, 40), multiple=32, max_batch_size=100)
+    on = plan_execution(**ask)
+    assert (on.graph_size, on.graphs_off, on.max_batch_size) == ((32, 64), "", 64)  # padded; the largest bucket
+    assert on.cuda_graphs and on.runtime == "eager" and on.channels_last
+    for off in (plan_execution(**ask, norm_mode="batch"), plan_execution(**ask, dropout=True)):
+        assert off.graph_size is None and not off.cuda_graphs and off.max_batch_size == 100
+        assert "independent of each other (norm_mode 'instance' or 'running', dropout off)" in off.graphs_off
+    not_asked = plan_execution(**{**ask, "graph_size": None})
+    assert (not_asked.graph_size, not_asked.graphs_off, not_asked.max_batch_size) == (None, "", 100)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert plan_execution(**ask).graphs_off == "CUDA graphs need a CUDA device, not cuda"
 
 
 # ---- files -----------------------------------------------------------------------------------------------------------
@@ -269,6 +327,9 @@ def test_cuda_graphs_equal_eager():
     eager = Predictor(G, device="cuda", precision="fp32")
     graphed = Predictor(G, device="cuda", precision="fp32", graph_size=(32, 32), max_batch_size=12).warmup()
     assert sorted(graphed.graphs.graphs) == [1, 2, 4, 8, 16]  # every bucket captured before the first request
+    assert graphed.plan.graph_size == (32, 32) and "CUDA graphs at 32x32" in graphed.description
+    batch_mode = Predictor(G, device="cuda", precision="fp32", norm_mode="batch", graph_size=(32, 32))
+    assert batch_mode.graphs is None and "no CUDA graphs (CUDA graphs pad requests" in batch_mode.description
     for n in (1, 3, 8, 12):
         x = list(batch(n))
         for a, b in zip(graphed(x, output_type="pt"), eager(x, output_type="pt")):
@@ -326,10 +387,13 @@ def test_cli_predict_names_bad_flags(tmp_path, capsys):
     base = ["predict", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="--checkpoint is required"):
         main(base)
-    with pytest.raises(SystemExit, match="precision 'fp16' needs a CUDA device"):
-        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp16"])
-    with pytest.raises(SystemExit, match="runtime 'compiled': norm_mode 'batch'"):
-        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode", "batch"])
+    capsys.readouterr()
+    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision",
+                        "fp16"]) == 2
+    assert "fastpix predict: error: --precision 'fp16' needs a CUDA device" in capsys.readouterr().err
+    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode",
+                        "batch"]) == 2
+    assert "fastpix predict: error: --runtime 'compiled': norm_mode 'batch'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no images in"):
         (tmp_path / "empty").mkdir()
         main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),

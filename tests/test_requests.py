@@ -10,8 +10,9 @@ from PIL import Image
 
 from fastpix.data.transforms import to_tensor
 from fastpix.infer.batcher import Batcher, QueueFull
-from fastpix.infer.predictor import Predictor, load_input, to_network_input
-from fastpix.infer.requests import ImageRequest
+from fastpix.infer.images import load_input, to_network_input
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models import define_G
 
 TIMEOUT_S = 30
@@ -34,17 +35,22 @@ def random_array(w, h, seed):
 def test_typed_requests_equal_the_public_call(dropout_predictor):
     p = dropout_predictor
     images = [random_array(32, 32, 0), random_array(40, 24, 1), random_array(32, 32, 0)]
-    typed = p.run([ImageRequest(img, seed=s, index=i) for img, s, i in zip(images, (7, 8, 7), (0, 0, 3))])
-    assert p.last_seed == [7, 8, 7]
+    results = p.run([ImageRequest(img, seed=s, index=i) for img, s, i in zip(images, (7, 8, 7), (0, 0, 3))])
+    assert [(r.seed, r.index) for r in results] == [(7, 0), (8, 0), (7, 3)]
+    typed = [r.image for r in results]
     for k, (seed, index) in enumerate([(7, 0), (8, 0), (7, 3)]):
         alone = p(images[k], seed=seed, output_type="np", indices=[index])
         assert np.array_equal(typed[k], alone)
     listed = p(images, seed=[7, 8, 7], output_type="np", indices=[0, 0, 3])
     assert all(np.array_equal(a, b) for a, b in zip(listed, typed))
     assert not np.array_equal(typed[0], typed[2])  # one image, one seed: the index is part of the noise
-    picked = p.run([ImageRequest(images[0])])
-    assert isinstance(p.last_seed[0], int) and np.array_equal(picked[0], p.run([ImageRequest(images[0],
-                                                                                            p.last_seed[0])])[0])
+    # A seed the Predictor picks is named in the result, and gives the same image again.
+    picked, = p.run([ImageRequest(images[0], index=2)])
+    assert isinstance(picked.seed, int) and picked.index == 2
+    again, = p.run([ImageRequest(images[0], picked.seed, picked.index)])
+    assert np.array_equal(picked.image, again.image)
+    other, = p.run([ImageRequest(images[0], picked.seed + 1, picked.index)])
+    assert not np.array_equal(picked.image, other.image)  # the seed matters: the equality above is not vacuous
 
 
 def test_uint8_inputs_are_normalised_on_the_device_as_the_cpu_chain_does():
@@ -76,7 +82,7 @@ class Held:
         self.batches.append([r.seed for r in requests])
         self.entered.set()
         assert self.gate.wait(TIMEOUT_S)
-        return [r.seed for r in requests]
+        return [ImageResult(r.seed, r.seed, r.index) for r in requests]  # each "image" is its request's seed
 
 
 def results(jobs):

@@ -153,7 +153,7 @@ class Batcher:
         if not jobs:
             return
         try:
-            outputs = self.predictor.run([job.request for job in jobs], output_type="np")
+            outputs = [r.image for r in self.predictor.run([job.request for job in jobs], output_type="np")]
         except Exception as exc:  # noqa: BLE001 - one failing request must not take the others (or the server) down
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)
@@ -165,7 +165,7 @@ class Batcher:
 
     def _run_batch_of_one(self, job: Job):
         try:
-            outputs = self.predictor.run([job.request], output_type="np")
+            outputs = [r.image for r in self.predictor.run([job.request], output_type="np")]
         except Exception as exc:  # noqa: BLE001
             job.future.set_exception(exc)
             return

@@ -11,12 +11,12 @@ every image on its own (instance, running; dropout off).
 Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
 torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
 kernels cached); its first call costs ~2 steady calls (oneDNN creating its primitives), its steady calls equal
-torch.compile's (16-17 ms at unet_256 batch 1, bf16, 2-core Zen 5, measured 2026-12-01). Building one costs ~12 s
-there, once per machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (a crash
+torch.compile's (docs/benchmarks.md, "CPU at real size: unet_256"). Building one costs ~12 s there, once per
+machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (fastpix.files: a crash
 never leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and
 the CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of
 the weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for
-shipping.
+shipping. Whether this runtime runs at all is the Predictor's plan (plan.py); docs/design.md, "The CPU runtime".
 
 If building or loading fails, the Predictor says why in one line and runs the network eagerly instead.
 """
@@ -31,54 +31,18 @@ import torch
 import torch.nn as nn
 
 from fastpix import runtime
-from fastpix.config import COMPILE_PAYS_FROM_IMAGES
-from fastpix.config import INFERENCE_RUNTIMES as RUNTIMES
 from fastpix.config import default_compile_cache_dir
-
+from fastpix.files import atomic_write
 
 
 def batch_pieces(threads: int) -> tuple[int, ...]:
     """The batch sizes a batch is cut into: powers of two up to one image per thread (at least 2, at most 8). One
     image per thread keeps every core busy in the inner layers (1×1 to 8×8 pixels); beyond that a bigger piece
     only adds a package to build and hold (~110 MB each at unet_256 bf16) and buffers too big for glibc to reuse.
-    On the 2-core Zen 5 (unet_256 bf16, batch 8, 2026-12-01) pieces of 2 and one piece of 8 ran within noise of each
-    other: 127 against 146 ms in one process (24,500 page faults per call for the piece of 8), 129 against 123 ms
-    in two bench/cpu_compare.py runs."""
+    On two cores (unet_256 bf16, batch 8) pieces of 2 and one piece of 8 ran within noise of each other, the piece
+    of 8 with ~24,500 page faults per call (docs/benchmarks.md, "CPU at real size: unet_256")."""
     top = min(8, max(2, 2 ** (max(threads, 1).bit_length() - 1)))
     return tuple(2 ** k for k in range(top.bit_length() - 1, -1, -1))
-
-
-# What runtime 'auto' takes on each device type where nothing rules the compiled path out. CUDA keeps its eager
-# path (with CUDA graphs when asked).
-AUTO = {"cpu": "compiled"}
-
-
-def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None,
-                    cached=None) -> str:
-    """The runtime that runs: 'auto' compiles where that is exact and pays (images: how many the caller will
-    translate, None for a long-lived caller such as the server; cached: a function saying whether this network's
-    packages are already built, which makes compiling pay at once); one asked for that cannot run says why."""
-    requested = requested or "auto"
-    if requested not in RUNTIMES:
-        raise ValueError(f"runtime {requested!r} is not one of {', '.join(RUNTIMES)}")
-    if requested == "eager":
-        return requested
-    blocker = ""
-    if requested == "onnxruntime" and device.type != "cpu":
-        blocker = f"the ONNX Runtime path runs on the CPU, not {device.type}"
-    elif device.type != "cpu":
-        blocker = f"the compiled runtime is for CPUs, not {device.type}"
-    elif norm_mode == "batch" or dropout:
-        blocker = ("norm_mode 'batch' and dropout tie images of a batch together or draw per-image noise, which "
-                   "the compiled graphs do not do")
-    if requested != "auto" and blocker:
-        raise ValueError(f"runtime {requested!r}: {blocker}")
-    if requested != "auto":
-        return requested
-    if blocker or AUTO.get(device.type, "eager") == "eager":
-        return "eager"
-    few = images is not None and images < COMPILE_PAYS_FROM_IMAGES
-    return "eager" if few and not (cached is not None and cached()) else AUTO[device.type]
 
 
 def weights_key(network: nn.Module, *parts) -> str:
@@ -187,18 +151,16 @@ def has_packages(key: str, cache_dir: str | None = None) -> bool:
 
 def build_package(net: nn.Module, example: torch.Tensor, path: str, inductor_dir: str | None = None) -> str:
     """Export `net` on `example`'s shape, dtype and layout and compile it ahead of time with frozen weights into the
-    AOTInductor package `path` (written whole, then renamed). inductor_dir: where inductor keeps its build files."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    AOTInductor package `path` (written whole, then renamed: fastpix.files.atomic_write, whose temporary keeps the
+    .pt2 suffix the packager wants). inductor_dir: where inductor keeps its build files."""
     with torch.no_grad():
         exported = torch.export.export(net, (example,))
-    partial = f"{os.path.splitext(path)[0]}.{os.getpid()}.partial.pt2"  # the packager wants the suffix
-    try:
+
+    def package(tmp: str):
         with inductor_build(inductor_dir or os.path.dirname(os.path.abspath(path))), torch.no_grad():  # freezing
-            torch._inductor.aoti_compile_and_package(exported, package_path=partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+            torch._inductor.aoti_compile_and_package(exported, package_path=tmp)
+
+    atomic_write(path, package)
     return path
 
 
@@ -219,7 +181,7 @@ def load_package(path: str):
 class inductor_build:
     """While building: inductor's build files in `directory` (it reads the variable at each lookup), and freezing
     on in inductor's global config (the freezing pass reads it there; without it every conv would reorder its weights
-    on each call: 30.9 against 17.4 ms at unet_256 batch 1, bf16, measured 2026-12-01)."""
+    on each call, nearly twice as slow at unet_256 batch 1, bf16: docs/benchmarks.md, "CPU at real size: unet_256")."""
 
     def __init__(self, directory: str):
         self.directory = directory

@@ -1,5 +1,5 @@
-"""Inference copies of a generator with a chosen BatchNorm and dropout behaviour (architecture.md, "Norm and dropout
-semantics"). The checkpoint's module is never changed: `inference_network` deep-copies it and swaps modules.
+"""Inference copies of a generator with a chosen BatchNorm and dropout behaviour (docs/design.md, "Norm and dropout
+at inference"). The checkpoint's module is never changed: `inference_network` deep-copies it and swaps modules.
 
 norm_mode
   instance  every BatchNorm normalises each sample by its own H×W statistics (biased variance, the layer's eps and
@@ -23,6 +23,7 @@ fused conv kernels (instance mode with per-sample statistics in the conv epilogu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
+from fastpix.errors import ConfigError
 from fastpix.models.fused_convs import set_forward_path
 
 
@@ -69,8 +71,8 @@ class BatchStatsNorm(_FrozenAffine):
 class SeededDropout(nn.Module):
     """Dropout whose mask for sample i comes from generators[i] alone, so it does not depend on the batch.
 
-    The predictor sets `generators` (one per sample, seeded by (seed, image index)) before each forward; the layers
-    of one forward draw from them in a fixed order, so every layer gets its own mask.
+    `seeded_dropout` gives the layers their generators (one per sample, seeded by (seed, image index)) for one
+    forward; the layers of that forward draw from them in a fixed order, so every layer gets its own mask.
     """
 
     def __init__(self, p: float):
@@ -95,7 +97,8 @@ def sample_generator(seed: int, index: int, device) -> torch.Generator:
 def _fold_into(conv: nn.Module, bn: _BatchNorm):
     """conv followed by eval-mode bn, as one conv: scale each output channel, shift its bias (in fp64)."""
     if bn.running_mean is None:
-        raise ValueError(f"{bn}: cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+        raise ConfigError(f"--norm-mode running: {bn} has no running statistics to fold (track_running_stats=False); "
+                          "use --norm-mode instance or batch")
     var, mean = bn.running_var.double(), bn.running_mean.double()
     weight = torch.ones_like(var) if bn.weight is None else bn.weight.double()
     shift = torch.zeros_like(var) if bn.bias is None else bn.bias.double()
@@ -155,7 +158,8 @@ def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn
     act = dict(activation=layer.activation, slope=layer.slope)
     if isinstance(layer, InstanceNormAct2d) or norm_mode == "running":
         if isinstance(layer, BatchNormAct2d) and layer.running_mean is None:
-            raise ValueError(f"norm_mode 'running': {layer} has no running statistics (track_running_stats=False)")
+            raise ConfigError(f"--norm-mode running: {layer} has no running statistics (track_running_stats=False); "
+                              "use --norm-mode instance or batch")
         twin = copy.deepcopy(layer).eval()
         twin.dropout_p = 0.0
     else:
@@ -179,7 +183,7 @@ def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn
 def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout: bool = False) -> nn.Module:
     """A copy of `generator` in eval mode with BatchNorm per norm_mode and dropout off or per-sample seeded."""
     if norm_mode not in NORM_MODES:
-        raise ValueError(f"norm_mode {norm_mode!r} is not one of {', '.join(NORM_MODES)}")
+        raise ConfigError(f"--norm-mode {norm_mode!r} is not one of {', '.join(NORM_MODES)}")
     net = copy.deepcopy(generator).eval()
     fused = _fused_norm_types()
     if fused:
@@ -197,12 +201,26 @@ def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout
     return net
 
 
-def seed_dropout(net: nn.Module, generators: list[torch.Generator]):
-    """Give every SeededDropout of `net` the per-sample generators of the next forward (one list, shared)."""
-    for m in net.modules():
-        if isinstance(m, SeededDropout):
-            m.generators = generators
+@contextlib.contextmanager
+def seeded_dropout(net: nn.Module, generators: list[torch.Generator]):
+    """Within the block, every SeededDropout of `net` draws from the per-sample generators (one list, shared); after
+    it they hold none again, so that no later forward draws from generators meant for another batch."""
+    layers = [m for m in net.modules() if isinstance(m, SeededDropout)]
+    for m in layers:
+        m.generators = generators
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.generators = []
 
 
 def has_dropout(net: nn.Module) -> bool:
     return any(isinstance(m, SeededDropout) for m in net.modules())
+
+
+def uses_triton(net: nn.Module) -> bool:
+    """Whether `net` runs Triton kernels (built with backend 'triton'): it holds fused norm layers or has its fused
+    conv forward, read from what the network is rather than from an attribute set on it by its builder."""
+    fused = _fused_norm_types()
+    return getattr(net, "fused_forward", None) is not None or any(isinstance(m, fused) for m in net.modules())

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 
 from fastpix.config import default_compile_cache_dir
+from fastpix.errors import MissingDependency
+from fastpix.files import atomic_write
 from fastpix.infer import compiled
 
 OPSET = 18
@@ -27,8 +29,7 @@ def _require(*names: str):
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ImportError(f"runtime 'onnxruntime' and ONNX export need {name}: pip install 'fastpix[onnx]'") \
-                from exc
+            raise MissingDependency(name, "onnx", "ONNX (--runtime onnxruntime, export --format onnx)") from exc
 
 
 def write_onnx(net: nn.Module, path: str, multiple: int, metadata: dict | None = None):
@@ -42,17 +43,21 @@ def write_onnx(net: nn.Module, path: str, multiple: int, metadata: dict | None =
     example = torch.zeros(2, input_nc, 2 * multiple, 2 * multiple)
     batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
     dynamic = {"x": {0: batch, 2: multiple * height, 3: multiple * width}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with torch.no_grad():
-        torch.onnx.export(net, (example,), tmp, dynamo=True, input_names=["image"], output_names=["translated"],
-                          dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False)
-    model = onnx.load(tmp)
-    for key, value in {"fastpix.multiple": multiple, **(metadata or {})}.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)  # a reader never sees half a file
+
+    def write(tmp: str):  # into a temporary that atomic_write renames over path: a reader never sees half a file
+        # external_data=False: the weights inside the one file (a generator is far below ONNX's 2 GB limit); with
+        # the exporter's default they went to a <tmp>.data beside it, left behind in the cache folder.
+        with torch.no_grad():
+            torch.onnx.export(net, (example,), tmp, dynamo=True, input_names=["image"], output_names=["translated"],
+                              dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False,
+                              external_data=False)
+        model = onnx.load(tmp)
+        for key, value in {"fastpix.multiple": multiple, **(metadata or {})}.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save(model, tmp)
+
+    atomic_write(path, write)
 
 
 class OnnxNetwork:

@@ -1,4 +1,5 @@
-"""What the Predictor's typed path (Predictor.run) takes: one request per image, its own dropout noise named."""
+"""What the Predictor's typed path (Predictor.run) takes and gives: one request per image, its own dropout noise
+named, and one result per request that says which noise it drew."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,3 +17,16 @@ class ImageRequest:
     image: object
     seed: int | None = None
     index: int = 0
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One translated image and the noise it drew: ImageRequest(image, seed, index) gives the same output again.
+
+    image: in the output type asked for (a PIL image, an HWC uint8 array, a CHW float tensor in [-1, 1]). seed: the
+    request's seed, or the one the Predictor picked for it (dropout on); None with dropout off and no seed given.
+    """
+
+    image: object
+    seed: int | None
+    index: int

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from fastpix.errors import ConfigError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.models.fused_convs import fused_forward_supported
@@ -100,7 +101,7 @@ def test_cpu_without_the_interpreter_is_refused(monkeypatch):
 
     monkeypatch.setattr(fastpix.kernels, "INTERPRETED", False)
     _, fused = pair("unet_32")
-    with pytest.raises(ValueError, match="backend 'triton' needs a CUDA device"):
+    with pytest.raises(ConfigError, match="--backend 'triton' needs a CUDA device"):
         Predictor(fused, "cpu")
 
 

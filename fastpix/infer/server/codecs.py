@@ -27,7 +27,7 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
 
     from fastpix.data.decode import decode_image, image_size
     from fastpix.errors import DecodeError, ImageTooLarge
-    from fastpix.infer.predictor import padded_size
+    from fastpix.infer.images import padded_size
 
     if not data:
         raise HTTPException(400, "the request holds no image data")
