@@ -206,7 +206,7 @@ def check_launch(train_cfg, given: dict):
 
 
 def cmd_train(args):
-    from fastpix.checkpoint import saved_config
+    from fastpix.store.run_config import saved_config
     from fastpix.train.loop import train
 
     given = apply_reference_args(vars(args))
@@ -240,8 +240,9 @@ def cmd_train(args):
 
 
 def cmd_test(args):
-    from fastpix.checkpoint import saved_config
     from fastpix.evaluate import run_test
+    from fastpix.store.generator import locate_generator
+    from fastpix.store.run_config import saved_config
 
     given = apply_reference_args(vars(args))
     test_cfg = build_config(TestConfig, given)
@@ -257,7 +258,8 @@ def cmd_test(args):
     check_crop(model_cfg, data_cfg)
     if ref.verbose:
         print_networks(model_cfg, ("G",))
-    out = run_test(model_cfg, data_cfg, test_cfg, build_config(ReferenceDisplayConfig, given).display_winsize,
+    weights = locate_generator(None, test_cfg.checkpoints_dir, test_cfg.name, test_cfg.weights_tag()).weights
+    out = run_test(model_cfg, data_cfg, test_cfg, weights, build_config(ReferenceDisplayConfig, given).display_winsize,
                    ref_test.aspect_ratio)
     print(f"fastpix: results in {os.path.join(out, 'index.html')}")
 
@@ -265,7 +267,8 @@ def cmd_test(args):
 def cmd_eval(args):
     """Score a checkpoint on a split (or saved results): L1, PSNR, SSIM, sharpness; optional baselines, FID/KID."""
     from fastpix import evaluate
-    from fastpix.checkpoint import find_generator_weights, saved_config
+    from fastpix.store.generator import locate_generator
+    from fastpix.store.run_config import saved_config
 
     given = apply_reference_args(vars(args))
     ref = build_config(ReferenceConfig, given)
@@ -276,7 +279,8 @@ def cmd_eval(args):
     if cfg.results and cfg.checkpoint is None:
         run_dir, weights = os.path.join(cfg.checkpoints_dir, cfg.name), None
     else:
-        run_dir, weights = find_generator_weights(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.weights_tag())
+        source = locate_generator(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.weights_tag())
+        run_dir, weights = source.run_dir, source.weights
     run_dir = os.path.normpath(run_dir)
     saved = saved_config(run_dir)
     model_cfg, data_cfg = build_config(ModelConfig, saved, given), build_config(DataConfig, saved, given)
@@ -295,7 +299,8 @@ def cmd_eval(args):
 
 def load_predictor(cfg, command: str, **options):
     """The Predictor an InferenceConfig describes; a bad checkpoint or flag ends the command with its message."""
-    from fastpix.checkpoint import ARCH_FIELDS, CheckpointError
+    from fastpix.errors import CheckpointError
+    from fastpix.store.architecture import ARCH_FIELDS
     from fastpix.infer.predictor import Predictor
 
     if cfg.checkpoint is None:
@@ -383,21 +388,23 @@ def cmd_demo(args):
                                                             torch.cuda.is_available())
     write_demo_dataset(data_cfg.dataroot, data_cfg.crop_size)
     train(model_cfg, data_cfg, train_cfg, overwrite=True)
-    out = run_test(model_cfg, data_cfg, test_cfg)
+    out = run_test(model_cfg, data_cfg, test_cfg, os.path.join(train_cfg.checkpoints_dir, "demo",
+                                                               "latest_net_G.safetensors"))
     print(f"fastpix demo: checkpoints in {os.path.join(train_cfg.checkpoints_dir, 'demo')}")
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
 
 
 def export_source(cfg: ExportConfig) -> tuple[str, str]:
     """(the run folder or weights file to export, the stem of the files written from it)."""
-    from fastpix.checkpoint import run_source
+    from fastpix.store.generator import locate_generator
 
-    source = run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
-    return source, os.path.splitext(os.path.basename(source))[0] if os.path.isfile(source) else f"{cfg.epoch}_net_G"
+    source = locate_generator(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.epoch)
+    return source.weights, source.stem
 
 
 def cmd_export_onnx(cfg: ExportConfig):
-    from fastpix.checkpoint import CheckpointError, load_generator
+    from fastpix.errors import CheckpointError
+    from fastpix.store.generator import load_generator
     from fastpix.export import check_onnx, export_onnx, size_multiple
 
     source, stem = export_source(cfg)
@@ -427,7 +434,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_export_package(cfg: ExportConfig):
-    from fastpix.checkpoint import load_generator
+    from fastpix.store.generator import load_generator
     from fastpix.export import export_package
     from fastpix.runtime import resolve_precision
 
@@ -449,29 +456,16 @@ def cmd_export(args):
     network in --norm-mode instance or running, dropout off, dynamic batch and size), checked against PyTorch with
     onnxruntime when it is installed. pt2: the generator as an AOTInductor package for this CPU (one --batch-size,
     --image-size and --precision), checked against eager PyTorch."""
-    from fastpix import checkpoint as ckpt
+    from fastpix.export import export_pth
+    from fastpix.store.generator import locate_generator
 
     cfg = build_config(ExportConfig, vars(args))
     if cfg.format == "onnx":
         return cmd_export_onnx(cfg)
     if cfg.format == "pt2":
         return cmd_export_package(cfg)
-    run_dir = ckpt.run_source(cfg.checkpoint, cfg.checkpoints_dir, cfg.name)
-    os.makedirs(cfg.out, exist_ok=True)
-    if os.path.isfile(run_dir):
-        target = os.path.join(cfg.out, os.path.splitext(os.path.basename(run_dir))[0] + ".pth")
-        ckpt.save_weights(target, ckpt.load_weights(run_dir))
-        print(f"fastpix: wrote {target}")
-        return
-    for net in ("G", "D"):
-        try:
-            source = ckpt.find_weights(run_dir, cfg.epoch, net)
-        except ckpt.CheckpointError:
-            if net == "D":
-                continue  # a generator-only folder (as the reference's pretrained models are) exports just G
-            raise
-        target = os.path.join(cfg.out, f"{cfg.epoch}_net_{net}.pth")
-        ckpt.save_weights(target, ckpt.load_weights(source))
+    for target in export_pth(locate_generator(cfg.checkpoint, cfg.checkpoints_dir, cfg.name, cfg.epoch), cfg.epoch,
+                             cfg.out):
         print(f"fastpix: wrote {target}")
 
 

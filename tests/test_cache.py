@@ -278,16 +278,16 @@ def test_batches_do_not_depend_on_worker_count(data, tmp_path):
 
 
 def test_orphaned_temporary_files_are_removed(data, tmp_path):
-    """A build killed outright leaves .tmp<pid> files and no manifest: the next build removes them."""
+    """A build killed outright leaves .tmp-<pid>-… files and no manifest: the next build removes them."""
     import subprocess
 
     folder = tmp_path / "c"
     folder.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    orphan = folder / f"pairs-0123.a.tmp{dead.pid}"
+    orphan = folder / f".tmp-{dead.pid}-0a1b2c3d-pairs-0123.a"
     orphan.write_bytes(b"\0" * 100)
-    live = folder / f"pairs-4567.a.tmp{os.getpid()}"  # a build still running (this process): left alone
+    live = folder / f".tmp-{os.getpid()}-0a1b2c3d-pairs-4567.a"  # a build still running (this process): left alone
     live.write_bytes(b"\0" * 100)
     cache = PairCache(dataset(data), cache_dir=str(folder), progress=False)
     assert not cache.hit and not orphan.exists() and live.exists()

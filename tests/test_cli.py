@@ -8,9 +8,9 @@ import time
 import torch
 from PIL import Image
 
-from fastpix import checkpoint as ckpt
 from fastpix.cli import build_parser, main
 from fastpix.models import define_G
+from fastpix.store.weights import load_train_state, load_weights
 
 TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32"]
 
@@ -37,7 +37,7 @@ def test_train_test_export_with_reference_flags(tiny_data, workdir, capsys):
     G = define_G(3, 3, 4, "unet_32", "batch", True, backend="eager")
     G.load_state_dict(torch.load(workdir / "pth" / "latest_net_G.pth", weights_only=True), strict=True)
     assert torch.equal(G.state_dict()["model.model.0.weight"],
-                       ckpt.load_weights(str(run / "latest_net_G.safetensors"))["model.model.0.weight"])
+                       load_weights(str(run / "latest_net_G.safetensors"))["model.model.0.weight"])
 
 
 def test_reference_checkpoint_folder_is_used_as_is(tiny_data, workdir):
@@ -71,12 +71,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_data, workdir):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with --continue_train" in err
-    state = ckpt.load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))
+    state = load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))
     assert state["iteration"] >= 3
     resumed = ["train", "--dataroot", tiny_data, "--name", "int", "--continue_train", "--max_iters",
                str(state["iteration"] + 1), "--num_threads", "0", "--quiet"]
     assert main(resumed) == 0  # the architecture comes back from config.json
-    assert ckpt.load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))["iteration"] == \
+    assert load_train_state(str(workdir / "checkpoints" / "int" / "latest_train_state.pt"))["iteration"] == \
         state["iteration"] + 1
 
 

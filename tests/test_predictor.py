@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastpix import checkpoint as ckpt
 from fastpix.config import ModelConfig
 from fastpix.data.transforms import to_image_array, to_tensor
+from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_json
 from fastpix.infer.predictor import Predictor, infer_architecture, pad_to, predict_files
 from fastpix.models import define_G
+from fastpix.store.weights import load_into, save_weights
 from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +43,7 @@ def close(a, b, tol=1e-5):
 def test_from_run_folder_reads_config_json(tmp_path):
     G = generator("unet_64", "batch", dropout=False)
     run = tmp_path / "run"
-    ckpt.save_weights(str(run / "latest_net_G.safetensors"), G)
+    save_weights(str(run / "latest_net_G.safetensors"), G)
     # no_dropout cannot be read from weights; 'compile' is a training-only backend that inference must ignore
     model = dataclasses.asdict(ModelConfig(netG="unet_64", ngf=4, norm="batch", no_dropout=True, backend="compile"))
     atomic_write_json(str(run / "config.json"), {"model": model, "data": {}, "train": {}})
@@ -62,7 +63,7 @@ def test_from_a_trained_run_folder(tiny_data, tmp_path):
                 progress=False)
     predictor = Predictor.from_checkpoint(run)
     G = define_G(3, 3, 4, "unet_32", "batch")
-    ckpt.load_into(G, f"{run}/latest_net_G.safetensors")
+    load_into(G, f"{run}/latest_net_G.safetensors")
     x = batch(1)
     close(predictor(x[0], output_type="pt"), G.train()(x)[0])
 
@@ -86,7 +87,7 @@ def test_bare_reference_pth_architecture_is_inferred(tmp_path, netG, norm, input
 
 def test_bare_safetensors_in_a_reference_folder(tmp_path):
     G = generator("resnet_6blocks", "batch", dropout=False)
-    ckpt.save_weights(str(tmp_path / "latest_net_G.safetensors"), G)
+    save_weights(str(tmp_path / "latest_net_G.safetensors"), G)
     predictor = Predictor.from_checkpoint(tmp_path, norm_mode="running")  # a folder without config.json
     x = batch(1)
     close(predictor(x[0], output_type="pt"), G.eval()(x)[0])
@@ -95,14 +96,14 @@ def test_bare_safetensors_in_a_reference_folder(tmp_path):
 def test_what_cannot_be_inferred_is_named(tmp_path):
     state = define_G(3, 3, 4, "unet_32", "batch").state_dict()
     del state["model.model.3.weight"]
-    ckpt.save_weights(str(tmp_path / "g.safetensors"), state)
-    with pytest.raises(ckpt.CheckpointError, match="cannot infer output_nc") as info:
+    save_weights(str(tmp_path / "g.safetensors"), state)
+    with pytest.raises(CheckpointError, match="cannot infer output_nc") as info:
         Predictor.from_checkpoint(tmp_path / "g.safetensors")
     assert "netG" not in str(info.value).split(";")[0]
-    ckpt.save_weights(str(tmp_path / "foreign.safetensors"), {"encoder.weight": torch.zeros(2, 2)})
-    with pytest.raises(ckpt.CheckpointError, match="cannot infer netG, ngf, norm, input_nc, output_nc"):
+    save_weights(str(tmp_path / "foreign.safetensors"), {"encoder.weight": torch.zeros(2, 2)})
+    with pytest.raises(CheckpointError, match="cannot infer netG, ngf, norm, input_nc, output_nc"):
         Predictor.from_checkpoint(tmp_path / "foreign.safetensors")
-    with pytest.raises(ckpt.CheckpointError, match="does not fit"):  # given, but wrong: the strict load says so
+    with pytest.raises(CheckpointError, match="does not fit"):  # given, but wrong: the strict load says so
         Predictor.from_checkpoint(tmp_path / "foreign.safetensors", netG="unet_32", ngf=4, norm="batch",
                                   input_nc=3, output_nc=3)
 
@@ -293,7 +294,7 @@ def test_cli_predict_translates_folders_and_files_and_fails_on_unreadable_ones(t
     from fastpix.cli import main
 
     G = generator("unet_32", "batch")
-    ckpt.save_weights(str(tmp_path / "g.pth"), G)
+    save_weights(str(tmp_path / "g.pth"), G)
     (tmp_path / "in" / "sub").mkdir(parents=True)
     images = {"in/a.png": random_image(40, 30), "in/sub/b.jpg": random_image(32, 32), "c.png": random_image(20, 50)}
     for name, image in images.items():
@@ -322,7 +323,7 @@ def test_cli_predict_names_bad_flags(tmp_path, capsys):
         main(["predict", "--help"])
     assert "exit status is then 1" in " ".join(capsys.readouterr().out.split())
     random_image(32, 32).save(tmp_path / "a.png")
-    ckpt.save_weights(str(tmp_path / "g.safetensors"), generator())
+    save_weights(str(tmp_path / "g.safetensors"), generator())
     base = ["predict", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="--checkpoint is required"):
         main(base)

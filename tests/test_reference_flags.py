@@ -138,12 +138,12 @@ def test_pre_2020_epoch_flags_are_aliases():
 
 
 def test_display_winsize_sets_the_results_page_image_width(tiny_data, workdir):
-    from fastpix import checkpoint as ckpt
     from fastpix.models import define_G
+    from fastpix.store.weights import save_weights
 
     os.makedirs(workdir / "ckpt" / "w")
-    ckpt.save_weights(str(workdir / "ckpt" / "w" / "latest_net_G.safetensors"),
-                      define_G(3, 3, 4, "unet_32", "batch", True, backend="eager"))
+    save_weights(str(workdir / "ckpt" / "w" / "latest_net_G.safetensors"),
+                 define_G(3, 3, 4, "unet_32", "batch", True, backend="eager"))
     test = ["test", "--dataroot", tiny_data, "--name", "w", "--checkpoints_dir", str(workdir / "ckpt"), "--netG",
             "unet_32", "--ngf", "4", "--load_size", "32", "--crop_size", "32", "--num_test", "1", "--results_dir",
             str(workdir / "res")]

@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from fastpix.checkpoint import infer_architecture, load_generator  # noqa: F401 - infer_architecture: public here too
 from fastpix.data.decode import DecodeError, decode_image
 from fastpix.data.transforms import BICUBIC, to_image_array
 from fastpix.files import atomic_write
@@ -35,6 +34,8 @@ from fastpix.infer.requests import ImageRequest
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
 from fastpix.runtime import PRECISIONS, autocast, channels_last, default_device, resolve_precision
+from fastpix.store.architecture import infer_architecture  # noqa: F401 - public here too
+from fastpix.store.generator import load_generator
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
