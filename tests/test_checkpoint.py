@@ -68,6 +68,45 @@ def test_a_save_cut_among_its_renames_is_finished_by_recover(tmp_path, monkeypat
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
+def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_committed_set(tmp_path, monkeypatch):
+    """Two saves at one iteration (an epoch ending on a --save_latest_freq multiple): the second, killed halfway
+    through a file, must not leave anything that recovery puts in place of the first's files."""
+    write_set(tmp_path, 4, 1.0)
+    real = files._write_into
+
+    def half_then_killed(path, data):
+        real(path, data[:len(data) // 2])
+        raise Killed()
+
+    monkeypatch.setattr(files, "_write_into", half_then_killed)
+    with pytest.raises(Killed):
+        write_set(tmp_path, 4, 2.0)
+    monkeypatch.undo()
+    recover(str(tmp_path))
+    assert g_value(tmp_path) == 1.0 and read_manifest(str(tmp_path))["iteration"] == 4
+    verify_set(str(tmp_path), read_manifest(str(tmp_path)))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)]
+
+
+def test_recovery_renames_only_a_temporary_whose_hash_is_the_manifests(tmp_path, monkeypatch):
+    write_set(tmp_path, 1, 1.0)
+    kill_at_the_renames(monkeypatch)
+    with pytest.raises(Killed):
+        write_set(tmp_path, 2, 2.0)
+    monkeypatch.undo()
+    old = (tmp_path / "latest_net_G.safetensors").read_bytes()
+    tmp = tmp_path / read_manifest(str(tmp_path))["files"]["latest_net_G.safetensors"]["tmp"]
+    damaged = bytearray(tmp.read_bytes())
+    damaged[-1] ^= 1
+    tmp.write_bytes(bytes(damaged))  # same size, other contents: not what the manifest committed
+    recover(str(tmp_path))
+    assert (tmp_path / "latest_net_G.safetensors").read_bytes() == old
+    assert torch.load(tmp_path / TRAIN_STATE)["iteration"] == 2  # the whole temporary was renamed
+    with pytest.raises(CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        verify_set(str(tmp_path), read_manifest(str(tmp_path)))  # so a resume refuses the torn set, in one line
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)]
+
+
 def test_a_file_changed_after_its_save_is_refused(tmp_path):
     write_set(tmp_path, 1, 1.0)
     save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
@@ -82,8 +121,8 @@ def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files, "_write_into", no_space)
-    with pytest.raises(DiskFull, match=r"\.tmp-2-latest_net_G.safetensors: no space left on the device \(the write "
-                                       r"needs [\d,]+ bytes") as info:
+    with pytest.raises(DiskFull, match=r"-latest_net_G.safetensors: no space left on the device \(the write needs "
+                                       r"[\d,]+ bytes") as info:
         write_set(tmp_path, 2, 2.0)
     assert "\n" not in str(info.value) and "previous checkpoint" in str(info.value)
     monkeypatch.undo()

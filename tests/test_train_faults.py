@@ -82,6 +82,29 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
     assert Image.open(f"{run}/loss.png").size[0] > 500
 
 
+def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_data, tmp_path, monkeypatch, whole):
+    """An epoch that ends on a --save_latest_freq multiple is saved twice at one iteration (4 here: 4 iterations an
+    epoch). A kill halfway through writing the second save's latest_net_G must leave the first save to resume from:
+    the second save's temporaries are its own, and recovery renames nothing whose hash is not the manifest's."""
+    real, attempts = files._write_into, []
+
+    def write(path, data):
+        if path.endswith("-latest_net_G.safetensors") and saved_iteration(data) == 4:
+            attempts.append(path)
+            if len(attempts) == 2:
+                real(path, data[:len(data) // 2])
+                raise Killed()
+        real(path, data)
+
+    monkeypatch.setattr(files, "_write_into", write)
+    with pytest.raises(Killed):
+        train(*configs(tiny_data, tmp_path, max_iters=7, save_latest_freq=4), progress=False)
+    monkeypatch.undo()
+    assert len(attempts) == 2 and read_manifest(str(tmp_path / "run"))["iteration"] == 4
+    resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
+    assert_same_run(whole, final_state(resumed))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_path, monkeypatch, whole, signum):
     real = progress.Progress.after_iteration

@@ -3,11 +3,13 @@
 Why a manifest written last rather than a generation folder: the file names (latest_net_G.safetensors, …) are what
 the README, `fastpix test` and a reference user look for, so the newest set must live under them. A save
 (write_set) is a small redo log:
-  1. every file of the set is written under a temporary name (.tmp-<iteration>-<name>) and fsynced: a kill or a
-     full disk here leaves the previous set and its manifest as they were (the temporaries are removed later);
+  1. every file of the set is written under a temporary name of its own (files.temporary_path: unique to this
+     save, so no later save, not even one of the same iteration, ever writes to it) and fsynced: a kill or a full
+     disk here leaves the previous set and its manifest as they were (the temporaries are removed later);
   2. checkpoint.json is replaced atomically, naming the new files, their temporaries, sizes and sha256: the commit;
   3. the temporaries are renamed over the old files. A kill among these renames is finished by `recover` at the
-     next start, from the manifest, so a resume sees exactly one set, which load verifies against the hashes.
+     next start, from the manifest, renaming only a temporary whose sha256 is the manifest's, so a resume sees
+     exactly one set, which load verifies against the hashes.
 Until that start, readers (`fastpix test`, predict, eval, export) read such a file from the temporary the manifest
 names, verified by its hash (committed_bytes): they never rename, as a training process may hold the folder.
 
@@ -22,7 +24,7 @@ import os
 import shutil
 
 from fastpix.errors import CheckpointError
-from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, write_new
+from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new
 from fastpix.store.run_config import read_json
 
 MANIFEST = "checkpoint.json"
@@ -38,9 +40,7 @@ def write_set(run_dir: str, files: dict[str, bytes], info: dict):
     entries, temporaries = {}, []
     try:
         for name, data in files.items():
-            temporaries.append(os.path.join(run_dir, f"{TMP_PREFIX}{info['iteration']}-{name}"))
-            with contextlib.suppress(FileNotFoundError):  # left by an earlier save of this iteration, killed
-                os.remove(temporaries[-1])
+            temporaries.append(temporary_path(os.path.join(run_dir, name)))
             write_new(temporaries[-1], data, needed, note)
             entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": len(data),
                              "sha256": hashlib.sha256(data).hexdigest()}
@@ -49,7 +49,7 @@ def write_set(run_dir: str, files: dict[str, bytes], info: dict):
         if _committed(run_dir, entries):  # interrupted just after the commit: the new set stands
             _rename_into_place(run_dir, entries)
         else:
-            for tmp in temporaries[:len(entries)]:
+            for tmp in temporaries:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
         raise
@@ -104,7 +104,7 @@ def pending_files(run_dir: str) -> dict:
 def committed_bytes(path: str) -> bytes | None:
     """The contents of `path` as the newest committed save left them, when that save was killed between its commit
     and the rename of this file: read from the temporary its manifest names, and only if that temporary is whole
-    (its sha256 is the manifest's; a later save of the same iteration may be rewriting it). None otherwise: the file under its own name is the committed one."""
+    (its sha256 is the manifest's). None otherwise: the file under its own name is the committed one."""
     run_dir, name = os.path.split(os.path.abspath(path))
     entry = pending_files(run_dir).get(name)
     if entry is None:
@@ -118,11 +118,15 @@ def committed_bytes(path: str) -> bytes | None:
 
 
 def recover(run_dir: str):
-    """Finish the renames of a save killed after its commit, then remove every other temporary (of saves killed
-    before their commit, or of any atomic write). Only the process holding the run's lock may call this."""
-    manifest = read_manifest(run_dir)
-    if manifest is not None:
-        _rename_into_place(run_dir, manifest["files"])
+    """Finish the renames of a save killed after its commit, renaming only temporaries whose contents are the
+    manifest's (anything else under a temporary name is not what was committed), then remove every other
+    temporary (of saves killed before their commit, or of any atomic write). Only the process holding the run's
+    lock may call this."""
+    for name, entry in _pending(run_dir, read_manifest(run_dir)).items():
+        tmp = os.path.join(run_dir, entry["tmp"])
+        if os.path.getsize(tmp) == entry.get("bytes") and file_sha256(tmp) == entry.get("sha256"):
+            os.replace(tmp, os.path.join(run_dir, name))
+    fsync_folder(run_dir)
     for name in os.listdir(run_dir):
         if name.startswith(TMP_PREFIX):
             with contextlib.suppress(OSError):
