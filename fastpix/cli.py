@@ -192,13 +192,14 @@ def check_launch(train_cfg, given: dict):
     """Refuse a multi-process launch that every rank would fail later, before any work: once, in one line."""
     import torch
 
+    from fastpix.errors import ConfigError
     from fastpix.train.distributed import check_world, launch_world_size
 
     world_size = launch_world_size(train_cfg.nproc)
     cuda = torch.cuda.is_available() and not str(train_cfg.device or "cuda").startswith("cpu")
     try:
         check_world(train_cfg.batch_size, world_size, given.get("norm"), cuda)
-    except ValueError:
+    except ConfigError:
         if not is_main_process():  # rank 0 says it; torchrun kills the others once one exits, so leave it time
             time.sleep(RANK_EXIT_DELAY_S)
             raise SystemExit(2) from None

@@ -23,6 +23,7 @@ import os
 import torch
 
 from fastpix.config import EXPORT_NORM_MODES
+from fastpix.errors import ConfigError
 from fastpix.infer.compiled import build_package, load_package, prepared_network
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.onnx_runtime import write_onnx
@@ -76,7 +77,7 @@ def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
     multiple = size_multiple(generator)
     if size[0] % multiple or size[1] % multiple or min(size) < multiple:
-        raise ValueError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
+        raise ConfigError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
                          f"{multiple}")
     net = inference_network(generator, norm_mode, dropout=False).cpu().float().eval()
     compiled, dtype = prepared_network(net, precision)

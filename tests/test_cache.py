@@ -12,6 +12,7 @@ from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
 from fastpix.data.stream import make_pipeline
+from fastpix.errors import ConfigError, ResourceError
 from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
@@ -134,7 +135,7 @@ def test_make_pipeline_modes(data, tmp_path):
     other = dataset(data, load=32)
     other.preprocess = "scale_width_and_crop"
     assert make_pipeline(other, 4, progress=False).mode == "loader"
-    with pytest.raises(ValueError, match="resize_and_crop"):
+    with pytest.raises(ConfigError, match="resize_and_crop"):
         PairCache(other, cache_dir=str(tmp_path / "c"))
 
 
@@ -300,7 +301,7 @@ def test_auto_pipeline_falls_back_to_streaming(data, tmp_path, monkeypatch):
     pipe = make_pipeline(ds, 4, seed=2, cache_dir=str(tmp_path / "c"), progress=False)
     assert pipe.mode == "stream"
     assert_same_batches(pipeline_batches(pipe, 1), reference_batches(ds, 4, 2, 1))
-    with pytest.raises(MemoryError, match="--data_pipeline stream"):
+    with pytest.raises(ResourceError, match="--data_pipeline stream"):
         make_pipeline(ds, 4, mode="cache", cache_dir=str(tmp_path / "c"), progress=False)
 
 

@@ -10,6 +10,7 @@ from fastpix import cli
 from fastpix.config import user_cache_dir
 from fastpix.data.cache import PairCache, default_cache_dir
 from fastpix.data.dataset import PairedDataset
+from fastpix.errors import ConfigError
 from fastpix.models import define_G
 from fastpix.train.distributed import check_world
 
@@ -86,11 +87,11 @@ def test_a_crop_the_unet_cannot_take_is_refused_before_any_work(tiny_data, workd
 def test_indivisible_batch_is_refused_before_any_work(tiny_data, workdir, monkeypatch, capsys):
     """--batch_size is the global batch: under --nproc or torchrun it must split evenly, said once, before the
     cache is built or torchrun is started."""
-    with pytest.raises(ValueError, match=r"--batch_size 3 is the global batch, split over 2 processes: it must be "
+    with pytest.raises(ConfigError, match=r"--batch_size 3 is the global batch, split over 2 processes: it must be "
                                          r"a multiple of 2 \(e.g. 2 or 4\)"):
         check_world(3, 2)
     check_world(4, 2)
-    with pytest.raises(ValueError, match="--norm syncbatch needs several GPU processes"):
+    with pytest.raises(ConfigError, match="--norm syncbatch needs several GPU processes"):
         check_world(4, 1, "syncbatch")
     argv = ["train", "--dataroot", tiny_data, "--batch_size", "3", "--quiet"]
     assert cli.main([*argv, "--nproc", "2"]) == 2

@@ -30,6 +30,7 @@ from fastpix.data.augment import augment
 from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
 from fastpix.data.decode import decode_pairs_into
 from fastpix.data.transforms import BICUBIC
+from fastpix.errors import ConfigError, ResourceError
 from fastpix.files import atomic_write, atomic_write_json, temporary_writer
 
 CACHE_VERSION = 1
@@ -45,8 +46,8 @@ def channels(dataset: PairedDataset) -> tuple[int, int]:
 
 def check_cacheable(dataset: PairedDataset):
     if dataset.preprocess != "resize_and_crop":
-        raise ValueError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
-                         "can): use --data_pipeline loader")
+        raise ConfigError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
+                          "can): use --data_pipeline loader")
 
 
 def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
@@ -208,7 +209,7 @@ class PairCache:
         if placement == "auto":
             placement = choose_placement(dataset, self.device, self.cache_dir)
             if placement is None:
-                raise MemoryError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
+                raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
                                   f"device, in RAM nor in {self.cache_dir}: stream instead")
         self.placement = placement
         key = json.dumps(cache_key(dataset), sort_keys=True)

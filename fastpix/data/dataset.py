@@ -9,6 +9,7 @@ from PIL import Image
 
 from fastpix.data.decode import DataError, decode_image
 from fastpix.data.transforms import sample_crop_flip, sample_rng, to_tensor, transform_image
+from fastpix.errors import ConfigError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 
@@ -139,7 +140,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, seed: int, shuffle: bool, global_batch: int = 1, rank: int = 0, world: int = 1):
         if global_batch % world:
-            raise ValueError(f"--batch_size {global_batch} must be a multiple of the number of processes {world}")
+            raise ConfigError(f"--batch_size {global_batch} must be a multiple of the number of processes {world}")
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.epoch, self.start = 0, 0
