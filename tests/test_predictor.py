@@ -303,9 +303,7 @@ def test_cli_predict_translates_folders_and_files_and_fails_on_unreadable_ones(t
     out = tmp_path / "out"
     argv = ["predict", "--checkpoint", str(tmp_path / "g.pth"), "--input", str(tmp_path / "in"),
             str(tmp_path / "c.png"), "--output", str(out), "--batch-size", "2", "--norm-mode", "running", "--quiet"]
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 1
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "a.png" not in err
     predictor = Predictor(G, norm_mode="running")
@@ -325,15 +323,17 @@ def test_cli_predict_names_bad_flags(tmp_path, capsys):
     random_image(32, 32).save(tmp_path / "a.png")
     save_weights(str(tmp_path / "g.safetensors"), generator())
     base = ["predict", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match="--checkpoint is required"):
+    with pytest.raises(SystemExit):
         main(base)
-    with pytest.raises(SystemExit, match="precision 'fp16' needs a CUDA device"):
-        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp16"])
-    with pytest.raises(SystemExit, match="runtime 'compiled': norm_mode 'batch'"):
-        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode", "batch"])
-    with pytest.raises(SystemExit, match="no images in"):
-        (tmp_path / "empty").mkdir()
-        main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),
-              "--checkpoint", str(tmp_path / "g.safetensors")])
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
+    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp16"]) == 2
+    assert "precision 'fp16' needs a CUDA device" in capsys.readouterr().err
+    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode",
+                        "batch"]) == 2
+    assert "runtime 'compiled': norm_mode 'batch'" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),
+                 "--checkpoint", str(tmp_path / "g.safetensors")]) == 2
+    assert "no images in" in capsys.readouterr().err
     assert main(base + ["--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth" in capsys.readouterr().err

@@ -114,12 +114,13 @@ def test_aspect_ratio_resizes_as_the_reference(tmp_path):
         assert Image.open(tmp_path / "a.png").size == size
 
 
-def test_single_image_runs_point_to_predict(workdir):
+def test_single_image_runs_point_to_predict(workdir, capsys):
     """The reference's pretrained-model line (--model test --dataset_mode single) is `fastpix predict`'s job."""
     for flags in (["--model", "test"], ["--dataset_mode", "single"]):
-        with pytest.raises(SystemExit, match=f"{' '.join(flags)} translates images without targets: use fastpix "
-                                             "predict --checkpoint"):
-            main(["test", "--dataroot", str(workdir), "--name", "pretrained", *flags])
+        assert main(["test", "--dataroot", str(workdir), "--name", "pretrained", *flags]) == 2
+        assert capsys.readouterr().err == (f"fastpix test: error: {' '.join(flags)} translates images without "
+                                           "targets: use fastpix predict --checkpoint <checkpoints_dir>/<name> "
+                                           "--input <images> --output <folder>\n")
 
 
 @pytest.mark.parametrize("command", ["train", "test", "eval"])
