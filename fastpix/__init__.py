@@ -4,6 +4,7 @@ Heavy pieces (the Triton kernels, the decoder, torch itself) are imported lazily
 cheap: `fastpix.Predictor` loads fastpix.infer.predictor on first access.
 """
 __version__ = "0.1.0"
+__all__ = ["Predictor", "__version__"]  # `from fastpix import *` loads the Predictor through __getattr__
 
 _LAZY = {"Predictor": "fastpix.infer.predictor"}
 

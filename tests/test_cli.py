@@ -238,3 +238,11 @@ def test_train_without_dataroot_takes_the_demo_at_the_demos_scale(workdir, monke
     assert notes == [f"fastpix train: no --dataroot: training on the built-in demo data in {data.dataroot} at the "
                      "demo's scale (unet_64, ngf 32, 64², batch 4, 5+5 epochs; flags given override these)"]
 
+
+
+def test_star_import_gives_the_predictor():
+    from fastpix.infer.predictor import Predictor
+
+    namespace = {}
+    exec("from fastpix import *", namespace)
+    assert namespace["Predictor"] is Predictor
