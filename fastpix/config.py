@@ -77,17 +77,6 @@ class ModelConfig:
                        choices=TRAIN_BACKENDS)
 
 
-def check_crop(model_cfg: ModelConfig, data_cfg: DataConfig):
-    """A U-Net halves its input num_downs times (unet_<N>: log2 N), so a fixed crop must be a multiple of N:
-    otherwise the first forward fails, after the cache was built. Said first, in one line."""
-    if not model_cfg.netG.startswith("unet_") or data_cfg.preprocess not in ("resize_and_crop", "crop"):
-        return
-    multiple = int(model_cfg.netG.removeprefix("unet_"))
-    if data_cfg.crop_size % multiple:
-        raise ConfigError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {multiple}: "
-                          f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
-
-
 @dataclass
 class DataConfig:
     dataroot: str = opt(None, "dataset folder holding train/val/test splits (default: the built-in demo data)")
@@ -108,6 +97,17 @@ class DataConfig:
                              choices=DATA_PIPELINE_CHOICES)
     cache_dir: str = opt(None, "folder of the decode-once cache (default: a folder per data set under "
                          "$XDG_CACHE_HOME/fastpix/pairs, else ~/.cache/fastpix/pairs)")
+
+
+def check_crop(model_cfg: ModelConfig, data_cfg: DataConfig):
+    """A U-Net halves its input num_downs times (unet_<N>: log2 N), so a fixed crop must be a multiple of N:
+    otherwise the first forward fails, after the cache was built. Said first, in one line."""
+    if not model_cfg.netG.startswith("unet_") or data_cfg.preprocess not in ("resize_and_crop", "crop"):
+        return
+    multiple = int(model_cfg.netG.removeprefix("unet_"))
+    if data_cfg.crop_size % multiple:
+        raise ConfigError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {multiple}: "
+                          f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
 
 
 @dataclass
