@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {"Predictor": "fastpix.infer.predictor", "ImageRequest": "fastpix.infer.requests",
          "ImageResult": "fastpix.infer.requests"}
 
-__all__ = ["Predictor", "ImageRequest", "ImageResult"]
+__all__ = ["Predictor", "ImageRequest", "ImageResult", "__version__"]  # `import *` loads them through __getattr__
 
 
 def __getattr__(name):

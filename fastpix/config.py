@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from fastpix.errors import ConfigError
+
 
 def opt(default, help, **kw):
     """A config field with its help text (and optional argparse extras: choices, flag aliases, nargs, required)."""
@@ -98,6 +100,17 @@ class DataConfig:
                          "$XDG_CACHE_HOME/fastpix/pairs, else ~/.cache/fastpix/pairs)")
 
 
+def check_crop(model_cfg: ModelConfig, data_cfg: DataConfig):
+    """A U-Net halves its input num_downs times (unet_<N>: log2 N), so a fixed crop must be a multiple of N:
+    otherwise the first forward fails, after the cache was built. Said first, in one line."""
+    if not model_cfg.netG.startswith("unet_") or data_cfg.preprocess not in ("resize_and_crop", "crop"):
+        return
+    multiple = int(model_cfg.netG.removeprefix("unet_"))
+    if data_cfg.crop_size % multiple:
+        raise ConfigError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {multiple}: "
+                          f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
+
+
 @dataclass
 class TrainConfig:
     name: str = opt("experiment_name", "name of the experiment: checkpoints go to <checkpoints_dir>/<name>")
@@ -148,6 +161,9 @@ class TrainConfig:
 class TestConfig:
     name: str = opt("experiment_name", "name of the experiment to load from <checkpoints_dir>/<name>")
     checkpoints_dir: str = opt("./checkpoints", "where the checkpoints are")
+    checkpoint: str = opt(None, "a run folder (with config.json and <epoch>_net_G.*) or a generator weights file "
+                          "(a reference .pth too: its architecture is read from its keys), instead of "
+                          "<checkpoints_dir>/<name>")
     results_dir: str = opt("./results", "results are written to <results_dir>/<name>/<phase>_<epoch>/")
     phase: str = opt("test", "dataset split to run on")
     epoch: str = opt("latest", "which checkpoint to load: latest or an epoch number")
@@ -169,8 +185,6 @@ class TestConfig:
 
 @dataclass
 class EvalConfig(TestConfig):
-    checkpoint: str = opt(None, "a run folder (with config.json and <epoch>_net_G.*) or a generator weights file, "
-                          "instead of <checkpoints_dir>/<name>")
     results_dir: str = opt(TestConfig.results_dir, "the page goes to <results_dir>/<name>/eval_<phase>_<epoch>/")
     phase: str = opt("val", "dataset split to score")
     num_test: int = opt(1_000_000, "score the first this many images of the split")
@@ -237,7 +251,7 @@ def default_compile_cache_dir() -> str:
 class InferenceConfig:
     """What `fastpix predict` and `fastpix serve` share: which generator, and how it runs."""
     checkpoint: str = opt(None, "a run folder (config.json + <epoch>_net_G.*), a .safetensors file or a reference "
-                          ".pth (required)")
+                          ".pth", required=True)
     epoch: str = opt("latest", "which checkpoint of a run folder: latest or an epoch number")
     norm_mode: str = opt("instance", "BatchNorm at inference: instance (per-image statistics: the paper's protocol "
                          "at batch 1, independent of the batch), batch (statistics of the whole batch), running "
@@ -356,6 +370,7 @@ class DemoConfig:
                         choices=("vanilla", "lsgan", "none"))
     precision: str = opt(None, "training precision, as for train (default: bf16 on GPUs that support it and on "
                          "CPUs with native bf16, else fp32)", choices=("fp32", "bf16", "fp16"))
+    device: str = opt(None, "torch device (default: cuda if available, else cpu): the demo's scale follows it")
 
 
 # The demo's scale: the paper's unet_256 at 256² on a GPU; on a CPU a model that trains in a few minutes.
@@ -363,17 +378,28 @@ DEMO_SCALE = {"gpu": {"size": 256, "netG": "unet_256", "ngf": 64, "ndf": 64, "lo
               "cpu": {"size": 64, "netG": "unet_64", "ngf": 32, "ndf": 32, "load_size": 72, "batch_size": 4}}
 
 
+def demo_options(gpu: bool, epochs: int = DemoConfig.epochs) -> dict:
+    """The options the demo trains with (fields of ModelConfig, DataConfig and TrainConfig); also what `fastpix
+    train` uses without --dataroot."""
+    scale = DEMO_SCALE["gpu" if gpu else "cpu"]
+    return {"netG": scale["netG"], "ngf": scale["ngf"], "ndf": scale["ndf"], "load_size": scale["load_size"],
+            "crop_size": scale["size"], "batch_size": scale["batch_size"], "n_epochs": epochs,
+            "n_epochs_decay": epochs, "print_freq": 50, "display_freq": 200, "save_epoch_freq": max(1, epochs)}
+
+
+def _fields(cls, values: dict) -> dict:
+    return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+
+
 def demo_configs(cfg: DemoConfig, gpu: bool) -> tuple:
     """(ModelConfig, DataConfig, TrainConfig, TestConfig) of `fastpix demo` writing under cfg.out."""
-    scale = DEMO_SCALE["gpu" if gpu else "cpu"]
-    model = ModelConfig(netG=scale["netG"], ngf=scale["ngf"], ndf=scale["ndf"])
-    data = DataConfig(dataroot=os.path.join(cfg.out, "data"), load_size=scale["load_size"], crop_size=scale["size"])
-    train = TrainConfig(name="demo", checkpoints_dir=os.path.join(cfg.out, "checkpoints"),
-                        batch_size=scale["batch_size"], n_epochs=cfg.epochs, n_epochs_decay=cfg.epochs,
-                        print_freq=50, display_freq=200, save_epoch_freq=max(1, cfg.epochs), gan_mode=cfg.gan_mode,
-                        precision=cfg.precision)
+    options = demo_options(gpu, cfg.epochs)
+    model = ModelConfig(**_fields(ModelConfig, options))
+    data = DataConfig(dataroot=os.path.join(cfg.out, "data"), **_fields(DataConfig, options))
+    train = TrainConfig(name="demo", checkpoints_dir=os.path.join(cfg.out, "checkpoints"), gan_mode=cfg.gan_mode,
+                        precision=cfg.precision, device=cfg.device, **_fields(TrainConfig, options))
     test = TestConfig(name="demo", checkpoints_dir=train.checkpoints_dir,
-                      results_dir=os.path.join(cfg.out, "results"), num_test=40)
+                      results_dir=os.path.join(cfg.out, "results"), num_test=40, device=cfg.device)
     return model, data, train, test
 
 

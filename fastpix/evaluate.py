@@ -18,6 +18,7 @@ import numpy as np
 
 from fastpix.data.dataset import DataError
 from fastpix.data.transforms import to_image_array
+from fastpix.files import atomic_write_bytes
 from fastpix.results import save_png, write_index
 
 METRICS = {"l1": "lower is better", "psnr": "higher is better", "ssim": "higher is better",
@@ -98,8 +99,7 @@ def write_json(path: str, report: dict):
             return [finite(v) for v in value]
         return value
 
-    with open(path, "w") as f:
-        json.dump(finite(report), f, indent=2, allow_nan=False)
+    atomic_write_bytes(path, json.dumps(finite(report), indent=2, allow_nan=False).encode())
 
 
 def summary_html(report: dict) -> str:
@@ -208,16 +208,15 @@ def add_fid_kid(report: dict, kept: list | None, weights: str | None, device):
     report["kid"] = {"mean": mean, "std": std}
 
 
-def run_test(model_cfg, data_cfg, test_cfg, width: int = 256, aspect_ratio: float = 1.0) -> str:
-    """Write <results_dir>/<name>/<phase>_<epoch>/ (images resized to the reference's --aspect_ratio, index.html
-    with per-image metrics, its images `width` px wide: the reference's --display_winsize); return it."""
-    from fastpix import checkpoint as ckpt
+def run_test(model_cfg, data_cfg, test_cfg, weights: str, width: int = 256, aspect_ratio: float = 1.0) -> str:
+    """Translate with the generator in `weights` and write <results_dir>/<name>/<phase>_<epoch>/ (images resized
+    to the reference's --aspect_ratio, index.html with per-image metrics, its images `width` px wide: the
+    reference's --display_winsize); return it."""
     from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
     from fastpix.runtime import default_device
 
     device = default_device(test_cfg.device)
-    G = build_generator(model_cfg, ckpt.find_weights(os.path.join(test_cfg.checkpoints_dir, test_cfg.name),
-                                                     test_cfg.weights_tag(), "G"), device)
+    G = build_generator(model_cfg, weights, device)
     dataset = protocol_dataset(model_cfg, data_cfg, test_cfg.phase)
     out = os.path.join(test_cfg.results_dir, test_cfg.name, f"{test_cfg.phase}_{test_cfg.epoch}")
     if test_cfg.load_iter > 0:

@@ -1,5 +1,6 @@
-"""Export of a generator: ONNX for runtimes other than PyTorch (onnxruntime, TensorRT, OpenVINO …), or an
-AOTInductor package (.pt2) for serving with torch alone on a CPU like this one.
+"""Export of a checkpoint: the reference's plain .pth state dicts (for the reference's code), ONNX for runtimes
+other than PyTorch (onnxruntime, TensorRT, OpenVINO …), or an AOTInductor package (.pt2) for serving with torch
+alone on a CPU like this one.
 
 pt2: the compiled runtime's artifact (infer/compiled.py) for one batch size, image size and precision, built for
 this machine's CPU features: `torch._inductor.aoti_load_package(path)(x)` with x an N×C×H×W tensor of that
@@ -17,15 +18,36 @@ torch.onnx's dynamo exporter is used (the TorchScript one is deprecated); it nee
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fastpix.config import EXPORT_NORM_MODES
+from fastpix.errors import ConfigError
 from fastpix.infer.compiled import build_package, load_package, prepared_network
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.onnx_runtime import write_onnx
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
+from fastpix.store.generator import GeneratorSource
+from fastpix.store.run_folder import weights_in
+from fastpix.store.weights import load_weights, save_weights
 
+
+def export_pth(source: GeneratorSource, tag: str, out: str) -> list[str]:
+    """The reference's plain state dicts in folder `out`: a weights file as <its name>.pth; from a run folder
+    <tag>_net_G.pth and <tag>_net_D.pth (just G from a generator-only folder, as the reference's pretrained models
+    are). Returns the files written."""
+    os.makedirs(out, exist_ok=True)
+    sources = {source.stem: source.weights}
+    discriminator = None if source.given_file else weights_in(source.run_dir, tag).get("D")
+    if discriminator is not None:
+        sources[f"{tag}_net_D"] = discriminator
+    written = []
+    for stem, path in sources.items():
+        written.append(os.path.join(out, f"{stem}.pth"))
+        save_weights(written[-1], load_weights(path))
+    return written
 
 
 def size_multiple(generator) -> int:
@@ -55,7 +77,7 @@ def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
     multiple = size_multiple(generator)
     if size[0] % multiple or size[1] % multiple or min(size) < multiple:
-        raise ValueError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
+        raise ConfigError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
                          f"{multiple}")
     net = inference_network(generator, norm_mode, dropout=False).cpu().float().eval()
     compiled, dtype = prepared_network(net, precision)

@@ -23,8 +23,9 @@ import os
 import numpy as np
 import torch
 
-from fastpix.checkpoint import CheckpointError, load_torchscript
 from fastpix.data.dataset import DataError
+from fastpix.errors import CheckpointError
+from fastpix.store.user_networks import load_torchscript
 
 ROWS = {"fake_B": "generated (fake_B)", "real_B": "real photos (real_B): the ceiling"}
 PAPER = ("the paper's Table 1 (Cityscapes labels→photo, 256², FCN-8s): ground truth 0.80 / 0.26 / 0.21, "

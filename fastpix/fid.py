@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastpix.checkpoint import load_torchscript
+from fastpix.store.user_networks import load_torchscript
 
 
 def load_feature_network(path: str, device: torch.device):

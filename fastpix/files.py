@@ -63,9 +63,16 @@ def write_new(path: str, data: bytes, needed: int | None = None, note: str = "")
 
 
 def temporary_path(path: str) -> str:
-    """A fresh temporary name beside `path` (same folder, so the final rename is atomic)."""
+    """A fresh temporary name beside `path` (same folder, so the final rename is atomic), unique to this call and
+    naming the writing process: .tmp-<pid>-<random>-<name>."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(4)}-{name}")
+    return os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}")
+
+
+def temporary_writer(name: str) -> int | None:
+    """The pid of the process that made temporary `name` (a file name from temporary_path); None for other names."""
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0] if name.startswith(TMP_PREFIX) else ""
+    return int(pid) if pid.isdigit() else None
 
 
 def atomic_write(path: str, write: Callable[[str], Any], nbytes: int | None = None):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fastpix import checkpoint as ckpt
 from fastpix import config
 from fastpix.data.cache import PairCache
 from fastpix.data.dataset import DataError, PairedDataset, make_loader
@@ -20,6 +19,7 @@ from fastpix.data.stream import make_pipeline
 from fastpix.infer.image_files import output_names, predict_files
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,14 +123,15 @@ def test_fastpix_test_names_a_bomb_skips_it_and_writes_non_utf8_names(tmp_path):
     G = define_G(3, 3, 4, "unet_32", "batch", True, backend="eager")
     run = tmp_path / "checkpoints" / "r"
     run.mkdir(parents=True)
-    ckpt.save_weights(str(run / "latest_net_G.safetensors"), G)
+    weights = str(run / "latest_net_G.safetensors")
+    save_weights(weights, G)
     model = config.ModelConfig(netG="unet_32", ngf=4)
     test = config.TestConfig(checkpoints_dir=str(tmp_path / "checkpoints"), name="r", results_dir=str(tmp_path / "res"),
                       device="cpu")
     with pytest.raises(DataError, match="z_bomb.png"):
-        run_test(model, config.DataConfig(dataroot=root, crop_size=32), test)
+        run_test(model, config.DataConfig(dataroot=root, crop_size=32), test, weights)
     with pytest.warns(UserWarning, match="z_bomb.png"):
-        out = run_test(model, config.DataConfig(dataroot=root, crop_size=32, skip_bad_images=True), test)
+        out = run_test(model, config.DataConfig(dataroot=root, crop_size=32, skip_bad_images=True), test, weights)
     page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
     assert "caf\ufffd" in page and "images/caf%E9_fake_B.png" in page
     assert os.path.isfile(os.path.join(os.fsencode(out), b"images", b"caf\xe9_fake_B.png"))

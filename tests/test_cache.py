@@ -12,6 +12,7 @@ from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
 from fastpix.data.stream import make_pipeline
+from fastpix.errors import ConfigError, ResourceError
 from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
@@ -134,7 +135,7 @@ def test_make_pipeline_modes(data, tmp_path):
     other = dataset(data, load=32)
     other.preprocess = "scale_width_and_crop"
     assert make_pipeline(other, 4, progress=False).mode == "loader"
-    with pytest.raises(ValueError, match="resize_and_crop"):
+    with pytest.raises(ConfigError, match="resize_and_crop"):
         PairCache(other, cache_dir=str(tmp_path / "c"))
 
 
@@ -278,16 +279,16 @@ def test_batches_do_not_depend_on_worker_count(data, tmp_path):
 
 
 def test_orphaned_temporary_files_are_removed(data, tmp_path):
-    """A build killed outright leaves .tmp<pid> files and no manifest: the next build removes them."""
+    """A build killed outright leaves .tmp-<pid>-… files and no manifest: the next build removes them."""
     import subprocess
 
     folder = tmp_path / "c"
     folder.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    orphan = folder / f"pairs-0123.a.tmp{dead.pid}"
+    orphan = folder / f".tmp-{dead.pid}-0a1b2c3d-pairs-0123.a"
     orphan.write_bytes(b"\0" * 100)
-    live = folder / f"pairs-4567.a.tmp{os.getpid()}"  # a build still running (this process): left alone
+    live = folder / f".tmp-{os.getpid()}-0a1b2c3d-pairs-4567.a"  # a build still running (this process): left alone
     live.write_bytes(b"\0" * 100)
     cache = PairCache(dataset(data), cache_dir=str(folder), progress=False)
     assert not cache.hit and not orphan.exists() and live.exists()
@@ -300,7 +301,7 @@ def test_auto_pipeline_falls_back_to_streaming(data, tmp_path, monkeypatch):
     pipe = make_pipeline(ds, 4, seed=2, cache_dir=str(tmp_path / "c"), progress=False)
     assert pipe.mode == "stream"
     assert_same_batches(pipeline_batches(pipe, 1), reference_batches(ds, 4, 2, 1))
-    with pytest.raises(MemoryError, match="--data_pipeline stream"):
+    with pytest.raises(ResourceError, match="--data_pipeline stream"):
         make_pipeline(ds, 4, mode="cache", cache_dir=str(tmp_path / "c"), progress=False)
 
 

@@ -1,5 +1,5 @@
-"""The run folder (fastpix/checkpoint.py): sets committed by a manifest, recovery, full disks, the lock, file modes and
-one-line errors for damaged or foreign files."""
+"""The store (fastpix/store/): sets committed by a manifest, recovery, full disks, the lock, file modes and one-line
+errors for damaged or foreign files."""
 import argparse
 import errno
 import json
@@ -10,21 +10,26 @@ import sys
 import pytest
 import torch
 
-from fastpix import checkpoint as ckpt
 from fastpix import files
-from fastpix.errors import DiskFull
-from fastpix.files import atomic_write_json
+from fastpix.errors import CheckpointError, DiskFull
+from fastpix.files import TMP_PREFIX, atomic_write_json
+from fastpix.store import checkpoint_set
+from fastpix.store.checkpoint_set import MANIFEST, read_manifest, recover, verify_set
+from fastpix.store.generator import load_generator
+from fastpix.store.run_config import saved_config
+from fastpix.store.run_folder import TRAIN_STATE, RunFolder, find_weights
+from fastpix.store.weights import load_train_state, load_weights, save_weights, torch_bytes, weights_bytes
 
 
 def write_set(run_dir, iteration, value):
-    files = {"latest_net_G.safetensors": ckpt.weights_bytes({"w": torch.full((4,), float(value))},
-                                                              {"iteration": iteration}),
-             ckpt.TRAIN_STATE: ckpt.torch_bytes({"iteration": iteration})}
-    ckpt.write_set(str(run_dir), files, {"iteration": iteration, "epoch": 1, "position": 0})
+    weights = weights_bytes({"w": torch.full((4,), float(value))}, {"iteration": iteration})
+    files = {"latest_net_G.safetensors": weights,
+             TRAIN_STATE: torch_bytes({"iteration": iteration})}
+    checkpoint_set.write_set(str(run_dir), files, {"iteration": iteration, "epoch": 1, "position": 0})
 
 
 def g_value(run_dir):
-    return float(ckpt.load_weights(f"{run_dir}/latest_net_G.safetensors")["w"][0])
+    return float(load_weights(f"{run_dir}/latest_net_G.safetensors")["w"][0])
 
 
 class Killed(BaseException):
@@ -35,11 +40,11 @@ def test_a_save_cut_before_its_commit_leaves_the_previous_set(tmp_path, monkeypa
     write_set(tmp_path, 1, 1.0)
     real = files._write_into
     monkeypatch.setattr(files, "_write_into", lambda path, data: (_ for _ in ()).throw(Killed())
-                        if path.endswith(ckpt.TRAIN_STATE) else real(path, data))
+                        if path.endswith(TRAIN_STATE) else real(path, data))
     with pytest.raises(Killed):
         write_set(tmp_path, 2, 2.0)
-    assert ckpt.read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
-    ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+    assert read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
+    verify_set(str(tmp_path), read_manifest(str(tmp_path)))
 
 
 def test_a_save_cut_among_its_renames_is_finished_by_recover(tmp_path, monkeypatch):
@@ -47,27 +52,66 @@ def test_a_save_cut_among_its_renames_is_finished_by_recover(tmp_path, monkeypat
     real = os.replace
 
     def one_rename_then_killed(src, dst):
-        if dst.endswith(ckpt.TRAIN_STATE):
+        if dst.endswith(TRAIN_STATE):
             raise Killed()
         real(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", one_rename_then_killed)
+    monkeypatch.setattr(os, "replace", one_rename_then_killed)
     with pytest.raises(Killed):
         write_set(tmp_path, 2, 2.0)
-    monkeypatch.setattr(ckpt.os, "replace", real)
-    assert torch.load(tmp_path / ckpt.TRAIN_STATE)["iteration"] == 1  # torn: G is new, the state old
+    monkeypatch.setattr(os, "replace", real)
+    assert torch.load(tmp_path / TRAIN_STATE)["iteration"] == 1  # torn: G is new, the state old
     open(tmp_path / ".tmp-ab12-config.json", "w").close()  # a stale temporary of some other write
-    ckpt.recover(str(tmp_path))
-    assert torch.load(tmp_path / ckpt.TRAIN_STATE)["iteration"] == 2 and g_value(tmp_path) == 2.0
-    ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+    recover(str(tmp_path))
+    assert torch.load(tmp_path / TRAIN_STATE)["iteration"] == 2 and g_value(tmp_path) == 2.0
+    verify_set(str(tmp_path), read_manifest(str(tmp_path)))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_committed_set(tmp_path, monkeypatch):
+    """Two saves at one iteration (an epoch ending on a --save_latest_freq multiple): the second, killed halfway
+    through a file, must not leave anything that recovery puts in place of the first's files."""
+    write_set(tmp_path, 4, 1.0)
+    real = files._write_into
+
+    def half_then_killed(path, data):
+        real(path, data[:len(data) // 2])
+        raise Killed()
+
+    monkeypatch.setattr(files, "_write_into", half_then_killed)
+    with pytest.raises(Killed):
+        write_set(tmp_path, 4, 2.0)
+    monkeypatch.undo()
+    recover(str(tmp_path))
+    assert g_value(tmp_path) == 1.0 and read_manifest(str(tmp_path))["iteration"] == 4
+    verify_set(str(tmp_path), read_manifest(str(tmp_path)))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)]
+
+
+def test_recovery_renames_only_a_temporary_whose_hash_is_the_manifests(tmp_path, monkeypatch):
+    write_set(tmp_path, 1, 1.0)
+    kill_at_the_renames(monkeypatch)
+    with pytest.raises(Killed):
+        write_set(tmp_path, 2, 2.0)
+    monkeypatch.undo()
+    old = (tmp_path / "latest_net_G.safetensors").read_bytes()
+    tmp = tmp_path / read_manifest(str(tmp_path))["files"]["latest_net_G.safetensors"]["tmp"]
+    damaged = bytearray(tmp.read_bytes())
+    damaged[-1] ^= 1
+    tmp.write_bytes(bytes(damaged))  # same size, other contents: not what the manifest committed
+    recover(str(tmp_path))
+    assert (tmp_path / "latest_net_G.safetensors").read_bytes() == old
+    assert torch.load(tmp_path / TRAIN_STATE)["iteration"] == 2  # the whole temporary was renamed
+    with pytest.raises(CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        verify_set(str(tmp_path), read_manifest(str(tmp_path)))  # so a resume refuses the torn set, in one line
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)]
 
 
 def test_a_file_changed_after_its_save_is_refused(tmp_path):
     write_set(tmp_path, 1, 1.0)
-    ckpt.save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
-    with pytest.raises(ckpt.CheckpointError, match="latest_net_G.safetensors: its contents differ"):
-        ckpt.verify_set(str(tmp_path), ckpt.read_manifest(str(tmp_path)))
+    save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
+    with pytest.raises(CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        verify_set(str(tmp_path), read_manifest(str(tmp_path)))
 
 
 def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch):
@@ -77,15 +121,15 @@ def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files, "_write_into", no_space)
-    with pytest.raises(DiskFull, match=r"\.tmp-2-latest_net_G.safetensors: no space left on the "
-                                                   r"device \(the write needs [\d,]+ bytes") as info:
+    with pytest.raises(DiskFull, match=r"-latest_net_G.safetensors: no space left on the device \(the write needs "
+                                       r"[\d,]+ bytes") as info:
         write_set(tmp_path, 2, 2.0)
     assert "\n" not in str(info.value) and "previous checkpoint" in str(info.value)
     monkeypatch.undo()
-    assert ckpt.read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
+    assert read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     # where the free space already tells, nothing is written at all
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: argparse.Namespace(free=10, total=10, used=0))
+    monkeypatch.setattr(checkpoint_set.shutil, "disk_usage", lambda p: argparse.Namespace(free=10, total=10, used=0))
     with pytest.raises(DiskFull, match="needs [\\d,]+ bytes, 10 are free"):
         write_set(tmp_path, 3, 3.0)
 
@@ -97,22 +141,22 @@ def test_files_get_the_users_umask(tmp_path):
         atomic_write_json(str(tmp_path / "config.json"), {})
     finally:
         os.umask(old)
-    for name in ("latest_net_G.safetensors", ckpt.TRAIN_STATE, ckpt.MANIFEST, "config.json"):
+    for name in ("latest_net_G.safetensors", TRAIN_STATE, MANIFEST, "config.json"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640, name
 
 
 def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
-    run = ckpt.RunFolder(str(tmp_path), "run")
+    run = RunFolder(str(tmp_path), "run")
     with run.locked():
-        with pytest.raises(ckpt.CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"):
-            with ckpt.RunFolder(str(tmp_path), "run").locked():
+        with pytest.raises(CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"):
+            with RunFolder(str(tmp_path), "run").locked():
                 pass
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({run.path('.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"held\n"
-    with pytest.raises(ckpt.CheckpointError, match="in use"):
+    with pytest.raises(CheckpointError, match="in use"):
         with run.locked():
             pass
     holder.kill()
@@ -123,23 +167,23 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_p
 
 def test_damaged_or_foreign_files_give_one_line_naming_them(tmp_path):
     (tmp_path / "config.json").write_text('{"model": {"netG": ')
-    with pytest.raises(ckpt.CheckpointError, match="config.json: not valid JSON"):
-        ckpt.saved_config(str(tmp_path))
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        saved_config(str(tmp_path))
     (tmp_path / "config.json").write_text('["model"]')
-    with pytest.raises(ckpt.CheckpointError, match="config.json: not a fastpix run configuration"):
-        ckpt.saved_config(str(tmp_path))
-    torch.save({"weights": [1, 2]}, tmp_path / ckpt.TRAIN_STATE)
-    with pytest.raises(ckpt.CheckpointError, match="not a fastpix train state \\(no epoch, position, iteration"):
-        ckpt.load_train_state(str(tmp_path / ckpt.TRAIN_STATE))
+    with pytest.raises(CheckpointError, match="config.json: not a fastpix run configuration"):
+        saved_config(str(tmp_path))
+    torch.save({"weights": [1, 2]}, tmp_path / TRAIN_STATE)
+    with pytest.raises(CheckpointError, match="not a fastpix train state \\(no epoch, position, iteration"):
+        load_train_state(str(tmp_path / TRAIN_STATE))
     torch.save(argparse.Namespace(a=1), tmp_path / "g.pth")  # a pickle of an object: never unpickled
-    with pytest.raises(ckpt.CheckpointError) as info:
-        ckpt.load_weights(str(tmp_path / "g.pth"))
+    with pytest.raises(CheckpointError) as info:
+        load_weights(str(tmp_path / "g.pth"))
     message = str(info.value)
     assert message.startswith(f"{tmp_path}/g.pth: cannot read checkpoint") and "\n" not in message
     assert "weights_only=False" not in message and "pickled Python objects" in message
     (tmp_path / "checkpoint.json").write_text(json.dumps({"files": 3}))
-    with pytest.raises(ckpt.CheckpointError, match="checkpoint.json: not a fastpix checkpoint manifest"):
-        ckpt.read_manifest(str(tmp_path))
+    with pytest.raises(CheckpointError, match="checkpoint.json: not a fastpix checkpoint manifest"):
+        read_manifest(str(tmp_path))
 
 
 def kill_at_the_renames(monkeypatch):
@@ -147,17 +191,17 @@ def kill_at_the_renames(monkeypatch):
     real = os.replace
 
     def killed(src, dst):
-        if os.path.basename(src).startswith(ckpt.TMP_PREFIX) and not dst.endswith(ckpt.MANIFEST):
+        if os.path.basename(src).startswith(TMP_PREFIX) and not dst.endswith(MANIFEST):
             raise Killed()
         real(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)
 
 
 def save_generator(run_dir, iteration, G):
-    ckpt.write_set(str(run_dir), {"latest_net_G.safetensors": ckpt.weights_bytes(G, {"iteration": iteration}),
-                                  ckpt.TRAIN_STATE: ckpt.torch_bytes({"iteration": iteration})},
-                   {"iteration": iteration, "epoch": 1, "position": 0})
+    checkpoint_set.write_set(str(run_dir), {"latest_net_G.safetensors": weights_bytes(G, {"iteration": iteration}),
+                                            TRAIN_STATE: torch_bytes({"iteration": iteration})},
+                             {"iteration": iteration, "epoch": 1, "position": 0})
 
 
 @pytest.mark.parametrize("first_save", [False, True])
@@ -176,20 +220,21 @@ def test_readers_see_the_committed_save_before_its_renames_are_finished(tmp_path
         save_generator(tmp_path, 2, new)
     monkeypatch.undo()
     before = sorted(os.listdir(tmp_path))
-    with ckpt.RunFolder(str(tmp_path.parent), tmp_path.name).locked():  # as if a train held it: readers still read
-        path = ckpt.find_weights(str(tmp_path), "latest", "G")
-        G = ckpt.load_generator(str(tmp_path), **arch)
+    with RunFolder(str(tmp_path.parent), tmp_path.name).locked():  # as if a train held it: readers still read
+        path = find_weights(str(tmp_path), "latest", "G")
+        G = load_generator(str(tmp_path), **arch)
     assert path == str(tmp_path / "latest_net_G.safetensors")
     for k, v in new.state_dict().items():
         assert torch.equal(G.state_dict()[k], v), k
     after = sorted(n for n in os.listdir(tmp_path) if n != ".lock")
-    assert after == before and ".tmp-2-latest_net_G.safetensors" in before  # nothing renamed
-    tmp = tmp_path / ".tmp-2-latest_net_G.safetensors"
+    committed = read_manifest(str(tmp_path))["files"]["latest_net_G.safetensors"]["tmp"]
+    assert after == before and committed in before  # nothing renamed
+    tmp = tmp_path / committed
     data = bytearray(tmp.read_bytes())
     data[-1] ^= 1
     tmp.write_bytes(bytes(data))  # not the committed file any more: never read
     if first_save:
-        with pytest.raises(ckpt.CheckpointError, match="latest_net_G.safetensors: no such checkpoint file"):
-            ckpt.load_weights(path)
+        with pytest.raises(CheckpointError, match="latest_net_G.safetensors: no such checkpoint file"):
+            load_weights(path)
     else:
-        assert all(torch.equal(ckpt.load_weights(path)[k], v) for k, v in old.state_dict().items())
+        assert all(torch.equal(load_weights(path)[k], v) for k, v in old.state_dict().items())

@@ -230,11 +230,11 @@ def test_compiling_freezes_the_weights_so_onednn_prepacks_every_conv(cache_root)
 
 
 def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_predictor(tmp_path, capsys):
-    from fastpix import checkpoint as ckpt
     from fastpix.cli import main
+    from fastpix.store.weights import save_weights
 
     G = tiny_G(seed=3)
-    ckpt.save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
+    save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
     args = ["export", "--format", "pt2", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
             "--norm-mode", "running", "--precision", "fp32", "--batch-size", "2"]
     assert main(args + ["--image-size", "64x30"]) == 2

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from fastpix import checkpoint as ckpt
 from fastpix.config import DataConfig, ModelConfig, TrainConfig
 from fastpix.models import define_D, define_G
+from fastpix.store.weights import load_into, load_train_state
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import conv_flops
 from fastpix.train.loop import train
@@ -44,13 +44,13 @@ def test_two_processes_over_gloo_equal_one_process(tiny_data, tmp_path):
     outputs = []
     for name in ("single", "multi"):
         G = define_G(3, 3, 4, "unet_32", "instance", False, backend="eager")
-        ckpt.load_into(G, str(tmp_path / f"checkpoints/{name}/latest_net_G.safetensors"))
+        load_into(G, str(tmp_path / f"checkpoints/{name}/latest_net_G.safetensors"))
         outputs.append(G(x))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-3, atol=1e-4)
     resumed = fastpix("train", "--dataroot", tiny_data, "--name", "multi", "--continue_train", "--max_iters", "4",
                       "--batch_size", "2", "--quiet", "--num_threads", "0", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert ckpt.load_train_state(str(tmp_path / "checkpoints/multi/latest_train_state.pt"))["iteration"] == 4
+    assert load_train_state(str(tmp_path / "checkpoints/multi/latest_train_state.pt"))["iteration"] == 4
 
 
 def test_engine_sums_losses_on_the_device():

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastpix import checkpoint as ckpt
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 from tiny_models import perturb_batchnorms
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the 'onnx' extra")
@@ -35,7 +35,7 @@ def test_cli_exports_instance_mode_with_dynamic_batch_and_size(tmp_path, capsys)
     from fastpix.cli import main
 
     G = generator("unet_32")
-    ckpt.save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
+    save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
     assert main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out",
                  str(tmp_path / "out")]) == 0
     assert "onnxruntime agrees with PyTorch" in capsys.readouterr().out
@@ -65,7 +65,7 @@ def test_export_refuses_batch_mode_and_pth_still_works(tmp_path, capsys):
         export_onnx(G, str(tmp_path / "g.onnx"), "batch")
     assert main(["export", "--format", "onnx", "--out", str(tmp_path)]) == 2
     assert "fastpix export: error: give --name" in capsys.readouterr().err
-    ckpt.save_weights(str(tmp_path / "g.safetensors"), G)
+    save_weights(str(tmp_path / "g.safetensors"), G)
     assert main(["export", "--checkpoint", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "pth")]) == 0
     state = torch.load(tmp_path / "pth" / "g.pth", weights_only=True)
     assert all(np.array_equal(state[k].numpy(), v.numpy()) for k, v in G.state_dict().items())

@@ -22,11 +22,11 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix import checkpoint as ckpt  # noqa: E402
 from fastpix.config import ServeConfig  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.infer.server import BackgroundServer, create_app, output_format  # noqa: E402
 from fastpix.models import define_G  # noqa: E402
+from fastpix.store.weights import save_weights  # noqa: E402
 from tiny_models import perturb_batchnorms  # noqa: E402
 
 TIMEOUT_S = 30  # every wait in this file is bounded
@@ -374,7 +374,7 @@ def test_graceful_shutdown_answers_the_requests_in_flight(predictor):
 
 def test_cli_serve_starts_answers_and_stops_on_sigterm(tmp_path):
     G = tiny_generator()
-    ckpt.save_weights(str(tmp_path / "latest_net_G.pth"), G)
+    save_weights(str(tmp_path / "latest_net_G.pth"), G)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

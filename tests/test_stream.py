@@ -131,8 +131,8 @@ def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path)
     stopped after 2 iterations and resumed equals one run of 5 (across an epoch boundary)."""
     import dataclasses
 
-    from fastpix import checkpoint as ckpt
     from fastpix.config import DataConfig, ModelConfig, TrainConfig
+    from fastpix.store.weights import load_train_state, load_weights
     from fastpix.train.loop import train
 
     def run(folder, pipeline, num_threads=0, **train_kw):
@@ -142,9 +142,9 @@ def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path)
         train_cfg = TrainConfig(name="run", checkpoints_dir=str(tmp_path / folder), batch_size=3, n_epochs=1,
                                 n_epochs_decay=1, print_freq=100, display_freq=100, seed=5)
         folder = train(model, data_cfg, dataclasses.replace(train_cfg, **train_kw), progress=False)
-        state = ckpt.load_train_state(f"{folder}/latest_train_state.pt")
-        weights = {**ckpt.load_weights(f"{folder}/latest_net_G.safetensors"),
-                   **{f"D.{k}": v for k, v in ckpt.load_weights(f"{folder}/latest_net_D.safetensors").items()}}
+        state = load_train_state(f"{folder}/latest_train_state.pt")
+        weights = {**load_weights(f"{folder}/latest_net_G.safetensors"),
+                   **{f"D.{k}": v for k, v in load_weights(f"{folder}/latest_net_D.safetensors").items()}}
         return state["iteration"], state["epoch"], weights
 
     def assert_same(got, want):

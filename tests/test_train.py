@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from fastpix import checkpoint as ckpt
 from fastpix.config import DataConfig, ModelConfig, TrainConfig
+from fastpix.errors import CheckpointError
 from fastpix.losses import gan_loss
 from fastpix.models import define_D, define_G
+from fastpix.store.weights import load_train_state, load_weights, save_weights, weights_metadata
 from fastpix.train.loop import train
 from fastpix.train.schedule import learning_rate, lr_multiplier
 from fastpix.train.step import Pix2PixStep
@@ -139,9 +140,9 @@ def configs(data, tmp_path, **train_overrides):
 
 
 def final_state(run_dir):
-    G = ckpt.load_weights(f"{run_dir}/latest_net_G.safetensors")
-    D = ckpt.load_weights(f"{run_dir}/latest_net_D.safetensors")
-    return G, D, ckpt.load_train_state(f"{run_dir}/latest_train_state.pt")
+    G = load_weights(f"{run_dir}/latest_net_G.safetensors")
+    D = load_weights(f"{run_dir}/latest_net_D.safetensors")
+    return G, D, load_train_state(f"{run_dir}/latest_train_state.pt")
 
 
 def assert_same_run(a, b):
@@ -188,16 +189,16 @@ def test_same_seed_same_weights_and_epoch_checkpoints(tiny_data, tmp_path):
     state = final_state(full)[2]
     assert state["iteration"] == 12 and state["epoch"] == 4
     for e in (1, 2, 3):
-        assert ckpt.weights_metadata(f"{full}/{e}_net_G.safetensors")["iteration"] == str(4 * e)
+        assert weights_metadata(f"{full}/{e}_net_G.safetensors")["iteration"] == str(4 * e)
 
 
 def test_refuses_to_overwrite_a_run_and_detects_a_torn_save(tiny_data, tmp_path):
     run = train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
-    with pytest.raises(ckpt.CheckpointError, match="already holds a run"):
+    with pytest.raises(CheckpointError, match="already holds a run"):
         train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
     G = define_G(3, 3, 4, "unet_64", "batch", True, backend="eager")
-    ckpt.save_weights(f"{run}/latest_net_G.safetensors", G, {"iteration": 99})
-    with pytest.raises(ckpt.CheckpointError, match="iteration 99 but the train state is from 2"):
+    save_weights(f"{run}/latest_net_G.safetensors", G, {"iteration": 99})
+    with pytest.raises(CheckpointError, match="iteration 99 but the train state is from 2"):
         train(*configs(tiny_data, tmp_path, max_iters=4, continue_train=True), progress=False)
 
 

@@ -14,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fastpix import checkpoint as ckpt
 from fastpix import files
-from fastpix.errors import DiskFull
+from fastpix.errors import CheckpointError, DiskFull
 from fastpix.models import define_D, define_G
+from fastpix.store.checkpoint_set import MANIFEST, read_manifest, recover
+from fastpix.store.run_folder import TRAIN_STATE, RunFolder
+from fastpix.store.weights import load_train_state, save_weights, weights_metadata
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
 from test_train import assert_same_run, configs, final_state
@@ -29,12 +31,18 @@ class Killed(BaseException):
     """Stands for a kill: nothing in the code under test catches it."""
 
 
+def saved_iteration(data: bytes) -> int | None:
+    """The iteration a safetensors file's metadata records (fastpix writes it into every checkpoint's weights)."""
+    size = int.from_bytes(data[:8], "little")
+    return int(json.loads(data[8:8 + size]).get("__metadata__", {}).get("iteration", -1))
+
+
 def fail_in_save(monkeypatch, iteration, error):
     """The save of `iteration` raises `error` while writing its second file (after latest_net_G)."""
     real, failed = files._write_into, []
 
     def write(path, data):
-        if os.path.basename(path) == f".tmp-{iteration}-latest_net_D.safetensors":
+        if path.endswith("-latest_net_D.safetensors") and saved_iteration(data) == iteration:
             failed.append(path)
             raise error
         real(path, data)
@@ -66,12 +74,35 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
         assert "latest_net_D.safetensors: no space left on the device (the write needs" in str(info.value)
     monkeypatch.undo()
     run = str(tmp_path / "run")
-    assert ckpt.read_manifest(run)["iteration"] == 3
+    assert read_manifest(run)["iteration"] == 3
     assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == [1, 2, 3, 4]
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))
     assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == list(range(1, 8))
     assert Image.open(f"{run}/loss.png").size[0] > 500
+
+
+def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_data, tmp_path, monkeypatch, whole):
+    """An epoch that ends on a --save_latest_freq multiple is saved twice at one iteration (4 here: 4 iterations an
+    epoch). A kill halfway through writing the second save's latest_net_G must leave the first save to resume from:
+    the second save's temporaries are its own, and recovery renames nothing whose hash is not the manifest's."""
+    real, attempts = files._write_into, []
+
+    def write(path, data):
+        if path.endswith("-latest_net_G.safetensors") and saved_iteration(data) == 4:
+            attempts.append(path)
+            if len(attempts) == 2:
+                real(path, data[:len(data) // 2])
+                raise Killed()
+        real(path, data)
+
+    monkeypatch.setattr(files, "_write_into", write)
+    with pytest.raises(Killed):
+        train(*configs(tiny_data, tmp_path, max_iters=7, save_latest_freq=4), progress=False)
+    monkeypatch.undo()
+    assert len(attempts) == 2 and read_manifest(str(tmp_path / "run"))["iteration"] == 4
+    resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
+    assert_same_run(whole, final_state(resumed))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -87,7 +118,7 @@ def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_p
     with pytest.raises(KeyboardInterrupt, match=f"{signal.Signals(signum).name}: stopped after iteration 3"):
         train(*configs(tiny_data, tmp_path, max_iters=7, print_freq=100), progress=False)
     monkeypatch.undo()
-    assert ckpt.load_train_state(f"{tmp_path}/run/latest_train_state.pt")["iteration"] == 3
+    assert load_train_state(f"{tmp_path}/run/latest_train_state.pt")["iteration"] == 3
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))
 
@@ -111,7 +142,7 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
             "--save_latest_freq", "1", "--max_iters", "100000", "--quiet", "--num_threads", "0"]
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    manifest = tmp_path / "run" / ckpt.MANIFEST
+    manifest = tmp_path / "run" / MANIFEST
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
         if manifest.exists() and json.loads(manifest.read_text() or "{}").get("iteration", 0) >= 3:
@@ -125,12 +156,12 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
 
     cfgs = (ModelConfig(netG="unet_32", ngf=4, ndf=4), DataConfig(dataroot=tiny_data, load_size=32, crop_size=32,
                                                                     num_threads=0))
-    saved = ckpt.RunFolder(str(tmp_path), "run")
-    ckpt.recover(saved.dir)
-    at = ckpt.load_train_state(saved.path(ckpt.TRAIN_STATE))["iteration"]
+    saved = RunFolder(str(tmp_path), "run")
+    recover(saved.dir)
+    at = load_train_state(saved.path(TRAIN_STATE))["iteration"]
     run = train(*cfgs, TrainConfig(name="run", checkpoints_dir=str(tmp_path), continue_train=True,
                                    max_iters=at + 2), progress=False)
-    assert ckpt.load_train_state(f"{run}/latest_train_state.pt")["iteration"] == at + 2
+    assert load_train_state(f"{run}/latest_train_state.pt")["iteration"] == at + 2
     assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]
 
 
@@ -146,7 +177,7 @@ def test_a_signalled_train_exits_128_plus_the_signal_with_one_line(tiny_data, tm
         time.sleep(0.05)
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
-    at = ckpt.read_manifest(str(tmp_path / "run"))["iteration"]
+    at = read_manifest(str(tmp_path / "run"))["iteration"]
     line = (f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
             f"{tmp_path / 'run'} (resume with --continue_train)")
     assert child.returncode == status and err.splitlines() == [line], err
@@ -170,7 +201,7 @@ def test_continue_train_from_weights_alone(tiny_data, tmp_path, capsys, suffix, 
     given = {"G": define_G(3, 3, 4, "unet_64", "batch", True), "D": define_D(6, 4, "basic")}
     os.makedirs(tmp_path / "run")
     for net in nets:
-        ckpt.save_weights(str(tmp_path / "run" / f"latest_net_{net}{suffix}"), given[net])
+        save_weights(str(tmp_path / "run" / f"latest_net_{net}{suffix}"), given[net])
     run = train(*configs(tiny_data, tmp_path, max_iters=2, lr=0.0, continue_train=True), progress=False)
     out = capsys.readouterr().out
     assert f"training from latest_net_G{suffix}" in out and "fresh optimizers" in out
@@ -185,13 +216,13 @@ def test_continue_train_from_weights_alone(tiny_data, tmp_path, capsys, suffix, 
 def test_save_by_iter_and_load_iter(tiny_data, tmp_path, capsys):
     run = train(*configs(tiny_data, tmp_path, max_iters=4, save_latest_freq=2, save_by_iter=True), progress=False)
     for n in (2, 4):
-        assert ckpt.weights_metadata(f"{run}/iter_{n}_net_G.safetensors")["iteration"] == str(n)
+        assert weights_metadata(f"{run}/iter_{n}_net_G.safetensors")["iteration"] == str(n)
         assert os.path.isfile(f"{run}/iter_{n}_net_D.safetensors")
     assert not os.path.exists(f"{run}/iter_1_net_G.safetensors")
     train(*configs(tiny_data, tmp_path, max_iters=1, continue_train=True, load_iter=2, epoch_count=3),
           progress=False)
     assert "training from iter_2_net_G.safetensors and iter_2_net_D.safetensors" in capsys.readouterr().out
-    assert ckpt.load_train_state(f"{run}/latest_train_state.pt")["epoch"] == 3
+    assert load_train_state(f"{run}/latest_train_state.pt")["epoch"] == 3
 
 
 def test_serial_batches_take_the_images_in_order(tiny_data, tmp_path, monkeypatch):
@@ -254,8 +285,8 @@ def test_ctrl_c_before_training_says_so(tiny_data, tmp_path, monkeypatch):
 
 
 def test_a_second_train_on_the_same_run_is_refused(tiny_data, tmp_path):
-    with ckpt.RunFolder(str(tmp_path), "run").locked():
-        with pytest.raises(ckpt.CheckpointError, match="is in use by another fastpix train"):
+    with RunFolder(str(tmp_path), "run").locked():
+        with pytest.raises(CheckpointError, match="is in use by another fastpix train"):
             train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
 
 
@@ -271,6 +302,6 @@ def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):
 
 
 def test_continue_train_of_a_missing_run_is_refused_and_creates_nothing(tiny_data, tmp_path):
-    with pytest.raises(ckpt.CheckpointError, match="holds no checkpoint to resume and no latest_net_G"):
+    with pytest.raises(CheckpointError, match="holds no checkpoint to resume and no latest_net_G"):
         train(*configs(tiny_data, tmp_path, max_iters=2, continue_train=True), progress=False)
     assert not os.path.exists(tmp_path / "run")

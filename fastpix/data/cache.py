@@ -8,17 +8,16 @@ PairedDataset through make_loader.
 The cache is built into files under a cache folder (default: one per data set in the user's cache directory, see
 default_cache_dir; nothing is written into the data set unless --cache_dir points there): <stem>.a and <stem>.b hold
 the raw (N, L, L, C) uint8 arrays, <stem>.json the manifest. stem is a hash of the files' paths, sizes and mtimes and
-of the preprocessing options, so any change builds a new cache; the manifest is written last, after the arrays were
-renamed from temporary names, so an interrupted build is never taken for a complete one. The arrays are then kept on
-the GPU when they fit (under 25% of its free memory), else in (pinned) RAM when they fit (under half the available
-memory), else used memory-mapped from disk.
+of the preprocessing options, so any change builds a new cache; every file is written atomically (fastpix.files)
+and the manifest last, after both arrays are in place, so an interrupted build is never taken for a complete one.
+The arrays are then kept on the GPU when they fit (under 25% of its free memory), else in (pinned) RAM when they
+fit (under half the available memory), else used memory-mapped from disk.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,8 @@ from fastpix.data.augment import augment
 from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
 from fastpix.data.decode import decode_pairs_into
 from fastpix.data.transforms import BICUBIC
+from fastpix.errors import ConfigError, ResourceError
+from fastpix.files import atomic_write, atomic_write_json, temporary_writer
 
 CACHE_VERSION = 1
 GPU_FRACTION, RAM_FRACTION = 0.25, 0.5
@@ -45,8 +46,8 @@ def channels(dataset: PairedDataset) -> tuple[int, int]:
 
 def check_cacheable(dataset: PairedDataset):
     if dataset.preprocess != "resize_and_crop":
-        raise ValueError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
-                         "can): use --data_pipeline loader")
+        raise ConfigError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
+                          "can): use --data_pipeline loader")
 
 
 def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
@@ -208,7 +209,7 @@ class PairCache:
         if placement == "auto":
             placement = choose_placement(dataset, self.device, self.cache_dir)
             if placement is None:
-                raise MemoryError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
+                raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
                                   f"device, in RAM nor in {self.cache_dir}: stream instead")
         self.placement = placement
         key = json.dumps(cache_key(dataset), sort_keys=True)
@@ -257,32 +258,28 @@ class PairCache:
     def _build(self, threads, progress, chunk):
         os.makedirs(self.cache_dir, exist_ok=True)
         self._remove_orphans()
-        tmp = f".tmp{os.getpid()}"
-        names = [self.stem + ".a", self.stem + ".b"]
-        try:
-            shapes = (self.shape_a, self.shape_b)
-            arrays = [np.memmap(p + tmp, np.uint8, "w+", shape=s) for p, s in zip(names, shapes)]
-            errors = self._decode_all(arrays, threads, progress, chunk)
+        names, shapes = (self.stem + ".a", self.stem + ".b"), (self.shape_a, self.shape_b)
+        errors = {}
+
+        def fill(tmp_a, tmp_b):  # both arrays in one pass: each pair is decoded once
+            arrays = [np.memmap(p, np.uint8, "w+", shape=s) for p, s in zip((tmp_a, tmp_b), shapes)]
+            errors.update(self._decode_all(arrays, threads, progress, chunk))
             for arr in arrays:
                 arr.flush()
-            del arrays
-            for p in names:
-                os.replace(p + tmp, p)
-            manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
-                        "source": os.path.dirname(os.path.abspath(self.dataset.paths[0][0])), "bad": errors}
-            with open(self.stem + ".json" + tmp, "w") as f:
-                json.dump(manifest, f)
-            os.replace(self.stem + ".json" + tmp, self.stem + ".json")
-        finally:
-            _remove(*(p + tmp for p in names + [self.stem + ".json"]))
+
+        atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
+                                                          int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+        manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
+                    "source": os.path.dirname(os.path.abspath(self.dataset.paths[0][0])), "bad": errors}
+        atomic_write_json(self.stem + ".json", manifest, indent=None)
         self._remove_stale(manifest["source"])
         return manifest
 
     def _remove_orphans(self):
         """Temporary files of builds whose process died (killed, so its cleanup never ran) only take disk space."""
         for name in os.listdir(self.cache_dir):
-            match = re.search(r"\.tmp(\d+)$", name)
-            if match and not _alive(int(match.group(1))):
+            pid = temporary_writer(name)
+            if pid is not None and not _alive(pid):
                 _remove(os.path.join(self.cache_dir, name))
 
     def _remove_stale(self, source):

@@ -7,8 +7,9 @@ import warnings
 import torch
 from PIL import Image
 
-from fastpix.data.decode import DataError, decode_image
+from fastpix.data.decode import DataError, decode_image, image_size
 from fastpix.data.transforms import sample_crop_flip, sample_rng, to_tensor, transform_image
+from fastpix.errors import ConfigError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 
@@ -28,6 +29,18 @@ def open_rgb_or_l(path: str, mode: str = "RGB") -> Image.Image:
     DecodeError (a DataError) naming the file for whatever cannot be read, decompression bombs included."""
     arr = decode_image(path, mode)
     return Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
+
+
+def split_image_size(dataroot: str, phase: str) -> tuple[int, int]:
+    """(height, width) of the first pair's A image in <dataroot>/<phase> (aligned A|B: half the file's width), read
+    from its header alone: the size the split's images have."""
+    split = os.path.join(dataroot, phase)
+    two_folders = os.path.isdir(os.path.join(split, "A"))
+    files = list_images(os.path.join(split, "A") if two_folders else split)
+    if not files:
+        raise DataError(f"{split} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    width, height = image_size(files[0])
+    return height, width if two_folders else int(width / 2)
 
 
 class PairedDataset(torch.utils.data.Dataset):
@@ -139,7 +152,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, seed: int, shuffle: bool, global_batch: int = 1, rank: int = 0, world: int = 1):
         if global_batch % world:
-            raise ValueError(f"--batch_size {global_batch} must be a multiple of the number of processes {world}")
+            raise ConfigError(f"--batch_size {global_batch} must be a multiple of the number of processes {world}")
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.epoch, self.start = 0, 0

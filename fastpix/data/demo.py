@@ -14,7 +14,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from fastpix.config import DemoDataConfig
+from fastpix.config import DemoDataConfig, user_cache_dir
+from fastpix.files import atomic_write_bytes
 
 N_CLASSES = 6
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]], np.uint8)
@@ -66,3 +67,13 @@ def write_demo_dataset(out: str, size: int = DemoDataConfig.size, splits: dict |
             a, b = make_pair(rng, size)
             Image.fromarray(np.concatenate([a, b], axis=1)).save(os.path.join(folder, f"{i:04d}.png"))
     return out
+
+
+def ensure_demo_data(size: int = DemoDataConfig.size) -> str:
+    """The demo data set at `size` in the user's cache directory (what `fastpix train` uses without --dataroot),
+    written on first use; a marker written last tells a complete set from one cut short."""
+    folder = os.path.join(user_cache_dir(), f"demo_{size}")
+    if not os.path.isfile(os.path.join(folder, "complete")):
+        write_demo_dataset(folder, size)
+        atomic_write_bytes(os.path.join(folder, "complete"), b"")
+    return folder

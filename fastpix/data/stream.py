@@ -18,6 +18,7 @@ from fastpix.data.augment import augment
 from fastpix.data.cache import (CachedLoader, PairCache, batch_plan, cache_nbytes, channels, check_cacheable,
                                 choose_placement, decode_into, make_batch, report_bad)
 from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
+from fastpix.errors import ResourceError
 
 _DONE = object()
 _POLL_S = 0.05
@@ -227,7 +228,7 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
         if mode == "auto":
             mode = "cache" if placement is not None else "stream"
         elif placement is None:
-            raise MemoryError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
+            raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
                               f"RAM nor on disk: use --data_pipeline stream")
     elif mode == "auto":
         mode = "loader"

@@ -21,7 +21,6 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from fastpix.checkpoint import load_generator
 from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
 from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
@@ -32,6 +31,7 @@ from fastpix.infer.plan import ExecutionPlan, plan_execution
 from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
+from fastpix.store.generator import load_generator
 
 
 class Predictor:

@@ -13,15 +13,16 @@ import os
 
 import torch
 
-from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import PairedDataset
 from fastpix.infer.predictor import Predictor
 from fastpix.runtime import default_device
+from fastpix.store.architecture import ARCH_FIELDS
+from fastpix.store.generator import load_generator
 
 
 def build_generator(model_cfg, weights: str, device=None):
-    arch = {k: getattr(model_cfg, k) for k in ckpt.ARCH_FIELDS}
-    return ckpt.load_generator(weights, backend=model_cfg.backend, **arch).to(default_device(device))
+    arch = {k: getattr(model_cfg, k) for k in ARCH_FIELDS}
+    return load_generator(weights, backend=model_cfg.backend, **arch).to(default_device(device))
 
 
 def protocol_name(eval_mode: bool, seed: int) -> str:

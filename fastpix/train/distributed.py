@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastpix.errors import ConfigError
 from fastpix.runtime import default_device
 
 
@@ -71,10 +72,10 @@ def check_world(batch_size: int, world_size: int, norm: str | None = None, cuda:
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
         examples = " or ".join(str(b) for b in (lower, lower + world_size) if b > 0)
-        raise ValueError(f"--batch_size {batch_size} is the global batch, split over {world_size} processes: it "
+        raise ConfigError(f"--batch_size {batch_size} is the global batch, split over {world_size} processes: it "
                          f"must be a multiple of {world_size} (e.g. {examples})")
     if norm == "syncbatch" and (world_size < 2 or not cuda):
-        raise ValueError("--norm syncbatch needs several GPU processes (--nproc N, or torchrun, on CUDA)")
+        raise ConfigError("--norm syncbatch needs several GPU processes (--nproc N, or torchrun, on CUDA)")
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:

@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from fastpix.config import SMALL_CONV_COLUMNS
+from fastpix.errors import ConfigError
 from fastpix.models import tune_layers
 from fastpix.models.small_convs import plan_small_convs
 from fastpix.runtime import channels_last
@@ -31,7 +32,7 @@ from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 class TrainEngine:
     def __init__(self, step: Pix2PixStep, device: torch.device, cuda_graphs: bool = False, warmup: int = 3):
         if cuda_graphs and device.type != "cuda":
-            raise ValueError("--cuda_graphs needs a CUDA device")
+            raise ConfigError("--cuda_graphs needs a CUDA device")
         if cuda_graphs and not step.graph_safe:
             raise ValueError("CUDA graphs need a Pix2PixStep built with graph_safe=True")
         self.step, self.device, self.cuda_graphs, self.warmup = step, device, cuda_graphs, warmup

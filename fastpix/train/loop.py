@@ -5,7 +5,7 @@ crops and flips — or saved: the torch RNG (dropout), the optimizers, and the p
 
 Reading order: train (lock, one-line errors) → _train (data, models, step, start point) → run_epochs (the learning
 rate, the save after each epoch) → run_epoch (the iterations: step, progress, stop, the save cadence). What is
-logged and when lives in progress.py; how a signal stops the run in stop.py; the files in fastpix/checkpoint.py.
+logged and when lives in progress.py; how a signal stops the run in stop.py; the files in fastpix/store/.
 """
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ import time
 
 import torch
 
-from fastpix import checkpoint as ckpt
 from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
-from fastpix.files import atomic_write_json
+from fastpix.errors import CheckpointError, ConfigError
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
 from fastpix.runtime import channels_last, resolve_precision, set_tf32
+from fastpix.store.checkpoint_set import recover
+from fastpix.store.run_folder import TRAIN_STATE, RunFolder
+from fastpix.store.weights import load_into
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
@@ -44,7 +46,7 @@ def wrap_for_training(G, D, model_cfg, world, device):
     G_run, D_run = G, D
     if model_cfg.norm == "syncbatch":
         if not world.distributed or device.type != "cuda":
-            raise ValueError("--norm syncbatch needs several GPU processes (--nproc N on CUDA)")
+            raise ConfigError("--norm syncbatch needs several GPU processes (--nproc N on CUDA)")
         G_run = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G_run)
         D_run = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D_run)
     if world.distributed:
@@ -68,7 +70,7 @@ class Cursor:
 class Session:
     """What the epochs of one run work with."""
     cfg: object
-    run: ckpt.RunFolder
+    run: RunFolder
     world: distributed.World
     device: torch.device
     dataset: PairedDataset
@@ -83,7 +85,7 @@ class Session:
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
     """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem."""
     world, device = distributed.setup(train_cfg.device)
-    run = ckpt.RunFolder(train_cfg.checkpoints_dir, train_cfg.name)
+    run = RunFolder(train_cfg.checkpoints_dir, train_cfg.name)
     if not os.path.isdir(run.dir):
         check_run_folder(run, train_cfg, overwrite)  # a --continue_train of a misspelt --name leaves no folder
     try:
@@ -102,22 +104,22 @@ def weights_tag(train_cfg) -> str:
     return f"iter_{train_cfg.load_iter}" if train_cfg.load_iter > 0 else str(train_cfg.epoch)
 
 
-def check_run_folder(run: ckpt.RunFolder, train_cfg, overwrite: bool):
+def check_run_folder(run: RunFolder, train_cfg, overwrite: bool):
     """Refuse, before any work, a new run over an old one and a --continue_train with nothing to continue from."""
     tag = weights_tag(train_cfg)
     if train_cfg.continue_train:
         if not (tag == "latest" and run.has_checkpoint()) and "G" not in run.weights(tag):
-            raise ckpt.CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume and no "
+            raise CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume and no "
                                        f"{tag}_net_G.safetensors or {tag}_net_G.pth to start from")
     elif not overwrite and (run.has_checkpoint() or run.weights("latest")):
-        raise ckpt.CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
+        raise CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
                                    "--overwrite to start again, or another --name")
 
 
 def _train(run, cfgs, world, device, overwrite, show_progress):
     model_cfg, data_cfg, train_cfg = cfgs
     if world.is_main and os.path.isdir(run.dir):
-        ckpt.recover(run.dir)  # a save cut short: finished if it was committed, its temporaries removed if not
+        recover(run.dir)  # a save cut short: finished if it was committed, its temporaries removed if not
     distributed.any_rank(False, world, device)  # the other ranks look at the folder once it is recovered
     check_run_folder(run, train_cfg, overwrite)
     precision = resolve_precision(train_cfg.precision, device)
@@ -146,10 +148,8 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
     if world.rank > 0:
         torch.manual_seed(train_cfg.seed + 7919 * world.rank)  # other dropout masks on other ranks
     s.engine = TrainEngine(step, device, cuda_graphs)
-    if world.is_main:
-        atomic_write_json(run.path("config.json"), {"model": dataclasses.asdict(model_cfg),
-                                                 "data": dataclasses.asdict(data_cfg),
-                                                 "train": dataclasses.asdict(train_cfg)})
+    if world.is_main:  # with the precision decided, not the flag's None
+        run.write_config(model_cfg, data_cfg, dataclasses.replace(train_cfg, precision=precision))
     s.progress = Progress(run, cfgs, world, device, flops_per_image, peak_flops(device, precision),
                           planned_iterations(train_cfg, len(dataset), world), cursor.iteration, show_progress)
     failing = True
@@ -185,7 +185,7 @@ def start_point(s: Session) -> Cursor:
     if cfg.continue_train:
         paths = run.weights(tag)
         for net, path in paths.items():
-            ckpt.load_into(getattr(s, net), path)
+            load_into(getattr(s, net), path)
         if s.world.is_main:
             names = " and ".join(os.path.basename(p) for p in paths.values())
             print(f"fastpix: --continue_train: training from {names} in {run.dir} with fresh optimizers"
@@ -199,23 +199,24 @@ def start_point(s: Session) -> Cursor:
 
 def resume(s: Session) -> dict:
     G_state, D_state, state = s.run.load()
-    path = s.run.path(ckpt.TRAIN_STATE)
-    ckpt.load_into(s.G, s.run.path("latest_net_G.safetensors"), G_state)
-    ckpt.load_into(s.D, s.run.path("latest_net_D.safetensors"), D_state)
+    path = s.run.path(TRAIN_STATE)
+    load_into(s.G, s.run.path("latest_net_G.safetensors"), G_state)
+    load_into(s.D, s.run.path("latest_net_D.safetensors"), D_state)
     try:
         s.step.load_state_dict(state["optimizers"])
         for net, tag in ((s.G, "G"), (s.D, "D")):  # the fused kernels' dropout counters (backend triton)
             load_dropout_rng_states(net, state.get("dropout_rng", {}).get(tag, {}))
         torch.set_rng_state(state["torch_rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise ckpt.CheckpointError(f"{path}: does not fit this run's optimizers or RNG ({exc})") from exc
+        raise CheckpointError(f"{path}: does not fit this run's optimizers or RNG ({exc})") from exc
     if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state
 
 
 def save(s: Session, cursor: Cursor, tags=()):
-    """One checkpoint set (checkpoint.RunFolder.save): the weights, and the train state that makes resume exact."""
+    """One checkpoint set (store.run_folder.RunFolder.save): the weights, and the train state that makes resume
+    exact."""
     state = {"epoch": cursor.epoch, "position": cursor.position, "iteration": cursor.iteration,
              "optimizers": s.step.state_dict(), "torch_rng": torch.get_rng_state(),
              "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)}}

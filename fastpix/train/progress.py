@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastpix import checkpoint as ckpt
 from fastpix.data.transforms import to_image_array
 from fastpix.files import atomic_write
 from fastpix.plot import write_loss_plot
+from fastpix.store.run_folder import RunFolder
 
 BOARD_SCALARS = ("G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s", "mfu")
 
@@ -41,7 +41,7 @@ class Progress:
     """Logging of one run. Only the main process writes; every process reads the losses at a print iteration
     (the one host synchronisation of a logging window)."""
 
-    def __init__(self, run: ckpt.RunFolder, cfgs, world, device, flops_per_image, peak, planned, iteration,
+    def __init__(self, run: RunFolder, cfgs, world, device, flops_per_image, peak, planned, iteration,
                  show_bar):
         model_cfg, data_cfg, train_cfg = cfgs
         self.run, self.cfg, self.world, self.device = run, train_cfg, world, device

@@ -1,0 +1,153 @@
+"""A checkpoint save as a transaction: the files of one save become visible together, or not at all.
+
+Why a manifest written last rather than a generation folder: the file names (latest_net_G.safetensors, …) are what
+the README, `fastpix test` and a reference user look for, so the newest set must live under them. A save
+(write_set) is a small redo log:
+  1. every file of the set is written under a temporary name of its own (files.temporary_path: unique to this
+     save, so no later save, not even one of the same iteration, ever writes to it) and fsynced: a kill or a full
+     disk here leaves the previous set and its manifest as they were (the temporaries are removed later);
+  2. checkpoint.json is replaced atomically, naming the new files, their temporaries, sizes and sha256: the commit;
+  3. the temporaries are renamed over the old files. A kill among these renames is finished by `recover` at the
+     next start, from the manifest, renaming only a temporary whose sha256 is the manifest's, so a resume sees
+     exactly one set, which load verifies against the hashes.
+Until that start, readers (`fastpix test`, predict, eval, export) read such a file from the temporary the manifest
+names, verified by its hash (committed_bytes): they never rename, as a training process may hold the folder.
+
+write_set takes the bytes of the set, already made: taking the snapshot (on the training thread) and writing it
+(anywhere, later) are separate steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+
+from fastpix.errors import CheckpointError
+from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new
+from fastpix.store.run_config import read_json
+
+MANIFEST = "checkpoint.json"
+
+
+def write_set(run_dir: str, files: dict[str, bytes], info: dict):
+    """Write files (name -> contents) as one checkpoint set with manifest info (iteration, epoch); see the module
+    docstring for the order. A full disk is found before anything is written where the free space tells it."""
+    needed = sum(len(b) for b in files.values())
+    note = f"; the previous checkpoint ({MANIFEST}) is intact"
+    if shutil.disk_usage(run_dir).free < needed:
+        raise disk_full(os.path.join(run_dir, next(iter(files))), needed, note)
+    entries, temporaries = {}, []
+    try:
+        for name, data in files.items():
+            temporaries.append(temporary_path(os.path.join(run_dir, name)))
+            write_new(temporaries[-1], data, needed, note)
+            entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": len(data),
+                             "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_json(os.path.join(run_dir, MANIFEST), {**info, "files": entries})
+    except BaseException:
+        if _committed(run_dir, entries):  # interrupted just after the commit: the new set stands
+            _rename_into_place(run_dir, entries)
+        else:
+            for tmp in temporaries:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        raise
+    _rename_into_place(run_dir, entries)
+
+
+def _committed(run_dir: str, entries: dict) -> bool:
+    try:
+        return (read_manifest(run_dir) or {}).get("files") == entries
+    except CheckpointError:
+        return False
+
+
+def _rename_into_place(run_dir: str, entries: dict):
+    """The renames of a save this process wrote (and so knows whole)."""
+    for name, entry in entries.items():
+        tmp = os.path.join(run_dir, entry["tmp"])
+        if os.path.exists(tmp):
+            os.replace(tmp, os.path.join(run_dir, name))
+    fsync_folder(run_dir)  # the renames themselves durable
+
+
+def read_manifest(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "iteration" not in manifest:
+        raise CheckpointError(f"{path}: not a fastpix checkpoint manifest")
+    return manifest
+
+
+def _pending(run_dir: str, manifest: dict | None) -> dict:
+    pending = {}
+    for name, entry in (manifest or {}).get("files", {}).items():
+        tmp = entry.get("tmp") if isinstance(entry, dict) else None
+        if (isinstance(tmp, str) and tmp.startswith(TMP_PREFIX) and os.path.basename(tmp) == tmp
+                and os.path.isfile(os.path.join(run_dir, tmp))):
+            pending[name] = entry
+    return pending
+
+
+def pending_files(run_dir: str) -> dict:
+    """name -> manifest entry of the newest committed save's files still under their temporary names (a save killed
+    between its commit and its renames; the first save of a run leaves then no file under the names themselves)."""
+    try:
+        return _pending(run_dir, read_manifest(run_dir))
+    except (CheckpointError, OSError):  # a damaged manifest is a resume's problem (load), not a reader's
+        return {}
+
+
+def committed_bytes(path: str) -> bytes | None:
+    """The contents of `path` as the newest committed save left them, when that save was killed between its commit
+    and the rename of this file: read from the temporary its manifest names, and only if that temporary is whole
+    (its sha256 is the manifest's). None otherwise: the file under its own name is the committed one."""
+    run_dir, name = os.path.split(os.path.abspath(path))
+    entry = pending_files(run_dir).get(name)
+    if entry is None:
+        return None
+    try:
+        with open(os.path.join(run_dir, entry["tmp"]), "rb") as f:  # one read: a rename meanwhile leaves it whole
+            data = f.read()
+    except OSError:  # renamed (the file under its name is then this one) or removed by a train's recover
+        return None
+    return data if hashlib.sha256(data).hexdigest() == entry.get("sha256") else None
+
+
+def recover(run_dir: str):
+    """Finish the renames of a save killed after its commit, renaming only temporaries whose contents are the
+    manifest's (anything else under a temporary name is not what was committed), then remove every other
+    temporary (of saves killed before their commit, or of any atomic write). Only the process holding the run's
+    lock may call this."""
+    for name, entry in _pending(run_dir, read_manifest(run_dir)).items():
+        tmp = os.path.join(run_dir, entry["tmp"])
+        if os.path.getsize(tmp) == entry.get("bytes") and file_sha256(tmp) == entry.get("sha256"):
+            os.replace(tmp, os.path.join(run_dir, name))
+    fsync_folder(run_dir)
+    for name in os.listdir(run_dir):
+        if name.startswith(TMP_PREFIX):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(run_dir, name))
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_set(run_dir: str, manifest: dict):
+    """Each file of the manifest exists with its recorded size and sha256: the set is whole and unchanged."""
+    for name, entry in manifest["files"].items():
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: missing, but {MANIFEST} lists it in the checkpoint of iteration "
+                                  f"{manifest['iteration']}")
+        if file_sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: its contents differ from the checkpoint of iteration "
+                                  f"{manifest['iteration']} that {MANIFEST} records (changed or damaged since)")
