@@ -610,7 +610,8 @@ def add_train(sub):
                    (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE))
     p.add_argument("--overwrite", action="store_true", help="start afresh over an existing run of --name "
                    "(default: refuse, so that no run is lost by accident)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, a line every --print_freq iterations "
+                   "instead (default: the bar on a terminal, the lines elsewhere)")
     p.set_defaults(overwrite=False, quiet=False)
 
 
