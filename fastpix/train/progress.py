@@ -115,8 +115,9 @@ class Progress:
             self.say(f"fastpix: resumed {self.run.dir} at epoch {start.epoch}, iteration {start.iteration} "
                      f"({start.position}/{self.n_items} images of the epoch done)")
         else:
+            capped = " (--max_iters)" if self.planned == self.cfg.max_iters else ""
             self.say(f"fastpix: training {self.run.dir}: {self.n_items} images an epoch, epochs {start.epoch} to "
-                     f"{last_epoch}, {self.planned} iterations")
+                     f"{last_epoch}, {self.planned} iterations{capped}")
 
     def after_iteration(self, engine, batch, cursor, lr, data_time):
         iteration = self.iteration = cursor.iteration
