@@ -73,6 +73,8 @@ def test_without_a_terminal_the_references_lines_and_no_carriage_return(tiny_dat
     assert lines[0] == (f"fastpix: resumed {os.path.join('.', 'checkpoints', 'again')} at epoch 1, iteration 3 "
                         "(6/8 images of the epoch done)")
     assert [LOSS_LINE.match(line)[2] for line in lines if line.startswith("(epoch")] == ["8"]
+    # iteration 4 ends epoch 1 and the run: the epoch still gets its line
+    assert [EPOCH_LINE.match(line)[1] for line in lines if line.startswith("End of epoch")] == ["1"]
 
 
 def on_a_terminal(workdir, *args) -> str:

@@ -276,6 +276,8 @@ def run_epoch(s: Session, cursor: Cursor, lr: float, stop: StopRequest) -> bool:
             tags = [f"iter_{cursor.iteration}"] if cadence and cfg.save_by_iter else []
             save(s, Cursor(cursor.epoch + at_end, 0 if at_end else cursor.position, cursor.iteration), tags)
         if done or stopping:
+            if cursor.position >= n:  # the run ends with this epoch: it still gets its line
+                s.progress.end_of_epoch(cursor.epoch, cursor.iteration)
             return True
         t_data = time.perf_counter()
     return False
