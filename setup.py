@@ -58,6 +58,7 @@ class OptionalBuildExt(build_ext):
 
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
 ONNX = ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"]
+PLOT = ["matplotlib>=3.5"]
 
 setup(
     name="fastpix",
@@ -84,6 +85,8 @@ setup(
         "tensorboard": ["tensorboard"],
         # --use_wandb: Weights & Biases' own client (offline mode works without a network).
         "wandb": ["wandb"],
+        # loss.png drawn by matplotlib (ticks, legends, twin axes done well) rather than by fastpix's PIL fallback.
+        "plot": PLOT,
         # fastpix serve: FastAPI (routing, multipart parsing, lifespan) on uvicorn (HTTP/1.1, graceful shutdown on
         # SIGTERM); well-kept libraries rather than an HTTP stack of our own. python-multipart parses uploads;
         # prometheus-client writes /metrics, from a registry of each app's own.
@@ -94,7 +97,7 @@ setup(
         # selenium drives the system's chromium through its chromedriver in the study's browser tests;
         # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
         "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
-                 "import-linter>=2.0", *SERVE, *ONNX],
+                 "import-linter>=2.0", *SERVE, *ONNX, *PLOT],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

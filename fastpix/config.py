@@ -28,11 +28,11 @@ def user_cache_dir() -> str:
 MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "load_size": 1, "crop_size": 1,
            "max_dataset_size": 1, "num_threads": 0, "batch_size": 1, "n_epochs": 0, "n_epochs_decay": 0,
            "epoch_count": 1, "max_iters": 1, "lr": 0.0, "lr_decay_iters": 1, "nproc": 1, "save_epoch_freq": 1,
-           "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "num_test": 0, "load_iter": 0,
-           "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1, "graph_size": 0, "port": 0,
-           "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1, "body_timeout_s": 0.1, "keep_alive_s": 1,
-           "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
-           "epochs": 1}
+           "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "val_freq": 0, "val_images": 1,
+           "num_test": 0, "load_iter": 0, "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1,
+           "graph_size": 0, "port": 0, "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1,
+           "body_timeout_s": 0.1, "keep_alive_s": 1, "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8,
+           "train": 0, "val": 0, "test": 0, "epochs": 1}
 
 
 NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
@@ -144,8 +144,13 @@ class TrainConfig:
     continue_train: bool = opt(False, "resume from the latest checkpoint of --name", aliases=("--resume",))
     save_epoch_freq: int = opt(5, "save <epoch>_net_*.safetensors every this many epochs")
     save_latest_freq: int = opt(5000, "save the latest checkpoint every this many iterations")
-    print_freq: int = opt(100, "write losses to metrics.jsonl every this many iterations")
+    print_freq: int = opt(100, "log the losses every this many iterations: to metrics.jsonl, and as a line on stdout "
+                          "where there is no progress bar (no terminal, or --quiet)")
     display_freq: int = opt(400, "save a sample grid (A, G(A), B) and the loss plot every this many iterations")
+    val_freq: int = opt(0, "every this many iterations, score --val_images pairs of <dataroot>/val (L1, PSNR, SSIM "
+                        "under the paper's test protocol, as fastpix test runs it) into metrics.jsonl, TensorBoard "
+                        "and wandb, with a sample grid; training is unchanged by it (0: never)")
+    val_images: int = opt(8, "how many val pairs --val_freq scores (the first ones, in order)")
     tensorboard: bool = opt(False, "also log scalars and sample grids for TensorBoard (pip install tensorboard)")
     serial_batches: bool = opt(False, "take the images in order, without shuffling")
     save_by_iter: bool = opt(False, "also save iter_<N>_net_{G,D}.safetensors at every --save_latest_freq "

@@ -109,9 +109,9 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
 def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_path, monkeypatch, whole, signum):
     real = progress.Progress.after_iteration
 
-    def signal_at_3(self, engine, batch, epoch, iteration, *rest):
-        real(self, engine, batch, epoch, iteration, *rest)
-        if iteration == 3:
+    def signal_at_3(self, engine, batch, cursor, *rest):
+        real(self, engine, batch, cursor, *rest)
+        if cursor.iteration == 3:
             os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(progress.Progress, "after_iteration", signal_at_3)
@@ -124,8 +124,8 @@ def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_p
 
 
 def test_a_second_ctrl_c_stops_at_once(tiny_data, tmp_path, monkeypatch):
-    def twice(self, engine, batch, epoch, iteration, *rest):
-        if iteration == 2:
+    def twice(self, engine, batch, cursor, *rest):
+        if cursor.iteration == 2:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
 

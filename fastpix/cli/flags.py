@@ -16,7 +16,8 @@ TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
 DEBUG_HELP = "on an error, show its traceback (default: one line naming the problem; FASTPIX_DEBUG=1 does the same)"
 NEAR = 0.75  # difflib's similarity for "did you mean": --netg, --batchsize yes; --bogus for --verbose no
-QUIET_HELP = "no progress bar (default: show it)"
+QUIET_HELP = ("no progress bar, a line every --print_freq iterations instead (default: the bar on a terminal, the "
+              "lines elsewhere)")
 QUIET_ACCEPTED = "accepted, as train and predict take it, so that one set of flags serves them all; this command " \
                  "shows no progress bar"
 

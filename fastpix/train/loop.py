@@ -28,7 +28,7 @@ from fastpix.store.weights import load_into
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
 from fastpix.train.flops import peak_flops, train_flops_per_image
-from fastpix.train.progress import Progress
+from fastpix.train.progress import Progress, on_terminal
 from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep
 from fastpix.train.stop import Stopped, StopRequest
@@ -83,14 +83,18 @@ class Session:
 
 
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
-    """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem."""
+    """Train and return the run folder. Raises DataError/CheckpointError with messages naming the problem.
+
+    progress: a progress bar where a person watches (a terminal); False (--quiet), or no terminal, prints a line
+    every --print_freq iterations instead (train/progress.py)."""
     world, device = distributed.setup(train_cfg.device)
     run = RunFolder(train_cfg.checkpoints_dir, train_cfg.name)
     if not os.path.isdir(run.dir):
         check_run_folder(run, train_cfg, overwrite)  # a --continue_train of a misspelt --name leaves no folder
     try:
         with run.locked() if world.is_main else contextlib.nullcontext():
-            return _train(run, (model_cfg, data_cfg, train_cfg), world, device, overwrite, progress and world.is_main)
+            show_bar = progress and world.is_main and on_terminal()
+            return _train(run, (model_cfg, data_cfg, train_cfg), world, device, overwrite, show_bar)
     except KeyboardInterrupt as exc:
         if str(exc):
             raise
@@ -116,7 +120,7 @@ def check_run_folder(run: RunFolder, train_cfg, overwrite: bool):
                                    "--overwrite to start again, or another --name")
 
 
-def _train(run, cfgs, world, device, overwrite, show_progress):
+def _train(run, cfgs, world, device, overwrite, show_bar):
     model_cfg, data_cfg, train_cfg = cfgs
     if world.is_main and os.path.isdir(run.dir):
         recover(run.dir)  # a save cut short: finished if it was committed, its temporaries removed if not
@@ -134,7 +138,7 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
     loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
                            data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,
-                           shuffle=not train_cfg.serial_batches, progress=show_progress)
+                           shuffle=not train_cfg.serial_batches, progress=show_bar)
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
@@ -150,8 +154,8 @@ def _train(run, cfgs, world, device, overwrite, show_progress):
     s.engine = TrainEngine(step, device, cuda_graphs)
     if world.is_main:  # with the precision decided, not the flag's None
         run.write_config(model_cfg, data_cfg, dataclasses.replace(train_cfg, precision=precision))
-    s.progress = Progress(run, cfgs, world, device, flops_per_image, peak_flops(device, precision),
-                          planned_iterations(train_cfg, len(dataset), world), cursor.iteration, show_progress)
+    s.progress = Progress(run, cfgs, world, device, G, (flops_per_image, peak_flops(device, precision)),
+                          (planned_iterations(train_cfg, len(dataset), world), len(dataset)), cursor, show_bar)
     failing = True
     try:
         with StopRequest() as stop:
@@ -248,6 +252,7 @@ def run_epochs(s: Session, cursor: Cursor, stop: StopRequest):
         cursor.epoch, cursor.position = cursor.epoch + 1, 0
         if s.world.is_main:
             save(s, cursor, tags)
+        s.progress.end_of_epoch(cursor.epoch - 1, cursor.iteration)
 
 
 def run_epoch(s: Session, cursor: Cursor, lr: float, stop: StopRequest) -> bool:
@@ -263,7 +268,7 @@ def run_epoch(s: Session, cursor: Cursor, lr: float, stop: StopRequest) -> bool:
         data_time = time.perf_counter() - t_data
         s.engine(batch["A"], batch["B"])
         cursor.iteration += 1
-        s.progress.after_iteration(s.engine, batch, cursor.epoch, cursor.iteration, lr, data_time)
+        s.progress.after_iteration(s.engine, batch, cursor, lr, data_time)
         done = reached_max(cfg, cursor.iteration)
         stopping = stop_agreed(s, stop, cursor.iteration, done)
         cadence = cursor.iteration % cfg.save_latest_freq == 0
@@ -272,6 +277,8 @@ def run_epoch(s: Session, cursor: Cursor, lr: float, stop: StopRequest) -> bool:
             tags = [f"iter_{cursor.iteration}"] if cadence and cfg.save_by_iter else []
             save(s, Cursor(cursor.epoch + at_end, 0 if at_end else cursor.position, cursor.iteration), tags)
         if done or stopping:
+            if cursor.position >= n:  # the run ends with this epoch: it still gets its line
+                s.progress.end_of_epoch(cursor.epoch, cursor.iteration)
             return True
         t_data = time.perf_counter()
     return False
