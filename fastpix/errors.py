@@ -46,6 +46,13 @@ class DiskFull(ResourceError):
     """No space left where a file was being written (names the file and the bytes needed)."""
 
 
+class NetworkError(UserError):
+    """A download that failed after its retries: the URL did not answer, answered an error, or broke off (names the
+    URL, and where to put the file when it is fetched by hand)."""
+
+    exit_status = 1
+
+
 class MissingDependency(UserError):
     """An optional package that this command needs is not installed (names the pip command that installs it)."""
 
