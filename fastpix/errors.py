@@ -32,6 +32,11 @@ class ImageTooLarge(DecodeError):
     """An image whose header declares more pixels than allowed: refused before any pixel is decoded."""
 
 
+class UnsafeArchive(DataError):
+    """An archive with a member that would land outside its folder, or is a link, a device or a FIFO: refused whole,
+    nothing extracted (names the archive and the member)."""
+
+
 class CheckpointError(UserError):
     """A run folder, weights file or train state that is missing, damaged or does not fit (names the file)."""
 
