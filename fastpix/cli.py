@@ -13,9 +13,10 @@ import sys
 import time
 
 from fastpix import __version__
-from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DemoConfig, DemoDataConfig, EvalConfig, ExportConfig,
-                            ModelConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig, ReferenceTestConfig,
-                            ServeConfig, TestConfig, TrainConfig, demo_configs, user_cache_dir)
+from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DatasetDownloadConfig, DemoConfig, DemoDataConfig,
+                            EvalConfig, ExportConfig, ModelConfig, ModelDownloadConfig, PredictConfig, ReferenceConfig,
+                            ReferenceDisplayConfig, ReferenceTestConfig, ServeConfig, TestConfig, TrainConfig,
+                            demo_configs, user_cache_dir)
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -49,6 +50,10 @@ def help_of(f) -> str:
 def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("positional"):
+            group.add_argument(f.name, choices=f.metadata.get("choices"), metavar=f.name.upper(),
+                               help=f.metadata["help"])
+            continue
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.insert(0, f"--{f.name.replace('_', '-')}")
@@ -364,10 +369,10 @@ def cmd_serve(args):
 
 
 def cmd_data_demo(args):
-    from fastpix.data.demo import write_demo_dataset
+    from fastpix.data.demo import write_demo_data
 
     cfg = build_config(DemoDataConfig, vars(args))
-    write_demo_dataset(cfg.out, cfg.size, {"train": cfg.train, "val": cfg.val, "test": cfg.test}, cfg.seed)
+    write_demo_data(cfg)
     print(f"fastpix: demo data set written to {cfg.out} (train {cfg.train}, val {cfg.val}, test {cfg.test})")
 
 
@@ -645,6 +650,71 @@ def add_data(sub):
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
     subcommand(data_sub, "demo", cmd_data_demo, "write the built-in demo data set (aligned A|B, train/val/test)",
                (DemoDataConfig, "demo data"))
+    add_data_download(data_sub)
+
+
+# ---- fastpix data download ----------------------------------------------------------------------------------------
+
+def cmd_data_download(args):
+    """Download one of the reference's pix2pix data sets to <root>/<name>/ (its train/, val/, test/ splits of A|B
+    images), as its datasets/download_pix2pix_dataset.sh does: <mirror>/datasets/<name>.tar.gz, resumed after a
+    dropped connection, extracted safely, then removed. An archive already at <root>/<name>.tar.gz (downloaded by
+    hand) is used as it is. A data set already there is left alone unless --force."""
+    from fastpix.data.standard import download_dataset
+
+    result = download_dataset(build_config(DatasetDownloadConfig, vars(args)))
+    if result.present:
+        print(f"fastpix data download: {result.folder} is there already (--force downloads it again)")
+    else:
+        print(f"fastpix data download: {result.files:,} files in {result.folder}")
+
+
+def add_data_download(data_sub):
+    subcommand(data_sub, "download", cmd_data_download, "download a pix2pix data set: facades, maps, edges2shoes, "
+               "edges2handbags, night2day", (DatasetDownloadConfig, "download"))
+
+
+# ---- fastpix models ------------------------------------------------------------------------------------------------
+
+def cmd_models_download(args):
+    """Download one of the reference's pretrained pix2pix generators (unet_256, ngf 64, batch norm) to
+    <checkpoints_dir>/<name>_pretrained/latest_net_G.pth, as its scripts/download_pix2pix_model.sh does. The file is
+    kept only if it loads with torch.load(weights_only=True), strictly, into that architecture (a pickle that would
+    run code is refused unread). Then, e.g.:
+      fastpix data download facades
+      fastpix test --dataroot ./datasets/facades --name facades_label2photo_pretrained --direction BtoA --model pix2pix
+      fastpix predict --checkpoint checkpoints/facades_label2photo_pretrained --input labels/ --output out/
+    `fastpix models list` says which data set and --direction each model expects."""
+    from fastpix.pretrained import download_model
+
+    result = download_model(build_config(ModelDownloadConfig, vars(args)))
+    if result.present:
+        print(f"fastpix models download: {result.path} is there already (--force downloads it again)")
+    else:
+        print(f"fastpix models download: {result.path} (checked: a unet_256 generator)")
+    print(f"fastpix models download: {result.name} translates data set {result.dataset} with --direction "
+          f"{result.direction}")
+
+
+def cmd_models_list(args):
+    """The reference's pretrained generators, the data set and --direction each expects, and its test line."""
+    from fastpix.config import PRETRAINED_MODELS
+
+    for name, (dataset, direction) in PRETRAINED_MODELS.items():
+        print(f"{name}: data set {dataset}, --direction {direction}\n"
+              f"  fastpix models download {name} && fastpix data download {dataset}\n"
+              f"  fastpix test --dataroot ./datasets/{dataset} --name {name}_pretrained --direction {direction} "
+              "--phase val --model pix2pix")
+
+
+def add_models(sub):
+    p = sub.add_parser("models", help="the reference's pretrained generators: `fastpix models list`, `fastpix models "
+                       "download NAME`", allow_abbrev=False)
+    models_sub = p.add_subparsers(dest="models_command", required=True, metavar="WHAT")
+    subcommand(models_sub, "download", cmd_models_download, "download a pretrained generator into "
+               "<checkpoints_dir>/<name>_pretrained/", (ModelDownloadConfig, "download"))
+    subcommand(models_sub, "list", cmd_models_list, "the pretrained generators and the data set and direction each "
+               "expects")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -668,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand(sub, "bench", cmd_bench, "benchmark fastpix against eager PyTorch on this machine",
                (BenchConfig, "benchmarks"))
     add_study_parser(sub)
+    add_models(sub)
     return parser
 
 

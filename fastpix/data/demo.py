@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fastpix.config import DemoDataConfig
+from fastpix.errors import ConfigError
 
 N_CLASSES = 6
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]], np.uint8)
@@ -66,3 +67,14 @@ def write_demo_dataset(out: str, size: int = DemoDataConfig.size, splits: dict |
             a, b = make_pair(rng, size)
             Image.fromarray(np.concatenate([a, b], axis=1)).save(os.path.join(folder, f"{i:04d}.png"))
     return out
+
+
+def write_demo_data(cfg: DemoDataConfig) -> str:
+    """`fastpix data demo`: the demo data set into cfg.out, which must be empty or new unless cfg.force (the files
+    of the same names would be replaced: a data set already there would be mixed with the demo's)."""
+    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.force:
+        raise ConfigError(f"--out {cfg.out} is not empty: give a new or empty folder (or --force to write into it, "
+                          "replacing files of the same names)")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ConfigError(f"--out {cfg.out} is a file, not a folder")
+    return write_demo_dataset(cfg.out, cfg.size, {"train": cfg.train, "val": cfg.val, "test": cfg.test}, cfg.seed)
