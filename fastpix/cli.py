@@ -13,10 +13,10 @@ import sys
 import time
 
 from fastpix import __version__
-from fastpix.config import (MINIMUM, BenchConfig, DataConfig, DatasetDownloadConfig, DemoConfig, DemoDataConfig,
-                            EvalConfig, ExportConfig, ModelConfig, ModelDownloadConfig, PredictConfig, ReferenceConfig,
-                            ReferenceDisplayConfig, ReferenceTestConfig, ServeConfig, TestConfig, TrainConfig,
-                            demo_configs, user_cache_dir)
+from fastpix.config import (MINIMUM, BenchConfig, CityscapesConfig, CombineConfig, DataConfig, DatasetDownloadConfig,
+                            DemoConfig, DemoDataConfig, EvalConfig, ExportConfig, ModelConfig,
+                            ModelDownloadConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig,
+                            ReferenceTestConfig, ServeConfig, TestConfig, TrainConfig, demo_configs, user_cache_dir)
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -645,12 +645,14 @@ def add_predict(sub):
 
 
 def add_data(sub):
-    p = sub.add_parser("data", help="data sets: `fastpix data demo --out DIR` writes the built-in demo set",
-                       allow_abbrev=False)
+    p = sub.add_parser("data", help="data sets: download the reference's, combine two folders, prepare "
+                       "cityscapes, write the built-in demo set", allow_abbrev=False)
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
     subcommand(data_sub, "demo", cmd_data_demo, "write the built-in demo data set (aligned A|B, train/val/test)",
                (DemoDataConfig, "demo data"))
     add_data_download(data_sub)
+    add_data_combine(data_sub)
+    add_data_cityscapes(data_sub)
 
 
 # ---- fastpix data download ----------------------------------------------------------------------------------------
@@ -672,6 +674,54 @@ def cmd_data_download(args):
 def add_data_download(data_sub):
     subcommand(data_sub, "download", cmd_data_download, "download a pix2pix data set: facades, maps, edges2shoes, "
                "edges2handbags, night2day", (DatasetDownloadConfig, "download"))
+
+
+# ---- fastpix data combine -----------------------------------------------------------------------------------------
+
+def cmd_data_combine(args):
+    """The reference's datasets/combine_A_and_B.py: for every split folder under --fold_A (train/, val/, test/ ...),
+    each image <fold_A>/<split>/<name> beside <fold_B>/<split>/<name> (A on the left), written to
+    <fold_AB>/<split>/<name>, on every core. A pair with a missing partner, an unreadable image or different sizes
+    (unless --resize) is left out and listed by name at the end, and the exit status is then 1."""
+    from fastpix.data.combine import combine_folders
+
+    cfg = build_config(CombineConfig, vars(args))
+    result = combine_folders(cfg)
+    splits = ", ".join(f"{split} {n}" for split, n in result.written.items())
+    print(f"fastpix data combine: {sum(result.written.values())} pairs written to {cfg.fold_AB}"
+          + (f" ({splits})" if splits else "") + (f"; B resized to A's size in {result.resized}" if result.resized
+                                                  else ""))
+    if result.left_out:
+        print(f"fastpix data combine: {len(result.left_out)} left out:", file=sys.stderr)
+        for name, why in result.left_out:
+            print(f"  {name}: {why}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def add_data_combine(data_sub):
+    subcommand(data_sub, "combine", cmd_data_combine, "put two folders of images side by side as an aligned A|B data "
+               "set (the reference's combine_A_and_B.py)", (CombineConfig, "combine"))
+
+
+# ---- fastpix data cityscapes ---------------------------------------------------------------------------------------
+
+def cmd_data_cityscapes(args):
+    """The reference's datasets/prepare_cityscapes_dataset.py: from the official gtFine_trainvaltest.zip and
+    leftImg8bit_trainvaltest.zip (https://www.cityscapes-dataset.com, unzipped), each photo and its colour label map
+    resized to --size² (256) and side by side, photo on the left (A): <out>/train/<i>.jpg and <out>/test/<i>.jpg
+    (cityscapes' val). Labels -> photo trains with --direction BtoA."""
+    from fastpix.data.cityscapes import prepare_cityscapes
+
+    cfg = build_config(CityscapesConfig, vars(args))
+    result = prepare_cityscapes(cfg)
+    counts = ", ".join(f"{split} {n}" for split, n in result.written.items())
+    print(f"fastpix data cityscapes: {cfg.out}: {counts} pairs (A = photo, B = labels: labels -> photo is "
+          "--direction BtoA)")
+
+
+def add_data_cityscapes(data_sub):
+    subcommand(data_sub, "cityscapes", cmd_data_cityscapes, "prepare cityscapes from the official zips (the "
+               "reference's prepare_cityscapes_dataset.py)", (CityscapesConfig, "cityscapes"))
 
 
 # ---- fastpix models ------------------------------------------------------------------------------------------------
