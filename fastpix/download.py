@@ -49,7 +49,8 @@ def _lock(path: str, error: type[UserError], what: str) -> int:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise error(f"{what} is being downloaded by another fastpix (pid {holder}): wait for it to finish") from None
+            raise error(f"{what} is being downloaded by another fastpix (pid {holder}): wait for it to "
+                        "finish") from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd

@@ -69,7 +69,8 @@ def test_an_unreachable_server_fails_after_its_retries(tmp_path):
 @pytest.mark.parametrize("length", [True, False], ids=["checked-before", "found-while-writing"])
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, length):
     folder = str(tmp_path / "disk")
-    with small_disk(folder, 128 * 1024, monkeypatch, [download]), serve(Mirror({"/f.bin": DATA}, length=length)) as base:
+    mirror = Mirror({"/f.bin": DATA}, length=length)
+    with small_disk(folder, 128 * 1024, monkeypatch, [download]), serve(mirror) as base:
         with pytest.raises(DiskFull) as caught:
             fetch_quick(f"{base}/f.bin", os.path.join(folder, "f.bin"))
         assert os.listdir(folder) == []
