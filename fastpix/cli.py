@@ -14,7 +14,7 @@ import time
 
 from fastpix import __version__
 from fastpix.config import (MINIMUM, BenchConfig, CityscapesConfig, CombineConfig, DataConfig, DatasetDownloadConfig,
-                            DemoConfig, DemoDataConfig, EvalConfig, ExportConfig, ModelConfig,
+                            DemoConfig, DemoDataConfig, EdgesConfig, EvalConfig, ExportConfig, ModelConfig,
                             ModelDownloadConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig,
                             ReferenceTestConfig, ServeConfig, TestConfig, TrainConfig, demo_configs, user_cache_dir)
 
@@ -645,14 +645,15 @@ def add_predict(sub):
 
 
 def add_data(sub):
-    p = sub.add_parser("data", help="data sets: download the reference's, combine two folders, prepare "
-                       "cityscapes, write the built-in demo set", allow_abbrev=False)
+    p = sub.add_parser("data", help="data sets: download the reference's, combine two folders, make edges, "
+                       "prepare cityscapes, write the built-in demo set", allow_abbrev=False)
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
     subcommand(data_sub, "demo", cmd_data_demo, "write the built-in demo data set (aligned A|B, train/val/test)",
                (DemoDataConfig, "demo data"))
     add_data_download(data_sub)
     add_data_combine(data_sub)
     add_data_cityscapes(data_sub)
+    add_data_edges(data_sub)
 
 
 # ---- fastpix data download ----------------------------------------------------------------------------------------
@@ -722,6 +723,35 @@ def cmd_data_cityscapes(args):
 def add_data_cityscapes(data_sub):
     subcommand(data_sub, "cityscapes", cmd_data_cityscapes, "prepare cityscapes from the official zips (the "
                "reference's prepare_cityscapes_dataset.py)", (CityscapesConfig, "cityscapes"))
+
+
+# ---- fastpix data edges --------------------------------------------------------------------------------------------
+
+def cmd_data_edges(args):
+    """An edges -> photo data set from photos, as the reference made edges2shoes: A = black edges on white, B = the
+    photo, both --size², side by side in <out>/<sub-folder>/<stem>.png (sub-folders such as train/ and test/ kept).
+    The edges are post-processed as the reference's PostprocessHED.m does (non-maximum suppression, threshold
+    25/255, thinning, removal of edges under 5 px, inverted). The built-in detector (pip install 'fastpix[edges]') is
+    scikit-image's Sobel gradient of the smoothed photo: it marks every strong change of brightness, texture and
+    shadows included, and misses outlines between regions of similar brightness, where the reference's HED draws the
+    sparse outlines a person would. With --hed FILE.pt, HED itself runs (your TorchScript export: float N×3×H×W RGB
+    in [0, 1] -> edge probability N×1×H×W; nothing is downloaded; fastpix/data/edges.py shows how to export
+    sniklaus/pytorch-hed). Unreadable photos are listed and skipped (exit status 1)."""
+    from fastpix.data.edges import make_edges_dataset
+
+    cfg = build_config(EdgesConfig, vars(args))
+    result = make_edges_dataset(cfg)
+    for _, why in result.unreadable:
+        print(f"fastpix data edges: skipped {why}", file=sys.stderr)
+    print(f"fastpix data edges: {result.written} edges|photo pairs in {cfg.out} (edges -> photo is --direction "
+          "AtoB)")
+    if result.unreadable:
+        raise SystemExit(1)
+
+
+def add_data_edges(data_sub):
+    subcommand(data_sub, "edges", cmd_data_edges, "make an edges -> photo data set from photos (the reference's HED "
+               "post-processing on a built-in detector, or on your HED)", (EdgesConfig, "edges"))
 
 
 # ---- fastpix models ------------------------------------------------------------------------------------------------
