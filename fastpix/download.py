@@ -161,7 +161,7 @@ class _Transfer:
             return
         folder = os.path.dirname(os.path.abspath(self.target))
         if shutil.disk_usage(folder).free < length:
-            raise disk_full(self.target, length, f"; free some space there, or {self.by_hand}")
+            raise disk_full(self.target, length, "; free some space there and run again")
 
     def copy(self, response):
         """The body into out; _BrokenOff when the connection fails or closes before the announced end."""
@@ -176,8 +176,8 @@ class _Transfer:
                 self.out.write(chunk)
             except OSError as exc:
                 if is_disk_full(exc):
-                    raise disk_full(self.target, (self.total or self.offset + len(chunk)),
-                                    f"; free some space there, or {self.by_hand}") from exc
+                    raise disk_full(self.target, self.total or self.offset + len(chunk),
+                                    "; free some space there and run again") from exc
                 raise
             self.offset += len(chunk)
             self.bar.update(len(chunk))

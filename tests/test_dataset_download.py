@@ -2,6 +2,7 @@
 damaged or oversized archive is one line and leaves neither a half data set nor a file outside the root."""
 import io
 import os
+import shutil
 import tarfile
 
 import pytest
@@ -121,6 +122,18 @@ def test_no_space_to_extract_is_found_before_extracting(tmp_path, monkeypatch):
             download_dataset(config(root, base), progress=False)
         assert os.listdir(root) == ["facades.tar.gz"]  # whole, and used by the next run once there is room
     assert "no space left" in str(caught.value)
+
+
+def test_a_disk_that_fills_while_extracting_leaves_no_half_data_set(tmp_path, monkeypatch):
+    root = str(tmp_path / "disk")
+    zeros = tar_gz({f"facades/train/{i}.png": bytes(100_000) for i in range(4)})
+    with small_disk(root, 256 * 1024, monkeypatch, [download, archive]):
+        usage = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=2 ** 40))  # it lies
+        with serve(Mirror({"/datasets/facades.tar.gz": zeros})) as base, pytest.raises(DiskFull) as caught:
+            download_dataset(config(root, base), progress=False)
+        assert os.listdir(root) == ["facades.tar.gz"]
+    assert str(caught.value).startswith(f"{root}/facades/train/")
 
 
 def test_cityscapes_says_why_and_how_in_one_line():

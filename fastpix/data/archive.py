@@ -69,32 +69,31 @@ def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tar
     return members
 
 
-def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, needed: int):
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, shown: str, needed: int):
     source = tar.extractfile(member)
     try:
         with open(path, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full(path, needed) from exc
+            raise disk_full(shown, needed, "; free some space there and run again") from exc
         raise
 
 
-def _fill(tar, members, folder: str, archive: str, progress: bool) -> int:
-    """Write the checked members into folder; the number of files written."""
+def _fill(tar, members, staging: str, dest: str, archive: str, progress: bool) -> int:
+    """Write the checked members into the staging folder (messages name them under dest); the files written."""
     needed = sum(m.size + PER_FILE_OVERHEAD for m, _ in members if m.isreg())
-    free = shutil.disk_usage(os.path.dirname(folder)).free
-    if free < needed:
-        raise disk_full(folder, needed, f"; free some space there, or extract {archive} elsewhere")
+    if shutil.disk_usage(os.path.dirname(staging)).free < needed:
+        raise disk_full(dest, needed, "; free some space there and run again")
     files = [(m, p) for m, p in members if m.isreg()]
     for member, path in members:
         if member.isdir():
-            os.makedirs(os.path.join(folder, *path), exist_ok=True)
+            os.makedirs(os.path.join(staging, *path), exist_ok=True)
     with Progress(f"extracting {os.path.basename(archive)}", len(files), "files", progress) as bar:
         for member, path in files:
-            target = os.path.join(folder, *path)
+            target = os.path.join(staging, *path)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            _write_member(tar, member, target, needed)
+            _write_member(tar, member, target, os.path.join(dest, *path), needed)
             bar.update()
     return len(files)
 
@@ -111,7 +110,7 @@ def extract_tar(archive: str, top: str, dest: str, replace: bool = False, progre
         with tarfile.open(archive, "r:*") as tar:
             members = safe_members(tar, top, archive)
             os.makedirs(staging)
-            count = _fill(tar, members, staging, archive, progress)
+            count = _fill(tar, members, staging, dest, archive, progress)
         fsync_folder(staging)
         old = None
         if os.path.lexists(dest):
