@@ -13,9 +13,9 @@ import sys
 import time
 
 from fastpix import __version__
-from fastpix.config import (MINIMUM, BenchConfig, CityscapesConfig, CombineConfig, DataConfig, DatasetDownloadConfig,
-                            DemoConfig, DemoDataConfig, EdgesConfig, EvalConfig, ExportConfig, ModelConfig,
-                            ModelDownloadConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig,
+from fastpix.config import (MINIMUM, PIX2PIX_DATASETS, BenchConfig, CityscapesConfig, CombineConfig, DataConfig,
+                            DatasetDownloadConfig, DemoConfig, DemoDataConfig, EdgesConfig, EvalConfig, ExportConfig,
+                            ModelConfig, ModelDownloadConfig, PredictConfig, ReferenceConfig, ReferenceDisplayConfig,
                             ReferenceTestConfig, ServeConfig, TestConfig, TrainConfig, demo_configs, user_cache_dir)
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
@@ -669,7 +669,7 @@ def cmd_data_download(args):
     if result.present:
         print(f"fastpix data download: {result.folder} is there already (--force downloads it again)")
     else:
-        print(f"fastpix data download: {result.files:,} files in {result.folder}")
+        print(f"fastpix data download: {result.files:,} files in {result.folder}: {PIX2PIX_DATASETS[result.name]}")
 
 
 def add_data_download(data_sub):

@@ -19,7 +19,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +32,10 @@ from fastpix.progress import Progress
 CHUNK = 1 << 20
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 USER_AGENT = "fastpix-download (urllib)"
-# The network's errors while connecting or reading: a reset, a timeout, a response cut inside its framing.
-NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+# The network's errors while connecting or reading (a refused or reset connection, a timeout, TLS, a response cut
+# inside its framing): OSErrors and http.client's own. Writes are outside these try blocks, so a disk error is
+# never taken for one.
+NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 def _lock(path: str, error: type[UserError], what: str) -> int:

@@ -146,7 +146,8 @@ def test_the_command_line(tmp_path, capsys):
     root = str(tmp_path / "datasets")
     with serve(Mirror({"/datasets/night2day.tar.gz": tar_gz({"night2day/test/1.jpg": b"1"})})) as base:
         assert cli.main(["data", "download", "night2day", "--root", root, "--mirror", base]) == 0
-        assert capsys.readouterr().out == f"fastpix data download: 1 files in {root}/night2day\n"
+        assert capsys.readouterr().out == (f"fastpix data download: 1 files in {root}/night2day: ~20k pairs, A = night, "
+                                           "B = day (day -> night: --direction BtoA)\n")
         assert cli.main(["data", "download", "maps", "--root", root, "--mirror", base, "--retries", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{base}/datasets/maps.tar.gz: not found (HTTP 404)" in err
