@@ -735,8 +735,8 @@ def cmd_data_edges(args):
     scikit-image's Sobel gradient of the smoothed photo: it marks every strong change of brightness, texture and
     shadows included, and misses outlines between regions of similar brightness, where the reference's HED draws the
     sparse outlines a person would. With --hed FILE.pt, HED itself runs (your TorchScript export: float N×3×H×W RGB
-    in [0, 1] -> edge probability N×1×H×W; nothing is downloaded; fastpix/data/edges.py shows how to export
-    sniklaus/pytorch-hed). Unreadable photos are listed and skipped (exit status 1)."""
+    in [0, 1] -> edge probability N×1×H×W; nothing is downloaded; `pydoc fastpix.data.edges` shows how to export
+    sniklaus/pytorch-hed's). Unreadable photos are listed and skipped (exit status 1)."""
     from fastpix.data.edges import make_edges_dataset
 
     cfg = build_config(EdgesConfig, vars(args))

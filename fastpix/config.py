@@ -482,7 +482,7 @@ class EdgesConfig:
     out: str = opt(None, "output folder: <out>/<sub-folder>/<stem>.png, edges | photo side by side", required=True)
     size: int = opt(256, "side of each half in pixels (photos are resized to size x size, aspect not kept)")
     hed: str = opt(None, "a HED network as TorchScript (float N×3×H×W RGB in [0, 1] -> edge probability N×1×H×W in "
-                   "[0, 1]; never downloaded) instead of the built-in detector (see fastpix/data/edges.py for how to "
+                   "[0, 1]; never downloaded) instead of the built-in detector (`pydoc fastpix.data.edges` shows how to "
                    "export one)")
     threshold: float = opt(25 / 255, "edge strength kept after non-maximum suppression (the reference: 25/255)")
     small_edge: int = opt(5, "edges of fewer pixels than this are removed (the reference: 5)")

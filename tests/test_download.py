@@ -85,3 +85,19 @@ def test_the_mirror_comes_from_the_flag_then_the_environment(monkeypatch):
     assert mirror_base("http://127.0.0.1:1") == "http://127.0.0.1:1"
     with pytest.raises(ConfigError, match="--mirror"):
         mirror_base("ftp://x")
+
+
+def test_progress_without_a_terminal_is_plain_lines(monkeypatch):
+    import io
+
+    from fastpix import progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    stream = io.StringIO()
+    with progress.Progress("facades.tar.gz", 3 * 2 ** 20, "B", stream=stream) as bar:
+        bar.update(2 ** 20)
+        bar.update(2 ** 20)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 3  # two updates and the final count
+    assert lines[0].startswith("facades.tar.gz: 1.0 MiB of 3.0 MiB (33%), ")
+    assert lines[-1].startswith("facades.tar.gz: 2.0 MiB of 3.0 MiB (67%), ")
