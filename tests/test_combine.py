@@ -104,6 +104,14 @@ def test_use_ab_and_num_imgs_follow_the_reference(tmp_path, capsys):
     assert f"train/y_A.png: no image {folder}/train/y_B.png" in capsys.readouterr().err
 
 
+def test_an_output_inside_an_input_is_refused(folders, capsys):
+    tmp_path, _ = folders
+    assert status(["data", "combine", "--fold_A", str(tmp_path / "A"), "--fold_B", str(tmp_path / "B"),
+                   "--fold_AB", str(tmp_path / "A")]) == 2
+    assert f"--fold_AB {tmp_path}/A is inside --fold_A {tmp_path}/A" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "A" / "train")) == ["1.png", "2.png", "3.png"]
+
+
 def test_a_fold_a_without_splits_says_how_to_lay_it_out(tmp_path, capsys):
     image(f"{tmp_path}/A/1.png", 8, 8, 1)
     (tmp_path / "B").mkdir()

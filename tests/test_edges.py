@@ -13,7 +13,7 @@ from skimage.measure import label
 from fastpix import cli
 from fastpix.config import EdgesConfig
 from fastpix.data.edges import HED, edges_pair, make_edges_dataset, non_maximum_suppression, simple_edges
-from fastpix.errors import DataError, MissingDependency
+from fastpix.errors import ConfigError, DataError, MissingDependency
 
 SIZE = 96
 
@@ -120,6 +120,12 @@ def test_the_command_keeps_the_split_folders_and_names_unreadable_photos(tmp_pat
     assert written.shape == (SIZE, 2 * SIZE, 3) and np.isin(written[:, :SIZE], (0, 255)).all()
     out, err = capsys.readouterr()
     assert "2 edges|photo pairs" in out and f"skipped {tmp_path}/photos/test/bad.png" in err
+
+
+def test_an_output_inside_the_photos_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ConfigError, match="--out .* is inside --input"):
+        make_edges_dataset(EdgesConfig(input=str(tmp_path / "photos"), out=str(tmp_path / "photos" / "edges")))
 
 
 def test_without_scikit_image_the_pip_line_is_named(monkeypatch, tmp_path):

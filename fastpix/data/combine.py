@@ -22,7 +22,8 @@ from PIL import Image
 
 from fastpix.config import CombineConfig
 from fastpix.data.decode import decode_image
-from fastpix.data.image_folders import cores, is_image_name, map_images, regular_file, write_image
+from fastpix.data.image_folders import (cores, is_image_name, map_images, regular_file, separate_output,
+                                         write_image)
 from fastpix.errors import DataError, DecodeError
 
 
@@ -100,6 +101,7 @@ def _combine(pair: _Pair, resize: bool) -> tuple[str, str | None]:
 
 def combine_folders(cfg: CombineConfig, progress: bool = True) -> CombineResult:
     """Combine fold_A and fold_B into fold_AB (see the module docstring); every pair not written is in left_out."""
+    separate_output(cfg.fold_AB, "--fold_AB", {"--fold_A": cfg.fold_A, "--fold_B": cfg.fold_B})
     pairs, left_out = plan(cfg)
     workers = 1 if cfg.no_multiprocessing else cores()
     outcomes = map_images(lambda p: _combine(p, cfg.resize), pairs, workers, "combining A|B", progress)

@@ -42,7 +42,7 @@ from PIL import Image
 from fastpix.config import EdgesConfig
 from fastpix.data.dataset import list_images
 from fastpix.data.decode import decode_image
-from fastpix.data.image_folders import cores, map_images, write_image
+from fastpix.data.image_folders import cores, map_images, separate_output, write_image
 from fastpix.errors import DataError, DecodeError, MissingDependency
 
 SIGMA = 2.0  # the built-in detector's Gaussian, in pixels of the size×size photo
@@ -182,6 +182,7 @@ def edges_pair(rgb: np.ndarray, cfg: EdgesConfig, detector=None) -> np.ndarray:
 def make_edges_dataset(cfg: EdgesConfig, progress: bool = True) -> EdgesResult:
     """<out>/<sub-folder>/<stem>.png for each photo under cfg.input (see the module docstring)."""
     _skimage()
+    separate_output(cfg.out, "--out", {"--input": cfg.input})
     detector = HED(cfg.hed, cfg.device) if cfg.hed else None
     photos = list_images(cfg.input)
     if not photos:

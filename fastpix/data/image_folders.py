@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fastpix.data.dataset import IMG_EXTENSIONS
+from fastpix.errors import ConfigError
 from fastpix.files import atomic_write
 from fastpix.progress import Progress
 
@@ -41,6 +42,16 @@ def regular_file(path: str) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def separate_output(out: str, out_flag: str, inputs: dict[str, str]):
+    """Refuse an output folder that is one of the inputs or inside one (flag -> folder): written there, the pairs
+    would replace the images they are made of, or be read as input by the next run."""
+    target = os.path.realpath(out)
+    for flag, folder in inputs.items():
+        source = os.path.realpath(folder)
+        if target == source or target.startswith(source + os.sep):
+            raise ConfigError(f"{out_flag} {out} is inside {flag} {folder}: give an output folder of its own")
 
 
 def write_image(path: str, pixels: np.ndarray, **options):
