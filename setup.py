@@ -94,6 +94,9 @@ setup(
         # fastpix export --format onnx: torch.onnx's dynamo exporter needs onnx and onnxscript; onnxruntime checks
         # the exported file against PyTorch.
         "onnx": ONNX,
+        # fastpix data edges: scikit-image's filters, thinning and labelling (with SciPy) for the reference's
+        # edge post-processing.
+        "edges": ["scikit-image"],
         # selenium drives the system's chromium through its chromedriver in the study's browser tests;
         # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
         "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",

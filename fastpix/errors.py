@@ -32,6 +32,11 @@ class ImageTooLarge(DecodeError):
     """An image whose header declares more pixels than allowed: refused before any pixel is decoded."""
 
 
+class UnsafeArchive(DataError):
+    """An archive with a member that would land outside its folder, or is a link, a device or a FIFO: refused whole,
+    nothing extracted (names the archive and the member)."""
+
+
 class CheckpointError(UserError):
     """A run folder, weights file or train state that is missing, damaged or does not fit (names the file)."""
 
@@ -44,6 +49,13 @@ class ResourceError(UserError):
 
 class DiskFull(ResourceError):
     """No space left where a file was being written (names the file and the bytes needed)."""
+
+
+class NetworkError(UserError):
+    """A download that failed after its retries: the URL did not answer, answered an error, or broke off (names the
+    URL, and where to put the file when it is fetched by hand)."""
+
+    exit_status = 1
 
 
 class MissingDependency(UserError):

@@ -15,10 +15,10 @@ import os
 import sys
 
 from fastpix import __version__
-from fastpix.cli import data, inference, info, study, training
+from fastpix.cli import data, inference, info, models, study, training
 from fastpix.cli.flags import DEBUG_HELP, CommandParser
 
-COMMANDS = (training, inference, data, info, study)
+COMMANDS = (training, inference, data, models, info, study)
 
 
 def build_parser() -> CommandParser:

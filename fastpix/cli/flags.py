@@ -46,6 +46,10 @@ def help_of(f) -> str:
 def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("positional"):
+            group.add_argument(f.name, choices=f.metadata.get("choices"), metavar=f.name.upper(),
+                               help=f.metadata["help"])
+            continue
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.insert(0, f"--{f.name.replace('_', '-')}")

@@ -7,7 +7,7 @@ import warnings
 import torch
 from PIL import Image
 
-from fastpix.data.decode import DataError, decode_image, image_size
+from fastpix.data.decode import DataError, decode_image, image_size, special_file
 from fastpix.data.transforms import sample_crop_flip, sample_rng, to_tensor, transform_image
 from fastpix.errors import ConfigError
 
@@ -15,13 +15,28 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 
 
 def list_images(folder: str) -> list[str]:
-    """Image files under folder, recursively, sorted (the reference's listing; extensions in any case)."""
+    """Image files under folder, recursively, sorted (the reference's listing; extensions in any case). A FIFO,
+    socket or device named like an image is left out with a warning naming it: reading it would block or never end.
+    Links to folders are not followed (as os.walk); a dangling link is listed, for the decoder to name."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder} is not a folder (is --dataroot right, and does it have this split?)")
     found = []
-    for root, _, names in os.walk(folder):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(IMG_EXTENSIONS)]
+    _scan(folder, found)
     return sorted(found)
+
+
+def _scan(folder: str, found: list[str]):
+    with os.scandir(folder) as entries:  # the directory's own entry types: no stat for most files
+        for entry in entries:
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    _scan(entry.path, found)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                kind = None if entry.is_file() else special_file(entry.path)
+                if kind is None:
+                    found.append(entry.path)
+                else:
+                    warnings.warn(f"{entry.path}: {kind}, not a regular file: skipped", stacklevel=3)
 
 
 def open_rgb_or_l(path: str, mode: str = "RGB") -> Image.Image:

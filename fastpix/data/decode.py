@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -58,13 +59,40 @@ def _channels(mode: str) -> int:
         raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}") from None
 
 
+def _path(path_or_bytes) -> str:
+    path = os.fspath(path_or_bytes)
+    return os.fsdecode(path) if isinstance(path, bytes) else path
+
+
+def special_file(path: str) -> str | None:
+    """What path is when it is not a regular file (a FIFO, a socket, a device, a folder), else None (a regular file,
+    a link to one, or nothing there: the decoder's own error names a missing file). Reading a FIFO blocks until a
+    writer comes, for ever if none does; a device can stream without end: neither is ever opened as an image."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _not_regular(name: str, kind: str) -> DecodeError:
+    return DecodeError(f"{name}: {kind}, not a regular file: not read")
+
+
 def _source(path_or_bytes, name=None):
-    """(what the native decoder takes, the name errors use: the path, else `name`, else "<bytes>")."""
+    """(what the native decoder takes, the name errors use: the path, else `name`, else "<bytes>"); a path that is
+    not a regular file is refused here, before anything opens it."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         return path_or_bytes, name or "<bytes>"
-    path = os.fspath(path_or_bytes)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _path(path_or_bytes)
+    kind = special_file(path)
+    if kind is not None:
+        raise _not_regular(name or path, kind)
     return path, name or path
 
 
@@ -219,7 +247,8 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
     success, else an error message naming the file; the slots of failed items are zero-filled.
     threads=None uses every core this process may run on.
     """
-    paths = [_source(p)[1] for p in paths]
+    paths = [_path(p) for p in paths]
+    special = {i: kind for i, kind in enumerate(map(special_file, paths)) if kind is not None}
     n = len(paths)
     tw, th = int(size[0]), int(size[1])
     ca, cb = _channels(modes[0]), _channels(modes[1])
@@ -230,12 +259,17 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
     nthreads = int(threads) if threads else _cpu_count()
     limit = _limit(max_pixels)
     if _native is not None:
-        native_paths = [os.fsencode(p) for p in paths]  # bytes: any file name, UTF-8 or not
+        # bytes: any file name, UTF-8 or not; a FIFO or device is never handed to the decoder (an empty name, which
+        # fails to open at once, takes its slot, so that the batch keeps its order).
+        native_paths = [b"" if i in special else os.fsencode(p) for i, p in enumerate(paths)]
         status = _native.decode_pairs_into(native_paths, a, b, tw, th, ca, cb, bool(draft), nthreads, limit)
-        todo = [i for i, s in enumerate(status) if s is not None and s[0] == "unsupported"]
+        todo = [i for i, s in enumerate(status) if s is not None and s[0] == "unsupported" and i not in special]
         errors = [None if s is None else f"{paths[i]}: {s[1]}" for i, s in enumerate(status)]
     else:
-        todo, errors = list(range(n)), [None] * n
+        todo, errors = [i for i in range(n) if i not in special], [None] * n
+    for i, kind in special.items():
+        a[i], b[i] = 0, 0
+        errors[i] = str(_not_regular(paths[i], kind))
 
     def pil_item(i):
         try:

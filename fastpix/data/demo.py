@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fastpix.config import DemoDataConfig, user_cache_dir
+from fastpix.errors import ConfigError
 from fastpix.files import atomic_write_bytes
 
 N_CLASSES = 6
@@ -77,3 +78,14 @@ def ensure_demo_data(size: int = DemoDataConfig.size) -> str:
         write_demo_dataset(folder, size)
         atomic_write_bytes(os.path.join(folder, "complete"), b"")
     return folder
+
+
+def write_demo_data(cfg: DemoDataConfig) -> str:
+    """`fastpix data demo`: the demo data set into cfg.out, which must be empty or new unless cfg.force (the files
+    of the same names would be replaced: a data set already there would be mixed with the demo's)."""
+    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.force:
+        raise ConfigError(f"--out {cfg.out} is not empty: give a new or empty folder (or --force to write into it, "
+                          "replacing files of the same names)")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ConfigError(f"--out {cfg.out} is a file, not a folder")
+    return write_demo_dataset(cfg.out, cfg.size, {"train": cfg.train, "val": cfg.val, "test": cfg.test}, cfg.seed)
