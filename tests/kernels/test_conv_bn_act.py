@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastpix.bench_suites.layers import (
+    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
 from fastpix.kernels import conv_bn_act as cba
 from fastpix.kernels.batch_norm_act import dropout_mask
-from fastpix.kernels.conv_layers import (
-    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
-from fastpix.kernels.conv_tuning import TuningCache
 from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -343,16 +342,19 @@ def test_pix2pix_layer_table_matches_performance_md():
     assert round(g / 1e9, 2) == 12.10 and round(d / 1e9, 2) == 6.39
 
 
-def test_tuning_cache_round_trip(tmp_path):
+def test_machine_timings_round_trip(tmp_path):
+    from fastpix.models.tuning import MachineTimings
+
     path = tmp_path / "sub" / "tuning.json"
-    cache = TuningCache(str(path))
+    cache = MachineTimings(str(path))
     assert cache.get("conv_gemm", "k") is None
     cache.put("conv_gemm", "k", [64, 64, 32, 4, 3])
     cache.put("layer", "l", {"choice": "cudnn"})
-    again = TuningCache(str(path))
+    again = MachineTimings(str(path))
     assert again.get("conv_gemm", "k") == [64, 64, 32, 4, 3] and again.get("layer", "l") == {"choice": "cudnn"}
+    assert [p.name for p in path.parent.iterdir()] == ["tuning.json"]  # written atomically: no temporary left
     path.write_text("{not json")
-    assert TuningCache(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal
+    assert MachineTimings(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,31 +394,31 @@ def test_pix2pix_layer_matches_eager(layer, dtype):
 
 
 @pytest.mark.gpu
-def test_autotuning_and_layer_choice_are_measured_once_and_cached(monkeypatch, tmp_path):
+def test_block_sizes_are_measured_in_the_tuning_step_only_and_cached(monkeypatch, tmp_path):
+    """A model's ConvTuning (as define_G gives one) measures its kernels' block sizes inside measuring() only and
+    caches them in the machine's timings file; the tuned configs compute the same as eager. (The per-layer choice
+    is tested on whole networks: tests/kernels/test_conv_models.py.)"""
     import json
 
-    from fastpix.kernels import conv_tuning
-    from fastpix.kernels.conv_layers import time_block
+    from fastpix.models.tuning import conv_tuning, device_section
 
     monkeypatch.setenv("FASTPIX_CONV_AUTOTUNE", "1")
     layer = next(layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down5")
     case = layer_inputs(layer, 2, torch.bfloat16, DEVICE, seed=0)
-    with conv_tuning.tuning():  # measurements happen in the explicit tuning step only
-        fused = fused_block_output(layer, case, fused_block(layer, case))
+    tuning = conv_tuning()
+    fused_block(layer, case, tuning)  # outside the tuning step: the first candidates, nothing measured
+    assert not (tmp_path / "conv_tuning.json").exists()
+    with tuning.measuring():
+        fused = fused_block_output(layer, case, fused_block(layer, case, tuning))
     eager = eager_block(layer, case, activated_sources(layer, case))
     assert relative_error(fused, eager) < 1e-2  # the tuned config computes the same
-    key = layer.key(2, torch.bfloat16)
-    assert conv_tuning.layer_choice(key, None, None) == "triton"  # outside tuning(): nothing measured
-    with conv_tuning.tuning():
-        choice = conv_tuning.layer_choice(
-            key, lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "triton"),
-            lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "cudnn"))
     with open(tmp_path / "conv_tuning.json") as f:
-        section = json.load(f)[conv_tuning.device_section()]
-    assert section["conv_gemm"] and section["layer"][key]["choice"] == choice
-    timings = section["layer"][key]
-    assert choice == ("triton" if timings["triton_ms"] <= timings["cudnn_ms"] else "cudnn")
-    assert conv_tuning.layer_choice(key, None, None) == choice  # cached: nothing measured again
+        measured = json.load(f)[device_section()]["conv_gemm"]
+    assert measured
+    with tuning.measuring():
+        fused_block(layer, case, tuning)
+    with open(tmp_path / "conv_tuning.json") as f:
+        assert json.load(f)[device_section()]["conv_gemm"] == measured  # cached: nothing measured again
 
 
 @pytest.fixture
