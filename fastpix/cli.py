@@ -484,6 +484,10 @@ def cmd_info(args):
     print(f"fastpix {__version__}")
     print(f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    if torch.cuda.is_available():
+        from fastpix.peaks import describe_device
+
+        print(describe_device())
     from fastpix import runtime
 
     cpu_precision = runtime.resolve_precision(None, "cpu")

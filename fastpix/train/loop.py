@@ -22,10 +22,11 @@ from fastpix.data.stream import make_pipeline
 from fastpix.files import atomic_write_json
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
+from fastpix.peaks import peak_flops
 from fastpix.runtime import channels_last, resolve_precision, set_tf32
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
-from fastpix.train.flops import peak_flops, train_flops_per_image
+from fastpix.train.flops import train_flops_per_image
 from fastpix.train.progress import Progress
 from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep

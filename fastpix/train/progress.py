@@ -80,8 +80,10 @@ class Progress:
                   "ms_per_iter": round(1000 * (t_now - self.window_start) * self.world.size * batch["A"].shape[0]
                                        / max(self.window_images, 1), 3),
                   "data_time": round(data_time, 5)}
-        if self.peak:
-            record["mfu"] = round(self.flops_per_image * img_per_s / self.peak, 4)
+        if self.peak:  # a fastpix.peaks.Peak on a GPU, named in the first record
+            record["mfu"] = round(self.flops_per_image * img_per_s / self.peak.flops, 4)
+            if self.engine_reported is None:
+                record["mfu_peak"] = self.peak.describe()
         report = engine.report()  # what the engine runs (CUDA graph or eager, per-layer choices), when it changes
         if report != self.engine_reported:
             record["engine"] = self.engine_reported = report
