@@ -43,8 +43,8 @@ from fastpix import runtime  # noqa: E402
 from fastpix.infer.norm_modes import inference_network  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.models import define_D, define_G  # noqa: E402
-from fastpix.train.engine import TrainEngine  # noqa: E402
 from fastpix.peaks import cpu_roof_flops  # noqa: E402
+from fastpix.train.engine import TrainEngine  # noqa: E402
 from fastpix.train.flops import conv_flops, train_flops_per_image  # noqa: E402
 from fastpix.train.step import Pix2PixStep  # noqa: E402
 

@@ -504,20 +504,13 @@ def cmd_bench(args):
 
     cfg = build_config(BenchConfig, vars(args))
     if cfg.layers:
-        from fastpix.kernels.conv_layers import layer_table
-
-        try:
-            print(layer_table())
-        except RuntimeError as exc:
-            raise SystemExit(f"fastpix bench --layers: {exc}") from exc
+        print(bench.layer_table())
         return
-    try:
-        code = bench.run(cfg.suite, cfg.json, cfg.select, cfg.cpu_config)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"fastpix bench: {exc}") from exc
-    if os.path.isfile(cfg.json):
-        print(bench.table(cfg.json))
-        print(f"fastpix bench: results in {cfg.json}")
+    json_path = os.path.abspath(cfg.json)
+    code = bench.run(cfg.suite, json_path, cfg.select, cfg.cpu_config)
+    if os.path.isfile(json_path):
+        print(bench.table(json_path))
+        print(f"fastpix bench: results in {json_path}")
     if code:
         raise SystemExit(code)
 
