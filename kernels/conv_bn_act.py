@@ -14,7 +14,7 @@ bottleneck at batch 1), the taps are split (split-K): fp32 partials that `_split
 order before the epilogue. A second kernel (`_wgrad_kernel`) computes the weight gradient as a split-K GEMM over
 output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
 
-Fusion (architecture.md, "The fused design"): a producer conv writes its raw output y and, in the epilogue,
+Fusion (docs/design.md, "The kernels' fusion"): a producer conv writes its raw output y and, in the epilogue,
 per-tile (count, mean, M2) partials that `stats_finalize_kernel` (_shared.py) merges in a fixed order into
 the BatchNorm mean and rstd; a consumer conv reads y and applies z = (y − mean)·k + β with k = γ·rstd, then its
 activation (LeakyReLU/ReLU) and dropout, while loading the input tile: the normalised tensor is never written.

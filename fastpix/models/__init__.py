@@ -22,11 +22,10 @@ from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one li
 
 
 def resolve_backend(backend=None) -> str:
-    """None means eager, on CUDA too, although architecture.md makes triton the default there: triton stays opt-in
-    until it has run on a GPU. Training, the Predictor's norm modes and seeded dropout agree with eager on it, but
-    only through Triton's CPU interpreter (tests/kernels/): compiled kernels at full size, bf16 numerics and speed
-    against cuDNN are unchecked (the gpu-marked tests and bench/bench_kernels.py are written to check them). Before
-    flipping this line, `fastpix export` (which loads with the default backend) must ask for eager: ONNX can only
+    """None means eager, on CUDA too: triton stays opt-in until it has run on a GPU. Training, the Predictor's norm
+    modes and seeded dropout agree with eager on it, but only through Triton's CPU interpreter (tests/kernels/):
+    compiled kernels at full size, bf16 numerics and speed against cuDNN are unchecked (the gpu-marked tests and
+    bench/suites/bench_kernels.py are written to check them). Before flipping this line, `fastpix export` (which loads with the default backend) must ask for eager: ONNX can only
     trace eager modules."""
     if backend is None:
         return "eager"

@@ -1,7 +1,7 @@
 """Convolution FLOPs of a model configuration, for the MFU figure in logs and benchmarks (the peak it is against:
 fastpix/peaks.py).
 
-Conv: 2·Cin·Cout·k²·Hout·Wout / groups; ConvTranspose: 2·Cin·Cout·k²·Hin·Win / groups (performance.md).
+Conv: 2·Cin·Cout·k²·Hout·Wout / groups; ConvTranspose: 2·Cin·Cout·k²·Hin·Win / groups.
 One training iteration costs 3·F_G + 8·F_D per image: G forward and backward (dgrad + wgrad ≈ 2× forward);
 D forward+backward on the fake and on the real pair (2 × 3·F_D) and forward+dgrad inside the G step (2·F_D).
 """

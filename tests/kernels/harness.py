@@ -4,7 +4,7 @@
   fails the comparison instead of silently holding the right answer from an earlier run.
 - `assert_close(actual, expected, dtype, name)` compares with the (atol, rtol) of `TOLERANCES[dtype]` and, on
   failure, prints the worst mismatches as (index, actual, expected).
-- `relative_error(actual, expected)` is ‖actual − expected‖ / ‖expected‖, the figure performance.md asks for.
+- `relative_error(actual, expected)` is ‖actual − expected‖ / ‖expected‖, the figure the GPU tests bound.
 - `full_sweep()` is True when FASTPIX_FULL=1: tests then sweep every pix2pix layer shape instead of the quick subset.
 
 The input factories and the pix2pix layer shapes the tests use come from fastpix.bench_suites.layers

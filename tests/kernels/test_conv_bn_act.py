@@ -315,7 +315,7 @@ def test_fused_chain_is_deterministic():
 # The layer factory shared with the benchmarks and the cuDNN-fallback measurement; the tuning cache
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY_LAYERS = [  # the pix2pix layer kinds (kernels/conv_layers.py) at interpreter sizes
+TINY_LAYERS = [  # the pix2pix layer kinds (bench/suites/layers.py) at interpreter sizes
     ConvLayer("down", False, (5,), 6, 6, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
     ConvLayer("first", False, (3,), 4, 6, 2, ("image",), "none", False, "bias"),
     ConvLayer("up", True, (3, 4), 5, 3, 2, ("act", "bn_act"), "relu", True, "bn", "relu"),
@@ -335,8 +335,9 @@ def test_layer_factory_fused_block_equals_eager_block(layer):
     assert relative_error(fused, eager) < 1e-5
 
 
-def test_pix2pix_layer_table_matches_performance_md():
-    """G 12.10 GFLOP and D 6.39 GFLOP per 256² image (performance.md)."""
+def test_pix2pix_layer_table_has_the_networks_flops():
+    """G 12.10 GFLOP and D 6.39 GFLOP per 256² image: the layer table is unet_256 and the basic PatchGAN, as
+    fastpix.train.flops counts them on the modules (tests/test_engine.py)."""
     g = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("G."))
     d = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("D."))
     assert round(g / 1e9, 2) == 12.10 and round(d / 1e9, 2) == 6.39
