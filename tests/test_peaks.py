@@ -87,3 +87,24 @@ def test_fastpix_info_names_the_peak_on_a_gpu(monkeypatch, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "peak: H200 SXM (132 SMs), dense TFLOP/s bf16 989.5, fp16 989.5, tf32 494.5, fp32 67.0" in out
+
+
+def test_a_training_log_names_the_peak_its_mfu_is_against():
+    """The first logged record of a GPU run carries the MFU and the peak it is against; later ones the MFU."""
+    from types import SimpleNamespace
+
+    from fastpix.config import DataConfig, ModelConfig, TrainConfig
+    from fastpix.train.progress import Progress
+
+    records = []
+    run = SimpleNamespace(log=records.append)
+    engine = SimpleNamespace(read_losses=lambda: {"G_GAN": 1.0}, report=lambda: {"cuda_graph": "off"})
+    peak = peaks.Peak(1e12, "bf16", "datasheet H100 SXM, dense")
+    progress = Progress(run, (ModelConfig(), DataConfig(), TrainConfig()), SimpleNamespace(size=1, is_main=True),
+                        torch.device("cpu"), 1e10, peak, 10, 0, show_bar=False)
+    batch = {"A": torch.zeros(4, 3, 8, 8)}
+    for iteration in (1, 2):
+        progress.window_images = 4
+        progress.log(engine, batch, 1, iteration, 2e-4, 0.0)
+    assert records[0]["mfu_peak"] == "1.0 TFLOP/s bf16 (datasheet H100 SXM, dense)" and "mfu_peak" not in records[1]
+    assert all(0 < r["mfu"] for r in records)
