@@ -16,12 +16,16 @@ forward measures anything.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from fastpix.kernels.conv_tuning import ConvTuning
 from fastpix.models.conv_layer import ConvCall, Pending, measured_seconds, pending_output, run_eager, run_triton
 from fastpix.models.tuning import conv_tuning
+
+if TYPE_CHECKING:  # the kernels are imported when first used: TRITON_INTERPRET may be set until then
+    from fastpix.kernels.conv_tuning import ConvTuning
 
 ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU)
 

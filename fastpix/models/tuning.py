@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import torch
-import triton
 
 from fastpix.files import atomic_write_json
-from fastpix.kernels.conv_tuning import ConvTuning, default_timer
+
+if TYPE_CHECKING:  # the kernels are imported when first used: TRITON_INTERPRET may be set until then
+    from fastpix.kernels.conv_tuning import ConvTuning
 
 
 def cache_path() -> str:
@@ -30,6 +32,8 @@ def cache_path() -> str:
 
 
 def device_section() -> str:
+    import triton  # here, not at import: TRITON_INTERPRET may be set until Triton is first imported
+
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return f"{name} | torch {torch.__version__} | triton {triton.__version__}"
 
@@ -71,6 +75,8 @@ class MachineTimings:
 def conv_tuning(force=None) -> ConvTuning:
     """A new network's ConvTuning: measured on a GPU (nothing to measure elsewhere), cached in MachineTimings.
     force: see ConvTuning (tests force every layer's choice with it)."""
+    from fastpix.kernels.conv_tuning import ConvTuning, default_timer
+
     return ConvTuning(MachineTimings(), default_timer(), force)
 
 

@@ -258,3 +258,18 @@ def test_the_tuning_step_measures_each_layer_once_and_keeps_the_faster(tmp_path)
     grads = dict(eager.named_parameters())
     for name, p in fused.named_parameters():
         assert_close(p.grad, grads[name].grad, torch.float32, f"grad {name}", scale=100)
+
+
+def test_importing_the_models_imports_no_kernel():
+    """Triton reads TRITON_INTERPRET when it and a kernel module are imported, and the CLI sets it on a CPU (backend
+    triton) after importing fastpix's models: importing them, and building an eager network, must import neither."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, fastpix.cli, fastpix.models, fastpix.train.engine; "
+            "fastpix.models.define_G(3, 3, 4, 'unet_32'); "
+            "print(sorted(m for m in sys.modules if m.startswith('fastpix.kernels') or m == 'triton'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
