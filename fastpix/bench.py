@@ -51,14 +51,18 @@ def run(suites: list[str], json_path: str, select: str | None = None, cpu_config
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     if os.path.exists(json_path):
         os.remove(json_path)  # a failed run must not leave the previous run's table to be printed as this one's
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={folder}", *files,
-           f"--benchmark-json={json_path}", "--benchmark-disable-gc", "--benchmark-sort=name",
-           f"--cpu-config={cpu_config}"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={folder}",
+           f"--confcutdir={folder}", *files, f"--benchmark-json={json_path}", "--benchmark-disable-gc",
+           "--benchmark-sort=name", f"--cpu-config={cpu_config}"]
     if select:
         cmd += ["-k", select]
-    # pytest-benchmark creates its storage folder (./.benchmarks) even when nothing is saved there: a temporary one
-    with tempfile.TemporaryDirectory(prefix="fastpix-bench-") as storage:
-        return subprocess.call([*cmd, f"--benchmark-storage=file://{storage}"])
+    with tempfile.TemporaryDirectory(prefix="fastpix-bench-") as scratch:
+        # An empty configuration: no pytest settings of a project the suites happen to be installed under apply.
+        # pytest-benchmark creates its storage folder (./.benchmarks) even when nothing is saved: a temporary one.
+        config = os.path.join(scratch, "pytest.ini")
+        with open(config, "w") as f:
+            f.write("[pytest]\n")
+        return subprocess.call([*cmd, "-c", config, f"--benchmark-storage=file://{scratch}"])
 
 
 def table(json_path: str) -> str:
