@@ -58,3 +58,43 @@ def test_without_pytest_benchmark_bench_says_how_to_get_it(monkeypatch, tmp_path
     with pytest.raises(MissingDependency, match=r"pytest-benchmark: pip install 'fastpix\[bench\]'"):
         bench.run(["train"], str(tmp_path / "out.json"))
     assert not (tmp_path / "out.json").exists()
+
+
+def test_bench_works_from_an_installed_wheel(tmp_path):
+    """A wheel of fastpix carries the suites (fastpix.bench_suites); installed outside the source tree, fastpix
+    bench runs them from there and writes into the current folder."""
+    import pathlib
+    import shutil
+    import subprocess
+    import zipfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("fastpix", "kernels", "bench/suites"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # no C++ decoder (PIL decodes): the wheel builds in seconds
+    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "wheel")], env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"fastpix/bench_suites/{name}.py" for name in ("__init__", "conftest", "common", "layers", "bench_train",
+                                                            "bench_infer", "bench_data", "bench_kernels")} <= set(names)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the wheel's fastpix before the checkout's
+    done = subprocess.run([sys.executable, "-m", "fastpix", "bench", "--suite", "train", "--cpu_config", "dry",
+                           "--select", "reference"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"results in {work / 'fastpix-bench.json'}" in done.stdout and "1.00x" in done.stdout
+    where = subprocess.run([sys.executable, "-c", "from fastpix import bench; print(bench.suites_folder())"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(site / "fastpix" / "bench_suites")  # the installed suites ran, not the checkout's
+    assert sorted(os.listdir(work)) == ["fastpix-bench.json"]
