@@ -25,8 +25,8 @@ def resolve_backend(backend=None) -> str:
     """None means eager, on CUDA too: triton stays opt-in until it has run on a GPU. Training, the Predictor's norm
     modes and seeded dropout agree with eager on it, but only through Triton's CPU interpreter (tests/kernels/):
     compiled kernels at full size, bf16 numerics and speed against cuDNN are unchecked (the gpu-marked tests and
-    bench/suites/bench_kernels.py are written to check them). Before flipping this line, `fastpix export` (which loads with the default backend) must ask for eager: ONNX can only
-    trace eager modules."""
+    bench/suites/bench_kernels.py are written to check them). Before flipping this line, `fastpix export` (which
+    loads with the default backend) must ask for eager: ONNX can only trace eager modules."""
     if backend is None:
         return "eager"
     if backend not in BACKENDS:
