@@ -1,5 +1,5 @@
-"""fastpix build: the Python package, the Triton kernels (kernels/ -> fastpix.kernels) and the optional
-C++ decoder (csrc/ -> fastpix._decode).
+"""fastpix build: the Python package, the Triton kernels (kernels/ -> fastpix.kernels), the benchmark suites that
+`fastpix bench` runs (bench/suites/ -> fastpix.bench_suites) and the optional C++ decoder (csrc/ -> fastpix._decode).
 
 The decoder links the system libjpeg(-turbo) and libpng found by pkg-config. When either is missing, or the
 compile fails, the install still succeeds without it and fastpix decodes with PIL
@@ -57,6 +57,7 @@ class OptionalBuildExt(build_ext):
 
 
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
+BENCH = ["pytest", "pytest-benchmark"]
 ONNX = ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"]
 PLOT = ["matplotlib>=3.5"]
 
@@ -67,8 +68,8 @@ setup(
     long_description=open("README.md").read() if glob.glob("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastpix", "fastpix.*"]) + ["fastpix.kernels"],
-    package_dir={"fastpix.kernels": "kernels"},
+    packages=find_packages(include=["fastpix", "fastpix.*"]) + ["fastpix.kernels", "fastpix.bench_suites"],
+    package_dir={"fastpix.kernels": "kernels", "fastpix.bench_suites": "bench/suites"},
     ext_modules=decoder_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
@@ -97,9 +98,11 @@ setup(
         # fastpix data edges: scikit-image's filters, thinning and labelling (with SciPy) for the reference's
         # edge post-processing.
         "edges": ["scikit-image"],
+        # fastpix bench: the suites are pytest-benchmark files (pytest runs them, pytest-benchmark times and reports).
+        "bench": BENCH,
         # selenium drives the system's chromium through its chromedriver in the study's browser tests;
         # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
-        "test": ["pytest", "pytest-benchmark", "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
+        "test": [*BENCH, "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
                  "import-linter>=2.0", *SERVE, *ONNX, *PLOT],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},

@@ -43,8 +43,9 @@ from fastpix import runtime  # noqa: E402
 from fastpix.infer.norm_modes import inference_network  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
 from fastpix.models import define_D, define_G  # noqa: E402
+from fastpix.peaks import cpu_roof_flops  # noqa: E402
 from fastpix.train.engine import TrainEngine  # noqa: E402
-from fastpix.train.flops import conv_flops, cpu_roof_flops, train_flops_per_image  # noqa: E402
+from fastpix.train.flops import conv_flops, train_flops_per_image  # noqa: E402
 from fastpix.train.step import Pix2PixStep  # noqa: E402
 
 SIZE, NGF = 256, 64
@@ -58,7 +59,7 @@ def timed(fn, *args):
 
 
 def roofline() -> dict:
-    """This CPU's reachable FLOP/s in fp32 and bf16, measured now (fastpix.train.flops.cpu_roof_flops)."""
+    """This CPU's reachable FLOP/s in fp32 and bf16, measured now (fastpix.peaks.cpu_roof_flops)."""
     return {"fp32": cpu_roof_flops(torch.float32), "bf16": cpu_roof_flops(torch.bfloat16)}
 
 

@@ -7,11 +7,15 @@ Stages run in priority order (STAGES), each in its own process under its own tim
 is killed and marked 'timeout', and the next one starts. Each writes OUT/<stage>.json the moment it ends (and after
 each row while it runs), and OUT/summary.md is rewritten after every stage, so whatever happens the results so far
 are on disk. Every JSON has one schema (SCHEMA_KEYS): schema, stage, status, device, versions, revision, dry,
-budget_s, seconds, rows (a list of flat dicts), note. The measurements come from the bench/ suites' own factories
-(bench_train.build, bench_infer.CONFIG, kernels/conv_layers.block_step) and pytest-benchmark runs of
-bench_data.py / bench_infer.py's server case; correctness is a pytest run of the gpu-marked tests.
+budget_s, seconds, rows (a list of flat dicts), note. The measurements come from the benchmark suites' own
+factories and settings (fastpix.bench_suites: bench_train.build, bench_infer's settings, layers.block_step), the dry
+run taking their 'dry' settings, and from pytest-benchmark runs of bench_data.py and bench_infer.py's server case
+(with --cpu-config dry in the dry run); correctness is a pytest run of the gpu-marked tests. The MFU and roof
+figures are against fastpix.peaks (the datasheet's dense peak of this GPU; the environment row names it).
 
-The budgets add up to 9 minutes on the GPU (the window is 15, a start takes 1-2): see STAGES for each one's.
+The exit status is 0 when every stage ended ok or skipped, 1 when any failed or ran out of its budget (the summary
+is written either way). The budgets add up to 9 minutes on the GPU (the window is 15, a start takes 1-2): see
+STAGES for each one's.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
+SUITES = os.path.join(BENCH, "suites")
 SCHEMA = "fastpix-gpu-check/1"
 SCHEMA_KEYS = ("schema", "stage", "status", "device", "versions", "revision", "dry", "budget_s", "seconds", "rows",
                "note")
@@ -35,10 +40,13 @@ STATUSES = ("ok", "failed", "timeout", "skipped", "running")
 # (stage, budget in seconds on the GPU, in the dry run), in priority order. GPU budgets: install builds the C++
 # decoder (~20 s); correctness compiles every fused kernel once per dtype and shape class (the conv blocks at
 # batch 1/16/64 first); train and conv_blocks compile the fused convs and tune each layer (two timings per layer
-# and batch); compile is last because inductor's compile time alone can take a minute.
-STAGES = (("install", 45, 5), ("environment", 15, 15), ("correctness", 65, 20), ("conv_correctness", 60, 15),
-          ("train", 100, 40),
-          ("conv_blocks", 70, 20), ("inference", 55, 30), ("server", 20, 25), ("data", 35, 25), ("compile", 60, 30))
+# and batch); compile is last because inductor's compile time alone can take a minute. Dry budgets: about three
+# times what each stage takes on a quiet CPU of two cores (2-30 s; about 80 s in all), so that a CPU shared with
+# other jobs still finishes inside them; every dry stage runs without compiler builds (runtime eager,
+# torch.compile's 'eager' backend).
+STAGES = (("install", 45, 20), ("environment", 15, 30), ("correctness", 65, 60), ("conv_correctness", 60, 45),
+          ("train", 100, 120), ("conv_blocks", 70, 60), ("inference", 55, 90), ("server", 20, 60), ("data", 35, 60),
+          ("compile", 60, 60))
 # The gpu-marked tests, in two stages so that the cheap, telling ones cannot be starved by compilations: first the
 # CUDA-graph iteration against eager, the Predictor's graph buckets and norm modes (both backends), the norm and
 # loss kernels and the data paths on the device; then every fused conv block (a compilation per flag set and dtype).
@@ -47,7 +55,6 @@ CORRECTNESS_TESTS = ("tests/test_engine.py", "tests/test_predictor.py", "tests/k
                      "tests/kernels/test_batch_norm_act.py", "tests/test_cache.py", "tests/test_stream.py",
                      "tests/test_server.py")
 CONV_CORRECTNESS_TESTS = ("tests/kernels/test_conv_bn_act.py",)
-DRY_TRAIN = dict(netG="unet_32", ngf=2, size=32)
 SERVER_DEPS = ("fastapi", "uvicorn", "multipart")
 
 
@@ -98,11 +105,17 @@ def record(stage, status, rows, *, dry, budget, seconds, note="") -> dict:
             "note": note}
 
 
-def write_json(path, data):
+def write_text(path, text):
+    """The file replaced whole (a temporary renamed over it). Not fastpix.files: the driver runs before the install
+    stage has made fastpix importable on a bare machine."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path, data):
+    write_text(path, json.dumps(data, indent=1, default=str))
 
 
 class Stage:
@@ -145,6 +158,9 @@ def stage_environment(st: Stage):
         props = torch.cuda.get_device_properties(0)
         row.update(memory_gb=props.total_memory / 2 ** 30, capability=f"{props.major}.{props.minor}",
                    multiprocessors=props.multi_processor_count)
+        from fastpix.peaks import describe_device
+
+        row["peak"] = describe_device()
         try:
             row["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                            capture_output=True, text=True, timeout=10).stdout.strip()
@@ -163,7 +179,8 @@ def stage_environment(st: Stage):
 
 def stage_correctness(st: Stage, tests=CORRECTNESS_TESTS):
     """The gpu-marked tests (full sweep: real pix2pix shapes, batch 1/16/64), one row per test as it finishes; the
-    run is stopped a few seconds before the stage's budget so that this stage still writes its own record."""
+    run is stopped a few seconds before the stage's budget so that this stage still writes its own record. The
+    stage fails when pytest does (a failed test, a collection error)."""
     results = os.path.join(st.out, f"{st.name}.jsonl")
     if os.path.exists(results):
         os.remove(results)
@@ -171,11 +188,13 @@ def stage_correctness(st: Stage, tests=CORRECTNESS_TESTS):
                PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-m", "gpu", "-p", "gpu_check", "-p", "no:cacheprovider",
            "-o", "addopts=", "--continue-on-collection-errors", *tests]
-    status = "ok"
     try:
         with open(os.path.join(st.out, f"{st.name}_pytest.log"), "w") as log:
-            subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           timeout=max(st.budget - 8, 1))
+            code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=max(st.budget - 8, 1)).returncode
+        status = "ok" if code == 0 else "failed"
+        if code:
+            st.note = f"pytest exited {code} (see {st.name}_pytest.log)"
     except subprocess.TimeoutExpired:
         status, st.note = "timeout", "stopped at the budget: the tests not listed did not run"
     if os.path.exists(results):
@@ -212,15 +231,28 @@ def _time(fn, rounds):
     return sorted(times)[len(times) // 2], times
 
 
+def _setting(st: Stage) -> str:
+    """The suites' settings this stage takes: their 'dry' ones in the dry run, else the GPU's."""
+    return "dry" if st.dry else "gpu"
+
+
+def _roof_row(device, precision, flops_per_s) -> dict:
+    """The MFU of a row and the roof it is against (fastpix.peaks.roof: the datasheet's on a GPU)."""
+    from fastpix.peaks import roof
+
+    peak = roof(device, precision)
+    return {"mfu": flops_per_s / peak.flops, "roof": peak.describe()}
+
+
 def stage_train(st: Stage):
     """bench_train's cases a, b, d, e (reference fp32 NCHW, eager bf16 channels-last, engine + graphs on backend
-    eager and triton) at batch 1/16/64: img/s, ms/it, MFU, peak memory, what the engine ran."""
+    eager and triton) at batch 1/16/64: img/s, ms/it, MFU, peak memory, what the engine ran. The dry run: batch 2,
+    and batch 1 for backend triton (Triton's interpreter takes seconds per layer)."""
     import torch
 
-    import bench_train as bt
+    from fastpix.bench_suites import bench_train as bt
 
-    if st.dry:
-        bt.CONFIG = dict(DRY_TRAIN)
+    setting = bt.SETTINGS[_setting(st)]
     batches, iters = ((2,), 1) if st.dry else ((1, 16, 64), 10)
     device = _device()
     for batch in batches:
@@ -228,7 +260,8 @@ def stage_train(st: Stage):
                      "e_fastpix_graphs_triton"):
             # the dry run's CPU step cannot be graph-safe (capturable Adam needs CUDA): the same cases without graphs
             spec = dict(bt.CASES[case], graphs=bt.CASES[case]["graphs"] and not st.dry)
-            engine, A, B, flops, precision = bt.build(spec, batch, device)
+            case_batch = 1 if st.dry and spec["backend"] == "triton" else batch
+            engine, A, B, flops, precision = bt.build(spec, case_batch, device, setting)
             for _ in range(0 if st.dry else 5):  # warm-up: tuning, graph capture, compilation, cuDNN heuristics
                 engine(A, B)
             if device.type == "cuda":
@@ -236,11 +269,10 @@ def stage_train(st: Stage):
                 torch.cuda.reset_peak_memory_stats()
             seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
             per_iter = seconds / iters
-            peak = bt.peak(device, precision)
             report = engine.report()
             choices = [c for net in (report["layer_choices"] or {}).values() for c in net.values()]
-            st.add(case=case, batch=batch, precision=precision, ms_per_iter=1000 * per_iter,
-                   img_per_s=batch / per_iter, mfu=flops * batch / per_iter / peak if peak else None,
+            st.add(case=case, batch=case_batch, precision=precision, ms_per_iter=1000 * per_iter,
+                   img_per_s=case_batch / per_iter, **_roof_row(device, precision, flops * case_batch / per_iter),
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None,
                    cuda_graph=report["cuda_graph"], layers_triton=choices.count("triton"),
                    layers_cudnn=sum(c.startswith("cudnn") for c in choices),
@@ -254,7 +286,7 @@ def _dry_layers():
     """Three of the pix2pix conv blocks (a down conv, a two-source up conv, the Tanh output) at interpreter size."""
     import dataclasses
 
-    from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS
+    from fastpix.bench_suites.layers import PIX2PIX_CONV_LAYERS
 
     picked = [layer for layer in PIX2PIX_CONV_LAYERS if layer.name in ("G.down3", "G.up6", "G.up1")]
     return [dataclasses.replace(layer, sources=tuple(min(c, 4) for c in layer.sources),
@@ -262,28 +294,28 @@ def _dry_layers():
 
 
 def stage_conv_blocks(st: Stage):
-    """Every fused conv block fwd+bwd against cuDNN (kernels/conv_layers.py's factory, as bench_kernels.py), and
-    the implementation the per-layer choice takes (the faster; cached for the run as tune_layers would)."""
+    """Every fused conv block fwd+bwd against cuDNN (the suites' layer factory, as bench_kernels.py), and the
+    implementation the per-layer choice would take (the faster). The block sizes are measured in each block's
+    warm-up, as a model's tuning step does, with the machine's timings cached for the run."""
     import torch
 
-    from fastpix.kernels import conv_tuning
-    from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step
+    from fastpix.bench_suites.layers import PIX2PIX_CONV_LAYERS, block_step
+    from fastpix.kernels.conv_tuning import median_seconds
+    from fastpix.models.tuning import conv_tuning
 
     device = _device()
     dtype = torch.float32 if st.dry else torch.bfloat16
     layers, batches = (_dry_layers(), (1,)) if st.dry else (PIX2PIX_CONV_LAYERS, (1, 16, 64))
+    tuning = conv_tuning()
     for batch in batches:
         for layer in layers:
             row = {"layer": layer.name, "batch": batch, "dtype": str(dtype)[6:]}
             for impl in ("triton", "cudnn"):
                 try:
-                    step = block_step(layer, batch, dtype, device, impl)
-                    with conv_tuning.tuning():
+                    step = block_step(layer, batch, dtype, device, impl, tuning=tuning)
+                    with tuning.measuring():
                         step()  # warm-up, and the block sizes' tuning
-                    if st.dry:
-                        seconds = _time(step, 1)[0]
-                    else:
-                        seconds = conv_tuning.median_seconds(step)
+                    seconds = _time(step, 1)[0] if st.dry else median_seconds(step)
                     row[f"{impl}_ms"] = 1000 * seconds
                 except Exception as exc:  # noqa: BLE001 - a failing block is a result, and the next one runs
                     row[f"{impl}_error"] = f"{type(exc).__name__}: {exc}"[:200]
@@ -300,14 +332,14 @@ def stage_conv_blocks(st: Stage):
 
 def stage_inference(st: Stage):
     """Batch-1 p50/p99 latency and batch-64 img/s: eager bf16 channels-last and the Predictor (CUDA graphs,
-    norm_mode running), on backend eager and triton; bench_infer's configuration."""
+    norm_mode running), on backend eager and triton; bench_infer's settings."""
     import torch
 
-    import bench_infer as bi
+    from fastpix.bench_suites import bench_infer as bi
     from fastpix.infer.predictor import Predictor
     from fastpix.models import define_G
 
-    cfg = dict(DRY_TRAIN) if st.dry else bi.CONFIG
+    cfg = bi.SETTINGS[_setting(st)]
     device = _device()
     big = 2 if st.dry else 64
     rounds = {1: 2, big: 1} if st.dry else {1: 100, big: 10}
@@ -316,8 +348,8 @@ def stage_inference(st: Stage):
     gpu = device.type == "cuda"
     for backend in ("eager", "triton"):
         torch.manual_seed(0)
-        G = define_G(3, 3, cfg["ngf"], cfg["netG"], "batch", True, backend=backend).eval()
-        size = cfg["size"]
+        G = define_G(3, 3, cfg.ngf, cfg.netG, "batch", True, backend=backend).eval()
+        size = cfg.size
         # runtime eager: the rows are the GPU paths; on the dry run's CPU, 'auto' would first build AOTInductor
         # packages (seconds each on a fresh cache), which is not what this stage measures.
         predictor = Predictor(G, device=device, norm_mode="running", max_batch_size=big,
@@ -354,17 +386,18 @@ def stage_inference(st: Stage):
     return "ok"
 
 
-def _pytest_benchmark_rows(st: Stage, files, select=None, timeout=None):
-    """Run bench suites under pytest-benchmark and add one row per benchmark (its extra_info and median)."""
+def _pytest_benchmark_rows(st: Stage, tests, select=None, timeout=None):
+    """Run benchmark suites (`tests`: paths under bench/suites/, with ::test selections) under pytest-benchmark, in
+    the dry run with the suites' dry configuration, and add one row per benchmark (its extra_info and median)."""
     path = os.path.join(st.out, f"{st.name}_benchmark.json")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]),
-               FASTPIX_GPU_CHECK_DRY="1" if st.dry else "")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "gpu_check", "-p", "no:cacheprovider", "-o", "addopts=",
-           *files, f"--benchmark-json={path}", "--benchmark-disable-gc"]
+    storage = os.path.join(st.out, f"{st.name}_benchmark_storage")  # pytest-benchmark creates one even unused
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", f"--rootdir={SUITES}",
+           *[os.path.join(SUITES, t) for t in tests], f"--benchmark-json={path}", "--benchmark-disable-gc",
+           f"--benchmark-storage=file://{storage}", f"--cpu-config={'dry' if st.dry else 'reduced'}"]
     if select:
         cmd += ["-k", select]
     try:
-        proc = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=st.out, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:  # pytest-benchmark writes its JSON at the end: nothing to keep
         st.note = f"stopped at the budget ({timeout:g} s) before pytest-benchmark wrote its results"
         return "timeout"
@@ -396,30 +429,22 @@ def stage_data(st: Stage):
 
 
 def stage_compile(st: Stage):
-    """torch.compile rows last: bench_train's case c (training) and a compiled eager forward (inference). In the
-    dry run torch.compile uses its 'eager' backend: the code path, not inductor's compile time."""
-    import functools
+    """torch.compile's row last: bench_train's case c (training). In the dry run its setting compiles with
+    torch.compile's 'eager' backend: the code path, not inductor's compile time."""
+    from fastpix.bench_suites import bench_train as bt
 
-    import torch
-
-    import bench_train as bt
-
-    if st.dry:
-        bt.CONFIG = dict(DRY_TRAIN)
-        torch.compile = functools.partial(torch.compile, backend="eager")
     batch = 2 if st.dry else 16
     device = _device()
     started = time.monotonic()
-    engine, A, B, flops, precision = bt.build(bt.CASES["c_torch_compile"], batch, device)
+    engine, A, B, flops, precision = bt.build(bt.CASES["c_torch_compile"], batch, device, bt.SETTINGS[_setting(st)])
     for _ in range(1 if st.dry else 3):
         engine(A, B)
     compile_s = time.monotonic() - started
     iters = 1 if st.dry else 10
     seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
-    peak = bt.peak(device, precision)
     st.add(case="c_torch_compile train", batch=batch, precision=precision, compile_s=compile_s,
            ms_per_iter=1000 * seconds / iters, img_per_s=batch * iters / seconds,
-           mfu=flops * batch * iters / seconds / peak if peak else None)
+           **_roof_row(device, precision, flops * batch * iters / seconds))
     return "ok"
 
 
@@ -430,7 +455,6 @@ STAGE_CODE = {"install": stage_install, "environment": stage_environment, "corre
 
 
 def run_stage(name, out, dry, budget):
-    sys.path.insert(0, BENCH)
     st = Stage(name, out, dry, budget)
     st.save("running")
     try:
@@ -442,7 +466,7 @@ def run_stage(name, out, dry, budget):
     return 0 if status in ("ok", "skipped") else 1
 
 
-# ---- pytest plugin (-p gpu_check): one JSON line per test, and the dry run's small shapes ----------------------
+# ---- pytest plugin (-p gpu_check): one JSON line per test ---------------------------------------------------
 
 def pytest_runtest_logreport(report):
     path = os.environ.get("FASTPIX_GPU_CHECK_RESULTS")
@@ -456,22 +480,6 @@ def pytest_runtest_logreport(report):
     with open(path, "a") as f:
         f.write(json.dumps({"test": report.nodeid, "outcome": report.outcome, "seconds": report.duration,
                             "message": message}) + "\n")
-
-
-def pytest_collection_finish(session):
-    """Dry run: the bench suites' CPU configurations shrunk to seconds (module globals read at run time)."""
-    if not os.environ.get("FASTPIX_GPU_CHECK_DRY"):
-        return
-    for item in session.items:
-        module = getattr(item, "module", None)
-        if module is None:
-            continue
-        if module.__name__ == "bench_infer":
-            # runtime eager: on the dry run's CPU, building AOTInductor packages on a fresh cache would eat the budget
-            module.CONFIG, module.SERVER_SECONDS, module.SERVER_CLIENTS = dict(DRY_TRAIN), 1.0, 2
-            module.SERVER_RUNTIME = "eager"
-        elif module.__name__ == "bench_data":
-            module.PIPELINE_PAIRS, module.CACHE_ROUNDS = 16, 2
 
 
 # ---- the driver ---------------------------------------------------------------------------------------------
@@ -565,6 +573,9 @@ def main(argv=None):
     budgets.update({k: float(v) for k, v in (b.split("=", 1) for b in args.budget)})
     if args.run_stage:
         return run_stage(args.run_stage, out, args.dry, budgets[args.run_stage])
+    unknown = set(args.stages.split(",")) - {name for name, *_ in STAGES} if args.stages else set()
+    if unknown:
+        parser.error(f"--stages: {', '.join(sorted(unknown))} not among {', '.join(name for name, *_ in STAGES)}")
     chosen = [s for s in STAGES if not args.stages or s[0] in args.stages.split(",")]
     env = dict(os.environ, PYTHONUNBUFFERED="1", FASTPIX_TUNING_CACHE=os.path.join(out, "conv_tuning.json"))
     # Block-size autotuning compiles every candidate config per problem: hundreds of compilations, more than the
@@ -591,11 +602,12 @@ def main(argv=None):
         if not _finished(out, name):  # crashed (or killed) before writing its final record
             _mark(out, name, args.dry, budget, time.monotonic() - t0, "failed",
                   f"exited {proc.returncode} without a final record; see {name}.log")
-        with open(os.path.join(out, "summary.md"), "w") as f:
-            f.write(summary(out, chosen, args.dry))
+        write_text(os.path.join(out, "summary.md"), summary(out, chosen, args.dry))
         print(f"{name}: {_status(out, name)} in {time.monotonic() - t0:.1f} s (budget {budget:g} s)", flush=True)
-    print(f"gpu-check: {time.monotonic() - started:.0f} s; results in {out}/summary.md", flush=True)
-    return 0
+    not_ok = [name for name, *_ in chosen if _status(out, name) not in ("ok", "skipped")]
+    print(f"gpu-check: {time.monotonic() - started:.0f} s; results in {out}/summary.md"
+          + (f"; failed or out of budget: {', '.join(not_ok)}" if not_ok else ""), flush=True)
+    return 1 if not_ok else 0
 
 
 def _status(out, name):

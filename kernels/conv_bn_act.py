@@ -14,7 +14,7 @@ bottleneck at batch 1), the taps are split (split-K): fp32 partials that `_split
 order before the epilogue. A second kernel (`_wgrad_kernel`) computes the weight gradient as a split-K GEMM over
 output pixels, written as fp32 partials that `_wgrad_reduce_kernel` sums in a fixed order.
 
-Fusion (architecture.md, "The fused design"): a producer conv writes its raw output y and, in the epilogue,
+Fusion (docs/design.md, "The kernels' fusion"): a producer conv writes its raw output y and, in the epilogue,
 per-tile (count, mean, M2) partials that `stats_finalize_kernel` (_shared.py) merges in a fixed order into
 the BatchNorm mean and rstd; a consumer conv reads y and applies z = (y − mean)·k + β with k = γ·rstd, then its
 activation (LeakyReLU/ReLU) and dropout, while loading the input tile: the normalised tensor is never written.
@@ -34,7 +34,8 @@ Layout: activations are NCHW-shaped tensors stored channels_last (NHWC), weights
 [Cout, Cin, kh, kw], ConvT [Cin, Cout, kh, kw]) and are addressed through their strides. Operands are fp32, fp16
 or bf16 with fp32 accumulation; fp32 operands use TF32 exactly when torch.backends.cudnn.allow_tf32 would.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import triton
@@ -43,7 +44,7 @@ import triton.language as tl
 from fastpix.kernels import INTERPRETED, require_launchable
 from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
                                      grad_finalize_kernel, stats_finalize_kernel)
-from fastpix.kernels.conv_tuning import tuned_config
+from fastpix.kernels.conv_tuning import block_config
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -218,16 +219,25 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
 
 @triton.jit
 def _conv_gemm_kernel(
-        X1, U1, P1, R1, X2, P2, R2, W, BIAS, Y, EX, EP, ER, COUNT, PART_A, PART_B, WS,
+        # operands: source 1 with its prologue's tensors, source 2 with its own, the weight
+        X1, U1, P1, R1, X2, P2, R2, W,
+        # epilogue: output, bias, the dgrad's forward operand, statistics partials, split-K workspace
+        Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, WS,
+        # geometry: sizes, channels, the weight's strides, row tiles
         N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m, tiles_per_sample,
+        # prologue and epilogue values: LeakyReLU slope, dropout (probability, scale) of source 1, 2, dgrad operand
         slope, p1, scale1, p2, scale2, ep, escale,
-        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
-        PER_SAMPLE: tl.constexpr,
+        # geometry (compile-time)
+        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, PER_SAMPLE: tl.constexpr,
+        # prologue of source 1, of source 2
         NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
         HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
+        # epilogue
         DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
         E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        # tiling
+        SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr):
     """Implicit-GEMM convolution: Y[N, OH, OW, CO] (NHWC) from X1 [N, IH, IW, C1] (and X2 [N, IH, IW, C2], whose
     channels follow X1's in the weight). Grid (grid_m, cdiv(CO, BLOCK_N), classes·SPLIT_K), classes = STRIDE² if
     TRANSPOSED else 1.
@@ -282,7 +292,7 @@ def _conv_gemm_kernel(
                                  slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD, PER_SAMPLE,
                                  BLOCK_K, INPUT_PRECISION)
         if HAS_X2:
-            acc = _accumulate_source(acc, X2, X2, P2, R2, W, pix, valid, n, co, co_mask, w_tap, C2, C1, sw_c,
+            acc = _accumulate_source(acc, X2, None, P2, R2, W, pix, valid, n, co, co_mask, w_tap, C2, C1, sw_c,
                                      sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False, PER_SAMPLE,
                                      BLOCK_K, INPUT_PRECISION)
 
@@ -400,7 +410,7 @@ def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, HW, TANH_BWD: tl.constex
     rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     mask = row_mask[:, None] & ch_mask[None, :]
-    v = _operand(X, U, PRM, PRM, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, rows // HW, row_mask, ch,
+    v = _operand(X, U, PRM, None, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, rows // HW, row_mask, ch,
                  ch_mask, C, 0.0, 0.0, 1.0, False, 0, False, TANH_BWD, BN_BWD, PER_SAMPLE)
     tl.store(PART + t.to(tl.int64) * C + ch, tl.sum(v.to(tl.float32), axis=0), mask=ch_mask)
 
@@ -432,10 +442,10 @@ class Operand:
     def channels(self):
         return self.x.shape[3]
 
-    def pointers(self):
-        """(X, U, PRM, RNG), with X standing in for the tensors the flags say the kernel will not read."""
-        return (self.x, self.x if self.u is None else self.u, self.x if self.prm is None else self.prm,
-                self.x if self.rng is None else self.rng)
+    def tensors(self):
+        """(X, U, PRM, RNG) as the kernels take them: None for a tensor the flags say the kernel does not read."""
+        return (self.x, self.u if self.tanh_bwd or self.bn_bwd else None, self.prm,
+                self.rng if self.p > 0 else None)
 
     def dropout(self):
         """(p, 1/(1 − p)) as the kernels take them."""
@@ -446,11 +456,101 @@ class Operand:
                 prefix + "DROP": self.p > 0, prefix + "TANH_BWD": self.tanh_bwd, prefix + "BN_BWD": self.bn_bwd}
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """The conv one GEMM launch computes: `batch` images from `in_hw` to `out_hw` with a `kernel` (KH, KW) at
+    `stride` and `padding`; transposed: the sub-pixel form, one output class per (oh, ow) mod stride (see
+    `_conv_gemm_kernel`)."""
+    batch: int
+    in_hw: tuple
+    out_hw: tuple
+    kernel: tuple
+    stride: int
+    padding: int
+    transposed: bool
+
+    @property
+    def classes(self) -> int:
+        return self.stride * self.stride if self.transposed else 1
+
+    @property
+    def class_hw(self) -> tuple:
+        """Output rows and columns of one class."""
+        OH, OW = self.out_hw
+        return (triton.cdiv(OH, self.stride), triton.cdiv(OW, self.stride)) if self.transposed else (OH, OW)
+
+    @property
+    def class_taps(self) -> int:
+        KH, KW = self.kernel
+        return triton.cdiv(KH, self.stride) * triton.cdiv(KW, self.stride) if self.transposed else KH * KW
+
+    def sizes(self) -> dict:
+        return dict(N=self.batch, OH=self.out_hw[0], OW=self.out_hw[1], KH=self.kernel[0], KW=self.kernel[1])
+
+    def constexprs(self) -> dict:
+        return dict(STRIDE=self.stride, PAD=self.padding, TRANSPOSED=self.transposed)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a GEMM does with its fp32 accumulator. Forward: + bias, Tanh, and with `stats` the per-tile BatchNorm
+    statistics partials. dgrad_of: the forward Operand whose gradient this launch computes: its dropout mask and its
+    activation's derivative are applied, and with its norm the per-tile partial sums of that norm's gradient."""
+    out_channels: int
+    bias: torch.Tensor | None = None
+    tanh: bool = False
+    stats: bool = False
+    dgrad_of: Operand | None = None
+
+    @property
+    def norm_sums(self) -> bool:
+        """The dgrad of a normalised operand: partial sums of its norm's gradient."""
+        return self.dgrad_of is not None and self.dgrad_of.prm is not None
+
+    def tensors(self) -> dict:
+        e = self.dgrad_of
+        EX, _, EP, ER = e.tensors() if e is not None else (None, None, None, None)
+        return dict(BIAS=self.bias, EX=EX, EP=EP, ER=ER)
+
+    def values(self) -> dict:
+        ep, escale = self.dgrad_of.dropout() if self.dgrad_of is not None else (0.0, 1.0)
+        return dict(ep=ep, escale=escale)
+
+    def constexprs(self) -> dict:
+        e = self.dgrad_of
+        return dict(DGRAD=e is not None, HAS_BIAS=self.bias is not None, TANH=self.tanh, STATS=self.stats,
+                    E_NORM=self.norm_sums, E_ACT=e.act if e is not None else 0, E_DROP=e is not None and e.p > 0)
+
+
+class Tiling(NamedTuple):
+    """Block sizes and launch options of one GEMM: rows, then the two channel blocks (`_conv_gemm_kernel`: output
+    and reduction channels; `_wgrad_kernel`: the direct and the gathered operand's), warps, pipeline stages."""
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
 def _input_precision(dtype):
     # fp32 operands follow cuDNN's switch (TF32 by default on GPUs that have it); the interpreter computes exactly.
     if dtype == torch.float32 and (INTERPRETED or not torch.backends.cudnn.allow_tf32):
         return "ieee"
     return "tf32"
+
+
+def _tuning_key(problem: str, dtype, constexprs: dict) -> str:
+    """A launch's identity in the block-size cache: its problem's shapes, dtype and compile-time flags."""
+    flags = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(constexprs.items()))
+    return f"{problem} {str(dtype)[6:]} {flags}"
+
+
+def _shared_slope(operands) -> float:
+    """The LeakyReLU slope of a launch's operands (one value reaches the kernel: they must agree)."""
+    slopes = {o.slope for o in operands if o is not None and o.act == ACTIVATIONS["leaky_relu"]}
+    if len(slopes) > 1:
+        raise ValueError(f"the LeakyReLU slopes of one conv's operands must agree, got {sorted(slopes)}")
+    return slopes.pop() if slopes else 0.0
 
 
 # The interpreter's cost is per operation, not per element: its tiles grow with the problem (fewer programs and
@@ -463,24 +563,19 @@ def _interpreter_channels(C):
     return max(16, min(32, triton.next_power_of_2(C)))
 
 
-def _interpreter_gemm_config(M, CO, C):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of `_conv_gemm_kernel` under the interpreter, for M
-    output rows, CO output channels and C reduction channels per tap."""
-    return _interpreter_rows(M), _interpreter_channels(CO), _interpreter_channels(C), 1, 1
+def _interpreter_tiling(M, C_a, C_b) -> Tiling:
+    """The tiling under the interpreter for M rows and the two channel counts of a GEMM."""
+    return Tiling(_interpreter_rows(M), _interpreter_channels(C_a), _interpreter_channels(C_b), 1, 1)
 
 
-def _interpreter_wgrad_config(M, CD, CG):
-    """(BLOCK_M, BLOCK_D, BLOCK_G, num_warps, num_stages) of `_wgrad_kernel` under the interpreter."""
-    return _interpreter_rows(M), _interpreter_channels(CD), _interpreter_channels(CG), 1, 1
-
-
-# GPU candidates (block sizes, num_warps, num_stages), the first the default while nothing may be measured.
-# Tiles wider than the problem only waste lanes, so they are dropped (tl.dot needs every side ≥ 16).
-_GEMM_CONFIGS = [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
-                 (128, 128, 64, 8, 3), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4), (128, 32, 32, 4, 4),
-                 (32, 32, 64, 4, 3)]
-_WGRAD_CONFIGS = [(32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (32, 128, 64, 4, 3), (32, 64, 128, 4, 3),
-                  (64, 128, 128, 8, 3), (32, 32, 32, 4, 3), (64, 32, 64, 4, 3), (64, 64, 32, 4, 3)]
+# GPU candidates, the first the default while nothing may be measured. Tiles wider than the problem only waste
+# lanes, so they are dropped (tl.dot needs every side ≥ 16).
+_GEMM_CONFIGS = [Tiling(*c) for c in ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
+                                      (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4),
+                                      (32, 64, 64, 4, 4), (128, 32, 32, 4, 4), (32, 32, 64, 4, 3))]
+_WGRAD_CONFIGS = [Tiling(*c) for c in ((32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (32, 128, 64, 4, 3),
+                                       (32, 64, 128, 4, 3), (64, 128, 128, 8, 3), (32, 32, 32, 4, 3),
+                                       (64, 32, 64, 4, 3), (64, 64, 32, 4, 3))]
 
 
 def _fits(block, size):
@@ -488,11 +583,11 @@ def _fits(block, size):
 
 
 def _gemm_candidates(M, CO):
-    return [c for c in _GEMM_CONFIGS if _fits(c[0], M) and _fits(c[1], CO)] or _GEMM_CONFIGS[-1:]
+    return [c for c in _GEMM_CONFIGS if _fits(c.block_m, M) and _fits(c.block_n, CO)] or _GEMM_CONFIGS[-1:]
 
 
 def _wgrad_candidates(CD, CG):
-    return [c for c in _WGRAD_CONFIGS if _fits(c[1], CD) and _fits(c[2], CG)] or _WGRAD_CONFIGS[5:6]
+    return [c for c in _WGRAD_CONFIGS if _fits(c.block_n, CD) and _fits(c.block_k, CG)] or _WGRAD_CONFIGS[5:6]
 
 
 def _merge_config(C, T):
@@ -508,90 +603,76 @@ def output_size(size, kernel, stride, padding, transposed):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def conv_gemm(sources, weight, strides, kernel, stride, padding, transposed, out_size, out_channels, *, bias=None,
-              tanh=False, stats=False, dgrad_of=None, per_sample=False, out=None):
-    """Launch `_conv_gemm_kernel`. sources: one or two Operands (two only in the forward). strides: the weight's
-    strides as (reduction channel, output channel, kh, kw). kernel: (KH, KW). out_size: (OH, OW). dgrad_of: the
-    forward Operand whose gradient this launch computes (the dgrad epilogue). per_sample: statistics, their
-    gradients and every operand's parameters are per sample (instance norm). out: preallocated NHWC output.
+def _source_args(first: Operand, second: Operand | None):
+    """The kernel arguments of the GEMM's one or two sources: (tensors and values, compile-time prologue flags)."""
+    X1, U1, P1, R1 = first.tensors()
+    p1, scale1 = first.dropout()
+    f = first.flags()
+    args = dict(X1=X1, U1=U1, P1=P1, R1=R1, C1=first.channels, p1=p1, scale1=scale1)
+    flags = dict(NORM1=f["NORM"], ACT1=f["ACT"], DROP1=f["DROP"], TANH_BWD=f["TANH_BWD"], BN_BWD=f["BN_BWD"],
+                 HAS_X2=second is not None, NORM2=False, ACT2=0, DROP2=False)
+    if second is None:
+        return {**args, "X2": None, "P2": None, "R2": None, "C2": 0, "p2": 0.0, "scale2": 1.0}, flags
+    X2, _, P2, R2 = second.tensors()
+    p2, scale2 = second.dropout()
+    flags.update(NORM2=P2 is not None, ACT2=second.act, DROP2=p2 > 0)
+    return {**args, "X2": X2, "P2": P2, "R2": R2, "C2": second.channels, "p2": p2, "scale2": scale2}, flags
 
-    Returns (y, partials): y NHWC [N, OH, OW, CO]; partials (count, part_a, part_b, samples) with STATS or a dgrad
-    of a normalised operand (count None there), else None; samples: N per sample, else None.
+
+def conv_gemm(sources, weight, strides, geometry: Geometry, epilogue: Epilogue, *, per_sample=False, tuning=None,
+              out=None):
+    """Launch `_conv_gemm_kernel` (and, split-K, `_split_k_epilogue_kernel`). sources: one or two Operands (two
+    only in the forward). weight: read through `strides`, (reduction channel, output channel, kh, kw). per_sample:
+    statistics, their gradients and every operand's parameters are per sample (instance norm). tuning: the model's
+    ConvTuning (block sizes; None: the first candidate). out: preallocated NHWC output.
+
+    Returns (y, partials): y NHWC [N, OH, OW, CO]; partials (count, part_a, part_b, samples) with statistics or the
+    dgrad of a normalised operand (count None there), else None; samples: N per sample, else None.
     """
-    x1 = sources[0]
-    x2 = sources[1] if len(sources) > 1 else None
-    N, IH, IW, C1 = x1.x.shape
-    C2 = x2.channels if x2 is not None else 0
-    KH, KW = kernel
-    OH, OW = out_size
-    CO = out_channels
-    classes = stride * stride if transposed else 1
-    QH, QW = (triton.cdiv(OH, stride), triton.cdiv(OW, stride)) if transposed else (OH, OW)
-    if stats and transposed and (OH % stride or OW % stride):
+    first, second = sources[0], (sources[1] if len(sources) > 1 else None)
+    g, CO = geometry, epilogue.out_channels
+    N, (QH, QW), M = g.batch, g.class_hw, g.batch * g.class_hw[0] * g.class_hw[1]
+    if epilogue.stats and g.transposed and (g.out_hw[0] % g.stride or g.out_hw[1] % g.stride):
         raise ValueError(f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
-                         f"{stride}, got {OH}×{OW}")
-    y = out if out is not None else torch.empty((N, OH, OW, CO), dtype=x1.x.dtype, device=x1.x.device)
-    e_norm = dgrad_of is not None and dgrad_of.prm is not None
-    X1, U1, P1, R1 = x1.pointers()
-    X2, _, P2, R2 = x2.pointers() if x2 is not None else (X1, X1, X1, X1)
-    e = dgrad_of if dgrad_of is not None else Operand(x1.x)
-    slopes = {o.slope for o in (*sources, e) if o.act == ACTIVATIONS["leaky_relu"]}
-    if len(slopes) > 1:
-        raise ValueError(f"the LeakyReLU slopes of one conv's operands must agree, got {sorted(slopes)}")
-    slope = slopes.pop() if slopes else 0.0
-    EX, _, EP, ER = e.pointers()
-    p1, scale1 = x1.dropout()
-    p2, scale2 = x2.dropout() if x2 is not None else (0.0, 1.0)
-    ep, escale = e.dropout()
-    f1 = x1.flags()
-    flags = dict(
-        STRIDE=stride, PAD=padding, TRANSPOSED=transposed,
-        NORM1=f1["NORM"], ACT1=f1["ACT"], DROP1=f1["DROP"], TANH_BWD=f1["TANH_BWD"], BN_BWD=f1["BN_BWD"],
-        HAS_X2=x2 is not None, NORM2=x2 is not None and x2.prm is not None, ACT2=x2.act if x2 is not None else 0,
-        DROP2=x2 is not None and x2.p > 0,
-        DGRAD=dgrad_of is not None, HAS_BIAS=bias is not None, TANH=tanh, STATS=stats,
-        E_NORM=e_norm, E_ACT=e.act if dgrad_of is not None else 0, E_DROP=dgrad_of is not None and e.p > 0,
-        PER_SAMPLE=per_sample, INPUT_PRECISION=_input_precision(x1.x.dtype))
-    M = N * QH * QW
-    class_taps = triton.cdiv(KH, stride) * triton.cdiv(KW, stride) if transposed else KH * KW
-    epilogue_flags = {k: flags[k] for k in ("STRIDE", "PAD", "TRANSPOSED", "DGRAD", "HAS_BIAS", "TANH", "STATS",
-                                            "E_NORM", "E_ACT", "E_DROP", "PER_SAMPLE")}
+                         f"{g.stride}, got {g.out_hw[0]}×{g.out_hw[1]}")
+    y = out if out is not None else torch.empty((N, *g.out_hw, CO), dtype=first.x.dtype, device=first.x.device)
+    operands, prologue = _source_args(first, second)
+    values = dict(slope=_shared_slope((first, second, epilogue.dgrad_of)), **epilogue.values())
+    sizes = dict(g.sizes(), CO=CO)
+    constexprs = dict(**g.constexprs(), PER_SAMPLE=per_sample, **prologue, **epilogue.constexprs(),
+                      INPUT_PRECISION=_input_precision(first.x.dtype))
+    epilogue_constexprs = dict(**g.constexprs(), PER_SAMPLE=per_sample, **epilogue.constexprs())
 
-    def launch(config):
-        block_m, block_n, block_k, warps, stages = config
-        tiles_per_sample = triton.cdiv(QH * QW, block_m)
-        grid_m = N * tiles_per_sample if per_sample else triton.cdiv(M, block_m)
-        n_blocks = triton.cdiv(CO, block_n)
-        split_k = _split_k_count(grid_m * n_blocks * classes, class_taps)
-        T = classes * grid_m
-        partials = None
-        count = part_a = part_b = y  # placeholders the flags keep unread
-        if stats or e_norm:
-            f32 = dict(dtype=torch.float32, device=y.device)
-            count = torch.empty(T, **f32) if stats else y
-            part_a = torch.empty(T, CO, **f32)
-            part_b = torch.empty(T, CO, **f32)
-            partials = (count if stats else None, part_a, part_b, N if per_sample else None)
-        ws = y  # placeholder unless split
+    def launch(tiling: Tiling):
+        rows = dict(tiles_per_sample=triton.cdiv(QH * QW, tiling.block_m))
+        rows["grid_m"] = N * rows["tiles_per_sample"] if per_sample else triton.cdiv(M, tiling.block_m)
+        n_blocks = triton.cdiv(CO, tiling.block_n)
+        split_k = _split_k_count(rows["grid_m"] * n_blocks * g.classes, g.class_taps)
+        f32 = dict(dtype=torch.float32, device=y.device)
+        T = g.classes * rows["grid_m"]
+        count = torch.empty(T, **f32) if epilogue.stats else None
+        part_a = part_b = partials = None
+        if epilogue.stats or epilogue.norm_sums:
+            part_a, part_b = torch.empty(T, CO, **f32), torch.empty(T, CO, **f32)
+            partials = (count, part_a, part_b, N if per_sample else None)
+        ws = torch.empty(g.classes * split_k, rows["grid_m"] * tiling.block_m, CO, **f32) if split_k > 1 else None
+        outputs = dict(Y=y, **epilogue.tensors(), COUNT=count, PART_A=part_a, PART_B=part_b, WS=ws)
+        _conv_gemm_kernel[(rows["grid_m"], n_blocks, g.classes * split_k)](
+            **operands, W=weight, **outputs, IH=g.in_hw[0], IW=g.in_hw[1], **sizes, sw_c=strides[0],
+            sw_o=strides[1], sw_h=strides[2], sw_w=strides[3], **rows, **values, **constexprs, SPLIT_K=split_k,
+            BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, num_warps=tiling.num_warps,
+            num_stages=tiling.num_stages)
         if split_k > 1:
-            ws = torch.empty(classes * split_k, grid_m * block_m, CO, dtype=torch.float32, device=y.device)
-        b = X1 if bias is None else bias
-        _conv_gemm_kernel[(grid_m, n_blocks, classes * split_k)](
-            X1, U1, P1, R1, X2, P2, R2, weight, b, y, EX, EP, ER, count, part_a, part_b, ws,
-            N, IH, IW, C1, C2, OH, OW, CO, KH, KW, *strides, grid_m, tiles_per_sample, slope, p1, scale1, p2, scale2,
-            ep, escale, **flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-            num_stages=stages)
-        if split_k > 1:
-            _split_k_epilogue_kernel[(grid_m, n_blocks, classes)](
-                ws, y, b, EX, EP, ER, count, part_a, part_b, N, OH, OW, CO, KH, KW, grid_m, tiles_per_sample, slope,
-                ep, escale, **epilogue_flags, SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+            _split_k_epilogue_kernel[(rows["grid_m"], n_blocks, g.classes)](
+                **outputs, **sizes, **rows, **values, **epilogue_constexprs, SPLIT_K=split_k,
+                BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, num_warps=tiling.num_warps)
         return y, partials
 
     if INTERPRETED:
-        return launch(_interpreter_gemm_config(QH * QW if per_sample else M, CO, max(C1, C2)))
-    key = (f"{N}x{IH}x{IW}x{C1}+{C2} -> {OH}x{OW}x{CO} k{KH}x{KW} " + str(x1.x.dtype)[6:] + " " +
-           ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
-    return launch(tuned_config("conv_gemm", key, _gemm_candidates(M, CO), launch))
+        return launch(_interpreter_tiling(QH * QW if per_sample else M, CO, max(operands["C1"], operands["C2"])))
+    key = _tuning_key(f"{N}x{g.in_hw[0]}x{g.in_hw[1]}x{operands['C1']}+{operands['C2']} -> {g.out_hw[0]}x"
+                      f"{g.out_hw[1]}x{CO} k{g.kernel[0]}x{g.kernel[1]}", first.x.dtype, constexprs)
+    return launch(Tiling(*block_config(tuning, "conv_gemm", key, _gemm_candidates(M, CO), launch)))
 
 
 def _split_k_count(programs, taps):
@@ -612,34 +693,35 @@ def _split_count(tiles, row_blocks):
     return max(1, min(row_blocks, triton.cdiv(2 * sms, tiles), 64))
 
 
-def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False):
+def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False, tuning=None):
     """Weight gradient into `out` [CD, CG, KH, KW] (a strided view): out[d, g, kh, kw] = Σ_m direct[m, d]·
     gathered[gather(m, kh, kw), g], gather(m) = (qh·stride − padding + kh, qw·stride − padding + kw) for the
-    direct operand's row m = (n, qh, qw). Split-K partials, then a fixed-order sum (bitwise reproducible)."""
+    direct operand's row m = (n, qh, qw). Split-K partials, then a fixed-order sum (bitwise reproducible).
+    tuning: the model's ConvTuning (block sizes; None: the first candidate)."""
     N, QH, QW, CD = direct.x.shape
     _, GH, GW, CG = gathered.x.shape
     KH, KW = kernel
     taps = KH * KW
-    D, DU, DP, DR = direct.pointers()
-    G, GU, GP, GR = gathered.pointers()
+    D, DU, DP, DR = direct.tensors()
+    G, GU, GP, GR = gathered.tensors()
     dp, dscale = direct.dropout()
     gp, gscale = gathered.dropout()
-    slopes = {o.slope for o in (direct, gathered) if o.act == ACTIVATIONS["leaky_relu"]}
-    flags = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"), PER_SAMPLE=per_sample,
-                 INPUT_PRECISION=_input_precision(direct.x.dtype))
+    operands = dict(D=D, DU=DU, DP=DP, DR=DR, G=G, GU=GU, GP=GP, GR=GR)
+    values = dict(N=N, QH=QH, QW=QW, GH=GH, GW=GW, CD=CD, CG=CG, KW=KW, dp=dp, dscale=dscale, gp=gp, gscale=gscale,
+                  slope=_shared_slope((direct, gathered)))
+    constexprs = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"), PER_SAMPLE=per_sample,
+                      INPUT_PRECISION=_input_precision(direct.x.dtype))
     M = N * QH * QW
 
-    def launch(config):
-        block_m, block_d, block_g, warps, stages = config
-        row_blocks = triton.cdiv(M, block_m)
-        tiles = taps * triton.cdiv(CG, block_g) * triton.cdiv(CD, block_d)
+    def launch(tiling: Tiling):
+        row_blocks = triton.cdiv(M, tiling.block_m)
+        tiles = taps * triton.cdiv(CG, tiling.block_k) * triton.cdiv(CD, tiling.block_n)
         steps = triton.cdiv(row_blocks, _split_count(tiles, row_blocks))
         splits = triton.cdiv(row_blocks, steps)
         ws = torch.empty(splits, taps, CD, CG, dtype=torch.float32, device=out.device)
-        _wgrad_kernel[(taps * triton.cdiv(CG, block_g), triton.cdiv(CD, block_d), splits)](
-            D, DU, DP, DR, G, GU, GP, GR, ws, N, QH, QW, GH, GW, CD, CG, KW, steps,
-            min(slopes) if slopes else 0.0, dp, dscale, gp, gscale, **flags,
-            BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_G=block_g, num_warps=warps, num_stages=stages)
+        _wgrad_kernel[(taps * triton.cdiv(CG, tiling.block_k), triton.cdiv(CD, tiling.block_n), splits)](
+            **operands, WS=ws, **values, steps=steps, **constexprs, BLOCK_M=tiling.block_m, BLOCK_D=tiling.block_n,
+            BLOCK_G=tiling.block_k, num_warps=tiling.num_warps, num_stages=tiling.num_stages)
         total = taps * CD * CG
         block = 1024
         _wgrad_reduce_kernel[(triton.cdiv(total, block),)](ws, out, splits, total, CD, CG, KW, *out.stride(),
@@ -647,10 +729,9 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False)
         return out
 
     if INTERPRETED:
-        return launch(_interpreter_wgrad_config(M, CD, CG))
-    key = (f"{N}x{QH}x{QW}x{CD} * {GH}x{GW}x{CG} k{KH}x{KW} " + str(direct.x.dtype)[6:] + " " +
-           ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(flags.items())))
-    return launch(tuned_config("conv_wgrad", key, _wgrad_candidates(CD, CG), launch))
+        return launch(_interpreter_tiling(M, CD, CG))
+    key = _tuning_key(f"{N}x{QH}x{QW}x{CD} * {GH}x{GW}x{CG} k{KH}x{KW}", direct.x.dtype, constexprs)
+    return launch(Tiling(*block_config(tuning, "conv_wgrad", key, _wgrad_candidates(CD, CG), launch)))
 
 
 def bias_grad(grad, out, per_sample=False):
@@ -661,13 +742,14 @@ def bias_grad(grad, out, per_sample=False):
     block_m = _interpreter_rows(R) if INTERPRETED else max(4096 // block_c, 16)
     T = triton.cdiv(R, block_m)
     part = torch.empty(T, C, dtype=torch.float32, device=out.device)
-    X, U, PRM, _ = grad.pointers()
+    X, U, PRM, _ = grad.tensors()
     _channel_sum_partials_kernel[(T, triton.cdiv(C, block_c))](
         X, U, PRM, part, R, C, H * W, TANH_BWD=grad.tanh_bwd, BN_BWD=grad.bn_bwd, PER_SAMPLE=per_sample,
         BLOCK_M=block_m, BLOCK_C=block_c)
     sums = torch.empty(2, C, dtype=torch.float32, device=out.device)
     block_t, block_c = _merge_config(C, T)
-    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], out, out, 1, T, C,
+    # The sums of Σdz·(x − mean) are not needed here: the one partial tensor stands in for both inputs.
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], None, out, 1, T, C,
                                                        HAS_DW=False, HAS_DB=True, BLOCK_T=block_t, BLOCK_C=block_c)
     return out
 
@@ -682,8 +764,8 @@ def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
     update = running_mean is not None
     block_t, block_c = _merge_config(C, T)
     stats_finalize_kernel[(triton.cdiv(C, block_c), groups)](
-        count, mean_p, m2_p, stats[0], stats[1], running_mean if update else stats, running_var if update else stats,
-        T, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
+        count, mean_p, m2_p, stats[0], stats[1], running_mean, running_var, T, C, eps, momentum,
+        UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
     return (stats[0], stats[1]) if samples else (stats[0, 0], stats[1, 0])
 
 
@@ -695,7 +777,7 @@ def finalize_sums(partials, C):
     T = part_a.shape[0] // groups
     sums = torch.empty(2, groups, C, dtype=torch.float32, device=part_a.device)
     block_t, block_c = _merge_config(C, T)
-    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], sums, sums, groups, T, C,
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], None, None, groups, T, C,
                                                        HAS_DW=False, HAS_DB=False, BLOCK_T=block_t,
                                                        BLOCK_C=block_c)
     return (sums[0], sums[1]) if samples else (sums[0, 0], sums[1, 0])
@@ -711,7 +793,8 @@ class ConvSpec:
 
     activation, dropout_p: per source (x, x2). stats: the epilogue produces BatchNorm statistics (and updates
     the running ones) with momentum and eps. tanh: the epilogue applies Tanh (G's last layer). per_sample:
-    statistics and the sources' (mean, k, β) are per sample (instance norm).
+    statistics and the sources' (mean, k, β) are per sample (instance norm). tuning: the ConvTuning of the model
+    this conv belongs to (its kernels' block sizes), None for the first candidates.
     """
     stride: int = 1
     padding: int = 0
@@ -724,6 +807,7 @@ class ConvSpec:
     eps: float = 1e-5
     tanh: bool = False
     per_sample: bool = False
+    tuning: object = field(default=None, compare=False, repr=False)
 
 
 def _nhwc(t):
@@ -784,8 +868,9 @@ class ConvBNActFunction(torch.autograd.Function):
         N, H, W, _ = xs[0].shape
         out_size = (output_size(H, KH, spec.stride, spec.padding, spec.transposed),
                     output_size(W, KW, spec.stride, spec.padding, spec.transposed))
-        y, partials = conv_gemm(ops, w, strides, (KH, KW), spec.stride, spec.padding, spec.transposed, out_size,
-                                c_out, bias=bias, tanh=spec.tanh, stats=spec.stats, per_sample=spec.per_sample)
+        geometry = Geometry(N, (H, W), out_size, (KH, KW), spec.stride, spec.padding, spec.transposed)
+        y, partials = conv_gemm(ops, w, strides, geometry, Epilogue(c_out, bias, spec.tanh, spec.stats),
+                                per_sample=spec.per_sample, tuning=spec.tuning)
         mean_out = rstd_out = None
         if spec.stats:
             mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum,
@@ -837,9 +922,10 @@ class ConvBNActFunction(torch.autograd.Function):
             dx = dmean = dk = dbeta = None
             if any(needs[name] for name in names):
                 w_slice = w[c0:c0 + cs] if spec.transposed else w[:, c0:c0 + cs]
-                dx, partials = conv_gemm([grad], w_slice, d_strides, (KH, KW), spec.stride, spec.padding,
-                                         not spec.transposed, op.x.shape[1:3], cs, dgrad_of=op,
-                                         per_sample=spec.per_sample)
+                geometry = Geometry(g.shape[0], tuple(g.shape[1:3]), tuple(op.x.shape[1:3]), (KH, KW), spec.stride,
+                                    spec.padding, not spec.transposed)
+                dx, partials = conv_gemm([grad], w_slice, d_strides, geometry, Epilogue(cs, dgrad_of=op),
+                                         per_sample=spec.per_sample, tuning=spec.tuning)
                 dx = dx.permute(0, 3, 1, 2)
                 if op.prm is not None:
                     sum_dz, sum_dzx = finalize_sums(partials, cs)
@@ -854,9 +940,11 @@ class ConvBNActFunction(torch.autograd.Function):
             for op in ops:
                 cs = op.channels
                 if spec.transposed:
-                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs], spec.per_sample)
+                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs], spec.per_sample,
+                               spec.tuning)
                 else:
-                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs], spec.per_sample)
+                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs], spec.per_sample,
+                               spec.tuning)
                 c0 += cs
         if bias is not None and needs["bias"]:
             grads["bias"] = bias_grad(grad, torch.empty_like(bias), spec.per_sample)
@@ -898,7 +986,7 @@ def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh, per_
 def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, norm=None, activation="none",
                 dropout_p=0.0, rng=None, x2=None, norm2=None, activation2="none", dropout_p2=0.0, rng2=None,
                 slope=0.2, stats=False, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, tanh=False,
-                per_sample=False):
+                per_sample=False, tuning=None):
     """A conv (transposed=False, weight [Cout, Cin, kh, kw]) or ConvTranspose (weight [Cin, Cout, kh, kw]) of
     the activated input, as one fused Triton kernel per direction; autograd-enabled.
 
@@ -911,14 +999,16 @@ def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, 
     comes back in its own dtype). bias: [Cout] or None. tanh: apply Tanh to the output.
     stats: also return the output's BatchNorm statistics (mean, rstd), fp32 [Cout], and update running_mean /
     running_var in place (momentum, unbiased variance) when given. per_sample: instance norm instead — statistics
-    per (sample, channel), [N, Cout], and the norm triples may be [N, C] too.
+    per (sample, channel), [N, Cout], and the norm triples may be [N, C] too. tuning: the ConvTuning
+    (kernels/conv_tuning.py) of the model this conv belongs to, whose measured block sizes the kernels take; None:
+    the first candidates.
 
     Returns y (NCHW-shaped, channels_last, x's dtype), or (y, mean, rstd) with stats.
     """
     _check(x, weight, x2, transposed, norm, norm2, (activation, activation2), stats, tanh, per_sample,
            running_mean is not None or running_var is not None)
     spec = ConvSpec(stride, padding, transposed, (activation, activation2), (dropout_p, dropout_p2), slope, stats,
-                    momentum, eps, tanh, per_sample)
+                    momentum, eps, tanh, per_sample, tuning)
     n1 = norm if norm is not None else (None, None, None)
     n2 = norm2 if norm2 is not None else (None, None, None)
     return ConvBNActFunction.apply(spec, x, *n1, x2, *n2, rng, rng2, weight, bias, running_mean, running_var)

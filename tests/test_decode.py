@@ -459,7 +459,7 @@ def test_install_without_image_headers_builds_a_pil_only_fastpix(tmp_path):
     src.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
-    for name in ("csrc", "fastpix", "kernels"):
+    for name in ("csrc", "fastpix", "kernels", "bench/suites"):
         shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",

@@ -106,7 +106,7 @@ def test_lr_lives_in_a_tensor_when_graph_safe():
 def test_flops_of_the_paper_configuration():
     G = define_G(3, 3, 64, "unet_256", backend="eager")
     D = define_D(6, 64, "basic", backend="eager")
-    assert conv_flops(G, (1, 3, 256, 256)) / 1e9 == pytest.approx(12.10, abs=0.01)  # performance.md
+    assert conv_flops(G, (1, 3, 256, 256)) / 1e9 == pytest.approx(12.10, abs=0.01)
     assert conv_flops(D, (1, 6, 256, 256)) / 1e9 == pytest.approx(6.39, abs=0.01)
 
 

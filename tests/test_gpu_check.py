@@ -1,5 +1,6 @@
 """`make gpu-check DRY=1`: every stage of the GPU kit runs on the CPU at tiny shapes and writes its record in the
-one schema, so that a GPU window is never lost to a typo, a missing import or a wrong path."""
+one schema, so that a GPU window is never lost to a typo, a missing import or a wrong path; the kit exits non-zero
+when a stage failed or ran out of its budget, with the summary still written."""
 import json
 import os
 import subprocess
@@ -7,17 +8,15 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import gpu_check  # noqa: E402
+import gpu_check  # noqa: E402 - a script of bench/, not a package
 
 STAGES = [name for name, *_ in gpu_check.STAGES]
 
 
-def dry_run(out, *args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTPIX_TEST")}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--dry", "--out", str(out),
-                           *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+def dry_run(out, *args, timeout=900, env=None):
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTPIX_TEST")}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--dry", "--out", str(out),
+                           *args], env={**environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def records(out):
@@ -39,7 +38,8 @@ def check_schema(record, name):
 
 
 def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
-    dry_run(tmp_path)
+    proc = dry_run(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     found = records(tmp_path)
     assert list(found) == STAGES
     for name, record in found.items():
@@ -51,6 +51,7 @@ def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
     assert {r["case"] for r in rows["train"]} == {"a_reference_fp32_nchw", "b_eager_bf16_channels_last",
                                                    "d_fastpix_graphs_eager", "e_fastpix_graphs_triton"}
     assert all(r["img_per_s"] > 0 for r in rows["train"] + rows["inference"])
+    assert all(0 < r["mfu"] and "measured" in r["roof"] for r in rows["train"] + rows["compile"])
     assert {(r["backend"], r["way"]) for r in rows["inference"]} == {(b, w) for b in ("eager", "triton")
                                                                      for w in ("eager", "predictor")}
     assert all(r["triton_ms"] > 0 and r["cudnn_ms"] > 0 and r["choice"] in ("triton", "cudnn")
@@ -60,13 +61,38 @@ def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     for name in STAGES:
         assert f"| {name} | {found[name]['status']} |" in summary
+    # the dry run takes the suites' dry settings (tiny shapes) instead of setting their globals
+    assert {r["batch"] for r in rows["train"]} == {1, 2}
+    assert not [p for p in os.listdir(os.path.join(ROOT, "bench", "suites")) if p.startswith(".benchmarks")]
 
 
-def test_a_stage_over_its_budget_is_killed_and_marked(tmp_path):
-    dry_run(tmp_path, "--stages", "environment,compile", "--budget", "compile=0.5", timeout=120)
+def test_a_stage_over_its_budget_is_killed_and_the_run_fails(tmp_path):
+    proc = dry_run(tmp_path, "--stages", "environment,compile", "--budget", "compile=0.5", timeout=120)
+    assert proc.returncode == 1 and "failed or out of budget: compile" in proc.stdout, proc.stdout[-2000:]
     found = records(tmp_path)
     assert found["environment"]["status"] == "ok"
     assert found["compile"]["status"] == "timeout" and "budget of 0.5 s" in found["compile"]["note"]
     for name, record in found.items():
         check_schema(record, name)
     assert "| compile | timeout |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_failing_stage_fails_the_run_and_the_summary_says_why(tmp_path):
+    """A stage whose code raises (here: torch cannot be imported in the stage's process) is recorded as failed with
+    the error, the next stage still runs, and the kit exits 1 with the summary written."""
+    broken = tmp_path / "broken"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text("raise ImportError('injected: a broken torch')\n")
+    out = tmp_path / "out"
+    proc = dry_run(out, "--stages", "environment,install", env={"PYTHONPATH": str(broken)}, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    found = records(out)
+    assert found["environment"]["status"] == "failed" and "injected: a broken torch" in found["environment"]["note"]
+    assert found["install"]["status"] == "skipped"  # the other stage still ran
+    summary = (out / "summary.md").read_text()
+    assert "| environment | failed |" in summary and "| install | skipped |" in summary
+
+
+def test_unknown_stage_names_are_refused(tmp_path):
+    proc = dry_run(tmp_path, "--stages", "environment,trian", timeout=60)
+    assert proc.returncode == 2 and "trian" in proc.stderr

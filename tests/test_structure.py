@@ -12,13 +12,15 @@ MAX_FUNCTION_LINES = 80
 
 
 def test_import_contracts_hold(tmp_path):
-    """lint-imports reads the package from disk, and fastpix.kernels is the top-level kernels/ folder mapped in by
-    setup.py: the check runs on a copy of the source laid out as the installed package is."""
+    """lint-imports reads the package from disk, and fastpix.kernels and fastpix.bench_suites are the kernels/ and
+    bench/suites/ folders mapped in by setup.py: the check runs on a copy of the source laid out as the installed
+    package is."""
     lint = shutil.which("lint-imports", path=os.path.dirname(sys.executable)) or shutil.which("lint-imports")
     assert lint, "import-linter comes with the [test] extra: pip install -e '.[test]'"
     ignore = shutil.ignore_patterns("__pycache__", "*.so")
     shutil.copytree(ROOT / "fastpix", tmp_path / "fastpix", ignore=ignore)
     shutil.copytree(ROOT / "kernels", tmp_path / "fastpix" / "kernels", ignore=ignore)
+    shutil.copytree(ROOT / "bench" / "suites", tmp_path / "fastpix" / "bench_suites", ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     done = subprocess.run([lint, "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})

@@ -6,7 +6,6 @@ import os
 from fastpix import __version__
 from fastpix.cli.flags import build_config, subcommand
 from fastpix.config import BenchConfig
-from fastpix.errors import ConfigError
 
 
 def cmd_info(args):
@@ -19,6 +18,10 @@ def cmd_info(args):
     print(f"fastpix {__version__}")
     print(f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    if torch.cuda.is_available():
+        from fastpix.peaks import describe_device
+
+        print(describe_device())
     cpu_precision = runtime.resolve_precision(None, "cpu")
     print(f"cpu: {runtime.cpu_features()} (native bf16: {'yes' if runtime.cpu_has_native_bf16() else 'no'}); "
           f"on the cpu fastpix trains in {cpu_precision} and predicts in {cpu_precision} with runtime compiled "
@@ -29,23 +32,17 @@ def cmd_info(args):
 
 
 def cmd_bench(args):
-    import torch
-
     from fastpix import bench
 
     cfg = build_config(BenchConfig, vars(args))
-    if cfg.layers:
-        if not torch.cuda.is_available():
-            raise ConfigError("--layers measures each layer on a CUDA device, and there is none here (on a CPU "
-                              "backend triton always runs the Triton kernels, through the interpreter)")
-        from fastpix.kernels.conv_layers import layer_table
-
-        print(layer_table())
+    if cfg.layers:  # ConfigError without a CUDA device
+        print(bench.layer_table())
         return 0
-    code = bench.run(cfg.suite, cfg.json, cfg.select, cfg.cpu_config)
-    if os.path.isfile(cfg.json):
-        print(bench.table(cfg.json))
-        print(f"fastpix bench: results in {cfg.json}")
+    json_path = os.path.abspath(cfg.json)  # the user's folder, whatever folder the suites run from
+    code = bench.run(cfg.suite, json_path, cfg.select, cfg.cpu_config)
+    if os.path.isfile(json_path):
+        print(bench.table(json_path))
+        print(f"fastpix bench: results in {json_path}")
     return code
 
 

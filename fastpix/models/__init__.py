@@ -3,15 +3,18 @@
 The returned modules' state_dict keys and shapes equal the reference's, so checkpoints move both ways, and between
 the backends: 'eager' (plain PyTorch modules) and 'triton' (the same tree with each norm + activation pair run by a
 fused Triton kernel, fastpix/models/fused.py, and for the U-Net and PatchGAN every conv too, fused_convs.py).
-The backend is decided here, once: the built module's forward is fixed (`net.forward_path`), and under 'triton'
-`tune_layers(net, example_input)` makes the per-layer choices (Triton or cuDNN) before the first iteration.
+The backend is decided here, once: the built network records it (`net.backend`) and its forward is fixed
+(`net.forward_path`, fastpix/models/network.py); under 'triton' a U-Net or PatchGAN gets its fused conv forward with
+the ConvTuning that holds its per-layer choices (`net.fused_forward.tuning`), which `tune_layers(net,
+example_input)` makes (Triton or cuDNN) before the first iteration.
 """
 
-from fastpix.models.fused_convs import set_forward_path, tune_layers
+from fastpix.models.fused_convs import set_forward_path
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer
 from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
 from fastpix.models.resnet import ResnetGenerator
+from fastpix.models.tuning import tune_layers
 from fastpix.models.unet import UnetGenerator
 from fastpix.runtime import use_triton_interpreter
 
@@ -19,12 +22,11 @@ from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one li
 
 
 def resolve_backend(backend=None) -> str:
-    """None means eager, on CUDA too, although architecture.md makes triton the default there: triton stays opt-in
-    until it has run on a GPU. Training, the Predictor's norm modes and seeded dropout agree with eager on it, but
-    only through Triton's CPU interpreter (tests/kernels/): compiled kernels at full size, bf16 numerics and speed
-    against cuDNN are unchecked (the gpu-marked tests and bench/bench_kernels.py are written to check them). Before
-    flipping this line, `fastpix export` (which loads with the default backend) must ask for eager: ONNX can only
-    trace eager modules."""
+    """None means eager, on CUDA too: triton stays opt-in until it has run on a GPU. Training, the Predictor's norm
+    modes and seeded dropout agree with eager on it, but only through Triton's CPU interpreter (tests/kernels/):
+    compiled kernels at full size, bf16 numerics and speed against cuDNN are unchecked (the gpu-marked tests and
+    bench/suites/bench_kernels.py are written to check them). Before flipping this line, `fastpix export` (which
+    loads with the default backend) must ask for eager: ONNX can only trace eager modules."""
     if backend is None:
         return "eager"
     if backend not in BACKENDS:
@@ -51,8 +53,6 @@ def _apply_backend(net, backend, norm):
 
         fuse_norm_activations(net)
         set_forward_path(net, strict=True)
-    else:
-        net.forward_path = "eager"
     return net
 
 

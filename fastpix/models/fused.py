@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-LEAKY_SLOPE = 0.2  # pix2pix's LeakyReLU slope (pix2pix.md)
+LEAKY_SLOPE = 0.2  # pix2pix's LeakyReLU slope (the reference's networks)
 
 
 def _fusable(norm: nn.Module) -> bool:

@@ -1,17 +1,15 @@
 """The PatchGAN discriminators, with the reference's module trees. Outputs are raw logits (no sigmoid).
 
-fused_forward: None (the module path), or the fused conv forward that define_D chose for backend 'triton'
-(fastpix/models/fused_convs.py), set once at build time.
+Each runs the fused conv forward on its Sequential when define_D gave it one (fastpix/models/network.py).
 """
 import torch.nn as nn
 
+from fastpix.models.network import Network
 from fastpix.models.norm import conv_has_bias
 
 
-class NLayerDiscriminator(nn.Module):
+class NLayerDiscriminator(Network):
     """n_layers = 3 is the 70×70 PatchGAN ('basic'): 30×30 logits for a 256×256 input."""
-
-    fused_forward = None
 
     def __init__(self, input_nc, ndf=64, n_layers=3, norm_layer=nn.BatchNorm2d):
         super().__init__()
@@ -34,10 +32,8 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 
-class PixelDiscriminator(nn.Module):
+class PixelDiscriminator(Network):
     """1×1 PixelGAN: judges each pixel's colour only."""
-
-    fused_forward = None
 
     def __init__(self, input_nc, ndf=64, norm_layer=nn.BatchNorm2d):
         super().__init__()

@@ -1,6 +1,7 @@
 """The ResNet generator (CycleGAN's default, usable in pix2pix), with the reference's module tree."""
 import torch.nn as nn
 
+from fastpix.models.network import Network
 from fastpix.models.norm import conv_has_bias
 
 
@@ -18,7 +19,7 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-class ResnetGenerator(nn.Module):
+class ResnetGenerator(Network):
     def __init__(self, input_nc, output_nc, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False, n_blocks=6):
         super().__init__()
         use_bias = conv_has_bias(norm_layer)

@@ -9,6 +9,7 @@ and every non-outermost block returns cat([x, block(x)]): the skip first.
 import torch
 import torch.nn as nn
 
+from fastpix.models.network import Network
 from fastpix.models.norm import conv_has_bias
 
 
@@ -43,13 +44,9 @@ class UnetSkipConnectionBlock(nn.Module):
         return torch.cat([x, self.model(x)], 1)
 
 
-class UnetGenerator(nn.Module):
-    """U-Net with num_downs downsamplings: a side of 2**num_downs becomes 1×1 at the bottleneck.
-
-    fused_forward: None (the module path), or the fused conv forward that define_G chose for backend 'triton'
-    (fastpix/models/fused_convs.py), set once at build time."""
-
-    fused_forward = None
+class UnetGenerator(Network):
+    """U-Net with num_downs downsamplings: a side of 2**num_downs becomes 1×1 at the bottleneck. Runs the fused
+    conv forward when define_G gave it one (fastpix/models/network.py)."""
 
     def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False):
         super().__init__()

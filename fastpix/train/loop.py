@@ -21,13 +21,14 @@ from fastpix.data.stream import make_pipeline
 from fastpix.errors import CheckpointError, ConfigError
 from fastpix.models import build_models
 from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
+from fastpix.peaks import peak_flops
 from fastpix.runtime import channels_last, resolve_precision, set_tf32
 from fastpix.store.checkpoint_set import recover
 from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.weights import load_into
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
-from fastpix.train.flops import peak_flops, train_flops_per_image
+from fastpix.train.flops import train_flops_per_image
 from fastpix.train.progress import Progress, on_terminal
 from fastpix.train.schedule import learning_rate
 from fastpix.train.step import Pix2PixStep

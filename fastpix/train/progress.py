@@ -147,8 +147,10 @@ class Progress:
                   "data_time": round(data_time, 5),
                   "t_comp": round(max(elapsed - self.window_data, 0.0) / own_images, 5),
                   "t_data": round(self.window_data / own_images, 5)}
-        if self.peak:
-            record["mfu"] = round(self.flops_per_image * img_per_s / self.peak, 4)
+        if self.peak:  # a fastpix.peaks.Peak on a GPU, named in the first record
+            record["mfu"] = round(self.flops_per_image * img_per_s / self.peak.flops, 4)
+            if self.engine_reported is None:
+                record["mfu_peak"] = self.peak.describe()
         report = engine.report()  # what the engine runs (CUDA graph or eager, per-layer choices), when it changes
         if report != self.engine_reported:
             record["engine"] = self.engine_reported = report

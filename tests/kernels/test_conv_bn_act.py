@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastpix.bench_suites.layers import (
+    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
 from fastpix.kernels import conv_bn_act as cba
 from fastpix.kernels.batch_norm_act import dropout_mask
-from fastpix.kernels.conv_layers import (
-    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
-from fastpix.kernels.conv_tuning import TuningCache
 from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -316,7 +315,7 @@ def test_fused_chain_is_deterministic():
 # The layer factory shared with the benchmarks and the cuDNN-fallback measurement; the tuning cache
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY_LAYERS = [  # the pix2pix layer kinds (kernels/conv_layers.py) at interpreter sizes
+TINY_LAYERS = [  # the pix2pix layer kinds (bench/suites/layers.py) at interpreter sizes
     ConvLayer("down", False, (5,), 6, 6, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
     ConvLayer("first", False, (3,), 4, 6, 2, ("image",), "none", False, "bias"),
     ConvLayer("up", True, (3, 4), 5, 3, 2, ("act", "bn_act"), "relu", True, "bn", "relu"),
@@ -336,23 +335,27 @@ def test_layer_factory_fused_block_equals_eager_block(layer):
     assert relative_error(fused, eager) < 1e-5
 
 
-def test_pix2pix_layer_table_matches_performance_md():
-    """G 12.10 GFLOP and D 6.39 GFLOP per 256² image (performance.md)."""
+def test_pix2pix_layer_table_has_the_networks_flops():
+    """G 12.10 GFLOP and D 6.39 GFLOP per 256² image: the layer table is unet_256 and the basic PatchGAN, as
+    fastpix.train.flops counts them on the modules (tests/test_engine.py)."""
     g = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("G."))
     d = sum(layer.flops(1) for layer in PIX2PIX_CONV_LAYERS if layer.name.startswith("D."))
     assert round(g / 1e9, 2) == 12.10 and round(d / 1e9, 2) == 6.39
 
 
-def test_tuning_cache_round_trip(tmp_path):
+def test_machine_timings_round_trip(tmp_path):
+    from fastpix.models.tuning import MachineTimings
+
     path = tmp_path / "sub" / "tuning.json"
-    cache = TuningCache(str(path))
+    cache = MachineTimings(str(path))
     assert cache.get("conv_gemm", "k") is None
     cache.put("conv_gemm", "k", [64, 64, 32, 4, 3])
     cache.put("layer", "l", {"choice": "cudnn"})
-    again = TuningCache(str(path))
+    again = MachineTimings(str(path))
     assert again.get("conv_gemm", "k") == [64, 64, 32, 4, 3] and again.get("layer", "l") == {"choice": "cudnn"}
+    assert [p.name for p in path.parent.iterdir()] == ["tuning.json"]  # written atomically: no temporary left
     path.write_text("{not json")
-    assert TuningCache(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal
+    assert MachineTimings(str(path)).get("layer", "l") is None  # a damaged cache is measured again, not fatal
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,31 +395,31 @@ def test_pix2pix_layer_matches_eager(layer, dtype):
 
 
 @pytest.mark.gpu
-def test_autotuning_and_layer_choice_are_measured_once_and_cached(monkeypatch, tmp_path):
+def test_block_sizes_are_measured_in_the_tuning_step_only_and_cached(monkeypatch, tmp_path):
+    """A model's ConvTuning (as define_G gives one) measures its kernels' block sizes inside measuring() only and
+    caches them in the machine's timings file; the tuned configs compute the same as eager. (The per-layer choice
+    is tested on whole networks: tests/kernels/test_conv_models.py.)"""
     import json
 
-    from fastpix.kernels import conv_tuning
-    from fastpix.kernels.conv_layers import time_block
+    from fastpix.models.tuning import conv_tuning, device_section
 
     monkeypatch.setenv("FASTPIX_CONV_AUTOTUNE", "1")
     layer = next(layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down5")
     case = layer_inputs(layer, 2, torch.bfloat16, DEVICE, seed=0)
-    with conv_tuning.tuning():  # measurements happen in the explicit tuning step only
-        fused = fused_block_output(layer, case, fused_block(layer, case))
+    tuning = conv_tuning()
+    fused_block(layer, case, tuning)  # outside the tuning step: the first candidates, nothing measured
+    assert not (tmp_path / "conv_tuning.json").exists()
+    with tuning.measuring():
+        fused = fused_block_output(layer, case, fused_block(layer, case, tuning))
     eager = eager_block(layer, case, activated_sources(layer, case))
     assert relative_error(fused, eager) < 1e-2  # the tuned config computes the same
-    key = layer.key(2, torch.bfloat16)
-    assert conv_tuning.layer_choice(key, None, None) == "triton"  # outside tuning(): nothing measured
-    with conv_tuning.tuning():
-        choice = conv_tuning.layer_choice(
-            key, lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "triton"),
-            lambda: time_block(layer, 2, torch.bfloat16, DEVICE, "cudnn"))
     with open(tmp_path / "conv_tuning.json") as f:
-        section = json.load(f)[conv_tuning.device_section()]
-    assert section["conv_gemm"] and section["layer"][key]["choice"] == choice
-    timings = section["layer"][key]
-    assert choice == ("triton" if timings["triton_ms"] <= timings["cudnn_ms"] else "cudnn")
-    assert conv_tuning.layer_choice(key, None, None) == choice  # cached: nothing measured again
+        measured = json.load(f)[device_section()]["conv_gemm"]
+    assert measured
+    with tuning.measuring():
+        fused_block(layer, case, tuning)
+    with open(tmp_path / "conv_tuning.json") as f:
+        assert json.load(f)[device_section()]["conv_gemm"] == measured  # cached: nothing measured again
 
 
 @pytest.fixture

@@ -61,8 +61,6 @@ def test_triton_networks_run_no_aten_convolution(norm):
     """unet_32 (ngf 4) and basic D (ndf 4), forward and backward, with every layer on the Triton kernels (on a GPU
     the measured choice could pick cuDNN for some; here it is forced): no aten convolution is dispatched, and
     output and parameter gradients equal the eager network's."""
-    from fastpix.kernels.conv_tuning import force_layer_choice
-
     for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
                                   (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32))):
         assert fused_forward_supported(fused)
@@ -70,7 +68,8 @@ def test_triton_networks_run_no_aten_convolution(norm):
         grad = torch.randn(eager(x).shape).to(DEVICE)
         eager.zero_grad()
         (eager(x) * grad).sum().backward()
-        with force_layer_choice(lambda key: "triton"), AtenOps() as ops:
+        fused.fused_forward.tuning.force = lambda key: "triton"
+        with AtenOps() as ops:
             out = fused(x)
             (out * grad).sum().backward()
         assert not [name for name in ops.names if "convolution" in name], sorted(ops.names)
@@ -112,9 +111,8 @@ def test_module_path_where_the_fused_convs_do_not_apply():
 @pytest.mark.parametrize("choose, norm", [("cudnn", "batch"), ("alternate", "batch"), ("alternate", "instance")])
 def test_cudnn_fallback_layers_match_eager(choose, norm):
     """The per-layer cuDNN fallback (forced here; on a GPU it is measured): all layers, or every other one mixed
-    with the fused kernels, give eager's output, gradients and running statistics."""
-    from fastpix.kernels.conv_tuning import force_layer_choice
-
+    with the fused kernels, give eager's output, gradients and running statistics. The choice is forced through
+    each network's own ConvTuning."""
     calls = []
 
     def chooser(key):
@@ -127,7 +125,8 @@ def test_cudnn_fallback_layers_match_eager(choose, norm):
         out_e = eager(x)
         grad = torch.randn(out_e.shape).to(DEVICE)
         (out_e * grad).sum().backward()
-        with force_layer_choice(chooser), AtenOps() as ops:
+        fused.fused_forward.tuning.force = chooser
+        with AtenOps() as ops:
             out = fused(x)
             (out * grad).sum().backward()
         assert "aten::convolution" in ops.names
@@ -144,10 +143,8 @@ def test_a_layer_whose_triton_kernels_fail_runs_on_cudnn(monkeypatch):
     import warnings
 
     from fastpix.kernels import conv_bn_act as cba
-    from fastpix.kernels import conv_tuning
     from fastpix.models import tune_layers
 
-    monkeypatch.setattr(conv_tuning, "FAILURES", {})
     launch = cba.conv_bn_act
 
     def failing(x, weight, bias=None, stride=1, *args, **kwargs):
@@ -195,3 +192,84 @@ def test_tuning_changes_no_state_and_the_path_is_fixed_at_build():
     with pytest.raises(ValueError, match=r"layer model.model.1.model.0 \(SiLU\(\)\) of this UnetGenerator"):
         set_forward_path(G, strict=True)  # what define_G does: refused, naming the layer
     assert set_forward_path(G) == "fused norms, aten convs" and G.fused_forward is None  # a rebuilt copy
+
+
+def test_each_network_owns_its_layer_choices():
+    """The per-layer choices, forced choices and failures live in each network's own ConvTuning: forcing cuDNN on
+    one network leaves another network of the same layers on the Triton kernels, and tune_layers reports only the
+    network it ran."""
+    from fastpix.models import tune_layers
+
+    first = define_D(6, 4, "basic", backend="triton").to(DEVICE).train()
+    second = define_D(6, 4, "basic", backend="triton").to(DEVICE).train()
+    assert first.fused_forward.tuning is not second.fused_forward.tuning
+    first.fused_forward.tuning.force = lambda key: "cudnn"
+    first.fused_forward.tuning.failures["a layer of the first network"] = "RuntimeError: injected"
+    x = torch.randn(1, 6, 32, 32).to(DEVICE)
+    with AtenOps() as ops:
+        first(x)
+    assert "aten::convolution" in ops.names
+    with AtenOps() as ops:
+        choices = tune_layers(second, x)
+    assert not [name for name in ops.names if "convolution" in name], sorted(ops.names)
+    assert len(choices) == 5 and set(choices.values()) == {"triton"}
+    assert second.fused_forward.tuning.failures == {}
+
+
+def test_the_tuning_step_measures_each_layer_once_and_keeps_the_faster(tmp_path):
+    """With a timer (on a GPU CUDA's; here a CPU clock, under which the interpreted kernels are far slower than
+    aten) the tuning step times each layer forward + backward both ways on copies of its own inputs, keeps the
+    faster, and caches it in the machine's timings file: a second network reads it without measuring, a later
+    forward measures nothing, and the outputs still equal eager's."""
+    import time
+
+    from fastpix.kernels.conv_tuning import ConvTuning
+    from fastpix.models import set_forward_path, tune_layers
+    from fastpix.models.tuning import MachineTimings
+
+    measured = []
+
+    def timer(step):
+        step()  # the first call builds what later ones reuse, as do_bench's warm-up
+        start = time.perf_counter()
+        step()
+        measured.append(time.perf_counter() - start)
+        return measured[-1]
+
+    path = str(tmp_path / "timings.json")
+    eager, fused = pair(define_D, 6, 4, "basic")
+    set_forward_path(fused, tuning=ConvTuning(MachineTimings(path), timer))
+    x = torch.randn(2, 6, 32, 32).to(DEVICE)
+    choices = tune_layers(fused, x)
+    assert len(choices) == 5 and len(measured) == 10  # both ways, once per layer
+    timings = MachineTimings(path)
+    for key, choice in choices.items():
+        entry = timings.get("layer", key)
+        assert choice == entry["choice"] == ("triton" if entry["triton_ms"] <= entry["cudnn_ms"] else "cudnn")
+    other = define_D(6, 4, "basic", backend="triton").to(DEVICE).train()
+    set_forward_path(other, tuning=ConvTuning(MachineTimings(path), timer))
+    assert tune_layers(other, x) == choices and len(measured) == 10  # read from the file: nothing measured again
+    out = fused(x)
+    out.sum().backward()
+    assert len(measured) == 10  # a forward outside the tuning step measures nothing
+    out_e = eager(x)
+    out_e.sum().backward()
+    assert_close(out, out_e, torch.float32, "output", scale=10)
+    grads = dict(eager.named_parameters())
+    for name, p in fused.named_parameters():
+        assert_close(p.grad, grads[name].grad, torch.float32, f"grad {name}", scale=100)
+
+
+def test_importing_the_models_imports_no_kernel():
+    """Triton reads TRITON_INTERPRET when it and a kernel module are imported, and the CLI sets it on a CPU (backend
+    triton) after importing fastpix's models: importing them, and building an eager network, must import neither."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, fastpix.cli, fastpix.models, fastpix.train.engine; "
+            "fastpix.models.define_G(3, 3, 4, 'unet_32'); "
+            "print(sorted(m for m in sys.modules if m.startswith('fastpix.kernels') or m == 'triton'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

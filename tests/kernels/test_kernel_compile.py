@@ -18,17 +18,28 @@ import pytest
 COMPILED = set()
 
 
-def _compile(kernel, pointers, constexprs, floats=(), num_warps=4, num_stages=3):
+def _compile(kernel, pointers, constexprs, floats=(), num_warps=4, num_stages=3, unread=()):
+    """Compile `kernel` for sm_90. unread: pointer parameters passed as None, as the launchers pass the tensors a
+    launch's flags leave unread (Triton specialises them as constexpr None)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     params = inspect.signature(kernel.fn).parameters
+    constexprs = {**constexprs, **dict.fromkeys(unread)}
     signature = {p: "constexpr" if p in constexprs else pointers.get(p, "fp32" if p in floats else "i32")
                  for p in params}
     COMPILED.add(kernel.fn.__name__)
     return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _unread_epilogue(c):
+    """The epilogue's pointers a launch with flags `c` passes as None (kernels/conv_bn_act.py, Epilogue)."""
+    unread = {"BIAS": not c["HAS_BIAS"], "EX": not c["DGRAD"], "EP": not c["E_NORM"], "ER": not c["E_DROP"],
+              "COUNT": not c["STATS"], "PART_A": not (c["STATS"] or c["E_NORM"]),
+              "PART_B": not (c["STATS"] or c["E_NORM"]), "WS": c["SPLIT_K"] == 1}
+    return [name for name, none in unread.items() if none]
 
 
 def _gemm(cba, dtype, **flags):
@@ -41,8 +52,12 @@ def _gemm(cba, dtype, **flags):
     pointers = {k: f"*{dtype}" for k in ("X1", "U1", "X2", "W", "Y", "EX")}
     pointers.update({k: "*fp32" for k in ("P1", "P2", "EP", "BIAS", "COUNT", "PART_A", "PART_B", "WS")})
     pointers.update({k: "*i64" for k in ("R1", "R2", "ER")})
+    c = constexprs  # the sources' unread tensors, as Operand.tensors passes them
+    unread = _unread_epilogue(c) + [name for name, none in (
+        ("U1", not (c["TANH_BWD"] or c["BN_BWD"])), ("P1", not (c["NORM1"] or c["BN_BWD"])), ("R1", not c["DROP1"]),
+        ("X2", not c["HAS_X2"]), ("P2", not c["NORM2"]), ("R2", not c["DROP2"])) if none]
     _compile(cba._conv_gemm_kernel, pointers, constexprs, ("slope", "p1", "scale1", "p2", "scale2", "ep", "escale"),
-             num_warps=8)
+             num_warps=8, unread=unread)
 
 
 def _wgrad(cba, dtype, **flags):
@@ -53,7 +68,12 @@ def _wgrad(cba, dtype, **flags):
     constexprs.update(flags)
     pointers = {"D": f"*{dtype}", "DU": f"*{dtype}", "DP": "*fp32", "DR": "*i64", "G": f"*{dtype}",
                 "GU": f"*{dtype}", "GP": "*fp32", "GR": "*i64", "WS": "*fp32"}
-    _compile(cba._wgrad_kernel, pointers, constexprs, ("slope", "dp", "dscale", "gp", "gscale"), num_warps=8)
+    unread = [name for side in ("D", "G") for name, none in (
+        (f"{side}U", not (constexprs[f"{side}_TANH_BWD"] or constexprs[f"{side}_BN_BWD"])),
+        (f"{side}P", not (constexprs[f"{side}_NORM"] or constexprs[f"{side}_BN_BWD"])),
+        (f"{side}R", not constexprs[f"{side}_DROP"])) if none]
+    _compile(cba._wgrad_kernel, pointers, constexprs, ("slope", "dp", "dscale", "gp", "gscale"), num_warps=8,
+             unread=unread)
 
 
 def compile_all():
@@ -66,18 +86,20 @@ def compile_all():
           E_ACT=1, E_DROP=True, SPLIT_K=4)  # a dgrad, split-K
     _gemm(cba, "fp32", STRIDE=1, PAD=0, KH=1, KW=1, STATS=False, HAS_BIAS=True, TANH=True,
           INPUT_PRECISION="ieee", BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)  # 1×1, fp32, bias + Tanh
+    epilogue = dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=4, DGRAD=False, HAS_BIAS=False, TANH=False, STATS=True,
+                    E_NORM=False, E_ACT=0, E_DROP=False, PER_SAMPLE=True, BLOCK_M=64, BLOCK_N=64)
     _compile(cba._split_k_epilogue_kernel,
              {"WS": "*fp32", "Y": "*bf16", "BIAS": "*fp32", "EX": "*bf16", "EP": "*fp32", "ER": "*i64",
-              "COUNT": "*fp32", "PART_A": "*fp32", "PART_B": "*fp32"},
-             dict(STRIDE=2, PAD=1, TRANSPOSED=False, SPLIT_K=4, DGRAD=False, HAS_BIAS=False, TANH=False, STATS=True,
-                  E_NORM=False, E_ACT=0, E_DROP=False, PER_SAMPLE=True, BLOCK_M=64, BLOCK_N=64),
-             ("slope", "ep", "escale"))
+              "COUNT": "*fp32", "PART_A": "*fp32", "PART_B": "*fp32"}, epilogue, ("slope", "ep", "escale"),
+             unread=_unread_epilogue(epilogue))
     _wgrad(cba, "bf16")
     _wgrad(cba, "fp16", D_NORM=True, D_ACT=1, D_DROP=True, D_BN_BWD=False, G_NORM=False, G_ACT=0, G_TANH_BWD=True,
            PER_SAMPLE=True)
     _compile(cba._wgrad_reduce_kernel, {"WS": "*fp32", "DW": "*fp32"}, dict(BLOCK=1024))
     _compile(cba._channel_sum_partials_kernel, {"X": "*bf16", "U": "*bf16", "PRM": "*fp32", "PART": "*fp32"},
              dict(TANH_BWD=False, BN_BWD=True, PER_SAMPLE=True, BLOCK_M=64, BLOCK_C=64))
+    _compile(cba._channel_sum_partials_kernel, {"X": "*bf16", "U": "*bf16", "PART": "*fp32"},
+             dict(TANH_BWD=True, BN_BWD=False, PER_SAMPLE=False, BLOCK_M=64, BLOCK_C=64), unread=("PRM",))
 
 
 def compile_norms():
@@ -104,6 +126,12 @@ def compile_norms():
     _compile(_shared.grad_finalize_kernel, dict.fromkeys(("SUM_DZ_P", "SUM_DZX_P", "SUM_DZ", "SUM_DZX", "DW", "DB"),
                                                          fp32), dict(HAS_DW=True, HAS_DB=True, BLOCK_T=64, BLOCK_C=64))
     _compile(_shared.sum_partials_kernel, {"PARTIALS": fp32, "OUT": fp32}, dict(BLOCK=1024), ("scale",))
+    # as the conv kernels' launchers call them: no running statistics, the sums only (None for what is not written)
+    _compile(_shared.stats_finalize_kernel, dict.fromkeys(("COUNT", "MEAN_P", "M2_P", "MEAN", "RSTD"), fp32),
+             dict(UPDATE_RUNNING=False, BLOCK_T=64, BLOCK_C=64), ("eps", "momentum"),
+             unread=("RUNNING_MEAN", "RUNNING_VAR"))
+    _compile(_shared.grad_finalize_kernel, dict.fromkeys(("SUM_DZ_P", "SUM_DZX_P", "SUM_DZ", "SUM_DZX"), fp32),
+             dict(HAS_DW=False, HAS_DB=False, BLOCK_T=64, BLOCK_C=64), unread=("DW", "DB"))
 
 
 def compile_losses():

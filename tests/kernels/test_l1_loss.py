@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastpix.bench_suites.layers import PIX2PIX_IMAGE, l1_inputs
 from fastpix.kernels.l1_loss import l1_loss, l1_loss_backward, l1_loss_forward
-from harness import PIX2PIX_IMAGE, assert_close, full_sweep, l1_inputs, poison
+from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1, 3, 32, 32), (2, 3, 3, 7), (5, 1, 2, 2), (1, 3, 1, 1), (2, 3, 64, 64), (1, *PIX2PIX_IMAGE),

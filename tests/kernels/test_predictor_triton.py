@@ -109,7 +109,7 @@ def test_cpu_without_the_interpreter_is_refused(monkeypatch):
 @pytest.mark.parametrize("norm_mode", MODES)
 def test_cuda_full_size_fp32_bf16_and_graphs(norm_mode):
     """unet_256 ngf 64 at 256²: triton fp32 and bf16 against eager fp32 (relative errors: fp32 rounding, and
-    performance.md's ~1e-2 of bf16 autocast), and CUDA graphs (instance, running) against no graphs."""
+    bf16 autocast's ~1e-2), and CUDA graphs (instance, running) against no graphs."""
     eager, fused = pair("unet_256", ngf=64)
     x = images(4, 256)
     expected = Predictor(eager, "cuda", "fp32", norm_mode=norm_mode)(x, output_type="pt")

@@ -1,4 +1,4 @@
-"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the tests' factories, tests/kernels/harness.py).
+"""Each fused kernel beside its eager PyTorch twin, on the same inputs (the factories the kernel tests use: layers.py).
 
 - norm + activation (+ dropout): nn.BatchNorm2d → LeakyReLU / ReLU (→ Dropout) against BatchNormAct2d, in training
   mode (batch statistics and running-stat updates), at every distinct pix2pix norm layer shape (unet_256 + basic D
@@ -15,14 +15,18 @@ bandwidth. The device, versions and git revision are in the JSON's machine_info 
 eager cases run on one small shape and the Triton cases are skipped: the interpreter checks correctness
 (tests/kernels), it says nothing about speed.
 
-Run: `fastpix bench --suite kernels` (or pytest bench/bench_kernels.py --benchmark-json=...).
+Run: `fastpix bench --suite kernels` (or pytest bench/suites/bench_kernels.py --benchmark-json=...).
 """
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import synchronize
-from harness import PIX2PIX_NORM_LAYERS, l1_inputs, logits_input, norm_act_inputs
+from fastpix.bench_suites.common import roof_info, synchronize
+from fastpix.bench_suites.layers import (PIX2PIX_CONV_LAYERS, PIX2PIX_NORM_LAYERS, block_step, l1_inputs,
+                                         logits_input, norm_act_inputs)
+from fastpix.models import define_D, define_G, tune_layers
+from fastpix.models.tuning import conv_tuning
+from fastpix.train.flops import conv_flops
 
 GPU = torch.cuda.is_available()
 if GPU:  # importing the kernels on a CPU-only machine is fine; launching them is not (skipped below)
@@ -40,6 +44,9 @@ for _name, *_shape in PIX2PIX_NORM_LAYERS:
 NORM_LAYERS = [(name, *shape) for shape, name in _seen.items()] if GPU else [("G.down5", 512, 8, 8, "leaky_relu", 0.0)]
 LAMBDA_L1 = 100.0
 _eager_medians = {}  # group → the eager twin's median per call, for the speed-up of the fused case
+# The conv blocks' block sizes, measured in each block's warm-up (as a model's tuning step does) and cached with
+# this machine's other timings.
+TUNING = conv_tuning()
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +73,9 @@ def timed(fn):
     """A callable running fn REPS times and waiting for it: on a GPU one CUDA-graph replay of REPS calls."""
     if not GPU:
         return fn
-    from fastpix.kernels.conv_tuning import tuning
-
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), tuning():  # the warm-up is the tuning step: block sizes measured here
+    with torch.cuda.stream(side), TUNING.measuring():  # the warm-up is the tuning step: block sizes measured here
         for _ in range(3):  # warm-up: Triton compilation, cuDNN heuristics, autograd buffers
             fn()
     torch.cuda.current_stream().wait_stream(side)
@@ -195,42 +200,21 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 # ==============================================================================================================
 # Fused convolutions (kernels/conv_bn_act.py): each pix2pix conv block, then the whole G and D
 # ==============================================================================================================
-# Per layer of kernels/conv_layers.py (the blocks the GPU tests check), bf16 channels-last, batch 1/16/64: the fused
-# block (conv with the producer's BatchNorm + activation applied on load and this layer's BatchNorm statistics in the
-# epilogue) against eager cuDNN conv + BatchNorm + activation, forward ('fwd') and forward + backward ('fwd_bwd').
-# extra_info: median per call, speed-up over eager, achieved TFLOP/s (performance.md's FLOP count; fwd_bwd counts
-# dgrad and wgrad, no dgrad for an image input) and % of this device's measured bf16 matmul peak. The whole networks
-# (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward) run with backend eager and triton (with
-# the per-layer choices tune_layers makes before timing). Without a GPU only eager runs, on the smallest layer.
-from fastpix.kernels.conv_layers import PIX2PIX_CONV_LAYERS, block_step  # noqa: E402
-from fastpix.models import define_D, define_G, tune_layers  # noqa: E402
-from fastpix.train.flops import conv_flops  # noqa: E402
+# Per layer of layers.py (the blocks the GPU tests check), bf16 channels-last, batch 1/16/64: the fused block (conv
+# with the producer's BatchNorm + activation applied on load and this layer's BatchNorm statistics in the epilogue)
+# against eager cuDNN conv + BatchNorm + activation, forward ('fwd') and forward + backward ('fwd_bwd').
+# extra_info: median per call, speed-up over eager, achieved TFLOP/s (ConvLayer.flops' count; fwd_bwd counts dgrad
+# and wgrad, no dgrad for an image input) and the fraction of this device's roof (fastpix.peaks: the datasheet's
+# dense bf16 peak). The whole networks (unet_256 ngf 64, basic D ndf 64, 256², bf16 autocast, forward + backward)
+# run with backend eager and triton (with the per-layer choices tune_layers makes before timing). Without a GPU only
+# eager runs, on the smallest layer.
 
 CONV_LAYERS = PIX2PIX_CONV_LAYERS if GPU else [layer for layer in PIX2PIX_CONV_LAYERS if layer.name == "G.down8"]
 CONV_DTYPE = torch.bfloat16 if GPU else torch.float32
+CONV_PRECISION = "bf16" if GPU else "fp32"
 
 
-@pytest.fixture(scope="module")
-def matmul_peak():
-    """This device's measured dense bf16 matmul rate in FLOP/s (8192³, median of CUDA-event timings); None on CPU."""
-    if not GPU:
-        return None
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn_like(a)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(20):
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return 2 * 8192 ** 3 / sorted(times)[len(times) // 2]
-
-
-def record_compute(benchmark, impl, batch, flops, peak, **info):
+def record_compute(benchmark, impl, batch, flops, device, **info):
     if benchmark.stats is None:
         return
     per_call = benchmark.stats.stats.median / REPS
@@ -241,23 +225,23 @@ def record_compute(benchmark, impl, batch, flops, peak, **info):
     benchmark.extra_info.update({
         "impl": impl, "baseline": impl == "eager", "dtype": str(CONV_DTYPE)[6:], "batch": batch,
         "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
-        "tflop_per_s": flops / per_call / 1e12, "pct_of_peak": 100 * flops / per_call / peak if peak else None,
-        "peak_tflop_per_s": peak / 1e12 if peak else None, "reps_per_timed_call": REPS, **info})
+        "tflop_per_s": flops / per_call / 1e12, **roof_info(device, CONV_PRECISION, flops / per_call),
+        "reps_per_timed_call": REPS, **info})
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("layer", CONV_LAYERS, ids=[layer.name for layer in CONV_LAYERS])
 @pytest.mark.parametrize("impl", ["eager", "triton"])
-def test_conv_block(benchmark, impl, layer, batch, mode, device, matmul_peak):
+def test_conv_block(benchmark, impl, layer, batch, mode, device):
     if impl == "triton" and not GPU:
         pytest.skip("the Triton kernels are timed on a GPU only (on a CPU they run in the interpreter)")
     call = block_step(layer, batch, CONV_DTYPE, device, "triton" if impl == "triton" else "cudnn",
-                      backward=mode == "fwd_bwd")
+                      backward=mode == "fwd_bwd", tuning=TUNING)
     run(benchmark, f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
                    f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}", call)
     passes = 1 if mode == "fwd" else (2 if layer.reads[0] == "image" else 3)
-    record_compute(benchmark, impl, batch, passes * layer.flops(batch), matmul_peak, layer=layer.name,
+    record_compute(benchmark, impl, batch, passes * layer.flops(batch), device, layer=layer.name,
                    flops_per_call=passes * layer.flops(batch))
 
 
@@ -268,7 +252,7 @@ NETWORKS = {"G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 @pytest.mark.parametrize("impl", ["eager", "triton"])
-def test_conv_network(benchmark, impl, network, batch, device, matmul_peak):
+def test_conv_network(benchmark, impl, network, batch, device):
     if impl == "triton" and not GPU:
         pytest.skip("backend triton is timed on a GPU only")
     build, channels = NETWORKS[network]
@@ -286,5 +270,5 @@ def test_conv_network(benchmark, impl, network, batch, device, matmul_peak):
 
     run(benchmark, f"network {network} 256² batch {batch} {str(CONV_DTYPE)[6:]} fwd_bwd", call)
     flops = 3 * conv_flops(net, (1, channels, 256, 256)) * batch
-    record_compute(benchmark, impl, batch, flops, matmul_peak, network=network, flops_per_call=flops,
+    record_compute(benchmark, impl, batch, flops, device, network=network, flops_per_call=flops,
                    img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None)

@@ -1,7 +1,6 @@
 """Data-pipeline benchmarks (pytest-benchmark).
 
-    .venv/bin/python -m pytest bench/bench_data.py --benchmark-json=/tmp/bench_data.json
-    (or `fastpix bench --suite data`: the same, and the comparison table)
+    fastpix bench --suite data (or pytest bench/suites/bench_data.py --benchmark-json=/tmp/bench_data.json)
 
 Each benchmark processes one batch of aligned A|B JPEGs and records pairs/s in extra_info; benchmarks on the same
 source size share a group so the PIL reference chain and the decoder variants sit side by side.
@@ -10,6 +9,7 @@ import os
 import resource
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fastpix.data import decode as D
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_intra_op_thread():
@@ -120,33 +121,47 @@ def test_decode_pairs_into(benchmark, jpeg_batch, threads):
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
-# One epoch of PIPELINE_PAIRS pairs into training batches (286² resize, 256² crops, flips, [-1, 1] float32 NCHW on
+# One epoch of `pipeline.pairs` pairs into training batches (286² resize, 256² crops, flips, [-1, 1] float32 NCHW on
 # the CPU), per path. pairs_per_s is wall-clock; pairs_per_cpu_s divides by the CPU time of this process and its
 # DataLoader workers, i.e. pairs per second per busy core, which is what the "per core" targets compare.
 
-PIPELINE_PAIRS = 64
 PIPELINE_ROUNDS = 3
-CACHE_ROUNDS = 20  # a cached epoch takes milliseconds: more rounds, so a busy neighbour's bursts average out
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The pipeline cases' epoch: its pairs, and the rounds of a cached epoch (it takes milliseconds: more rounds,
+    so that a busy neighbour's bursts average out)."""
+    pairs: int = 64
+    cache_rounds: int = 20
+
+
+PIPELINES = {"dry": Pipeline(16, 2)}  # the other configurations time the default epoch
+
+
+@pytest.fixture(scope="module")
+def pipeline(configuration):
+    return PIPELINES.get(configuration, Pipeline())
 
 
 @pytest.fixture(scope="module", params=SOURCES, ids=lambda s: f"{s[0]}x{s[1]}")
-def pipeline_data(request, tmp_path_factory):
-    """A data set of PIPELINE_PAIRS aligned JPEGs, and its PairedDataset (286² resize, 256² crops)."""
+def pipeline_data(request, tmp_path_factory, pipeline):
+    """A data set of `pipeline.pairs` aligned JPEGs, and its PairedDataset (286² resize, 256² crops)."""
     from fastpix.data.dataset import PairedDataset
 
     w, h = request.param
     root = tmp_path_factory.mktemp(f"dataset_{w}x{h}")
     (root / "train").mkdir()
-    for i in range(PIPELINE_PAIRS):
+    for i in range(pipeline.pairs):
         _photo_like(w, h, i).save(root / "train" / f"{i:03d}.jpg", "JPEG", quality=90)
     return f"{w}x{h}", PairedDataset(str(root), "train", load_size=TARGET[0], crop_size=256, seed=0)
 
 
-def _record_epoch(benchmark, label, fn, baseline=False, rounds=PIPELINE_ROUNDS):
-    benchmark.group = f"pipeline {label} -> {TARGET[0]}² -> 256² crops (batch {BATCH}, {PIPELINE_PAIRS} pairs)"
+def _record_epoch(benchmark, label, fn, pairs, baseline=False, rounds=PIPELINE_ROUNDS):
+    benchmark.group = f"pipeline {label} -> {TARGET[0]}² -> 256² crops (batch {BATCH}, {pairs} pairs)"
     benchmark.extra_info["backend"] = D.backend()
     benchmark.extra_info["baseline"] = baseline
-    _timed(benchmark, PIPELINE_PAIRS, fn, rounds=rounds, warmup_rounds=1)
+    _timed(benchmark, pairs, fn, rounds=rounds, warmup_rounds=1)
 
 
 def _epoch(pipeline):
@@ -155,14 +170,14 @@ def _epoch(pipeline):
 
 
 @pytest.mark.parametrize("workers", sorted({0, 1, 2, os.cpu_count() or 1}))  # all cores too
-def test_pipeline_dataloader(benchmark, pipeline_data, workers):
+def test_pipeline_dataloader(benchmark, pipeline_data, pipeline, workers):
     """The reference chain (PIL decode, bicubic resize, crop, flip, to_tensor per item) in a DataLoader, as the
     reference trains; workers are started for every epoch, as there."""
     from fastpix.data.dataset import make_loader
 
     label, ds = pipeline_data
     loader, _ = make_loader(ds, BATCH, True, workers)
-    _record_epoch(benchmark, label, lambda: _epoch(loader), baseline=workers == 0)
+    _record_epoch(benchmark, label, lambda: _epoch(loader), pipeline.pairs, baseline=workers == 0)
 
 
 class _PeakRss:
@@ -193,7 +208,7 @@ class _PeakRss:
 
 
 @pytest.mark.parametrize("threads", sorted({1, 2, os.cpu_count() or 1}))  # all cores too
-def test_pipeline_stream(benchmark, pipeline_data, threads):
+def test_pipeline_stream(benchmark, pipeline_data, pipeline, threads):
     """Native decode threads into a ring of 3 reused batch buffers; crops, flips and normalisation batched."""
     from fastpix.data.stream import StreamLoader
 
@@ -206,24 +221,24 @@ def test_pipeline_stream(benchmark, pipeline_data, threads):
         after_epoch.append(round(_PeakRss.now() / 2**20, 1))
 
     with _PeakRss() as rss:
-        _record_epoch(benchmark, label, epoch)
+        _record_epoch(benchmark, label, epoch, pipeline.pairs)
     ring = stream.depth * BATCH * TARGET[0] * TARGET[1] * 6
     benchmark.extra_info.update(ring_mib=ring / 2**20, rss_start_mib=rss.start / 2**20,
                                 rss_peak_mib=rss.peak / 2**20, rss_after_epoch_mib=after_epoch)
 
 
 @pytest.mark.parametrize("placement", ["memory", "memmap"])
-def test_pipeline_cache(benchmark, pipeline_data, placement, tmp_path):
+def test_pipeline_cache(benchmark, pipeline_data, pipeline, placement, tmp_path):
     """Serving an epoch from a built cache: batched crop/flip and normalisation into float32 CPU tensors."""
     from fastpix.data.cache import CachedLoader, PairCache
 
     label, ds = pipeline_data
     loader = CachedLoader(PairCache(ds, cache_dir=str(tmp_path), placement=placement, progress=False), BATCH)
-    _record_epoch(benchmark, label, lambda: _epoch(loader), rounds=CACHE_ROUNDS)
+    _record_epoch(benchmark, label, lambda: _epoch(loader), pipeline.pairs, rounds=pipeline.cache_rounds)
 
 
 @pytest.mark.parametrize("buffers", ["fresh", "reused"])
-def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, tmp_path, buffers):
+def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, pipeline, tmp_path, buffers):
     """The CPU's whole share of the cache path when training on a GPU: uint8 crops/flips of an in-RAM cache (the
     bytes that cross to the device; normalisation then runs there). fresh: a new tensor per batch and side, as on a
     CPU-only machine (page faults included); reused: two staging buffers, as the pinned path gets them back from
@@ -233,15 +248,15 @@ def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, tmp_path, buffers)
 
     label, ds = pipeline_data
     cache = PairCache(ds, cache_dir=str(tmp_path), placement="memory", progress=False)
-    order = list(range(PIPELINE_PAIRS))
+    order = list(range(pipeline.pairs))
     staging = [torch.empty((BATCH, 256, 256, 3), dtype=torch.uint8) for _ in range(2)]
 
     def epoch():
-        for start in range(0, PIPELINE_PAIRS, BATCH):
+        for start in range(0, pipeline.pairs, BATCH):
             rows = order[start:start + BATCH]
             params = crop_flip_params(rows, 0, 0, TARGET[0], 256, True)
             for src, out in zip((cache.a, cache.b), staging):
                 crop_flip(src, rows, params, 256, out=out if buffers == "reused" and len(rows) == BATCH else None)
 
-    _record_epoch(benchmark, label, epoch, rounds=CACHE_ROUNDS)
+    _record_epoch(benchmark, label, epoch, pipeline.pairs, rounds=pipeline.cache_rounds)
     benchmark.extra_info["buffers"] = buffers

@@ -7,9 +7,10 @@ timing; its timings include what a caller pays: padding, stacking, and one outpu
 Each timed call is one forward of a batch, ended by a synchronisation; p50/p99 come from the per-call times.
 unet_256 ngf 64 at 256² on a GPU, batches 1, 8, 64. On a CPU a reduced configuration (unet_64, ngf 16, 64², same
 batches) keeps the suite runnable anywhere; `--cpu-config real` runs the real size there (batches 1 and 8, few
-rounds). On a CPU (b) is bf16 autocast channels-last as on a GPU, and the Predictor runs its default: compiled
-graphs, bf16 where the CPU has it natively. Every row's fraction_of_peak is against the device's peak for its
-precision: on a CPU a large matmul timed in the same run (conftest.peak).
+rounds); `--cpu-config dry` a tiny one without compiler builds (the Predictor and the server on runtime eager,
+torch.compile's 'eager' backend). On a CPU (b) is bf16 autocast channels-last as on a GPU, and the Predictor runs
+its default: compiled graphs, bf16 where the CPU has it natively. Every row's fraction_of_peak is against the
+device's roof for its precision (fastpix.peaks.roof: on a CPU a large matmul timed in the same process).
 For the interleaved real-size CPU comparison with training and end-to-end runs, see cpu_compare.py.
 The server case: a fixed number of concurrent loopback clients for a fixed time against `fastpix serve`'s app
 (Predictor (d)); requests/s and per-request p50/p99.
@@ -18,69 +19,96 @@ import io
 import threading
 import time
 import urllib.request
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import cpu_real, peak, synchronize
 from fastpix import runtime
+from fastpix.bench_suites.common import configuration_name, roof_info, synchronize
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.train.flops import conv_flops
 
 GPU = torch.cuda.is_available()
-REAL = GPU or cpu_real()
-CONFIG = dict(netG="unet_256", ngf=64, size=256) if REAL else dict(netG="unet_64", ngf=16, size=64)
-BATCHES = (1, 8) if cpu_real() else (1, 8, 64)
-ROUNDS = {1: 200, 8: 50, 64: 20} if GPU else {1: 5, 8: 3} if REAL else {1: 30, 8: 10, 64: 5}
-SERVER_CLIENTS = 32 if GPU else 4
-SERVER_SECONDS = 10.0 if GPU else 5.0
-SERVER_RUNTIME = "auto"  # what `fastpix serve` runs
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration: the generator (netG, ngf at size²), the batches and timed rounds per batch, the server
+    case's clients and seconds, the runtime the Predictor and the server run ('auto': what `fastpix serve` runs),
+    and torch.compile's backend for case c."""
+    netG: str
+    ngf: int
+    size: int
+    batches: tuple
+    rounds: dict
+    server_clients: int
+    server_seconds: float
+    runtime: str = "auto"
+    compile_backend: str = "inductor"
+
+
+SETTINGS = {"gpu": Setting("unet_256", 64, 256, (1, 8, 64), {1: 200, 8: 50, 64: 20}, 32, 10.0),
+            "real": Setting("unet_256", 64, 256, (1, 8), {1: 5, 8: 3}, 4, 5.0),
+            "reduced": Setting("unet_64", 16, 64, (1, 8, 64), {1: 30, 8: 10, 64: 5}, 4, 5.0),
+            "dry": Setting("unet_32", 2, 32, (1, 2), {1: 2, 2: 1}, 2, 1.0, runtime="eager",
+                           compile_backend="eager")}
 CASES = ("a_eager_fp32_nchw", "b_eager_bf16_channels_last", "c_torch_compile", "d_predictor_running",
          "e_predictor_instance")
 
 
-def generator():
+def generator(setting: Setting):
     torch.manual_seed(0)
-    return define_G(3, 3, CONFIG["ngf"], CONFIG["netG"], "batch", True, backend="eager")
+    return define_G(3, 3, setting.ngf, setting.netG, "batch", True, backend="eager")
 
 
-def build(case: str, device: torch.device, batch: int):
+def build(case: str, device: torch.device, batch: int, setting: Setting):
     """A function of a batch tensor (N×3×S×S, [-1, 1], on device) that runs the case's forward."""
-    G = generator().eval().to(device)
+    G = generator(setting).eval().to(device)
     if case == "a_eager_fp32_nchw":
         return lambda x: G(x), "fp32"
     if case in ("b_eager_bf16_channels_last", "c_torch_compile") and (GPU or case.startswith("b_")):
         if not GPU and not runtime.cpu_has_native_bf16():
             return None, None
         G = G.to(memory_format=torch.channels_last)
-        net = torch.compile(G) if case == "c_torch_compile" else G
+        net = torch.compile(G, backend=setting.compile_backend) if case == "c_torch_compile" else G
 
         def run(x):
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return net(x.contiguous(memory_format=torch.channels_last))
         return run, "bf16"
     if case == "c_torch_compile":
-        net = torch.compile(G)
+        net = torch.compile(G, backend=setting.compile_backend)
         return lambda x: net(x), "fp32"
     if case.startswith("d_") or case.startswith("e_"):
         mode = "running" if case.startswith("d_") else "instance"
-        size = CONFIG["size"]
-        predictor = Predictor(G.cpu(), device=device, norm_mode=mode, max_batch_size=max(BATCHES) if GPU else batch,
-                              graph_size=(size, size) if GPU else None).warmup((size, size))
+        size = setting.size
+        predictor = Predictor(G.cpu(), device=device, norm_mode=mode,
+                              max_batch_size=max(setting.batches) if GPU else batch,
+                              graph_size=(size, size) if GPU else None, runtime=setting.runtime).warmup((size, size))
         return lambda x: predictor(list(x), output_type="pt"), predictor.precision
     return None, None
 
 
-@pytest.mark.parametrize("batch", BATCHES)
+def pytest_generate_tests(metafunc):
+    if "batch" in metafunc.fixturenames:
+        metafunc.parametrize("batch", SETTINGS[configuration_name(metafunc.config)].batches)
+
+
+@pytest.fixture
+def setting(configuration):
+    return SETTINGS[configuration]
+
+
 @pytest.mark.parametrize("case_name", CASES)
-def test_infer(benchmark, case_name, batch, device):
-    run, precision = build(case_name, device, batch)
+def test_infer(benchmark, case_name, batch, device, setting):
+    run, precision = build(case_name, device, batch, setting)
     if run is None:
         pytest.skip("this CPU has no native bf16: bf16 autocast would time oneDNN's emulation")
-    x = torch.rand(batch, 3, CONFIG["size"], CONFIG["size"], device=device) * 2 - 1
+    x = torch.rand(batch, 3, setting.size, setting.size, device=device) * 2 - 1
     with torch.inference_mode():
         for _ in range(3):  # warm-up: compilation, cuDNN / oneDNN algorithm choice
             run(x)
@@ -93,30 +121,28 @@ def test_infer(benchmark, case_name, batch, device):
             synchronize()
 
         benchmark.group = f"infer batch {batch}"
-        benchmark.pedantic(forward, rounds=ROUNDS[batch], iterations=1, warmup_rounds=2)
+        benchmark.pedantic(forward, rounds=setting.rounds[batch], iterations=1, warmup_rounds=2)
     times = np.array(benchmark.stats.stats.data)
-    flops = conv_flops(generator(), (1, 3, CONFIG["size"], CONFIG["size"]))
+    flops = conv_flops(generator(setting), (1, 3, setting.size, setting.size))
     img_per_s = batch / float(np.median(times))
-    peak_flops = peak(device, precision)
     benchmark.extra_info.update({
-        "case": case_name, "batch": batch, "baseline": case_name.startswith("a_"), "config": CONFIG,
+        "case": case_name, "batch": batch, "baseline": case_name.startswith("a_"), "config": asdict(setting),
         "precision": precision, "p50_ms": 1000 * float(np.percentile(times, 50)),
         "p99_ms": 1000 * float(np.percentile(times, 99)), "img_per_s": img_per_s,
         "gflop_per_image": flops / 1e9, "tflops": flops * img_per_s / 1e12,
-        "ms_per_batch": 1000 * float(np.median(times)),
-        "fraction_of_peak": flops * img_per_s / peak_flops if peak_flops else None,
+        "ms_per_batch": 1000 * float(np.median(times)), **roof_info(device, precision, flops * img_per_s),
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if GPU else None})
 
 
-def test_server_under_load(benchmark, device):
+def test_server_under_load(benchmark, device, setting):
     pytest.importorskip("fastapi")
     from fastpix.config import ServeConfig
     from fastpix.infer.server import BackgroundServer, create_app
 
-    size = CONFIG["size"]
-    predictor = Predictor(generator(), device=device, norm_mode="running", max_batch_size=64,
-                          graph_size=(size, size) if GPU else None, runtime=SERVER_RUNTIME)
-    cfg = ServeConfig(max_batch_size=64, graph_size=size if GPU else 0, max_queue=4 * SERVER_CLIENTS)
+    size, clients, seconds = setting.size, setting.server_clients, setting.server_seconds
+    predictor = Predictor(generator(setting), device=device, norm_mode="running", max_batch_size=64,
+                          graph_size=(size, size) if GPU else None, runtime=setting.runtime)
+    cfg = ServeConfig(max_batch_size=64, graph_size=size if GPU else 0, max_queue=4 * clients)
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
     body = buffer.getvalue()
@@ -135,13 +161,13 @@ def test_server_under_load(benchmark, device):
 
     def load(server):
         latencies.clear()
-        deadline = time.monotonic() + SERVER_SECONDS
+        deadline = time.monotonic() + seconds
         threads = [threading.Thread(target=client, args=(f"{server.url}/v1/translate", deadline))
-                   for _ in range(SERVER_CLIENTS)]
+                   for _ in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(SERVER_SECONDS + 120)
+            t.join(seconds + 120)
 
     with BackgroundServer(create_app(predictor, cfg)) as server:
         ready = time.monotonic() + 300
@@ -154,7 +180,7 @@ def test_server_under_load(benchmark, device):
     assert not failures, failures[:3]
     times = np.array(latencies)
     benchmark.extra_info.update({
-        "case": "server", "baseline": False, "config": CONFIG, "clients": SERVER_CLIENTS,
-        "seconds": SERVER_SECONDS, "requests": len(times), "requests_per_s": len(times) / SERVER_SECONDS,
-        "img_per_s": len(times) / SERVER_SECONDS, "p50_ms": 1000 * float(np.percentile(times, 50)),
+        "case": "server", "baseline": False, "config": asdict(setting), "clients": clients,
+        "seconds": seconds, "requests": len(times), "requests_per_s": len(times) / seconds,
+        "img_per_s": len(times) / seconds, "p50_ms": 1000 * float(np.percentile(times, 50)),
         "p99_ms": 1000 * float(np.percentile(times, 99)), "mean_batch_size": mean_batch})

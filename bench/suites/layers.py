@@ -1,12 +1,19 @@
-"""The pix2pix convolution layers (unet_256 ngf 64 + basic PatchGAN ndf 64 at 256²) as standalone blocks, each in
-its fused form and its eager twin, built from one factory: the GPU tests, bench/bench_kernels.py and the per-layer
-cuDNN fallback (conv_tuning.py) all time or check exactly the same thing.
+"""The pix2pix layers the benchmarks time and the kernel tests check, with their input factories: a benchmark
+times exactly what a test checked (tests/kernels import them from here).
 
-A block is one conv with what the fused design attaches to it (architecture.md, "The fused design"):
-  fused: conv_bn_act on the producer's raw output, applying its BatchNorm + activation (+ dropout) on load, with
-         this layer's BatchNorm statistics (or bias + Tanh) in the epilogue;
-  eager: the same conv (cuDNN) on the materialised activated input (two sources: torch.cat first, as the U-Net
-         does), then this layer's BatchNorm (training) and activation — what eager PyTorch runs per layer.
+- The convolution layers (unet_256 ngf 64 + basic PatchGAN ndf 64 at 256²) as standalone blocks, each in its fused
+  form and its eager twin, built from one factory (bench_kernels.py, `make gpu-check`'s conv_blocks stage and
+  tests/kernels/test_conv_bn_act.py). A block is one conv with what the fused design attaches to it (docs/design.md,
+  "The kernels' fusion"):
+    fused: conv_bn_act on the producer's raw output, applying its BatchNorm + activation (+ dropout) on load, with
+           this layer's BatchNorm statistics (or bias + Tanh) in the epilogue;
+    eager: the same conv (cuDNN) on the materialised activated input (two sources: torch.cat first, as the U-Net
+           does), then this layer's BatchNorm (training) and activation — what eager PyTorch runs per layer.
+- The norm layers' shapes and the norm + activation, PatchGAN-logits and L1 inputs (`norm_act_inputs`,
+  `logits_input`, `l1_inputs`).
+
+The production forward measures its own layers for the per-layer choice (fastpix/models/conv_layer.py); nothing
+of fastpix imports this module.
 """
 from __future__ import annotations
 
@@ -56,17 +63,9 @@ class ConvLayer:
         return tuple((s + 2 * self.padding - self.kernel) // self.stride + 1 for s in self.in_hw)
 
     def flops(self, batch):
-        """2·Cin·Cout·k²·(output pixels; input pixels for a ConvT), performance.md's count."""
+        """2·Cin·Cout·k²·(output pixels; input pixels for a ConvT), the count of fastpix.train.flops."""
         h, w = self.in_hw if self.transposed else self.out_hw
         return 2 * self.in_channels * self.out_channels * self.kernel ** 2 * h * w * batch
-
-    def key(self, batch, dtype):
-        """This layer's identity for the cached cuDNN-fallback choice (conv_tuning.layer_choice)."""
-        h, w = self.in_hw
-        return (f"{'convT' if self.transposed else 'conv'} k{self.kernel}s{self.stride}p{self.padding} "
-                f"{batch}x{'+'.join(map(str, self.sources))}x{h}x{w} -> {self.out_channels} {str(dtype)[6:]} "
-                f"reads={','.join(self.reads)} act={self.activation} dropout={int(self.dropout)} out={self.out}"
-                f"{' instance' if self.norm == 'instance' else ''}")
 
 
 def _pix2pix_layers():
@@ -130,8 +129,9 @@ def layer_inputs(layer: ConvLayer, N, dtype, device, seed=None, requires_grad=Tr
     return case
 
 
-def fused_block(layer: ConvLayer, case):
-    """The fused block: returns (y, mean, rstd) with BatchNorm statistics, else the conv's output."""
+def fused_block(layer: ConvLayer, case, tuning=None):
+    """The fused block: returns (y, mean, rstd) with BatchNorm statistics, else the conv's output. tuning: the
+    ConvTuning whose block sizes the kernels take (None: the first candidates)."""
     sources, norms = case["sources"], case["norms"]
     second = len(sources) > 1
     return conv_bn_act(
@@ -140,7 +140,7 @@ def fused_block(layer: ConvLayer, case):
         norm2=norms[1] if second else None,
         activation2=layer.activation, dropout_p2=0.5 if layer.dropout else 0.0,
         rng2=case["rng"] if layer.dropout else None, stats=layer.out == "bn", tanh=layer.out == "tanh",
-        per_sample=layer.norm == "instance")
+        per_sample=layer.norm == "instance", tuning=tuning)
 
 
 def fused_block_output(layer: ConvLayer, case, out):
@@ -197,15 +197,15 @@ def _outputs(out):
     return list(out) if isinstance(out, tuple) else [out]
 
 
-def block_step(layer: ConvLayer, N, dtype, device, impl, backward=True, seed=0):
+def block_step(layer: ConvLayer, N, dtype, device, impl, backward=True, seed=0, tuning=None):
     """A zero-argument callable running one block ('triton': fused, 'cudnn': eager) forward (+ backward with fixed
-    random gradients for every output) on fresh random inputs of the layer's shapes: what benchmarks and the
-    cuDNN-fallback measurement time."""
+    random gradients for every output) on fresh random inputs of the layer's shapes: what the benchmarks time.
+    tuning: see fused_block."""
     case = layer_inputs(layer, N, dtype, device, seed=seed, requires_grad=backward)
     inputs = activated_sources(layer, case) if impl == "cudnn" else None
 
     def run():
-        return _outputs(fused_block(layer, case) if impl == "triton" else eager_block(layer, case, inputs))
+        return _outputs(fused_block(layer, case, tuning) if impl == "triton" else eager_block(layer, case, inputs))
 
     if not backward:
         return run
@@ -217,34 +217,63 @@ def block_step(layer: ConvLayer, N, dtype, device, impl, backward=True, seed=0):
     return step
 
 
-def time_block(layer: ConvLayer, N, dtype, device, impl) -> float:
-    """Median seconds of one block's forward + backward (block_step), measured with autograd on and autocast off
-    whatever the caller's context (the per-layer choice is made in tune_layers, maybe under no_grad or autocast)."""
-    from fastpix.kernels.conv_tuning import median_seconds
+# Every norm layer of pix2pix at 256² (unet_256 G, basic PatchGAN D, ngf = ndf = 64) for one image: (name, C, H, W,
+# the activation its fused kernel applies, its dropout probability). The U-Net's down norms carry the LeakyReLU of
+# the next level, its up norms the ReLU that the parent applies after the skip concat (fastpix/models/fused.py).
+PIX2PIX_NORM_LAYERS = (
+    ("G.down2", 128, 64, 64, "leaky_relu", 0.0),
+    ("G.down3", 256, 32, 32, "leaky_relu", 0.0),
+    ("G.down4", 512, 16, 16, "leaky_relu", 0.0),
+    ("G.down5", 512, 8, 8, "leaky_relu", 0.0),
+    ("G.down6", 512, 4, 4, "leaky_relu", 0.0),
+    ("G.down7", 512, 2, 2, "leaky_relu", 0.0),
+    ("G.up8", 512, 2, 2, "relu", 0.0),
+    ("G.up7", 512, 4, 4, "relu", 0.5),
+    ("G.up6", 512, 8, 8, "relu", 0.5),
+    ("G.up5", 512, 16, 16, "relu", 0.5),
+    ("G.up4", 256, 32, 32, "relu", 0.0),
+    ("G.up3", 128, 64, 64, "relu", 0.0),
+    ("G.up2", 64, 128, 128, "relu", 0.0),
+    ("D.norm1", 128, 64, 64, "leaky_relu", 0.0),
+    ("D.norm2", 256, 32, 32, "leaky_relu", 0.0),
+    ("D.norm3", 512, 31, 31, "leaky_relu", 0.0),
+)
+PIX2PIX_LOGITS = (1, 30, 30)  # PatchGAN logits per image (C, H, W)
+PIX2PIX_IMAGE = (3, 256, 256)  # G's output and the target per image
 
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
-        return median_seconds(block_step(layer, N, dtype, device, impl))
+
+def norm_act_inputs(N, C, H, W, dtype, device="cpu", *, mean=0.0, std=1.0, affine=True, seed=None):
+    """Random inputs of a norm + activation layer: x (channels_last, N(mean, std²)), weight ≈ N(1, 0.5²),
+    bias ≈ N(0, 0.5²) (off their (1, 0) initial values so that they matter; None when not affine), running_mean,
+    running_var (fp32, not the trivial (0, 1)) and dy, the incoming gradient (channels_last). Drawn on the CPU
+    from torch's generator (or one seeded `seed`), then moved: the same seed gives the same inputs on any device."""
+    g = _generator(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    x = (randn(N, C, H, W) * std + mean).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dy = randn(N, C, H, W).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = (1.0 + 0.5 * randn(C)).to(device) if affine else None
+    bias = (0.5 * randn(C)).to(device) if affine else None
+    running_mean = (0.1 * randn(C)).to(device)
+    running_var = (1.0 + torch.rand(C, generator=g)).to(device)
+    return {"x": x, "weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var,
+            "dy": dy}
 
 
-def layer_table(batches=(1, 16, 64), dtype=torch.bfloat16) -> str:
-    """What backend='triton' runs for each pix2pix layer on this GPU: the fused block's and eager cuDNN's forward +
-    backward median time and the choice (the faster), measuring the layers not in the tuning cache yet."""
-    from fastpix.kernels.conv_tuning import cached_layer_timings, layer_choice, tuning
+def logits_input(N, dtype, device="cpu", shape=PIX2PIX_LOGITS, scale=3.0, seed=None):
+    """PatchGAN logits [N, *shape] ≈ N(0, scale²): both signs, some confident (|x| ≫ 1)."""
+    return (torch.randn(N, *shape, generator=_generator(seed)) * scale).to(device=device, dtype=dtype)
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("the per-layer choice is measured on a CUDA device; on a CPU backend='triton' always "
-                           "runs the Triton kernels (through the interpreter)")
-    lines = [f"{'layer':<9} {'batch':>5}  {'input':<22} {'triton ms':>10} {'cuDNN ms':>10} {'speed-up':>9}  choice"]
-    for layer in PIX2PIX_CONV_LAYERS:
-        for batch in batches:
-            key = layer.key(batch, dtype)
-            with tuning():
-                choice = layer_choice(key, lambda: time_block(layer, batch, dtype, "cuda", "triton"),
-                                      lambda: time_block(layer, batch, dtype, "cuda", "cudnn"))
-            timings = cached_layer_timings(key) or {}
-            t_fused, t_eager = timings.get("triton_ms"), timings.get("cudnn_ms")
-            shape = f"{'+'.join(map(str, layer.sources))}x{layer.size}x{layer.in_hw[1]}"
-            times = (f"{t_fused:>10.3f} {t_eager:>10.3f} {t_eager / t_fused:>8.2f}x" if t_fused and t_eager
-                     else f"{'-':>10} {'-':>10} {'-':>9}")
-            lines.append(f"{layer.name:<9} {batch:>5}  {shape:<22} {times}  {choice}")
-    return "\n".join(lines)
+
+def l1_inputs(N, dtype, device="cpu", shape=PIX2PIX_IMAGE, seed=None):
+    """G's output (tanh range, channels_last as the triton backend produces it) and a target image in [−1, 1]
+    (contiguous, as the data pipeline delivers it), both [N, *shape]; some elements are exactly equal (sign 0)."""
+    g = _generator(seed)
+    fake = torch.tanh(torch.randn(N, *shape, generator=g) * 2)
+    real = torch.rand(N, *shape, generator=g) * 2 - 1
+    equal = torch.rand(N, *shape, generator=g) < 0.05
+    real = torch.where(equal, fake, real)
+    fake = fake.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    return fake, real.to(device=device, dtype=dtype)
