@@ -74,6 +74,7 @@ def export_onnx(args, cfg: ExportConfig, source):
 
     target = os.path.join(cfg.out, f"{source.stem}.onnx")
     generator = source.load()
+    print("fastpix export: exporting the generator to ONNX (seconds)", flush=True)
     try:
         net = export_onnx(generator, target, cfg.norm_mode)
     except ImportError as exc:
@@ -97,6 +98,8 @@ def export_package(args, cfg: ExportConfig, source):
         raise ConfigError(f"--precision {cfg.precision!r}: a CPU package is fp32 or bf16")
     precision = resolve_precision(cfg.precision, "cpu")
     target = os.path.join(cfg.out, f"{source.stem}_{cfg.batch_size}x{size[0]}x{size[1]}_{precision}.pt2")
+    print(f"fastpix export: compiling the generator for {cfg.batch_size}×C×{size[0]}×{size[1]} {precision} with "
+          "AOTInductor (tens of seconds to minutes)", flush=True)
     error = export_package(source.load(), target, cfg.norm_mode, cfg.batch_size, size, precision)
     print(f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; {cfg.batch_size}×C×{size[0]}×{size[1]} "
           f"{precision} channels-last in [-1, 1], for this CPU; load with torch._inductor.aoti_load_package)")
