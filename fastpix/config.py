@@ -289,6 +289,12 @@ class InferenceConfig:
     compile_cache_dir: str = opt(None, "where compiled generators and ONNX files are kept, one folder per weights, "
                                  "norm mode, precision, torch version and CPU (default: $XDG_CACHE_HOME/fastpix/"
                                  "compiled, else ~/.cache/fastpix/compiled)")
+    compile_cache_max_gb: float = opt(COMPILE_CACHE_MAX_GB, "bound on --compile_cache_dir: after each build the "
+                                      "least recently used packages are removed until it fits, never one a running "
+                                      "process has loaded (`fastpix cache list` shows what it holds)")
+    max_loaded_packages: int = opt(MAX_LOADED_PACKAGES, "compiled packages kept loaded at once, the least recently "
+                                   "used dropped first (one per padded size and batch piece; each holds its own "
+                                   "weights, ~220 MB resident at unet_256 bf16)")
     backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
                        "slow, for checking) (default: eager)", choices=MODEL_BACKENDS)
     netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",

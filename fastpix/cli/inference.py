@@ -20,7 +20,8 @@ def load_predictor(args, cfg, **options):
     prepare_backend(args, cfg.backend, cfg.device)
     return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
                                      cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
-                                     cache_dir=cfg.compile_cache_dir, **options, **arch)
+                                     cache_dir=cfg.compile_cache_dir, cache_max_gb=cfg.compile_cache_max_gb,
+                                     max_loaded_packages=cfg.max_loaded_packages, **options, **arch)
 
 
 def cmd_predict(args):
@@ -34,8 +35,11 @@ def cmd_predict(args):
     if not inputs:
         raise DataError(f"no images in {' '.join(args.input)}")
     predictor = load_predictor(args, cfg, max_batch_size=cfg.batch_size, images=len(inputs))
-    written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
-                                    progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+    try:  # with the compiled runtime, batches run eagerly until their packages are built in the background
+        written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
+                                        progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+    finally:
+        predictor.close()
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
