@@ -307,6 +307,17 @@ class InferenceConfig:
 
 
 @dataclass
+class CacheConfig:
+    """`fastpix cache list|clear`: the compiled packages and the decode caches on disk (both unless one is named)."""
+    compiled: bool = opt(False, "the compiled generators (AOTInductor packages, ONNX files, failed builds)")
+    pairs: bool = opt(False, "the decode caches of training data sets")
+    compile_cache_dir: str = opt(None, "the compiled cache's folder (default: $XDG_CACHE_HOME/fastpix/compiled, else "
+                                 "~/.cache/fastpix/compiled)")
+    cache_dir: str = opt(None, "the decode caches' folder (default: $XDG_CACHE_HOME/fastpix/pairs, else "
+                         "~/.cache/fastpix/pairs)")
+
+
+@dataclass
 class PredictConfig(InferenceConfig):
     batch_size: int = opt(8, "images per forward pass (same-size images share a pass)")
     seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")

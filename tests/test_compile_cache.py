@@ -1,7 +1,7 @@
 """Nothing waits for the compiler, and the caches stay bounded: the compiled runtime's background builds (with a
 stand-in compiler: real builds are in test_cpu_fast_path.py), failed builds remembered, packages checked before use,
 the bound on loaded packages, the compiled cache's and the decode caches' LRU bounds with in-use protection across
-processes, /readyz while building, and the messages."""
+processes, `fastpix cache list|clear`, /readyz while building, and the messages."""
 import json
 import logging
 import os
@@ -260,6 +260,30 @@ def test_decode_caches_are_bounded_least_recently_used_first_never_the_one_in_us
     with pytest.warns(UserWarning, match=r"over --cache_max_gb 1e-06: caching in memory only"):
         alone = PairCache(one, progress=False, max_bytes=1000)
     assert not alone.hit and alone.a.shape == (8, 32, 32, 3)
+
+
+def test_cache_list_and_clear_show_both_caches_and_keep_what_is_in_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    compiled_root = tmp_path / "cache" / "fastpix" / "compiled"
+    package = fake_package(str(compiled_root), "k1", "2x256x512.pt2", 1000, age_s=60)
+    compiled_cache.describe(os.path.dirname(package), {"source": "checkpoints/facades (latest)",
+                                                      "network": "UnetGenerator", "norm_mode": "instance",
+                                                      "precision": "bf16"})
+    compiled_cache.remember_failure(os.path.dirname(package), (1, 3, 64, 64), "RuntimeError: no C++ compiler")
+    used = PairCache(pairs(str(tmp_path), "facades"), progress=False)
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"compiled generators: {compiled_root}: 1 entries" in out
+    assert "checkpoints/facades (latest), UnetGenerator, norm_mode instance, bf16, 256x512, batch piece 2" in out
+    assert "failed build" in out and "no C++ compiler" in out
+    assert f"{tmp_path / 'facades'}, 8 pairs, load_size 32, AtoB, channels 3/3" in out and ", in use" in out
+    assert main(["cache", "list", "--compiled"]) == 0 and "decode caches" not in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 1  # the data set in use was kept, and said so
+    out = capsys.readouterr().out
+    assert "compiled generators: 1 entries removed (1.0 kB)" in out and "kept, in use by a running process" in out
+    assert not compiled_cache.entries() and not compiled_cache.failures() and len(cache_entries.entries()) == 1
+    del used
+    assert main(["cache", "clear", "--pairs"]) == 0 and not cache_entries.entries()
 
 
 def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(tmp_path, stand_in, caplog):

@@ -15,11 +15,11 @@ import os
 import sys
 
 from fastpix import __version__
-from fastpix.cli import data, inference, info, models, study, training
+from fastpix.cli import cache, data, inference, info, models, study, training
 from fastpix.cli.console import show_messages
 from fastpix.cli.flags import DEBUG_HELP, CommandParser
 
-COMMANDS = (training, inference, data, models, info, study)
+COMMANDS = (training, inference, data, models, cache, info, study)
 
 
 def build_parser() -> CommandParser:
