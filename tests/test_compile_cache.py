@@ -2,6 +2,7 @@
 stand-in compiler: real builds are in test_cpu_fast_path.py), failed builds remembered, packages checked before use,
 the bound on loaded packages, the compiled cache's and the decode caches' LRU bounds with in-use protection across
 processes, `fastpix cache list|clear`, /readyz while building, and the messages."""
+import contextlib
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ import pytest
 import torch
 
 from fastpix.cache_folders import Lease
+from fastpix import progress
 from fastpix.cli import main
-from fastpix.data import cache_entries
+from fastpix.data import cache, cache_entries
 from fastpix.data.cache import PairCache
 from fastpix.data.dataset import PairedDataset
 from fastpix.data.demo import write_demo_dataset
@@ -238,6 +240,15 @@ def test_a_package_loaded_by_another_process_is_not_removed_by_this_one(tmp_path
     assert not os.path.exists(held)
 
 
+@contextlib.contextmanager
+def slow_waits(monkeypatch):
+    """Every wait counts as long, so that its messages show (a tiny data set builds its cache in milliseconds)."""
+    real = progress.announced
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "announced", lambda log, what: real(log, what, after_s=0.0))
+        yield
+
+
 def pairs(root, name, n=8):
     return PairedDataset(write_demo_dataset(os.path.join(root, name), 32, {"train": n}), load_size=32, crop_size=32)
 
@@ -245,9 +256,9 @@ def pairs(root, name, n=8):
 def test_decode_caches_are_bounded_least_recently_used_first_never_the_one_in_use(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     one, two, three = (pairs(str(tmp_path), name) for name in ("one", "two", "three"))
-    with caplog.at_level(logging.INFO, logger="fastpix"):
+    with caplog.at_level(logging.INFO, logger="fastpix"), slow_waits(monkeypatch):
         PairCache(one, progress=False)
-    assert "building the decode cache of 8 pairs" in caplog.text and "decode cache built in" in caplog.text
+    assert "building the decode cache of 8 pairs" in caplog.text and "reuse it): done in" in caplog.text
     in_use = PairCache(two, progress=False)
     size = cache_entries.entries()[0].nbytes
     for entry, age in zip(sorted(cache_entries.entries(), key=lambda e: e.what), (100, 200)):  # two older than one

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +39,7 @@ from fastpix.data.decode import decode_pairs_into
 from fastpix.data.transforms import BICUBIC
 from fastpix.errors import ConfigError, ResourceError
 from fastpix.files import atomic_write, atomic_write_json, temporary_writer
+from fastpix.progress import announced
 
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -284,9 +284,6 @@ class PairCache:
     def _build(self, threads, progress, chunk):
         os.makedirs(self.cache_dir, exist_ok=True)
         self._remove_orphans()
-        started, n = time.monotonic(), len(self.dataset)
-        log.info("building the decode cache of %d pairs (%.2f GB) in %s: each pair is decoded once, and later runs "
-                 "reuse it", n, cache_nbytes(self.dataset) / GB, self.cache_dir)
         names, shapes = (self.stem + ".a", self.stem + ".b"), (self.shape_a, self.shape_b)
         errors = {}
 
@@ -296,8 +293,11 @@ class PairCache:
             for arr in arrays:
                 arr.flush()
 
-        atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
-                                                          int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+        what = (f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
+                f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)")
+        with announced(log, what):
+            atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
+                                                              int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
         ds = self.dataset
         options = {"dataroot": os.path.abspath(ds.dataroot), "load_size": ds.load_size, "channels": channels(ds),
                    "direction": "BtoA" if ds.reverse else "AtoB"}
@@ -305,7 +305,6 @@ class PairCache:
                     "source": os.path.dirname(os.path.abspath(ds.paths[0][0])), "bad": errors, "options": options}
         atomic_write_json(self.stem + ".json", manifest, indent=None)
         self._remove_stale(manifest["source"])
-        log.info("decode cache built in %.1f s", time.monotonic() - started)
         return manifest
 
     def _remove_orphans(self):

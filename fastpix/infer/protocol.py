@@ -16,6 +16,7 @@ import torch
 
 from fastpix.data.dataset import PairedDataset
 from fastpix.infer.predictor import Predictor
+from fastpix.progress import announced
 from fastpix.runtime import default_device
 from fastpix.store.architecture import ARCH_FIELDS
 from fastpix.store.generator import load_generator
@@ -49,9 +50,9 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
         if predictor.runtime == "compiled":
             # Scores of one path: every image of the split compiled, rather than the first ones eager (within bf16
             # rounding, but not equal) while the package builds, as a server or `predict` would have it.
-            log.info("waiting for the compiled generator (%dx%d) before the first image, so that every image runs "
-                     "the same code", dataset.crop_size, dataset.crop_size)
-            predictor.warmup((dataset.crop_size, dataset.crop_size), wait=True)
+            with announced(log, f"waiting for the compiled generator ({dataset.crop_size}x{dataset.crop_size}) "
+                           "before the first image, so that every image runs the same code"):
+                predictor.warmup((dataset.crop_size, dataset.crop_size), wait=True)
         translate = lambda a: predictor(a, output_type="pt").float().cpu()  # noqa: E731
     else:
         G.train()
