@@ -101,7 +101,8 @@ class CompiledNetwork:
     @property
     def failed(self) -> str | None:
         """Why the last build that failed did (None when none has)."""
-        return next(reversed(self.failures.values()), None)
+        with self._lock:
+            return next(reversed(self.failures.values()), None)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -126,7 +127,8 @@ class CompiledNetwork:
             if loaded is not None:
                 self.loaded.move_to_end(shape)
                 return loaded.package
-        if shape not in self.failures:
+            failed = shape in self.failures
+        if not failed:
             self.builder.request(shape)
         return None
 
@@ -146,13 +148,18 @@ class CompiledNetwork:
                 _, dropped = self.loaded.popitem(last=False)
                 dropped.release()
 
+    def fail(self, shape, reason: str):
+        """Called by the builder: `shape` stays eager, for `reason`."""
+        with self._lock:
+            self.failures[shape] = reason
+
     def status(self) -> dict:
         """{"compiled": [...], "building": [...], "failed": {shape: why}}, shapes named <n>x<h>x<w>."""
         with self._lock:
-            compiled = sorted(self.loaded)
+            compiled, failures = sorted(self.loaded), sorted(self.failures.items())
         return {"compiled": [shape_name(s) for s in compiled],
                 "building": [shape_name(s) for s in self.builder.pending()],
-                "failed": {shape_name(s): why for s, why in sorted(self.failures.items())}}
+                "failed": {shape_name(s): why for s, why in failures}}
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every package asked for so far is loaded (or failed); False if timeout came first."""

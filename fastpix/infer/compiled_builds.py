@@ -176,17 +176,19 @@ class Builder:
 
     def _build(self, shape, path):
         runner = self.runner
-        with self._cond:
-            if self._closed:
-                raise BuildFailed("stopped")
-            if self._child is None:
-                self._child = CompilerProcess(runner.net, self.nice)
-            child = self._child
-        os.makedirs(runner.folder, exist_ok=True)
-        compiled_cache.describe(runner.folder, runner.description)
         log.info("compiling the generator for batch piece %d at %dx%d in the background (eager until it is built)",
                  shape[0], shape[2], shape[3])
         started = time.monotonic()
+        if self._child is None:  # only this thread sets it; not under the lock: sending the network takes seconds
+            child = CompilerProcess(runner.net, self.nice)
+            with self._cond:
+                self._child = child
+        child = self._child
+        if self._closed:
+            child.stop(at_once=True)
+            raise BuildFailed("stopped")
+        os.makedirs(runner.folder, exist_ok=True)
+        compiled_cache.describe(runner.folder, runner.description)
         error = child.build(shape, runner.dtype, path, runner.key, runner.cache_dir)
         if error is not None:
             if self._closed:
@@ -199,7 +201,7 @@ class Builder:
     def _failed(self, shape, reason: str):
         if self._closed:
             return
-        self.runner.failures[shape] = reason
+        self.runner.fail(shape, reason)
         log.warning("compiling the generator for %s failed (%s); that size runs eagerly", shape_name(shape), reason)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastpix.cache_folders import Lease
 from fastpix.config import default_compile_cache_dir
 from fastpix.errors import MissingDependency
 from fastpix.files import atomic_write
@@ -96,6 +97,7 @@ class OnnxNetwork:
         self.failed = None
         if not os.path.isfile(self.path):
             write_onnx(net, self.path, multiple, {"fastpix.norm_mode": norm_mode})
+        self.lease = Lease(self.path)  # in use: no process's bound on the cache folder removes it (compiled_cache.py)
         self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
