@@ -33,7 +33,8 @@ MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "
            "graph_size": 0, "port": 0, "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1,
            "body_timeout_s": 0.1, "keep_alive_s": 1, "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8,
            "train": 0, "val": 0, "test": 0, "epochs": 1, "retries": 0, "read_timeout_s": 1.0, "num_imgs": 1,
-           "threshold": 0.0, "small_edge": 1}
+           "threshold": 0.0, "small_edge": 1, "cache_max_gb": 0.0, "compile_cache_max_gb": 0.0,
+           "max_loaded_packages": 1}
 
 
 NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
@@ -54,6 +55,15 @@ INFERENCE_RUNTIMES = ("auto", "eager", "compiled", "onnxruntime")
 # image against eager (16 against ~54 ms, measured 2026-12-01): a first `fastpix predict` of a handful of files runs
 # eagerly, one of a hundred pays for the build within the run, and every later run reuses it.
 COMPILE_PAYS_FROM_IMAGES = 100
+# The compiled cache's bound (--compile_cache_max_gb): about 35 packages at unet_256 bf16 (~110 MB each on disk),
+# enough for a server's sizes and batch pieces of several checkpoints; least recently used packages go first.
+COMPILE_CACHE_MAX_GB = 4.0
+# Packages a process keeps loaded (--max_loaded_packages): each holds its own copy of the weights, ~220 MB resident
+# at unet_256 bf16, so 8 bound them near 1.8 GB (four padded sizes at two batch pieces each, on two threads).
+MAX_LOADED_PACKAGES = 8
+# The decode cache's bound (--cache_max_gb): facades takes ~0.2 GB, maps ~0.5 GB, edges2shoes ~12 GB at load_size
+# 286. A data set whose cache alone is larger is cached in memory only, or streamed.
+PAIRS_CACHE_MAX_GB = 20.0
 # CPU training (bf16): a conv whose matmul form has at most this many columns (batch × pixels on its small side) runs
 # as that matmul (models/small_convs.py). Measured on the 2-core Zen 5, forward + backward at unet_256's shapes:
 # 2-4x faster up to 64 columns, about even at 256, slower beyond.
@@ -99,6 +109,10 @@ class DataConfig:
                              choices=DATA_PIPELINE_CHOICES)
     cache_dir: str = opt(None, "folder of the decode-once cache (default: a folder per data set under "
                          "$XDG_CACHE_HOME/fastpix/pairs, else ~/.cache/fastpix/pairs)")
+    cache_max_gb: float = opt(PAIRS_CACHE_MAX_GB, "bound on the decode caches on disk (all data sets under the "
+                              "default folder, or --cache_dir's): after a build, the least recently used data sets' "
+                              "caches are removed until they fit, never one a run is using; a data set whose cache "
+                              "alone is larger is cached in memory or streamed")
 
 
 def check_crop(model_cfg: ModelConfig, data_cfg: DataConfig):
@@ -275,6 +289,12 @@ class InferenceConfig:
     compile_cache_dir: str = opt(None, "where compiled generators and ONNX files are kept, one folder per weights, "
                                  "norm mode, precision, torch version and CPU (default: $XDG_CACHE_HOME/fastpix/"
                                  "compiled, else ~/.cache/fastpix/compiled)")
+    compile_cache_max_gb: float = opt(COMPILE_CACHE_MAX_GB, "bound on --compile_cache_dir: after each build the "
+                                      "least recently used packages are removed until it fits, never one a running "
+                                      "process has loaded (`fastpix cache list` shows what it holds)")
+    max_loaded_packages: int = opt(MAX_LOADED_PACKAGES, "compiled packages kept loaded at once, the least recently "
+                                   "used dropped first (one per padded size and batch piece; each holds its own "
+                                   "weights, ~220 MB resident at unet_256 bf16)")
     backend: str = opt(None, "eager, or triton (the fused kernels; without CUDA they run in Triton's interpreter: "
                        "slow, for checking) (default: eager)", choices=MODEL_BACKENDS)
     netG: str = opt(None, "generator architecture, when neither config.json nor the weights tell it",
@@ -284,6 +304,17 @@ class InferenceConfig:
                     choices=NORM_CHOICES)
     input_nc: int = opt(None, "input channels, when neither config.json nor the weights tell it")
     output_nc: int = opt(None, "output channels, when neither config.json nor the weights tell it")
+
+
+@dataclass
+class CacheConfig:
+    """`fastpix cache list|clear`: the compiled packages and the decode caches on disk (both unless one is named)."""
+    compiled: bool = opt(False, "the compiled generators (AOTInductor packages, ONNX files, failed builds)")
+    pairs: bool = opt(False, "the decode caches of training data sets")
+    compile_cache_dir: str = opt(None, "the compiled cache's folder (default: $XDG_CACHE_HOME/fastpix/compiled, else "
+                                 "~/.cache/fastpix/compiled)")
+    cache_dir: str = opt(None, "the decode caches' folder (default: $XDG_CACHE_HOME/fastpix/pairs, else "
+                         "~/.cache/fastpix/pairs)")
 
 
 @dataclass

@@ -24,7 +24,8 @@ import torch
 
 from fastpix.config import EXPORT_NORM_MODES
 from fastpix.errors import ConfigError
-from fastpix.infer.compiled import build_package, load_package, prepared_network
+from fastpix.infer.compiled import prepared_network
+from fastpix.infer.compiled_packages import build_package, load_package
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.onnx_runtime import write_onnx
 from fastpix.models.resnet import ResnetGenerator

@@ -1,5 +1,5 @@
 """Progress of a long job that is not training (a download, an extraction, a folder of images): a bar on a terminal,
-a line every few seconds elsewhere.
+a line every few seconds elsewhere. And `announced`: a log line for a wait only when it turns out to be long.
 
 tqdm's bar redraws itself with carriage returns: written to a file or a CI log it becomes one endless line. So the bar
 is drawn only when the stream is a terminal; otherwise one plain line every `LINE_EVERY_S` seconds and one at the
@@ -7,10 +7,13 @@ end say how far the job got. Imports only the standard library and tqdm, so ever
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 
 LINE_EVERY_S = 5.0
+SLOW_S = 2.0  # a wait longer than this is said; a shorter one would only be noise
 
 
 def _amount(n: float, unit: str) -> str:
@@ -74,3 +77,19 @@ class Progress:
         elif self.enabled and self.done and self.last_line != self.started:
             self._line()  # the final count, when lines were printed along the way
         self.enabled = False
+
+
+@contextlib.contextmanager
+def announced(log, what: str, after_s: float = SLOW_S):
+    """Around a wait: log `what` (INFO) once it has lasted after_s seconds, then "<what>: done in N s" when it ends;
+    nothing for a wait shorter than that."""
+    started = time.monotonic()
+    timer = threading.Timer(after_s, log.info, ("%s", what))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if time.monotonic() - started >= after_s:
+            log.info("%s: done in %.1f s", what, time.monotonic() - started)

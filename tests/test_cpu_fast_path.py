@@ -1,10 +1,13 @@
 """The CPU fast path: runtime.py's device/precision decisions, the Predictor's compiled graphs (against eager, odd
-sizes, batch invariance, bf16), their on-disk cache key, the fallbacks, and ONNX Runtime.
+sizes, batch invariance, bf16, built in the background while the first calls run eagerly), their on-disk cache key,
+the fallbacks, and ONNX Runtime. The background machinery with stand-in compilers: test_compile_cache.py.
 
-Compiling costs seconds per graph: the module compiles two graphs in all."""
+Compiling costs seconds per graph (a minute on a busy machine): the module compiles three graphs in all, two of
+them in the compiler process the Predictor starts."""
 import errno
+import logging
 import os
-import warnings
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from fastpix import runtime
 from fastpix.config import COMPILE_PAYS_FROM_IMAGES
 from fastpix.errors import ConfigError, DiskFull, MissingDependency
 from fastpix.files import TMP_PREFIX
-from fastpix.infer import compiled, plan
+from fastpix.infer import compiled, compiled_builds, compiled_cache, compiled_packages, plan
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
@@ -44,21 +47,24 @@ def cache_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def instance_fp32(cache_root):
-    """A compiled fp32 instance-mode Predictor, its outputs for a batch of 2 odd-size images (one graph), and
-    eager's for each image alone."""
+    """A compiled fp32 instance-mode Predictor, its outputs for a batch of 2 odd-size images (one graph) after its
+    package was built, and eager's for each image alone."""
     G = tiny_G()
     images = odd_images(2)
     predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="compiled",
                           cache_dir=str(cache_root))
+    predictor(images, output_type="pt")  # answered eagerly; the package for this shape is asked for
+    assert predictor.runner.wait(timeout=900)
     together = predictor(images, output_type="pt")
     eager = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
-    return predictor, together, [eager(x, output_type="pt") for x in images]
+    yield predictor, together, [eager(x, output_type="pt") for x in images]
+    predictor.close()
 
 
 def test_compiled_fp32_equals_eager_at_odd_sizes_whatever_the_batch(instance_fp32):
     predictor, together, eager = instance_fp32
-    assert predictor.runtime == "compiled" and "compiled" in predictor.description
-    assert predictor.runner.failed is None
+    assert predictor.runtime == "compiled" and "2x64x64 compiled" in predictor.description
+    assert predictor.runner.failures == {} and set(predictor.runner.loaded) == {(2, 3, 64, 64)}
     # Each image of the compiled batch equals eager's run of that image alone: batch-independent and exact.
     for got, want in zip(together, eager):
         assert got.shape == want.shape == (3, 37, 45)
@@ -70,32 +76,57 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
     predictor, together, _ = instance_fp32
     folder = cache_root / predictor.runner.key
     assert sorted(p.name for p in folder.glob("*.pt2")) == ["2x64x64.pt2"]  # 37×45 padded to U-Net 32's multiple
-    assert not list(folder.glob(f"{TMP_PREFIX}*"))  # built under a temporary name, renamed when whole
+    # Built under a temporary name, renamed when whole; Inductor's build files not kept (only the package is run).
+    assert sorted(p.name for p in folder.iterdir()) == ["2x64x64.pt2", "entry.json"]
+    assert not [p for p in cache_root.iterdir() if p.name.startswith((".build-", TMP_PREFIX))]
 
-    def no_build(*args):
-        raise AssertionError("a cached package was built again")
+    class NoCompiler:
+        def __init__(self, *args):
+            raise AssertionError("a cached package was built again")
 
-    monkeypatch.setattr(compiled, "build_package", no_build)
+    monkeypatch.setattr(compiled_builds, "CompilerProcess", NoCompiler)
     monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
     again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root),
                       images=1)  # one image: compiling would not pay, loading the built package does
-    assert again.runtime == "compiled" and set(again.runner.packages) == {(2, 3, 64, 64)}  # loaded up front
+    assert again.runtime == "compiled"
+    assert set(again.runner.loaded) == {(2, 3, 64, 64)}  # loaded up front: the first call is a steady one
     for got, want in zip(again(odd_images(2), output_type="pt"), together):
         assert torch.equal(got, want)
+    again.close()
 
 
-def test_a_package_that_no_longer_loads_is_built_again(cache_root):
-    G = tiny_G(seed=5)
-    x = torch.rand(3, 32, 32) * 2 - 1
-    first = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
-                      cache_dir=str(cache_root))
-    want = first(x, output_type="pt")
-    path = first.runner.package_path((1, 3, 32, 32))
-    with open(path, "r+b") as f:
-        f.truncate(1000)  # a disk that filled up, a copy cut short
-    again = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
-                      cache_dir=str(cache_root))
-    assert torch.equal(again(x, output_type="pt"), want) and again.runner.failed is None
+def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(instance_fp32, cache_root, monkeypatch,
+                                                                           caplog):
+    """Run on a 1×… input, the 2×… package would read out of bounds (a black image or NaNs): its own metadata says
+    what it takes, so the file is removed and built again."""
+    predictor, _, _ = instance_fp32
+    folder = cache_root / predictor.runner.key
+    shutil.copy(folder / "2x64x64.pt2", folder / "1x64x64.pt2")
+    asked = []
+
+    class Recorder:  # stands in for the compiler process: notes the build, which then fails
+        def __init__(self, *args):
+            pass
+
+        def build(self, shape, *args):
+            asked.append(shape)
+            return "RuntimeError: not built in this test"
+
+        def stop(self, at_once=False):
+            pass
+
+    monkeypatch.setattr(compiled_builds, "CompilerProcess", Recorder)
+    with caplog.at_level(logging.WARNING, logger="fastpix"):
+        again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", runtime="compiled",
+                          cache_dir=str(cache_root))  # loads both files it finds, checking each
+        assert again.runner.wait(timeout=120)
+    assert "1x64x64.pt2: it was built for 2x3x64x64 torch.float32" in caplog.text
+    assert asked == [(1, 3, 64, 64)] and set(again.runner.loaded) == {(2, 3, 64, 64)}
+    eager = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", runtime="eager")
+    x = odd_images(1)[0]
+    assert relative_error(again(x, output_type="pt"), eager(x, output_type="pt")) < 1e-4  # that size: eager
+    again.close()
+    os.remove(compiled_cache.failure_path(str(folder), (1, 3, 64, 64)))
 
 
 def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeypatch):
@@ -117,36 +148,28 @@ def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeyp
     assert compiled.cache_key(net, "running", "fp32") != key
 
 
-def test_compiled_bf16_running_mode_is_close_to_eager_fp32(cache_root):
+def test_a_size_without_its_package_is_answered_at_once_eagerly_then_compiled_from_a_later_call(cache_root):
+    """bf16 running mode: the first call runs the bf16 channels-last network eagerly while the package builds in the
+    compiler process; once built, later calls run it, within bf16 rounding of the eager answer and of fp32."""
     G = tiny_G()
     x = odd_images(1)[0]
     predictor = Predictor(G, device="cpu", precision="bf16", norm_mode="running", runtime="compiled",
                           cache_dir=str(cache_root))
-    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
+    reference = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
     assert predictor.description.startswith("cpu, bf16, compiled") and "BatchNorm folded" in predictor.description
-    got, want = predictor(x, output_type="pt"), eager(x, output_type="pt")
-    assert relative_error(got, want) < 1e-2
-    grey = np.abs(predictor(x, output_type="np").astype(int) - eager(x, output_type="np").astype(int))
+    first = predictor(x, output_type="pt")
+    assert predictor.compile_status()["building"] == ["1x64x64"]  # answered while its package is being built
+    assert "1x64x64 building" in predictor.description
+    assert predictor.runner.wait(timeout=900) and predictor.compile_status()["compiled"] == ["1x64x64"]
+    package = predictor.runner.loaded[(1, 3, 64, 64)].package
+    calls = []
+    package.run = lambda t, run=package.run: calls.append(t.shape) or run(t)
+    got, want = predictor(x, output_type="pt"), reference(x, output_type="pt")
+    assert calls == [(1, 3, 64, 64)]  # the package ran
+    assert relative_error(got, first) < 1e-2 and relative_error(got, want) < 1e-2
+    grey = np.abs(predictor(x, output_type="np").astype(int) - reference(x, output_type="np").astype(int))
     assert grey.mean() <= 1.0
-
-
-def test_a_failed_compile_says_why_once_and_gives_the_eager_result(monkeypatch, cache_root):
-    def broken(*args):
-        raise RuntimeError("no C++ compiler\nmore detail")
-
-    monkeypatch.setattr(compiled, "build_package", broken)
-    G = tiny_G()
-    predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
-                          cache_dir=str(cache_root))
-    x = odd_images(1)[0]
-    with pytest.warns(RuntimeWarning, match=r"compiling the generator failed \(RuntimeError: no C\+\+ compiler\)"):
-        got = predictor(x, output_type="pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        predictor(x, output_type="pt")  # said once
-    eager = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
-    assert relative_error(got, eager(x, output_type="pt")) < 1e-6
-    assert "compiling failed: RuntimeError: no C++ compiler" in predictor.description
+    predictor.close()
 
 
 def test_auto_compiles_only_where_images_are_independent(monkeypatch):
@@ -214,22 +237,12 @@ def test_onnxruntime_equals_eager_fp32(tmp_path):
                   cache_dir=str(tmp_path))
 
 
-def test_compiling_freezes_the_weights_so_onednn_prepacks_every_conv(cache_root):
-    """Freezing is what makes the compiled path fast (weights prepacked once, conv + activation fused); a compile
-    that quietly skips it still gives the right numbers, so check that the packing passes ran."""
+def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_predictor(tmp_path, capsys):
+    """Also: the package's weights are frozen (oneDNN prepacks every conv: what makes the compiled path fast; a
+    compile that quietly skips it still gives the right numbers), and the output folder holds the package alone
+    (no Inductor build folders)."""
     from torch._dynamo.utils import counters
 
-    from fastpix.infer.norm_modes import inference_network
-
-    net = inference_network(tiny_G(), "running")
-    counters.clear()
-    compiled.CompiledNetwork(net, "running", "fp32", cache_dir=str(cache_root))(torch.rand(1, 3, 64, 32))
-    packed = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
-    convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in net.modules())
-    assert packed == convs > 0
-
-
-def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_predictor(tmp_path, capsys):
     from fastpix.cli import main
     from fastpix.store.weights import save_weights
 
@@ -239,8 +252,12 @@ def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_pred
             "--norm-mode", "running", "--precision", "fp32", "--batch-size", "2"]
     assert main(args + ["--image-size", "64x30"]) == 2
     assert "--image-size 64x30: this generator takes sides that are multiples of 32" in capsys.readouterr().err
+    counters.clear()
     assert main(args + ["--image-size", "64x32"]) == 0
     assert "agrees with eager fp32 PyTorch" in capsys.readouterr().out
+    convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in G.modules())
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == convs > 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["latest_net_G_2x64x32_fp32.pt2"]
     package = torch._inductor.aoti_load_package(str(tmp_path / "out" / "latest_net_G_2x64x32_fp32.pt2"))
     x = torch.rand(2, 3, 64, 32) * 2 - 1
     got = package(x.contiguous(memory_format=torch.channels_last))
@@ -257,16 +274,18 @@ def test_batch_pieces_are_powers_of_two_up_to_one_image_per_thread():
 
 def test_a_torch_without_the_loader_class_loads_packages_through_the_public_loader(instance_fp32, monkeypatch):
     predictor, together, _ = instance_fp32
-    path = predictor.runner.package_path((2, 3, 64, 64))
+    path = compiled_cache.package_path(predictor.runner.folder, (2, 3, 64, 64))
 
     def other_signature(*args):
         raise TypeError("AOTIModelPackageLoader(): incompatible function arguments")
 
-    monkeypatch.setattr(compiled, "PACKAGE_LOADER", other_signature)
+    monkeypatch.setattr(compiled_packages, "PACKAGE_LOADER", other_signature)
     x = torch.stack([torch.zeros(3, 64, 64), torch.ones(3, 64, 64) * 0.5]).contiguous(memory_format=torch.channels_last)
-    direct = compiled.load_package(path)(x)
+    public = compiled_packages.load_package(path)
+    assert public.mismatch((2, 3, 64, 64), torch.float32, predictor.runner.key) is None  # its metadata, read too
+    direct = public(x)
     monkeypatch.undo()
-    assert torch.equal(direct, compiled.load_package(path)(x))
+    assert torch.equal(direct, compiled_packages.load_package(path)(x))
 
 
 def no_space(*args, **kwargs):
@@ -290,9 +309,9 @@ def test_a_full_disk_while_building_a_package_leaves_no_file_and_names_it(tmp_pa
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", half_written_then_full("package_path"))
     target = tmp_path / "cache" / "1x32x32.pt2"
     with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
-        compiled.build_package(net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last),
-                               str(target))
-    assert [p.name for p in target.parent.iterdir() if not p.is_dir()] == []  # neither the package nor a temporary
+        compiled_packages.build_package(net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last),
+                                        str(target))
+    assert list(target.parent.iterdir()) == []  # neither the package, a temporary nor a build folder
 
 
 def test_a_full_disk_while_writing_onnx_leaves_no_file_and_names_it(tmp_path, monkeypatch):

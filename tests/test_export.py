@@ -1,4 +1,6 @@
 """ONNX export: the file onnxruntime runs gives the Predictor's results, at any batch and (multiple) size."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,19 @@ def test_export_refuses_batch_mode_and_pth_still_works(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "pth")]) == 0
     state = torch.load(tmp_path / "pth" / "g.pth", weights_only=True)
     assert all(np.array_equal(state[k].numpy(), v.numpy()) for k, v in G.state_dict().items())
+
+
+def test_onnx_export_writes_the_model_alone_and_no_library_noise(tmp_path, capsys, caplog, recwarn):
+    """No <model>.tmp.data beside the model (the exporter's external weights), and none of the messages torch's
+    exporter gives that say nothing to a user: a log warning per torchvision operator when torchvision is not
+    installed, a FutureWarning of its own pytree code."""
+    from fastpix.cli import main
+
+    save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), generator("unet_32"))
+    with caplog.at_level(logging.WARNING):
+        assert main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out",
+                     str(tmp_path / "out")]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["latest_net_G.onnx"]
+    assert not [r.getMessage() for r in caplog.records if "torchvision" in r.getMessage()]
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)]
+    assert "onnxruntime agrees with PyTorch" in capsys.readouterr().out

@@ -15,10 +15,11 @@ import os
 import sys
 
 from fastpix import __version__
-from fastpix.cli import data, inference, info, models, study, training
+from fastpix.cli import cache, data, inference, info, models, study, training
+from fastpix.cli.console import show_messages
 from fastpix.cli.flags import DEBUG_HELP, CommandParser
 
-COMMANDS = (training, inference, data, models, info, study)
+COMMANDS = (training, inference, data, models, cache, info, study)
 
 
 def build_parser() -> CommandParser:
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     debug = args.debug or os.environ.get("FASTPIX_DEBUG", "0") not in ("", "0")
+    show_messages(args.command)
     try:
         status = args.func(args)
     except (Exception, KeyboardInterrupt) as exc:

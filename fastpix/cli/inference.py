@@ -20,7 +20,8 @@ def load_predictor(args, cfg, **options):
     prepare_backend(args, cfg.backend, cfg.device)
     return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
                                      cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
-                                     cache_dir=cfg.compile_cache_dir, **options, **arch)
+                                     cache_dir=cfg.compile_cache_dir, cache_max_gb=cfg.compile_cache_max_gb,
+                                     max_loaded_packages=cfg.max_loaded_packages, **options, **arch)
 
 
 def cmd_predict(args):
@@ -34,8 +35,11 @@ def cmd_predict(args):
     if not inputs:
         raise DataError(f"no images in {' '.join(args.input)}")
     predictor = load_predictor(args, cfg, max_batch_size=cfg.batch_size, images=len(inputs))
-    written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
-                                    progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+    try:  # with the compiled runtime, batches run eagerly until their packages are built in the background
+        written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
+                                        progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+    finally:
+        predictor.close()
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
     print(f"fastpix predict: {len(written)} images written to {args.output}"
@@ -74,6 +78,7 @@ def export_onnx(args, cfg: ExportConfig, source):
 
     target = os.path.join(cfg.out, f"{source.stem}.onnx")
     generator = source.load()
+    print("fastpix export: exporting the generator to ONNX (seconds)", flush=True)
     try:
         net = export_onnx(generator, target, cfg.norm_mode)
     except ImportError as exc:
@@ -97,6 +102,8 @@ def export_package(args, cfg: ExportConfig, source):
         raise ConfigError(f"--precision {cfg.precision!r}: a CPU package is fp32 or bf16")
     precision = resolve_precision(cfg.precision, "cpu")
     target = os.path.join(cfg.out, f"{source.stem}_{cfg.batch_size}x{size[0]}x{size[1]}_{precision}.pt2")
+    print(f"fastpix export: compiling the generator for {cfg.batch_size}×C×{size[0]}×{size[1]} {precision} with "
+          "AOTInductor (tens of seconds to minutes)", flush=True)
     error = export_package(source.load(), target, cfg.norm_mode, cfg.batch_size, size, precision)
     print(f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; {cfg.batch_size}×C×{size[0]}×{size[1]} "
           f"{precision} channels-last in [-1, 1], for this CPU; load with torch._inductor.aoti_load_package)")

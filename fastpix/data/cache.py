@@ -12,11 +12,16 @@ of the preprocessing options, so any change builds a new cache; every file is wr
 and the manifest last, after both arrays are in place, so an interrupted build is never taken for a complete one.
 The arrays are then kept on the GPU when they fit (under 25% of its free memory), else in (pinned) RAM when they
 fit (under half the available memory), else used memory-mapped from disk.
+
+The caches on disk are bounded together (--cache_max_gb, cache_entries.py): a run holds a lease on the build it
+uses, and after each new build the least recently used builds no run holds are removed until the bound holds. A
+data set whose cache alone exceeds the bound is cached in memory only (or streamed, when it does not fit there).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -25,15 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from fastpix.config import user_cache_dir
+from fastpix.cache_folders import GB, Lease, remove_unless_leased
+from fastpix.config import PAIRS_CACHE_MAX_GB, user_cache_dir
+from fastpix.data import cache_entries
 from fastpix.data.augment import augment
 from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
 from fastpix.data.decode import decode_pairs_into
 from fastpix.data.transforms import BICUBIC
 from fastpix.errors import ConfigError, ResourceError
 from fastpix.files import atomic_write, atomic_write_json, temporary_writer
+from fastpix.progress import announced
 
 CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 GPU_FRACTION, RAM_FRACTION = 0.25, 0.5
 PLACEMENTS = ("auto", "gpu", "memory", "memmap")
 
@@ -139,18 +148,20 @@ def disk_room(folder: str, nbytes: int) -> bool:
     return os.access(probe, os.W_OK) and shutil.disk_usage(probe).free > nbytes * 1.02 + (64 << 20)
 
 
-def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1) -> str | None:
+def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1,
+                     max_bytes: float = PAIRS_CACHE_MAX_GB * GB) -> str | None:
     """Where the cache would live: "gpu", "memory", "memmap", or None when it fits nowhere.
 
     copies: processes on this machine that each hold the cache (DDP ranks). Each keeps its own copy in RAM, while
-    memory-mapped files share one page cache, so RAM must hold all copies.
+    memory-mapped files share one page cache, so RAM must hold all copies. max_bytes: the bound on the caches on
+    disk (a cache over it alone is never memory-mapped).
     """
     nbytes, device = cache_nbytes(dataset), torch.device(device)
     if device.type == "cuda" and nbytes < GPU_FRACTION * torch.cuda.mem_get_info(device)[0]:
         return "gpu"
     if nbytes * max(1, copies) < RAM_FRACTION * available_ram():
         return "memory"
-    if disk_room(cache_dir or default_cache_dir(dataset), nbytes):
+    if nbytes <= max_bytes and disk_room(cache_dir or default_cache_dir(dataset), nbytes):
         return "memmap"
     return None
 
@@ -193,21 +204,24 @@ class PairCache:
     """All pairs of a data set, decoded and resized once: self.a (N, L, L, Ca) and self.b (N, L, L, Cb) uint8.
 
     placement: "auto" | "gpu" | "memory" | "memmap" (see the module doc). self.hit tells whether an existing build
-    was reused; self.bad holds the indices that did not decode (empty unless skip_bad_images).
+    was reused; self.bad holds the indices that did not decode (empty unless skip_bad_images). max_bytes bounds the
+    caches on disk under cache_dir (else under the default root, every data set's folder): see cache_entries.py.
     """
 
     def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None, placement: str = "auto",
-                 threads: int = 2, progress: bool = True, chunk: int = 256):
+                 threads: int = 2, progress: bool = True, chunk: int = 256,
+                 max_bytes: float = PAIRS_CACHE_MAX_GB * GB):
         check_cacheable(dataset)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self.dataset, self.device = dataset, torch.device(device)
+        self.root, self.max_bytes = cache_dir, max_bytes
         self.cache_dir = cache_dir or default_cache_dir(dataset)
         n, size = len(dataset), dataset.load_size
         ca, cb = channels(dataset)
         self.shape_a, self.shape_b = (n, size, size, ca), (n, size, size, cb)
         if placement == "auto":
-            placement = choose_placement(dataset, self.device, self.cache_dir)
+            placement = choose_placement(dataset, self.device, self.cache_dir, max_bytes=max_bytes)
             if placement is None:
                 raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
                                   f"device, in RAM nor in {self.cache_dir}: stream instead")
@@ -215,21 +229,33 @@ class PairCache:
         key = json.dumps(cache_key(dataset), sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()
         self.stem = os.path.join(self.cache_dir, f"pairs-{self.key[:20]}")
-        manifest = self._read_manifest()
+        self.lease = self._lease()  # held while this object lives: no other run's bound removes the build
+        manifest = self._read_manifest() if self.lease is not None else None
         self.hit = manifest is not None
         sources = [self.stem + ".a", self.stem + ".b"]
-        if manifest is None and placement != "memmap" and not disk_room(self.cache_dir, cache_nbytes(dataset)):
-            warnings.warn(f"{self.cache_dir} is not writable or full: caching in memory only, for this run")
+        nbytes = cache_nbytes(dataset)
+        if manifest is None and placement != "memmap" and (nbytes > max_bytes or not disk_room(self.cache_dir, nbytes)):
+            why = f"over --cache_max_gb {max_bytes / GB:g}" if nbytes > max_bytes else \
+                f"{self.cache_dir} is not writable or full"
+            warnings.warn(f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run")
             sources = [torch.empty(s, dtype=torch.uint8) for s in (self.shape_a, self.shape_b)]
             manifest = {"bad": self._decode_all([t.numpy() for t in sources], threads, progress, chunk)}
         elif manifest is None:
             manifest = self._build(threads, progress, chunk)
+            self.lease = self._lease()
+            cache_entries.prune(max_bytes, self.root or os.path.dirname(self.cache_dir))
         errors = {int(k): v for k, v in manifest["bad"].items()}
         report_bad(errors, dataset.skip_bad_images)
         if len(errors) == n:
             raise dataset.none_readable()
         self.bad = frozenset(errors)
         self.a, self.b = (self._place(src, shape) for src, shape in zip(sources, (self.shape_a, self.shape_b)))
+
+    def _lease(self) -> Lease | None:
+        try:
+            return Lease(self.stem + ".json")
+        except FileNotFoundError:  # not built (or removed just now)
+            return None
 
     def _read_manifest(self):
         try:
@@ -267,10 +293,16 @@ class PairCache:
             for arr in arrays:
                 arr.flush()
 
-        atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
-                                                          int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+        what = (f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
+                f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)")
+        with announced(log, what):
+            atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
+                                                              int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+        ds = self.dataset
+        options = {"dataroot": os.path.abspath(ds.dataroot), "load_size": ds.load_size, "channels": channels(ds),
+                   "direction": "BtoA" if ds.reverse else "AtoB"}
         manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
-                    "source": os.path.dirname(os.path.abspath(self.dataset.paths[0][0])), "bad": errors}
+                    "source": os.path.dirname(os.path.abspath(ds.paths[0][0])), "bad": errors, "options": options}
         atomic_write_json(self.stem + ".json", manifest, indent=None)
         self._remove_stale(manifest["source"])
         return manifest
@@ -288,13 +320,8 @@ class PairCache:
             stem = os.path.join(self.cache_dir, name[:-5])
             if not name.endswith(".json") or stem == self.stem:
                 continue
-            try:
-                with open(stem + ".json") as f:
-                    if json.load(f).get("source") != source:
-                        continue
-            except (OSError, ValueError):
-                continue
-            _remove(stem + ".json", stem + ".a", stem + ".b")
+            if cache_entries.read_manifest(stem + ".json").get("source") == source:
+                remove_unless_leased(cache_entries.entry_of(stem + ".json"))  # unless a run still uses it
 
     def _place(self, source, shape):
         n = int(np.prod(shape))

@@ -13,7 +13,8 @@ import threading
 
 import torch
 
-from fastpix.config import DATA_PIPELINE_CHOICES
+from fastpix.cache_folders import GB
+from fastpix.config import DATA_PIPELINE_CHOICES, PAIRS_CACHE_MAX_GB
 from fastpix.data.augment import augment
 from fastpix.data.cache import (CachedLoader, PairCache, batch_plan, cache_nbytes, channels, check_cacheable,
                                 choose_placement, decode_into, make_batch, report_bad)
@@ -208,7 +209,7 @@ class LoaderPipeline:
 
 def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
                   device="cpu", mode: str = "auto", num_threads: int = 2, cache_dir: str | None = None,
-                  shuffle: bool = True, progress: bool = True):
+                  shuffle: bool = True, progress: bool = True, cache_max_gb: float = PAIRS_CACHE_MAX_GB):
     """The training data path: an object iterated once per epoch like make_loader's DataLoader, yielding
     {"A", "B" (on device), "A_paths", "B_paths", "index"} or None (a wholly unreadable batch), with
     set_position(epoch, start) (or .sampler.set_position and .dataset.set_epoch, as with make_loader) and .mode.
@@ -216,6 +217,7 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
     mode "auto": the cache when it fits on the GPU, in RAM or on disk, else streaming; the DataLoader when the
     preprocess is not resize_and_crop (only that one is deterministic before the crop). "cache", "stream" and
     "loader" force one. batch_size is the global batch; each rank reads its slice of every global batch.
+    cache_max_gb bounds the decode caches on disk (cache.py).
     """
     device = torch.device(device)
     if mode not in DATA_PIPELINE_CHOICES:
@@ -224,7 +226,7 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
     copies = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     placement = "auto"
     if mode in ("auto", "cache") and dataset.preprocess == "resize_and_crop":
-        placement = choose_placement(dataset, device, cache_dir, copies)
+        placement = choose_placement(dataset, device, cache_dir, copies, cache_max_gb * GB)
         if mode == "auto":
             mode = "cache" if placement is not None else "stream"
         elif placement is None:
@@ -233,7 +235,8 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
     elif mode == "auto":
         mode = "loader"
     if mode == "cache":
-        cache = _build_cache_once(dataset, device, cache_dir, placement, num_threads, progress, rank, world)
+        cache = _build_cache_once(dataset, device, cache_dir, placement, num_threads, progress, rank, world,
+                                  cache_max_gb * GB)
         pipeline = CachedLoader(cache, batch_size, seed, rank, world, device, shuffle)
     elif mode == "stream":
         pipeline = StreamLoader(dataset, batch_size, seed, rank, world, device, max(1, num_threads), shuffle=shuffle)
@@ -243,14 +246,14 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
     return pipeline
 
 
-def _build_cache_once(dataset, device, cache_dir, placement, threads, progress, rank, world):
+def _build_cache_once(dataset, device, cache_dir, placement, threads, progress, rank, world, max_bytes):
     """With several processes, rank 0 builds and the others then find the finished build."""
     dist = world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if dist and rank != 0:
         torch.distributed.barrier()
     try:
         return PairCache(dataset, device, cache_dir, placement, threads=max(1, threads),
-                         progress=progress and rank == 0)
+                         progress=progress and rank == 0, max_bytes=max_bytes)
     finally:
         if dist and rank == 0:
             torch.distributed.barrier()

@@ -10,6 +10,7 @@ jobs and max_queue_pixels padded pixels. stop() lets every queued job finish fir
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from fastpix.infer.requests import ImageRequest
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -108,13 +111,18 @@ class Batcher:
     def _run(self):
         import torch
 
+        started = time.monotonic()
+        log.info("warming up%s", f" at {self.warmup_size[0]}x{self.warmup_size[1]}" if self.warmup_size else "")
         try:
             self.predictor.warmup(self.warmup_size)
         except Exception as exc:  # noqa: BLE001 - report it on /healthz and to every request, do not die silently
             self.error = f"warm-up failed: {type(exc).__name__}: {exc}"
+            log.error("%s", self.error)
             self._fail_waiting(self.error)
             return
         self.ready.set()
+        log.info("warm-up done in %.1f s: ready (%s)", time.monotonic() - started,
+                 getattr(self.predictor, "description", "the model"))
         # inference_mode belongs to the thread that runs the model (it is thread-local state).
         with torch.inference_mode():
             stopping = False

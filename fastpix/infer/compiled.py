@@ -1,4 +1,5 @@
-"""The Predictor's compiled CPU path: the inference network as AOTInductor packages with frozen weights, cached on disk.
+"""The Predictor's compiled CPU path: the inference network as AOTInductor packages with frozen weights, cached on disk,
+built in the background while the network runs eagerly.
 
 What runs (runtime 'compiled'): a copy of the inference network (BatchNorm already folded for norm_mode running,
 per-image statistics for instance: norm_modes.py) in channels-last, its weights pre-cast to bf16 when the precision
@@ -10,29 +11,33 @@ every image on its own (instance, running; dropout off).
 
 Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
 torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
-kernels cached); its first call costs ~2 steady calls (oneDNN creating its primitives), its steady calls equal
-torch.compile's (docs/benchmarks.md, "CPU at real size: unet_256"). Building one costs ~12 s there, once per
-machine: packages live in <cache_dir>/<key>/<n>x<h>x<w>.pt2, written whole then renamed (fastpix.files: a crash
-never leaves half a package), where the key hashes the weights, the norm mode, the precision, torch's version and
-the CPU's features: another model, precision, torch or CPU never meets these files. A package holds its own copy of
-the weights (~110 MB per package at unet_256 bf16). `fastpix export --format pt2` writes the same package for
-shipping. Whether this runtime runs at all is the Predictor's plan (plan.py); docs/design.md, "The CPU runtime".
+kernels cached); its steady calls equal torch.compile's (docs/benchmarks.md, "CPU at real size: unet_256").
 
-If building or loading fails, the Predictor says why in one line and runs the network eagerly instead.
+Nothing waits for the compiler: a piece whose package is not loaded yet runs at once on the same network eagerly
+(its bf16 channels-last copy: within bf16 rounding of the package's result), while compiled_builds.py loads the
+package from the cache folder, or builds it there first (~12 s at unet_256, in a child process), from the next call
+on. A size whose build failed stays eager (said once, remembered on disk: compiled_cache.py). A package is checked
+against the shape, dtype and key it was built for (its own metadata) before it is used: a file copied under another
+name is built again, never run out of bounds. At most max_loaded packages stay loaded (the least recently used is
+dropped first: each holds its own copy of the weights, ~110 MB on disk and ~220 MB resident at unet_256 bf16).
+Whether this runtime runs at all is the Predictor's plan (plan.py); docs/design.md, "The CPU runtime".
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import warnings
+import threading
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 
 from fastpix import runtime
-from fastpix.config import default_compile_cache_dir
-from fastpix.files import atomic_write
+from fastpix.cache_folders import GB
+from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES
+from fastpix.infer import compiled_cache
+from fastpix.infer.compiled_builds import Builder
+from fastpix.infer.compiled_cache import package_folder, shape_name
 
 
 def batch_pieces(threads: int) -> tuple[int, ...]:
@@ -63,25 +68,41 @@ def cache_key(network: nn.Module, norm_mode: str, precision: str) -> str:
 
 
 class CompiledNetwork:
-    """network(batch) with the compiled packages; batch and result are float32, the result channels-last.
+    """network(batch) with the compiled packages where they are loaded, eagerly elsewhere; batch and result are
+    float32, the result channels-last. See the module docstring.
 
-    The packages already in the cache folder (up to max_batch_size images) are loaded now, each run once on zeros so
-    that oneDNN creates its primitives here rather than in the first request (~0.1 s per package at unet_256)."""
+    The packages already in the cache folder (the most recently used first, up to max_loaded and max_batch_size
+    images) are loaded when it is made. status() says which shapes run compiled, which are being
+    built, and which failed; wait() waits for the builds asked for so far; close() stops them."""
 
     def __init__(self, network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None,
-                 max_batch_size: int | None = None, key: str | None = None):
+                 max_batch_size: int | None = None, key: str | None = None, *, max_loaded: int = MAX_LOADED_PACKAGES,
+                 cache_max_gb: float = COMPILE_CACHE_MAX_GB, source: str | None = None):
         self.precision = precision
         self.key = key or cache_key(network, norm_mode, precision)  # key: the caller's cache_key, when it has one
-        self.cache_dir = package_folder(self.key, cache_dir)
+        self.cache_dir = compiled_cache.cache_root(cache_dir)
+        self.folder = package_folder(self.key, cache_dir)
         self.net, self.dtype = prepared_network(network, precision)
-        self.packages = {}  # (n, c, h, w) -> the loaded package
+        self.channels = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.pieces = batch_pieces(torch.get_num_threads())
-        self.failed = None  # the reason compiling failed, once it has
-        channels = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d)).in_channels
-        for n, h, w in cached_shapes(self.cache_dir):
-            if max_batch_size is None or n <= max_batch_size:
-                self._run(torch.zeros(n, channels, h, w, dtype=self.dtype).contiguous(
-                    memory_format=torch.channels_last))
+        self.max_loaded, self.max_bytes = max(1, max_loaded), cache_max_gb * GB
+        self.description = {"network": type(network).__name__, "norm_mode": norm_mode, "precision": precision,
+                            "key": self.key, "source": source, "torch": torch.__version__,
+                            "cpu": runtime.cpu_features()}
+        self.loaded: OrderedDict = OrderedDict()  # (n, c, h, w) -> LoadedPackage, the least recently used first
+        self.failures: dict = {}  # (n, c, h, w) -> why its package could not be built or loaded
+        self._lock = threading.Lock()
+        self.builder = Builder(self)
+        # Loaded now (~0.1 s each at unet_256, not a build): the first call of a fresh process is a steady call.
+        for n, h, w in compiled_cache.cached_shapes(self.folder)[:self.max_loaded]:
+            if (max_batch_size is None or n <= max_batch_size) and self.builder.load((n, self.channels, h, w)):
+                self.builder.request((n, self.channels, h, w))  # not a package for it: built in the background
+
+    @property
+    def failed(self) -> str | None:
+        """Why the last build that failed did (None when none has)."""
+        with self._lock:
+            return next(reversed(self.failures.values()), None)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -93,108 +114,68 @@ class CompiledNetwork:
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.failed is None:
-            try:
-                return self._package(tuple(x.shape))(x)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: say it once and run eagerly
-                self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                warnings.warn(f"fastpix: compiling the generator failed ({self.failed}); running it eagerly",
-                              RuntimeWarning, stacklevel=3)
+        package = self.package(tuple(x.shape))
+        if package is not None:
+            return package(x)
         with torch.inference_mode():
             return self.net(x)
 
-    def package_path(self, shape) -> str:
-        return os.path.join(self.cache_dir, "x".join(str(d) for d in (shape[0], *shape[2:])) + ".pt2")
+    def package(self, shape):
+        """The loaded package for this shape, or None after asking for it (it runs from a later call on)."""
+        with self._lock:
+            loaded = self.loaded.get(shape)
+            if loaded is not None:
+                self.loaded.move_to_end(shape)
+                return loaded.package
+            failed = shape in self.failures
+        if not failed:
+            self.builder.request(shape)
+        return None
 
-    def _package(self, shape):
-        """The loaded package for this input shape: from memory, else from the cache folder, else built now (a
-        package that no longer loads, say a truncated file, is built again once)."""
-        if shape not in self.packages:
-            path = self.package_path(shape)
-            if os.path.exists(path):
-                try:
-                    self.packages[shape] = load_package(path)
-                    return self.packages[shape]
-                except Exception:  # noqa: BLE001 - unreadable: build it again below
-                    os.unlink(path)
-            build_package(self.net, torch.zeros(shape, dtype=self.dtype).contiguous(
-                memory_format=torch.channels_last), path, self.cache_dir)
-            self.packages[shape] = load_package(path)
-        return self.packages[shape]
+    def prepare(self, size: tuple[int, int], max_batch_size: int | None = None):
+        """Ask for the packages of every batch piece at padded size (h, w) (up to max_batch_size images)."""
+        for n in self.pieces:
+            if max_batch_size is None or n <= max_batch_size:
+                self.package((n, self.channels, *size))
+
+    def install(self, shape, loaded):
+        """Called by the builder: from now on `shape` runs `loaded`; the least recently used beyond max_loaded are
+        dropped (their leases released: the cache may then remove their files)."""
+        with self._lock:
+            self.loaded[shape] = loaded
+            self.loaded.move_to_end(shape)
+            while len(self.loaded) > self.max_loaded:
+                _, dropped = self.loaded.popitem(last=False)
+                dropped.release()
+
+    def fail(self, shape, reason: str):
+        """Called by the builder: `shape` stays eager, for `reason`."""
+        with self._lock:
+            self.failures[shape] = reason
+
+    def status(self) -> dict:
+        """{"compiled": [...], "building": [...], "failed": {shape: why}}, shapes named <n>x<h>x<w>."""
+        with self._lock:
+            compiled, failures = sorted(self.loaded), sorted(self.failures.items())
+        return {"compiled": [shape_name(s) for s in compiled],
+                "building": [shape_name(s) for s in self.builder.pending()],
+                "failed": {shape_name(s): why for s, why in failures}}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every package asked for so far is loaded (or failed); False if timeout came first."""
+        return self.builder.wait(timeout)
+
+    def close(self):
+        """Stop building (a build in progress is abandoned: a later run builds it) and drop the loaded packages."""
+        self.builder.close()
+        with self._lock:
+            while self.loaded:
+                self.loaded.popitem()[1].release()
 
 
 def prepared_network(network: nn.Module, precision: str):
     """(a channels-last copy of network in eval mode, with its weights cast to the precision's dtype, that dtype):
-    what a package is built from. Pre-cast once, rather than autocast casting every weight per call."""
+    what a package is built from, and what runs eagerly until it is. Pre-cast once, rather than autocast casting
+    every weight per call."""
     dtype = runtime.PRECISIONS[precision]
     return copy.deepcopy(network).to(memory_format=torch.channels_last).eval().to(dtype), dtype
-
-
-def package_folder(key: str, cache_dir: str | None = None) -> str:
-    return os.path.join(cache_dir or default_compile_cache_dir(), key)
-
-
-def cached_shapes(folder: str) -> list[tuple[int, int, int]]:
-    """(n, h, w) of every package in folder (named <n>x<h>x<w>.pt2)."""
-    shapes = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        stem, suffix = os.path.splitext(name)
-        parts = stem.split("x")
-        if suffix == ".pt2" and len(parts) == 3 and all(p.isdigit() for p in parts):
-            shapes.append(tuple(int(p) for p in parts))
-    return shapes
-
-
-def has_packages(key: str, cache_dir: str | None = None) -> bool:
-    return bool(cached_shapes(package_folder(key, cache_dir)))
-
-
-def build_package(net: nn.Module, example: torch.Tensor, path: str, inductor_dir: str | None = None) -> str:
-    """Export `net` on `example`'s shape, dtype and layout and compile it ahead of time with frozen weights into the
-    AOTInductor package `path` (written whole, then renamed: fastpix.files.atomic_write, whose temporary keeps the
-    .pt2 suffix the packager wants). inductor_dir: where inductor keeps its build files."""
-    with torch.no_grad():
-        exported = torch.export.export(net, (example,))
-
-    def package(tmp: str):
-        with inductor_build(inductor_dir or os.path.dirname(os.path.abspath(path))), torch.no_grad():  # freezing
-            torch._inductor.aoti_compile_and_package(exported, package_path=tmp)
-
-    atomic_write(path, package)
-    return path
-
-
-# AOTInductor's package loader class (torch 2.6 and later); load_package falls back to the public loader without it.
-PACKAGE_LOADER = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-
-
-def load_package(path: str):
-    """The package as a function of one input tensor. Through the loader class where this torch has it, rather
-    than torch._inductor.aoti_load_package, whose import of the compiler costs ~1.3 s against a ~0.1 s load."""
-    try:
-        loader = PACKAGE_LOADER(path, "model", False, 1, -1)
-    except TypeError:  # no such class, or another signature: the public loader
-        return torch._inductor.aoti_load_package(path)
-    return lambda x: loader.boxed_run([x])[0]
-
-
-class inductor_build:
-    """While building: inductor's build files in `directory` (it reads the variable at each lookup), and freezing
-    on in inductor's global config (the freezing pass reads it there; without it every conv would reorder its weights
-    on each call, nearly twice as slow at unet_256 batch 1, bf16: docs/benchmarks.md, "CPU at real size: unet_256")."""
-
-    def __init__(self, directory: str):
-        self.directory = directory
-        self.freezing = torch._inductor.config.patch(freezing=True)
-
-    def __enter__(self):
-        self.previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.directory
-        self.freezing.__enter__()
-
-    def __exit__(self, *exc):
-        self.freezing.__exit__(*exc)
-        if self.previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.previous

@@ -7,13 +7,17 @@ run by onnxruntime's CPU execution provider in fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+import warnings
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from fastpix.cache_folders import Lease
 from fastpix.config import default_compile_cache_dir
 from fastpix.errors import MissingDependency
 from fastpix.files import atomic_write
@@ -47,7 +51,7 @@ def write_onnx(net: nn.Module, path: str, multiple: int, metadata: dict | None =
     def write(tmp: str):  # into a temporary that atomic_write renames over path: a reader never sees half a file
         # external_data=False: the weights inside the one file (a generator is far below ONNX's 2 GB limit); with
         # the exporter's default they went to a <tmp>.data beside it, left behind in the cache folder.
-        with torch.no_grad():
+        with torch.no_grad(), exporter_quiet():
             torch.onnx.export(net, (example,), tmp, dynamo=True, input_names=["image"], output_names=["translated"],
                               dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False,
                               external_data=False)
@@ -58,6 +62,26 @@ def write_onnx(net: nn.Module, path: str, multiple: int, metadata: dict | None =
         onnx.save(model, tmp)
 
     atomic_write(path, write)
+
+
+class _NoTorchvisionNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def exporter_quiet():
+    """Without the two messages torch's ONNX exporter prints on every export that say nothing to a user: one warning
+    per torchvision operator when torchvision is not installed (a generator uses none), and a FutureWarning of
+    torch's own pytree code about a class torch itself still uses."""
+    notes, quiet = logging.getLogger("torch.onnx._internal.exporter._registration"), _NoTorchvisionNotes()
+    notes.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            yield
+    finally:
+        notes.removeFilter(quiet)
 
 
 class OnnxNetwork:
@@ -73,6 +97,7 @@ class OnnxNetwork:
         self.failed = None
         if not os.path.isfile(self.path):
             write_onnx(net, self.path, multiple, {"fastpix.norm_mode": norm_mode})
+        self.lease = Lease(self.path)  # in use: no process's bound on the cache folder removes it (compiled_cache.py)
         self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,9 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from fastpix.infer.compiled import CompiledNetwork, cache_key, has_packages
+from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES
+from fastpix.infer.compiled import CompiledNetwork, cache_key
+from fastpix.infer.compiled_cache import has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
 from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
     resize_tensor, to_network_input
@@ -42,10 +44,17 @@ class Predictor:
     unless the caller says it will translate fewer `images` than compiling pays for (config.COMPILE_PAYS_FROM_IMAGES).
     graph_size (h, w): run batches of that size (padded) as CUDA graphs where the device and the norm mode allow it;
     elsewhere the plan runs without them and `plan.graphs_off` says why.
+    The compiled runtime never makes a call wait for the compiler: a size without its package runs eagerly while the
+    package is built in the background (compiled.py); compile_status() says which sizes run compiled, warmup(size,
+    wait=True) waits for a size's packages, close() stops the builds. cache_dir, cache_max_gb, max_loaded_packages:
+    the compiled cache's folder, its bound, and how many packages stay loaded; source names the checkpoint in
+    `fastpix cache list`.
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
-                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None):
+                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None,
+                 cache_max_gb: float = COMPILE_CACHE_MAX_GB, max_loaded_packages: int = MAX_LOADED_PACKAGES,
+                 source: str | None = None):
         if isinstance(generator, UnetGenerator):
             self.multiple = 2 ** generator.num_downs
         elif isinstance(generator, ResnetGenerator):
@@ -68,7 +77,8 @@ class Predictor:
         self.network = network.to(memory_format=torch.channels_last) if self.plan.channels_last else network
         if self.plan.runtime == "compiled":
             self.runner = CompiledNetwork(self.network, norm_mode, self.plan.precision, cache_dir,
-                                          self.plan.max_batch_size, key(self.plan.precision))
+                                          self.plan.max_batch_size, key(self.plan.precision),
+                                          max_loaded=max_loaded_packages, cache_max_gb=cache_max_gb, source=source)
         elif self.plan.runtime == "onnxruntime":
             self.runner = OnnxNetwork(self.network, norm_mode, cache_dir, self.multiple)
         else:
@@ -78,12 +88,14 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
                         backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, runtime="auto",
-                        cache_dir=None, images=None, **arch):
+                        cache_dir=None, images=None, cache_max_gb: float = COMPILE_CACHE_MAX_GB,
+                        max_loaded_packages: int = MAX_LOADED_PACKAGES, **arch):
         """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
         architecture as load_generator finds it."""
         G = load_generator(path_or_dir, epoch, backend, **arch)
         return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size, runtime=runtime,
-                   cache_dir=cache_dir, images=images)
+                   cache_dir=cache_dir, images=images, cache_max_gb=cache_max_gb,
+                   max_loaded_packages=max_loaded_packages, source=f"{path_or_dir} ({epoch})")
 
     # What the plan decided, for callers that ask the Predictor (read-only: the plan does not change).
     device = property(lambda self: self.plan.device)
@@ -102,8 +114,7 @@ class Predictor:
         plan = self.plan
         runtime = plan.runtime
         if runtime == "compiled":
-            failed = self.runner.failed
-            runtime = f"eager (compiling failed: {failed})" if failed else "compiled (AOTInductor, frozen weights)"
+            runtime = f"compiled (AOTInductor, frozen weights: {compiled_sizes(self.runner.status())})"
         parts = [str(plan.device), plan.precision, runtime]
         if plan.cuda_graphs:
             parts.append(f"CUDA graphs at {plan.graph_size[0]}x{plan.graph_size[1]}")
@@ -113,11 +124,12 @@ class Predictor:
         parts.append(f"norm_mode {self.norm_mode}" + (", BatchNorm folded" if self.norm_mode == "running" else ""))
         return ", ".join(parts)
 
-    def warmup(self, size: tuple[int, int] | None = None) -> "Predictor":
+    def warmup(self, size: tuple[int, int] | None = None, wait: bool = False) -> "Predictor":
         """Run the network before the first request: with CUDA graphs, capture the graph of every batch bucket up
-        to max_batch_size; with the compiled runtime, every batch piece's graph at size (h, w); otherwise one
-        eager batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now rather than during a
-        request."""
+        to max_batch_size; otherwise one batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now
+        rather than during a request. The compiled runtime also asks for the package of every batch piece at that
+        size, built in the background; wait=True waits for them (else they run from the first call after they
+        are ready)."""
         with torch.inference_mode():
             if self.graphs is not None:
                 last = next(b for b in GRAPH_BUCKETS if b >= self.max_batch_size)
@@ -125,14 +137,24 @@ class Predictor:
                     self.graphs.capture(bucket)
             else:
                 h, w = padded_size(*(size or (self.multiple, self.multiple)), self.multiple)
-                # The compiled runtime has one package per batch piece: build (or load) each one now.
-                compiled = self.runtime == "compiled"
-                pieces = [n for n in self.runner.pieces if n <= self.max_batch_size] if compiled else [1]
-                for n in pieces:
-                    self._forward(torch.zeros(n, self.input_nc, h, w, device=self.device), [(0, 0)] * n)
+                if self.runtime == "compiled":
+                    self.runner.prepare((h, w), self.max_batch_size)
+                self._forward(torch.zeros(1, self.input_nc, h, w, device=self.device), [(0, 0)])
+        if self.runtime == "compiled" and wait:
+            self.runner.wait()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self
+
+    def compile_status(self) -> dict | None:
+        """With the compiled runtime, {"compiled": [...], "building": [...], "failed": {...}} of the packages'
+        <batch piece>x<h>x<w> shapes (other sizes run eagerly); None with another runtime."""
+        return self.runner.status() if self.runtime == "compiled" else None
+
+    def close(self):
+        """Stop the compiled runtime's background builds (a later run does them) and unload its packages."""
+        if self.runtime == "compiled":
+            self.runner.close()
 
     def __call__(self, images, seed=None, output_type="pil", resize=None, indices=None, return_seeds=False):
         """One image or a list: PIL images, HWC uint8 arrays, CHW tensors (uint8, or float in [-1, 1]), or file paths.
@@ -215,3 +237,14 @@ class Predictor:
             drawing = seeded_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
         with drawing, self.plan.autocast():
             return self.network(batch).float()
+
+
+def compiled_sizes(status: dict) -> str:
+    """The compiled runtime's state in a few words, e.g. "2x256x256, 1x256x256 compiled; 1x320x256 building; other
+    sizes eager until built"."""
+    parts = [f"{', '.join(status['compiled'])} compiled" if status["compiled"] else "nothing compiled yet"]
+    if status["building"]:
+        parts.append(f"{', '.join(status['building'])} building")
+    if status["failed"]:
+        parts.append("; ".join(f"{shape} failed ({why})" for shape, why in status["failed"].items()))
+    return "; ".join(parts + ["other sizes eager until built"])

@@ -9,15 +9,19 @@ resized to crop_size (load_size := crop_size), not flipped, taken in order, and 
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from fastpix.data.dataset import PairedDataset
 from fastpix.infer.predictor import Predictor
+from fastpix.progress import announced
 from fastpix.runtime import default_device
 from fastpix.store.architecture import ARCH_FIELDS
 from fastpix.store.generator import load_generator
+
+log = logging.getLogger(__name__)
 
 
 def build_generator(model_cfg, weights: str, device=None):
@@ -43,6 +47,12 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
     if eval_mode:
         predictor = Predictor(G, device=device, precision=precision, norm_mode="running", max_batch_size=1,
                               images=count)
+        if predictor.runtime == "compiled":
+            # Scores of one path: every image of the split compiled, rather than the first ones eager (within bf16
+            # rounding, but not equal) while the package builds, as a server or `predict` would have it.
+            with announced(log, f"waiting for the compiled generator ({dataset.crop_size}x{dataset.crop_size}) "
+                           "before the first image, so that every image runs the same code"):
+                predictor.warmup((dataset.crop_size, dataset.crop_size), wait=True)
         translate = lambda a: predictor(a, output_type="pt").float().cpu()  # noqa: E731
     else:
         G.train()

@@ -139,7 +139,7 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
     loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
                            data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,
-                           shuffle=not train_cfg.serial_batches, progress=show_bar)
+                           shuffle=not train_cfg.serial_batches, progress=show_bar, cache_max_gb=data_cfg.cache_max_gb)
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()

@@ -71,7 +71,10 @@ async def healthz(state: AppState):
 async def readyz(state: AppState):
     batcher = state.batcher
     if batcher.ready.is_set() and batcher.alive:
-        return {"ready": True, "runtime": batcher.predictor.description}
+        # With the compiled runtime: which padded sizes (per batch piece) run compiled, which are being built (they
+        # run eagerly meanwhile: ready does not wait for a compiler), which failed.
+        return {"ready": True, "runtime": batcher.predictor.description,
+                "compiled": batcher.predictor.compile_status()}
     return JSONResponse({"ready": False, "reason": batcher.error or "warming up"}, status_code=503)
 
 
