@@ -14,9 +14,8 @@ import threading
 import torch
 
 from fastpix.config import DATA_PIPELINE_CHOICES
-from fastpix.data.augment import augment
-from fastpix.data.cache import (CachedLoader, PairCache, batch_plan, cache_nbytes, channels, check_cacheable,
-                                choose_placement, decode_into, make_batch, report_bad)
+from fastpix.data.cache import (CachedLoader, PairCache, augment_items, batch_plan, cache_nbytes, channels,
+                                check_cacheable, choose_placement, decode_into, make_batch, report_bad)
 from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
 from fastpix.errors import ResourceError
 
@@ -172,8 +171,7 @@ class StreamLoader:
                     else:
                         kept = [indices[r] for r in rows]
                         a, b = self._to_device(slot, len(indices))
-                        A, B = augment(a, b, rows, kept, seed, epoch, ds.crop_size, ds.flip, self.device)
-                        batch = make_batch(ds, kept, A, B)
+                        batch = make_batch(ds, kept, *augment_items(ds, a, b, rows, kept, seed, epoch, self.device))
                 finally:
                     self.free.put(slot)  # on CPU the crops are copies; on CUDA the slot waits on slot.copied
                 yield batch

@@ -1,0 +1,97 @@
+"""CIE Lab as the reference's colorization converts it, in torch, so that it runs batched wherever the images are.
+
+The reference (colorization_dataset.py, colorization_model.py) converts with scikit-image's rgb2lab and lab2rgb:
+sRGB (IEC 61966-2-1) with the D65 white of the 2° observer, in float64. This module follows those functions step by
+step (the same constants, thresholds and clipping, also in float64), so its values equal scikit-image's to float64
+rounding; scikit-image itself is not needed at run time (tests/test_colorization.py compares the two).
+
+The colorization data of the reference: A = L/50 − 1 (one channel, [−1, 1]) and B = ab/110 (two channels), from the
+float64 Lab rounded to float32; its pictures rebuild RGB with lab2rgb from L = (A + 1)·50 and ab = B·110 (float32
+arithmetic, then float64) and save lab2rgb·255 truncated to uint8. Tensors here are (..., C, H, W).
+"""
+from __future__ import annotations
+
+import torch
+
+# scikit-image's xyz_from_rgb (the sRGB primaries) and the D65 2° white point ("D65": {"2": ...}).
+XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
+                (0.212671, 0.715160, 0.072169),
+                (0.019334, 0.119193, 0.950227))
+D65_WHITE = (0.95047, 1.0, 1.08883)
+L_SCALE, AB_SCALE = 50.0, 110.0  # the reference's A = L/50 − 1, B = ab/110
+
+_MATRICES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _matrices(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xyz_from_rgb, rgb_from_xyz) in float64 on device; the inverse taken in float64, as scikit-image's."""
+    device = torch.device(device)
+    if device not in _MATRICES:
+        forward = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
+        _MATRICES[device] = (forward.to(device), torch.linalg.inv(forward).to(device))
+    return _MATRICES[device]
+
+
+def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """matrix applied to the colour vector of every pixel of x (..., 3, H, W)."""
+    return torch.einsum("ij,...jhw->...ihw", matrix, x)
+
+
+def _white(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(D65_WHITE, dtype=torch.float64, device=x.device).view(3, 1, 1)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB (..., 3, H, W), uint8 or float in [0, 1], to CIE Lab in float64 (L in [0, 100]): skimage.color.rgb2lab."""
+    if rgb.shape[-3] != 3:
+        raise ValueError(f"rgb_to_lab takes (..., 3, H, W) images, not shape {tuple(rgb.shape)}")
+    x = rgb.double() / 255.0 if rgb.dtype == torch.uint8 else rgb.double()
+    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = _apply(_matrices(x.device)[0], linear) / _white(x)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), dim=-3)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """CIE Lab (..., 3, H, W) to sRGB float64 in [0, 1]: skimage.color.lab2rgb, colours outside the sRGB gamut
+    clipped channel by channel as it does (a negative Z to 0 first)."""
+    if lab.shape[-3] != 3:
+        raise ValueError(f"lab_to_rgb takes (..., 3, H, W) images, not shape {tuple(lab.shape)}")
+    L, a, b = lab.double().unbind(-3)
+    fy = (L + 16.0) / 116.0
+    f = torch.stack((a / 500.0 + fy, fy, (fy - b / 200.0).clamp(min=0)), dim=-3)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16.0 / 116.0) / 7.787) * _white(f)
+    linear = _apply(_matrices(f.device)[1], xyz)
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1 / 2.4) - 0.055, linear * 12.92)
+    return rgb.clamp(0.0, 1.0)
+
+
+def _divide(x: torch.Tensor, scale: float) -> torch.Tensor:
+    # A CUDA division by a Python scalar multiplies by its reciprocal, which can differ from the CPU's true division
+    # in the last bit; dividing by a tensor divides on every device alike.
+    return x / torch.tensor(scale, dtype=x.dtype, device=x.device)
+
+
+def colorization_pair(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's colorization data of sRGB images (..., 3, H, W): (A, B) float32, A = L/50 − 1 (..., 1, H, W)
+    and B = ab/110 (..., 2, H, W), from the float64 Lab rounded to float32 as its data set does."""
+    lab = rgb_to_lab(rgb).float()
+    return _divide(lab[..., :1, :, :], L_SCALE) - 1.0, _divide(lab[..., 1:, :, :], AB_SCALE)
+
+
+def colorization_rgb(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """sRGB float64 in [0, 1] of the colorization data A (L/50 − 1) and B (ab/110): the reference's lab2rgb, its
+    scaling back in float32 arithmetic as it does it."""
+    lab = torch.cat(((A.float() + 1.0) * L_SCALE, B.float() * AB_SCALE), dim=-3)
+    return lab_to_rgb(lab)
+
+
+def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] to uint8 as the reference saves its colorization pictures: ·255, truncated."""
+    return (rgb.double() * 255.0).to(torch.uint8)
+
+
+def lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """L of sRGB images (..., 3, H, W) in float64, (..., 1, H, W) in [0, 100]."""
+    return rgb_to_lab(rgb)[..., :1, :, :]
