@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastpix.data.transforms import to_image_array
+from fastpix.config import model_kind
+from fastpix.data.pictures import pictures
 from fastpix.files import atomic_write
 from fastpix.plot import write_loss_plot
 from fastpix.store.run_folder import RunFolder
@@ -20,8 +21,10 @@ from fastpix.store.run_folder import RunFolder
 BOARD_SCALARS = ("G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s", "mfu")
 
 
-def sample_grid(real_A, fake_B, real_B, max_rows=4) -> Image.Image:
-    rows = [np.concatenate([to_image_array(t[i]) for t in (real_A, fake_B, real_B)], axis=1)
+def sample_grid(real_A, fake_B, real_B, max_rows=4, kind="pix2pix") -> Image.Image:
+    """One row per item of the batch: its pictures (fastpix.data.pictures: A, G(A), B; for colorization its L,
+    real and predicted colours), side by side."""
+    rows = [np.concatenate(list(pictures(real_A[i], fake_B[i], real_B[i], kind).values()), axis=1)
             for i in range(min(max_rows, real_A.shape[0]))]
     return Image.fromarray(np.concatenate(rows, axis=0))
 
@@ -45,6 +48,7 @@ class Progress:
                  show_bar):
         model_cfg, data_cfg, train_cfg = cfgs
         self.run, self.cfg, self.world, self.device = run, train_cfg, world, device
+        self.kind = model_kind(vars(model_cfg), vars(data_cfg))
         self.flops_per_image, self.peak = flops_per_image, peak
         self.main = world.is_main
         self.bar = self.board = self.wandb = None
@@ -105,7 +109,7 @@ class Progress:
             self.bar.set_postfix({"epoch": epoch, **speed, **{k: f"{v:.3f}" for k, v in values.items()}})
 
     def samples(self, batch, fake_B, iteration):
-        grid = sample_grid(batch["A"], fake_B, batch["B"])
+        grid = sample_grid(batch["A"], fake_B, batch["B"], kind=self.kind)
         path = self.run.path(f"samples/iter_{iteration:07d}.png")
         atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
         write_loss_plot(self.run.path("metrics.jsonl"), self.run.path("loss.png"))
