@@ -20,7 +20,7 @@ def load_predictor(args, cfg, **options):
     prepare_backend(args, cfg.backend, cfg.device)
     return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
                                      cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
-                                     cache_dir=cfg.compile_cache_dir, **options, **arch)
+                                     cache_dir=cfg.compile_cache_dir, model=cfg.model, **options, **arch)
 
 
 def cmd_predict(args):
