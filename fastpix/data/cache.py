@@ -3,7 +3,8 @@
 Only the "resize_and_crop" preprocess (the reference default) is cached: its resize does not depend on the epoch, so
 each pair is decoded and resized once to load_size² uint8 A and B; the random crop/flip and the normalisation happen
 per batch in fastpix.data.augment, equal bit for bit to PairedDataset's output. Other preprocess modes keep using
-PairedDataset through make_loader.
+PairedDataset through make_loader. Colorization's single images are cached as RGB (a) with an empty b, and
+converted to Lab after the crop (augment_colorization), equal bit for bit to ColorizationDataset's items.
 
 The cache is built into files under a cache folder (default: one per data set in the user's cache directory, see
 default_cache_dir; nothing is written into the data set unless --cache_dir points there): <stem>.a and <stem>.b hold
