@@ -20,16 +20,21 @@ XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
 D65_WHITE = (0.95047, 1.0, 1.08883)
 L_SCALE, AB_SCALE = 50.0, 110.0  # the reference's A = L/50 − 1, B = ab/110
 
-_MATRICES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTANTS: dict[torch.device, dict[str, torch.Tensor]] = {}
 
 
-def _matrices(device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xyz_from_rgb, rgb_from_xyz) in float64 on device; the inverse taken in float64, as scikit-image's."""
+def _constants(device) -> dict[str, torch.Tensor]:
+    """The conversion's constant tensors on device, made once per device: a tensor made from Python values on a GPU
+    is a copy that waits for the GPU's queue, which would stall every batch. The inverse matrix is taken in float64,
+    as scikit-image's."""
     device = torch.device(device)
-    if device not in _MATRICES:
+    if device not in _CONSTANTS:
         forward = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
-        _MATRICES[device] = (forward.to(device), torch.linalg.inv(forward).to(device))
-    return _MATRICES[device]
+        found = {"xyz_from_rgb": forward, "rgb_from_xyz": torch.linalg.inv(forward),
+                 "white": torch.tensor(D65_WHITE, dtype=torch.float64).view(3, 1, 1),
+                 "L_scale": torch.tensor(L_SCALE), "ab_scale": torch.tensor(AB_SCALE)}
+        _CONSTANTS[device] = {name: t.to(device) for name, t in found.items()}
+    return _CONSTANTS[device]
 
 
 def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -37,17 +42,14 @@ def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", matrix, x)
 
 
-def _white(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(D65_WHITE, dtype=torch.float64, device=x.device).view(3, 1, 1)
-
-
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB (..., 3, H, W), uint8 or float in [0, 1], to CIE Lab in float64 (L in [0, 100]): skimage.color.rgb2lab."""
     if rgb.shape[-3] != 3:
         raise ValueError(f"rgb_to_lab takes (..., 3, H, W) images, not shape {tuple(rgb.shape)}")
     x = rgb.double() / 255.0 if rgb.dtype == torch.uint8 else rgb.double()
+    constants = _constants(x.device)
     linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
-    xyz = _apply(_matrices(x.device)[0], linear) / _white(x)
+    xyz = _apply(constants["xyz_from_rgb"], linear) / constants["white"]
     f = torch.where(xyz > 0.008856, xyz.clamp(min=0) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f.unbind(-3)
     return torch.stack((116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)), dim=-3)
@@ -59,25 +61,23 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     if lab.shape[-3] != 3:
         raise ValueError(f"lab_to_rgb takes (..., 3, H, W) images, not shape {tuple(lab.shape)}")
     L, a, b = lab.double().unbind(-3)
+    constants = _constants(lab.device)
     fy = (L + 16.0) / 116.0
     f = torch.stack((a / 500.0 + fy, fy, (fy - b / 200.0).clamp(min=0)), dim=-3)
-    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16.0 / 116.0) / 7.787) * _white(f)
-    linear = _apply(_matrices(f.device)[1], xyz)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16.0 / 116.0) / 7.787) * constants["white"]
+    linear = _apply(constants["rgb_from_xyz"], xyz)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1 / 2.4) - 0.055, linear * 12.92)
     return rgb.clamp(0.0, 1.0)
-
-
-def _divide(x: torch.Tensor, scale: float) -> torch.Tensor:
-    # A CUDA division by a Python scalar multiplies by its reciprocal, which can differ from the CPU's true division
-    # in the last bit; dividing by a tensor divides on every device alike.
-    return x / torch.tensor(scale, dtype=x.dtype, device=x.device)
 
 
 def colorization_pair(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's colorization data of sRGB images (..., 3, H, W): (A, B) float32, A = L/50 − 1 (..., 1, H, W)
     and B = ab/110 (..., 2, H, W), from the float64 Lab rounded to float32 as its data set does."""
     lab = rgb_to_lab(rgb).float()
-    return _divide(lab[..., :1, :, :], L_SCALE) - 1.0, _divide(lab[..., 1:, :, :], AB_SCALE)
+    constants = _constants(lab.device)
+    # Divided by float32 tensors, not Python scalars: CUDA divides by a scalar as a multiplication by its
+    # reciprocal, which can differ from the CPU's true division in the last bit.
+    return lab[..., :1, :, :] / constants["L_scale"] - 1.0, lab[..., 1:, :, :] / constants["ab_scale"]
 
 
 def colorization_rgb(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
