@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fastpix.cli import main
-from fastpix.config import DataConfig, ModelConfig, check_model, model_kind
+from fastpix.config import DataConfig, ModelConfig, StudyConfig, check_model, model_kind
 from fastpix.data import ColorizationDataset
 from fastpix.data.lab import colorization_pair, colorization_rgb, lab_to_rgb, rgb_to_lab, to_uint8
 from fastpix.data.pictures import pictures
@@ -21,6 +21,7 @@ from fastpix.data.transforms import sample_crop_flip, sample_rng
 from fastpix.errors import ConfigError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
+from fastpix.study.page import make_study
 from tiny_models import perturb_batchnorms
 
 color = pytest.importorskip("skimage.color", reason="the Lab tests compare with scikit-image (the 'test' extra)")
@@ -250,6 +251,11 @@ def test_train_test_eval_predict_serve_a_colorization_run(photos, workdir, capsy
     assert main(["eval", "--results", str(out), "--baselines"]) == 0
     report = capsys.readouterr().out
     assert f"{scores['metrics']['l1']['mean']:.4f}" in report and "output = input" in report
+    study = make_study([str(out)], str(workdir / "study"), StudyConfig())  # the perceptual study sees the RGB
+    assert sorted(study["models"][0]["stems"]) == ["p0", "p1", "p2", "p3"]
+    for shown, saved in (("fake_B", "fake_B_rgb"), ("real_B", "real_B_rgb")):
+        assert (workdir / "study" / "images" / "m0" / f"p0_{shown}.png").read_bytes() == \
+            (out / "images" / f"p0_{saved}.png").read_bytes()
 
     assert main(["predict", "--checkpoint", str(run), "--input", os.path.join(photos, "test"), "--output",
                  str(workdir / "pred"), "--quiet"]) == 0
