@@ -31,10 +31,16 @@ def _constants(device) -> dict[str, torch.Tensor]:
     if device not in _CONSTANTS:
         forward = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
         found = {"xyz_from_rgb": forward, "rgb_from_xyz": torch.linalg.inv(forward),
+                 "linear_of_byte": _linear(torch.arange(256, dtype=torch.float64) * (1.0 / 255.0)),
                  "white": torch.tensor(D65_WHITE, dtype=torch.float64).view(3, 1, 1),
                  "L_scale": torch.tensor(L_SCALE), "ab_scale": torch.tensor(AB_SCALE)}
         _CONSTANTS[device] = {name: t.to(device) for name, t in found.items()}
     return _CONSTANTS[device]
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB's transfer function undone (IEC 61966-2-1), as scikit-image's rgb2xyz."""
+    return torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
 
 
 def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +52,12 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB (..., 3, H, W), uint8 or float in [0, 1], to CIE Lab in float64 (L in [0, 100]): skimage.color.rgb2lab."""
     if rgb.shape[-3] != 3:
         raise ValueError(f"rgb_to_lab takes (..., 3, H, W) images, not shape {tuple(rgb.shape)}")
-    x = rgb.double() / 255.0 if rgb.dtype == torch.uint8 else rgb.double()
-    constants = _constants(x.device)
-    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    constants = _constants(rgb.device)
+    if rgb.dtype == torch.uint8:  # scikit-image's img_as_float (· 1/255) then _linear, looked up: the same values
+        table = constants["linear_of_byte"]
+        linear = table.index_select(0, rgb.reshape(-1).int()).view(rgb.shape)
+    else:
+        linear = _linear(rgb.double())
     xyz = _apply(constants["xyz_from_rgb"], linear) / constants["white"]
     f = torch.where(xyz > 0.008856, xyz.clamp(min=0) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f.unbind(-3)
