@@ -70,8 +70,15 @@ PAIRS_CACHE_MAX_GB = 20.0
 SMALL_CONV_COLUMNS = 128
 
 
+MODEL_CHOICES = ("pix2pix", "colorization", "test")
+DATASET_MODES = ("aligned", "colorization", "single")
+
+
 @dataclass
 class ModelConfig:
+    model: str = opt("pix2pix", "pix2pix; colorization: the reference's grey → colour model, pix2pix from the L of CIE "
+                     "Lab to its ab (implies --dataset_mode colorization, --input_nc 1, --output_nc 2); test: the "
+                     "reference's single-image generator run, which is `fastpix predict`", choices=MODEL_CHOICES)
     input_nc: int = opt(3, "channels of the input image A (1 = grayscale)")
     output_nc: int = opt(3, "channels of the output image B (1 = grayscale)")
     ngf: int = opt(64, "generator filters in the last conv layer")
@@ -92,6 +99,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataroot: str = opt(None, "dataset folder holding train/val/test splits (default: the built-in demo data)")
+    dataset_mode: str = opt("aligned", "aligned: A|B files side by side, or A/ and B/ folders; colorization: single "
+                            "RGB images, A their L and B their ab (implies --model colorization); single: images "
+                            "without targets, which is `fastpix predict`", choices=DATASET_MODES)
     direction: str = opt("AtoB", "translate A to B or B to A", choices=("AtoB", "BtoA"))
     load_size: int = opt(286, "scale images to this size before cropping")
     crop_size: int = opt(256, "then crop to this size")
@@ -124,6 +134,55 @@ def check_crop(model_cfg: ModelConfig, data_cfg: DataConfig):
     if data_cfg.crop_size % multiple:
         raise ConfigError(f"--netG {model_cfg.netG} takes images whose sides are multiples of {multiple}: "
                           f"--crop_size {data_cfg.crop_size} is not (or use a smaller U-Net)")
+
+
+# Colorization's model and data set (each implies the other, as in the reference) and what they need: the
+# reference's colorization data set sets, and asserts, input_nc 1, output_nc 2, AtoB.
+COLORIZATION = {"model": "colorization", "dataset_mode": "colorization"}
+COLORIZATION_NEEDS = {"input_nc": 1, "output_nc": 2, "direction": "AtoB"}
+
+
+def model_kind(*layers: dict) -> str:
+    """"colorization" or "pix2pix", from layers of option values (the later override the earlier, as build_config
+    takes them; dataclasses as vars()): colorization when --model or --dataset_mode says so; where no layer names
+    either, when the generator takes 1 channel and gives 2 (L → ab: a reference colorization .pth tells nothing
+    else), as no other data has 2-channel targets."""
+    merged = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    if "colorization" in (merged.get("model"), merged.get("dataset_mode")):
+        return "colorization"
+    if "model" in merged or "dataset_mode" in merged:
+        return "pix2pix"
+    return "colorization" if (merged.get("input_nc"), merged.get("output_nc")) == (1, 2) else "pix2pix"
+
+
+def kind_layers(*layers: dict) -> tuple[dict, dict]:
+    """(beneath, above): the layers the model kind of `layers` puts below them (colorization's channels and
+    direction, which flags may still set, and check_model then refuses) and above them (its model and data set,
+    both named, so that config.json records them); empty for pix2pix."""
+    if model_kind(*layers) != "colorization":
+        return {}, {}
+    return {**COLORIZATION_NEEDS, **COLORIZATION}, dict(COLORIZATION)
+
+
+def check_model(model_cfg: ModelConfig, data_cfg: DataConfig):
+    """Colorization's options hold together (1 → 2 channels, AtoB), said in one line before any work; a model or
+    data set that translates single images is `fastpix predict`'s."""
+    if model_cfg.model == "test" or data_cfg.dataset_mode == "single":
+        raise ConfigError("--model test / --dataset_mode single translate images without targets: use fastpix "
+                          "predict")
+    if model_kind(vars(model_cfg), vars(data_cfg)) != "colorization":
+        if model_cfg.output_nc == 2:
+            raise ConfigError("--output_nc 2: only colorization's targets (ab) have 2 channels; give --model "
+                              "colorization, or --output_nc 1 or 3")
+        return
+    values = {**vars(model_cfg), **vars(data_cfg)}
+    wrong = [f"--{k} {values[k]}" for k, v in COLORIZATION_NEEDS.items() if values[k] != v]
+    if wrong:
+        raise ConfigError(f"colorization translates L (1 channel) to ab (2 channels), AtoB: {', '.join(wrong)} do "
+                          f"not fit (leave them out: it sets "
+                          f"{' '.join(f'--{k} {v}' for k, v in COLORIZATION_NEEDS.items())})")
 
 
 @dataclass
@@ -304,6 +363,9 @@ class InferenceConfig:
                     choices=NORM_CHOICES)
     input_nc: int = opt(None, "input channels, when neither config.json nor the weights tell it")
     output_nc: int = opt(None, "output channels, when neither config.json nor the weights tell it")
+    model: str = opt(None, "colorization: take colour or grey images, colour them from their L (CIE Lab) and keep "
+                     "it; pix2pix: translate images as they are (default: config.json's, else colorization for a "
+                     "generator of 1 input and 2 output channels, else pix2pix)", choices=("pix2pix", "colorization"))
 
 
 @dataclass
@@ -345,11 +407,8 @@ class ServeConfig(HttpServerConfig, InferenceConfig):
 
 @dataclass
 class ReferenceConfig:
-    """Options of the reference's train and test alike."""
-    model: str = opt("pix2pix", "the reference's model switch; fastpix is pix2pix (test: the reference's "
-                     "single-image generator run, which is `fastpix predict`)", choices=("pix2pix", "test"))
-    dataset_mode: str = opt("aligned", "aligned A|B files; fastpix also reads A/ and B/ folders without it (single: "
-                            "images without targets, which is `fastpix predict`)", choices=("aligned", "single"))
+    """Options of the reference's train and test alike (its --model and --dataset_mode are ModelConfig's and
+    DataConfig's: config.json records them)."""
     gpu_ids: str = opt(None, "'-1' for the CPU, '0' for cuda:0 (the first id; more GPUs: --nproc); same as "
                        "--device (default: cuda if available)")
     suffix: str = opt("", "customised suffix: --name becomes <name>_<suffix>, the suffix formatted with the "

@@ -2,7 +2,8 @@
 FCN-score (fcn_score.py).
 
 Images are scored as saved (uint8, the reference's truncating conversion), so scoring a checkpoint and scoring
-its saved results give the same numbers. Metrics on [0, 1] images (data range 1): L1 (mean absolute error),
+its saved results give the same numbers. What is saved and scored is fastpix.data.pictures': fake_B against real_B,
+and for colorization the RGB pictures fake_B_rgb against real_B_rgb. Metrics on [0, 1] images (data range 1): L1 (mean absolute error),
 PSNR, SSIM (Gaussian window σ 1.5) and the high-frequency energy ratio output/target (sharpness: blur → below 1).
 A results folder holds index.html, images/ and scores.json (the report: protocol, aggregate, per-image values).
 """
@@ -16,14 +17,14 @@ import os
 
 import numpy as np
 
+from fastpix.config import model_kind
 from fastpix.data.dataset import DataError
-from fastpix.data.transforms import to_image_array
+from fastpix.data.pictures import SCORED, pictures
 from fastpix.files import atomic_write_bytes
 from fastpix.results import save_png, write_index
 
 METRICS = {"l1": "lower is better", "psnr": "higher is better", "ssim": "higher is better",
            "hf_ratio": "sharpness: 1 = as sharp as the target, below 1 = blurrier"}
-IMAGE_LABELS = ("real_A", "fake_B", "real_B")
 SCALE = ("images scaled to [0, 1] (uint8 / 255), data range 1.0; SSIM with a Gaussian window σ 1.5 (11 taps), "
          "K1 0.01, K2 0.03; hf_ratio = high-frequency energy (image − its σ 1.5 blur) of output / target")
 SCORES_FILE = "scores.json"
@@ -46,31 +47,34 @@ def aggregate(per_image: list[dict], protocol: str) -> dict:
             "per_image": per_image}
 
 
-def save_and_score(items, out: str, kept: list | None = None, aspect_ratio: float = 1.0) -> list[tuple]:
-    """Save each (stem, real_A, fake_B, real_B) under <out>/images/ as the reference does (resized to aspect_ratio:
-    its test --aspect_ratio), and score it (unresized).
+def save_and_score(items, out: str, kept: list | None = None, aspect_ratio: float = 1.0,
+                   kind: str = "pix2pix") -> list[tuple]:
+    """Save the pictures of each (stem, real_A, fake_B, real_B) (fastpix.data.pictures, for the model kind `kind`)
+    under <out>/images/<stem>_<label>.png as the reference does (resized to aspect_ratio: its test --aspect_ratio),
+    and score the output against the target (unresized).
 
     Returns rows (stem, [(label, file relative to out)], scores). With a list as `kept`, the uint8
-    (real_A, fake_B, real_B) arrays of every image are appended to it (for the baselines and FID/KID)."""
+    (real_A, output, target) arrays of every image are appended to it (for the baselines and FID/KID)."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    output, target = SCORED[kind]
     rows = []
     for stem, real_A, fake_B, real_B in items:
-        arrays = [to_image_array(t) for t in (real_A, fake_B, real_B)]
+        shown = pictures(real_A, fake_B, real_B, kind)
         files = []
-        for label, array in zip(IMAGE_LABELS, arrays):
+        for label, array in shown.items():
             files.append((label, f"images/{stem}_{label}.png"))
             save_png(array, os.path.join(out, files[-1][1]), aspect_ratio)
-        rows.append((stem, files, {"name": stem, **score(arrays[1], arrays[2])}))
+        rows.append((stem, files, {"name": stem, **score(shown[output], shown[target])}))
         if kept is not None:
-            kept.append(arrays)
+            kept.append((shown["real_A"], shown[output], shown[target]))
     return rows
 
 
 def score_and_write(items, out: str, title: str, protocol: str, sort: str = "name", width: int = 256,
-                    aspect_ratio: float = 1.0) -> dict:
+                    aspect_ratio: float = 1.0, kind: str = "pix2pix") -> dict:
     """`fastpix test`: save (resized to aspect_ratio), score, write index.html (images `width` px wide:
     --display_winsize) and scores.json; return the report."""
-    rows = save_and_score(items, out, aspect_ratio=aspect_ratio)
+    rows = save_and_score(items, out, aspect_ratio=aspect_ratio, kind=kind)
     report = aggregate([r[2] for r in rows], protocol)
     write_results(out, title, rows, report, sort, width)
     return report
@@ -120,22 +124,33 @@ def summary_html(report: dict) -> str:
             f"<th>max</th>{head}<th></th></tr>{body}</table><p>{html.escape(report['scale'])}</p>{extra}")
 
 
-def saved_images(folder: str) -> tuple[list[str], str]:
-    """The image stems of a results folder (--results) and the protocol that made them.
+def saved_images(folder: str) -> tuple[list[str], str, str]:
+    """The image stems of a results folder (--results), the protocol that made them and the model kind whose
+    pictures they are (colorization's outputs are <stem>_fake_B_rgb.png).
 
     A fastpix folder's scores.json names the images of its last run (a folder reused by a run with a smaller
-    --num_test still holds the older images); a reference results folder has none, and every *_fake_B.png counts.
+    --num_test still holds the older images); a reference results folder has none, and every output picture
+    counts.
     """
     manifest = os.path.join(folder, SCORES_FILE)
+    images = os.path.join(glob.escape(folder), "images")
     if os.path.isfile(manifest):
         with open(manifest) as f:
             saved = json.load(f)
-        return [r["name"] for r in saved["per_image"]], saved["protocol"]
-    fakes = sorted(glob.glob(os.path.join(folder, "images", "*_fake_B.png")))
-    if not fakes:
-        raise DataError(f"--results {folder}: no scores.json and no images/*_fake_B.png (expected a fastpix or "
-                        "reference results folder such as results/<name>/test_latest)")
-    return [os.path.basename(p)[: -len("_fake_B.png")] for p in fakes], "an unknown protocol (no scores.json)"
+        stems = [r["name"] for r in saved["per_image"]]
+        first = stems[0] if stems else ""
+        kind = "colorization" if os.path.isfile(os.path.join(folder, "images", f"{first}_fake_B_rgb.png")) \
+            else "pix2pix"
+        return stems, saved["protocol"], kind
+    for kind in ("pix2pix", "colorization"):
+        suffix = f"_{SCORED[kind][0]}.png"
+        fakes = sorted(glob.glob(os.path.join(images, f"*{suffix}")))
+        if fakes:
+            return ([os.path.basename(p)[: -len(suffix)] for p in fakes], "an unknown protocol (no scores.json)",
+                    kind)
+    raise DataError(f"--results {folder}: no scores.json and no images/*_fake_B.png (or colorization's "
+                    "*_fake_B_rgb.png) (expected a fastpix or reference results folder such as "
+                    "results/<name>/test_latest)")
 
 
 def load_saved(folder: str, stem: str, label: str, required: bool = True) -> np.ndarray | None:
@@ -151,10 +166,10 @@ def load_saved(folder: str, stem: str, label: str, required: bool = True) -> np.
 
 def score_saved(folder: str, kept: list | None = None) -> dict:
     """The report for a results folder's saved images; `kept` as in score_and_write (real_A may be None)."""
-    stems, protocol = saved_images(folder)
+    stems, protocol, kind = saved_images(folder)
     per_image = []
     for stem in stems:
-        fake, real = load_saved(folder, stem, "fake_B"), load_saved(folder, stem, "real_B")
+        fake, real = (load_saved(folder, stem, label) for label in SCORED[kind])
         per_image.append({"name": stem, **score(fake, real)})
         if kept is not None:
             kept.append((load_saved(folder, stem, "real_A", required=False), fake, real))
@@ -176,16 +191,17 @@ def baseline_scores(pairs: list[tuple[np.ndarray, np.ndarray]], mean_target: np.
 
 
 def mean_training_target(model_cfg, data_cfg) -> np.ndarray:
-    """The per-pixel mean of the training split's targets at the test transform (uint8)."""
+    """The per-pixel mean of the training split's target pictures at the test transform (uint8)."""
     from fastpix.infer.protocol import protocol_dataset
 
+    kind = model_kind(vars(model_cfg), vars(data_cfg))
     dataset = protocol_dataset(model_cfg, data_cfg, "train")
     total, count = None, 0
     for i in range(len(dataset)):
         item = dataset[i]
         if item is None:
             continue
-        b = to_image_array(item["B"]).astype(np.float64)
+        b = pictures(item["A"], item["B"], item["B"], kind)[SCORED[kind][1]].astype(np.float64)
         total, count = (b if total is None else total + b), count + 1
     return np.round(total / count).astype(np.uint8)
 
@@ -224,7 +240,7 @@ def run_test(model_cfg, data_cfg, test_cfg, weights: str, width: int = 256, aspe
     items = translate_split(G, dataset, test_cfg.num_test, test_cfg.eval, test_cfg.seed, device, test_cfg.precision)
     title = f"Experiment = {test_cfg.name}, Phase = {test_cfg.phase}, Epoch = {test_cfg.epoch}"
     score_and_write(items, out, title, protocol_name(test_cfg.eval, test_cfg.seed), sort=test_cfg.sort, width=width,
-                    aspect_ratio=aspect_ratio)
+                    aspect_ratio=aspect_ratio, kind=model_kind(vars(model_cfg), vars(data_cfg)))
     return out
 
 
@@ -248,7 +264,7 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
         epoch = os.path.splitext(os.path.basename(weights))[0].removesuffix("_net_G")
         out = os.path.join(cfg.results_dir, run_name, f"eval_{cfg.phase}_{epoch}")
         items = translate_split(G, dataset, cfg.num_test, cfg.eval, cfg.seed, device, cfg.precision)
-        rows = save_and_score(items, out, kept)
+        rows = save_and_score(items, out, kept, kind=model_kind(vars(model_cfg), vars(data_cfg)))
         report = aggregate([r[2] for r in rows], protocol_name(cfg.eval, cfg.seed))
     if cfg.baselines:
         mean_target = mean_training_target(model_cfg, data_cfg) if data_cfg.dataroot else None

@@ -21,7 +21,7 @@ def load_predictor(args, cfg, **options):
     return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
                                      cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
                                      cache_dir=cfg.compile_cache_dir, cache_max_gb=cfg.compile_cache_max_gb,
-                                     max_loaded_packages=cfg.max_loaded_packages, **options, **arch)
+                                     max_loaded_packages=cfg.max_loaded_packages, model=cfg.model, **options, **arch)
 
 
 def cmd_predict(args):

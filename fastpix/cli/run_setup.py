@@ -9,7 +9,7 @@ import dataclasses
 
 from fastpix.cli.console import is_main_process, note
 from fastpix.cli.flags import build_config
-from fastpix.config import DataConfig, ModelConfig, ReferenceConfig, check_crop
+from fastpix.config import DataConfig, ModelConfig, ReferenceConfig, check_crop, check_model, kind_layers
 from fastpix.errors import ConfigError
 
 
@@ -25,11 +25,11 @@ def reference_args(given: dict, args) -> dict:
     return given
 
 
-def refuse_single_images(ref: ReferenceConfig):
+def refuse_single_images(given: dict):
     """The reference's --model test / --dataset_mode single translate images that have no target: `fastpix
     predict` does that (any size, the paper's per-image statistics by default)."""
-    if ref.model == "test" or ref.dataset_mode == "single":
-        flag = "--model test" if ref.model == "test" else "--dataset_mode single"
+    if given.get("model") == "test" or given.get("dataset_mode") == "single":
+        flag = "--model test" if given.get("model") == "test" else "--dataset_mode single"
         raise ConfigError(f"{flag} translates images without targets: use fastpix predict --checkpoint "
                           "<checkpoints_dir>/<name> --input <images> --output <folder>")
 
@@ -88,17 +88,26 @@ class RunSetup:
     def start(cls, args, config_cls, *more_configs) -> RunSetup:
         given = reference_args(vars(args), args)
         cfg, ref = build_config(config_cls, given), build_config(ReferenceConfig, given)
-        refuse_single_images(ref)
+        refuse_single_images(given)
         others = [build_config(c, given) for c in (ModelConfig, DataConfig, *more_configs)]
         cfg.name = suffixed_name(cfg.name, ref.suffix, cfg, ref, *others)
         return cls(args, given, cfg, ref)
 
     def configs(self, *recorded: dict) -> tuple[ModelConfig, DataConfig]:
-        """The model and data configuration: defaults, then each layer of `recorded`, then the flags given."""
-        return build_config(ModelConfig, *recorded, self.given), build_config(DataConfig, *recorded, self.given)
+        """The model and data configuration: defaults, then what the model kind implies (colorization's channels),
+        then each layer of `recorded`, then the flags given, then the model kind's model and data set."""
+        layers = (*recorded, self.given)
+        beneath, above = kind_layers(*layers)
+        if above and self.given.get("dataset_mode") == "aligned":
+            raise ConfigError("--dataset_mode aligned: a colorization model (--model colorization, or the run's "
+                              "config.json) reads single RGB images: --dataset_mode colorization")
+        return (build_config(ModelConfig, beneath, *layers, above),
+                build_config(DataConfig, beneath, *layers, above))
 
     def ready(self, model_cfg, data_cfg, nets=("G", "D")):
-        """The last checks before any work: the crop fits the U-Net; --verbose's networks; the backend."""
+        """The last checks before any work: the model kind's options agree; the crop fits the U-Net; --verbose's
+        networks; the backend."""
+        check_model(model_cfg, data_cfg)
         check_crop(model_cfg, data_cfg)
         if self.ref.verbose and is_main_process():
             print_networks(model_cfg, nets)
@@ -131,7 +140,7 @@ def settle_crop(args, given: dict, recorded: dict, data_cfg, phase: str):
                        f"(config.json); images are resized to {data_cfg.crop_size}²")
         return
     try:
-        height, width = split_image_size(data_cfg.dataroot, phase)
+        height, width = split_image_size(data_cfg.dataroot, phase, single=data_cfg.dataset_mode == "colorization")
     except DataError:  # no such split, or no image in it: reading the data set says so, after the generator is built
         return
     side = min(height, width)

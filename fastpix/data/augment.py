@@ -6,13 +6,15 @@ through a 256-entry table computed on the CPU with to_tensor's float32 operation
 by a scalar as a multiplication by its reciprocal, which can differ in the last bit, and a table cannot. On the CPU
 with the native extension, crop, flip, NHWC → NCHW and the same table lookup run in one native pass
 (crop_flip_normalize_into: one read of the cache, one write of the floats); without it, to_tensor's operations
-themselves run (the same kernels, so the same bits, and faster than a lookup in torch).
+themselves run (the same kernels, so the same bits, and faster than a lookup in torch). Colorization crops and flips
+the RGB images the same way, then converts them to Lab where they are (augment_colorization).
 """
 from __future__ import annotations
 
 import torch
 
 from fastpix.data import decode
+from fastpix.data.lab import colorization_pair
 from fastpix.data.transforms import sample_crop_flip, sample_rng
 
 _TABLES: dict[torch.device, torch.Tensor] = {}
@@ -106,6 +108,22 @@ def normalize(crops: torch.Tensor, memory_format=torch.contiguous_format, table:
     return lut.index_select(0, crops.contiguous().view(-1).int()).view(crops.shape)
 
 
+def _output_device(src: torch.Tensor, device) -> torch.device:
+    device = src.device if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current device; a tensor names its index
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _crops_on(device: torch.device, src: torch.Tensor, rows, params, crop_size: int) -> torch.Tensor:
+    """crop_flip's uint8 crops of src, taken where src lives, on device."""
+    moving = src.device != device
+    crops = crop_flip(src, rows, params, crop_size, pin=moving and device.type == "cuda")
+    if moving:  # crops are NHWC memory: move that, not a transposed copy
+        crops = crops.permute(0, 2, 3, 1).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return crops
+
+
 def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool,
             device=None):
     """Crop/flip rows `rows` of the uint8 pair (a, b) as data-set items `indices`, normalise on `device`.
@@ -113,20 +131,25 @@ def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: i
     The crops are taken where a and b live (a CPU cache crops on the CPU, so only crop² bytes cross to the GPU).
     Output: NCHW float32, contiguous on the CPU (as the DataLoader's), channels_last on CUDA (as the engine wants).
     """
-    load_size = a.shape[1]
-    params = crop_flip_params(indices, seed, epoch, load_size, crop_size, flip)
-    device = a.device if device is None else torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda" is the current device; a tensor names its index
-        device = torch.device("cuda", torch.cuda.current_device())
+    params = crop_flip_params(indices, seed, epoch, a.shape[1], crop_size, flip)
+    device = _output_device(a, device)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     out = []
     for src in (a, b):
         if device.type == "cpu" and native_crops(src):
             out.append(crop_flip_normalize(src, rows, params, crop_size))
             continue
-        moving = src.device != device
-        crops = crop_flip(src, rows, params, crop_size, pin=moving and device.type == "cuda")
-        if moving:  # crops are NHWC memory: move that, not a transposed copy
-            crops = crops.permute(0, 2, 3, 1).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        out.append(normalize(crops, memory_format))
+        out.append(normalize(_crops_on(device, src, rows, params, crop_size), memory_format))
     return out[0], out[1]
+
+
+def augment_colorization(rgb: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool,
+                         device=None):
+    """augment for colorization: the crops of the uint8 RGB images rgb[rows] as items `indices`, converted on
+    `device` to the reference's (A, B) = (L/50 − 1, ab/110) (fastpix.data.lab), equal to ColorizationDataset's
+    items (bit for bit on the CPU). Same layouts as augment's."""
+    params = crop_flip_params(indices, seed, epoch, rgb.shape[1], crop_size, flip)
+    device = _output_device(rgb, device)
+    A, B = colorization_pair(_crops_on(device, rgb, rows, params, crop_size))
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return A.contiguous(memory_format=memory_format), B.contiguous(memory_format=memory_format)

@@ -3,7 +3,8 @@
 Only the "resize_and_crop" preprocess (the reference default) is cached: its resize does not depend on the epoch, so
 each pair is decoded and resized once to load_size² uint8 A and B; the random crop/flip and the normalisation happen
 per batch in fastpix.data.augment, equal bit for bit to PairedDataset's output. Other preprocess modes keep using
-PairedDataset through make_loader.
+PairedDataset through make_loader. Colorization's single images are cached as RGB (a) with an empty b, and
+converted to Lab after the crop (augment_colorization), equal bit for bit to ColorizationDataset's items.
 
 The cache is built into files under a cache folder (default: one per data set in the user's cache directory, see
 default_cache_dir; nothing is written into the data set unless --cache_dir points there): <stem>.a and <stem>.b hold
@@ -33,7 +34,7 @@ import torch
 from fastpix.cache_folders import GB, Lease, remove_unless_leased
 from fastpix.config import PAIRS_CACHE_MAX_GB, user_cache_dir
 from fastpix.data import cache_entries
-from fastpix.data.augment import augment
+from fastpix.data.augment import augment, augment_colorization
 from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
 from fastpix.data.decode import decode_pairs_into
 from fastpix.data.transforms import BICUBIC
@@ -50,6 +51,10 @@ PLACEMENTS = ("auto", "gpu", "memory", "memmap")
 # ------------------------------------------------------------------------------------------- shared with stream.py
 
 def channels(dataset: PairedDataset) -> tuple[int, int]:
+    """Channels of the cached a and b arrays. Colorization keeps its RGB images as a and nothing as b (0 channels):
+    A and B are computed from a after the crop (augment_colorization); (3, 0) also keeps its cache key apart."""
+    if dataset.colorization:
+        return 3, 0
     return (1 if dataset.gray_a else 3), (1 if dataset.gray_b else 3)
 
 
@@ -61,22 +66,27 @@ def check_cacheable(dataset: PairedDataset):
 
 def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
     """Decode and resize items `indices` into out_a / out_b as PairedDataset does (the two sides after the
-    direction swap); one error message naming the file per failed item, else None."""
+    direction swap; colorization: its RGB image into out_a); one error message naming the file per failed item,
+    else None."""
     size = dataset.load_size
-    if not dataset.two_folders:
+    if not dataset.two_folders and not dataset.colorization:
         modes = ["L" if gray else "RGB" for gray in (dataset.gray_a, dataset.gray_b)]
         files = [dataset.paths[i][0] for i in indices]
         if dataset.reverse:  # the file's right half is the data set's A
             return decode_pairs_into(files, out_b, out_a, (size, size), modes[::-1], threads=threads)
         return decode_pairs_into(files, out_a, out_b, (size, size), modes, threads=threads)
 
-    def one(k):  # two folders: the reference chain on PIL, which releases the GIL while decoding and resizing
+    def one(k):  # two folders, single images: the reference chain on PIL, which releases the GIL while resizing
         try:
-            a, b, _, _ = dataset.load_halves(indices[k])
+            if dataset.colorization:
+                sides = ((dataset.load_image(indices[k]), False, out_a),)
+            else:
+                a, b, _, _ = dataset.load_halves(indices[k])
+                sides = ((a, dataset.gray_a, out_a), (b, dataset.gray_b, out_b))
         except DataError as exc:
             out_a[k], out_b[k] = 0, 0
             return str(exc)
-        for img, gray, out in ((a, dataset.gray_a, out_a), (b, dataset.gray_b, out_b)):
+        for img, gray, out in sides:
             img = (img.convert("L") if gray else img).resize((size, size), BICUBIC)
             out[k] = np.asarray(img, dtype=np.uint8).reshape(out.shape[1:])
         return None
@@ -101,6 +111,14 @@ def paths_of(dataset: PairedDataset, indices) -> tuple[list[str], list[str]]:
     if dataset.reverse:
         return [p[1] for p in pairs], [p[0] for p in pairs]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def augment_items(dataset: PairedDataset, a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int,
+                  device):
+    """(A, B) on device of rows `rows` of the uint8 arrays (a, b), as items `indices` of dataset in epoch `epoch`."""
+    if dataset.colorization:
+        return augment_colorization(a, rows, indices, seed, epoch, dataset.crop_size, dataset.flip, device)
+    return augment(a, b, rows, indices, seed, epoch, dataset.crop_size, dataset.flip, device)
 
 
 def make_batch(dataset: PairedDataset, indices: list[int], A: torch.Tensor, B: torch.Tensor) -> dict:
@@ -373,6 +391,5 @@ class CachedLoader:
             if not indices:
                 yield None  # as collate_pairs does when a whole batch was unreadable
                 continue
-            A, B = augment(self.cache.a, self.cache.b, indices, indices, ds.seed, ds.epoch, ds.crop_size, ds.flip,
-                           self.device)
-            yield make_batch(ds, indices, A, B)
+            yield make_batch(ds, indices, *augment_items(ds, self.cache.a, self.cache.b, indices, indices, ds.seed,
+                                                         ds.epoch, self.device))

@@ -46,16 +46,16 @@ def open_rgb_or_l(path: str, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(arr[:, :, 0] if mode == "L" else arr)
 
 
-def split_image_size(dataroot: str, phase: str) -> tuple[int, int]:
-    """(height, width) of the first pair's A image in <dataroot>/<phase> (aligned A|B: half the file's width), read
-    from its header alone: the size the split's images have."""
+def split_image_size(dataroot: str, phase: str, single: bool = False) -> tuple[int, int]:
+    """(height, width) of the first pair's A image in <dataroot>/<phase> (aligned A|B: half the file's width;
+    single: colorization's whole images), read from its header alone: the size the split's images have."""
     split = os.path.join(dataroot, phase)
-    two_folders = os.path.isdir(os.path.join(split, "A"))
+    two_folders = not single and os.path.isdir(os.path.join(split, "A"))
     files = list_images(os.path.join(split, "A") if two_folders else split)
     if not files:
         raise DataError(f"{split} holds no images ({', '.join(IMG_EXTENSIONS)})")
     width, height = image_size(files[0])
-    return height, width if two_folders else int(width / 2)
+    return height, width if two_folders or single else int(width / 2)
 
 
 class PairedDataset(torch.utils.data.Dataset):
@@ -64,6 +64,8 @@ class PairedDataset(torch.utils.data.Dataset):
     Layouts: <dataroot>/<phase>/*.jpg holding A|B side by side (split at int(width/2)), or <dataroot>/<phase>/A/
     and <dataroot>/<phase>/B/ holding files of the same names.
     """
+
+    colorization = False  # fastpix.data.colorization: A and B are the Lab of one RGB image
 
     def __init__(self, dataroot: str, phase: str = "train", direction: str = "AtoB", input_nc: int = 3,
                  output_nc: int = 3, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
@@ -77,10 +79,7 @@ class PairedDataset(torch.utils.data.Dataset):
             raise DataError(f"{split} does not exist: --dataroot {dataroot} has no '{phase}' split")
         self.dataroot, self.split = dataroot, split
         self.two_folders = os.path.isdir(os.path.join(split, "A")) and os.path.isdir(os.path.join(split, "B"))
-        if self.two_folders:
-            self.paths = self._match_two_folders(split)
-        else:
-            self.paths = [(p, p) for p in list_images(split)]
+        self.paths = self.list_pairs(split)
         if max_dataset_size is not None:
             self.paths = self.paths[:max_dataset_size]
         if not self.paths:
@@ -91,6 +90,12 @@ class PairedDataset(torch.utils.data.Dataset):
         self.gray_a, self.gray_b = input_nc == 1, output_nc == 1
         self.preprocess, self.load_size, self.crop_size, self.flip = preprocess, load_size, crop_size, flip
         self.seed, self.epoch, self.skip_bad_images = seed, 0, skip_bad_images
+
+    def list_pairs(self, split: str) -> list[tuple[str, str]]:
+        """(file of A, file of B) per item of the split, sorted: one file twice for A|B side by side."""
+        if self.two_folders:
+            return self._match_two_folders(split)
+        return [(p, p) for p in list_images(split)]
 
     @staticmethod
     def _match_two_folders(split):

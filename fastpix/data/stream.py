@@ -3,7 +3,7 @@
 StreamLoader: one background thread decodes each batch with decode_pairs_into (native threads, GIL released) into a
 ring of `depth` reused (pinned, on CUDA) uint8 buffers ahead of the consumer; the consumer copies a buffer to the
 device (a side stream, non_blocking, on CUDA) and crops/flips/normalises there (fastpix.data.augment), so batches
-equal PairedDataset's. Memory is bounded by the ring; the thread stops when the consumer stops (break, error, end).
+equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the ring; the thread stops when the consumer stops (break, error, end).
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import torch
 
 from fastpix.cache_folders import GB
 from fastpix.config import DATA_PIPELINE_CHOICES, PAIRS_CACHE_MAX_GB
-from fastpix.data.augment import augment
-from fastpix.data.cache import (CachedLoader, PairCache, batch_plan, cache_nbytes, channels, check_cacheable,
-                                choose_placement, decode_into, make_batch, report_bad)
+from fastpix.data.cache import (CachedLoader, PairCache, augment_items, batch_plan, cache_nbytes, channels,
+                                check_cacheable, choose_placement, decode_into, make_batch, report_bad)
 from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
 from fastpix.errors import ResourceError
 
@@ -173,8 +172,7 @@ class StreamLoader:
                     else:
                         kept = [indices[r] for r in rows]
                         a, b = self._to_device(slot, len(indices))
-                        A, B = augment(a, b, rows, kept, seed, epoch, ds.crop_size, ds.flip, self.device)
-                        batch = make_batch(ds, kept, A, B)
+                        batch = make_batch(ds, kept, *augment_items(ds, a, b, rows, kept, seed, epoch, self.device))
                 finally:
                     self.free.put(slot)  # on CPU the crops are copies; on CUDA the slot waits on slot.copied
                 yield batch

@@ -63,7 +63,7 @@ def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int
             images, targets, indices = [], [], []
             for k in range(start, min(start + batch_size, len(inputs))):
                 try:
-                    images.append(decode_image(inputs[k], "L" if predictor.input_nc == 1 else "RGB"))
+                    images.append(decode_image(inputs[k], "L" if predictor.image_channels == 1 else "RGB"))
                 except DecodeError as exc:  # report it and go on; the caller names the file, so the message need not
                     failed.append((inputs[k], str(exc).removeprefix(f"{os.fsdecode(inputs[k])}: ")))
                     continue

@@ -9,7 +9,8 @@
 How it runs (device, precision, runtime, layout, CUDA graphs) is decided once, when it is built: `plan`
 (plan.py), and `description` says it in a few words. Images are padded to the generator's multiple and cropped back
 (images.py). Norm and dropout behaviour: see norm_modes.py (both backends: a backend='triton' generator keeps its
-fused kernels). Translating files into a folder: image_files.py.
+fused kernels). Translating files into a folder: image_files.py. A colorization generator (model 'colorization')
+takes colour or grey images and returns them coloured, their lightness kept (colorize.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES
+from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES, model_kind
+from fastpix.errors import ConfigError
+from fastpix.infer.colorize import as_colour, join_lightness, split_lightness
 from fastpix.infer.compiled import CompiledNetwork, cache_key
 from fastpix.infer.compiled_cache import has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
@@ -33,7 +36,7 @@ from fastpix.infer.plan import ExecutionPlan, plan_execution
 from fastpix.infer.requests import ImageRequest, ImageResult
 from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.unet import UnetGenerator
-from fastpix.store.generator import load_generator
+from fastpix.store.generator import locate_generator
 
 
 class Predictor:
@@ -49,12 +52,15 @@ class Predictor:
     wait=True) waits for a size's packages, close() stops the builds. cache_dir, cache_max_gb, max_loaded_packages:
     the compiled cache's folder, its bound, and how many packages stay loaded; source names the checkpoint in
     `fastpix cache list`.
+    model: 'colorization' (colour or grey images in, coloured RGB out: colorize.py) or 'pix2pix' (images in the
+    generator's own channels, in and out); None: colorization for a generator of 1 input and 2 output channels
+    (the reference's L → ab), else pix2pix.
     """
 
     def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
                  graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None,
                  cache_max_gb: float = COMPILE_CACHE_MAX_GB, max_loaded_packages: int = MAX_LOADED_PACKAGES,
-                 source: str | None = None):
+                 source: str | None = None, model=None):
         if isinstance(generator, UnetGenerator):
             self.multiple = 2 ** generator.num_downs
         elif isinstance(generator, ResnetGenerator):
@@ -62,7 +68,14 @@ class Predictor:
         else:
             raise TypeError(f"Predictor needs a UnetGenerator or ResnetGenerator, not {type(generator).__name__}")
         self.generator = generator
-        self.input_nc = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.input_nc, output_nc = generator_channels(generator)
+        self.model = model or model_kind({"input_nc": self.input_nc, "output_nc": output_nc})
+        if self.model not in ("pix2pix", "colorization"):
+            raise ConfigError(f"--model {self.model!r}: the Predictor runs pix2pix or colorization generators")
+        if self.model == "colorization" and (self.input_nc, output_nc) != (1, 2):
+            raise ConfigError(f"--model colorization needs a generator of 1 input and 2 output channels (L → ab); "
+                              f"this one has {self.input_nc} → {output_nc}")
+        self.colorization = self.model == "colorization"
         self.norm_mode = norm_mode
         network = inference_network(generator, norm_mode, dropout)
         self.dropout = has_dropout(network)
@@ -89,19 +102,26 @@ class Predictor:
     def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
                         backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, runtime="auto",
                         cache_dir=None, images=None, cache_max_gb: float = COMPILE_CACHE_MAX_GB,
-                        max_loaded_packages: int = MAX_LOADED_PACKAGES, **arch):
+                        max_loaded_packages: int = MAX_LOADED_PACKAGES, model=None, **arch):
         """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
-        architecture as load_generator finds it."""
-        G = load_generator(path_or_dir, epoch, backend, **arch)
-        return cls(G, device, precision, norm_mode, dropout, graph_size, max_batch_size, runtime=runtime,
-                   cache_dir=cache_dir, images=images, cache_max_gb=cache_max_gb,
-                   max_loaded_packages=max_loaded_packages, source=f"{path_or_dir} ({epoch})")
+        architecture as load_generator finds it; the model kind given, else the one config.json records."""
+        found = locate_generator(path_or_dir, tag=epoch)
+        return cls(found.load(backend, **arch), device, precision, norm_mode, dropout, graph_size, max_batch_size,
+                   runtime=runtime, cache_dir=cache_dir, images=images, cache_max_gb=cache_max_gb,
+                   max_loaded_packages=max_loaded_packages, source=f"{path_or_dir} ({epoch})",
+                   model=model or found.config.get("model"))
 
     # What the plan decided, for callers that ask the Predictor (read-only: the plan does not change).
     device = property(lambda self: self.plan.device)
     precision = property(lambda self: self.plan.precision)
     runtime = property(lambda self: self.plan.runtime)
     max_batch_size = property(lambda self: self.plan.max_batch_size)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images it reads from files and bytes: 3 for colorization (grey images too: their L is
+        what it uses), else the generator's input_nc."""
+        return 3 if self.colorization else self.input_nc
 
     def autocast(self):
         """The autocast context `network` runs under (for code that runs it directly, as bench/gpu_check.py does)."""
@@ -116,6 +136,8 @@ class Predictor:
         if runtime == "compiled":
             runtime = f"compiled (AOTInductor, frozen weights: {compiled_sizes(self.runner.status())})"
         parts = [str(plan.device), plan.precision, runtime]
+        if self.colorization:
+            parts.insert(0, "colorization (L in, RGB out)")
         if plan.cuda_graphs:
             parts.append(f"CUDA graphs at {plan.graph_size[0]}x{plan.graph_size[1]}")
         elif plan.graphs_off and plan.device.type == "cuda":
@@ -167,7 +189,8 @@ class Predictor:
         given, or the one picked; a list for a list).
         resize=(w, h): inputs are resized (bicubic) to it, and outputs back to each input's size.
         output_type: 'pil' (RGB, grey tiled), 'np' (HWC uint8), 'pt' (CHW float32 in [-1, 1] on the device; the
-        images of a batch that needed no padding share one storage).
+        images of a batch that needed no padding share one storage). Colorization: images may be colour or grey
+        (1-channel tensors too), the output is RGB.
         Under norm_mode 'batch' the statistics are those of each group of same-size images (at most
         max_batch_size of them).
         """
@@ -192,9 +215,9 @@ class Predictor:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         seeds = [secrets.randbits(63) if self.dropout and r.seed is None else r.seed for r in requests]
-        inputs = [load_input(r.image, self.input_nc, resize) for r in requests]
+        inputs = [self._load(r.image, resize) for r in requests]
         groups = defaultdict(list)
-        for k, (t, _) in enumerate(inputs):
+        for k, (t, _, _) in enumerate(inputs):
             groups[padded_size(*t.shape[-2:], self.multiple)].append(k)
         outputs = [None] * len(requests)
         with torch.inference_mode():
@@ -205,7 +228,7 @@ class Predictor:
                     result = self._forward(batch, [(seeds[k], requests[k].index) for k in chunk])
                     # One NCHW conversion and one host transfer for the chunk, rather than one per image.
                     result = result.contiguous()
-                    if output_type != "pt":
+                    if output_type != "pt" and not self.colorization:  # colorization joins L on the device first
                         result = result.cpu()
                     for k, y in zip(chunk, result):
                         h, w = inputs[k][0].shape[-2:]
@@ -213,8 +236,20 @@ class Predictor:
                             # A copy, not a view: a cropped image must not hold its whole batch alive.
                             y = resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
                                 memory_format=torch.contiguous_format)
+                        if self.colorization:
+                            y = join_lightness(inputs[k][2], y)
+                            y = y if output_type == "pt" else y.cpu()
                         outputs[k] = convert_output(y, output_type)
         return [ImageResult(out, s, r.index) for out, s, r in zip(outputs, seeds, requests)]
+
+    def _load(self, image, resize):
+        """(the generator's input, CHW, (h, w) before any resize, the image's L at that size or None): uint8 or
+        float as load_input gives it; colorization's L/50 − 1 (float, on the device), computed before the resize."""
+        if not self.colorization:
+            return (*load_input(image, self.input_nc, resize), None)
+        rgb, original = load_input(as_colour(image), 3)
+        L, x = split_lightness(rgb, self.device)
+        return (x if resize is None else resize_tensor(x, resize[1], resize[0])), original, L
 
     @staticmethod
     def _resolve_seed(seed, n: int):
@@ -248,3 +283,9 @@ def compiled_sizes(status: dict) -> str:
     if status["failed"]:
         parts.append("; ".join(f"{shape} failed ({why})" for shape, why in status["failed"].items()))
     return "; ".join(parts + ["other sizes eager until built"])
+
+
+def generator_channels(generator: nn.Module) -> tuple[int, int]:
+    """(input, output) channels of a generator: its first convolution's input, its last one's output."""
+    convs = [m for m in generator.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    return convs[0].in_channels, convs[-1].out_channels

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from fastpix.config import check_model, model_kind
+from fastpix.data import DATASETS
 from fastpix.data.dataset import PairedDataset
 from fastpix.infer.predictor import Predictor
 from fastpix.progress import announced
@@ -36,17 +38,22 @@ def protocol_name(eval_mode: bool, seed: int) -> str:
 
 
 def protocol_dataset(model_cfg, data_cfg, phase) -> PairedDataset:
-    return PairedDataset(data_cfg.dataroot, phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
+    """The split at the test transform, read as the model kind reads its data (colorization: Lab of single images)."""
+    check_model(model_cfg, data_cfg)
+    dataset_class = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))]
+    return dataset_class(data_cfg.dataroot, phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
                          data_cfg.preprocess, data_cfg.crop_size, data_cfg.crop_size, flip=False,
                          max_dataset_size=data_cfg.max_dataset_size, skip_bad_images=data_cfg.skip_bad_images)
 
 
 def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: int, device, precision=None):
-    """Yield (stem, real_A, fake_B, real_B) CHW tensors in [-1, 1] for the first num items, one at a time."""
+    """Yield (stem, real_A, fake_B, real_B) CHW tensors in [-1, 1] for the first num items, one at a time (the
+    generator's own tensors: colorization's Lab too)."""
     count = min(num, len(dataset))
     if eval_mode:
+        # model "pix2pix": the data set's tensors are the network's own, colorization's Lab included
         predictor = Predictor(G, device=device, precision=precision, norm_mode="running", max_batch_size=1,
-                              images=count)
+                              images=count, model="pix2pix")
         if predictor.runtime == "compiled":
             # Scores of one path: every image of the split compiled, rather than the first ones eager (within bf16
             # rounding, but not equal) while the package builds, as a server or `predict` would have it.

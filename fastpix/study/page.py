@@ -1,7 +1,8 @@
 """`fastpix study make`: a self-contained study folder from one or more results folders.
 
 A results folder is fastpix's or the reference's results/<name>/<phase>_<epoch>/, holding
-images/<stem>_{real_A,fake_B,real_B}.png; each one is a model of the study. The folder written:
+images/<stem>_{real_A,fake_B,real_B}.png (colorization's: <stem>_{fake_B_rgb,real_B_rgb}.png, the RGB pictures); each
+one is a model of the study. The folder written:
     index.html    the page (style and script inline; the study below embedded, so it also runs from a file)
     study.json    the study: id, protocol (a StudyConfig), models with their image stems
     images/m<k>/  each model's <stem>_fake_B.png and <stem>_real_B.png; images/blank.png (the attention check)
@@ -18,6 +19,7 @@ import shutil
 import numpy as np
 
 from fastpix.data.dataset import DataError
+from fastpix.data.pictures import SCORED
 from fastpix.study.template import PAGE
 
 STUDY_FILE = "study.json"
@@ -26,15 +28,17 @@ ANSWERS_FILE = "answers.jsonl"
 BLANK = "images/blank.png"
 
 
-def result_stems(folder: str) -> list[str]:
-    """The stems with both a fake_B and a real_B image in <folder>/images/."""
-    fakes = sorted(glob.glob(os.path.join(glob.escape(folder), "images", "*_fake_B.png")))
-    stems = [os.path.basename(p)[: -len("_fake_B.png")] for p in fakes]
-    stems = [s for s in stems if os.path.isfile(os.path.join(folder, "images", f"{s}_real_B.png"))]
-    if not stems:
-        raise DataError(f"--results {folder}: no images/<stem>_fake_B.png with its <stem>_real_B.png (expected a "
-                        "results folder such as results/<name>/test_latest)")
-    return stems
+def result_stems(folder: str) -> tuple[list[str], tuple[str, str]]:
+    """The stems with both an output and a target picture in <folder>/images/, and those pictures' labels:
+    (fake_B, real_B), or colorization's (fake_B_rgb, real_B_rgb)."""
+    for fake, real in SCORED.values():
+        fakes = sorted(glob.glob(os.path.join(glob.escape(folder), "images", f"*_{fake}.png")))
+        stems = [os.path.basename(p)[: -len(f"_{fake}.png")] for p in fakes]
+        stems = [s for s in stems if os.path.isfile(os.path.join(folder, "images", f"{s}_{real}.png"))]
+        if stems:
+            return stems, (fake, real)
+    raise DataError(f"--results {folder}: no images/<stem>_fake_B.png with its <stem>_real_B.png (or colorization's "
+                    "_fake_B_rgb and _real_B_rgb) (expected a results folder such as results/<name>/test_latest)")
 
 
 def model_name(folder: str) -> str:
@@ -55,13 +59,13 @@ def make_study(folders: list[str], out: str, cfg, names: list[str] | None = None
         raise DataError("--scored-trials must be at least 1, --practice-trials and --attention-checks at least 0")
     models = []
     for k, (folder, name) in enumerate(zip(folders, names)):
-        stems = result_stems(folder)
+        stems, labels = result_stems(folder)
         target = os.path.join(out, "images", f"m{k}")
         os.makedirs(target, exist_ok=True)
         for stem in stems:
-            for label in ("fake_B", "real_B"):
+            for label, shown in zip(labels, ("fake_B", "real_B")):  # the page shows <stem>_{fake_B,real_B}.png
                 shutil.copyfile(os.path.join(folder, "images", f"{stem}_{label}.png"),
-                                os.path.join(target, f"{stem}_{label}.png"))
+                                os.path.join(target, f"{stem}_{shown}.png"))
         models.append({"name": name, "source": os.path.abspath(folder), "folder": f"images/m{k}", "stems": stems})
     Image.fromarray(np.full((cfg.image_size, cfg.image_size, 3), 128, dtype=np.uint8)).save(os.path.join(out, BLANK))
     protocol = dataclasses.asdict(cfg)

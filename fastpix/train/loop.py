@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from fastpix.config import check_model, model_kind
+from fastpix.data import DATASETS
 from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
 from fastpix.errors import CheckpointError, ConfigError
@@ -88,6 +90,7 @@ def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str
 
     progress: a progress bar where a person watches (a terminal); False (--quiet), or no terminal, prints a line
     every --print_freq iterations instead (train/progress.py)."""
+    check_model(model_cfg, data_cfg)
     world, device = distributed.setup(train_cfg.device)
     run = RunFolder(train_cfg.checkpoints_dir, train_cfg.name)
     if not os.path.isdir(run.dir):
@@ -133,9 +136,10 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
-    dataset = PairedDataset(data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
-                            data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip,
-                            data_cfg.max_dataset_size, train_cfg.seed, data_cfg.skip_bad_images)
+    dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
+        data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
+        data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip, data_cfg.max_dataset_size,
+        train_cfg.seed, data_cfg.skip_bad_images)
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
     loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
                            data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,

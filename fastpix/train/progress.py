@@ -22,14 +22,16 @@ import time
 import numpy as np
 import torch
 
-from fastpix.data.transforms import to_image_array
+from fastpix.config import model_kind
+from fastpix.data.pictures import pictures
 from fastpix.files import atomic_write
 from fastpix.plot import labelled_grid, write_loss_plot
 from fastpix.store.run_folder import RunFolder
 from fastpix.train.validate import make_validator
 
 BOARD_SCALARS = ("G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s", "mfu")
-GRID_LABELS = ("A", "G(A)", "B")
+# Column labels of the sample grids, in the order of fastpix.data.pictures.LABELS.
+GRID_LABELS = {"pix2pix": ("A", "G(A)", "B"), "colorization": ("L", "B (colour)", "G(L) (colour)")}
 
 
 def on_terminal() -> bool:
@@ -48,10 +50,12 @@ def duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
-def sample_grid(real_A, fake_B, real_B, max_rows=4):
-    """One row (A, G(A), B) per image of the batch, up to max_rows, at the training size, under column labels."""
-    rows = [[to_image_array(t[i]) for t in (real_A, fake_B, real_B)] for i in range(min(max_rows, real_A.shape[0]))]
-    return labelled_grid(rows, GRID_LABELS)
+def sample_grid(real_A, fake_B, real_B, max_rows=4, kind="pix2pix"):
+    """One row per image of the batch, up to max_rows, at the training size, under column labels: its pictures
+    (fastpix.data.pictures: A, G(A), B; for colorization its L, real and predicted colours)."""
+    rows = [list(pictures(real_A[i], fake_B[i], real_B[i], kind).values())
+            for i in range(min(max_rows, real_A.shape[0]))]
+    return labelled_grid(rows, GRID_LABELS[kind])
 
 
 def start_wandb(train_cfg, config: dict, folder: str):
@@ -76,6 +80,7 @@ class Progress:
         model_cfg, data_cfg, train_cfg = cfgs
         self.run, self.cfg, self.world, self.device = run, train_cfg, world, device
         (self.flops_per_image, self.peak), (self.planned, self.n_items) = cost, plan
+        self.kind = model_kind(vars(model_cfg), vars(data_cfg))
         self.main = world.is_main
         self.bar = self.board = self.wandb = None
         if show_bar:
@@ -185,12 +190,12 @@ class Progress:
         self.run.log({"epoch": cursor.epoch, "iter": cursor.iteration, "val": scores})
         self.say(f"(epoch: {cursor.epoch}, iters: {cursor.position}) val L1: {scores['l1']:.4f} "
                  f"PSNR: {scores['psnr']:.2f} dB SSIM: {scores['ssim']:.4f} ({scores['images']} images)")
-        grid = labelled_grid([list(row) for row in rows], GRID_LABELS)
+        grid = labelled_grid([list(row) for row in rows], GRID_LABELS[self.kind])
         self.save_grid(grid, f"samples/val_iter_{cursor.iteration:07d}.png", "val/A_fake_B", cursor.iteration)
         self.publish({f"val/{k}": scores[k] for k in ("l1", "psnr", "ssim")}, cursor.iteration)
 
     def samples(self, batch, fake_B, iteration):
-        grid = sample_grid(batch["A"], fake_B, batch["B"])
+        grid = sample_grid(batch["A"], fake_B, batch["B"], kind=self.kind)
         self.save_grid(grid, f"samples/iter_{iteration:07d}.png", "samples/A_fake_B", iteration)
         write_loss_plot(self.run.path("metrics.jsonl"), self.run.path("loss.png"), self.cfg.lambda_L1)
 

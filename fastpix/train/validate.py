@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from fastpix import metrics
-from fastpix.config import TestConfig
-from fastpix.data.dataset import DataError, PairedDataset
-from fastpix.data.transforms import to_image_array
+from fastpix.config import TestConfig, model_kind
+from fastpix.data import DATASETS
+from fastpix.data.dataset import DataError
+from fastpix.data.pictures import SCORED, pictures
 
 PROTOCOL_SEED = TestConfig.seed  # what `fastpix test` seeds with unless told otherwise
 
@@ -25,7 +26,8 @@ class Validator:
     generator to score on them."""
 
     def __init__(self, G, model_cfg, data_cfg, count: int, device):
-        dataset = PairedDataset(data_cfg.dataroot, "val", data_cfg.direction, model_cfg.input_nc,
+        self.kind = model_kind(vars(model_cfg), vars(data_cfg))
+        dataset = DATASETS[self.kind](data_cfg.dataroot, "val", data_cfg.direction, model_cfg.input_nc,
                                 model_cfg.output_nc, data_cfg.preprocess, data_cfg.crop_size, data_cfg.crop_size,
                                 flip=False, max_dataset_size=data_cfg.max_dataset_size,
                                 skip_bad_images=data_cfg.skip_bad_images)
@@ -37,10 +39,13 @@ class Validator:
         self.B = [item["B"] for item in items]
 
     def __call__(self) -> tuple[dict, list]:
-        """({"l1", "psnr", "ssim": means, "images": n}, [(real_A, fake_B, real_B) uint8 HWC per image])."""
+        """({"l1", "psnr", "ssim": means, "images": n}, [the pictures of each image, uint8 HWC]: real_A, fake_B,
+        real_B; for colorization its L and its real and predicted colours, scored in RGB as `fastpix eval` does)."""
         fakes = self.translate()
-        rows = [tuple(to_image_array(t) for t in row) for row in zip(self.A, fakes, self.B)]
-        fake, real = np.stack([f for _, f, _ in rows]), np.stack([b for _, _, b in rows])
+        shown = [pictures(a, f, b, self.kind) for a, f, b in zip(self.A, fakes, self.B)]
+        output, target = SCORED[self.kind]
+        fake, real = np.stack([p[output] for p in shown]), np.stack([p[target] for p in shown])
+        rows = [tuple(p.values()) for p in shown]
         scores = {"l1": metrics.l1(fake, real), "psnr": metrics.psnr(fake, real), "ssim": metrics.ssim(fake, real)}
         means = {name: round(metrics.summarize(values)["mean"], 5) for name, values in scores.items()}
         return {**means, "images": len(rows)}, rows

@@ -18,11 +18,12 @@ def decode_slots() -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(DECODE_SLOTS)
 
 
-def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: int,
+def decode_request_image(data: bytes, channels: int, multiple: int, max_pixels: int,
                          slots: threading.BoundedSemaphore):
-    """Request bytes → (CHW uint8 tensor, the padded pixels its forward pass will cost); 400 / 413 for what cannot be
-    served. The size is checked from the header, padded as the Predictor pads it, before any pixel is decoded (in
-    one of `slots`): a 1×N strip costs a U-Net multiple×N pixels, not N."""
+    """Request bytes → (CHW uint8 tensor with `channels` (the Predictor's image_channels), the padded pixels its
+    forward pass will cost); 400 / 413 for what cannot be served. The size is checked from the header, padded as the
+    Predictor pads it, before any pixel is decoded (in one of `slots`): a 1×N strip costs a U-Net multiple×N pixels,
+    not N."""
     import torch
 
     from fastpix.data.decode import decode_image, image_size
@@ -44,7 +45,7 @@ def decode_request_image(data: bytes, input_nc: int, multiple: int, max_pixels: 
                                  f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
     try:
         with slots:
-            array = decode_image(data, "L" if input_nc == 1 else "RGB", max_pixels=w * h, name="image")
+            array = decode_image(data, "L" if channels == 1 else "RGB", max_pixels=w * h, name="image")
     except DecodeError as exc:  # truncated or corrupt pixel data
         raise HTTPException(400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): "
                                  f"{str(exc).removeprefix('image: ')}") from None

@@ -41,8 +41,8 @@ async def translate(state: AppState, batcher: Annotated[Batcher, Depends(working
                     accept: Annotated[str | None, Header()] = None) -> Response:
     cfg, predictor = state.config, batcher.predictor
     deadline = time.monotonic() + cfg.timeout_s
-    image, pixels = await run_in_threadpool(decode_request_image, given.data, predictor.input_nc, predictor.multiple,
-                                            cfg.max_pixels, state.decode_slots)
+    image, pixels = await run_in_threadpool(decode_request_image, given.data, predictor.image_channels,
+                                            predictor.multiple, cfg.max_pixels, state.decode_slots)
     seed = given.seed
     if predictor.dropout and seed is None:
         seed = secrets.randbits(63)  # picked here, so that the answer can name it
@@ -73,7 +73,7 @@ async def readyz(state: AppState):
     if batcher.ready.is_set() and batcher.alive:
         # With the compiled runtime: which padded sizes (per batch piece) run compiled, which are being built (they
         # run eagerly meanwhile: ready does not wait for a compiler), which failed.
-        return {"ready": True, "runtime": batcher.predictor.description,
+        return {"ready": True, "runtime": batcher.predictor.description, "model": batcher.predictor.model,
                 "compiled": batcher.predictor.compile_status()}
     return JSONResponse({"ready": False, "reason": batcher.error or "warming up"}, status_code=503)
 
