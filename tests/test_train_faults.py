@@ -22,6 +22,7 @@ from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.weights import load_train_state, save_weights, weights_metadata
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
+from test_checkpoint import written
 from test_train import assert_same_run, configs, final_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +43,7 @@ def fail_in_save(monkeypatch, iteration, error):
     real, failed = files._write_into, []
 
     def write(path, data):
-        if path.endswith("-latest_net_D.safetensors") and saved_iteration(data) == iteration:
+        if path.endswith("-latest_net_D.safetensors") and saved_iteration(written(data)) == iteration:
             failed.append(path)
             raise error
         real(path, data)
@@ -89,9 +90,10 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
     real, attempts = files._write_into, []
 
     def write(path, data):
-        if path.endswith("-latest_net_G.safetensors") and saved_iteration(data) == 4:
+        if path.endswith("-latest_net_G.safetensors") and saved_iteration(written(data)) == 4:
             attempts.append(path)
             if len(attempts) == 2:
+                data = written(data)
                 real(path, data[:len(data) // 2])
                 raise Killed()
         real(path, data)
