@@ -104,6 +104,13 @@ class Progress:
                 speed["mem"] = f"{record['peak_mem_gb']:.1f}G"
             self.bar.set_postfix({"epoch": epoch, **speed, **{k: f"{v:.3f}" for k, v in values.items()}})
 
+    def note(self, line: str):
+        """One line for the user, above the progress bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def samples(self, batch, fake_B, iteration):
         grid = sample_grid(batch["A"], fake_B, batch["B"])
         path = self.run.path(f"samples/iter_{iteration:07d}.png")
