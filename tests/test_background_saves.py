@@ -17,7 +17,7 @@ from safetensors.torch import load, load_file
 
 from fastpix import files
 from fastpix.errors import DiskFull
-from fastpix.store.checkpoint_set import MANIFEST, read_manifest, recover, verify_set
+from fastpix.store.checkpoint_set import read_manifest, verify_set
 from fastpix.store.checkpoint_writer import CheckpointWriter
 from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.snapshot import Snapshotter
