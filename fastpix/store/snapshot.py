@@ -4,7 +4,7 @@ networks again.
 
 Taking it is the only part of a save the training thread waits for, so it is one copy of each tensor, the cheapest
 that is safe against the next optimizer step (which changes parameters and moments in place: a reference would not
-do), into host buffers kept from one save to the next: fresh buffers cost a page fault per 4 KiB, measured at 2-4x
+do), into host buffers kept from one save to the next: fresh buffers cost a page fault per 4 KiB, measured at ~4x
 the copy itself on a CPU. On a CPU the copy is a memcpy (tensors keep their layout: channels-last weights are made
 contiguous by the writer, not here). On a GPU it goes to pinned host memory with non-blocking copies, and one event
 recorded after them is what the writer waits on: stream order puts the copies before the next step's kernels, so the
