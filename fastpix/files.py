@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import shutil
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from fastpix.errors import DiskFull
 
@@ -41,16 +41,21 @@ def _create(path: str):
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
-def _write_into(path: str, data: bytes):
+def _write_into(path: str, data: bytes | Callable[[BinaryIO], Any]):
     with open(path, "r+b") as f:
-        f.write(data)
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def write_new(path: str, data: bytes, needed: int | None = None, note: str = ""):
-    """data to a new file at path (which must not exist), fsynced. A full disk removes the partial file and raises
-    DiskFull naming the path and the bytes needed (those of data, or `needed`, with `note` appended)."""
+def write_new(path: str, data: bytes | Callable[[BinaryIO], Any], needed: int | None = None, note: str = ""):
+    """data to a new file at path (which must not exist), fsynced. data: the bytes, or a function that writes them
+    into the open file (a large file streamed from memory it already has, never whole in memory twice). A full disk
+    removes the partial file and raises DiskFull naming the path and the bytes needed (those of data, or `needed`,
+    with `note` appended)."""
     try:
         _create(path)
         _write_into(path, data)

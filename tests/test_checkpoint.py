@@ -2,6 +2,7 @@
 errors for damaged or foreign files."""
 import argparse
 import errno
+import io
 import json
 import os
 import subprocess
@@ -19,6 +20,16 @@ from fastpix.store.generator import load_generator
 from fastpix.store.run_config import saved_config
 from fastpix.store.run_folder import TRAIN_STATE, RunFolder, find_weights
 from fastpix.store.weights import load_train_state, load_weights, save_weights, torch_bytes, weights_bytes
+
+
+def written(data) -> bytes:
+    """What files._write_into(path, data) writes: data, or what data writes into a file when it is a function (a
+    checkpoint's files are streamed)."""
+    if not callable(data):
+        return data
+    buffer = io.BytesIO()
+    data(buffer)
+    return buffer.getvalue()
 
 
 def write_set(run_dir, iteration, value):
@@ -75,6 +86,7 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_committed_s
     real = files._write_into
 
     def half_then_killed(path, data):
+        data = written(data)
         real(path, data[:len(data) // 2])
         raise Killed()
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -22,6 +23,7 @@ from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.weights import load_train_state, save_weights, weights_metadata
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
+from test_checkpoint import written
 from test_train import assert_same_run, configs, final_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,12 +40,13 @@ def saved_iteration(data: bytes) -> int | None:
 
 
 def fail_in_save(monkeypatch, iteration, error):
-    """The save of `iteration` raises `error` while writing its second file (after latest_net_G)."""
+    """The save of `iteration` raises `error` while writing its second file (after latest_net_G); returns the
+    threads it was raised in (the background writer's)."""
     real, failed = files._write_into, []
 
     def write(path, data):
-        if path.endswith("-latest_net_D.safetensors") and saved_iteration(data) == iteration:
-            failed.append(path)
+        if path.endswith("-latest_net_D.safetensors") and saved_iteration(written(data)) == iteration:
+            failed.append(threading.current_thread())
             raise error
         real(path, data)
 
@@ -72,10 +75,13 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
         train(*configs(tiny_data, tmp_path, max_iters=7, save_latest_freq=1, display_freq=100), progress=False)
     if not isinstance(error, Killed):  # one line naming the file and the bytes, not the loss plot's second error
         assert "latest_net_D.safetensors: no space left on the device (the write needs" in str(info.value)
+        assert "\n" not in str(info.value)
+    assert failed and failed[0] is not threading.main_thread()  # in the background writer, raised on this thread
     monkeypatch.undo()
     run = str(tmp_path / "run")
     assert read_manifest(run)["iteration"] == 3
-    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == [1, 2, 3, 4]
+    # the failed save of 4 stops the run after iteration 5 at the latest (its save point waits for the writer)
+    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))
     assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == list(range(1, 8))
@@ -89,9 +95,10 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
     real, attempts = files._write_into, []
 
     def write(path, data):
-        if path.endswith("-latest_net_G.safetensors") and saved_iteration(data) == 4:
+        if path.endswith("-latest_net_G.safetensors") and saved_iteration(written(data)) == 4:
             attempts.append(path)
             if len(attempts) == 2:
+                data = written(data)
                 real(path, data[:len(data) // 2])
                 raise Killed()
         real(path, data)
@@ -106,18 +113,29 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_path, monkeypatch, whole, signum):
-    real = progress.Progress.after_iteration
+def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_path, monkeypatch, capsys, whole,
+                                                                 signum):
+    """The stop's save is written in the background: the run waits for it, says so, and it is committed."""
+    real, real_write = progress.Progress.after_iteration, files._write_into
 
     def signal_at_3(self, engine, batch, cursor, *rest):
         real(self, engine, batch, cursor, *rest)
         if cursor.iteration == 3:
             os.kill(os.getpid(), signum)
 
+    def slow_write(path, data):
+        time.sleep(0.1)
+        real_write(path, data)
+
     monkeypatch.setattr(progress.Progress, "after_iteration", signal_at_3)
+    monkeypatch.setattr(files, "_write_into", slow_write)
     with pytest.raises(KeyboardInterrupt, match=f"{signal.Signals(signum).name}: stopped after iteration 3"):
         train(*configs(tiny_data, tmp_path, max_iters=7, print_freq=100), progress=False)
     monkeypatch.undo()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "waiting" in line] == ["fastpix: waiting for the checkpoint of iteration 3 to be "
+                                                             "written…"]
+    assert read_manifest(str(tmp_path / "run"))["iteration"] == 3
     assert load_train_state(f"{tmp_path}/run/latest_train_state.pt")["iteration"] == 3
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))

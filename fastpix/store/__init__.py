@@ -13,7 +13,9 @@ One job per module, lowest first:
   run_config      config.json (and the JSON reading the store shares)
   checkpoint_set  a save as a transaction: temporaries, the manifest that commits them, recovery, verification
   weights         weight and train-state formats (safetensors, the reference's .pth), the strict load
-  run_folder      the run folder: its layout, lock, metrics log, and saving/loading a whole set
+  run_folder      the run folder: its layout, lock, metrics log, and writing/loading a whole set
+  snapshot        what a save needs, copied off the live tensors (the training thread's only part of a save)
+  checkpoint_writer  the background thread that writes a snapshot as a set, one save in flight at a time
   architecture    what a generator's state_dict tells of its architecture; building that generator
   generator       where the generator of a run folder or weights file is, and loading it
   user_networks   TorchScript networks the user supplies (FID features, the FCN-score segmenter)

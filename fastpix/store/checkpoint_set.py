@@ -13,37 +13,91 @@ the README, `fastpix test` and a reference user look for, so the newest set must
 Until that start, readers (`fastpix test`, predict, eval, export) read such a file from the temporary the manifest
 names, verified by its hash (committed_bytes): they never rename, as a training process may hold the folder.
 
-write_set takes the bytes of the set, already made: taking the snapshot (on the training thread) and writing it
-(anywhere, later) are separate steps.
+write_set takes the files of the set already made, as bytes or as Streams (a file written piece by piece from memory
+the caller holds: a snapshot's tensors); each is hashed as it is written, a MiB at a time, in one pass over memory.
+Taking the snapshot (on the training thread) and writing it (on the background writer, store/checkpoint_writer.py)
+are separate steps; a writer told to abandon its save (a second Ctrl-C) stops before the commit.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
+from typing import BinaryIO, Callable
 
 from fastpix.errors import CheckpointError
 from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new
 from fastpix.store.run_config import read_json
 
 MANIFEST = "checkpoint.json"
+HASH_PIECE = 1 << 20  # hashed then written while it is still in the CPU's cache
 
 
-def write_set(run_dir: str, files: dict[str, bytes], info: dict):
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A file of a set written piece by piece (write(f) calls f.write with bytes-like pieces), never whole in
+    memory. nbytes: what it writes, or at least that (for the room check and a full disk's message)."""
+    nbytes: int
+    write: Callable[[BinaryIO], object]
+
+
+class Abandoned(Exception):
+    """A save stopped before its commit because it was told to (write_set's `abandoned`)."""
+
+
+class _Hashing:
+    """The file a Stream writes into: each piece hashed and counted on its way to the file."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, view.nbytes, HASH_PIECE):
+            piece = view[start:start + HASH_PIECE]
+            self.digest.update(piece)
+            self.f.write(piece)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self):
+        self.f.flush()
+
+
+class _Member:
+    """One file of a save, as files.write_new writes it; its sha256 and size are those of its last writing."""
+
+    def __init__(self, data: bytes | Stream):
+        self.stream = data if isinstance(data, Stream) else Stream(len(data), lambda f, b=data: f.write(b))
+        self.sha256, self.size = None, 0
+
+    def __call__(self, f: BinaryIO):
+        sink = _Hashing(f)
+        self.stream.write(sink)
+        self.sha256, self.size = sink.digest.hexdigest(), sink.size
+
+
+def write_set(run_dir: str, files: dict[str, bytes | Stream], info: dict,
+              abandoned: Callable[[], bool] = lambda: False):
     """Write files (name -> contents) as one checkpoint set with manifest info (iteration, epoch); see the module
-    docstring for the order. A full disk is found before anything is written where the free space tells it."""
-    needed = sum(len(b) for b in files.values())
+    docstring for the order. A full disk is found before anything is written where the free space tells it. When
+    `abandoned()` turns true before the commit, the temporaries are removed and Abandoned is raised."""
+    members = {name: _Member(data) for name, data in files.items()}
+    needed = sum(m.stream.nbytes for m in members.values())
     note = f"; the previous checkpoint ({MANIFEST}) is intact"
     if shutil.disk_usage(run_dir).free < needed:
         raise disk_full(os.path.join(run_dir, next(iter(files))), needed, note)
     entries, temporaries = {}, []
     try:
-        for name, data in files.items():
+        for name, member in members.items():
+            _unless_abandoned(abandoned, info)
             temporaries.append(temporary_path(os.path.join(run_dir, name)))
-            write_new(temporaries[-1], data, needed, note)
-            entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": len(data),
-                             "sha256": hashlib.sha256(data).hexdigest()}
+            write_new(temporaries[-1], member, needed, note)
+            entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": member.size,
+                             "sha256": member.sha256}
+        _unless_abandoned(abandoned, info)
         atomic_write_json(os.path.join(run_dir, MANIFEST), {**info, "files": entries})
     except BaseException:
         if _committed(run_dir, entries):  # interrupted just after the commit: the new set stands
@@ -54,6 +108,11 @@ def write_set(run_dir: str, files: dict[str, bytes], info: dict):
                     os.remove(tmp)
         raise
     _rename_into_place(run_dir, entries)
+
+
+def _unless_abandoned(abandoned: Callable[[], bool], info: dict):
+    if abandoned():
+        raise Abandoned(f"the save of iteration {info.get('iteration')} was abandoned before its commit")
 
 
 def _committed(run_dir: str, entries: dict) -> bool:

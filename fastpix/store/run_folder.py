@@ -3,38 +3,19 @@ held by the one `fastpix train` writing it, its metrics log, and a whole checkpo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
+from typing import Callable
 
 from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_bytes
-from fastpix.store.checkpoint_set import pending_files, read_manifest, verify_set, write_set
+from fastpix.store.checkpoint_set import Stream, pending_files, read_manifest, verify_set, write_set
 from fastpix.store.run_config import write_run_config
-from fastpix.store.weights import load_train_state, load_weights, torch_bytes, weights_bytes, weights_metadata
+from fastpix.store.weights import load_train_state, load_weights, weights_metadata
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
 TRAIN_STATE = "latest_train_state.pt"
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """The bytes of one checkpoint set, taken from the networks at one iteration: writing them (RunFolder.write)
-    may happen later, and elsewhere, without touching the networks again."""
-    files: dict[str, bytes]
-    info: dict  # iteration, epoch, position: what the manifest records
-
-
-def snapshot(G, D, train_state: dict, tags=()) -> Snapshot:
-    """latest (and each tag: an epoch, iter_<N>) weights of G and D with the train state."""
-    info = {k: train_state[k] for k in ("iteration", "epoch", "position")}
-    g, d = weights_bytes(G, info), weights_bytes(D, info)
-    files = {}
-    for tag in ("latest", *tags):
-        files[f"{tag}_net_G.safetensors"], files[f"{tag}_net_D.safetensors"] = g, d
-    files[TRAIN_STATE] = torch_bytes(train_state)
-    return Snapshot(files, info)
 
 
 def weights_in(run_dir: str, tag: str) -> dict:
@@ -98,12 +79,10 @@ class RunFolder:
                         kept.append(line.rstrip(b"\n") + b"\n")
         atomic_write_bytes(path, b"".join(kept))
 
-    def write(self, taken: Snapshot):
-        """One checkpoint set, as a transaction (checkpoint_set.write_set)."""
-        write_set(self.dir, taken.files, taken.info)
-
-    def save(self, G, D, train_state: dict, tags=()):
-        self.write(snapshot(G, D, train_state, tags))
+    def write(self, files: dict[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False):
+        """One checkpoint set, as a transaction (checkpoint_set.write_set); the files of a snapshot
+        (store/snapshot.py), written by the background writer (store/checkpoint_writer.py)."""
+        write_set(self.dir, files, info, abandoned)
 
     def load(self) -> tuple[dict, dict, dict]:
         """(G state, D state, train state) of the newest complete save, verified. Call checkpoint_set.recover first

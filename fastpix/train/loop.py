@@ -4,8 +4,10 @@ Resume is exact because everything random is either a function of (seed, epoch, 
 crops and flips — or saved: the torch RNG (dropout), the optimizers, and the position inside the epoch.
 
 Reading order: train (lock, one-line errors) → _train (data, models, step, start point) → run_epochs (the learning
-rate, the save after each epoch) → run_epoch (the iterations: step, progress, stop, the save cadence). What is
-logged and when lives in progress.py; how a signal stops the run in stop.py; the files in fastpix/store/.
+rate, the save after each epoch) → run_epoch (the iterations: step, progress, stop, the save cadence). A save only
+snapshots the state here; the background writer (store/checkpoint_writer.py) writes it while training goes on, and
+`background_saves` waits for it at the run's end. What is logged and when lives in progress.py; how a signal stops
+the run in stop.py; the files in fastpix/store/.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from fastpix.models.fused import dropout_rng_states, load_dropout_rng_states
 from fastpix.peaks import peak_flops
 from fastpix.runtime import channels_last, resolve_precision, set_tf32
 from fastpix.store.checkpoint_set import recover
+from fastpix.store.checkpoint_writer import CheckpointWriter
 from fastpix.store.run_folder import TRAIN_STATE, RunFolder
+from fastpix.store.snapshot import Snapshotter
 from fastpix.store.weights import load_into
 from fastpix.train import distributed
 from fastpix.train.engine import TrainEngine
@@ -37,8 +41,7 @@ from fastpix.train.step import Pix2PixStep
 from fastpix.train.stop import Stopped, StopRequest
 
 STOP_SYNC_EVERY = 10
-
-
+SLOW_SAVE_S = 2.0  # a save point that waits longer than this for the previous save's writing says so
 
 
 def wrap_for_training(G, D, model_cfg, world, device):
@@ -83,6 +86,8 @@ class Session:
     step: Pix2PixStep
     engine: TrainEngine = None
     progress: Progress = None
+    snapshots: Snapshotter = None  # the main process's: it alone writes checkpoints
+    writer: CheckpointWriter = None
 
 
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
@@ -163,7 +168,7 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
                           (planned_iterations(train_cfg, len(dataset), world), len(dataset)), cursor, show_bar)
     failing = True
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, background_saves(s):
             run_epochs(s, cursor, stop)
         failing = False
     finally:
@@ -224,14 +229,49 @@ def resume(s: Session) -> dict:
 
 
 def save(s: Session, cursor: Cursor, tags=()):
-    """One checkpoint set (store.run_folder.RunFolder.save): the weights, and the train state that makes resume
-    exact."""
+    """One checkpoint set: the weights, and the train state that makes resume exact. Only its snapshot is taken
+    here, once the previous save is written (at most one in flight); the background writer writes it."""
+    if not s.writer.wait(SLOW_SAVE_S):
+        wait_for_writer(s)
     state = {"epoch": cursor.epoch, "position": cursor.position, "iteration": cursor.iteration,
              "optimizers": s.step.state_dict(), "torch_rng": torch.get_rng_state(),
              "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)}}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    s.run.save(s.G, s.D, state, tags)
+    s.writer.submit(s.snapshots.take({"G": s.G, "D": s.D}, state, tags))
+
+
+def wait_for_writer(s: Session):
+    """Wait for the save in flight, saying so in one line; its error, if it failed, is raised here."""
+    if s.writer.writing is not None:
+        s.progress.note(f"fastpix: waiting for the checkpoint of iteration {s.writer.writing} to be written…")
+    s.writer.wait()
+
+
+@contextlib.contextmanager
+def background_saves(s: Session):
+    """The main process's checkpoint writer, for the epochs inside. The run returns only once every save is
+    written (the last one's error, a full disk, is then the run's); a second Ctrl-C abandons the save in flight
+    (not committed: the previous set stands); any other error first lets the save in flight finish, as a
+    synchronous save made before the error would have."""
+    if not s.world.is_main:
+        yield
+        return
+    s.snapshots, s.writer = Snapshotter(), CheckpointWriter(s.run)
+    try:
+        yield
+        wait_for_writer(s)
+    except KeyboardInterrupt:
+        s.writer.abandon()
+        raise
+    except BaseException:
+        try:
+            wait_for_writer(s)
+        except KeyboardInterrupt:
+            s.writer.abandon()
+        except Exception:  # noqa: BLE001 - the save failed too: the error on its way out is the one to report
+            pass
+        raise
 
 
 def reached_max(cfg, iteration: int) -> bool:
@@ -273,6 +313,8 @@ def run_epoch(s: Session, cursor: Cursor, lr: float, stop: StopRequest) -> bool:
         data_time = time.perf_counter() - t_data
         s.engine(batch["A"], batch["B"])
         cursor.iteration += 1
+        if s.writer is not None:
+            s.writer.check()  # a background save that failed stops the run now, not at the next save point
         s.progress.after_iteration(s.engine, batch, cursor, lr, data_time)
         done = reached_max(cfg, cursor.iteration)
         stopping = stop_agreed(s, stop, cursor.iteration, done)

@@ -194,6 +194,13 @@ class Progress:
         self.save_grid(grid, f"samples/val_iter_{cursor.iteration:07d}.png", "val/A_fake_B", cursor.iteration)
         self.publish({f"val/{k}": scores[k] for k in ("l1", "psnr", "ssim")}, cursor.iteration)
 
+    def note(self, line: str):
+        """One line for the user, above the progress bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def samples(self, batch, fake_B, iteration):
         grid = sample_grid(batch["A"], fake_B, batch["B"], kind=self.kind)
         self.save_grid(grid, f"samples/iter_{iteration:07d}.png", "samples/A_fake_B", iteration)
