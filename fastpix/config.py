@@ -195,7 +195,8 @@ class EvalConfig(TestConfig):
     segmenter: str = opt(None, "TorchScript segmentation network for the FCN-score (float N×3×H×W in [0, 1] -> "
                          "class logits N×C×H×W; never downloaded): needs --label-palette or --label-dir")
     label_palette: str = opt(None, "FCN-score ground truth from the input label maps (real_A): a JSON file "
-                             '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "ignore_id": 255}')
+                             '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "ignore_id": 255}, '
+                             "or a built-in palette: facades, demo")
     label_dir: str = opt(None, "FCN-score ground truth from class-id PNGs instead: <label_dir>/<stem>.png")
     label_tolerance: float = opt(10.0, "--label-palette: a pixel takes the class of the nearest palette colour "
                                  "within this RGB distance (resized or JPEG label maps blur colours), else it is "
