@@ -31,8 +31,8 @@ MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "
            "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "num_test": 0, "load_iter": 0,
            "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1, "graph_size": 0, "port": 0,
            "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1, "body_timeout_s": 0.1, "keep_alive_s": 1,
-           "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0, "test": 0,
-           "epochs": 1}
+           "limit_concurrency": 1, "canvas_size": 8, "aspect_ratio": 0.0, "size": 8, "train": 0, "val": 0,
+           "test": 0, "epochs": 1}
 
 
 NET_G_CHOICES = tuple(f"unet_{2 ** k}" for k in range(5, 10)) + ("resnet_6blocks", "resnet_9blocks")
@@ -287,6 +287,10 @@ class PredictConfig(InferenceConfig):
     seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")
 
 
+# The draw page's canvas without a --canvas-size or a trained crop: the paper's crop, and Hesse's canvases.
+DRAW_CANVAS_SIZE = 256
+
+
 @dataclass
 class ServeConfig(HttpServerConfig, InferenceConfig):
     max_batch_size: int = opt(16, "most requests one forward pass serves")
@@ -301,6 +305,14 @@ class ServeConfig(HttpServerConfig, InferenceConfig):
                                 "Retry-After; an empty queue admits any one request)")
     graph_size: int = opt(256, "CUDA only: images that pad to graph_size x graph_size run as CUDA graphs, one per "
                           "batch bucket, captured before /readyz reports ready (0: no graphs)")
+    canvas_size: int = opt(None, "side in pixels of the draw page's canvas (GET /) (default: the crop size the "
+                           f"checkpoint was trained at, from its config.json, else {DRAW_CANVAS_SIZE})")
+    palette: str = opt(None, "the draw page's label colours: a palette file as eval's --label-palette takes, or a "
+                       "built-in one: facades, demo (default: none; a black pen on white, as edges models expect)")
+    examples: str = opt(None, "a split whose pairs the draw page's 'random example' button shows (input, and its "
+                        "real target beside the output): a folder of aligned A|B images, or one with A/ and B/")
+    direction: str = opt(None, "which half of an --examples pair is the model's input: AtoB or BtoA (default: the "
+                         "checkpoint's config.json, else AtoB)", choices=("AtoB", "BtoA"))
 
 
 # ------------------------------------------------------------------------------ the reference's other options

@@ -11,6 +11,8 @@ from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
 from fastpix.infer.server.codecs import decode_slots
 from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response
 from fastpix.infer.server.metrics import CountRequests, ServerMetrics
+from fastpix.infer.server.page import draw_page
+from fastpix.infer.server.page import router as page_router
 from fastpix.infer.server.routes import router
 
 RETRY_AFTER_S = 1
@@ -32,8 +34,10 @@ async def lifespan(app: FastAPI):
     await run_in_threadpool(app.state.batcher.stop, app.state.config.timeout_s)
 
 
-def create_app(predictor, cfg=None) -> FastAPI:
-    """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig."""
+def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
+    """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig.
+    checkpoint: where the predictor's generator came from (a store GeneratorSource), which names the model on the
+    draw page and gives it the canvas size and examples' direction the run was trained with."""
     from fastpix.config import ServeConfig
 
     cfg = cfg or ServeConfig()
@@ -46,12 +50,14 @@ def create_app(predictor, cfg=None) -> FastAPI:
     warmup = (cfg.graph_size, cfg.graph_size) if cfg.graph_size else None
     batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
                       max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)
+    page = draw_page(predictor, cfg, checkpoint)  # ConfigError / DataError before the worker starts
     metrics = ServerMetrics(batcher.queue.qsize)
     batcher.on_batch = metrics.batch
     app = FastAPI(title="fastpix", lifespan=lifespan)
-    app.state.batcher, app.state.config, app.state.metrics = batcher, cfg, metrics
+    app.state.batcher, app.state.config, app.state.metrics, app.state.page = batcher, cfg, metrics, page
     app.state.decode_slots = decode_slots()
     app.include_router(router)
+    app.include_router(page_router)
     add_error_handlers(app)
     app.add_exception_handler(QueueFull, server_busy)
     app.add_exception_handler(WorkerStopped, worker_stopped)
