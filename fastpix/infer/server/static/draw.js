@@ -473,8 +473,8 @@ async function start() {
   pixels = image.data;
   bindControls();
   updateButtons();
-  waitUntilReady();
   if (info.examples) await randomExample(); else changed(true);
+  waitUntilReady();  // the first translation is of the first drawing
 }
 
 start();
