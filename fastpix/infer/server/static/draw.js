@@ -471,6 +471,9 @@ async function start() {
   fillCanvas(inputCtx, state.clear);
   image = inputCtx.getImageData(0, 0, N, N);
   pixels = image.data;
+  const pixelated = () => $("input").closest(".panels").classList.toggle("pixelated", input.clientWidth >= 2 * N);
+  window.addEventListener("resize", pixelated);
+  pixelated();
   bindControls();
   updateButtons();
   if (info.examples) await randomExample(); else changed(true);
