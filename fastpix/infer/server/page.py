@@ -12,6 +12,7 @@ style are files of this server, so the Content-Security-Policy allows only the s
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -48,17 +49,21 @@ class DrawPage:
 
 def draw_page(predictor, cfg, checkpoint=None) -> DrawPage:
     """The page's settings from a ServeConfig and the checkpoint served (a store GeneratorSource, or None): the
-    canvas at --canvas-size, else the run's crop size; the examples' direction by --direction, else the run's.
-    A canvas the server would refuse is a ConfigError; a palette or an examples folder that cannot be read, a
-    DataError."""
+    canvas at --canvas-size, else the run's crop size, else 256 (shrunk to what --max-pixels accepts); the examples'
+    direction by --direction, else the run's. A --canvas-size the server would refuse is a ConfigError; a palette or
+    an examples folder that cannot be read, a DataError."""
     from fastpix.config import DRAW_CANVAS_SIZE
 
     trained = checkpoint.config if checkpoint is not None else {}
     size = cfg.canvas_size or trained.get("crop_size") or DRAW_CANVAS_SIZE
-    h, w = padded_size(size, size, predictor.multiple)
-    if h * w > cfg.max_pixels:
-        raise ConfigError(f"--canvas-size {size}: the generator pads the canvas to {w}x{h} = {w * h} pixels, over "
-                          f"--max-pixels {cfg.max_pixels}; give a smaller canvas or a larger --max-pixels")
+    side = padded_size(size, size, predictor.multiple)[0]
+    if side * side > cfg.max_pixels:
+        if cfg.canvas_size:
+            raise ConfigError(f"--canvas-size {size}: the generator pads the canvas to {side}x{side} = {side * side} "
+                              f"pixels, over --max-pixels {cfg.max_pixels}; give a smaller canvas or a larger "
+                              "--max-pixels")
+        # A default canvas shrinks to the largest the server accepts (none: the page says so when it would send).
+        size = max(predictor.multiple, math.isqrt(cfg.max_pixels) // predictor.multiple * predictor.multiple)
     palette = load_palette(cfg.palette) if cfg.palette else None
     examples = None
     if cfg.examples:
