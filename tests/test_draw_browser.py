@@ -38,7 +38,8 @@ poll();"""
 PIXELS = """const canvas = document.querySelector(`[data-testid="${arguments[0]}"]`);
 return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);"""
 # Where canvas pixel (x, y)'s centre is, in CSS px from the canvas element's centre (selenium's offsets).
-OFFSET = """const [canvas, x, y] = arguments, box = canvas.getBoundingClientRect(), s = canvas.clientWidth / canvas.width;
+OFFSET = """const [canvas, x, y] = arguments, box = canvas.getBoundingClientRect();
+const s = canvas.clientWidth / canvas.width;
 return [canvas.clientLeft + (x + 0.5) * s - box.width / 2, canvas.clientTop + (y + 0.5) * s - box.height / 2];"""
 BLACK, RED, GREEN, BLUE = (0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)  # the demo palette's
 

@@ -86,7 +86,7 @@ class Tags(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-# ---- the page ---------------------------------------------------------------------------------------------------------
+# ---- the page --------------------------------------------------------------------------------------------------------
 
 def test_the_page_is_self_contained_under_a_policy_of_this_origin_only(predictor):
     with served(predictor) as server:
@@ -140,7 +140,7 @@ def test_a_canvas_the_server_would_refuse_is_a_config_error(predictor):
         create_app(predictor, ServeConfig(canvas_size=100, max_pixels=10_000))
 
 
-# ---- examples ---------------------------------------------------------------------------------------------------------
+# ---- examples --------------------------------------------------------------------------------------------------------
 
 def halves(png: bytes) -> tuple[np.ndarray, np.ndarray]:
     pair = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
@@ -191,7 +191,7 @@ def test_examples_errors_are_named(predictor, tmp_path):
     assert status == 404 and "--examples DIR" in json.loads(body)["error"]
 
 
-# ---- palettes ---------------------------------------------------------------------------------------------------------
+# ---- palettes --------------------------------------------------------------------------------------------------------
 
 def test_the_built_in_palettes_are_hesses_facades_labels_and_the_demo_datas_colours():
     from fastpix.data.demo import PALETTE
@@ -231,7 +231,7 @@ def test_serve_refuses_a_missing_palette_in_one_line_naming_the_built_ins(run, c
     assert err == "fastpix serve: error: --palette facade: no such file, nor a built-in palette (demo, facades)\n"
 
 
-# ---- fastpix demo -----------------------------------------------------------------------------------------------------
+# ---- fastpix demo ----------------------------------------------------------------------------------------------------
 
 def test_demo_ends_with_the_command_that_serves_the_draw_page_on_its_model(monkeypatch, tmp_path, capsys):
     """The training itself is `make demo`'s; here its steps are stood in for, and the command printed last must

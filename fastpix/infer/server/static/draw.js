@@ -60,10 +60,10 @@ function rectangle(x0, y0, x1, y1, rgb) {  // corners included
   }
 }
 
-function floodFill(x, y, rgb) {  // the 4-connected region of (x, y)'s exact colour
+function floodFill(x, y, rgb) {  // the 4-connected region of (x, y)'s exact colour; false if already rgb
   const N = state.N, start = (y * N + x) * 4;
   const from = [pixels[start], pixels[start + 1], pixels[start + 2], pixels[start + 3]];
-  if (from[0] === rgb[0] && from[1] === rgb[1] && from[2] === rgb[2] && from[3] === 255) return;
+  if (from[0] === rgb[0] && from[1] === rgb[1] && from[2] === rgb[2] && from[3] === 255) return false;
   const stack = [y * N + x];
   while (stack.length) {
     const p = stack.pop(), i = p * 4;
@@ -76,6 +76,7 @@ function floodFill(x, y, rgb) {  // the 4-connected region of (x, y)'s exact col
     if (p >= N) stack.push(p - N);
     if (p < N * (N - 1)) stack.push(p + N);
   }
+  return true;
 }
 
 function toGrey(data) {  // PIL's convert("L"): what a 1-channel model sees
@@ -159,46 +160,50 @@ function startStroke(e) {
   // The primary button, a pen's contact or a touch; a pen's eraser end (button 5) erases.
   if (state.stroke || !(e.button === 0 || e.button === 5)) return;
   e.preventDefault();
-  input.setPointerCapture(e.pointerId);
   const [x, y] = pixelAt(e);
   const tool = e.button === 5 ? "eraser" : state.tool;
   const s = {id: e.pointerId, tool, before: pixels.slice(), x0: x, y0: y, x, y};
-  if (tool === "fill") {
-    if (x >= 0 && y >= 0 && x < state.N && y < state.N) floodFill(x, y, state.colour);
-  } else {
-    state.stroke = s;
-    paintStroke(s, x, y);
+  if (tool === "fill") {  // a click, not a stroke
+    const inside = x >= 0 && y >= 0 && x < state.N && y < state.N;
+    if (inside && floodFill(x, y, state.colour)) {
+      render();
+      remember(s.before);
+      changed(false);
+    }
+    return;
   }
+  input.setPointerCapture(e.pointerId);
+  state.stroke = s;
+  paintStroke(s, x, y);
   render();
-  if (tool === "fill") finish(s); else changed(false);
+  changed(false);
 }
 
 function moveStroke(e) {
   const s = state.stroke;
   if (!s || e.pointerId !== s.id) return;
   const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
+  let moved = false;
   for (const each of events.length ? events : [e]) {
     const [x, y] = pixelAt(each);
-    if (x !== s.x || y !== s.y) paintStroke(s, x, y);
+    if (x !== s.x || y !== s.y) {
+      paintStroke(s, x, y);
+      moved = true;
+    }
   }
-  render();
-  changed(false);
+  if (moved) {
+    render();
+    changed(false);
+  }
 }
 
-function endStroke(e) {
+function endStroke(e) {  // one undo step per stroke, if it changed a pixel
   const s = state.stroke;
   if (!s || e.pointerId !== s.id) return;
   state.stroke = null;
-  finish(s);
-}
-
-function finish(s) {  // one undo step per stroke, if it changed a pixel
   let differs = false;
   for (let i = 0; i < pixels.length && !differs; i++) differs = pixels[i] !== s.before[i];
-  if (differs) {
-    remember(s.before);
-    changed(false);
-  }
+  if (differs) remember(s.before);
   schedule();  // the stroke is over: no throttle
 }
 
