@@ -60,7 +60,7 @@ endif
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
 
-# The browser tests (tests/test_study_browser.py) need Debian's chromium and chromium-driver: say how to get them.
+# The browser tests (tests/test_study_browser.py, tests/test_draw_browser.py) need Debian's chromium and chromium-driver: say how to get them.
 .PHONY: check-browser
 test: check-browser
 check-browser:

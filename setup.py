@@ -70,6 +70,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastpix", "fastpix.*"]) + ["fastpix.kernels", "fastpix.bench_suites"],
     package_dir={"fastpix.kernels": "kernels", "fastpix.bench_suites": "bench/suites"},
+    # The palettes --palette and --label-palette name (facades, demo) and the draw page of fastpix serve.
+    package_data={"fastpix": ["palettes/*.json", "infer/server/static/*"]},
     ext_modules=decoder_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[

@@ -31,9 +31,9 @@ MINIMUM = {"input_nc": 1, "output_nc": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1, "
            "save_latest_freq": 1, "print_freq": 1, "display_freq": 1, "val_freq": 0, "val_images": 1,
            "num_test": 0, "load_iter": 0, "max_batch_size": 1, "max_queue": 1, "max_bytes": 1, "max_pixels": 1,
            "graph_size": 0, "port": 0, "timeout_s": 0.0, "max_wait_ms": 0.0, "header_timeout_s": 0.1,
-           "body_timeout_s": 0.1, "keep_alive_s": 1, "limit_concurrency": 1, "aspect_ratio": 0.0, "size": 8,
-           "train": 0, "val": 0, "test": 0, "epochs": 1, "retries": 0, "read_timeout_s": 1.0, "num_imgs": 1,
-           "threshold": 0.0, "small_edge": 1, "cache_max_gb": 0.0, "compile_cache_max_gb": 0.0,
+           "body_timeout_s": 0.1, "keep_alive_s": 1, "limit_concurrency": 1, "canvas_size": 8, "aspect_ratio": 0.0,
+           "size": 8, "train": 0, "val": 0, "test": 0, "epochs": 1, "retries": 0, "read_timeout_s": 1.0,
+           "num_imgs": 1, "threshold": 0.0, "small_edge": 1, "cache_max_gb": 0.0, "compile_cache_max_gb": 0.0,
            "max_loaded_packages": 1}
 
 
@@ -274,7 +274,8 @@ class EvalConfig(TestConfig):
     segmenter: str = opt(None, "TorchScript segmentation network for the FCN-score (float N×3×H×W in [0, 1] -> "
                          "class logits N×C×H×W; never downloaded): needs --label-palette or --label-dir")
     label_palette: str = opt(None, "FCN-score ground truth from the input label maps (real_A): a JSON file "
-                             '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "ignore_id": 255}')
+                             '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "ignore_id": 255}, '
+                             "or a built-in palette: facades, demo")
     label_dir: str = opt(None, "FCN-score ground truth from class-id PNGs instead: <label_dir>/<stem>.png")
     label_tolerance: float = opt(10.0, "--label-palette: a pixel takes the class of the nearest palette colour "
                                  "within this RGB distance (resized or JPEG label maps blur colours), else it is "
@@ -385,6 +386,10 @@ class PredictConfig(InferenceConfig):
     seed: int = opt(0, "dropout noise: file k of the run draws from (seed, k), whatever the batch size")
 
 
+# The draw page's canvas without a --canvas-size or a trained crop: the paper's crop, and Hesse's canvases.
+DRAW_CANVAS_SIZE = 256
+
+
 @dataclass
 class ServeConfig(HttpServerConfig, InferenceConfig):
     max_batch_size: int = opt(16, "most requests one forward pass serves")
@@ -399,6 +404,14 @@ class ServeConfig(HttpServerConfig, InferenceConfig):
                                 "Retry-After; an empty queue admits any one request)")
     graph_size: int = opt(256, "CUDA only: images that pad to graph_size x graph_size run as CUDA graphs, one per "
                           "batch bucket, captured before /readyz reports ready (0: no graphs)")
+    canvas_size: int = opt(None, "side in pixels of the draw page's canvas (GET /) (default: the crop size the "
+                           f"checkpoint was trained at, from its config.json, else {DRAW_CANVAS_SIZE})")
+    palette: str = opt(None, "the draw page's label colours: a palette file as eval's --label-palette takes, or a "
+                       "built-in one: facades, demo (default: none; a black pen on white, as edges models expect)")
+    examples: str = opt(None, "a split whose pairs the draw page's 'random example' button shows (input, and its "
+                        "real target beside the output): a folder of aligned A|B images, or one with A/ and B/")
+    direction: str = opt(None, "which half of an --examples pair is the model's input: AtoB or BtoA (default: the "
+                         "checkpoint's config.json, else AtoB)", choices=("AtoB", "BtoA"))
 
 
 # ------------------------------------------------------------------------------ the reference's other options

@@ -17,7 +17,6 @@ agree there).
 from __future__ import annotations
 
 import html
-import json
 import os
 
 import numpy as np
@@ -25,44 +24,12 @@ import torch
 
 from fastpix.data.dataset import DataError
 from fastpix.errors import CheckpointError
+from fastpix.palette import load_palette
 from fastpix.store.user_networks import load_torchscript
 
 ROWS = {"fake_B": "generated (fake_B)", "real_B": "real photos (real_B): the ceiling"}
 PAPER = ("the paper's Table 1 (Cityscapes labels→photo, 256², FCN-8s): ground truth 0.80 / 0.26 / 0.21, "
          "L1+cGAN 0.66 / 0.23 / 0.17 (per-pixel acc. / per-class acc. / class IoU)")
-
-
-class Palette:
-    """Label colours → class ids, from {"classes": [{"id", "name"?, "rgb"}], "ignore_id"?} (default 255)."""
-
-    def __init__(self, path: str):
-        try:
-            with open(path) as f:
-                spec = json.load(f)
-            classes = spec["classes"]
-            self.ids = np.array([int(c["id"]) for c in classes], dtype=np.int64)
-            self.rgb = np.array([[int(v) for v in c["rgb"]] for c in classes], dtype=np.float64).reshape(-1, 3)
-            self.names = {int(c["id"]): str(c.get("name", c["id"])) for c in classes}
-            self.ignore_id = int(spec.get("ignore_id", 255))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"--label-palette {path}: expected {{\"classes\": [{{\"id\": 0, \"name\": \"road\", "
-                            f"\"rgb\": [128, 64, 128]}}, ...], \"ignore_id\": 255}} ({type(exc).__name__}: {exc})")
-        if not len(self.ids) or self.ignore_id in set(self.ids.tolist()):
-            raise DataError(f"--label-palette {path}: needs at least one class, and ignore_id {self.ignore_id} "
-                            "must not be a class id")
-
-    def labels(self, image: np.ndarray, tolerance: float) -> np.ndarray:
-        """HWC uint8 label colours → H×W class ids: the nearest palette colour within `tolerance`, else ignore."""
-        pixels = image[..., :3].astype(np.float64)
-        best = np.full(image.shape[:2], np.inf)
-        found = np.full(image.shape[:2], self.ignore_id, dtype=np.int64)
-        for class_id, colour in zip(self.ids, self.rgb):  # one class at a time: memory stays one H×W map
-            distance = np.sqrt(((pixels - colour) ** 2).sum(-1))
-            closer = (distance < best) & (distance <= tolerance)
-            best = np.where(distance < best, distance, best)
-            found[closer] = class_id
-        found[best > tolerance] = self.ignore_id
-        return found
 
 
 def load_segmenter(path: str, device: torch.device):
@@ -117,7 +84,7 @@ def scores(matrix: np.ndarray) -> dict:
 def ground_truth(kept: list, stems: list[str], cfg) -> tuple[list[np.ndarray], int, dict]:
     """The label maps of the scored images (H×W class ids), the ignore id and the class names."""
     if cfg.label_palette:
-        palette = Palette(cfg.label_palette)
+        palette = load_palette(cfg.label_palette, "--label-palette")
         maps = []
         for stem, (real_A, _, _) in zip(stems, kept):
             if real_A is None:
@@ -150,7 +117,7 @@ def check_options(cfg):
     if not os.path.isfile(cfg.segmenter):
         raise CheckpointError(f"--segmenter {cfg.segmenter}: no such file")
     if cfg.label_palette:
-        Palette(cfg.label_palette)
+        load_palette(cfg.label_palette, "--label-palette")
     elif not os.path.isdir(cfg.label_dir):
         raise DataError(f"--label-dir {cfg.label_dir}: no such folder")
 

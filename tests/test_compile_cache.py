@@ -306,7 +306,7 @@ def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(
     stand_in.gate = threading.Event()
     predictor = compiled_predictor(tmp_path, max_batch_size=2)
     with caplog.at_level(logging.INFO, logger="fastpix"), \
-            BackgroundServer(create_app(predictor, ServeConfig(graph_size=32, max_batch_size=2))) as server:
+            BackgroundServer(create_app(predictor, ServeConfig(canvas_size=32, max_batch_size=2))) as server:
         wait_until(lambda: request(f"{server.url}/readyz")[0] == 200, "readiness while compiling")
         body = json.loads(request(f"{server.url}/readyz")[2])
         assert body["compiled"] == {"compiled": [], "building": ["2x32x32", "1x32x32"], "failed": {}}

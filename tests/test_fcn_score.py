@@ -111,10 +111,10 @@ def test_declared_input_size_resizes_the_image_and_the_logits_back(tmp_path):
 
 
 def test_palette_tolerance_takes_blurred_colours_and_ignores_others(tmp_path):
-    from fastpix.fcn_score import Palette
+    from fastpix.palette import load_palette
 
     (tmp_path / "p.json").write_text(json.dumps({"classes": [{"id": 7, "rgb": ROAD}, {"id": 2, "rgb": CAR}]}))
-    palette = Palette(str(tmp_path / "p.json"))
+    palette = load_palette(str(tmp_path / "p.json"))
     image = np.array([[[130, 62, 129], [0, 0, 150], [60, 30, 130]]], dtype=np.uint8)
     assert palette.labels(image, 10).tolist() == [[7, 2, 255]]
     assert palette.labels(image, 0).tolist() == [[255, 255, 255]]

@@ -1,43 +1,17 @@
 """Whole study sessions in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
 selenium, against `fastpix study serve`'s app. Scripted observers answer by click and by key; the answers file and
-the report must say what they clicked. Nothing downloads a browser or a driver.
-
-Without Chromium the tests skip, naming the command that installs it; with FASTPIX_REQUIRE_BROWSER=1 (set by
-.ci/run) they fail instead, so that CI cannot pass without running them."""
+the report must say what they clicked. Without a browser: see tests/browser.py."""
 import json
-import os
 
 import pytest
 
+from browser import chromium, require_browser
 from fastpix.cli import main
 from fastpix.study.page import load_study
 from study_helpers import write_results
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-INSTALL = "apt-get update && apt-get install -y chromium chromium-driver; pip install -e '.[test]' (selenium)"
+require_browser()
 
-
-def missing() -> str | None:
-    absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        absent.append("the selenium package")
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        absent.append("fastapi/uvicorn (the 'serve' extra)")
-    return f"the browser tests need {', '.join(absent)}: {INSTALL}" if absent else None
-
-
-if missing():
-    if os.environ.get("FASTPIX_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(missing())
-    pytest.skip(missing(), allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -68,15 +42,7 @@ poll();
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=900,700",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(20)
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"), 900, 700)
     yield driver
     driver.quit()
 

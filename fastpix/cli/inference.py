@@ -49,19 +49,25 @@ def cmd_predict(args):
 
 def cmd_serve(args):
     """Serve a generator over HTTP: POST /v1/translate (multipart field 'image', JSON {"image": base64} or a raw
-    image body) answers the translated image (PNG, or JPEG by Accept); GET /healthz, /readyz, /metrics.
+    image body) answers the translated image (PNG, or JPEG by Accept); GET /healthz, /readyz, /metrics. GET / is
+    the draw page: draw (--palette: with label colours), upload or pick an example (--examples) and see the
+    translation live.
     Requests are batched dynamically by one worker thread that owns the model. Needs the 'serve' extra
     (pip install fastpix[serve]). SIGTERM / Ctrl-C: stop accepting, answer the requests in flight, exit."""
     try:
         from fastpix.infer.server import create_app, run
     except ImportError as exc:
         raise MissingDependency(exc.name or "fastapi", "serve", "fastpix serve") from exc
+    from fastpix.store.generator import locate_generator
+
     cfg = build_config(ServeConfig, vars(args))
     # The graph size asked for; whether CUDA graphs run is the predictor's plan, and its description says it.
     predictor = load_predictor(args, cfg, max_batch_size=cfg.max_batch_size,
                                graph_size=(cfg.graph_size, cfg.graph_size) if cfg.graph_size > 0 else None)
-    app = create_app(predictor, cfg)  # ConfigError for --norm-mode batch
-    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}), http://{cfg.host}:{cfg.port}/v1/translate",
+    # ConfigError for --norm-mode batch or a canvas over --max-pixels; DataError for --palette, --examples.
+    app = create_app(predictor, cfg, locate_generator(cfg.checkpoint, tag=cfg.epoch))
+    url = f"http://{cfg.host}:{cfg.port}"
+    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}), {url}/v1/translate; the draw page: {url}/",
           flush=True)
     run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 from fastpix.cli.console import is_main_process, note
@@ -137,7 +138,8 @@ def cmd_eval(args):
 
 
 def cmd_demo(args):
-    """Generate the demo data, train on it (a few minutes on CPU), run the test protocol, print where it is."""
+    """Generate the demo data, train on it (a few minutes on CPU), run the test protocol, print where it is and the
+    command that serves the draw page on the model."""
     from fastpix.data.demo import write_demo_dataset
     from fastpix.evaluate import run_test
     from fastpix.runtime import default_device
@@ -151,6 +153,17 @@ def cmd_demo(args):
     out = run_test(model_cfg, data_cfg, test_cfg, locate_generator(run_dir).weights)
     print(f"fastpix demo: checkpoints in {run_dir}")
     print(f"fastpix demo: results page {os.path.join(out, 'index.html')}")
+    print(f"fastpix demo: draw and see live: {draw_page_command(run_dir, data_cfg.dataroot)}")
+
+
+def draw_page_command(run_dir: str, dataroot: str) -> str:
+    """The command serving the draw page on the demo's model, with the demo's label colours and its val split as
+    the examples, and the page's address."""
+    from fastpix.config import HttpServerConfig
+
+    words = ["fastpix", "serve", "--checkpoint", run_dir, "--palette", "demo", "--examples",
+             os.path.join(dataroot, "val")]
+    return f"{shlex.join(words)}  # then open http://{HttpServerConfig.host}:{HttpServerConfig.port}/"
 
 
 def register(sub):

@@ -17,9 +17,11 @@ from PIL import Image
 from fastpix.config import DemoDataConfig, user_cache_dir
 from fastpix.errors import ConfigError
 from fastpix.files import atomic_write_bytes
+from fastpix.palette import load_palette
 
-N_CLASSES = 6
-PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]], np.uint8)
+# A's class colours: the built-in palette "demo" (fastpix/palettes/demo.json), which the draw page paints with.
+PALETTE = np.array([c.rgb for c in load_palette("demo").classes], np.uint8)
+N_CLASSES = len(PALETTE)
 MATERIAL_COLOUR = np.array([[200, 190, 170], [180, 60, 40], [60, 150, 70], [50, 80, 170], [220, 180, 40],
                             [120, 200, 210]], np.float32)
 STRIPE_PERIOD = np.array([6.0, 4.0, 5.0, 3.0, 8.0, 4.0])  # pixels, at size 64; scaled with the size

@@ -6,6 +6,9 @@
     GET  /healthz        200 while the model worker lives (also while it warms up)
     GET  /readyz         200 once warm-up (and, where the predictor runs CUDA graphs, their capture) is done
     GET  /metrics        Prometheus text: requests by status, queue depth, batch sizes, latency histogram
+    GET  /               the draw page: draw, upload or pick an example, and see the translation live (page.py)
+    GET  /v1/info        the model, its runtime, the canvas size and the limits, for the page
+    GET  /v1/examples/i  example i of --examples: input | target at the canvas size, PNG
 
 Errors answer JSON {"error": "..."}: not an image or a malformed request 400 (JSON bodies included: not UTF-8, not
 JSON, too deeply nested, not an object), unsupported Content-Type 415, a body over max_bytes 413, a body not whole
@@ -26,6 +29,7 @@ worker.
     inputs.py   a translate request's image bytes and seed, from multipart, JSON or a raw body
     codecs.py   request bytes to the Predictor's input, its output to PNG/JPEG
     metrics.py  the Prometheus metrics, one registry per app
+    page.py     the draw page (static/draw.{html,css,js}) and its routes; examples.py its examples
     http.py     what the study server shares: JSON errors, body and head deadlines, uvicorn with those limits
 """
 from fastpix.infer.server.app import create_app

@@ -11,6 +11,8 @@ from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
 from fastpix.infer.server.codecs import decode_slots
 from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response
 from fastpix.infer.server.metrics import CountRequests, ServerMetrics
+from fastpix.infer.server.page import draw_page
+from fastpix.infer.server.page import router as page_router
 from fastpix.infer.server.routes import router
 
 RETRY_AFTER_S = 1
@@ -32,26 +34,32 @@ async def lifespan(app: FastAPI):
     await run_in_threadpool(app.state.batcher.stop, app.state.config.timeout_s)
 
 
-def create_app(predictor, cfg=None) -> FastAPI:
-    """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig."""
+def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
+    """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig.
+    checkpoint: where the predictor's generator came from (a store GeneratorSource), which names the model on the
+    draw page and gives it the canvas size and examples' direction the run was trained with."""
     from fastpix.config import ServeConfig
 
     cfg = cfg or ServeConfig()
     if predictor.norm_mode == "batch":
         raise ConfigError("--norm-mode batch makes a request's output depend on the other requests in its batch; "
                           "serve with --norm-mode instance (the paper's protocol at batch 1) or running")
-    # The predictor decides whether it runs CUDA graphs; warm-up at the size requests are expected at lets it
-    # capture them (or choose its algorithms) before /readyz says ready. One forward pass computes at most
-    # max_pixels padded pixels whatever its batch: the worker is never held longer than one such pass.
-    warmup = (cfg.graph_size, cfg.graph_size) if cfg.graph_size else None
+    page = draw_page(predictor, cfg, checkpoint)  # ConfigError / DataError before the worker starts
+    # Warm-up at the size requests are expected at, before /readyz says ready: the predictor captures its CUDA
+    # graphs (graph_size) where it runs them; otherwise the draw page's canvas (the run's crop by default) is that
+    # size, and the compiled runtime starts building its packages for it (in the background: nothing waits for them).
+    # One forward pass computes at most max_pixels padded pixels whatever its batch: the worker is never held
+    # longer than one such pass.
+    warmup = (cfg.graph_size,) * 2 if predictor.plan.cuda_graphs else (page.canvas_size,) * 2
     batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
                       max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)
     metrics = ServerMetrics(batcher.queue.qsize)
     batcher.on_batch = metrics.batch
     app = FastAPI(title="fastpix", lifespan=lifespan)
-    app.state.batcher, app.state.config, app.state.metrics = batcher, cfg, metrics
+    app.state.batcher, app.state.config, app.state.metrics, app.state.page = batcher, cfg, metrics, page
     app.state.decode_slots = decode_slots()
     app.include_router(router)
+    app.include_router(page_router)
     add_error_handlers(app)
     app.add_exception_handler(QueueFull, server_busy)
     app.add_exception_handler(WorkerStopped, worker_stopped)
