@@ -22,7 +22,10 @@ class MessageLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord):
         try:
-            print(f"fastpix {self.command}: {record.getMessage()}", file=sys.stderr, flush=True)
+            # One write with its newline: print() writes the text and the newline apart, and uvicorn's threads
+            # writing between the two joined their line onto ours.
+            sys.stderr.write(f"fastpix {self.command}: {record.getMessage()}\n")
+            sys.stderr.flush()
         except Exception:  # noqa: BLE001 - logging's contract: a message that cannot be shown is reported, not raised
             self.handleError(record)
 
