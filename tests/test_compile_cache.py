@@ -309,8 +309,8 @@ def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(
             BackgroundServer(create_app(predictor, ServeConfig(canvas_size=32, max_batch_size=2))) as server:
         wait_until(lambda: request(f"{server.url}/readyz")[0] == 200, "readiness while compiling")
         body = json.loads(request(f"{server.url}/readyz")[2])
-        assert body["compiled"] == {"compiled": [], "building": ["2x32x32", "1x32x32"], "failed": {}}
-        assert "2x32x32, 1x32x32 building; other sizes eager until built" in body["runtime"]
+        assert body["compiled"] == {"compiled": [], "building": ["1x32x32", "2x32x32"], "failed": {}}
+        assert "1x32x32, 2x32x32 building; other sizes eager until built" in body["runtime"]
         stand_in.gate.set()
         assert predictor.runner.wait(TIMEOUT_S)
         body = json.loads(request(f"{server.url}/readyz")[2])

@@ -133,8 +133,10 @@ class CompiledNetwork:
         return None
 
     def prepare(self, size: tuple[int, int], max_batch_size: int | None = None):
-        """Ask for the packages of every batch piece at padded size (h, w) (up to max_batch_size images)."""
-        for n in self.pieces:
+        """Ask for the packages of every batch piece at padded size (h, w) (up to max_batch_size images), the
+        smallest first: builds run one at a time, and a lone request (a person at the draw page, a light load) runs
+        as a piece of 1."""
+        for n in reversed(self.pieces):
             if max_batch_size is None or n <= max_batch_size:
                 self.package((n, self.channels, *size))
 
