@@ -103,9 +103,11 @@ setup(
         # fastpix bench: the suites are pytest-benchmark files (pytest runs them, pytest-benchmark times and reports).
         "bench": BENCH,
         # selenium drives the system's chromium through its chromedriver in the study's browser tests;
-        # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
+        # import-linter (a well-kept layering checker) enforces docs/design.md's layers (tests/test_structure.py);
+        # ruff lints and formats and mypy checks types there too. ruff's formatter changes its style between minor
+        # versions, so the tree is formatted by one minor version: move the bound with a `ruff format` commit.
         "test": [*BENCH, "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
-                 "import-linter>=2.0", *SERVE, *ONNX, *PLOT],
+                 "import-linter>=2.0", "ruff>=0.17.6,<0.18", "mypy>=2.4", *SERVE, *ONNX, *PLOT],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )
