@@ -248,8 +248,8 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
     """`fastpix eval`: translate cfg.phase with the generator in `weights` under the chosen protocol and score
     it (or score the saved images in cfg.results), add the baselines and FID/KID as asked, and write the results
     page <results_dir>/<run_name>/eval_<phase>_<epoch>/ (not for --results). Returns the report."""
-    from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
     from fastpix.fcn_score import check_options
+    from fastpix.infer.protocol import build_generator, protocol_dataset, protocol_name, translate_split
     from fastpix.runtime import default_device
 
     check_options(cfg)

@@ -11,7 +11,6 @@ cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subset
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fastpix.store.weights import load_weights
 from fastpix.config import PRETRAINED_MODELS, ModelDownloadConfig
 from fastpix.download import Fetched, exclusive, fetch, mirror_base
 from fastpix.errors import CheckpointError, ConfigError
 from fastpix.files import TMP_PREFIX
 from fastpix.models import define_G
+from fastpix.store.weights import load_weights
 
 WEIGHTS = "latest_net_G.pth"
 

@@ -32,10 +32,15 @@ import triton
 import triton.language as tl
 
 from fastpix.kernels import require_launchable
-from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
-                                     grad_finalize_kernel, snapshot_and_advance, stats_finalize_kernel)
-
-
+from fastpix.kernels._shared import (
+    ACTIVATIONS,
+    activation_grad,
+    apply_activation,
+    dropout_scale,
+    grad_finalize_kernel,
+    snapshot_and_advance,
+    stats_finalize_kernel,
+)
 
 
 @triton.jit

@@ -42,10 +42,15 @@ import triton
 import triton.language as tl
 
 from fastpix.kernels import INTERPRETED, require_launchable
-from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
-                                     grad_finalize_kernel, stats_finalize_kernel)
+from fastpix.kernels._shared import (
+    ACTIVATIONS,
+    activation_grad,
+    apply_activation,
+    dropout_scale,
+    grad_finalize_kernel,
+    stats_finalize_kernel,
+)
 from fastpix.kernels.conv_tuning import block_config
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Jitted helpers

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load, load_file
+from test_train import assert_same_run, configs, final_state, tiny_models
 
 from fastpix import files
 from fastpix.errors import DiskFull
@@ -25,7 +26,6 @@ from fastpix.store.weights import load_train_state, load_weights, safetensors_st
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
 from fastpix.train.step import Pix2PixStep
-from test_train import assert_same_run, configs, final_state, tiny_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TESTS = os.path.dirname(os.path.abspath(__file__))

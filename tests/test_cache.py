@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 from PIL import Image
 
 from fastpix.data import cache as C
@@ -13,7 +14,6 @@ from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
 from fastpix.data.stream import make_pipeline
 from fastpix.errors import ConfigError, ResourceError
-from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])

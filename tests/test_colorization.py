@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import perturb_batchnorms
 
 from fastpix.cli import main
 from fastpix.config import DataConfig, ModelConfig, StudyConfig, check_model, model_kind
@@ -22,7 +23,6 @@ from fastpix.errors import ConfigError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.study.page import make_study
-from tiny_models import perturb_batchnorms
 
 color = pytest.importorskip("skimage.color", reason="the Lab tests compare with scikit-image (the 'test' extra)")
 
@@ -265,9 +265,10 @@ def test_train_test_eval_predict_serve_a_colorization_run(photos, workdir, capsy
     assert predicted.mode == "RGB" and predicted.size == original.size
 
     pytest.importorskip("fastapi", reason="serving needs the 'serve' extra")
+    from test_server import request, translate, wait_until
+
     from fastpix.config import ServeConfig
     from fastpix.infer.server import BackgroundServer, create_app
-    from test_server import request, translate, wait_until
 
     predictor = Predictor.from_checkpoint(str(run), device="cpu")
     assert predictor.model == "colorization" and predictor.image_channels == 3

@@ -13,9 +13,10 @@ import time
 
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 
-from fastpix.cache_folders import Lease
 from fastpix import progress
+from fastpix.cache_folders import Lease
 from fastpix.cli import main
 from fastpix.data import cache, cache_entries
 from fastpix.data.cache import PairCache
@@ -26,7 +27,6 @@ from fastpix.infer import compiled_builds, compiled_cache
 from fastpix.infer.compiled_packages import Package, package_metadata
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT_S = 30
@@ -299,9 +299,10 @@ def test_cache_list_and_clear_show_both_caches_and_keep_what_is_in_use(tmp_path,
 
 def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(tmp_path, stand_in, caplog):
     pytest.importorskip("fastapi")
+    from test_server import request, wait_until
+
     from fastpix.config import ServeConfig
     from fastpix.infer.server import BackgroundServer, create_app
-    from test_server import request, wait_until
 
     stand_in.gate = threading.Event()
     predictor = compiled_predictor(tmp_path, max_batch_size=2)

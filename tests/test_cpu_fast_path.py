@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 
 from fastpix import runtime
 from fastpix.config import COMPILE_PAYS_FROM_IMAGES
@@ -21,7 +22,6 @@ from fastpix.infer import compiled, compiled_builds, compiled_cache, compiled_pa
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,14 +6,14 @@ import shutil
 import tarfile
 
 import pytest
+from loopback import Mirror, serve
+from small_disk import small_disk
 
 from fastpix import cli, download
 from fastpix.config import DatasetDownloadConfig
 from fastpix.data import archive
 from fastpix.data.standard import download_dataset
 from fastpix.errors import ConfigError, DataError, DiskFull, UnsafeArchive
-from loopback import Mirror, serve
-from small_disk import small_disk
 
 GOOD = {"facades/train/1.jpg": b"one", "facades/train/2.jpg": b"two", "facades/val/3.jpg": b"three"}
 

@@ -3,12 +3,12 @@ HTTP errors, announced lengths, a full disk; and nothing half-written left behin
 import os
 
 import pytest
+from loopback import Mirror, serve
+from small_disk import small_disk
 
 from fastpix import download
 from fastpix.download import fetch, mirror_base
 from fastpix.errors import ConfigError, DiskFull, NetworkError
-from loopback import Mirror, serve
-from small_disk import small_disk
 
 DATA = os.urandom(300_000)
 BY_HAND = "download it by hand to HERE"

@@ -12,9 +12,9 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from browser import chromium, require_browser
 from PIL import Image
 
-from browser import chromium, require_browser
 from fastpix.config import ServeConfig
 from fastpix.data.demo import write_demo_dataset
 from fastpix.infer.predictor import Predictor

@@ -13,8 +13,17 @@ from fastpix.cli import info, training
 from fastpix.config import user_cache_dir
 from fastpix.data.cache import PairCache, default_cache_dir
 from fastpix.data.dataset import PairedDataset
-from fastpix.errors import (CheckpointError, ConfigError, DataError, DecodeError, DiskFull, ImageTooLarge,
-                            MissingDependency, ResourceError, UserError)
+from fastpix.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DecodeError,
+    DiskFull,
+    ImageTooLarge,
+    MissingDependency,
+    ResourceError,
+    UserError,
+)
 from fastpix.models import define_G
 from fastpix.train.distributed import check_world
 

@@ -4,12 +4,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.store.weights import save_weights
-from tiny_models import perturb_batchnorms
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the 'onnx' extra")
 pytest.importorskip("onnxscript", reason="ONNX export needs the 'onnx' extra")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import perturb_batchnorms
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.config import ModelConfig
@@ -20,7 +21,6 @@ from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.store.architecture import infer_architecture
 from fastpix.store.weights import load_into, save_weights
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

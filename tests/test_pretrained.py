@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from loopback import Mirror, serve
 
 from fastpix import cli, pretrained
 from fastpix.config import PRETRAINED_MODELS, ModelDownloadConfig
@@ -16,7 +17,6 @@ from fastpix.errors import CheckpointError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.pretrained import Architecture, download_model
-from loopback import Mirror, serve
 
 SMALL = Architecture(netG="unet_32", ngf=8, norm="batch", parameters=0)
 

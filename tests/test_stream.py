@@ -4,12 +4,12 @@ import threading
 
 import pytest
 import torch
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 from fastpix.data import stream as S
 from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError
 from fastpix.data.stream import StreamLoader, make_pipeline
-from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 def within(seconds, fn):

@@ -7,13 +7,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+from study_helpers import session, write_results
 
 from fastpix.cli import main
 from fastpix.config import StudyConfig, StudyServeConfig
 from fastpix.study.answers import read_sessions
 from fastpix.study.page import load_study, make_study
 from fastpix.study.report import build_report, format_report, wilson
-from study_helpers import session, write_results
 
 fastapi = pytest.importorskip("fastapi", reason="the study server needs the 'serve' extra: pip install fastpix[serve]")
 

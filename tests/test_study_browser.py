@@ -4,11 +4,11 @@ the report must say what they clicked. Without a browser: see tests/browser.py."
 import json
 
 import pytest
-
 from browser import chromium, require_browser
+from study_helpers import write_results
+
 from fastpix.cli import main
 from fastpix.study.page import load_study
-from study_helpers import write_results
 
 require_browser()
 

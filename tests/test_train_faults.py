@@ -14,6 +14,8 @@ import types
 import pytest
 import torch
 from PIL import Image
+from test_checkpoint import written
+from test_train import assert_same_run, configs, final_state
 
 from fastpix import files
 from fastpix.errors import CheckpointError, DiskFull
@@ -23,8 +25,6 @@ from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.weights import load_train_state, save_weights, weights_metadata
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
-from test_checkpoint import written
-from test_train import assert_same_run, configs, final_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,17 +22,23 @@ import torch
 import torch.nn as nn
 
 from fastpix.bench_suites.common import roof_info, synchronize
-from fastpix.bench_suites.layers import (PIX2PIX_CONV_LAYERS, PIX2PIX_NORM_LAYERS, block_step, l1_inputs,
-                                         logits_input, norm_act_inputs)
+from fastpix.bench_suites.layers import (
+    PIX2PIX_CONV_LAYERS,
+    PIX2PIX_NORM_LAYERS,
+    block_step,
+    l1_inputs,
+    logits_input,
+    norm_act_inputs,
+)
 from fastpix.models import define_D, define_G, tune_layers
 from fastpix.models.tuning import conv_tuning
 from fastpix.train.flops import conv_flops
 
 GPU = torch.cuda.is_available()
 if GPU:  # importing the kernels on a CPU-only machine is fine; launching them is not (skipped below)
-    from fastpix.models.norm_act import BatchNormAct2d
     from fastpix.kernels.l1_loss import l1_loss
     from fastpix.kernels.patchgan_loss import patchgan_loss
+    from fastpix.models.norm_act import BatchNormAct2d
 
 REPS = 20 if GPU else 1
 BATCHES = (1, 16, 64) if GPU else (1,)

@@ -4,8 +4,14 @@ from __future__ import annotations
 import sys
 
 from fastpix.cli.flags import build_config, subcommand
-from fastpix.config import (PIX2PIX_DATASETS, CityscapesConfig, CombineConfig, DatasetDownloadConfig, DemoDataConfig,
-                            EdgesConfig)
+from fastpix.config import (
+    PIX2PIX_DATASETS,
+    CityscapesConfig,
+    CombineConfig,
+    DatasetDownloadConfig,
+    DemoDataConfig,
+    EdgesConfig,
+)
 
 
 def cmd_data_demo(args):

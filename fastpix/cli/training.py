@@ -8,8 +8,19 @@ import time
 from fastpix.cli.console import is_main_process, note
 from fastpix.cli.flags import QUIET_ACCEPTED, QUIET_HELP, build_config, subcommand
 from fastpix.cli.run_setup import RunSetup
-from fastpix.config import (DataConfig, DemoConfig, EvalConfig, ModelConfig, ReferenceConfig, ReferenceDisplayConfig,
-                            ReferenceTestConfig, TestConfig, TrainConfig, demo_configs, demo_options)
+from fastpix.config import (
+    DataConfig,
+    DemoConfig,
+    EvalConfig,
+    ModelConfig,
+    ReferenceConfig,
+    ReferenceDisplayConfig,
+    ReferenceTestConfig,
+    TestConfig,
+    TrainConfig,
+    demo_configs,
+    demo_options,
+)
 from fastpix.errors import ConfigError
 
 RANK_EXIT_DELAY_S = 3.0

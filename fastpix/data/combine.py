@@ -22,8 +22,7 @@ from PIL import Image
 
 from fastpix.config import CombineConfig
 from fastpix.data.decode import decode_image
-from fastpix.data.image_folders import (cores, is_image_name, map_images, regular_file, separate_output,
-                                         write_image)
+from fastpix.data.image_folders import cores, is_image_name, map_images, regular_file, separate_output, write_image
 from fastpix.errors import DataError, DecodeError
 
 

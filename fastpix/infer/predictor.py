@@ -28,8 +28,16 @@ from fastpix.infer.colorize import as_colour, join_lightness, split_lightness
 from fastpix.infer.compiled import CompiledNetwork, cache_key
 from fastpix.infer.compiled_cache import has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
-from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
-    resize_tensor, to_network_input
+from fastpix.infer.images import (
+    OUTPUT_TYPES,
+    convert_output,
+    crop_from,
+    load_input,
+    pad_to,
+    padded_size,
+    resize_tensor,
+    to_network_input,
+)
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seeded_dropout, uses_triton
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.plan import ExecutionPlan, plan_execution

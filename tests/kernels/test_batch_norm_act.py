@@ -12,13 +12,18 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import PIX2PIX_NORM_LAYERS, norm_act_inputs
 from fastpix.kernels import batch_norm_act as bna
-from fastpix.kernels.batch_norm_act import (batch_norm_act, dropout_mask, instance_norm_act, norm_act_backward,
-                                            norm_act_forward)
+from fastpix.kernels.batch_norm_act import (
+    batch_norm_act,
+    dropout_mask,
+    instance_norm_act,
+    norm_act_backward,
+    norm_act_forward,
+)
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.2

@@ -9,12 +9,19 @@ The reference runs in float64 on the same (rounded) inputs. GPU tests sweep the 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison, relative_error
 
 from fastpix.bench_suites.layers import (
-    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
+    PIX2PIX_CONV_LAYERS,
+    ConvLayer,
+    activated_sources,
+    eager_block,
+    fused_block,
+    fused_block_output,
+    layer_inputs,
+)
 from fastpix.kernels import conv_bn_act as cba
 from fastpix.kernels.batch_norm_act import dropout_mask
-from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

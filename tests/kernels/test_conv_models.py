@@ -3,13 +3,13 @@ no aten convolution runs, outputs and gradients agree, and training iterations l
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastpix.models import define_D, define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.train.flops import conv_flops
 from fastpix.train.step import Pix2PixStep
-from harness import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

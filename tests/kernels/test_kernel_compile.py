@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-
 COMPILED = set()
 
 

@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import PIX2PIX_IMAGE, l1_inputs
 from fastpix.kernels.l1_loss import l1_loss, l1_loss_backward, l1_loss_forward
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1, 3, 32, 32), (2, 3, 3, 7), (5, 1, 2, 2), (1, 3, 1, 1), (2, 3, 64, 64), (1, *PIX2PIX_IMAGE),

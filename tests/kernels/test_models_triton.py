@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close
+from tiny_models import perturb_batchnorms
 
 from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.models import define_D, define_G
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 from fastpix.train.step import Pix2PixStep
-from harness import assert_close
-from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import logits_input
 from fastpix.kernels.patchgan_loss import patchgan_loss, patchgan_loss_forward
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # PatchGAN logit maps: basic D at 256² (30×30) and at other sizes/depths, a pixel D map, odd sizes, one logit.

@@ -3,14 +3,14 @@ on (the same masks by construction), batch independence, which forward path runs
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close, relative_error
+from tiny_models import perturb_batchnorms
 
 from fastpix.errors import ConfigError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
-from harness import assert_close, relative_error
-from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("instance", "batch", "running")
