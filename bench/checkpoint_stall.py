@@ -34,15 +34,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.models import define_D, define_G  # noqa: E402
-from fastpix.store.checkpoint_set import write_set  # noqa: E402
-from fastpix.store.checkpoint_writer import CheckpointWriter  # noqa: E402
-from fastpix.store.run_folder import TRAIN_STATE, RunFolder  # noqa: E402
-from fastpix.store.snapshot import Snapshotter  # noqa: E402
-from fastpix.store.weights import torch_bytes, weights_bytes  # noqa: E402
-from fastpix.train.engine import TrainEngine  # noqa: E402
-from fastpix.train.step import Pix2PixStep  # noqa: E402
+from fastpix import runtime
+from fastpix.models import define_D, define_G
+from fastpix.store.checkpoint_set import write_set
+from fastpix.store.checkpoint_writer import CheckpointWriter
+from fastpix.store.run_folder import TRAIN_STATE, RunFolder
+from fastpix.store.snapshot import Snapshotter
+from fastpix.store.weights import torch_bytes, weights_bytes
+from fastpix.train.engine import TrainEngine
+from fastpix.train.step import Pix2PixStep
 
 SIZE, NGF, PAIRS, EPOCHS, PRINT_FREQ = 256, 64, 8, 6, 4
 ASSUMED_PCIE_GBPS = 20.0  # pinned device-to-host copies on PCIe Gen5 x16, as measured copies commonly reach

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.cache_folders import size_of  # noqa: E402
-from fastpix.infer import compiled_cache  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix import runtime
+from fastpix.cache_folders import size_of
+from fastpix.infer import compiled_cache
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
 
 BOUND_GB = 0.4
 CHECKPOINTS = 5

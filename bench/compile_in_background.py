@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.infer.compiled_builds import CompilerProcess  # noqa: E402
-from fastpix.infer.compiled_cache import build_folder  # noqa: E402
-from fastpix.infer.compiled_packages import build_package, inductor_build, load_package  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix import runtime
+from fastpix.infer.compiled_builds import CompilerProcess
+from fastpix.infer.compiled_cache import build_folder
+from fastpix.infer.compiled_packages import build_package, inductor_build, load_package
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
 
 ROUNDS = 1
 CALLS = 15

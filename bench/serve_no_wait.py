@@ -32,12 +32,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
+from fastpix import runtime
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 
 NEW_SIZES = ((320, 240), (512, 384), (200, 600))  # W×H, as clients send them
 ROUNDS = 9

@@ -18,17 +18,17 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix.cli import main  # noqa: E402
-from fastpix.config import DataConfig, ModelConfig, ServeConfig  # noqa: E402
-from fastpix.data.demo import write_demo_dataset  # noqa: E402
-from fastpix.errors import ConfigError, DataError  # noqa: E402
-from fastpix.files import atomic_write_json  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.palette import built_in, load_palette  # noqa: E402
-from fastpix.store.generator import locate_generator  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
+from fastpix.cli import main
+from fastpix.config import DataConfig, ModelConfig, ServeConfig
+from fastpix.data.demo import write_demo_dataset
+from fastpix.errors import ConfigError, DataError
+from fastpix.files import atomic_write_json
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+from fastpix.palette import built_in, load_palette
+from fastpix.store.generator import locate_generator
+from fastpix.store.weights import save_weights
 
 TIMEOUT_S = 30
 HOOKS = ("input-canvas", "output", "pen", "eraser", "rect", "fill", "undo", "redo", "clear", "upload", "random",

@@ -22,13 +22,13 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from tiny_models import perturb_batchnorms  # noqa: E402
+from tiny_models import perturb_batchnorms
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app, output_format  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app, output_format
+from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 
 TIMEOUT_S = 30  # every wait in this file is bounded
 

@@ -14,12 +14,12 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from test_server import error_of, png_bytes, random_image, request  # noqa: E402
+from test_server import error_of, png_bytes, random_image, request
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")]

@@ -18,15 +18,15 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from test_server import assert_same_image, decoded, error_of, request  # noqa: E402
-from tiny_models import perturb_batchnorms  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
+from test_server import assert_same_image, decoded, error_of, request
+from tiny_models import perturb_batchnorms
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.data.decode import decode_image  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix.config import ServeConfig
+from fastpix.data.decode import decode_image
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")]

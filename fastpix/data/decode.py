@@ -150,7 +150,7 @@ def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
             if draft_size is not None and im.format == "JPEG":
                 im.draft("RGB", draft_size)
             return im.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
+    except Exception as exc:
         raise DecodeError(f"{name}: {exc}") from exc
 
 

@@ -146,7 +146,7 @@ class HED:
         self.device = default_device(device)
         try:
             self.net = torch.jit.load(path, map_location=self.device).eval()
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
+        except Exception as exc:
             raise DataError(f"--hed {path}: not a TorchScript network ({' '.join(str(exc).split())[:200]})") from exc
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ the ConvTuning that holds its per-layer choices (`net.fused_forward.tuning`), wh
 example_input)` makes (Triton or cuDNN) before the first iteration.
 """
 
-from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one list of backends, in config.py
+from fastpix.config import MODEL_BACKENDS as BACKENDS
 from fastpix.models.fused_convs import set_forward_path
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer

@@ -16,6 +16,6 @@ def load_torchscript(path: str, flag: str, what: str, device: torch.device) -> t
         raise CheckpointError(f"{flag} {path}: no such file")
     try:
         net = torch.jit.load(path, map_location=device)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
+    except Exception as exc:
         raise CheckpointError(f"{flag} {path}: not a TorchScript {what} ({unreadable(exc)})") from exc
     return net.eval()

@@ -94,7 +94,7 @@ def load_weights(path: str) -> dict:
         return load_file(path) if data is None else load(data)
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({unreadable(exc)})") from exc
 
 
@@ -107,7 +107,7 @@ def weights_metadata(path: str) -> dict:
     try:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({unreadable(exc)})") from exc
 
 
@@ -116,7 +116,7 @@ def load_train_state(path: str) -> dict:
         raise CheckpointError(f"{path}: no train state to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read train state ({unreadable(exc)})") from exc
     missing = [k for k in TRAIN_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

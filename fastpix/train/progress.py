@@ -242,6 +242,6 @@ class Progress:
                 self.wandb.finish()
             if self.main and self.run.has_log():
                 write_loss_plot(self.run.path("metrics.jsonl"), self.run.path("loss.png"), self.cfg.lambda_L1)
-        except Exception:  # noqa: BLE001
+        except Exception:
             if not failing:
                 raise
