@@ -52,7 +52,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - as in run(): any failure means "use PIL"
             print(f"fastpix: C++ decoder not built ({exc}); PIL serves", file=sys.stderr)
 
 

@@ -207,7 +207,10 @@ def main(argv=None):
 
 def table(results: dict) -> str:
     s = results["stall"]
-    ms = lambda xs: f"{1000 * float(np.median(xs)):.0f} ms ({', '.join(f'{1000 * x:.0f}' for x in xs)})"  # noqa: E731
+
+    def ms(xs):
+        return f"{1000 * float(np.median(xs)):.0f} ms ({', '.join(f'{1000 * x:.0f}' for x in xs)})"
+
     lines = [f"CPU {results['machine']['cpu']} ({results['machine']['threads']} threads), unet_256 batch 1 256², "
              f"{s['precision']}; load average (1 min) per section in brackets",
              f"stall per save  synchronous (main before): {ms(s['synchronous_save_s'])}  "

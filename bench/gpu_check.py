@@ -83,7 +83,7 @@ def versions() -> dict:
 
         out["cuda"] = torch.version.cuda
         out["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an environment report leaves out what it cannot read
         pass
     return out
 
@@ -94,7 +94,7 @@ def device_name() -> str:
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up still gets a name: the CPU's
         pass
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
@@ -552,7 +552,7 @@ def default_out(dry) -> str:
         import torch
 
         gpu = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a folder name must come out whatever CUDA says
         gpu = "unknown"
     kind = "dry_" if dry else ""
     return os.path.join(BENCH, "results", f"{datetime.date.today():%Y-%m-%d}_{kind}{gpu}_{revision()}")

@@ -73,7 +73,10 @@ def scores(matrix: np.ndarray) -> dict:
     present = rows > 0
     class_acc = np.where(present, diag / np.maximum(rows, 1), np.nan)
     iou = np.where(present, diag / np.maximum(rows + cols - diag, 1), np.nan)
-    as_list = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
+
+    def as_list(a):
+        return [None if np.isnan(v) else float(v) for v in a]
+
     return {"pixel_accuracy": float(diag.sum() / max(matrix.sum(), 1)),
             "mean_class_accuracy": float(np.nanmean(class_acc)) if present.any() else None,
             "mean_iou": float(np.nanmean(iou)) if present.any() else None,

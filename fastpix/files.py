@@ -15,7 +15,8 @@ import json
 import os
 import secrets
 import shutil
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from fastpix.errors import DiskFull
 

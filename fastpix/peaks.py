@@ -99,7 +99,7 @@ def tensor_precision(precision: str) -> str:
     return precision
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_gpu_flops(precision: str, index: int) -> float:
     """The rate of an 8192³ matmul in `precision` on CUDA device `index` (median of 10), measured once per
     process: the peak of a GPU the datasheet table does not know."""
@@ -154,7 +154,7 @@ def peak_flops(device: torch.device, precision: str) -> Peak | None:
     return gpu_peak(device, precision) if device.type == "cuda" else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_roof_flops(dtype: torch.dtype, reps: int = 5) -> float:
     """This CPU's reachable FLOP/s in dtype, measured once per process: the faster of a 2048³ matmul and a 1×1 conv
     that oneDNN runs as one large GEMM (8×1024×32×32 by 1024×1024, channels-last), best of reps. Both, because

@@ -85,7 +85,7 @@ def write_loss_plot(metrics_jsonl: str, png_path: str, lambda_L1: float = 100.0,
     panels = loss_panels(lambda_L1, any(k.startswith("val_") for k in series))
     if backend == "auto":
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401 - imported only to learn whether it is installed
             backend = "matplotlib"
         except ImportError:
             backend = "pil"

@@ -33,7 +33,7 @@ def _cpuinfo_flags() -> set[str]:
     return set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 matmuls/convs in hardware (AVX-512 BF16 or AMX): there bf16 autocast is
     ~2x fp32; elsewhere oneDNN emulates bf16 and it is slower than fp32. oneDNN's own check decides where torch has

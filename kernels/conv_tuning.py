@@ -23,7 +23,7 @@ import copy
 import math
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import triton

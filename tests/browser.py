@@ -14,12 +14,12 @@ INSTALL = "apt-get update && apt-get install -y chromium chromium-driver; pip in
 def missing() -> str | None:
     absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         absent.append("the selenium package")
     try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+        import fastapi  # noqa: F401 - imported only to learn whether it is installed
+        import uvicorn  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         absent.append("fastapi/uvicorn (the 'serve' extra)")
     return f"the browser tests need {', '.join(absent)}: {INSTALL}" if absent else None

@@ -23,12 +23,12 @@ from fastpix.models import define_G
 
 require_browser()
 
-from selenium.webdriver import ActionChains  # noqa: E402
-from selenium.webdriver.common.actions import interaction  # noqa: E402
-from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
-from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver import ActionChains  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions import interaction  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.by import By  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after require_browser(), which skips the module without selenium
 
 N = 64
 TIMEOUT_S = 30

@@ -131,7 +131,10 @@ def test_fid_and_kid_match_a_direct_computation():
 def unbiased_mmd2(x, y):
     """Unbiased MMD² with the cubic polynomial kernel, pair by pair."""
     d, n, m = x.shape[1], len(x), len(y)
-    k = lambda u, v: (u @ v / d + 1) ** 3  # noqa: E731
+
+    def k(u, v):
+        return (u @ v / d + 1) ** 3
+
     xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)

@@ -1,6 +1,6 @@
 """FCN-score: `fastpix eval --segmenter` against confusion matrices counted by hand on 4×4 label maps."""
 import json
-from typing import List
+
 
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ class NearestColour(torch.nn.Module):
 
 class Quadrants(torch.nn.Module):
     """Declares a 2×2 input size (and fails on any other) and answers road | car over sky | person."""
-    input_size: List[int]
+    input_size: list[int]
 
     def __init__(self):
         super().__init__()

@@ -51,7 +51,7 @@ def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
     assert {r["case"] for r in rows["train"]} == {"a_reference_fp32_nchw", "b_eager_bf16_channels_last",
                                                    "d_fastpix_graphs_eager", "e_fastpix_graphs_triton"}
     assert all(r["img_per_s"] > 0 for r in rows["train"] + rows["inference"])
-    assert all(0 < r["mfu"] and "measured" in r["roof"] for r in rows["train"] + rows["compile"])
+    assert all(r["mfu"] > 0 and "measured" in r["roof"] for r in rows["train"] + rows["compile"])
     assert {(r["backend"], r["way"]) for r in rows["inference"]} == {(b, w) for b in ("eager", "triton")
                                                                      for w in ("eager", "predictor")}
     assert all(r["triton_ms"] > 0 and r["cudnn_ms"] > 0 and r["choice"] in ("triton", "cudnn")

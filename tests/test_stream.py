@@ -19,7 +19,7 @@ def within(seconds, fn):
     def target():
         try:
             result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which re-raises it
             result["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)

@@ -12,8 +12,8 @@ from fastpix.study.page import load_study
 
 require_browser()
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after require_browser(), which skips the module without selenium
 
 # Waits in the page for the next question (or the end) and says what the page shows: the observer cannot see
 # the images any more (hidden), but their sources say which side holds the generated (or blank) one.

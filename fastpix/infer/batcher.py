@@ -174,7 +174,7 @@ class Batcher:
     def _run_batch_of_one(self, job: Job):
         try:
             outputs = [r.image for r in self.predictor.run([job.request], output_type="np")]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - this request's error is its own answer; the server goes on
             job.future.set_exception(exc)
             return
         self._finish([job], outputs)

@@ -10,8 +10,8 @@ says why (`graphs_off`): a server asks for its graph size on any device.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

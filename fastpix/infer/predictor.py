@@ -154,7 +154,7 @@ class Predictor:
         parts.append(f"norm_mode {self.norm_mode}" + (", BatchNorm folded" if self.norm_mode == "running" else ""))
         return ", ".join(parts)
 
-    def warmup(self, size: tuple[int, int] | None = None, wait: bool = False) -> "Predictor":
+    def warmup(self, size: tuple[int, int] | None = None, wait: bool = False) -> Predictor:
         """Run the network before the first request: with CUDA graphs, capture the graph of every batch bucket up
         to max_batch_size; otherwise one batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now
         rather than during a request. The compiled runtime also asks for the package of every batch piece at that

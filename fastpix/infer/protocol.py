@@ -60,11 +60,16 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
             with announced(log, f"waiting for the compiled generator ({dataset.crop_size}x{dataset.crop_size}) "
                            "before the first image, so that every image runs the same code"):
                 predictor.warmup((dataset.crop_size, dataset.crop_size), wait=True)
-        translate = lambda a: predictor(a, output_type="pt").float().cpu()  # noqa: E731
+
+        def translate(a):
+            return predictor(a, output_type="pt").float().cpu()
     else:
         G.train()
         torch.manual_seed(seed)
-        translate = lambda a: G(a[None].to(device))[0].float().cpu()  # noqa: E731
+
+        def translate(a):
+            return G(a[None].to(device))[0].float().cpu()
+
     with torch.no_grad():
         read = 0
         for index in range(count):

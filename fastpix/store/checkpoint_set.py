@@ -25,7 +25,8 @@ import dataclasses
 import hashlib
 import os
 import shutil
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from fastpix.errors import CheckpointError
 from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new

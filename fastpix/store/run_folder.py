@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_bytes
