@@ -267,7 +267,8 @@ def stage_train(st: Stage):
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
+            # bound to this case's values (ruff B023), though _time calls it before the loop moves on
+            seconds, _ = _time(lambda e=engine, a=A, b=B: [e(a, b) for _ in range(iters)], 1 if st.dry else 3)
             per_iter = seconds / iters
             report = engine.report()
             choices = [c for net in (report["layer_choices"] or {}).values() for c in net.values()]
@@ -364,13 +365,14 @@ def stage_inference(st: Stage):
         for way in ("eager", "predictor"):
             for batch in batches[backend]:
                 x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+                # each run is bound to this iteration's values (it is timed before the loops move on)
                 if way == "predictor":
-                    def run():
+                    def run(predictor=predictor, x=x):
                         predictor(list(x), output_type="pt")
                 else:
                     xc = x.contiguous(memory_format=torch.channels_last) if gpu else x
 
-                    def run():
+                    def run(predictor=predictor, net=net, xc=xc):
                         with predictor.autocast():
                             net(xc)
                 slow = st.dry and backend == "triton"

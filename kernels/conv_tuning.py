@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import warnings
@@ -157,7 +158,7 @@ class ConvTuning:
         times = []
         for config in candidates:
             try:
-                times.append(self.timer(lambda: launch(config)))
+                times.append(self.timer(functools.partial(launch, config)))
             except (triton.runtime.errors.OutOfResources, triton.CompilationError):
                 times.append(math.inf)
         best = candidates[min(range(len(candidates)), key=times.__getitem__)]

@@ -1,6 +1,7 @@
 """The streaming path: batches equal make_loader's and the cache's; bounded ring; clean stops, never a hang."""
 import os
 import threading
+from functools import partial
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_stream_equals_paired_dataset_and_cache(data, tmp_path, direction, nc):
     stream = StreamLoader(ds, 3, seed=9, threads=2, depth=2)
     cached = CachedLoader(PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False), 3, seed=9)
     for epoch, start in ((1, 0), (2, 4)):
-        got = within(30, lambda: pipeline_batches(stream, epoch, start))
+        got = within(30, partial(pipeline_batches, stream, epoch, start))
         assert_same_batches(got, reference_batches(ds, 3, 9, epoch, start))
         assert_same_batches(got, pipeline_batches(cached, epoch, start))
 
@@ -46,14 +47,14 @@ def test_rank_slices(data):
     ds = dataset(data)
     for rank in (0, 1):
         stream = StreamLoader(ds, 4, seed=1, rank=rank, world=2)
-        assert_same_batches(within(30, lambda: pipeline_batches(stream, 3)),
+        assert_same_batches(within(30, partial(pipeline_batches, stream, 3)),
                             reference_batches(ds, 4, 1, 3, rank=rank, world=2))
 
 
 def test_ring_is_bounded(data):
     stream = StreamLoader(dataset(data), 1, depth=2)
     for epoch in range(3):
-        assert len(within(30, lambda: pipeline_batches(stream, epoch))) == 8
+        assert len(within(30, partial(pipeline_batches, stream, epoch))) == 8
         assert stream.slots_allocated <= 2
 
 
@@ -123,7 +124,7 @@ def test_batches_do_not_depend_on_thread_count_or_depth(data):
     want = reference_batches(ds, 3, 2, 6)
     for threads, depth in ((1, 1), (2, 4)):
         stream = StreamLoader(ds, 3, seed=2, threads=threads, depth=depth)
-        assert_same_batches(within(30, lambda: pipeline_batches(stream, 6)), want)
+        assert_same_batches(within(30, partial(pipeline_batches, stream, 6)), want)
 
 
 def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path):
@@ -167,7 +168,7 @@ def test_stream_on_cuda_equals_paired_dataset(data):
     ds = dataset(data, "BtoA", (1, 3))
     stream = StreamLoader(ds, 2, seed=9, device="cuda", threads=2, depth=2)
     for epoch in range(3):
-        got = within(60, lambda: pipeline_batches(stream, epoch))
+        got = within(60, partial(pipeline_batches, stream, epoch))
         assert all(b["A"].is_cuda and b["A"].is_contiguous(memory_format=torch.channels_last) for b in got)
         torch.cuda.synchronize()
         assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -71,11 +72,12 @@ def prepare_cityscapes(cfg: CityscapesConfig, progress: bool = True) -> Cityscap
         folder = os.path.join(cfg.out, written)
         os.makedirs(folder, exist_ok=True)
 
-        def write(item):
-            i, (photo, labels) = item
-            write_image(os.path.join(folder, f"{i}.jpg"), _side_by_side(photo, labels, cfg.size), quality=100,
-                        subsampling=0)
-
+        write = partial(_write_pair, folder, cfg.size)
         map_images(write, list(enumerate(pairs)), cores(), f"cityscapes {split} -> {written}", progress)
         result.written[written] = len(pairs)
     return result
+
+
+def _write_pair(folder: str, size: int, item):
+    i, (photo, labels) = item
+    write_image(os.path.join(folder, f"{i}.jpg"), _side_by_side(photo, labels, size), quality=100, subsampling=0)
