@@ -6,6 +6,7 @@ compile fails, the install still succeeds without it and fastpix decodes with PI
 (fastpix.data.decode.backend() says which is active).
 """
 import glob
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ setup(
     name="fastpix",
     version="0.1.0",
     description="A fast engine for pix2pix: fused Triton kernels, CUDA-graph training, batched inference",
-    long_description=open("README.md").read() if glob.glob("README.md") else "",
+    long_description=pathlib.Path("README.md").read_text() if glob.glob("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastpix", "fastpix.*"]) + ["fastpix.kernels", "fastpix.bench_suites"],

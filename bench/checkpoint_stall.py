@@ -216,7 +216,8 @@ def table(results: dict) -> str:
              f"stall per save  synchronous (main before): {ms(s['synchronous_save_s'])}  "
              f"background: snapshot {ms(s['snapshot_s'])}, first {ms(s['first_snapshot_s'])}  "
              f"[load {s['load_start']}-{s['load_end']}]",
-             f"                writer (in the background) {ms(s['writer_s'])}; snapshot {s['snapshot_bytes'] / 1e6:.0f} MB "
+             f"                writer (in the background) {ms(s['writer_s'])}; "
+             f"snapshot {s['snapshot_bytes'] / 1e6:.0f} MB "
              f"in {s['snapshot_tensors']} tensors -> H100 estimate {s['h100_estimate_ms']:.0f} ms of copies on the "
              f"training stream at {results['assumed_pcie_gbps']:.0f} GB/s",
              f"reference fp32 step {results['reference_step']['ms']:.0f} ms "

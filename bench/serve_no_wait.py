@@ -104,7 +104,7 @@ def run(workdir: str) -> dict:
 def table(result: dict) -> str:
     lines = [f"ready after {result['ready_s']:.2f} s on a fresh cache (target ≤ 90 s); the 256² packages were "
              f"built {result['warmup_builds_s']:.0f} s after the start, in the background",
-             "| size (W×H) | first request | steady (median of %d) | first / steady | target (≤ 4×, ≤ 1.5 s) |" % ROUNDS,
+             f"| size (W×H) | first request | steady (median of {ROUNDS}) | first / steady | target (≤ 4×, ≤ 1.5 s) |",
              "|---|---:|---:|---:|---|"]
     for row in result["sizes"]:
         ratio = row["first_s"] / row["steady_median_s"]

@@ -433,8 +433,9 @@ class ReferenceConfig:
 
 @dataclass
 class ReferenceDisplayConfig:
-    """The reference's visdom and HTML display (train; test and eval accept them too). fastpix shows a run instead as <run>/samples/*.png and
-    <run>/loss.png (every --display_freq iterations), metrics.jsonl (every --print_freq) and TensorBoard."""
+    """The reference's visdom and HTML display (train; test and eval accept them too). fastpix shows a run instead
+    as <run>/samples/*.png and <run>/loss.png (every --display_freq iterations), metrics.jsonl (every --print_freq)
+    and TensorBoard."""
     display_id: int = opt(1, "ignored: the visdom window id")
     display_server: str = opt("http://localhost", "ignored: the visdom server")
     display_port: int = opt(8097, "ignored: the visdom port")
@@ -635,8 +636,8 @@ class EdgesConfig:
     out: str = opt(None, "output folder: <out>/<sub-folder>/<stem>.png, edges | photo side by side", required=True)
     size: int = opt(256, "side of each half in pixels (photos are resized to size x size, aspect not kept)")
     hed: str = opt(None, "a HED network as TorchScript (float N×3×H×W RGB in [0, 1] -> edge probability N×1×H×W in "
-                   "[0, 1]; never downloaded) instead of the built-in detector (`pydoc fastpix.data.edges` shows how to "
-                   "export one)")
+                   "[0, 1]; never downloaded) instead of the built-in detector (`pydoc fastpix.data.edges` shows how "
+                   "to export one)")
     threshold: float = opt(25 / 255, "edge strength kept after non-maximum suppression (the reference: 25/255)")
     small_edge: int = opt(5, "edges of fewer pixels than this are removed (the reference: 5)")
     device: str = opt(None, "torch device for --hed (default: cuda if available, else cpu)")

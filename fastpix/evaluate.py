@@ -3,8 +3,9 @@ FCN-score (fcn_score.py).
 
 Images are scored as saved (uint8, the reference's truncating conversion), so scoring a checkpoint and scoring
 its saved results give the same numbers. What is saved and scored is fastpix.data.pictures': fake_B against real_B,
-and for colorization the RGB pictures fake_B_rgb against real_B_rgb. Metrics on [0, 1] images (data range 1): L1 (mean absolute error),
-PSNR, SSIM (Gaussian window σ 1.5) and the high-frequency energy ratio output/target (sharpness: blur → below 1).
+and for colorization the RGB pictures fake_B_rgb against real_B_rgb. Metrics on [0, 1] images (data range 1): L1
+(mean absolute error), PSNR, SSIM (Gaussian window σ 1.5) and the high-frequency energy ratio output/target
+(sharpness: blur → below 1).
 A results folder holds index.html, images/ and scores.json (the report: protocol, aggregate, per-image values).
 """
 from __future__ import annotations

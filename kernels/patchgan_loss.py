@@ -5,9 +5,9 @@ dloss/dlogit / N (fp32) into a buffer kept for backward and one partial sum per 
 (_shared.py, a single program) adds the partials in a fixed order and divides by N. Backward only scales the saved
 gradient by the incoming grad_output, in fp32, and rounds once to the logits' dtype: a GradScaler's large scale is
 applied before that rounding, as in eager autocast (where the loss runs in fp32), rather than to an fp16 value
-already flushed towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs nothing.
-No value crosses to the host, so the loss can be captured in a CUDA graph, and the result is bitwise reproducible
-(the reduction tree depends only on the shape).
+already flushed towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs
+nothing. No value crosses to the host, so the loss can be captured in a CUDA graph, and the result is bitwise
+reproducible (the reduction tree depends only on the shape).
 
 The loss is returned in fp32 whatever the logits' dtype: it is the accumulation dtype, and autocast runs
 binary_cross_entropy_with_logits and mse_loss in fp32 too.

@@ -2,6 +2,7 @@
 collisions in `fastpix predict`, file names that are not UTF-8 in `fastpix test`'s page."""
 import io
 import os
+import pathlib
 import struct
 import warnings
 import zlib
@@ -132,7 +133,7 @@ def test_fastpix_test_names_a_bomb_skips_it_and_writes_non_utf8_names(tmp_path):
         run_test(model, config.DataConfig(dataroot=root, crop_size=32), test, weights)
     with pytest.warns(UserWarning, match="z_bomb.png"):
         out = run_test(model, config.DataConfig(dataroot=root, crop_size=32, skip_bad_images=True), test, weights)
-    page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+    page = pathlib.Path(out, "index.html").read_text(encoding="utf-8")
     assert "caf\ufffd" in page and "images/caf%E9_fake_B.png" in page
     assert os.path.isfile(os.path.join(os.fsencode(out), b"images", b"caf\xe9_fake_B.png"))
     assert os.path.isfile(os.path.join(out, "scores.json"))

@@ -159,18 +159,19 @@ def test_files_get_the_users_umask(tmp_path):
 
 def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
     run = RunFolder(str(tmp_path), "run")
-    with run.locked():
-        with pytest.raises(CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"):
-            with RunFolder(str(tmp_path), "run").locked():
-                pass
+    with (
+        run.locked(),
+        pytest.raises(CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"),
+        RunFolder(str(tmp_path), "run").locked(),
+    ):
+        pass
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({run.path('.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"held\n"
-    with pytest.raises(CheckpointError, match="in use"):
-        with run.locked():
-            pass
+    with pytest.raises(CheckpointError, match="in use"), run.locked():
+        pass
     holder.kill()
     holder.wait()
     with run.locked():  # the kernel released the dead process's lock

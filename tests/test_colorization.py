@@ -193,7 +193,7 @@ def test_the_cache_and_the_stream_give_the_loaders_batches(photos, tmp_path, mod
             assert torch.equal(g["A"], e["A"]) and torch.equal(g["B"], e["B"])  # the same arithmetic on the CPU
 
 
-# ---- the flags ---------------------------------------------------------------------------------------------------------
+# ---- the flags -------------------------------------------------------------------------------------------------------
 
 def test_model_kind_follows_either_flag_and_a_reference_pths_shapes():
     assert model_kind({"model": "colorization"}) == "colorization"
@@ -219,7 +219,7 @@ def test_contradicting_flags_are_refused_in_one_line_before_any_work(photos, wor
     assert not os.path.exists(workdir / "checkpoints" / "c" / "config.json")
 
 
-# ---- a run end to end ----------------------------------------------------------------------------------------------------
+# ---- a run end to end ------------------------------------------------------------------------------------------------
 
 def test_train_test_eval_predict_serve_a_colorization_run(photos, workdir, capsys):
     """`--dataset_mode colorization` alone (the reference's other spelling) makes a colorization run; config.json
@@ -295,7 +295,8 @@ def test_a_reference_colorization_pth_is_recognised_by_its_shapes(photos, workdi
     assert main(argv) == 2  # the size of the images (whole, not halves: 40², which unet_32 does not take) is read
     assert main([*argv, "--crop_size", "32"]) == 0
     images = os.listdir(workdir / "results" / "ref" / "test_latest" / "images")
-    assert sorted(images) == sorted(f"{s}_{k}.png" for s in ("p0", "p3") for k in ("real_A", "real_B_rgb", "fake_B_rgb"))
+    kinds = ("real_A", "real_B_rgb", "fake_B_rgb")
+    assert sorted(images) == sorted(f"{s}_{k}.png" for s in ("p0", "p3") for k in kinds)
     assert Predictor.from_checkpoint(weights, device="cpu").model == "colorization"
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -125,7 +126,7 @@ def test_a_failed_build_is_said_once_remembered_on_disk_and_not_retried(tmp_path
     assert stand_in.calls == [(1, 3, 32, 32)]
     assert "1x32x32 failed (RuntimeError: no C++ compiler)" in predictor.description
     marker = compiled_cache.failure_path(predictor.runner.folder, (1, 3, 32, 32))
-    assert json.load(open(marker))["error"] == "RuntimeError: no C++ compiler"
+    assert json.loads(pathlib.Path(marker).read_text())["error"] == "RuntimeError: no C++ compiler"
     # Another run of the same torch and fastpix does not try again ...
     again = compiled_predictor(tmp_path)
     again(x, output_type="pt")

@@ -26,9 +26,8 @@ def pil_chain(img, preprocess, load, crop, x, y, flip, gray):
         ow, oh = img.size
         if not (ow == load and oh >= crop):
             img = img.resize((load, int(max(load * oh / ow, crop))), Image.BICUBIC)
-    if preprocess in ("resize_and_crop", "crop", "scale_width_and_crop"):
-        if img.size[0] > crop or img.size[1] > crop:
-            img = img.crop((x, y, x + crop, y + crop))
+    if preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") and (img.size[0] > crop or img.size[1] > crop):
+        img = img.crop((x, y, x + crop, y + crop))
     if preprocess == "none":
         ow, oh = img.size
         w, h = int(round(ow / 4) * 4), int(round(oh / 4) * 4)

@@ -468,6 +468,7 @@ def test_install_without_image_headers_builds_a_pil_only_fastpix(tmp_path):
     [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastpix/data/decode.py" in names and not any("_decode" in n for n in names), names
-    probe = "import sys; sys.modules['fastpix._decode'] = None; from fastpix.data import decode; print(decode.backend())"
+    probe = ("import sys; sys.modules['fastpix._decode'] = None; "
+             "from fastpix.data import decode; print(decode.backend())")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "pil"

@@ -4,6 +4,7 @@ keys; every check reads the canvases' pixels, and the server's own answer for th
 import base64
 import io
 import json
+import pathlib
 import re
 import time
 import urllib.error
@@ -276,7 +277,7 @@ def test_upload_by_file_picker_and_by_drop_fits_the_image_to_the_canvas(browser,
     assert_fitted(pixels(browser))
     assert_output_is_the_servers_answer(browser, servers["labels"])
     hook(browser, "clear").click()
-    data = base64.b64encode(open(upload_image(tmp_path), "rb").read()).decode()
+    data = base64.b64encode(pathlib.Path(upload_image(tmp_path)).read_bytes()).decode()
     wait_for_new_drawing(browser, lambda: browser.execute_script("""
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const files = new DataTransfer();

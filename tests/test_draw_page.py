@@ -201,7 +201,7 @@ def test_the_built_in_palettes_are_hesses_facades_labels_and_the_demo_datas_colo
     hesse = {"background": "#0006d9", "wall": "#0d3dfb", "door": "#a50000", "window": "#0075ff",
              "window sill": "#68f898", "window head": "#1dffdd", "shutter": "#eeed28", "balcony": "#b8ff38",
              "trim": "#ff9204", "cornice": "#ff4401", "column": "#f60001", "entrance": "#00c9ff"}
-    assert [(c.name, "#%02x%02x%02x" % c.rgb) for c in facades.classes] == list(hesse.items())
+    assert [(c.name, "#{:02x}{:02x}{:02x}".format(*c.rgb)) for c in facades.classes] == list(hesse.items())
     assert facades.names[facades.clear_id] == "wall"  # Hesse's editor clears to wall
     demo = load_palette("demo")
     assert [c.rgb for c in demo.classes] == [tuple(c) for c in PALETTE.tolist()] and demo.clear_id == 0

@@ -1,6 +1,7 @@
 """The training engine: multi-process training over gloo, precision, device-side losses, FLOPs, CUDA graphs."""
 import dataclasses
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -32,7 +33,7 @@ def test_two_processes_over_gloo_equal_one_process(tiny_data, tmp_path):
     assert single.returncode == 0, single.stderr
     multi = fastpix(*common, "--name", "multi", "--nproc", "2", cwd=tmp_path)
     assert multi.returncode == 0, multi.stderr
-    log = {name: [json.loads(x) for x in open(tmp_path / f"checkpoints/{name}/metrics.jsonl")]
+    log = {name: [json.loads(x) for x in (tmp_path / f"checkpoints/{name}/metrics.jsonl").read_text().splitlines()]
            for name in ("single", "multi")}
     assert [r["iter"] for r in log["multi"]] == [1, 2, 3]
     for a, b in zip(log["single"], log["multi"]):
@@ -138,7 +139,7 @@ def test_cuda_graphs_match_eager_losses(tiny_data, tmp_path):
     for graphs in (False, True):
         model, data, cfg = gpu_configs(tiny_data, tmp_path / str(graphs), cuda_graphs=graphs, precision="bf16")
         run = train(model, data, cfg, progress=False)
-        runs[graphs] = [json.loads(x) for x in open(f"{run}/metrics.jsonl")]
+        runs[graphs] = [json.loads(x) for x in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     for a, b in zip(runs[False], runs[True]):
         for k in LOSS_NAMES:
             assert b[k] == pytest.approx(a[k], rel=0.1, abs=0.05)

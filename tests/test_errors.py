@@ -149,10 +149,11 @@ def messages_in_system_exits(source: str) -> list[int]:
     are UserErrors, and SystemExit only carries an exit status."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args:
-            if any(isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
-                   for n in ast.walk(node.args[0])):
-                found.append(node.lineno)
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args):
+            continue
+        if any(isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
+               for n in ast.walk(node.args[0])):
+            found.append(node.lineno)
     return found
 
 

@@ -1,6 +1,7 @@
 """Evaluation: the eval command and results pages, FID/KID, and proof that fastpix learns the demo task."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_report_json_and_results_page_worst_first(untrained):
         values = [r[m] for r in report["per_image"]]
         assert report["metrics"][m]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
         assert report["metrics"][m]["std"] == pytest.approx(np.std(values), rel=1e-12, abs=1e-15)
-    page = open(report["page"]).read()
+    page = pathlib.Path(report["page"]).read_text()
     assert page.index("<th>mean</th>") < page.index("<h3>")  # the aggregate table on top
     rows = page.split("<h3>")[1:]
     l1_in_page = [float(row.split("l1 ")[1].split(",")[0]) for row in rows]
@@ -188,7 +189,7 @@ def test_fid_kid_with_a_torchscript_feature_network(untrained, tmp_path, network
     assert report["fid"] == pytest.approx(expected, rel=1e-5) and report["fid"] > 0
     # fewer images than subset_size: every subset is the whole set, so KID is the plain unbiased MMD²
     assert report["kid"]["mean"] == pytest.approx(unbiased_mmd2(fake, real), abs=1e-8)  # float32 features
-    assert f"FID: {report['fid']:.6g}" in open(report["page"]).read()
+    assert f"FID: {report['fid']:.6g}" in pathlib.Path(report["page"]).read_text()
     one = run_eval(root, *flags, "--num_test", "1", "--inception-weights", str(path))
     assert one["fid"] == one["kid"] == "skipped: FID/KID need at least 2 images, got 1"
 

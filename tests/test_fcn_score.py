@@ -1,6 +1,6 @@
 """FCN-score: `fastpix eval --segmenter` against confusion matrices counted by hand on 4×4 label maps."""
 import json
-
+import pathlib
 
 import numpy as np
 import pytest
@@ -166,5 +166,5 @@ def test_a_checkpoint_is_scored_on_its_input_labels_and_the_page_shows_it(tmp_pa
     fcn = report["fcn_score"]
     assert fcn["n"] == 4 and fcn["ignored_pixel_fraction"] == 0
     assert fcn["real_B"]["pixel_accuracy"] > 0.6 and fcn["fake_B"]["pixel_accuracy"] < 0.3  # 0.68, 0.09 when written
-    page = open(report["page"]).read()
+    page = pathlib.Path(report["page"]).read_text()
     assert f"<td>{fcn['real_B']['pixel_accuracy']:.4f}</td>" in page and "ceiling" in page

@@ -42,7 +42,7 @@ def config(tmp_path, base, name="facades_label2photo", **kw):
 
 
 def test_the_registry_is_the_references_unet_256_with_its_directions():
-    for name, arch in pretrained.ARCHITECTURES.items():
+    for arch in pretrained.ARCHITECTURES.values():
         assert (arch.netG, arch.ngf, arch.norm, arch.input_nc, arch.output_nc) == ("unet_256", 64, "batch", 3, 3)
         assert sum(p.numel() for p in arch.build().parameters()) == arch.parameters == 54_413_955
     # The reference's README and docs/datasets.md: facades labels -> photo and day -> night run BtoA.
@@ -78,9 +78,11 @@ def test_a_pickle_that_would_run_code_is_refused_unrun_and_removed(tmp_path, sma
     marker = str(tmp_path / "ran")
     state = {**small_state(), "model.model.0.weight": Hostile(marker)}
     data = pth(state) if form == "torch.save" else pickle.dumps(state, protocol=2)
-    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": data})) as base:
-        with pytest.raises(CheckpointError) as caught:
-            download_model(config(tmp_path, base), progress=False)
+    with (
+        serve(Mirror({"/models-pytorch/facades_label2photo.pth": data})) as base,
+        pytest.raises(CheckpointError) as caught,
+    ):
+        download_model(config(tmp_path, base), progress=False)
     assert "pickled Python objects" in str(caught.value) and "\n" not in str(caught.value)
     assert not os.path.exists(marker)
     assert os.listdir(tmp_path) == []  # no checkpoints folder left: it was made for this download
@@ -92,9 +94,11 @@ def test_a_pickle_that_would_run_code_is_refused_unrun_and_removed(tmp_path, sma
 
 
 def test_a_generator_of_another_architecture_is_refused(tmp_path):
-    with serve(Mirror({"/models-pytorch/sat2map.pth": pth(small_state())})) as base:
-        with pytest.raises(CheckpointError) as caught:
-            download_model(config(tmp_path, base, name="sat2map"), progress=False)
+    with (
+        serve(Mirror({"/models-pytorch/sat2map.pth": pth(small_state())})) as base,
+        pytest.raises(CheckpointError) as caught,
+    ):
+        download_model(config(tmp_path, base, name="sat2map"), progress=False)
     message = str(caught.value)
     assert message.startswith(f"{base}/models-pytorch/sat2map.pth: not a unet_256, ngf 64, batch norm")
     assert "keys missing" in message and len(message) < 400
@@ -108,9 +112,8 @@ def test_files_that_are_not_usable_weights_are_refused(tmp_path, small_registry,
         state["model.model.0.weight"].fill_(float("nan"))
         body = pth(state)
     (tmp_path / "checkpoints" / "facades_label2photo_pretrained").mkdir(parents=True)
-    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": body})) as base:
-        with pytest.raises(CheckpointError):
-            download_model(config(tmp_path, base), progress=False)
+    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": body})) as base, pytest.raises(CheckpointError):
+        download_model(config(tmp_path, base), progress=False)
     assert os.listdir(tmp_path / "checkpoints" / "facades_label2photo_pretrained") == []
 
 

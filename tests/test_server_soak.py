@@ -68,7 +68,7 @@ def good_requests():
     """(name, body, content type, query) of images the server must answer, in sizes that pad and that do not."""
     rng = np.random.default_rng(0)
     out = []
-    for k, (w, h) in enumerate([(32, 32), (17, 33), (40, 24), (64, 48)]):
+    for w, h in [(32, 32), (17, 33), (40, 24), (64, 48)]:
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         out.append((f"png{w}x{h}", png(image), "image/png", ""))
     buffer = io.BytesIO()

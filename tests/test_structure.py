@@ -45,4 +45,5 @@ def test_no_function_over_80_lines_outside_kernels():
 def test_the_length_check_finds_a_long_function(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     (tmp_path / "long.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}\n")
-    assert list(long_functions([tmp_path / "long.py"], tmp_path)) == [f"long.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]
+    want = [f"long.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert list(long_functions([tmp_path / "long.py"], tmp_path)) == want

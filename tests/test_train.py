@@ -1,6 +1,7 @@
 """The training step's update order, the LR policies, determinism, and exact resume."""
 import dataclasses
 import json
+import pathlib
 
 import pytest
 import torch
@@ -207,7 +208,7 @@ def test_metrics_log_and_samples(tiny_data, tmp_path):
     import os
 
     run = train(*configs(tiny_data, tmp_path, max_iters=4), progress=False)
-    lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    lines = [json.loads(line) for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines] == [1, 2, 3, 4]
     assert all(set(r) >= {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s"} for r in lines)
     assert lines[0]["engine"] == {"cuda_graph": "off", "layer_choices": None}  # logged once: it did not change

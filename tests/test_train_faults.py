@@ -4,6 +4,7 @@ user's training flags (--continue_train from bare weights, --save_by_iter, --loa
 import errno
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -81,10 +82,12 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
     run = str(tmp_path / "run")
     assert read_manifest(run)["iteration"] == 3
     # the failed save of 4 stops the run after iteration 5 at the latest (its save point waits for the writer)
-    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
+    iters = [json.loads(line)["iter"] for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert iters in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))
-    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == list(range(1, 8))
+    iters = [json.loads(line)["iter"] for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert iters == list(range(1, 8))
     assert Image.open(f"{run}/loss.png").size[0] > 500
 
 
@@ -303,9 +306,11 @@ def test_ctrl_c_before_training_says_so(tiny_data, tmp_path, monkeypatch):
 
 
 def test_a_second_train_on_the_same_run_is_refused(tiny_data, tmp_path):
-    with RunFolder(str(tmp_path), "run").locked():
-        with pytest.raises(CheckpointError, match="is in use by another fastpix train"):
-            train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
+    with (
+        RunFolder(str(tmp_path), "run").locked(),
+        pytest.raises(CheckpointError, match="is in use by another fastpix train"),
+    ):
+        train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
 
 
 def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ data set whose cache alone exceeds the bound is cached in memory only (or stream
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -212,10 +213,8 @@ def _alive(pid: int) -> bool:
 
 def _remove(*paths):
     for p in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(p)
-        except FileNotFoundError:
-            pass
 
 
 class PairCache:
@@ -255,7 +254,8 @@ class PairCache:
         if manifest is None and placement != "memmap" and (nbytes > max_bytes or not disk_room(self.cache_dir, nbytes)):
             why = f"over --cache_max_gb {max_bytes / GB:g}" if nbytes > max_bytes else \
                 f"{self.cache_dir} is not writable or full"
-            warnings.warn(f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run")
+            warnings.warn(f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run",
+                          stacklevel=2)
             sources = [torch.empty(s, dtype=torch.uint8) for s in (self.shape_a, self.shape_b)]
             manifest = {"bad": self._decode_all([t.numpy() for t in sources], threads, progress, chunk)}
         elif manifest is None:

@@ -3,7 +3,8 @@
 StreamLoader: one background thread decodes each batch with decode_pairs_into (native threads, GIL released) into a
 ring of `depth` reused (pinned, on CUDA) uint8 buffers ahead of the consumer; the consumer copies a buffer to the
 device (a side stream, non_blocking, on CUDA) and crops/flips/normalises there (fastpix.data.augment), so batches
-equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the ring; the thread stops when the consumer stops (break, error, end).
+equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the
+ring; the thread stops when the consumer stops (break, error, end).
 """
 from __future__ import annotations
 

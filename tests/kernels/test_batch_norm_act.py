@@ -259,7 +259,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name,C,H,W,activation,p", PIX2PIX_NORM_LAYERS, ids=[l[0] for l in PIX2PIX_NORM_LAYERS])
+@pytest.mark.parametrize("name,C,H,W,activation,p", PIX2PIX_NORM_LAYERS, ids=[n[0] for n in PIX2PIX_NORM_LAYERS])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_pix2pix_layers_on_gpu(name, C, H, W, activation, p, dtype, norm):

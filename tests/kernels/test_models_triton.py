@@ -26,7 +26,8 @@ def _no_tf32(monkeypatch):
 
 def pair(factory, *args, **kwargs):
     """(eager, triton) networks of one architecture with identical weights, on DEVICE, in training mode."""
-    eager = perturb_batchnorms(factory(*args, backend="eager", **kwargs), mean_std=0.1, var_range=(0.5, 1.5)).to(DEVICE).train()
+    eager = factory(*args, backend="eager", **kwargs)
+    eager = perturb_batchnorms(eager, mean_std=0.1, var_range=(0.5, 1.5)).to(DEVICE).train()
     fused = factory(*args, backend="triton", **kwargs).to(DEVICE).train()
     fused.load_state_dict(eager.state_dict(), strict=True)
     return eager, fused
