@@ -80,7 +80,8 @@ setup(
         "triton>=3.6,<3.10",
         "numpy",
         "pillow",
-        # safetensors: the checkpoint format of architecture.md (no pickle, memory-mappable, reads in other tools).
+        # safetensors: the checkpoint format (docs/design.md, "The run folder and the checkpoint transaction"):
+        # no pickle, memory-mappable, read by other tools.
         "safetensors>=0.4",
         # tqdm: the progress bar users expect from a trainer; a well-kept, dependency-free library.
         "tqdm",

@@ -1,5 +1,5 @@
 """Peak RSS of one Predictor forward pass of a SIDE x SIDE image: the per-padded-pixel cost behind the server's
-memory bound (README, Inference). Run each size in its own process:
+memory bound (docs/benchmarks.md, "Server memory"). Run each size in its own process:
 
     OMP_NUM_THREADS=1 python bench/serve_memory.py 1024
 """

@@ -51,9 +51,10 @@ DATA_PIPELINE_CHOICES = ("auto", "cache", "stream", "loader")
 INFERENCE_RUNTIMES = ("auto", "eager", "compiled", "onnxruntime")
 # Runtime 'auto' builds compiled packages only for a caller that expects at least this many images (or does not
 # say), or when this network's packages are built already (loading them costs ~0.1 s). Building one costs ~12 s at
-# unet_256 256² batch 1 on the 2-core Zen 5 (once per machine: packages are cached on disk) and saves ~35 ms per
-# image against eager (16 against ~54 ms, measured 2026-12-01): a first `fastpix predict` of a handful of files runs
-# eagerly, one of a hundred pays for the build within the run, and every later run reuses it.
+# unet_256 256² batch 1 (once per machine: packages are cached on disk) and saves ~35 ms per image against eager
+# (16 against ~54 ms; measured on a 2-core AVX-512 BF16 CPU, see docs/benchmarks.md, "CPU at real size: unet_256"):
+# a first `fastpix predict` of a handful of files runs eagerly, one of a hundred pays for the build within the run,
+# and every later run reuses it.
 COMPILE_PAYS_FROM_IMAGES = 100
 # The compiled cache's bound (--compile_cache_max_gb): about 35 packages at unet_256 bf16 (~110 MB each on disk),
 # enough for a server's sizes and batch pieces of several checkpoints; least recently used packages go first.
@@ -65,8 +66,9 @@ MAX_LOADED_PACKAGES = 8
 # 286. A data set whose cache alone is larger is cached in memory only, or streamed.
 PAIRS_CACHE_MAX_GB = 20.0
 # CPU training (bf16): a conv whose matmul form has at most this many columns (batch × pixels on its small side) runs
-# as that matmul (models/small_convs.py). Measured on the 2-core Zen 5, forward + backward at unet_256's shapes:
-# 2-4x faster up to 64 columns, about even at 256, slower beyond.
+# as that matmul (models/small_convs.py). Forward + backward at unet_256's shapes, measured on a 2-core AVX-512 BF16
+# CPU (see docs/benchmarks.md, "CPU at real size: unet_256"): 2-4x faster up to 64 columns, about even at 256, slower
+# beyond.
 SMALL_CONV_COLUMNS = 128
 
 

@@ -129,7 +129,8 @@ def test_bench_table_shows_speedups_over_each_groups_baseline(tmp_path):
 
 
 def test_demo_flags_reach_its_training_config():
-    """`fastpix demo --precision fp32 --gan_mode none` is how the README's proof-of-learning rows are reproduced."""
+    """`fastpix demo --precision fp32 --gan_mode none` is how docs/benchmarks.md's "Proof of learning" rows are
+    reproduced."""
     from fastpix.config import DemoConfig, demo_configs
 
     args = build_parser().parse_args(["demo", "--out", "d", "--precision", "fp32", "--gan_mode", "none"])

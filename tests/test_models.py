@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from fastpix.models import define_D, define_G
 
-PARAM_COUNTS = [  # pix2pix.md
+PARAM_COUNTS = [  # the reference's define_G (docs/reference-compat.md, "Checkpoints")
     ("unet_256", "batch", 54_413_955), ("unet_256", "instance", 54_409_603),
     ("unet_128", "batch", 41_828_995), ("unet_128", "instance", 41_825_667),
     ("resnet_9blocks", "batch", 11_383_427), ("resnet_6blocks", "batch", 7_841_411),
@@ -102,7 +102,7 @@ def test_init_normal_statistics():
 
 
 def unet_forward_reference(sd, x, num_downs):
-    """pix2pix.md's U-Net computed directly from a state dict (train-mode BatchNorm, dropout off)."""
+    """The reference's U-Net computed directly from a state dict (train-mode BatchNorm, dropout off)."""
     def bn(t, prefix):
         return F.batch_norm(t, None, None, sd[prefix + "weight"], sd[prefix + "bias"], training=True, eps=1e-5)
 

@@ -1,5 +1,5 @@
-"""The structure rules of architecture.md, enforced: the import layers (import-linter contracts in pyproject.toml)
-and no function over 80 lines outside kernels/."""
+"""The structure rules of docs/design.md ("Layers"), enforced: the import layers (import-linter contracts in
+pyproject.toml) and no function over 80 lines outside kernels/."""
 import ast
 import os
 import pathlib

@@ -56,7 +56,8 @@ def test_update_order_detached_fake_and_d_updated_before_g_loss():
 
 
 def test_step_equals_the_objective_written_out():
-    """One step against pix2pix.md's objective, computed with plain torch on copies of the networks."""
+    """One step against the reference's objective (docs/reference-compat.md, "The training step"), computed with
+    plain torch on copies of the networks."""
     G, D, G2, D2 = twin_models()
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     torch.manual_seed(5)

@@ -2,10 +2,11 @@
 
 At 256² the U-Net's blocks at 1×1 to 8×8 pixels hold 46 of G's 54M weights and do a tenth of its arithmetic. Run by
 oneDNN in a training step, each of those weights is reordered into a blocked layout three times per step (forward,
-backward-data, backward-weights; 3-5 ms apiece for a 1024×512×4×4 bf16 weight on the 2-core Zen 5 we measure on)
-and a transposed conv's weight gradient takes a slow kernel: a 1024→512 transposed conv at 4×4 costs ~36 ms of
-forward + backward for 0.8 GFLOP. As unfold (fold for a transposed conv) and one matmul, the weight is the matrix as
-it lies in memory (channels-last (O, kh, kw, I) order, or NCHW), so nothing is reordered: ~14 ms for that layer.
+backward-data, backward-weights; 3-5 ms apiece for a 1024×512×4×4 bf16 weight) and a transposed conv's weight
+gradient takes a slow kernel: a 1024→512 transposed conv at 4×4 costs ~36 ms of forward + backward for 0.8 GFLOP
+(measured on a 2-core AVX-512 BF16 CPU, see docs/benchmarks.md, "CPU at real size: unet_256"). As unfold (fold for
+a transposed conv) and one matmul, the weight is the matrix as it lies in memory (channels-last (O, kh, kw, I)
+order, or NCHW), so nothing is reordered: ~14 ms for that layer.
 Over more pixels oneDNN's direct kernels win, so a layer takes this path only when its matmul has at most
 config.SMALL_CONV_COLUMNS columns (batch × pixels on the small side), chosen once per layer by `plan_small_convs`
 before the first iteration (train/engine.py), never re-decided in a forward.

@@ -1,4 +1,4 @@
-"""One pix2pix iteration, in the reference's order (pix2pix.md, "Objective").
+"""One pix2pix iteration, in the reference's order (docs/reference-compat.md, "The training step").
 
 fake = G(A) once; D step on (A, fake.detach()) and (A, B) as two separate D calls (their BatchNorm statistics
 are separate); then the G step against the just-updated D, with D frozen: loss_G = GAN(D(A, fake), real) + λ·L1.
