@@ -1,4 +1,4 @@
-"""Flags from the config dataclasses (fastpix/config.py: one place for every default), and the parser they make.
+"""Flags from the config dataclasses (fastpix/config/: one place for every default), and the parser they make.
 
 Each option is offered with dashes (--batch-size) and with the reference's spelling (--batch_size), so a
 reference user's command line runs unchanged. No abbreviation is taken, so a misspelt or reference-only flag never
