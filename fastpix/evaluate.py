@@ -154,15 +154,19 @@ def saved_images(folder: str) -> tuple[list[str], str, str]:
                     "results/<name>/test_latest)")
 
 
-def load_saved(folder: str, stem: str, label: str, required: bool = True) -> np.ndarray | None:
+def saved_image(folder: str, stem: str, label: str) -> np.ndarray | None:
+    """A saved picture of a results folder; None when there is none."""
     from fastpix.data.decode import decode_image
 
     path = os.path.join(folder, "images", f"{stem}_{label}.png")
-    if not os.path.isfile(path):
-        if required:
-            raise DataError(f"{path}: missing (--results {folder})")
-        return None
-    return decode_image(path, "RGB")
+    return decode_image(path, "RGB") if os.path.isfile(path) else None
+
+
+def load_saved(folder: str, stem: str, label: str) -> np.ndarray:
+    image = saved_image(folder, stem, label)
+    if image is None:
+        raise DataError(f"{os.path.join(folder, 'images', f'{stem}_{label}.png')}: missing (--results {folder})")
+    return image
 
 
 def score_saved(folder: str, kept: list | None = None) -> dict:
@@ -173,7 +177,7 @@ def score_saved(folder: str, kept: list | None = None) -> dict:
         fake, real = (load_saved(folder, stem, label) for label in SCORED[kind])
         per_image.append({"name": stem, **score(fake, real)})
         if kept is not None:
-            kept.append((load_saved(folder, stem, "real_A", required=False), fake, real))
+            kept.append((saved_image(folder, stem, "real_A"), fake, real))
     return aggregate(per_image, f"saved results in {folder}, made with {protocol}")
 
 
@@ -197,17 +201,20 @@ def mean_training_target(model_cfg, data_cfg) -> np.ndarray:
 
     kind = model_kind(vars(model_cfg), vars(data_cfg))
     dataset = protocol_dataset(model_cfg, data_cfg, "train")
-    total, count = None, 0
+    total: np.ndarray | None = None
+    count = 0
     for i in range(len(dataset)):
         item = dataset[i]
         if item is None:
             continue
         b = pictures(item["A"], item["B"], item["B"], kind)[SCORED[kind][1]].astype(np.float64)
         total, count = (b if total is None else total + b), count + 1
+    if total is None:
+        raise DataError(f"{data_cfg.dataroot}/train: no readable pair for the mean training target (--baselines)")
     return np.round(total / count).astype(np.uint8)
 
 
-def add_fid_kid(report: dict, kept: list | None, weights: str | None, device):
+def add_fid_kid(report: dict, kept: list, weights: str | None, device):
     """FID and KID of the outputs against the targets, with the user's feature network; else say why not."""
     if weights is None:
         report["fid"] = report["kid"] = "skipped: no --inception-weights given (fastpix downloads nothing)"
@@ -255,17 +262,20 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
 
     check_options(cfg)
     device = default_device(cfg.device)
-    kept = [] if cfg.baselines or cfg.inception_weights or cfg.segmenter else None
+    # (input, output, target) pictures, kept for the baselines, FID/KID and the FCN-score
+    kept: list = []
+    keeping = kept if cfg.baselines or cfg.inception_weights or cfg.segmenter else None
     rows = None
     if cfg.results:
-        report = score_saved(cfg.results, kept)
+        report = score_saved(cfg.results, keeping)
     else:
+        assert weights is not None, "the CLI resolves the weights unless --results is given"
         G = build_generator(model_cfg, weights, device)
         dataset = protocol_dataset(model_cfg, data_cfg, cfg.phase)
         epoch = os.path.splitext(os.path.basename(weights))[0].removesuffix("_net_G")
         out = os.path.join(cfg.results_dir, run_name, f"eval_{cfg.phase}_{epoch}")
         items = translate_split(G, dataset, cfg.num_test, cfg.eval, cfg.seed, device, cfg.precision)
-        rows = save_and_score(items, out, kept, kind=model_kind(vars(model_cfg), vars(data_cfg)))
+        rows = save_and_score(items, out, keeping, kind=model_kind(vars(model_cfg), vars(data_cfg)))
         report = aggregate([r[2] for r in rows], protocol_name(cfg.eval, cfg.seed))
     if cfg.baselines:
         mean_target = mean_training_target(model_cfg, data_cfg) if data_cfg.dataroot else None
@@ -275,7 +285,7 @@ def run_eval(model_cfg, data_cfg, cfg, weights: str | None, run_name: str) -> di
         from fastpix.fcn_score import fcn_score
 
         report["fcn_score"] = fcn_score(kept, [r["name"] for r in report["per_image"]], cfg, device)
-    if rows is not None:
+    if rows is not None and weights is not None:
         write_results(out, f"Evaluation of {run_name} ({os.path.basename(weights)}), phase {cfg.phase}", rows,
                       report, cfg.sort)
         report["page"] = os.path.join(out, "index.html")

@@ -129,7 +129,8 @@ def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
     """The FCN-score of the generated (fake_B) and the real (real_B) images of `kept` [(real_A, fake_B, real_B)]."""
     net = load_segmenter(cfg.segmenter, device)
     labels, ignore_id, names = ground_truth(kept, stems, cfg)
-    predicted, num_classes = {"fake_B": [], "real_B": []}, 1
+    predicted: dict[str, list] = {"fake_B": [], "real_B": []}
+    num_classes = 1
     for images, truth in zip(kept, labels):
         for i, row in ((1, "fake_B"), (2, "real_B")):
             ids, num_classes = predict(net, images[i], truth.shape, device)

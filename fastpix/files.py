@@ -64,7 +64,7 @@ def write_new(path: str, data: bytes | Callable[[BinaryIO], Any], needed: int | 
         with contextlib.suppress(OSError):
             os.remove(path)
         if is_disk_full(exc):
-            raise disk_full(path, needed or len(data), note) from exc
+            raise disk_full(path, needed or (len(data) if isinstance(data, bytes) else 0), note) from exc
         raise
 
 

@@ -166,7 +166,7 @@ def tick_text(value: float, integer: bool) -> str:
 
 def text_size(draw: ImageDraw.ImageDraw, text: str, face) -> tuple[int, int]:
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=face)
-    return x1 - x0, y1 - y0
+    return int(x1 - x0), int(y1 - y0)
 
 
 def put(draw: ImageDraw.ImageDraw, xy, text: str, face, fill=INK, align: str = "lt"):

@@ -31,7 +31,8 @@ class Progress:
 
     def __init__(self, label: str, total: float | None, unit: str = "images", enabled: bool = True,
                  stream=None):
-        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.label, self.total, self.unit = label, total, unit
+        self.done: float = 0
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self.bar = None

@@ -45,4 +45,4 @@ def aspect_resized(image: Image.Image, aspect_ratio: float) -> Image.Image:
     arithmetic: for ratio > 1 the height becomes int(width * ratio), else the width int(height / ratio)."""
     w, h = image.size
     size = (h, int(w * aspect_ratio)) if aspect_ratio > 1.0 else (int(h / aspect_ratio), w)
-    return image.resize(size, Image.BICUBIC)
+    return image.resize(size, Image.Resampling.BICUBIC)

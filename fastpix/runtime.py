@@ -56,7 +56,7 @@ def cpu_features() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}{'+bf16' if cpu_has_native_bf16() else ''}"
 
 
-def resolve_precision(precision, device: torch.device) -> str:
+def resolve_precision(precision, device: torch.device | str) -> str:
     """The precision asked for, else bf16 where the device computes it natively (GPUs that support it, CPUs with
     AVX-512 BF16 / AMX), else fp32."""
     if precision is not None:

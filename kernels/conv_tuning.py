@@ -153,12 +153,13 @@ class ConvTuning:
         cached = self.timings.get(kind, key)
         if cached is not None:
             return tuple(cached)
-        if not self.may_measure() or not autotune_enabled() or len(candidates) == 1:
+        timer = self.timer
+        if timer is None or not self.may_measure() or not autotune_enabled() or len(candidates) == 1:
             return candidates[0]
         times = []
         for config in candidates:
             try:
-                times.append(self.timer(functools.partial(launch, config)))
+                times.append(timer(functools.partial(launch, config)))
             except (triton.runtime.errors.OutOfResources, triton.CompilationError):
                 times.append(math.inf)
         best = candidates[min(range(len(candidates)), key=times.__getitem__)]

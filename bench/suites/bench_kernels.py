@@ -44,12 +44,12 @@ REPS = 20 if GPU else 1
 BATCHES = (1, 16, 64) if GPU else (1,)
 DTYPES = (torch.bfloat16, torch.float32) if GPU else (torch.float32,)
 # Distinct (C, H, W, activation, p) of the pix2pix norm layers, named after their first use.
-_seen = {}
+_seen: dict[tuple, str] = {}
 for _name, *_shape in PIX2PIX_NORM_LAYERS:
     _seen.setdefault(tuple(_shape), _name)
 NORM_LAYERS = [(name, *shape) for shape, name in _seen.items()] if GPU else [("G.down5", 512, 8, 8, "leaky_relu", 0.0)]
 LAMBDA_L1 = 100.0
-_eager_medians = {}  # group → the eager twin's median per call, for the speed-up of the fused case
+_eager_medians: dict[str, float] = {}  # group → the eager twin's median per call, for the speed-up of the fused case
 # The conv blocks' block sizes, measured in each block's warm-up (as a model's tuning step does) and cached with
 # this machine's other timings.
 TUNING = conv_tuning()

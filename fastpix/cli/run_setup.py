@@ -5,11 +5,21 @@ U-Net, --verbose's network printout, and the backend prepared. Each command then
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from fastpix.cli.console import is_main_process, note
 from fastpix.cli.flags import build_config
-from fastpix.config import DataConfig, ModelConfig, ReferenceConfig, check_crop, check_model, kind_layers
+from fastpix.config import (
+    DataConfig,
+    ModelConfig,
+    ReferenceConfig,
+    TestConfig,
+    TrainConfig,
+    check_crop,
+    check_model,
+    kind_layers,
+)
 from fastpix.errors import ConfigError
 
 
@@ -79,9 +89,9 @@ def prepare_backend(args, backend, device):
 class RunSetup:
     """The start every run command shares: `cfg` is the command's own configuration (TrainConfig, TestConfig,
     EvalConfig) with --name suffixed, `given` the flags given."""
-    args: object
+    args: argparse.Namespace
     given: dict
-    cfg: object
+    cfg: TrainConfig | TestConfig  # EvalConfig is a TestConfig
     ref: ReferenceConfig
 
     @classmethod

@@ -51,7 +51,7 @@ def _below(name: str, top: str) -> tuple[str, ...] | None:
 def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tarfile.TarInfo, tuple[str, ...]]]:
     """(member, its path below top) for each directory and regular file of the archive; UnsafeArchive naming the
     first member that would land outside <top>/ or is neither."""
-    members, files, folders = [], set(), set()
+    members, files, folders = [], set[tuple[str, ...]](), set[tuple[str, ...]]()
     for member in tar.getmembers():
         path = _below(member.name, top)
         refuse = f"{archive}: refused, nothing extracted: member {member.name!r}"
@@ -71,6 +71,7 @@ def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tar
 
 def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, shown: str, needed: int):
     source = tar.extractfile(member)
+    assert source is not None, "safe_members lets regular files and folders through, and folders are not written"
     try:
         with open(path, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)

@@ -225,8 +225,8 @@ class PairCache:
     caches on disk under cache_dir (else under the default root, every data set's folder): see cache_entries.py.
     """
 
-    def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None, placement: str = "auto",
-                 threads: int = 2, progress: bool = True, chunk: int = 256,
+    def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None,
+                 placement: str | None = "auto", threads: int = 2, progress: bool = True, chunk: int = 256,
                  max_bytes: float = PAIRS_CACHE_MAX_GB * GB):
         check_cacheable(dataset)
         if placement not in PLACEMENTS:
@@ -249,7 +249,7 @@ class PairCache:
         self.lease = self._lease()  # held while this object lives: no other run's bound removes the build
         manifest = self._read_manifest() if self.lease is not None else None
         self.hit = manifest is not None
-        sources = [self.stem + ".a", self.stem + ".b"]
+        sources: list = [self.stem + ".a", self.stem + ".b"]  # the files, or tensors in memory
         nbytes = cache_nbytes(dataset)
         if manifest is None and placement != "memmap" and (nbytes > max_bytes or not disk_room(self.cache_dir, nbytes)):
             why = f"over --cache_max_gb {max_bytes / GB:g}" if nbytes > max_bytes else \
@@ -369,6 +369,8 @@ class CachedLoader:
     start) and dataset.set_epoch(epoch): the order comes from .sampler and the crops from .dataset.epoch/.seed, as
     in the DataLoader path. A and B are on `device` (the cache's by default); "index" stays on the CPU.
     """
+
+    mode: str  # the --data_pipeline this is, set by make_pipeline
 
     def __init__(self, cache: PairCache, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
                  device=None, shuffle: bool = True):

@@ -69,7 +69,8 @@ def prune(max_bytes: float, cache_dir: str | None = None) -> list[Entry]:
 
 def clear(cache_dir: str | None = None) -> tuple[list[Entry], list[Entry]]:
     """Remove every build no run is using: (removed, kept because in use)."""
-    removed, kept = [], []
+    removed: list[Entry] = []
+    kept: list[Entry] = []
     for entry in entries(cache_dir):
         (removed if remove_unless_leased(entry) else kept).append(entry)
     remove_empty_folders(pairs_root(cache_dir))

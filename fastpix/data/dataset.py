@@ -20,7 +20,7 @@ def list_images(folder: str) -> list[str]:
     Links to folders are not followed (as os.walk); a dangling link is listed, for the decoder to name."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder} is not a folder (is --dataroot right, and does it have this split?)")
-    found = []
+    found: list[str] = []
     _scan(folder, found)
     return sorted(found)
 

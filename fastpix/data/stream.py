@@ -48,7 +48,7 @@ class _Producer:
 
     def __init__(self, loader: StreamLoader, plan):
         self.loader, self.plan = loader, plan
-        self.ready = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fastpix-stream", daemon=True)
         self.thread.start()
@@ -118,13 +118,16 @@ class StreamLoader:
     depth: ring buffers (each one per-rank batch of load_size² A and B); threads: native decode threads.
     """
 
+    mode: str  # the --data_pipeline this is, set by make_pipeline
+
     def __init__(self, dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
                  device="cpu", threads: int = 2, depth: int = 3, shuffle: bool = True):
         check_cacheable(dataset)
         self.dataset, self.device, self.threads, self.depth = dataset, torch.device(device), threads, depth
         self.sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world)
         self.per_rank = batch_size // world
-        self.free, self.lock = queue.Queue(), threading.Lock()
+        self.free: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
         self.slots_allocated = 0
         self._producer = None
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -195,6 +198,8 @@ class StreamLoader:
 class LoaderPipeline:
     """make_loader's DataLoader behind the pipeline interface; A and B are moved to `device`."""
 
+    mode: str  # the --data_pipeline this is, set by make_pipeline
+
     def __init__(self, dataset, batch_size, seed, rank, world, device, num_threads, shuffle=True):
         self.dataset, self.device = dataset, torch.device(device)
         self.loader, self.sampler = make_loader(dataset, batch_size, shuffle, num_threads, seed, rank, world)
@@ -234,7 +239,7 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
         raise ValueError(f"--data_pipeline must be one of {', '.join(DATA_PIPELINE_CHOICES)}, not {mode!r}")
     # Ranks on one machine each hold a copy of an in-RAM cache (torchrun sets LOCAL_WORLD_SIZE).
     copies = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    placement = "auto"
+    placement: str | None = "auto"
     if mode in ("auto", "cache") and dataset.preprocess == "resize_and_crop":
         placement = choose_placement(dataset, device, cache_dir, copies, cache_max_gb * GB)
         if mode == "auto":
@@ -244,6 +249,7 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
                               f"RAM nor on disk: use --data_pipeline stream")
     elif mode == "auto":
         mode = "loader"
+    pipeline: CachedLoader | StreamLoader | LoaderPipeline
     if mode == "cache":
         cache = _build_cache_once(dataset, device, cache_dir, placement, num_threads, progress, rank, world,
                                   cache_max_gb * GB)

@@ -169,6 +169,7 @@ class Builder:
             log.warning("%s: %s; building it again", path, wrong)
             remove_path(path)
             return wrong
+        assert package is not None  # it loaded: wrong is empty
         with torch.inference_mode():
             package(torch.zeros(shape, dtype=runner.dtype).contiguous(memory_format=torch.channels_last))
         runner.install(shape, LoadedPackage(package, lease))

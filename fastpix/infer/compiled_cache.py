@@ -45,7 +45,7 @@ def package_path(folder: str, shape) -> str:
     return os.path.join(folder, shape_name(shape) + ".pt2")
 
 
-def cached_shapes(folder: str) -> list[tuple[int, int, int]]:
+def cached_shapes(folder: str) -> list[tuple[int, ...]]:
     """(n, h, w) of every package in folder (named <n>x<h>x<w>.pt2), the most recently used first."""
     found = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
@@ -212,7 +212,8 @@ def clear(cache_dir: str | None = None) -> tuple[list[Entry], list[Entry]]:
     """Remove every package and ONNX file no process has loaded, and every remembered failure. Returns (removed,
     kept because in use)."""
     root = cache_root(cache_dir)
-    removed, kept = [], []
+    removed: list[Entry] = []
+    kept: list[Entry] = []
     for entry in entries(root):
         (removed if remove_unless_leased(entry) else kept).append(entry)
     for path, _ in failures(root):

@@ -9,6 +9,7 @@ temporary folder removed when the build ends. Loading: AOTInductor's loader clas
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ def build_package(net: nn.Module, example: torch.Tensor, path: str, build_parent
 
 
 # AOTInductor's package loader class (torch 2.6 and later); load_package falls back to the public loader without it.
-PACKAGE_LOADER = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+PACKAGE_LOADER: Any = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
 
 
 class Package:

@@ -22,8 +22,8 @@ class GraphRunner:
     def __init__(self, network: nn.Module, plan, input_nc: int):
         self.network, self.plan, self.input_nc = network, plan, input_nc
         self.size = plan.graph_size
-        self.graphs = {}
-        self.failure = None
+        self.graphs: dict[int, tuple] = {}
+        self.failure: str | None = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]

@@ -5,6 +5,7 @@ collect_inputs finds the files (folders searched recursively), predict_files tra
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from fastpix.data.decode import DecodeError, decode_image
@@ -30,7 +31,7 @@ def output_names(names: list[str]) -> list[str]:
     """<stem>.png per input name, none the same: every name that is unique keeps it; a name taken (a.jpg and a.png,
     or a third file whose own name is a_2.png) gets the first free _2, _3 … so that no result overwrites another."""
     wanted = [f"{os.path.splitext(os.fspath(name))[0]}.png" for name in names]
-    first = {}
+    first: dict[str, int] = {}
     for k, name in enumerate(wanted):
         first.setdefault(name, k)
     taken, out = set(wanted), []
@@ -74,7 +75,11 @@ def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int
                 outputs, seed = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices,
                                           return_seeds=True)
                 for output, target in zip(outputs, targets):
-                    atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
+                    atomic_write(target, functools.partial(_save_png, output))
                     written.append(target)
             bar.update(min(batch_size, len(inputs) - start))
     return written, failed
+
+
+def _save_png(image, path: str):
+    image.save(path, format="PNG")

@@ -91,7 +91,7 @@ def load_input(item, input_nc: int, resize=None):
             raise ValueError(f"tensor images must be CHW with {input_nc} channels in [-1, 1]; got shape "
                              f"{tuple(item.shape)} (pass a batch as a list)")
         t = item.detach().float()
-        original = tuple(t.shape[-2:])
+        original = (t.shape[-2], t.shape[-1])
         return (t if resize is None else resize_tensor(t, resize[1], resize[0])), original
     raise TypeError(f"cannot read an image from {type(item).__name__}: give a PIL image, an HWC uint8 array, a CHW "
                     "tensor (uint8, or float in [-1, 1]) or a file path")

@@ -91,7 +91,8 @@ class OnnxNetwork:
         _require("onnxruntime")
         import onnxruntime
 
-        net = copy.deepcopy(network).float().to(memory_format=torch.contiguous_format)
+        # (torch's stub of Module.to lacks memory_format)
+        net = copy.deepcopy(network).float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         key = compiled.weights_key(net, type(net).__name__, norm_mode, "onnx", OPSET, torch.__version__)
         self.path = os.path.join(cache_dir or default_compile_cache_dir(), f"{key}.onnx")
         self.failed = None

@@ -78,7 +78,7 @@ def plan_execution(*, device=None, precision=None, runtime_asked="auto", graph_s
     graphs_off = "" if graph_size is None else _graphs_blocker(device, norm_mode, dropout)
     graphed = graph_size is not None and not graphs_off
     return ExecutionPlan(device, chosen_precision, chosen, backend, layout,
-                         padded_size(*graph_size, multiple) if graphed else None, graphs_off,
+                         padded_size(graph_size[0], graph_size[1], multiple) if graphed else None, graphs_off,
                          min(max_batch_size, GRAPH_BUCKETS[-1]) if graphed else max_batch_size)
 
 

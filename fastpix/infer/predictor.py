@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
+from typing import Any, cast
 from collections import defaultdict
 
 import torch
@@ -95,15 +96,18 @@ class Predictor:
             norm_mode=norm_mode, dropout=self.dropout, multiple=self.multiple,
             packages_built=lambda precision: has_packages(key(precision), cache_dir))
         network = network.to(self.plan.device)
-        self.network = network.to(memory_format=torch.channels_last) if self.plan.channels_last else network
+        if self.plan.channels_last:  # (torch's stub of Module.to lacks memory_format)
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network = network
+        # what runs a batch instead of the module: a CompiledNetwork (runtime compiled: packages, status(),
+        # prepare(), wait()), an OnnxNetwork, or None (the module itself)
+        self.runner: Any = None
         if self.plan.runtime == "compiled":
             self.runner = CompiledNetwork(self.network, norm_mode, self.plan.precision, cache_dir,
                                           self.plan.max_batch_size, key(self.plan.precision),
                                           max_loaded=max_loaded_packages, cache_max_gb=cache_max_gb, source=source)
         elif self.plan.runtime == "onnxruntime":
             self.runner = OnnxNetwork(self.network, norm_mode, cache_dir, self.multiple)
-        else:
-            self.runner = None
         self.graphs = GraphRunner(self.network, self.plan, self.input_nc) if self.plan.cuda_graphs else None
 
     @classmethod
@@ -146,7 +150,7 @@ class Predictor:
         parts = [str(plan.device), plan.precision, runtime]
         if self.colorization:
             parts.insert(0, "colorization (L in, RGB out)")
-        if plan.cuda_graphs:
+        if plan.cuda_graphs and plan.graph_size is not None:  # (a graph size comes with CUDA graphs)
             parts.append(f"CUDA graphs at {plan.graph_size[0]}x{plan.graph_size[1]}")
         elif plan.graphs_off and plan.device.type == "cuda":
             parts.append(f"no CUDA graphs ({plan.graphs_off})")
@@ -166,7 +170,8 @@ class Predictor:
                 for bucket in GRAPH_BUCKETS[:GRAPH_BUCKETS.index(last) + 1]:
                     self.graphs.capture(bucket)
             else:
-                h, w = padded_size(*(size or (self.multiple, self.multiple)), self.multiple)
+                h, w = size or (self.multiple, self.multiple)
+                h, w = padded_size(h, w, self.multiple)
                 if self.runtime == "compiled":
                     self.runner.prepare((h, w), self.max_batch_size)
                 self._forward(torch.zeros(1, self.input_nc, h, w, device=self.device), [(0, 0)])
@@ -226,7 +231,7 @@ class Predictor:
         inputs = [self._load(r.image, resize) for r in requests]
         groups = defaultdict(list)
         for k, (t, _, _) in enumerate(inputs):
-            groups[padded_size(*t.shape[-2:], self.multiple)].append(k)
+            groups[padded_size(t.shape[-2], t.shape[-1], self.multiple)].append(k)
         outputs = [None] * len(requests)
         with torch.inference_mode():
             for size, members in groups.items():
@@ -267,7 +272,7 @@ class Predictor:
             return [secrets.randbits(63) if s is None else int(s) for s in seed]
         return secrets.randbits(63) if seed is None else int(seed)
 
-    def _forward(self, batch: torch.Tensor, noise: list[tuple[int, int]]) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, noise: list[tuple[int | None, int]]) -> torch.Tensor:
         """One padded batch through the network; noise holds each row's (seed, index) for seeded dropout."""
         if self.runner is not None:
             return self.runner(batch)
@@ -275,9 +280,10 @@ class Predictor:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.graphs is not None and tuple(batch.shape[-2:]) == self.graphs.size:
             return self.graphs(batch)
-        drawing = contextlib.nullcontext()
-        if self.dropout:
-            drawing = seeded_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
+        drawing: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.dropout:  # with dropout on, run() gave every request a seed
+            generators = [sample_generator(cast(int, s), i, self.device) for s, i in noise]
+            drawing = seeded_dropout(self.network, generators)
         with drawing, self.plan.autocast():
             return self.network(batch).float()
 

@@ -47,11 +47,11 @@ def _fused(norm: nn.Module, activation: str, slope: float = LEAKY_SLOPE, dropout
     return fused.to(device).train(norm.training)
 
 
-def _activation_of(module: nn.Module):
-    """(kind, slope) of an activation module the kernels can fuse, else None."""
+def _activation_of(module: nn.Module) -> tuple[str, float] | None:
+    """(kind, slope) of an activation module the kernels can fuse (those classes exactly), else None."""
     if type(module) is nn.ReLU:
         return "relu", 0.0
-    if type(module) is nn.LeakyReLU:
+    if isinstance(module, nn.LeakyReLU) and type(module) is nn.LeakyReLU:
         return "leaky_relu", module.negative_slope
     return None
 
@@ -68,7 +68,8 @@ def _fuse_sequential(seq: nn.Sequential):
         kind, slope = activation if activation else ("none", LEAKY_SLOPE)
         if activation:
             j += 1
-        p = seq[j].p if j < len(seq) and type(seq[j]) is nn.Dropout else 0.0
+        after = seq[j] if j < len(seq) else None
+        p = after.p if isinstance(after, nn.Dropout) and type(after) is nn.Dropout else 0.0
         seq[i] = _fused(seq[i], kind, slope, p)
         for k in range(i + 1, j + (p > 0)):
             seq[k] = nn.Identity()

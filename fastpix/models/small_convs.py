@@ -70,18 +70,21 @@ MATMUL_CLASSES = {nn.Conv2d: MatmulConv2d, nn.ConvTranspose2d: MatmulConvTranspo
 
 def eligible(layer: nn.Module) -> bool:
     """A plain conv the matmul forms compute exactly: groups 1, dilation 1, zero padding, no output padding."""
-    return (type(layer) in MATMUL_CLASSES and layer.groups == 1 and layer.dilation == (1, 1)
+    return (isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and type(layer) in MATMUL_CLASSES
+            and layer.groups == 1 and layer.dilation == (1, 1)
             and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
             and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0))
 
 
-def matmul_columns(layer: nn.Module, input_shape) -> int:
+def matmul_columns(layer: nn.Conv2d | nn.ConvTranspose2d, input_shape) -> int:
     """The matmul's column count for `layer` on an input of input_shape: batch × pixels on its small side (the
     output of a conv, the input of a transposed conv)."""
     n, _, h, w = input_shape
     if isinstance(layer, nn.ConvTranspose2d):
         return n * h * w
-    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    assert isinstance(layer.padding, tuple)  # eligible() refuses padding="same"/"valid"
+    ph, pw = layer.padding
     return n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
 
 
@@ -90,7 +93,7 @@ def plan_small_convs(net: nn.Module, example_input: torch.Tensor, max_columns: i
     the matmul forward (its class becomes the Matmul subclass). The shapes come from a forward on the meta device:
     no arithmetic, and no running statistic or RNG touched. Returns {layer name: 'matmul'}."""
     names = {layer: name for name, layer in net.named_modules() if eligible(layer)}
-    shapes = {}
+    shapes: dict[nn.Module, tuple] = {}
 
     def record(layer, args):
         shapes.setdefault(layer, tuple(args[0].shape))  # returns None: the arguments stay as they are

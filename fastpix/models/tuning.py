@@ -115,8 +115,9 @@ def tune_layers(net: torch.nn.Module, example_input: torch.Tensor) -> dict:
             if name in seeded:
                 m._rng_seeded = seeded[name]
         for name, p in net.named_parameters():  # in place where a gradient existed: a CUDA graph may hold it
-            if grads[name] is None or p.grad is None:
-                p.grad = grads[name]
+            grad = grads[name]
+            if grad is None or p.grad is None:
+                p.grad = grad
             else:
-                p.grad.copy_(grads[name])
+                p.grad.copy_(grad)
     return dict(made)

@@ -2,6 +2,8 @@
 are all there is), the architecture a checkpoint is loaded with, and building that generator with its weights."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fastpix.config import MODEL_BACKENDS
@@ -27,7 +29,7 @@ def _unet_depth(state: dict) -> int:
 def infer_architecture(state: dict) -> dict:
     """What the keys and shapes of a generator state_dict tell: netG, ngf, norm, input_nc, output_nc (those found),
     and no_dropout for a ResNet (a U-Net's Dropout leaves no trace in its keys)."""
-    found = {}
+    found: dict[str, Any] = {}
     first = state.get("model.model.0.weight")
     resnet_first = state.get("model.1.weight")
     if first is not None and first.dim() == 4:

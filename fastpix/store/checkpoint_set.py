@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
-from typing import BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 from fastpix.errors import CheckpointError
 from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new
@@ -41,7 +42,7 @@ class Stream:
     """A file of a set written piece by piece (write(f) calls f.write with bytes-like pieces), never whole in
     memory. nbytes: what it writes, or at least that (for the room check and a full disk's message)."""
     nbytes: int
-    write: Callable[[BinaryIO], object]
+    write: Callable[[Any], object]  # given a binary file, or a file-like object that hashes what it writes
 
 
 class Abandoned(Exception):
@@ -67,12 +68,17 @@ class _Hashing:
         self.f.flush()
 
 
+def _write_bytes(data: bytes, f):
+    f.write(data)
+
+
 class _Member:
     """One file of a save, as files.write_new writes it; its sha256 and size are those of its last writing."""
 
     def __init__(self, data: bytes | Stream):
-        self.stream = data if isinstance(data, Stream) else Stream(len(data), lambda f, b=data: f.write(b))
-        self.sha256, self.size = None, 0
+        self.stream = data if isinstance(data, Stream) else Stream(len(data), functools.partial(_write_bytes, data))
+        self.sha256: str | None = None
+        self.size = 0
 
     def __call__(self, f: BinaryIO):
         sink = _Hashing(f)
@@ -80,7 +86,7 @@ class _Member:
         self.sha256, self.size = sink.digest.hexdigest(), sink.size
 
 
-def write_set(run_dir: str, files: dict[str, bytes | Stream], info: dict,
+def write_set(run_dir: str, files: Mapping[str, bytes | Stream], info: dict,
               abandoned: Callable[[], bool] = lambda: False):
     """Write files (name -> contents) as one checkpoint set with manifest info (iteration, epoch); see the module
     docstring for the order. A full disk is found before anything is written where the free space tells it. When

@@ -70,12 +70,14 @@ class CheckpointWriter:
         """Wait in short slices: a signal that the kernel handed to the writer thread is then handled by this (the
         main) thread within one slice, not once the write ends. (An Event, not Thread.join: a join cut short by a
         signal handler's exception marks a thread that is still running as stopped.)"""
+        written = self._written
+        assert written is not None, "called with a save in flight"
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._written.is_set():
+        while not written.is_set():
             left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
             if left <= 0:
                 return False
-            self._written.wait(left)
+            written.wait(left)
         return True
 
     def abandon(self):

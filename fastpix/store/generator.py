@@ -67,7 +67,7 @@ def locate_generator(checkpoint=None, checkpoints_dir: str | None = None, name: 
     if path is None and not name:
         raise ConfigError("give --name (a run under --checkpoints_dir) or --checkpoint (a run folder or a weights "
                           "file)")
-    run_dir = path if path is not None else os.path.join(checkpoints_dir or ".", name)
+    run_dir = path if path is not None else os.path.join(checkpoints_dir or ".", name or "")
     return GeneratorSource(find_weights(run_dir, tag, "G"), run_dir, saved_config(run_dir), given_file=False)
 
 

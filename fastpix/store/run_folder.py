@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_bytes
@@ -79,7 +79,7 @@ class RunFolder:
                         kept.append(line.rstrip(b"\n") + b"\n")
         atomic_write_bytes(path, b"".join(kept))
 
-    def write(self, files: dict[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False):
+    def write(self, files: Mapping[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False):
         """One checkpoint set, as a transaction (checkpoint_set.write_set); the files of a snapshot
         (store/snapshot.py), written by the background writer (store/checkpoint_writer.py)."""
         write_set(self.dir, files, info, abandoned)

@@ -30,7 +30,7 @@ class Snapshot:
     train_state: dict
     tags: tuple
     info: dict  # iteration, epoch, position
-    copied: object = None  # torch.cuda.Event on a GPU; None when the copies were made synchronously
+    copied: torch.cuda.Event | None = None  # on a GPU; None when the copies were made synchronously
 
     def files(self) -> dict[str, Stream]:
         """The set's files (name -> Stream), to write once the copies have landed: latest (and each tag's) weights
@@ -58,7 +58,7 @@ class Snapshotter:
     """Takes snapshots into host buffers it keeps (see the module docstring)."""
 
     def __init__(self):
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: list[torch.Tensor | None] = []
         self._used = 0
         self._gpu = None  # the device of the copies queued by the snapshot being taken, if any
 

@@ -49,7 +49,8 @@ def safetensors_stream(state: dict, metadata: dict | None = None) -> Stream:
     the format is short enough to write here: 8 bytes of header length, the JSON header padded with spaces to a
     multiple of 8, then each tensor's bytes, C-contiguous, where the header's data_offsets say; widest elements
     first, as safetensors orders them, so that every tensor of a memory-mapped file is aligned to its element."""
-    header, offset = ({"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}), 0
+    header: dict[str, dict] = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
     order = sorted(state, key=lambda name: -state[name].element_size())
     for name in order:
         nbytes = state[name].numel() * state[name].element_size()

@@ -62,7 +62,7 @@ def model_summary(rows: list[dict]) -> dict:
 
 def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict:
     """The report of every session of `study` found in `sessions` (others are counted and left out)."""
-    by_model = {m["name"]: [] for m in study["models"]}
+    by_model: dict[str, list[dict]] = {m["name"]: [] for m in study["models"]}
     seen, foreign, invalid = set(), 0, 0
     for session in sessions:
         if session.get("study_id") != study["study_id"] or session.get("model") not in by_model:

@@ -15,10 +15,11 @@ import contextlib
 import dataclasses
 import os
 import time
+from typing import Any
 
 import torch
 
-from fastpix.config import check_model, model_kind
+from fastpix.config import TrainConfig, check_model, model_kind
 from fastpix.data import DATASETS
 from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
@@ -75,19 +76,19 @@ class Cursor:
 @dataclasses.dataclass
 class Session:
     """What the epochs of one run work with."""
-    cfg: object
+    cfg: TrainConfig
     run: RunFolder
     world: distributed.World
     device: torch.device
     dataset: PairedDataset
-    loader: object
+    loader: Any  # make_pipeline's: a DataLoader or one of fastpix.data's loaders, iterated once per epoch
     G: torch.nn.Module
     D: torch.nn.Module
     step: Pix2PixStep
-    engine: TrainEngine = None
-    progress: Progress = None
-    snapshots: Snapshotter = None  # the main process's: it alone writes checkpoints
-    writer: CheckpointWriter = None
+    engine: TrainEngine = dataclasses.field(init=False)  # built once the start point is known
+    progress: Progress = dataclasses.field(init=False)
+    snapshots: Snapshotter | None = None  # the main process's: it alone writes checkpoints
+    writer: CheckpointWriter | None = None
 
 
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
@@ -231,6 +232,7 @@ def resume(s: Session) -> dict:
 def save(s: Session, cursor: Cursor, tags=()):
     """One checkpoint set: the weights, and the train state that makes resume exact. Only its snapshot is taken
     here, once the previous save is written (at most one in flight); the background writer writes it."""
+    assert s.writer is not None and s.snapshots is not None, "only the main process saves"
     if not s.writer.wait(SLOW_SAVE_S):
         wait_for_writer(s)
     state = {"epoch": cursor.epoch, "position": cursor.position, "iteration": cursor.iteration,
@@ -243,6 +245,7 @@ def save(s: Session, cursor: Cursor, tags=()):
 
 def wait_for_writer(s: Session):
     """Wait for the save in flight, saying so in one line; its error, if it failed, is raised here."""
+    assert s.writer is not None, "only the main process saves"
     if s.writer.writing is not None:
         s.progress.note(f"fastpix: waiting for the checkpoint of iteration {s.writer.writing} to be written…")
     s.writer.wait()

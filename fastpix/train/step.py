@@ -5,6 +5,8 @@ are separate); then the G step against the just-updated D, with D frozen: loss_G
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fastpix import runtime
@@ -13,7 +15,7 @@ from fastpix.losses import gan_loss, l1_loss
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
 
-def model_backend(net: torch.nn.Module) -> str:
+def model_backend(net: Any) -> str:
     """The backend define_G/define_D built `net` with, looking through DDP (.module) and torch.compile
     (._orig_mod) wrappers; 'eager' for a network built otherwise."""
     while not hasattr(net, "backend") and (hasattr(net, "module") or hasattr(net, "_orig_mod")):

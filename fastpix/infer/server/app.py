@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from fastpix.errors import ConfigError
 from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
 from fastpix.infer.server.codecs import decode_slots
-from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response
+from fastpix.infer.server.http import BodyLimits, add_error_handler, add_error_handlers, error_response
 from fastpix.infer.server.metrics import CountRequests, ServerMetrics
 from fastpix.infer.server.page import draw_page
 from fastpix.infer.server.page import router as page_router
@@ -61,8 +61,8 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     app.include_router(router)
     app.include_router(page_router)
     add_error_handlers(app)
-    app.add_exception_handler(QueueFull, server_busy)
-    app.add_exception_handler(WorkerStopped, worker_stopped)
+    add_error_handler(app, QueueFull, server_busy)
+    add_error_handler(app, WorkerStopped, worker_stopped)
     app.add_middleware(BodyLimits, max_bytes=cfg.max_bytes, timeout_s=cfg.body_timeout_s)
     app.add_middleware(CountRequests, metrics=metrics, method="POST", path="/v1/translate")
     return app

@@ -27,7 +27,7 @@ class Examples:
                             "one holding A/ and B/)")
         self.dataset = PairedDataset(os.path.dirname(folder) or ".", os.path.basename(folder), direction)
         self.size, self.grey_input = size, grey_input
-        self.input_resample = Image.NEAREST if labels else Image.BICUBIC
+        self.input_resample = Image.Resampling.NEAREST if labels else Image.Resampling.BICUBIC
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -43,7 +43,8 @@ class Examples:
         a, b, _, _ = self.dataset.load_halves(index)
         a = a.convert("L") if self.grey_input else a
         side = (self.size, self.size)
-        halves = [a.resize(side, self.input_resample).convert("RGB"), b.resize(side, Image.BICUBIC).convert("RGB")]
+        halves = [a.resize(side, self.input_resample).convert("RGB"),
+                  b.resize(side, Image.Resampling.BICUBIC).convert("RGB")]
         buffer = io.BytesIO()
         Image.fromarray(np.concatenate([np.asarray(h) for h in halves], axis=1)).save(buffer, format="PNG")
         return buffer.getvalue()
