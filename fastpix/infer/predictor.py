@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
-from typing import Any, cast
 from collections import defaultdict
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
