@@ -34,6 +34,7 @@ Layout: activations are NCHW-shaped tensors stored channels_last (NHWC), weights
 [Cout, Cin, kh, kw], ConvT [Cin, Cout, kh, kw]) and are addressed through their strides. Operands are fp32, fp16
 or bf16 with fp32 accumulation; fp32 operands use TF32 exactly when torch.backends.cudnn.allow_tf32 would.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -653,14 +654,14 @@ def conv_gemm(sources, weight, strides, geometry: Geometry, epilogue: Epilogue, 
         rows["grid_m"] = N * rows["tiles_per_sample"] if per_sample else triton.cdiv(M, tiling.block_m)
         n_blocks = triton.cdiv(CO, tiling.block_n)
         split_k = _split_k_count(rows["grid_m"] * n_blocks * g.classes, g.class_taps)
-        f32 = dict(dtype=torch.float32, device=y.device)
+        f32 = functools.partial(torch.empty, dtype=torch.float32, device=y.device)
         T = g.classes * rows["grid_m"]
-        count = torch.empty(T, **f32) if epilogue.stats else None
+        count = f32(T) if epilogue.stats else None
         part_a = part_b = partials = None
         if epilogue.stats or epilogue.norm_sums:
-            part_a, part_b = torch.empty(T, CO, **f32), torch.empty(T, CO, **f32)
+            part_a, part_b = f32(T, CO), f32(T, CO)
             partials = (count, part_a, part_b, N if per_sample else None)
-        ws = torch.empty(g.classes * split_k, rows["grid_m"] * tiling.block_m, CO, **f32) if split_k > 1 else None
+        ws = f32(g.classes * split_k, rows["grid_m"] * tiling.block_m, CO) if split_k > 1 else None
         outputs = dict(Y=y, **epilogue.tensors(), COUNT=count, PART_A=part_a, PART_B=part_b, WS=ws)
         _conv_gemm_kernel[(rows["grid_m"], n_blocks, g.classes * split_k)](
             **operands, W=weight, **outputs, IH=g.in_hw[0], IW=g.in_hw[1], **sizes, sw_c=strides[0],
