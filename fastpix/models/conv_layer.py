@@ -12,6 +12,7 @@ choice times exactly what the network runs; nothing here comes from the benchmar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -34,7 +35,7 @@ class Pending:
             return self
         kind = "relu" if isinstance(activation, nn.ReLU) else "leaky_relu"
         if self.activation == "none":
-            slope = activation.negative_slope if kind == "leaky_relu" else self.slope
+            slope = activation.negative_slope if isinstance(activation, nn.LeakyReLU) else self.slope
             return Pending(self.raw, self.norm, kind, slope, self.dropout_p, self.rng)
         if kind == "relu":  # ReLU∘ReLU = ReLU∘LeakyReLU = ReLU (dropout's scaling is non-negative)
             return Pending(self.raw, self.norm, "relu", self.slope, self.dropout_p, self.rng)
@@ -60,8 +61,10 @@ class ConvCall:
     (None: none), `stats` when that norm normalises with this batch's statistics (`track`: and updates its running
     ones with `momentum`), `instance` when statistics and the inputs' parameters are per sample, `tanh` for G's
     output layer."""
-    conv: nn.Module
-    norm: nn.Module | None
+    conv: nn.Conv2d | nn.ConvTranspose2d
+    # a BatchNorm2d or InstanceNorm2d (or their fused twins, which add activation, slope and dropout), or None;
+    # Any, as torch types the running statistics optional while `track` and `stats` say when they are there
+    norm: Any
     tanh: bool
     stats: bool
     track: bool
@@ -128,7 +131,7 @@ def run_eager(call: ConvCall, pending: list[Pending], weight, bias):
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
     op = F.conv_transpose2d if call.transposed else F.conv2d
-    y = op(x, weight, bias, call.conv.stride, call.conv.padding)
+    y = op(x, weight, bias, call.conv.stride, call.conv.padding)  # type: ignore[arg-type]  # a tuple: _conv_call checks
     if call.tanh:
         return torch.tanh(y)
     if not call.stats:

@@ -16,12 +16,13 @@ forward measures anything.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from fastpix.models.conv_layer import ConvCall, Pending, measured_seconds, pending_output, run_eager, run_triton
+from fastpix.models.network import Network
 from fastpix.models.tuning import conv_tuning
 
 if TYPE_CHECKING:  # the kernels are imported when first used: TRITON_INTERPRET may be set until then
@@ -35,7 +36,7 @@ def _is_norm(m):
     return isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats)
 
 
-def set_forward_path(net: nn.Module, strict: bool = False, tuning: ConvTuning | None = None) -> str:
+def set_forward_path(net: Network, strict: bool = False, tuning: ConvTuning | None = None) -> str:
     """Fix `net`'s forward once for backend 'triton' (define_G / define_D call it after fusing the norms, strict;
     code that swaps layers afterwards, as the Predictor's inference network does, calls it again): the fused conv
     forward for a U-Net or PatchGAN made only of the layers it knows, else the module path (the fused norm layers
@@ -84,7 +85,7 @@ def unsupported_layer(net: nn.Module):
     return None
 
 
-def _conv_call(conv: nn.Module, norm: nn.Module | None, tanh: bool, pending: list[Pending]) -> ConvCall:
+def _conv_call(conv: nn.Conv2d | nn.ConvTranspose2d, norm: Any, tanh: bool, pending: list[Pending]) -> ConvCall:
     """What this conv and the norm after it do in this forward; counts the batch as nn.BatchNorm2d does."""
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
@@ -130,7 +131,7 @@ class FusedConvs:
     def __init__(self, unet: bool, tuning: ConvTuning):
         self.unet, self.tuning = unet, tuning
 
-    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module: Any, x: torch.Tensor) -> torch.Tensor:  # a U-Net, or a PatchGAN's Sequential
         x = x.to(_compute_dtype(x), memory_format=torch.channels_last)
         if self.unet:
             return self._unet_block(module.model, Pending(x))[0].materialise()
@@ -139,7 +140,7 @@ class FusedConvs:
             raise ValueError("a network ending in an activation is not supported by the fused conv path")
         return pending[0].materialise()
 
-    def _conv(self, pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False) -> Pending:
+    def _conv(self, pending: list[Pending], conv: nn.Conv2d | nn.ConvTranspose2d, norm: Any, tanh=False) -> Pending:
         """Run `conv` on one or two pending sources, the way this layer's choice says; the Pending output."""
         call = _conv_call(conv, norm, tanh, pending)
         key = call.key(pending)
