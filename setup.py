@@ -5,6 +5,7 @@ The decoder links the system libjpeg(-turbo) and libpng found by pkg-config. Whe
 compile fails, the install still succeeds without it and fastpix decodes with PIL
 (fastpix.data.decode.backend() says which is active).
 """
+
 import glob
 import pathlib
 import shutil
@@ -32,13 +33,18 @@ def decoder_extensions():
     cflags = pkg_config("--cflags", "libjpeg", "libpng")
     libs = pkg_config("--libs", "libjpeg", "libpng")
     if cflags is None or libs is None:
-        print("fastpix: libjpeg/libpng not found by pkg-config; building without the C++ decoder (PIL serves)",
-              file=sys.stderr)
+        print(
+            "fastpix: libjpeg/libpng not found by pkg-config; building without the C++ decoder (PIL serves)",
+            file=sys.stderr,
+        )
         return []
     from pybind11.setup_helpers import Pybind11Extension
 
-    return [Pybind11Extension("fastpix._decode", sources, cxx_std=17,
-                              extra_compile_args=["-O3", *cflags], extra_link_args=libs)]
+    return [
+        Pybind11Extension(
+            "fastpix._decode", sources, cxx_std=17, extra_compile_args=["-O3", *cflags], extra_link_args=libs
+        )
+    ]
 
 
 class OptionalBuildExt(build_ext):
@@ -108,8 +114,19 @@ setup(
         # import-linter (a well-kept layering checker) enforces docs/design.md's layers (tests/test_structure.py);
         # ruff lints and formats and mypy checks types there too. ruff's formatter changes its style between minor
         # versions, so the tree is formatted by one minor version: move the bound with a `ruff format` commit.
-        "test": [*BENCH, "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
-                 "import-linter>=2.0", "ruff>=0.17.6,<0.18", "mypy>=2.4", *SERVE, *ONNX, *PLOT],
+        "test": [
+            *BENCH,
+            "pybind11>=2.10",
+            "scikit-image",
+            "tensorboard",
+            "selenium>=4.10",
+            "import-linter>=2.0",
+            "ruff>=0.17.6,<0.18",
+            "mypy>=2.4",
+            *SERVE,
+            *ONNX,
+            *PLOT,
+        ],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

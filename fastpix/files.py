@@ -7,6 +7,7 @@ makes it visible). A full disk becomes `DiskFull`, one line naming the file and 
 
 Imports only the standard library and fastpix.errors, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,7 +78,7 @@ def temporary_path(path: str) -> str:
 
 def temporary_writer(name: str) -> int | None:
     """The pid of the process that made temporary `name` (a file name from temporary_path); None for other names."""
-    pid = name[len(TMP_PREFIX):].split("-", 1)[0] if name.startswith(TMP_PREFIX) else ""
+    pid = name[len(TMP_PREFIX) :].split("-", 1)[0] if name.startswith(TMP_PREFIX) else ""
     return int(pid) if pid.isdigit() else None
 
 

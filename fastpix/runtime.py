@@ -3,6 +3,7 @@
 Decided here once for training, inference, evaluation and the CLI (the Predictor's whole plan: infer/plan.py). Imports
 only torch, the standard library and fastpix.errors, so every layer of fastpix may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,9 +100,11 @@ def use_triton_interpreter() -> None:
     if triton_interpreted():
         return
     if "fastpix.kernels.batch_norm_act" in sys.modules:
-        raise RuntimeError("--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
-                           "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
-                           "eager")
+        raise RuntimeError(
+            "--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
+            "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
+            "eager"
+        )
     os.environ["TRITON_INTERPRET"] = "1"
 
 

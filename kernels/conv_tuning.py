@@ -16,6 +16,7 @@ What was measured goes to a `timings` store shared by every model on the machine
 `MemoryTimings` here; fastpix.models.tuning keeps them in a file, so that each is measured once per device.
 FASTPIX_CONV_AUTOTUNE=0 keeps the default block sizes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,12 @@ class ConvTuning:
         Returns 'cudnn'."""
         if key not in self.failures:
             self.failures[key] = f"{type(exc).__name__}: {exc}"[:300]
-            warnings.warn(f"fastpix: the Triton kernels failed for layer [{key}] ({self.failures[key]}); this layer "
-                          "runs on cuDNN/aten instead", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fastpix: the Triton kernels failed for layer [{key}] ({self.failures[key]}); this layer "
+                "runs on cuDNN/aten instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return "cudnn"
 
     def label(self, key: str, choice: str) -> str:

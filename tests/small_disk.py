@@ -1,5 +1,6 @@
 """A folder on a small disk, for the disk-full tests: a real tmpfs where this process may mount one (root), else a
 simulated one (shutil.disk_usage and the writes of the given modules see its capacity, ENOSPC beyond it)."""
+
 from __future__ import annotations
 
 import builtins
@@ -31,6 +32,7 @@ class _Simulated:
                 free = max(0, self.capacity - self.written)
                 return collections.namedtuple("usage", "total used free")(self.capacity, self.written, free)
             return real(path)
+
         return usage
 
     def open(self, path, mode="r", *args, **kwargs):

@@ -1,4 +1,5 @@
 """Evaluation: the eval command and results pages, FID/KID, and proof that fastpix learns the demo task."""
+
 import json
 import os
 import pathlib
@@ -26,9 +27,22 @@ def learned(tmp_path_factory):
     model = ModelConfig(netG="unet_32", ngf=16, ndf=16)
     data_cfg = DataConfig(dataroot=data, load_size=36, crop_size=32, num_threads=0)
     for name, gan_mode in (("gan", "vanilla"), ("l1", "none")):
-        train(model, data_cfg, TrainConfig(name=name, checkpoints_dir=str(root / "ck"), batch_size=4, max_iters=600,
-                                           n_epochs=1000, n_epochs_decay=0, gan_mode=gan_mode, seed=0,
-                                           display_freq=300), progress=False)
+        train(
+            model,
+            data_cfg,
+            TrainConfig(
+                name=name,
+                checkpoints_dir=str(root / "ck"),
+                batch_size=4,
+                max_iters=600,
+                n_epochs=1000,
+                n_epochs_decay=0,
+                gan_mode=gan_mode,
+                seed=0,
+                display_freq=300,
+            ),
+            progress=False,
+        )
     return root
 
 
@@ -40,8 +54,20 @@ def untrained(tmp_path_factory):
     data = write_demo_dataset(str(root / "data"), 64, {"val": 12})
     torch.manual_seed(0)
     torch.save(define_G(3, 3, 4, "unet_64", "batch", True).state_dict(), root / "gen.pth")
-    return root, ["--checkpoint", str(root / "gen.pth"), "--dataroot", data, "--netG", "unet_64", "--ngf", "4",
-                  "--load_size", "64", "--crop_size", "64"]
+    return root, [
+        "--checkpoint",
+        str(root / "gen.pth"),
+        "--dataroot",
+        data,
+        "--netG",
+        "unet_64",
+        "--ngf",
+        "4",
+        "--load_size",
+        "64",
+        "--crop_size",
+        "64",
+    ]
 
 
 def run_eval(root, *args):

@@ -1,5 +1,6 @@
 """`fastpix models download`: a pretrained generator is kept only once it has loaded strictly into the expected
 architecture without unpickling anything but tensors; anything else is refused and removed, nothing in it run."""
+
 import contextlib
 import io
 import os
@@ -46,9 +47,13 @@ def test_the_registry_is_the_references_unet_256_with_its_directions():
         assert (arch.netG, arch.ngf, arch.norm, arch.input_nc, arch.output_nc) == ("unet_256", 64, "batch", 3, 3)
         assert sum(p.numel() for p in arch.build().parameters()) == arch.parameters == 54_413_955
     # The reference's README and docs/datasets.md: facades labels -> photo and day -> night run BtoA.
-    assert PRETRAINED_MODELS == {"facades_label2photo": ("facades", "BtoA"), "sat2map": ("maps", "AtoB"),
-                                 "map2sat": ("maps", "BtoA"), "edges2shoes": ("edges2shoes", "AtoB"),
-                                 "day2night": ("night2day", "BtoA")}
+    assert PRETRAINED_MODELS == {
+        "facades_label2photo": ("facades", "BtoA"),
+        "sat2map": ("maps", "AtoB"),
+        "map2sat": ("maps", "BtoA"),
+        "edges2shoes": ("edges2shoes", "AtoB"),
+        "day2night": ("night2day", "BtoA"),
+    }
 
 
 def test_a_good_generator_is_kept_where_predict_and_test_find_it(tmp_path, small_registry):
@@ -126,14 +131,24 @@ def test_an_existing_generator_is_left_alone_unless_force(tmp_path, small_regist
     with serve(mirror) as base:
         assert download_model(config(tmp_path, base), progress=False).present and mirror.requests == []
         download_model(config(tmp_path, base, force=True), progress=False)
-    assert torch.equal(torch.load(str(folder / "latest_net_G.pth"))["model.model.0.weight"],
-                       state["model.model.0.weight"])
+    assert torch.equal(
+        torch.load(str(folder / "latest_net_G.pth"))["model.model.0.weight"], state["model.model.0.weight"]
+    )
 
 
 def test_the_command_line(tmp_path, small_registry, capsys):
     with serve(Mirror({"/models-pytorch/facades_label2photo.pth": pth(small_state())})) as base:
-        code = cli.main(["models", "download", "facades_label2photo", "--checkpoints_dir",
-                         str(tmp_path / "checkpoints"), "--mirror", base])
+        code = cli.main(
+            [
+                "models",
+                "download",
+                "facades_label2photo",
+                "--checkpoints_dir",
+                str(tmp_path / "checkpoints"),
+                "--mirror",
+                base,
+            ]
+        )
     assert code == 0
     out = capsys.readouterr().out
     assert "facades_label2photo_pretrained/latest_net_G.pth" in out and "--direction BtoA" in out

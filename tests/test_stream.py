@@ -1,4 +1,5 @@
 """The streaming path: batches equal make_loader's and the cache's; bounded ring; clean stops, never a hang."""
+
 import os
 import threading
 from functools import partial
@@ -47,8 +48,9 @@ def test_rank_slices(data):
     ds = dataset(data)
     for rank in (0, 1):
         stream = StreamLoader(ds, 4, seed=1, rank=rank, world=2)
-        assert_same_batches(within(30, partial(pipeline_batches, stream, 3)),
-                            reference_batches(ds, 4, 1, 3, rank=rank, world=2))
+        assert_same_batches(
+            within(30, partial(pipeline_batches, stream, 3)), reference_batches(ds, 4, 1, 3, rank=rank, world=2)
+        )
 
 
 def test_ring_is_bounded(data):
@@ -138,20 +140,37 @@ def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path)
 
     def run(folder, pipeline, num_threads=0, **train_kw):
         model = ModelConfig(netG="unet_64", ngf=4, ndf=4)
-        data_cfg = DataConfig(dataroot=tiny_data, load_size=72, crop_size=64, num_threads=num_threads,
-                              data_pipeline=pipeline, cache_dir=str(tmp_path / "cache"))
-        train_cfg = TrainConfig(name="run", checkpoints_dir=str(tmp_path / folder), batch_size=3, n_epochs=1,
-                                n_epochs_decay=1, print_freq=100, display_freq=100, seed=5)
+        data_cfg = DataConfig(
+            dataroot=tiny_data,
+            load_size=72,
+            crop_size=64,
+            num_threads=num_threads,
+            data_pipeline=pipeline,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        train_cfg = TrainConfig(
+            name="run",
+            checkpoints_dir=str(tmp_path / folder),
+            batch_size=3,
+            n_epochs=1,
+            n_epochs_decay=1,
+            print_freq=100,
+            display_freq=100,
+            seed=5,
+        )
         folder = train(model, data_cfg, dataclasses.replace(train_cfg, **train_kw), progress=False)
         state = load_train_state(f"{folder}/latest_train_state.pt")
-        weights = {**load_weights(f"{folder}/latest_net_G.safetensors"),
-                   **{f"D.{k}": v for k, v in load_weights(f"{folder}/latest_net_D.safetensors").items()}}
+        weights = {
+            **load_weights(f"{folder}/latest_net_G.safetensors"),
+            **{f"D.{k}": v for k, v in load_weights(f"{folder}/latest_net_D.safetensors").items()},
+        }
         return state["iteration"], state["epoch"], weights
 
     def assert_same(got, want):
         assert got[:2] == want[:2] and got[2].keys() == want[2].keys()
-        assert all(torch.equal(got[2][k], want[2][k]) for k in want[2]), [k for k in want[2]
-                                                                           if not torch.equal(got[2][k], want[2][k])]
+        assert all(torch.equal(got[2][k], want[2][k]) for k in want[2]), [
+            k for k in want[2] if not torch.equal(got[2][k], want[2][k])
+        ]
 
     loader = run("loader", "loader", max_iters=5)
     assert loader[:2] == (5, 2)
@@ -171,7 +190,9 @@ def test_stream_on_cuda_equals_paired_dataset(data):
         got = within(60, partial(pipeline_batches, stream, epoch))
         assert all(b["A"].is_cuda and b["A"].is_contiguous(memory_format=torch.channels_last) for b in got)
         torch.cuda.synchronize()
-        assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
-                            reference_batches(ds, 2, 9, epoch))
+        assert_same_batches(
+            [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
+            reference_batches(ds, 2, 9, epoch),
+        )
     slot = stream.free.get_nowait()
     assert slot.a.is_pinned() and slot.b.is_pinned() and stream.slots_allocated <= 2

@@ -1,6 +1,7 @@
 """The structure rules of docs/design.md ("Layers"), enforced: the import layers (import-linter contracts in
 pyproject.toml), no function over 80 lines outside kernels/, no module of fastpix/ over 450 lines; and the house
 tooling: ruff (lint and format) and mypy clean, comments that cite only documents in the repository, and no dates."""
+
 import ast
 import io
 import os
@@ -44,8 +45,13 @@ def installed_layout(folder):
 def test_import_contracts_hold(tmp_path):
     lint = tool("lint-imports")
     installed_layout(tmp_path)
-    done = subprocess.run([lint, "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    done = subprocess.run(
+        [lint, "--no-cache"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout and "kept" in done.stdout, done.stdout
 
@@ -73,8 +79,11 @@ def test_the_length_check_finds_a_long_function(tmp_path):
 
 def test_no_module_of_fastpix_over_450_lines():
     """One concept per module: a module past this length holds two (kernels/ is exempt, as for functions)."""
-    long = [f"{p.relative_to(ROOT)} ({n} lines)" for p in sorted((ROOT / "fastpix").rglob("*.py"))
-            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    long = [
+        f"{p.relative_to(ROOT)} ({n} lines)"
+        for p in sorted((ROOT / "fastpix").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
     assert long == []
 
 
@@ -84,16 +93,21 @@ def test_ruff_check_is_clean():
 
 
 def test_ruff_format_is_applied():
-    done = subprocess.run([tool("ruff"), "format", "--check", "--no-cache", *LINTED], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [tool("ruff"), "format", "--check", "--no-cache", *LINTED], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_mypy_is_clean(tmp_path):
     """mypy on fastpix as installed, kernels/ as fastpix.kernels; pyproject.toml's [tool.mypy] says how strict."""
     installed_layout(tmp_path / "src")
-    done = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path / "src",
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache")],
+        cwd=tmp_path / "src",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -1,6 +1,7 @@
 """Whole study sessions in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
 selenium, against `fastpix study serve`'s app. Scripted observers answer by click and by key; the answers file and
 the report must say what they clicked. Without a browser: see tests/browser.py."""
+
 import json
 
 import pytest
@@ -55,8 +56,27 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("study")
     results = write_results(root / "results" / "gan" / "test_latest", [f"{i:03d}" for i in range(12)])
-    assert main(["study", "make", "--results", str(results), "--out", str(root / "study"), "--exposure-ms", "50",
-                 "--gap-ms", "5", "--feedback-ms", "150", "--image-size", "128"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "make",
+                "--results",
+                str(results),
+                "--out",
+                str(root / "study"),
+                "--exposure-ms",
+                "50",
+                "--gap-ms",
+                "5",
+                "--feedback-ms",
+                "150",
+                "--image-size",
+                "128",
+            ]
+        )
+        == 0
+    )
     with BackgroundServer(create_app(str(root / "study"), StudyServeConfig(port=0))) as server:
         yield root / "study", server.url
 

@@ -5,6 +5,7 @@
 Each benchmark processes one batch of aligned A|B JPEGs and records pairs/s in extra_info; benchmarks on the same
 source size share a group so the PIL reference chain and the decoder variants sit side by side.
 """
+
 import os
 import resource
 import threading
@@ -132,6 +133,7 @@ PIPELINE_ROUNDS = 3
 class Pipeline:
     """The pipeline cases' epoch: its pairs, and the rounds of a cached epoch (it takes milliseconds: more rounds,
     so that a busy neighbour's bursts average out)."""
+
     pairs: int = 64
     cache_rounds: int = 20
 
@@ -223,8 +225,12 @@ def test_pipeline_stream(benchmark, pipeline_data, pipeline, threads):
     with _PeakRss() as rss:
         _record_epoch(benchmark, label, epoch, pipeline.pairs)
     ring = stream.depth * BATCH * TARGET[0] * TARGET[1] * 6
-    benchmark.extra_info.update(ring_mib=ring / 2**20, rss_start_mib=rss.start / 2**20,
-                                rss_peak_mib=rss.peak / 2**20, rss_after_epoch_mib=after_epoch)
+    benchmark.extra_info.update(
+        ring_mib=ring / 2**20,
+        rss_start_mib=rss.start / 2**20,
+        rss_peak_mib=rss.peak / 2**20,
+        rss_after_epoch_mib=after_epoch,
+    )
 
 
 @pytest.mark.parametrize("placement", ["memory", "memmap"])
@@ -253,7 +259,7 @@ def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, pipeline, tmp_path
 
     def epoch():
         for start in range(0, pipeline.pairs, BATCH):
-            rows = order[start:start + BATCH]
+            rows = order[start : start + BATCH]
             params = crop_flip_params(rows, 0, 0, TARGET[0], 256, True)
             for src, out in zip((cache.a, cache.b), staging):
                 crop_flip(src, rows, params, 256, out=out if buffers == "reused" and len(rows) == BATCH else None)
@@ -268,6 +274,7 @@ def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, pipeline, tmp_path
 # rgb2lab in float64), fastpix's loader (PIL, then fastpix.data.lab per item) and its cache (crops of the cached
 # RGB, then Lab for the whole batch).
 
+
 @pytest.fixture(scope="module", params=[(256, 256), (600, 600)], ids=lambda s: f"{s[0]}x{s[1]}")
 def colorization_data(request, tmp_path_factory, pipeline):
     from fastpix.data.colorization import ColorizationDataset
@@ -281,8 +288,7 @@ def colorization_data(request, tmp_path_factory, pipeline):
 
 
 def _record_colour_epoch(benchmark, label, fn, pairs, baseline=False, rounds=PIPELINE_ROUNDS):
-    benchmark.group = f"colorization {label} -> {TARGET[0]}² -> 256² crops -> Lab (batch {BATCH}, " \
-                      f"{pairs} images)"
+    benchmark.group = f"colorization {label} -> {TARGET[0]}² -> 256² crops -> Lab (batch {BATCH}, {pairs} images)"
     benchmark.extra_info["backend"] = D.backend()
     benchmark.extra_info["baseline"] = baseline
     _timed(benchmark, pairs, fn, rounds=rounds, warmup_rounds=1)
@@ -323,5 +329,4 @@ def test_colorization_cache(benchmark, colorization_data, pipeline, tmp_path):
 
     label, ds = colorization_data
     loader = CachedLoader(PairCache(ds, cache_dir=str(tmp_path), placement="memory", progress=False), BATCH)
-    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader), pipeline.pairs,
-                         rounds=pipeline.cache_rounds)
+    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader), pipeline.pairs, rounds=pipeline.cache_rounds)

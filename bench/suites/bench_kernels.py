@@ -17,6 +17,7 @@ eager cases run on one small shape and the Triton cases are skipped: the interpr
 
 Run: `fastpix bench --suite kernels` (or pytest bench/suites/bench_kernels.py --benchmark-json=...).
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -60,7 +61,7 @@ def copy_bandwidth():
     """This device's measured copy bandwidth in bytes/s (read + write of a 1 GiB buffer); None without a GPU."""
     if not GPU:
         return None
-    src = torch.empty(2 ** 28, dtype=torch.float32, device="cuda")
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
@@ -104,12 +105,21 @@ def record(benchmark, group, impl, dtype, batch, bytes_moved, bandwidth, **info)
     if impl == "eager":
         _eager_medians[group] = per_call
     eager = _eager_medians.get(group)
-    benchmark.extra_info.update({
-        "impl": impl, "baseline": impl == "eager", "dtype": str(dtype)[6:], "batch": batch,
-        "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
-        "gb_per_s": bytes_moved / per_call / 1e9,
-        "pct_of_copy_bandwidth": 100 * bytes_moved / per_call / bandwidth if bandwidth else None,
-        "copy_bandwidth_gb_per_s": bandwidth / 1e9 if bandwidth else None, "reps_per_timed_call": REPS, **info})
+    benchmark.extra_info.update(
+        {
+            "impl": impl,
+            "baseline": impl == "eager",
+            "dtype": str(dtype)[6:],
+            "batch": batch,
+            "median_ms_per_call": 1000 * per_call,
+            "speedup": eager / per_call if eager and impl != "eager" else None,
+            "gb_per_s": bytes_moved / per_call / 1e9,
+            "pct_of_copy_bandwidth": 100 * bytes_moved / per_call / bandwidth if bandwidth else None,
+            "copy_bandwidth_gb_per_s": bandwidth / 1e9 if bandwidth else None,
+            "reps_per_timed_call": REPS,
+            **info,
+        }
+    )
 
 
 def run(benchmark, group, fn):
@@ -150,11 +160,25 @@ def test_norm_act(benchmark, impl, layer, batch, dtype, mode, device, copy_bandw
         if mode == "fwd_bwd":
             torch.autograd.grad(y, params, dy)
 
-    run(benchmark, f"norm_act {name} {C}x{H}x{W} {activation}{' dropout' if p else ''} batch {batch} "
-                   f"{str(dtype)[6:]} {mode}", call)
+    run(
+        benchmark,
+        f"norm_act {name} {C}x{H}x{W} {activation}{' dropout' if p else ''} batch {batch} {str(dtype)[6:]} {mode}",
+        call,
+    )
     elements = x.numel() * x.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, elements * (2 if mode == "fwd" else 5), copy_bandwidth,
-           layer=name, shape=[batch, C, H, W], activation=activation, dropout=p)
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        elements * (2 if mode == "fwd" else 5),
+        copy_bandwidth,
+        layer=name,
+        shape=[batch, C, H, W],
+        activation=activation,
+        dropout=p,
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -176,8 +200,16 @@ def test_patchgan_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwid
 
     run(benchmark, f"patchgan_loss batch {batch} {str(dtype)[6:]} {mode}", call)
     size = logits.numel() * logits.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, size * (1 if mode == "fwd" else 2), copy_bandwidth,
-           shape=list(logits.shape))
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        size * (1 if mode == "fwd" else 2),
+        copy_bandwidth,
+        shape=list(logits.shape),
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -199,8 +231,16 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 
     run(benchmark, f"l1_loss batch {batch} {str(dtype)[6:]} {mode}", call)
     size = fake.numel() * fake.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, size * (2 if mode == "fwd" else 3), copy_bandwidth,
-           shape=list(fake.shape))
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        size * (2 if mode == "fwd" else 3),
+        copy_bandwidth,
+        shape=list(fake.shape),
+    )
 
 
 # ==============================================================================================================
@@ -228,11 +268,20 @@ def record_compute(benchmark, impl, batch, flops, device, **info):
     if impl == "eager":
         _eager_medians[group] = per_call
     eager = _eager_medians.get(group)
-    benchmark.extra_info.update({
-        "impl": impl, "baseline": impl == "eager", "dtype": str(CONV_DTYPE)[6:], "batch": batch,
-        "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
-        "tflop_per_s": flops / per_call / 1e12, **roof_info(device, CONV_PRECISION, flops / per_call),
-        "reps_per_timed_call": REPS, **info})
+    benchmark.extra_info.update(
+        {
+            "impl": impl,
+            "baseline": impl == "eager",
+            "dtype": str(CONV_DTYPE)[6:],
+            "batch": batch,
+            "median_ms_per_call": 1000 * per_call,
+            "speedup": eager / per_call if eager and impl != "eager" else None,
+            "tflop_per_s": flops / per_call / 1e12,
+            **roof_info(device, CONV_PRECISION, flops / per_call),
+            "reps_per_timed_call": REPS,
+            **info,
+        }
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -242,17 +291,37 @@ def record_compute(benchmark, impl, batch, flops, device, **info):
 def test_conv_block(benchmark, impl, layer, batch, mode, device):
     if impl == "triton" and not GPU:
         pytest.skip("the Triton kernels are timed on a GPU only (on a CPU they run in the interpreter)")
-    call = block_step(layer, batch, CONV_DTYPE, device, "triton" if impl == "triton" else "cudnn",
-                      backward=mode == "fwd_bwd", tuning=TUNING)
-    run(benchmark, f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
-                   f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}", call)
+    call = block_step(
+        layer,
+        batch,
+        CONV_DTYPE,
+        device,
+        "triton" if impl == "triton" else "cudnn",
+        backward=mode == "fwd_bwd",
+        tuning=TUNING,
+    )
+    run(
+        benchmark,
+        f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
+        f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}",
+        call,
+    )
     passes = 1 if mode == "fwd" else (2 if layer.reads[0] == "image" else 3)
-    record_compute(benchmark, impl, batch, passes * layer.flops(batch), device, layer=layer.name,
-                   flops_per_call=passes * layer.flops(batch))
+    record_compute(
+        benchmark,
+        impl,
+        batch,
+        passes * layer.flops(batch),
+        device,
+        layer=layer.name,
+        flops_per_call=passes * layer.flops(batch),
+    )
 
 
-NETWORKS = {"G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend), 3),
-            "D basic": (lambda backend: define_D(6, 64, "basic", backend=backend), 6)}
+NETWORKS = {
+    "G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend), 3),
+    "D basic": (lambda backend: define_D(6, 64, "basic", backend=backend), 6),
+}
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -276,5 +345,13 @@ def test_conv_network(benchmark, impl, network, batch, device):
 
     run(benchmark, f"network {network} 256² batch {batch} {str(CONV_DTYPE)[6:]} fwd_bwd", call)
     flops = 3 * conv_flops(net, (1, channels, 256, 256)) * batch
-    record_compute(benchmark, impl, batch, flops, device, network=network, flops_per_call=flops,
-                   img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None)
+    record_compute(
+        benchmark,
+        impl,
+        batch,
+        flops,
+        device,
+        network=network,
+        flops_per_call=flops,
+        img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None,
+    )

@@ -9,6 +9,7 @@ Errors: a `fastpix.errors.UserError` (or a system error naming a file) is printe
 `fastpix <command>: error: <message>`, and the command exits with its status; anything else is a bug in fastpix
 and shows its traceback, as does every error with --debug.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The defaults fastpix chose by measuring (cache bounds, when compiling pays, the CPU's small-conv threshold,
 the draw page's canvas), and where its caches go."""
+
 from __future__ import annotations
 
 import os

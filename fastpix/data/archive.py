@@ -8,6 +8,7 @@ security releases) so that it holds on every Python fastpix supports; and the fi
 the user's umask, no owner, mode or device bits taken from the archive), never by tarfile.extract. They go into a
 hidden temporary folder beside the destination, renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,9 @@ def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tar
         members.append((member, path))
     clash = sorted(files & folders)
     if clash:
-        raise UnsafeArchive(f"{archive}: refused, nothing extracted: {top}/{'/'.join(clash[0])} is both a file and a "
-                        "folder in it")
+        raise UnsafeArchive(
+            f"{archive}: refused, nothing extracted: {top}/{'/'.join(clash[0])} is both a file and a folder in it"
+        )
     return members
 
 

@@ -18,6 +18,7 @@ The caches on disk are bounded together (--cache_max_gb, cache_entries.py): a ru
 uses, and after each new build the least recently used builds no run holds are removed until the bound holds. A
 data set whose cache alone exceeds the bound is cached in memory only (or streamed, when it does not fit there).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ PLACEMENTS = ("auto", "gpu", "memory", "memmap")
 
 # ------------------------------------------------------------------------------------------- shared with stream.py
 
+
 def channels(dataset: PairedDataset) -> tuple[int, int]:
     """Channels of the cached a and b arrays. Colorization keeps its RGB images as a and nothing as b (0 channels):
     A and B are computed from a after the crop (augment_colorization); (3, 0) also keeps its cache key apart."""
@@ -61,8 +63,10 @@ def channels(dataset: PairedDataset) -> tuple[int, int]:
 
 def check_cacheable(dataset: PairedDataset):
     if dataset.preprocess != "resize_and_crop":
-        raise ConfigError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
-                          "can): use --data_pipeline loader")
+        raise ConfigError(
+            f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
+            "can): use --data_pipeline loader"
+        )
 
 
 def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
@@ -114,8 +118,9 @@ def paths_of(dataset: PairedDataset, indices) -> tuple[list[str], list[str]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def augment_items(dataset: PairedDataset, a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int,
-                  device):
+def augment_items(
+    dataset: PairedDataset, a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int, device
+):
     """(A, B) on device of rows `rows` of the uint8 arrays (a, b), as items `indices` of dataset in epoch `epoch`."""
     if dataset.colorization:
         return augment_colorization(a, rows, indices, seed, epoch, dataset.crop_size, dataset.flip, device)
@@ -124,17 +129,17 @@ def augment_items(dataset: PairedDataset, a: torch.Tensor, b: torch.Tensor, rows
 
 def make_batch(dataset: PairedDataset, indices: list[int], A: torch.Tensor, B: torch.Tensor) -> dict:
     a_paths, b_paths = paths_of(dataset, indices)
-    return {"A": A, "B": B, "A_paths": a_paths, "B_paths": b_paths,
-            "index": torch.tensor(indices, dtype=torch.long)}
+    return {"A": A, "B": B, "A_paths": a_paths, "B_paths": b_paths, "index": torch.tensor(indices, dtype=torch.long)}
 
 
 def batch_plan(sampler: EpochSampler, per_rank: int) -> list[list[int]]:
     """The DataLoader path's batches (drop_last=False over the sampler's indices)."""
     order = sampler.indices()
-    return [order[i:i + per_rank] for i in range(0, len(order), per_rank)]
+    return [order[i : i + per_rank] for i in range(0, len(order), per_rank)]
 
 
 # --------------------------------------------------------------------------------------------------- placement
+
 
 def available_ram() -> int:
     try:
@@ -149,7 +154,7 @@ def available_ram() -> int:
 
 def cache_nbytes(dataset: PairedDataset) -> int:
     ca, cb = channels(dataset)
-    return len(dataset) * dataset.load_size ** 2 * (ca + cb)
+    return len(dataset) * dataset.load_size**2 * (ca + cb)
 
 
 def default_cache_dir(dataset: PairedDataset) -> str:
@@ -167,8 +172,9 @@ def disk_room(folder: str, nbytes: int) -> bool:
     return os.access(probe, os.W_OK) and shutil.disk_usage(probe).free > nbytes * 1.02 + (64 << 20)
 
 
-def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1,
-                     max_bytes: float = PAIRS_CACHE_MAX_GB * GB) -> str | None:
+def choose_placement(
+    dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1, max_bytes: float = PAIRS_CACHE_MAX_GB * GB
+) -> str | None:
     """Where the cache would live: "gpu", "memory", "memmap", or None when it fits nowhere.
 
     copies: processes on this machine that each hold the cache (DDP ranks). Each keeps its own copy in RAM, while
@@ -187,6 +193,7 @@ def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copi
 
 # ------------------------------------------------------------------------------------------------------ cache
 
+
 def cache_key(dataset: PairedDataset) -> dict:
     files = []
     for pair in dataset.paths:
@@ -196,9 +203,15 @@ def cache_key(dataset: PairedDataset) -> dict:
                 files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
             except OSError:  # a dangling link, a file gone since the listing: the decode names it (or skips it)
                 files.append([os.path.abspath(p), None, None])
-    return {"version": CACHE_VERSION, "preprocess": "resize_and_crop", "load_size": dataset.load_size,
-            "channels": list(channels(dataset)), "direction": "BtoA" if dataset.reverse else "AtoB",
-            "two_folders": dataset.two_folders, "files": files}
+    return {
+        "version": CACHE_VERSION,
+        "preprocess": "resize_and_crop",
+        "load_size": dataset.load_size,
+        "channels": list(channels(dataset)),
+        "direction": "BtoA" if dataset.reverse else "AtoB",
+        "two_folders": dataset.two_folders,
+        "files": files,
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -225,9 +238,17 @@ class PairCache:
     caches on disk under cache_dir (else under the default root, every data set's folder): see cache_entries.py.
     """
 
-    def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None,
-                 placement: str | None = "auto", threads: int = 2, progress: bool = True, chunk: int = 256,
-                 max_bytes: float = PAIRS_CACHE_MAX_GB * GB):
+    def __init__(
+        self,
+        dataset: PairedDataset,
+        device="cpu",
+        cache_dir: str | None = None,
+        placement: str | None = "auto",
+        threads: int = 2,
+        progress: bool = True,
+        chunk: int = 256,
+        max_bytes: float = PAIRS_CACHE_MAX_GB * GB,
+    ):
         check_cacheable(dataset)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
@@ -240,8 +261,10 @@ class PairCache:
         if placement == "auto":
             placement = choose_placement(dataset, self.device, self.cache_dir, max_bytes=max_bytes)
             if placement is None:
-                raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
-                                  f"device, in RAM nor in {self.cache_dir}: stream instead")
+                raise ResourceError(
+                    f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
+                    f"device, in RAM nor in {self.cache_dir}: stream instead"
+                )
         self.placement = placement
         key = json.dumps(cache_key(dataset), sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()
@@ -252,10 +275,14 @@ class PairCache:
         sources: list = [self.stem + ".a", self.stem + ".b"]  # the files, or tensors in memory
         nbytes = cache_nbytes(dataset)
         if manifest is None and placement != "memmap" and (nbytes > max_bytes or not disk_room(self.cache_dir, nbytes)):
-            why = f"over --cache_max_gb {max_bytes / GB:g}" if nbytes > max_bytes else \
-                f"{self.cache_dir} is not writable or full"
-            warnings.warn(f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run",
-                          stacklevel=2)
+            why = (
+                f"over --cache_max_gb {max_bytes / GB:g}"
+                if nbytes > max_bytes
+                else f"{self.cache_dir} is not writable or full"
+            )
+            warnings.warn(
+                f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run", stacklevel=2
+            )
             sources = [torch.empty(s, dtype=torch.uint8) for s in (self.shape_a, self.shape_b)]
             manifest = {"bad": self._decode_all([t.numpy() for t in sources], threads, progress, chunk)}
         elif manifest is None:
@@ -282,8 +309,9 @@ class PairCache:
         except (OSError, ValueError):
             return None
         sizes = [int(np.prod(s)) for s in (self.shape_a, self.shape_b)]
-        files_ok = all(os.path.exists(p) and os.path.getsize(p) == s
-                       for p, s in zip((self.stem + ".a", self.stem + ".b"), sizes))
+        files_ok = all(
+            os.path.exists(p) and os.path.getsize(p) == s for p, s in zip((self.stem + ".a", self.stem + ".b"), sizes)
+        )
         return manifest if manifest.get("key") == self.key and files_ok else None
 
     def _decode_all(self, arrays, threads, progress, chunk) -> dict:
@@ -311,16 +339,31 @@ class PairCache:
             for arr in arrays:
                 arr.flush()
 
-        what = (f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
-                f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)")
+        what = (
+            f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
+            f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)"
+        )
         with announced(log, what):
-            atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
-                                                              int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+            atomic_write(
+                names[0],
+                lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b), int(np.prod(shapes[1]))),
+                int(np.prod(shapes[0])),
+            )
         ds = self.dataset
-        options = {"dataroot": os.path.abspath(ds.dataroot), "load_size": ds.load_size, "channels": channels(ds),
-                   "direction": "BtoA" if ds.reverse else "AtoB"}
-        manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
-                    "source": os.path.dirname(os.path.abspath(ds.paths[0][0])), "bad": errors, "options": options}
+        options = {
+            "dataroot": os.path.abspath(ds.dataroot),
+            "load_size": ds.load_size,
+            "channels": channels(ds),
+            "direction": "BtoA" if ds.reverse else "AtoB",
+        }
+        manifest = {
+            "key": self.key,
+            "shape_a": self.shape_a,
+            "shape_b": self.shape_b,
+            "source": os.path.dirname(os.path.abspath(ds.paths[0][0])),
+            "bad": errors,
+            "options": options,
+        }
         atomic_write_json(self.stem + ".json", manifest, indent=None)
         self._remove_stale(manifest["source"])
         return manifest
@@ -347,14 +390,15 @@ class PairCache:
             mapped = source
         else:
             mapped = torch.from_file(source, shared=False, size=n, dtype=torch.uint8).view(shape)
-        if self.placement == "memmap" or (torch.is_tensor(source) and self.placement == "memory"
-                                          and self.device.type != "cuda"):
+        if self.placement == "memmap" or (
+            torch.is_tensor(source) and self.placement == "memory" and self.device.type != "cuda"
+        ):
             return mapped
         if self.placement == "gpu":
             out = torch.empty(shape, dtype=torch.uint8, device=self.device)
             step = max(1, (256 << 20) // max(1, n // shape[0]))  # 256 MiB slices: bounded host staging
             for i in range(0, shape[0], step):
-                out[i:i + step].copy_(mapped[i:i + step])
+                out[i : i + step].copy_(mapped[i : i + step])
             return out
         pin = self.device.type == "cuda"
         out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
@@ -372,8 +416,16 @@ class CachedLoader:
 
     mode: str  # the --data_pipeline this is, set by make_pipeline
 
-    def __init__(self, cache: PairCache, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device=None, shuffle: bool = True):
+    def __init__(
+        self,
+        cache: PairCache,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device=None,
+        shuffle: bool = True,
+    ):
         self.cache, self.dataset = cache, cache.dataset
         self.device = torch.device(device) if device is not None else cache.a.device
         self.sampler = EpochSampler(len(self.dataset), seed, shuffle, batch_size, rank, world)
@@ -393,5 +445,8 @@ class CachedLoader:
             if not indices:
                 yield None  # as collate_pairs does when a whole batch was unreadable
                 continue
-            yield make_batch(ds, indices, *augment_items(ds, self.cache.a, self.cache.b, indices, indices, ds.seed,
-                                                         ds.epoch, self.device))
+            yield make_batch(
+                ds,
+                indices,
+                *augment_items(ds, self.cache.a, self.cache.b, indices, indices, ds.seed, ds.epoch, self.device),
+            )

@@ -6,6 +6,7 @@ device (a side stream, non_blocking, on CUDA) and crops/flips/normalises there (
 equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the
 ring; the thread stops when the consumer stops (break, error, end).
 """
+
 from __future__ import annotations
 
 import os
@@ -120,8 +121,18 @@ class StreamLoader:
 
     mode: str  # the --data_pipeline this is, set by make_pipeline
 
-    def __init__(self, dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device="cpu", threads: int = 2, depth: int = 3, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset: PairedDataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device="cpu",
+        threads: int = 2,
+        depth: int = 3,
+        shuffle: bool = True,
+    ):
         check_cacheable(dataset)
         self.dataset, self.device, self.threads, self.depth = dataset, torch.device(device), threads, depth
         self.sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world)
@@ -222,9 +233,20 @@ class LoaderPipeline:
             yield batch
 
 
-def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                  device="cpu", mode: str = "auto", num_threads: int = 2, cache_dir: str | None = None,
-                  shuffle: bool = True, progress: bool = True, cache_max_gb: float = PAIRS_CACHE_MAX_GB):
+def make_pipeline(
+    dataset: PairedDataset,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    mode: str = "auto",
+    num_threads: int = 2,
+    cache_dir: str | None = None,
+    shuffle: bool = True,
+    progress: bool = True,
+    cache_max_gb: float = PAIRS_CACHE_MAX_GB,
+):
     """The training data path: an object iterated once per epoch like make_loader's DataLoader, yielding
     {"A", "B" (on device), "A_paths", "B_paths", "index"} or None (a wholly unreadable batch), with
     set_position(epoch, start) (or .sampler.set_position and .dataset.set_epoch, as with make_loader) and .mode.
@@ -245,14 +267,17 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
         if mode == "auto":
             mode = "cache" if placement is not None else "stream"
         elif placement is None:
-            raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
-                              f"RAM nor on disk: use --data_pipeline stream")
+            raise ResourceError(
+                f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
+                f"RAM nor on disk: use --data_pipeline stream"
+            )
     elif mode == "auto":
         mode = "loader"
     pipeline: CachedLoader | StreamLoader | LoaderPipeline
     if mode == "cache":
-        cache = _build_cache_once(dataset, device, cache_dir, placement, num_threads, progress, rank, world,
-                                  cache_max_gb * GB)
+        cache = _build_cache_once(
+            dataset, device, cache_dir, placement, num_threads, progress, rank, world, cache_max_gb * GB
+        )
         pipeline = CachedLoader(cache, batch_size, seed, rank, world, device, shuffle)
     elif mode == "stream":
         pipeline = StreamLoader(dataset, batch_size, seed, rank, world, device, max(1, num_threads), shuffle=shuffle)
@@ -268,8 +293,15 @@ def _build_cache_once(dataset, device, cache_dir, placement, threads, progress, 
     if dist and rank != 0:
         torch.distributed.barrier()
     try:
-        return PairCache(dataset, device, cache_dir, placement, threads=max(1, threads),
-                         progress=progress and rank == 0, max_bytes=max_bytes)
+        return PairCache(
+            dataset,
+            device,
+            cache_dir,
+            placement,
+            threads=max(1, threads),
+            progress=progress and rank == 0,
+            max_bytes=max_bytes,
+        )
     finally:
         if dist and rank == 0:
             torch.distributed.barrier()

@@ -3,6 +3,7 @@
 collect_inputs finds the files (folders searched recursively), predict_files translates them in batches into
 <output>/<name stem>.png, each written atomically (fastpix.files), reporting and skipping unreadable files.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,7 @@ def output_names(names: list[str]) -> list[str]:
     taken, out = set(wanted), []
     for k, name in enumerate(wanted):
         if first[name] != k:
-            stem, n = name[:-len(".png")], 2
+            stem, n = name[: -len(".png")], 2
             while f"{stem}_{n}.png" in taken:
                 n += 1
             name = f"{stem}_{n}.png"
@@ -46,8 +47,16 @@ def output_names(names: list[str]) -> list[str]:
     return out
 
 
-def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int = 8, progress: bool = True,
-                  seed=None, resize=None, names: list[str] | None = None):
+def predict_files(
+    predictor,
+    inputs: list[str],
+    output_dir: str,
+    batch_size: int = 8,
+    progress: bool = True,
+    seed=None,
+    resize=None,
+    names: list[str] | None = None,
+):
     """Translate image files with `predictor` (a Predictor) into output_dir/<name stem>.png (names default to the
     inputs' file names). Returns (written paths, [(path, message)] of failures).
 
@@ -72,8 +81,9 @@ def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int
                 indices.append(k)
             if images:
                 # The seed the call drew from (picked by the first batch when none was given) serves every batch.
-                outputs, seed = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices,
-                                          return_seeds=True)
+                outputs, seed = predictor(
+                    images, seed=seed, output_type="pil", resize=resize, indices=indices, return_seeds=True
+                )
                 for output, target in zip(outputs, targets):
                     atomic_write(target, functools.partial(_save_png, output))
                     written.append(target)

@@ -55,16 +55,18 @@ def _apply_backend(net, backend, norm):
     return net
 
 
-def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02,
-             backend=None):
+def define_G(
+    input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02, backend=None
+):
     norm_layer = get_norm_layer(norm)
     if netG in ("resnet_9blocks", "resnet_6blocks"):
         net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=int(netG[7]))
     elif netG.startswith("unet_"):
         net = UnetGenerator(input_nc, output_nc, unet_num_downs(netG), ngf, norm_layer, use_dropout)
     else:
-        raise ValueError(f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, "
-                         "resnet_9blocks)")
+        raise ValueError(
+            f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, resnet_9blocks)"
+        )
     return _apply_backend(init_weights(net, init_type, init_gain), backend, norm)
 
 
@@ -84,12 +86,39 @@ def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal"
 def build_models(model_cfg, backend=None):
     """G and D for a ModelConfig (D sees the pair, so input_nc + output_nc channels)."""
     backend = model_cfg.backend if backend is None else backend
-    G = define_G(model_cfg.input_nc, model_cfg.output_nc, model_cfg.ngf, model_cfg.netG, model_cfg.norm,
-                 not model_cfg.no_dropout, model_cfg.init_type, model_cfg.init_gain, backend)
-    D = define_D(model_cfg.input_nc + model_cfg.output_nc, model_cfg.ndf, model_cfg.netD, model_cfg.n_layers_D,
-                 model_cfg.norm, model_cfg.init_type, model_cfg.init_gain, backend)
+    G = define_G(
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        model_cfg.ngf,
+        model_cfg.netG,
+        model_cfg.norm,
+        not model_cfg.no_dropout,
+        model_cfg.init_type,
+        model_cfg.init_gain,
+        backend,
+    )
+    D = define_D(
+        model_cfg.input_nc + model_cfg.output_nc,
+        model_cfg.ndf,
+        model_cfg.netD,
+        model_cfg.n_layers_D,
+        model_cfg.norm,
+        model_cfg.init_type,
+        model_cfg.init_gain,
+        backend,
+    )
     return G, D
 
 
-__all__ = ["define_G", "define_D", "build_models", "init_weights", "get_norm_layer", "resolve_backend",
-           "set_forward_path", "tune_layers", "unet_num_downs", "use_triton_interpreter"]
+__all__ = [
+    "define_G",
+    "define_D",
+    "build_models",
+    "init_weights",
+    "get_norm_layer",
+    "resolve_backend",
+    "set_forward_path",
+    "tune_layers",
+    "unet_num_downs",
+    "use_triton_interpreter",
+]

@@ -21,6 +21,7 @@ Where the fused activation comes from, per network:
 Only exact nn.BatchNorm2d / nn.InstanceNorm2d (without running stats) are fused; norm 'none' (Identity) leaves
 the activations eager.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,16 @@ def _fused(norm: nn.Module, activation: str, slope: float = LEAKY_SLOPE, dropout
     from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 
     cls = BatchNormAct2d if isinstance(norm, nn.BatchNorm2d) else InstanceNormAct2d
-    fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
-                activation=activation, slope=slope, dropout_p=dropout_p)
+    fused = cls(
+        norm.num_features,
+        norm.eps,
+        norm.momentum,
+        norm.affine,
+        norm.track_running_stats,
+        activation=activation,
+        slope=slope,
+        dropout_p=dropout_p,
+    )
     fused.load_state_dict(norm.state_dict())
     device = next(iter(norm.state_dict().values()), torch.empty(0)).device
     return fused.to(device).train(norm.training)
@@ -124,16 +133,17 @@ def dropout_rng_states(net: nn.Module) -> dict:
     modules are left out rather than seeded here: seeding draws from torch's generator, and a save must not change
     what the run draws next.
     """
-    return {name: m.rng_state.cpu().clone() for name, m in net.named_modules()
-            if getattr(m, "_rng_seeded", False)}
+    return {name: m.rng_state.cpu().clone() for name, m in net.named_modules() if getattr(m, "_rng_seeded", False)}
 
 
 def load_dropout_rng_states(net: nn.Module, states: dict):
     modules = dict(net.named_modules())
     for name, state in states.items():
         if name not in modules or not hasattr(modules[name], "_rng_seeded"):
-            raise ValueError(f"the checkpoint holds a dropout RNG state for {name!r}, which is not a fused module "
-                             "of this network (was it trained with another --backend or --netG?)")
+            raise ValueError(
+                f"the checkpoint holds a dropout RNG state for {name!r}, which is not a fused module "
+                "of this network (was it trained with another --backend or --netG?)"
+            )
         module = modules[name]
         module._rng_state.copy_(state)
         module._rng_seeded = True

@@ -1,6 +1,7 @@
 """What fastpix's networks carry beyond the reference's module trees: the backend they were built with and, under
 backend 'triton', the fused conv forward chosen at build time. Neither is a parameter or a buffer: state_dict keys
 stay the reference's."""
+
 from typing import Any
 
 import torch.nn as nn

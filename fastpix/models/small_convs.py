@@ -16,6 +16,7 @@ overlapping-window sums of fold (and of unfold's gradient) run in fp32, so a bf1
 module path. A chosen layer stays an nn.Conv2d / nn.ConvTranspose2d (a subclass with this forward): parameters,
 state_dict keys and optimizer state do not change. The fp32 training path (the reference's numbers) never uses it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -70,10 +71,15 @@ MATMUL_CLASSES = {nn.Conv2d: MatmulConv2d, nn.ConvTranspose2d: MatmulConvTranspo
 
 def eligible(layer: nn.Module) -> bool:
     """A plain conv the matmul forms compute exactly: groups 1, dilation 1, zero padding, no output padding."""
-    return (isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and type(layer) in MATMUL_CLASSES
-            and layer.groups == 1 and layer.dilation == (1, 1)
-            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
-            and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0))
+    return (
+        isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))
+        and type(layer) in MATMUL_CLASSES
+        and layer.groups == 1
+        and layer.dilation == (1, 1)
+        and layer.padding_mode == "zeros"
+        and isinstance(layer.padding, tuple)
+        and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0)
+    )
 
 
 def matmul_columns(layer: nn.Conv2d | nn.ConvTranspose2d, input_shape) -> int:

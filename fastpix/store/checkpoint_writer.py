@@ -12,6 +12,7 @@ second Ctrl-C in a synchronous save, which is also cut only once its current wri
 The thread is a daemon: a process that leaves without waiting for it (a third Ctrl-C) is not held up by a write,
 which is then cut short as a kill would cut it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,12 @@ class CheckpointWriter:
         if not self.wait(0):
             raise RuntimeError(f"the checkpoint of iteration {self.writing} is still being written")
         self.writing, self._written = taken.info["iteration"], threading.Event()
-        threading.Thread(target=self._write, args=(taken, self._written), daemon=True,
-                         name=f"fastpix checkpoint writer (iteration {self.writing})").start()
+        threading.Thread(
+            target=self._write,
+            args=(taken, self._written),
+            daemon=True,
+            name=f"fastpix checkpoint writer (iteration {self.writing})",
+        ).start()
 
     def _write(self, taken: Snapshot, written: threading.Event):
         try:

@@ -11,6 +11,7 @@ recorded after them is what the writer waits on: stream order puts the copies be
 training thread only queues them. The buffers are reused only once the previous save is written (the writer holds
 at most one save at a time).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ from fastpix.store.weights import safetensors_stream
 class Snapshot:
     """Host copies of one save: the networks' state dicts by name ('G', 'D'), the train state, the tags its weights
     are also saved under (an epoch, iter_<N>), what the manifest records, and the event the copies end with (GPU)."""
+
     nets: dict
     train_state: dict
     tags: tuple
@@ -89,8 +91,12 @@ class Snapshotter:
         if self._used == len(self._buffers):
             self._buffers.append(None)
         buffer = self._buffers[self._used]
-        if (buffer is None or buffer.dtype != tensor.dtype or buffer.shape != tensor.shape
-                or buffer.stride() != tensor.stride()):
+        if (
+            buffer is None
+            or buffer.dtype != tensor.dtype
+            or buffer.shape != tensor.shape
+            or buffer.stride() != tensor.stride()
+        ):
             # the tensor's own layout (preserve_format): the copy is then a plain memcpy
             buffer = torch.empty_like(tensor, device="cpu", pin_memory=tensor.is_cuda)
             self._buffers[self._used] = buffer

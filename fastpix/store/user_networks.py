@@ -1,5 +1,6 @@
 """Networks the user supplies as TorchScript files: the feature network of FID/KID, the FCN-score's segmenter.
 fastpix never downloads one."""
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ for the answers file 507, any other failure 500 (its traceback in the log). The 
 serve's (fastpix/infer/server/http.py). Shutdown (SIGTERM / Ctrl-C) stops accepting connections and finishes the
 submissions already received.
 """
+
 from __future__ import annotations
 
 import os

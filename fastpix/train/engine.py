@@ -14,6 +14,7 @@ iteration, backend 'triton' networks get their per-layer choices (fastpix.models
 mixed precision the convs over few pixels become matmuls (fastpix/models/small_convs.py). `report()` says
 what ran: the graph's status and each layer's choice, for the run's logs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,10 @@ class TrainEngine:
         """backend 'triton': each layer's choice (Triton or cuDNN) measured now, at this batch's shape and
         precision, before anything is captured (the step changes no state)."""
         with self.step.autocast():
-            self.layer_choices = {"G": tune_layers(self.step.G, real_A),
-                                  "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1))}
+            self.layer_choices = {
+                "G": tune_layers(self.step.G, real_A),
+                "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1)),
+            }
 
     def _plan_small_convs(self, real_A, real_B):
         """CPU, mixed precision, module path: the convs over few pixels at this batch's shape run as matmuls
@@ -86,8 +89,10 @@ class TrainEngine:
         G, D = (getattr(net, "module", net) for net in (self.step.G, self.step.D))  # DDP: the network it holds
         if hasattr(G, "_orig_mod") or hasattr(D, "_orig_mod"):
             return  # torch.compile'd (--backend compile): inductor lowers the convs its own way
-        self.layer_choices = {"G": plan_small_convs(G, real_A, SMALL_CONV_COLUMNS),
-                              "D": plan_small_convs(D, torch.cat([real_A, real_B], 1), SMALL_CONV_COLUMNS)}
+        self.layer_choices = {
+            "G": plan_small_convs(G, real_A, SMALL_CONV_COLUMNS),
+            "D": plan_small_convs(D, torch.cat([real_A, real_B], 1), SMALL_CONV_COLUMNS),
+        }
 
     def _capture(self, real_A, real_B) -> bool:
         """Capture the iteration; on failure warn once, naming the cause, and go eager for good (a capture records
@@ -101,8 +106,12 @@ class TrainEngine:
             self.graph = self.static_A = self.static_B = self.static_losses = None
             self.cuda_graphs = False
             self.graph_status = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
-            warnings.warn(f"fastpix: capturing the training iteration in a CUDA graph failed ({type(exc).__name__}: "
-                          f"{exc}); training continues without CUDA graphs", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fastpix: capturing the training iteration in a CUDA graph failed ({type(exc).__name__}: "
+                f"{exc}); training continues without CUDA graphs",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return False
         self.graph_status = "captured"
         return True

@@ -9,6 +9,7 @@ snapshots the state here; the background writer (store/checkpoint_writer.py) wri
 `background_saves` waits for it at the run's end. What is logged and when lives in progress.py; how a signal stops
 the run in stop.py; the files in fastpix/store/.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,6 +69,7 @@ def wrap_for_training(G, D, model_cfg, world, device):
 @dataclasses.dataclass
 class Cursor:
     """Where a run stands: its epoch, the items of that epoch done, the iterations done in all."""
+
     epoch: int
     position: int
     iteration: int
@@ -76,6 +78,7 @@ class Cursor:
 @dataclasses.dataclass
 class Session:
     """What the epochs of one run work with."""
+
     cfg: TrainConfig
     run: RunFolder
     world: distributed.World
@@ -123,11 +126,15 @@ def check_run_folder(run: RunFolder, train_cfg, overwrite: bool):
     tag = weights_tag(train_cfg)
     if train_cfg.continue_train:
         if not (tag == "latest" and run.has_checkpoint()) and "G" not in run.weights(tag):
-            raise CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume and no "
-                                       f"{tag}_net_G.safetensors or {tag}_net_G.pth to start from")
+            raise CheckpointError(
+                f"--continue_train: {run.dir} holds no checkpoint to resume and no "
+                f"{tag}_net_G.safetensors or {tag}_net_G.pth to start from"
+            )
     elif not overwrite and (run.has_checkpoint() or run.weights("latest")):
-        raise CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
-                                   "--overwrite to start again, or another --name")
+        raise CheckpointError(
+            f"{run.dir} already holds a run: pass --continue_train to resume it, "
+            "--overwrite to start again, or another --name"
+        )
 
 
 def _train(run, cfgs, world, device, overwrite, show_bar):
@@ -143,21 +150,51 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
     dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
-        data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
-        data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip, data_cfg.max_dataset_size,
-        train_cfg.seed, data_cfg.skip_bad_images)
+        data_cfg.dataroot,
+        train_cfg.phase,
+        data_cfg.direction,
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        data_cfg.preprocess,
+        data_cfg.load_size,
+        data_cfg.crop_size,
+        not data_cfg.no_flip,
+        data_cfg.max_dataset_size,
+        train_cfg.seed,
+        data_cfg.skip_bad_images,
+    )
     # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
-    loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
-                           data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,
-                           shuffle=not train_cfg.serial_batches, progress=show_bar, cache_max_gb=data_cfg.cache_max_gb)
+    loader = make_pipeline(
+        dataset,
+        train_cfg.batch_size,
+        train_cfg.seed,
+        world.rank,
+        world.size,
+        device,
+        data_cfg.data_pipeline,
+        data_cfg.num_threads,
+        data_cfg.cache_dir,
+        shuffle=not train_cfg.serial_batches,
+        progress=show_bar,
+        cache_max_gb=data_cfg.cache_max_gb,
+    )
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     flops_per_image = train_flops_per_image(G, D, model_cfg.input_nc, model_cfg.output_nc, data_cfg.crop_size)
     G_run, D_run = wrap_for_training(G, D, model_cfg, world, device)
-    step = Pix2PixStep(G_run, D_run, train_cfg.lr, train_cfg.beta1, train_cfg.gan_mode, train_cfg.lambda_L1,
-                       precision, device.type, graph_safe=cuda_graphs)
+    step = Pix2PixStep(
+        G_run,
+        D_run,
+        train_cfg.lr,
+        train_cfg.beta1,
+        train_cfg.gan_mode,
+        train_cfg.lambda_L1,
+        precision,
+        device.type,
+        graph_safe=cuda_graphs,
+    )
     s = Session(train_cfg, run, world, device, dataset, loader, G, D, step)
     cursor = start_point(s)
     if world.rank > 0:
@@ -165,8 +202,17 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     s.engine = TrainEngine(step, device, cuda_graphs)
     if world.is_main:  # with the precision decided, not the flag's None
         run.write_config(model_cfg, data_cfg, dataclasses.replace(train_cfg, precision=precision))
-    s.progress = Progress(run, cfgs, world, device, G, (flops_per_image, peak_flops(device, precision)),
-                          (planned_iterations(train_cfg, len(dataset), world), len(dataset)), cursor, show_bar)
+    s.progress = Progress(
+        run,
+        cfgs,
+        world,
+        device,
+        G,
+        (flops_per_image, peak_flops(device, precision)),
+        (planned_iterations(train_cfg, len(dataset), world), len(dataset)),
+        cursor,
+        show_bar,
+    )
     failing = True
     try:
         with StopRequest() as stop, background_saves(s):
@@ -175,8 +221,11 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     finally:
         s.progress.close(failing)
     if stop:
-        raise Stopped(stop.signum, f"{stop.signal_name}: stopped after iteration {cursor.iteration}, checkpoint "
-                                   f"saved in {run.dir} (resume with --continue_train)")
+        raise Stopped(
+            stop.signum,
+            f"{stop.signal_name}: stopped after iteration {cursor.iteration}, checkpoint "
+            f"saved in {run.dir} (resume with --continue_train)",
+        )
     return run.dir
 
 
@@ -203,8 +252,10 @@ def start_point(s: Session) -> Cursor:
             load_into(getattr(s, net), path)
         if s.world.is_main:
             names = " and ".join(os.path.basename(p) for p in paths.values())
-            print(f"fastpix: --continue_train: training from {names} in {run.dir} with fresh optimizers"
-                  f"{'' if 'D' in paths else ' and a new discriminator'}, from epoch {cfg.epoch_count}")
+            print(
+                f"fastpix: --continue_train: training from {names} in {run.dir} with fresh optimizers"
+                f"{'' if 'D' in paths else ' and a new discriminator'}, from epoch {cfg.epoch_count}"
+            )
     if s.world.is_main:
         os.makedirs(run.dir, exist_ok=True)
         if run.has_log():
@@ -235,9 +286,14 @@ def save(s: Session, cursor: Cursor, tags=()):
     assert s.writer is not None and s.snapshots is not None, "only the main process saves"
     if not s.writer.wait(SLOW_SAVE_S):
         wait_for_writer(s)
-    state = {"epoch": cursor.epoch, "position": cursor.position, "iteration": cursor.iteration,
-             "optimizers": s.step.state_dict(), "torch_rng": torch.get_rng_state(),
-             "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)}}
+    state = {
+        "epoch": cursor.epoch,
+        "position": cursor.position,
+        "iteration": cursor.iteration,
+        "optimizers": s.step.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)},
+    }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     s.writer.submit(s.snapshots.take({"G": s.G, "D": s.D}, state, tags))
@@ -287,15 +343,18 @@ def run_epochs(s: Session, cursor: Cursor, stop: StopRequest):
     cfg = s.cfg
     last_epoch = cfg.n_epochs + cfg.n_epochs_decay
     while cursor.epoch <= last_epoch and not reached_max(cfg, cursor.iteration):
-        lr = learning_rate(cfg.lr_policy, cfg.lr, cursor.epoch, cfg.epoch_count, cfg.n_epochs, cfg.n_epochs_decay,
-                           cfg.lr_decay_iters)
+        lr = learning_rate(
+            cfg.lr_policy, cfg.lr, cursor.epoch, cfg.epoch_count, cfg.n_epochs, cfg.n_epochs_decay, cfg.lr_decay_iters
+        )
         s.step.set_lr(lr)
         whole_epoch, before = cursor.position == 0, cursor.iteration
         if run_epoch(s, cursor, lr, stop):
             return
         if whole_epoch and cursor.iteration == before:  # never save untrained weights as a trained epoch
-            raise DataError(f"{s.dataset.split}: no readable pair in epoch {cursor.epoch} "
-                            "(every image was skipped as unreadable): nothing to train on")
+            raise DataError(
+                f"{s.dataset.split}: no readable pair in epoch {cursor.epoch} "
+                "(every image was skipped as unreadable): nothing to train on"
+            )
         tags = [str(cursor.epoch)] if cursor.epoch % cfg.save_epoch_freq == 0 else []
         cursor.epoch, cursor.position = cursor.epoch + 1, 0
         if s.world.is_main:

@@ -1,4 +1,5 @@
 """create_app: one Predictor behind the dynamic batcher, served by the routes of routes.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
 
     cfg = cfg or ServeConfig()
     if predictor.norm_mode == "batch":
-        raise ConfigError("--norm-mode batch makes a request's output depend on the other requests in its batch; "
-                          "serve with --norm-mode instance (the paper's protocol at batch 1) or running")
+        raise ConfigError(
+            "--norm-mode batch makes a request's output depend on the other requests in its batch; "
+            "serve with --norm-mode instance (the paper's protocol at batch 1) or running"
+        )
     page = draw_page(predictor, cfg, checkpoint)  # ConfigError / DataError before the worker starts
     # Warm-up at the size requests are expected at, before /readyz says ready: the predictor captures its CUDA
     # graphs (graph_size) where it runs them; otherwise the draw page's canvas (the run's crop by default) is that
@@ -51,8 +54,15 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     # One forward pass computes at most max_pixels padded pixels whatever its batch: the worker is never held
     # longer than one such pass.
     warmup = (cfg.graph_size,) * 2 if predictor.plan.cuda_graphs else (page.canvas_size,) * 2
-    batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
-                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)
+    batcher = Batcher(
+        predictor,
+        cfg.max_batch_size,
+        cfg.max_wait_ms / 1000,
+        cfg.max_queue,
+        warmup,
+        max_batch_pixels=cfg.max_pixels,
+        max_queue_pixels=cfg.max_queue_pixels,
+    )
     metrics = ServerMetrics(batcher.queue.qsize)
     batcher.on_batch = metrics.batch
     app = FastAPI(title="fastpix", lifespan=lifespan)

@@ -11,6 +11,7 @@ may take to send its head nor its body. HeadDeadlineProtocol closes a connection
 header_timeout_s; BodyLimits answers a body not whole within body_timeout_s with 408 (and closes the connection),
 one over max_bytes with 413. A stalled client thus holds its socket, its slot and what it sent for a bounded time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -99,13 +100,15 @@ class BodyLimits:
             if complete:  # once the body is in, a receive waits for the client to leave: that has no deadline
                 return await receive()
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise HTTPException(413, f"request body is {declared} bytes; this server accepts at most "
-                                         f"{self.max_bytes}")
+                raise HTTPException(
+                    413, f"request body is {declared} bytes; this server accepts at most {self.max_bytes}"
+                )
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
-                                    headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408, f"the request body did not arrive within {self.timeout_s:g} s", headers={"Connection": "close"}
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -177,9 +180,17 @@ def uvicorn_config(app: FastAPI, host: str, port: int, graceful_timeout_s: float
     # timeout_graceful_shutdown, which it hands to asyncio.wait_for: any number.)
     protocol: Any = functools.partial(HeadDeadlineProtocol, header_timeout_s=cfg.header_timeout_s)
     graceful: Any = graceful_timeout_s
-    return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", log_level=log_level,
-                          timeout_keep_alive=cfg.keep_alive_s, limit_concurrency=cfg.limit_concurrency,
-                          timeout_graceful_shutdown=graceful)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        ws="none",
+        log_level=log_level,
+        timeout_keep_alive=cfg.keep_alive_s,
+        limit_concurrency=cfg.limit_concurrency,
+        timeout_graceful_shutdown=graceful,
+    )
 
 
 def run(app: FastAPI, host: str, port: int, graceful_timeout_s: float = 10.0):
