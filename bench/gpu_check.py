@@ -749,45 +749,8 @@ def main(argv=None):
     started = time.monotonic()
     for name, *_ in chosen:
         budget = budgets[name]
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--run-stage",
-            name,
-            "--out",
-            out,
-            *(["--dry"] if args.dry else []),
-            *[f"--budget={b}" for b in args.budget],
-        ]
         t0 = time.monotonic()
-        with open(os.path.join(out, f"{name}.log"), "w") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            try:
-                proc.wait(timeout=budget)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the stage and whatever it started
-                proc.wait()
-                _mark(
-                    out,
-                    name,
-                    args.dry,
-                    budget,
-                    time.monotonic() - t0,
-                    "timeout",
-                    f"killed at its budget of {budget:g} s; rows so far kept",
-                )
-        if not _finished(out, name):  # crashed (or killed) before writing its final record
-            _mark(
-                out,
-                name,
-                args.dry,
-                budget,
-                time.monotonic() - t0,
-                "failed",
-                f"exited {proc.returncode} without a final record; see {name}.log",
-            )
+        _drive_stage(name, budget, out, args.dry, args.budget, env)
         write_text(os.path.join(out, "summary.md"), summary(out, chosen, args.dry))
         print(f"{name}: {_status(out, name)} in {time.monotonic() - t0:.1f} s (budget {budget:g} s)", flush=True)
     not_ok = [name for name, *_ in chosen if _status(out, name) not in ("ok", "skipped")]
@@ -797,6 +760,34 @@ def main(argv=None):
         flush=True,
     )
     return 1 if not_ok else 0
+
+
+def _drive_stage(name: str, budget: float, out: str, dry: bool, budget_flags: list, env: dict):
+    """Run one stage in its own process (and session), killed at its budget; a stage that ends without its final
+    record gets one saying so."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run-stage",
+        name,
+        "--out",
+        out,
+        *(["--dry"] if dry else []),
+        *[f"--budget={b}" for b in budget_flags],
+    ]
+    t0 = time.monotonic()
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage and whatever it started
+            proc.wait()
+            note = f"killed at its budget of {budget:g} s; rows so far kept"
+            _mark(out, name, dry, budget, time.monotonic() - t0, "timeout", note)
+    if not _finished(out, name):  # crashed (or killed) before writing its final record
+        note = f"exited {proc.returncode} without a final record; see {name}.log"
+        _mark(out, name, dry, budget, time.monotonic() - t0, "failed", note)
 
 
 def _status(out, name):

@@ -10,6 +10,7 @@ from paired_batches import assert_same_batches, dataset, pipeline_batches, refer
 from PIL import Image
 
 from fastpix.data import cache as C
+from fastpix.data import resized_pairs
 from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
@@ -77,7 +78,7 @@ def test_reuse_and_rebuild(data):
 
 def test_interrupted_build_is_not_reused(data, tmp_path, monkeypatch):
     calls = []
-    real = C.decode_pairs_into
+    real = resized_pairs.decode_pairs_into
 
     def failing(*args, **kw):
         calls.append(1)
@@ -85,12 +86,12 @@ def test_interrupted_build_is_not_reused(data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(C, "decode_pairs_into", failing)
+    monkeypatch.setattr(resized_pairs, "decode_pairs_into", failing)
     folder = str(tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
         PairCache(dataset(data), cache_dir=folder, chunk=3, progress=False)
     assert os.listdir(folder) == []  # no manifest, no temporary files
-    monkeypatch.setattr(C, "decode_pairs_into", real)
+    monkeypatch.setattr(resized_pairs, "decode_pairs_into", real)
     ds = dataset(data)
     cache = PairCache(ds, cache_dir=folder, chunk=3, progress=False)
     assert not cache.hit

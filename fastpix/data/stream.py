@@ -17,20 +17,17 @@ import torch
 
 from fastpix.cache_folders import GB
 from fastpix.config import DATA_PIPELINE_CHOICES, PAIRS_CACHE_MAX_GB
-from fastpix.data.cache import (
-    CachedLoader,
-    PairCache,
+from fastpix.data.cache import CachedLoader, PairCache, cache_nbytes, choose_placement
+from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
+from fastpix.data.resized_pairs import (
     augment_items,
     batch_plan,
-    cache_nbytes,
     channels,
     check_cacheable,
-    choose_placement,
     decode_into,
     make_batch,
     report_bad,
 )
-from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
 from fastpix.errors import ResourceError
 
 _DONE = object()

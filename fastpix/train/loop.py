@@ -149,35 +149,7 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
-    dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
-        data_cfg.dataroot,
-        train_cfg.phase,
-        data_cfg.direction,
-        model_cfg.input_nc,
-        model_cfg.output_nc,
-        data_cfg.preprocess,
-        data_cfg.load_size,
-        data_cfg.crop_size,
-        not data_cfg.no_flip,
-        data_cfg.max_dataset_size,
-        train_cfg.seed,
-        data_cfg.skip_bad_images,
-    )
-    # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
-    loader = make_pipeline(
-        dataset,
-        train_cfg.batch_size,
-        train_cfg.seed,
-        world.rank,
-        world.size,
-        device,
-        data_cfg.data_pipeline,
-        data_cfg.num_threads,
-        data_cfg.cache_dir,
-        shuffle=not train_cfg.serial_batches,
-        progress=show_bar,
-        cache_max_gb=data_cfg.cache_max_gb,
-    )
+    dataset, loader = training_data(cfgs, world, device, show_bar)
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
@@ -227,6 +199,41 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
             f"saved in {run.dir} (resume with --continue_train)",
         )
     return run.dir
+
+
+def training_data(cfgs, world, device, show_bar: bool):
+    """The training split, and the loader that makes its batches for this rank."""
+    model_cfg, data_cfg, train_cfg = cfgs
+    dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
+        data_cfg.dataroot,
+        train_cfg.phase,
+        data_cfg.direction,
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        data_cfg.preprocess,
+        data_cfg.load_size,
+        data_cfg.crop_size,
+        not data_cfg.no_flip,
+        data_cfg.max_dataset_size,
+        train_cfg.seed,
+        data_cfg.skip_bad_images,
+    )
+    # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
+    loader = make_pipeline(
+        dataset,
+        train_cfg.batch_size,
+        train_cfg.seed,
+        world.rank,
+        world.size,
+        device,
+        data_cfg.data_pipeline,
+        data_cfg.num_threads,
+        data_cfg.cache_dir,
+        shuffle=not train_cfg.serial_batches,
+        progress=show_bar,
+        cache_max_gb=data_cfg.cache_max_gb,
+    )
+    return dataset, loader
 
 
 def planned_iterations(train_cfg, n_items: int, world) -> int:
