@@ -45,7 +45,7 @@ test: $(STAMP) $(STAMP36)
 bench: $(STAMP)
 	$(PY) -m fastpix bench
 
-# The GPU proof in one short window (bench/gpu_check.py; README "GPU check"). On the bare GPU machine it uses the
+# The GPU proof in one short window (bench/gpu_check.py; docs/benchmarks.md "GPU check"). On the bare GPU machine it uses the
 # python3 there (torch and triton preinstalled) and installs fastpix with --no-deps; DRY=1 runs every stage on this
 # machine's CPU at tiny shapes, in .venv. OUT defaults to bench/results/<date>_<gpu>_<rev>/.
 GPU_PYTHON ?= python3

@@ -5,7 +5,9 @@ The decoder links the system libjpeg(-turbo) and libpng found by pkg-config. Whe
 compile fails, the install still succeeds without it and fastpix decodes with PIL
 (fastpix.data.decode.backend() says which is active).
 """
+
 import glob
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -31,13 +33,18 @@ def decoder_extensions():
     cflags = pkg_config("--cflags", "libjpeg", "libpng")
     libs = pkg_config("--libs", "libjpeg", "libpng")
     if cflags is None or libs is None:
-        print("fastpix: libjpeg/libpng not found by pkg-config; building without the C++ decoder (PIL serves)",
-              file=sys.stderr)
+        print(
+            "fastpix: libjpeg/libpng not found by pkg-config; building without the C++ decoder (PIL serves)",
+            file=sys.stderr,
+        )
         return []
     from pybind11.setup_helpers import Pybind11Extension
 
-    return [Pybind11Extension("fastpix._decode", sources, cxx_std=17,
-                              extra_compile_args=["-O3", *cflags], extra_link_args=libs)]
+    return [
+        Pybind11Extension(
+            "fastpix._decode", sources, cxx_std=17, extra_compile_args=["-O3", *cflags], extra_link_args=libs
+        )
+    ]
 
 
 class OptionalBuildExt(build_ext):
@@ -52,7 +59,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - as in run(): any failure means "use PIL"
             print(f"fastpix: C++ decoder not built ({exc}); PIL serves", file=sys.stderr)
 
 
@@ -65,7 +72,7 @@ setup(
     name="fastpix",
     version="0.1.0",
     description="A fast engine for pix2pix: fused Triton kernels, CUDA-graph training, batched inference",
-    long_description=open("README.md").read() if glob.glob("README.md") else "",
+    long_description=pathlib.Path("README.md").read_text() if glob.glob("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastpix", "fastpix.*"]) + ["fastpix.kernels", "fastpix.bench_suites"],
@@ -79,7 +86,8 @@ setup(
         "triton>=3.6,<3.10",
         "numpy",
         "pillow",
-        # safetensors: the checkpoint format of architecture.md (no pickle, memory-mappable, reads in other tools).
+        # safetensors: the checkpoint format (docs/design.md, "The run folder and the checkpoint transaction"):
+        # no pickle, memory-mappable, read by other tools.
         "safetensors>=0.4",
         # tqdm: the progress bar users expect from a trainer; a well-kept, dependency-free library.
         "tqdm",
@@ -103,9 +111,22 @@ setup(
         # fastpix bench: the suites are pytest-benchmark files (pytest runs them, pytest-benchmark times and reports).
         "bench": BENCH,
         # selenium drives the system's chromium through its chromedriver in the study's browser tests;
-        # import-linter (a well-kept layering checker) enforces architecture.md's import rules (tests/test_structure.py).
-        "test": [*BENCH, "pybind11>=2.10", "scikit-image", "tensorboard", "selenium>=4.10",
-                 "import-linter>=2.0", *SERVE, *ONNX, *PLOT],
+        # import-linter (a well-kept layering checker) enforces docs/design.md's layers (tests/test_structure.py);
+        # ruff lints and formats and mypy checks types there too. ruff's formatter changes its style between minor
+        # versions, so the tree is formatted by one minor version: move the bound with a `ruff format` commit.
+        "test": [
+            *BENCH,
+            "pybind11>=2.10",
+            "scikit-image",
+            "tensorboard",
+            "selenium>=4.10",
+            "import-linter>=2.0",
+            "ruff>=0.17.6,<0.18",
+            "mypy>=2.4",
+            *SERVE,
+            *ONNX,
+            *PLOT,
+        ],
     },
     entry_points={"console_scripts": ["fastpix=fastpix.cli:main"]},
 )

@@ -18,6 +18,7 @@ unet_256 ngf 64 + basic PatchGAN ndf 64 at 256², batch 1, at fastpix's default 
   writer the reference's time). Run twice: background writer, then the synchronous save (loop.save replaced).
 Every section records the load average (1 min) at its start and end: the machine may be shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.models import define_D, define_G  # noqa: E402
-from fastpix.store.checkpoint_set import write_set  # noqa: E402
-from fastpix.store.checkpoint_writer import CheckpointWriter  # noqa: E402
-from fastpix.store.run_folder import TRAIN_STATE, RunFolder  # noqa: E402
-from fastpix.store.snapshot import Snapshotter  # noqa: E402
-from fastpix.store.weights import torch_bytes, weights_bytes  # noqa: E402
-from fastpix.train.engine import TrainEngine  # noqa: E402
-from fastpix.train.step import Pix2PixStep  # noqa: E402
+from fastpix import runtime
+from fastpix.models import define_D, define_G
+from fastpix.store.checkpoint_set import write_set
+from fastpix.store.checkpoint_writer import CheckpointWriter
+from fastpix.store.run_folder import TRAIN_STATE, RunFolder
+from fastpix.store.snapshot import Snapshotter
+from fastpix.store.weights import torch_bytes, weights_bytes
+from fastpix.train.engine import TrainEngine
+from fastpix.train.step import Pix2PixStep
 
 SIZE, NGF, PAIRS, EPOCHS, PRINT_FREQ = 256, 64, 8, 6, 4
 ASSUMED_PCIE_GBPS = 20.0  # pinned device-to-host copies on PCIe Gen5 x16, as measured copies commonly reach
@@ -67,15 +68,24 @@ def step_at_default_precision():
 
 
 def train_state(engine, iteration: int) -> dict:
-    return {"epoch": 1, "position": iteration, "iteration": iteration, "optimizers": engine.step.state_dict(),
-            "torch_rng": torch.get_rng_state(), "dropout_rng": {"G": {}, "D": {}}}
+    return {
+        "epoch": 1,
+        "position": iteration,
+        "iteration": iteration,
+        "optimizers": engine.step.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "dropout_rng": {"G": {}, "D": {}},
+    }
 
 
 def synchronous_save(run_dir: str, G, D, state: dict):
     """The save of main before the background writer: every byte made, then written, on the calling thread."""
     info = {k: state[k] for k in ("iteration", "epoch", "position")}
-    files = {"latest_net_G.safetensors": weights_bytes(G, info), "latest_net_D.safetensors": weights_bytes(D, info),
-             TRAIN_STATE: torch_bytes(state)}
+    files = {
+        "latest_net_G.safetensors": weights_bytes(G, info),
+        "latest_net_D.safetensors": weights_bytes(D, info),
+        TRAIN_STATE: torch_bytes(state),
+    }
     write_set(run_dir, files, info)
 
 
@@ -89,8 +99,14 @@ def stall(workdir: str, rounds: int) -> dict:
     G, D, engine, A, B, precision = step_at_default_precision()
     run = RunFolder(workdir, "stall")
     os.makedirs(run.dir, exist_ok=True)
-    result = {"precision": precision, "load_start": load(), "synchronous_save_s": [], "first_snapshot_s": [],
-              "snapshot_s": [], "writer_s": []}
+    result = {
+        "precision": precision,
+        "load_start": load(),
+        "synchronous_save_s": [],
+        "first_snapshot_s": [],
+        "snapshot_s": [],
+        "writer_s": [],
+    }
     for i in range(rounds):
         result["synchronous_save_s"].append(timed(synchronous_save, run.dir, G, D, train_state(engine, i)))
     snapshots, writer = Snapshotter(), CheckpointWriter(run)
@@ -153,8 +169,15 @@ def train_run(workdir: str, data: str, name: str, synchronous: bool) -> dict:
         else:
             stalls.append(timed(real_save, s, cursor, tags))
 
-    cfg = TrainConfig(name=name, checkpoints_dir=workdir, batch_size=1, print_freq=PRINT_FREQ, display_freq=10 ** 9,
-                      save_epoch_freq=10 ** 9, max_iters=EPOCHS * PAIRS)
+    cfg = TrainConfig(
+        name=name,
+        checkpoints_dir=workdir,
+        batch_size=1,
+        print_freq=PRINT_FREQ,
+        display_freq=10**9,
+        save_epoch_freq=10**9,
+        max_iters=EPOCHS * PAIRS,
+    )
     started, load_start = time.perf_counter(), load()
     with mock.patch.object(loop, "save", timed_save):
         loop.train(ModelConfig(), DataConfig(dataroot=data), cfg, overwrite=True, progress=False)
@@ -164,11 +187,18 @@ def train_run(workdir: str, data: str, name: str, synchronous: bool) -> dict:
     after_first_epoch = {i: ms for i, ms in windows.items() if i > PAIRS}
     with_save = [ms for i, ms in after_first_epoch.items() if (i - PRINT_FREQ) % PAIRS == 0 and i > 2 * PAIRS]
     without = [ms for i, ms in after_first_epoch.items() if i % PAIRS == 0]
-    return {"windows_ms": windows, "first_save_window_ms": windows.get(PAIRS + PRINT_FREQ),
-            "with_save_ms": with_save, "without_save_ms": without,
-            "with_over_without": float(np.median(with_save) / np.median(without)),
-            "mean_ms_after_first_epoch": float(np.mean(list(after_first_epoch.values()))),
-            "save_point_stall_s": stalls, "wall_s": wall, "load_start": load_start, "load_end": load()}
+    return {
+        "windows_ms": windows,
+        "first_save_window_ms": windows.get(PAIRS + PRINT_FREQ),
+        "with_save_ms": with_save,
+        "without_save_ms": without,
+        "with_over_without": float(np.median(with_save) / np.median(without)),
+        "mean_ms_after_first_epoch": float(np.mean(list(after_first_epoch.values()))),
+        "save_point_stall_s": stalls,
+        "wall_s": wall,
+        "load_start": load_start,
+        "load_end": load(),
+    }
 
 
 def main(argv=None):
@@ -181,9 +211,15 @@ def main(argv=None):
     from fastpix.data.demo import write_demo_dataset
 
     workdir = tempfile.mkdtemp(prefix="fastpix_checkpoint_stall_")
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                           "cpu_features": runtime.cpu_features(), "torch": torch.__version__},
-               "assumed_pcie_gbps": ASSUMED_PCIE_GBPS}
+    results = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cpu_features": runtime.cpu_features(),
+            "torch": torch.__version__,
+        },
+        "assumed_pcie_gbps": ASSUMED_PCIE_GBPS,
+    }
     results["stall"] = stall(workdir, args.rounds)
     print(f"stall: done (load {load()})", flush=True)
     data = write_demo_dataset(os.path.join(workdir, "data"), SIZE, {"train": PAIRS})
@@ -207,25 +243,33 @@ def main(argv=None):
 
 def table(results: dict) -> str:
     s = results["stall"]
-    ms = lambda xs: f"{1000 * float(np.median(xs)):.0f} ms ({', '.join(f'{1000 * x:.0f}' for x in xs)})"  # noqa: E731
-    lines = [f"CPU {results['machine']['cpu']} ({results['machine']['threads']} threads), unet_256 batch 1 256², "
-             f"{s['precision']}; load average (1 min) per section in brackets",
-             f"stall per save  synchronous (main before): {ms(s['synchronous_save_s'])}  "
-             f"background: snapshot {ms(s['snapshot_s'])}, first {ms(s['first_snapshot_s'])}  "
-             f"[load {s['load_start']}-{s['load_end']}]",
-             f"                writer (in the background) {ms(s['writer_s'])}; snapshot {s['snapshot_bytes'] / 1e6:.0f} MB "
-             f"in {s['snapshot_tensors']} tensors -> H100 estimate {s['h100_estimate_ms']:.0f} ms of copies on the "
-             f"training stream at {results['assumed_pcie_gbps']:.0f} GB/s",
-             f"reference fp32 step {results['reference_step']['ms']:.0f} ms "
-             f"[load {results['reference_step']['load_start']}-{results['reference_step']['load_end']}]",
-             f"{'train run':<12} {'with save ms/it':>16} {'without ms/it':>14} {'ratio':>6} {'first save':>11} "
-             f"{'mean ms/it':>11} {'vs reference':>13} {'save point stalls ms':>22}"]
+
+    def ms(xs):
+        return f"{1000 * float(np.median(xs)):.0f} ms ({', '.join(f'{1000 * x:.0f}' for x in xs)})"
+
+    lines = [
+        f"CPU {results['machine']['cpu']} ({results['machine']['threads']} threads), unet_256 batch 1 256², "
+        f"{s['precision']}; load average (1 min) per section in brackets",
+        f"stall per save  synchronous (main before): {ms(s['synchronous_save_s'])}  "
+        f"background: snapshot {ms(s['snapshot_s'])}, first {ms(s['first_snapshot_s'])}  "
+        f"[load {s['load_start']}-{s['load_end']}]",
+        f"                writer (in the background) {ms(s['writer_s'])}; "
+        f"snapshot {s['snapshot_bytes'] / 1e6:.0f} MB "
+        f"in {s['snapshot_tensors']} tensors -> H100 estimate {s['h100_estimate_ms']:.0f} ms of copies on the "
+        f"training stream at {results['assumed_pcie_gbps']:.0f} GB/s",
+        f"reference fp32 step {results['reference_step']['ms']:.0f} ms "
+        f"[load {results['reference_step']['load_start']}-{results['reference_step']['load_end']}]",
+        f"{'train run':<12} {'with save ms/it':>16} {'without ms/it':>14} {'ratio':>6} {'first save':>11} "
+        f"{'mean ms/it':>11} {'vs reference':>13} {'save point stalls ms':>22}",
+    ]
     for name, r in results["train"].items():
-        lines.append(f"{name:<12} {np.median(r['with_save_ms']):>16.0f} {np.median(r['without_save_ms']):>14.0f} "
-                     f"{r['with_over_without']:>5.2f}x {r['first_save_window_ms']:>11.0f} "
-                     f"{r['mean_ms_after_first_epoch']:>11.0f} {r['end_to_end_speedup']:>12.2f}x "
-                     f"{', '.join(f'{1000 * x:.0f}' for x in r['save_point_stall_s']):>22} "
-                     f"[load {r['load_start']}-{r['load_end']}]")
+        lines.append(
+            f"{name:<12} {np.median(r['with_save_ms']):>16.0f} {np.median(r['without_save_ms']):>14.0f} "
+            f"{r['with_over_without']:>5.2f}x {r['first_save_window_ms']:>11.0f} "
+            f"{r['mean_ms_after_first_epoch']:>11.0f} {r['end_to_end_speedup']:>12.2f}x "
+            f"{', '.join(f'{1000 * x:.0f}' for x in r['save_point_stall_s']):>22} "
+            f"[load {r['load_start']}-{r['load_end']}]"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ descriptions, and anything Inductor would have left) and the packages it holds. 
 Then, in a fresh process, the resident memory one loaded package adds (loaded and run once, as a Predictor does):
 the per-package term of the server's memory bound (--max_loaded_packages).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.cache_folders import size_of  # noqa: E402
-from fastpix.infer import compiled_cache  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix import runtime
+from fastpix.cache_folders import size_of
+from fastpix.infer import compiled_cache
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
 
 BOUND_GB = 0.4
 CHECKPOINTS = 5
@@ -40,14 +41,28 @@ def run(cache: str) -> list[dict]:
         torch.manual_seed(seed)
         G = define_G(3, 3, 64, "unet_256", "batch", True, backend="eager")
         started = time.perf_counter()
-        predictor = Predictor(G, device="cpu", norm_mode="instance", runtime="compiled", max_batch_size=1,
-                              cache_dir=cache, cache_max_gb=BOUND_GB)
+        predictor = Predictor(
+            G,
+            device="cpu",
+            norm_mode="instance",
+            runtime="compiled",
+            max_batch_size=1,
+            cache_dir=cache,
+            cache_max_gb=BOUND_GB,
+        )
         predictor.warmup((256, 256), wait=True)
         built_s = time.perf_counter() - started
         loaded = predictor.compile_status()["compiled"]
         predictor.close()
-        rows.append({"checkpoint": seed, "build_s": built_s, "loaded": loaded, "folder_bytes": size_of(cache),
-                     "packages": [e.what for e in compiled_cache.entries(cache)]})
+        rows.append(
+            {
+                "checkpoint": seed,
+                "build_s": built_s,
+                "loaded": loaded,
+                "folder_bytes": size_of(cache),
+                "packages": [e.what for e in compiled_cache.entries(cache)],
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -75,11 +90,15 @@ def resident(cache: str, precision: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"| checkpoint | built in | cache folder after | packages in it | within {BOUND_GB} GB |",
-             "|---:|---:|---:|---:|---|"]
+    lines = [
+        f"| checkpoint | built in | cache folder after | packages in it | within {BOUND_GB} GB |",
+        "|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['checkpoint'] + 1} | {row['build_s']:.0f} s | {row['folder_bytes'] / 1e9:.3f} GB | "
-                     f"{len(row['packages'])} | {'yes' if row['folder_bytes'] <= BOUND_GB * 1e9 else 'NO'} |")
+        lines.append(
+            f"| {row['checkpoint'] + 1} | {row['build_s']:.0f} s | {row['folder_bytes'] / 1e9:.3f} GB | "
+            f"{len(row['packages'])} | {'yes' if row['folder_bytes'] <= BOUND_GB * 1e9 else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,13 +109,23 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         rows = run(os.path.join(workdir, "compiled"))
         memory = resident(os.path.join(workdir, "compiled"), runtime.resolve_precision(None, "cpu"))
-    result = {"bound_gb": BOUND_GB, "rows": rows, "max_folder_bytes": max(r["folder_bytes"] for r in rows),
-              "resident_per_package": memory,
-              "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "cpu_features": runtime.cpu_features(), "torch": torch.__version__}}
+    result = {
+        "bound_gb": BOUND_GB,
+        "rows": rows,
+        "max_folder_bytes": max(r["folder_bytes"] for r in rows),
+        "resident_per_package": memory,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cpu_features": runtime.cpu_features(),
+            "torch": torch.__version__,
+        },
+    }
     print(table(rows))
-    print(f"one loaded package: +{memory['loaded_bytes'] / 2**20:.0f} MiB resident when loaded, "
-          f"+{memory['after_first_call_bytes'] / 2**20:.0f} MiB after its first call (256², batch 1)")
+    print(
+        f"one loaded package: +{memory['loaded_bytes'] / 2**20:.0f} MiB resident when loaded, "
+        f"+{memory['after_first_call_bytes'] / 2**20:.0f} MiB after its first call (256², batch 1)"
+    )
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.json}")

@@ -13,6 +13,7 @@ whether one package with dynamic height and width could replace the per-size pac
    per-size static packages and against eager, at 256×256, 512×256 and 256×512 (median of CALLS calls each).
 Prints both tables and writes the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.infer.compiled_builds import CompilerProcess  # noqa: E402
-from fastpix.infer.compiled_cache import build_folder  # noqa: E402
-from fastpix.infer.compiled_packages import build_package, inductor_build, load_package  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
+from fastpix import runtime
+from fastpix.infer.compiled_builds import CompilerProcess
+from fastpix.infer.compiled_cache import build_folder
+from fastpix.infer.compiled_packages import build_package, inductor_build, load_package
+from fastpix.infer.predictor import Predictor
+from fastpix.models import define_G
 
 ROUNDS = 1
 CALLS = 15
@@ -43,8 +44,12 @@ SHAPES = {"thread": (1, 3, 512, 256), "child nice 19": (1, 3, 256, 512), "child 
 
 def quantiles(times: list[float]) -> dict:
     s = sorted(times)
-    return {"n": len(s), "p50_ms": 1000 * statistics.median(s), "p90_ms": 1000 * s[int(0.9 * (len(s) - 1))],
-            "max_ms": 1000 * s[-1]}
+    return {
+        "n": len(s),
+        "p50_ms": 1000 * statistics.median(s),
+        "p90_ms": 1000 * s[int(0.9 * (len(s) - 1))],
+        "max_ms": 1000 * s[-1],
+    }
 
 
 def serve_while(predictor, x, build) -> dict:
@@ -84,10 +89,15 @@ def conditions(predictor, workdir: str, round_: int):
             error = child.build(SHAPES[f"child nice {nice}"], dtype, path(f"child nice {nice}"), None, workdir)
             child.stop()
             assert error is None, error
+
         return build
 
-    return {"nothing builds": lambda: None, "thread": in_thread, "child nice 19": in_child(19),
-            "child nice 0": in_child(0)}
+    return {
+        "nothing builds": lambda: None,
+        "thread": in_thread,
+        "child nice 19": in_child(19),
+        "child nice 0": in_child(0),
+    }
 
 
 def dynamic_package(net, dtype, path: str, workdir: str):
@@ -113,8 +123,14 @@ def median_ms(fn, x) -> float:
 def run(workdir: str) -> dict:
     torch.manual_seed(0)
     G = define_G(3, 3, 64, "unet_256", "batch", True, backend="eager")
-    predictor = Predictor(G, device="cpu", norm_mode="instance", runtime="compiled", max_batch_size=1,
-                          cache_dir=os.path.join(workdir, "cache"))
+    predictor = Predictor(
+        G,
+        device="cpu",
+        norm_mode="instance",
+        runtime="compiled",
+        max_batch_size=1,
+        cache_dir=os.path.join(workdir, "cache"),
+    )
     predictor.warmup((256, 256), wait=True)
     x = torch.rand(3, 256, 256) * 2 - 1
     result = {"runtime": predictor.description, "serving": {}, "dynamic": {}}
@@ -133,27 +149,40 @@ def run(workdir: str) -> dict:
             static[shape[2:]] = load_package(os.path.join(workdir, f"r0-{name.replace(' ', '_')}.pt2"))
         for (h, w), package in static.items():
             xs = torch.rand(1, 3, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
-            result["dynamic"][f"{h}x{w}"] = {"static_ms": median_ms(package, xs), "dynamic_ms": median_ms(dynamic, xs),
-                                            "eager_ms": median_ms(net, xs)}
+            result["dynamic"][f"{h}x{w}"] = {
+                "static_ms": median_ms(package, xs),
+                "dynamic_ms": median_ms(dynamic, xs),
+                "eager_ms": median_ms(net, xs),
+            }
             print(h, w, result["dynamic"][f"{h}x{w}"], flush=True)
     predictor.close()
     return result
 
 
 def tables(result: dict) -> str:
-    lines = ["Serving 256² batch 1 (calls back to back) while a package for another size builds:",
-             "| while | calls | p50 | p90 | max | the build took |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "Serving 256² batch 1 (calls back to back) while a package for another size builds:",
+        "| while | calls | p50 | p90 | max | the build took |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, rounds in result["serving"].items():
         for r in rounds:
-            lines.append(f"| {name} | {r['n']} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['max_ms']:.0f} ms | "
-                         f"{r['build_s']:.0f} s |")
-    lines += ["", f"One package with dynamic height and width (built in {result['dynamic_build_s']:.0f} s) against "
-              "the static package of each size and eager:",
-              "| padded size | static package | dynamic package | eager (same dtype, channels-last) |",
-              "|---|---:|---:|---:|"]
+            lines.append(
+                f"| {name} | {r['n']} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['max_ms']:.0f} ms | "
+                f"{r['build_s']:.0f} s |"
+            )
+    lines += [
+        "",
+        f"One package with dynamic height and width (built in {result['dynamic_build_s']:.0f} s) against "
+        "the static package of each size and eager:",
+        "| padded size | static package | dynamic package | eager (same dtype, channels-last) |",
+        "|---|---:|---:|---:|",
+    ]
     for size, r in result["dynamic"].items():
-        lines.append(f"| {size} | {r['static_ms']:.1f} ms | {r['dynamic_ms']:.1f} ms "
-                     f"({r['dynamic_ms'] / r['static_ms']:.2f}×) | {r['eager_ms']:.1f} ms |")
+        lines.append(
+            f"| {size} | {r['static_ms']:.1f} ms | {r['dynamic_ms']:.1f} ms "
+            f"({r['dynamic_ms'] / r['static_ms']:.2f}×) | {r['eager_ms']:.1f} ms |"
+        )
     return "\n".join(lines)
 
 
@@ -163,9 +192,13 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         result = run(workdir)
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "cpu_features": runtime.cpu_features(), "torch": torch.__version__,
-                         "load_average": os.getloadavg()}
+    result["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_features": runtime.cpu_features(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }
     print(tables(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -17,6 +17,7 @@ The exit status is 0 when every stage ended ok or skipped, 1 when any failed or 
 is written either way). The budgets add up to 9 minutes on the GPU (the window is 15, a start takes 1-2): see
 STAGES for each one's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 SUITES = os.path.join(BENCH, "suites")
 SCHEMA = "fastpix-gpu-check/1"
-SCHEMA_KEYS = ("schema", "stage", "status", "device", "versions", "revision", "dry", "budget_s", "seconds", "rows",
-               "note")
+SCHEMA_KEYS = (
+    "schema",
+    "stage",
+    "status",
+    "device",
+    "versions",
+    "revision",
+    "dry",
+    "budget_s",
+    "seconds",
+    "rows",
+    "note",
+)
 STATUSES = ("ok", "failed", "timeout", "skipped", "running")
 # (stage, budget in seconds on the GPU, in the dry run), in priority order. GPU budgets: install builds the C++
 # decoder (~20 s); correctness compiles every fused kernel once per dtype and shape class (the conv blocks at
@@ -44,29 +56,47 @@ STATUSES = ("ok", "failed", "timeout", "skipped", "running")
 # times what each stage takes on a quiet CPU of two cores (2-30 s; about 80 s in all), so that a CPU shared with
 # other jobs still finishes inside them; every dry stage runs without compiler builds (runtime eager,
 # torch.compile's 'eager' backend).
-STAGES = (("install", 45, 20), ("environment", 15, 30), ("correctness", 65, 60), ("conv_correctness", 60, 45),
-          ("train", 100, 120), ("conv_blocks", 70, 60), ("inference", 55, 90), ("server", 20, 60), ("data", 35, 60),
-          ("compile", 60, 60))
+STAGES = (
+    ("install", 45, 20),
+    ("environment", 15, 30),
+    ("correctness", 65, 60),
+    ("conv_correctness", 60, 45),
+    ("train", 100, 120),
+    ("conv_blocks", 70, 60),
+    ("inference", 55, 90),
+    ("server", 20, 60),
+    ("data", 35, 60),
+    ("compile", 60, 60),
+)
 # The gpu-marked tests, in two stages so that the cheap, telling ones cannot be starved by compilations: first the
 # CUDA-graph iteration against eager, the Predictor's graph buckets and norm modes (both backends), the norm and
 # loss kernels and the data paths on the device; then every fused conv block (a compilation per flag set and dtype).
-CORRECTNESS_TESTS = ("tests/test_engine.py", "tests/test_predictor.py", "tests/kernels/test_predictor_triton.py",
-                     "tests/kernels/test_l1_loss.py", "tests/kernels/test_patchgan_loss.py",
-                     "tests/kernels/test_batch_norm_act.py", "tests/test_cache.py", "tests/test_stream.py",
-                     "tests/test_server.py")
+CORRECTNESS_TESTS = (
+    "tests/test_engine.py",
+    "tests/test_predictor.py",
+    "tests/kernels/test_predictor_triton.py",
+    "tests/kernels/test_l1_loss.py",
+    "tests/kernels/test_patchgan_loss.py",
+    "tests/kernels/test_batch_norm_act.py",
+    "tests/test_cache.py",
+    "tests/test_stream.py",
+    "tests/test_server.py",
+)
 CONV_CORRECTNESS_TESTS = ("tests/kernels/test_conv_bn_act.py",)
 SERVER_DEPS = ("fastapi", "uvicorn", "multipart")
 
 
 # ---- the record of one stage -----------------------------------------------------------------------------------
 
+
 def revision() -> str:
     """The git revision; FASTPIX_REVISION when set (a copied working tree may come without its .git)."""
     if os.environ.get("FASTPIX_REVISION"):
         return os.environ["FASTPIX_REVISION"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -83,7 +113,7 @@ def versions() -> dict:
 
         out["cuda"] = torch.version.cuda
         out["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an environment report leaves out what it cannot read
         pass
     return out
 
@@ -94,15 +124,25 @@ def device_name() -> str:
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up still gets a name: the CPU's
         pass
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def record(stage, status, rows, *, dry, budget, seconds, note="") -> dict:
-    return {"schema": SCHEMA, "stage": stage, "status": status, "device": device_name(), "versions": versions(),
-            "revision": revision(), "dry": dry, "budget_s": budget, "seconds": round(seconds, 2), "rows": rows,
-            "note": note}
+    return {
+        "schema": SCHEMA,
+        "stage": stage,
+        "status": status,
+        "device": device_name(),
+        "versions": versions(),
+        "revision": revision(),
+        "dry": dry,
+        "budget_s": budget,
+        "seconds": round(seconds, 2),
+        "rows": rows,
+        "note": note,
+    }
 
 
 def write_text(path, text):
@@ -132,11 +172,22 @@ class Stage:
         print(f"[{self.name}] " + " ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
 
     def save(self, status):
-        write_json(self.path, record(self.name, status, self.rows, dry=self.dry, budget=self.budget,
-                                     seconds=time.monotonic() - self.start, note=self.note))
+        write_json(
+            self.path,
+            record(
+                self.name,
+                status,
+                self.rows,
+                dry=self.dry,
+                budget=self.budget,
+                seconds=time.monotonic() - self.start,
+                note=self.note,
+            ),
+        )
 
 
 # ---- the stages (each runs in its own process) ----------------------------------------------------------------
+
 
 def stage_install(st: Stage):
     if st.dry:
@@ -145,8 +196,12 @@ def stage_install(st: Stage):
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    st.add(command=" ".join(cmd), rc=proc.returncode, seconds=time.monotonic() - started,
-           tail=(proc.stdout + proc.stderr)[-600:])
+    st.add(
+        command=" ".join(cmd),
+        rc=proc.returncode,
+        seconds=time.monotonic() - started,
+        tail=(proc.stdout + proc.stderr)[-600:],
+    )
     return "ok" if proc.returncode == 0 else "failed"
 
 
@@ -156,14 +211,21 @@ def stage_environment(st: Stage):
     row = {"device": device_name(), **versions(), "revision": revision(), "cpu_count": os.cpu_count()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        row.update(memory_gb=props.total_memory / 2 ** 30, capability=f"{props.major}.{props.minor}",
-                   multiprocessors=props.multi_processor_count)
+        row.update(
+            memory_gb=props.total_memory / 2**30,
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+        )
         from fastpix.peaks import describe_device
 
         row["peak"] = describe_device()
         try:
-            row["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=10).stdout.strip()
+            row["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             row["driver"] = "nvidia-smi not found"
     from fastpix.data import decode
@@ -184,14 +246,34 @@ def stage_correctness(st: Stage, tests=CORRECTNESS_TESTS):
     results = os.path.join(st.out, f"{st.name}.jsonl")
     if os.path.exists(results):
         os.remove(results)
-    env = dict(os.environ, FASTPIX_FULL="1", FASTPIX_GPU_CHECK_RESULTS=results,
-               PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-m", "gpu", "-p", "gpu_check", "-p", "no:cacheprovider",
-           "-o", "addopts=", "--continue-on-collection-errors", *tests]
+    env = dict(
+        os.environ,
+        FASTPIX_FULL="1",
+        FASTPIX_GPU_CHECK_RESULTS=results,
+        PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rf",
+        "-m",
+        "gpu",
+        "-p",
+        "gpu_check",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--continue-on-collection-errors",
+        *tests,
+    ]
     try:
         with open(os.path.join(st.out, f"{st.name}_pytest.log"), "w") as log:
-            code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=max(st.budget - 8, 1)).returncode
+            code = subprocess.run(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=max(st.budget - 8, 1)
+            ).returncode
         status = "ok" if code == 0 else "failed"
         if code:
             st.note = f"pytest exited {code} (see {st.name}_pytest.log)"
@@ -202,8 +284,9 @@ def stage_correctness(st: Stage, tests=CORRECTNESS_TESTS):
             for line in f:
                 st.add(**json.loads(line))
     outcomes = [r["outcome"] for r in st.rows]
-    st.note = (st.note + "; " if st.note else "") + ", ".join(f"{outcomes.count(o)} {o}"
-                                                               for o in ("passed", "failed", "skipped"))
+    st.note = (st.note + "; " if st.note else "") + ", ".join(
+        f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "skipped")
+    )
     return status
 
 
@@ -256,8 +339,12 @@ def stage_train(st: Stage):
     batches, iters = ((2,), 1) if st.dry else ((1, 16, 64), 10)
     device = _device()
     for batch in batches:
-        for case in ("a_reference_fp32_nchw", "b_eager_bf16_channels_last", "d_fastpix_graphs_eager",
-                     "e_fastpix_graphs_triton"):
+        for case in (
+            "a_reference_fp32_nchw",
+            "b_eager_bf16_channels_last",
+            "d_fastpix_graphs_eager",
+            "e_fastpix_graphs_triton",
+        ):
             # the dry run's CPU step cannot be graph-safe (capturable Adam needs CUDA): the same cases without graphs
             spec = dict(bt.CASES[case], graphs=bt.CASES[case]["graphs"] and not st.dry)
             case_batch = 1 if st.dry and spec["backend"] == "triton" else batch
@@ -267,16 +354,24 @@ def stage_train(st: Stage):
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
+            # bound to this case's values (ruff B023), though _time calls it before the loop moves on
+            seconds, _ = _time(lambda e=engine, a=A, b=B: [e(a, b) for _ in range(iters)], 1 if st.dry else 3)
             per_iter = seconds / iters
             report = engine.report()
             choices = [c for net in (report["layer_choices"] or {}).values() for c in net.values()]
-            st.add(case=case, batch=case_batch, precision=precision, ms_per_iter=1000 * per_iter,
-                   img_per_s=case_batch / per_iter, **_roof_row(device, precision, flops * case_batch / per_iter),
-                   peak_mem_gb=torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None,
-                   cuda_graph=report["cuda_graph"], layers_triton=choices.count("triton"),
-                   layers_cudnn=sum(c.startswith("cudnn") for c in choices),
-                   layers_failed=sum("failed" in c for c in choices))
+            st.add(
+                case=case,
+                batch=case_batch,
+                precision=precision,
+                ms_per_iter=1000 * per_iter,
+                img_per_s=case_batch / per_iter,
+                **_roof_row(device, precision, flops * case_batch / per_iter),
+                peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+                cuda_graph=report["cuda_graph"],
+                layers_triton=choices.count("triton"),
+                layers_cudnn=sum(c.startswith("cudnn") for c in choices),
+                layers_failed=sum("failed" in c for c in choices),
+            )
             engine.read_losses()
             del engine
     return "ok"
@@ -289,8 +384,12 @@ def _dry_layers():
     from fastpix.bench_suites.layers import PIX2PIX_CONV_LAYERS
 
     picked = [layer for layer in PIX2PIX_CONV_LAYERS if layer.name in ("G.down3", "G.up6", "G.up1")]
-    return [dataclasses.replace(layer, sources=tuple(min(c, 4) for c in layer.sources),
-                                out_channels=min(layer.out_channels, 4), size=4) for layer in picked]
+    return [
+        dataclasses.replace(
+            layer, sources=tuple(min(c, 4) for c in layer.sources), out_channels=min(layer.out_channels, 4), size=4
+        )
+        for layer in picked
+    ]
 
 
 def stage_conv_blocks(st: Stage):
@@ -352,8 +451,14 @@ def stage_inference(st: Stage):
         size = cfg.size
         # runtime eager: the rows are the GPU paths; on the dry run's CPU, 'auto' would first build AOTInductor
         # packages (seconds each on a fresh cache), which is not what this stage measures.
-        predictor = Predictor(G, device=device, norm_mode="running", max_batch_size=big,
-                              graph_size=(size, size) if gpu else None, runtime="eager")
+        predictor = Predictor(
+            G,
+            device=device,
+            norm_mode="running",
+            max_batch_size=big,
+            graph_size=(size, size) if gpu else None,
+            runtime="eager",
+        )
         with torch.inference_mode():
             if gpu:  # the two buckets timed here (warmup() would capture, and tune, all seven)
                 predictor.graphs.capture(1)
@@ -364,25 +469,34 @@ def stage_inference(st: Stage):
         for way in ("eager", "predictor"):
             for batch in batches[backend]:
                 x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+                # each run is bound to this iteration's values (it is timed before the loops move on)
                 if way == "predictor":
-                    def run():
+
+                    def run(predictor=predictor, x=x):
                         predictor(list(x), output_type="pt")
                 else:
                     xc = x.contiguous(memory_format=torch.channels_last) if gpu else x
 
-                    def run():
+                    def run(predictor=predictor, net=net, xc=xc):
                         with predictor.autocast():
                             net(xc)
+
                 slow = st.dry and backend == "triton"
                 with torch.inference_mode():
                     if not slow:
                         _time(run, 1 if st.dry else 3)
                     median, times = _time(run, 1 if slow else rounds[batch])
                 times = sorted(times)
-                st.add(backend=backend, way=way, batch=batch, precision=predictor.precision,
-                       graphs=way == "predictor" and predictor.graphs is not None and predictor.graphs.failure is None,
-                       p50_ms=1000 * median, p99_ms=1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
-                       img_per_s=batch / median)
+                st.add(
+                    backend=backend,
+                    way=way,
+                    batch=batch,
+                    precision=predictor.precision,
+                    graphs=way == "predictor" and predictor.graphs is not None and predictor.graphs.failure is None,
+                    p50_ms=1000 * median,
+                    p99_ms=1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
+                    img_per_s=batch / median,
+                )
     return "ok"
 
 
@@ -391,9 +505,22 @@ def _pytest_benchmark_rows(st: Stage, tests, select=None, timeout=None):
     the dry run with the suites' dry configuration, and add one row per benchmark (its extra_info and median)."""
     path = os.path.join(st.out, f"{st.name}_benchmark.json")
     storage = os.path.join(st.out, f"{st.name}_benchmark_storage")  # pytest-benchmark creates one even unused
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", f"--rootdir={SUITES}",
-           *[os.path.join(SUITES, t) for t in tests], f"--benchmark-json={path}", "--benchmark-disable-gc",
-           f"--benchmark-storage=file://{storage}", f"--cpu-config={'dry' if st.dry else 'reduced'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--rootdir={SUITES}",
+        *[os.path.join(SUITES, t) for t in tests],
+        f"--benchmark-json={path}",
+        "--benchmark-disable-gc",
+        f"--benchmark-storage=file://{storage}",
+        f"--cpu-config={'dry' if st.dry else 'reduced'}",
+    ]
     if select:
         cmd += ["-k", select]
     try:
@@ -417,8 +544,10 @@ def _pytest_benchmark_rows(st: Stage, tests, select=None, timeout=None):
 def stage_server(st: Stage):
     missing = [m for m in SERVER_DEPS if not _importable(m)]
     if missing:
-        st.note = (f"skipped: {', '.join(missing)} not installed on this machine (the server needs the 'serve' "
-                   "extra; carry their wheels to measure it)")
+        st.note = (
+            f"skipped: {', '.join(missing)} not installed on this machine (the server needs the 'serve' "
+            "extra; carry their wheels to measure it)"
+        )
         return "skipped"
     return _pytest_benchmark_rows(st, ["bench_infer.py::test_server_under_load"], timeout=max(st.budget - 5, 1))
 
@@ -442,16 +571,30 @@ def stage_compile(st: Stage):
     compile_s = time.monotonic() - started
     iters = 1 if st.dry else 10
     seconds, _ = _time(lambda: [engine(A, B) for _ in range(iters)], 1 if st.dry else 3)
-    st.add(case="c_torch_compile train", batch=batch, precision=precision, compile_s=compile_s,
-           ms_per_iter=1000 * seconds / iters, img_per_s=batch * iters / seconds,
-           **_roof_row(device, precision, flops * batch * iters / seconds))
+    st.add(
+        case="c_torch_compile train",
+        batch=batch,
+        precision=precision,
+        compile_s=compile_s,
+        ms_per_iter=1000 * seconds / iters,
+        img_per_s=batch * iters / seconds,
+        **_roof_row(device, precision, flops * batch * iters / seconds),
+    )
     return "ok"
 
 
-STAGE_CODE = {"install": stage_install, "environment": stage_environment, "correctness": stage_correctness,
-              "conv_correctness": stage_conv_correctness,
-              "train": stage_train, "conv_blocks": stage_conv_blocks, "inference": stage_inference,
-              "server": stage_server, "data": stage_data, "compile": stage_compile}
+STAGE_CODE = {
+    "install": stage_install,
+    "environment": stage_environment,
+    "correctness": stage_correctness,
+    "conv_correctness": stage_conv_correctness,
+    "train": stage_train,
+    "conv_blocks": stage_conv_blocks,
+    "inference": stage_inference,
+    "server": stage_server,
+    "data": stage_data,
+    "compile": stage_compile,
+}
 
 
 def run_stage(name, out, dry, budget):
@@ -468,6 +611,7 @@ def run_stage(name, out, dry, budget):
 
 # ---- pytest plugin (-p gpu_check): one JSON line per test ---------------------------------------------------
 
+
 def pytest_runtest_logreport(report):
     path = os.environ.get("FASTPIX_GPU_CHECK_RESULTS")
     if not path or not (report.when == "call" or report.outcome != "passed"):
@@ -478,11 +622,16 @@ def pytest_runtest_logreport(report):
     elif report.outcome == "failed":
         message = str(report.longrepr)[-800:]
     with open(path, "a") as f:
-        f.write(json.dumps({"test": report.nodeid, "outcome": report.outcome, "seconds": report.duration,
-                            "message": message}) + "\n")
+        f.write(
+            json.dumps(
+                {"test": report.nodeid, "outcome": report.outcome, "seconds": report.duration, "message": message}
+            )
+            + "\n"
+        )
 
 
 # ---- the driver ---------------------------------------------------------------------------------------------
+
 
 def _importable(name) -> bool:
     import importlib.util
@@ -502,8 +651,10 @@ def _per_file(rows):
     """The correctness rows as one line per test file: counts per outcome and seconds."""
     files = {}
     for row in rows:
-        f = files.setdefault(row["test"].split("::")[0], {"file": row["test"].split("::")[0], "passed": 0,
-                                                           "failed": 0, "skipped": 0, "seconds": 0.0})
+        f = files.setdefault(
+            row["test"].split("::")[0],
+            {"file": row["test"].split("::")[0], "passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0},
+        )
         f[row["outcome"]] = f.get(row["outcome"], 0) + 1
         f["seconds"] += row["seconds"]
     return list(files.values())
@@ -518,18 +669,25 @@ def summary(out, stages, dry) -> str:
                 records[name] = json.load(f)
     env = (records.get("environment") or {}).get("rows") or [{}]
     first = next(iter(records.values()), {})
-    lines = [f"# fastpix gpu-check{' (dry run: CPU, tiny shapes, Triton interpreted)' if dry else ''}", "",
-             f"device: {first.get('device', '?')}; revision {first.get('revision', '?')}; "
-             + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())
-             + f"; written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             "", "| stage | status | seconds | budget s | rows | note |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# fastpix gpu-check{' (dry run: CPU, tiny shapes, Triton interpreted)' if dry else ''}",
+        "",
+        f"device: {first.get('device', '?')}; revision {first.get('revision', '?')}; "
+        + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())
+        + f"; written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        "| stage | status | seconds | budget s | rows | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, *_ in stages:
         r = records.get(name)
         if r is None:
             lines.append(f"| {name} | not run | - | - | - | - |")
             continue
-        lines.append(f"| {name} | {r['status']} | {_fmt(r['seconds'])} | {_fmt(r['budget_s'])} | {len(r['rows'])} | "
-                     f"{_fmt(r['note'].strip().splitlines()[-1] if r['note'].strip() else '')} |")
+        lines.append(
+            f"| {name} | {r['status']} | {_fmt(r['seconds'])} | {_fmt(r['budget_s'])} | {len(r['rows'])} | "
+            f"{_fmt(r['note'].strip().splitlines()[-1] if r['note'].strip() else '')} |"
+        )
     if env[0]:
         lines += ["", "## environment", ""] + [f"- {k}: {_fmt(v)}" for k, v in env[0].items()]
     for name, *_ in stages:
@@ -552,7 +710,7 @@ def default_out(dry) -> str:
         import torch
 
         gpu = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a folder name must come out whatever CUDA says
         gpu = "unknown"
     kind = "dry_" if dry else ""
     return os.path.join(BENCH, "results", f"{datetime.date.today():%Y-%m-%d}_{kind}{gpu}_{revision()}")
@@ -563,8 +721,13 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="results folder (default: bench/results/<date>_<gpu>_<rev>/)")
     parser.add_argument("--dry", action="store_true", help="every stage on the CPU at tiny shapes (default: off)")
     parser.add_argument("--stages", default="", help="comma-separated subset of the stages (default: all)")
-    parser.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
-                        help="override a stage's time budget (default: the STAGES table)")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="STAGE=SECONDS",
+        help="override a stage's time budget (default: the STAGES table)",
+    )
     parser.add_argument("--run-stage", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out or default_out(args.dry))
@@ -586,28 +749,45 @@ def main(argv=None):
     started = time.monotonic()
     for name, *_ in chosen:
         budget = budgets[name]
-        cmd = [sys.executable, os.path.abspath(__file__), "--run-stage", name, "--out", out,
-               *(["--dry"] if args.dry else []), *[f"--budget={b}" for b in args.budget]]
         t0 = time.monotonic()
-        with open(os.path.join(out, f"{name}.log"), "w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=budget)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the stage and whatever it started
-                proc.wait()
-                _mark(out, name, args.dry, budget, time.monotonic() - t0, "timeout",
-                      f"killed at its budget of {budget:g} s; rows so far kept")
-        if not _finished(out, name):  # crashed (or killed) before writing its final record
-            _mark(out, name, args.dry, budget, time.monotonic() - t0, "failed",
-                  f"exited {proc.returncode} without a final record; see {name}.log")
+        _drive_stage(name, budget, out, args.dry, args.budget, env)
         write_text(os.path.join(out, "summary.md"), summary(out, chosen, args.dry))
         print(f"{name}: {_status(out, name)} in {time.monotonic() - t0:.1f} s (budget {budget:g} s)", flush=True)
     not_ok = [name for name, *_ in chosen if _status(out, name) not in ("ok", "skipped")]
-    print(f"gpu-check: {time.monotonic() - started:.0f} s; results in {out}/summary.md"
-          + (f"; failed or out of budget: {', '.join(not_ok)}" if not_ok else ""), flush=True)
+    print(
+        f"gpu-check: {time.monotonic() - started:.0f} s; results in {out}/summary.md"
+        + (f"; failed or out of budget: {', '.join(not_ok)}" if not_ok else ""),
+        flush=True,
+    )
     return 1 if not_ok else 0
+
+
+def _drive_stage(name: str, budget: float, out: str, dry: bool, budget_flags: list, env: dict):
+    """Run one stage in its own process (and session), killed at its budget; a stage that ends without its final
+    record gets one saying so."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run-stage",
+        name,
+        "--out",
+        out,
+        *(["--dry"] if dry else []),
+        *[f"--budget={b}" for b in budget_flags],
+    ]
+    t0 = time.monotonic()
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage and whatever it started
+            proc.wait()
+            note = f"killed at its budget of {budget:g} s; rows so far kept"
+            _mark(out, name, dry, budget, time.monotonic() - t0, "timeout", note)
+    if not _finished(out, name):  # crashed (or killed) before writing its final record
+        note = f"exited {proc.returncode} without a final record; see {name}.log"
+        _mark(out, name, dry, budget, time.monotonic() - t0, "failed", note)
 
 
 def _status(out, name):
@@ -629,8 +809,10 @@ def _mark(out, name, dry, budget, seconds, status, note):
             rows = json.load(f)["rows"]
     except (OSError, ValueError, KeyError):
         pass
-    write_json(os.path.join(out, f"{name}.json"), record(name, status, rows, dry=dry, budget=budget,
-                                                          seconds=seconds, note=note))
+    write_json(
+        os.path.join(out, f"{name}.json"),
+        record(name, status, rows, dry=dry, budget=budget, seconds=seconds, note=note),
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Peak RSS of one Predictor forward pass of a SIDE x SIDE image: the per-padded-pixel cost behind the server's
-memory bound (README, Inference). Run each size in its own process:
+memory bound (docs/benchmarks.md, "Server memory"). Run each size in its own process:
 
     OMP_NUM_THREADS=1 python bench/serve_memory.py 1024
 """
+
 import resource
 import sys
 import time
@@ -24,8 +25,10 @@ def main(side: int, netG: str = "unet_256", ngf: int = 64):
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     grown = peak - base
-    print(f"{netG} ngf {ngf} {side}x{side}: model and runtime {base / 1024:.0f} MiB, forward +{grown / 1024:.0f} MiB "
-          f"({grown * 1024 / side ** 2:.0f} B per padded pixel), {seconds:.1f} s")
+    print(
+        f"{netG} ngf {ngf} {side}x{side}: model and runtime {base / 1024:.0f} MiB, forward +{grown / 1024:.0f} MiB "
+        f"({grown * 1024 / side**2:.0f} B per padded pixel), {seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

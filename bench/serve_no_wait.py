@@ -12,6 +12,7 @@
 Requests are sequential from one client (batch 1): each time is one request as a client sees it (PNG in, PNG out,
 over loopback HTTP). Prints a table and writes the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime  # noqa: E402
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
+from fastpix import runtime
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 
 NEW_SIZES = ((320, 240), (512, 384), (200, 600))  # W×H, as clients send them
 ROUNDS = 9
@@ -75,8 +76,9 @@ def run(workdir: str) -> dict:
     save_weights(weights, define_G(3, 3, 64, "unet_256", "batch", True, backend="eager"))
     cache = os.path.join(workdir, "compiled")
     started = time.perf_counter()
-    predictor = Predictor.from_checkpoint(weights, device="cpu", norm_mode="instance", cache_dir=cache,
-                                          max_batch_size=16)
+    predictor = Predictor.from_checkpoint(
+        weights, device="cpu", norm_mode="instance", cache_dir=cache, max_batch_size=16
+    )
     result = {"runtime_at_start": predictor.description, "sizes": []}
     with BackgroundServer(create_app(predictor, ServeConfig(graph_size=256))) as server:
         while readyz(server.url)[0] != 200:
@@ -93,24 +95,35 @@ def run(workdir: str) -> dict:
             predictor.runner.wait()
             built_in = time.perf_counter() - built_in
             times = steady(server.url, body)
-            result["sizes"].append({"size": f"{w}x{h}", "first_s": first, "building_after_first": building,
-                                    "build_wait_s": built_in, "steady_s": times,
-                                    "steady_median_s": statistics.median(times)})
+            result["sizes"].append(
+                {
+                    "size": f"{w}x{h}",
+                    "first_s": first,
+                    "building_after_first": building,
+                    "build_wait_s": built_in,
+                    "steady_s": times,
+                    "steady_median_s": statistics.median(times),
+                }
+            )
         result["readyz_at_end"] = readyz(server.url)[1]
     predictor.close()
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"ready after {result['ready_s']:.2f} s on a fresh cache (target ≤ 90 s); the 256² packages were "
-             f"built {result['warmup_builds_s']:.0f} s after the start, in the background",
-             "| size (W×H) | first request | steady (median of %d) | first / steady | target (≤ 4×, ≤ 1.5 s) |" % ROUNDS,
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        f"ready after {result['ready_s']:.2f} s on a fresh cache (target ≤ 90 s); the 256² packages were "
+        f"built {result['warmup_builds_s']:.0f} s after the start, in the background",
+        f"| size (W×H) | first request | steady (median of {ROUNDS}) | first / steady | target (≤ 4×, ≤ 1.5 s) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for row in result["sizes"]:
         ratio = row["first_s"] / row["steady_median_s"]
         met = "met" if ratio <= 4 and row["first_s"] <= 1.5 else "NOT met"
-        lines.append(f"| {row['size']} | {1000 * row['first_s']:.0f} ms | {1000 * row['steady_median_s']:.0f} ms | "
-                     f"{ratio:.2f}× | {met if row['size'] != '256x256' else '(compiled from the start)'} |")
+        lines.append(
+            f"| {row['size']} | {1000 * row['first_s']:.0f} ms | {1000 * row['steady_median_s']:.0f} ms | "
+            f"{ratio:.2f}× | {met if row['size'] != '256x256' else '(compiled from the start)'} |"
+        )
     return "\n".join(lines)
 
 
@@ -120,9 +133,13 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         result = run(workdir)
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "cpu_features": runtime.cpu_features(), "torch": torch.__version__,
-                         "load_average": os.getloadavg()}
+    result["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_features": runtime.cpu_features(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }
     print(table(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -3,10 +3,14 @@
 Heavy pieces (the Triton kernels, the decoder, torch itself) are imported lazily so that `import fastpix` stays
 cheap: `fastpix.Predictor` loads fastpix.infer.predictor on first access (and `from fastpix import *` then).
 """
+
 __version__ = "0.1.0"
 
-_LAZY = {"Predictor": "fastpix.infer.predictor", "ImageRequest": "fastpix.infer.requests",
-         "ImageResult": "fastpix.infer.requests"}
+_LAZY = {
+    "Predictor": "fastpix.infer.predictor",
+    "ImageRequest": "fastpix.infer.requests",
+    "ImageResult": "fastpix.infer.requests",
+}
 
 __all__ = ["Predictor", "ImageRequest", "ImageResult", "__version__"]  # `import *` loads them through __getattr__
 

@@ -8,6 +8,7 @@ Each case records its group and whether it is the group's baseline (the eager Py
 every case's speed-up over that baseline and the fraction of the device's roof it reached (fastpix/peaks.py).
 This module locates the suites without importing them: nothing in fastpix imports fastpix.bench_suites.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,9 +52,21 @@ def run(suites: list[str], json_path: str, select: str | None = None, cpu_config
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     if os.path.exists(json_path):
         os.remove(json_path)  # a failed run must not leave the previous run's table to be printed as this one's
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={folder}",
-           f"--confcutdir={folder}", *files, f"--benchmark-json={json_path}", "--benchmark-disable-gc",
-           "--benchmark-sort=name", f"--cpu-config={cpu_config}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--rootdir={folder}",
+        f"--confcutdir={folder}",
+        *files,
+        f"--benchmark-json={json_path}",
+        "--benchmark-disable-gc",
+        "--benchmark-sort=name",
+        f"--cpu-config={cpu_config}",
+    ]
     if select:
         cmd += ["-k", select]
     with tempfile.TemporaryDirectory(prefix="fastpix-bench-") as scratch:
@@ -83,8 +96,10 @@ def table(json_path: str) -> str:
         roof = f"{100 * fraction:.1f}%" if fraction else "-"
         if info.get("roof"):
             roofs[info.get("precision") or info.get("dtype") or "-"] = info["roof"]
-        lines.append(f"{(r['group'] or '')[:28]:<28} {r['name'][:48]:<48} {1000 * median:>10.3f} {img:>10} "
-                     f"{roof:>7} {speedup:>9}")
+        lines.append(
+            f"{(r['group'] or '')[:28]:<28} {r['name'][:48]:<48} {1000 * median:>10.3f} {img:>10} "
+            f"{roof:>7} {speedup:>9}"
+        )
     lines += [f"% roof against {precision}: {roof}" for precision, roof in sorted(roofs.items())]
     return "\n".join(lines)
 
@@ -96,12 +111,16 @@ def layer_table(batches=(1, 16, 64)) -> str:
     from fastpix.models import define_D, define_G, tune_layers
 
     if not torch.cuda.is_available():
-        raise ConfigError("--layers: the per-layer choice is measured on a CUDA device; on a CPU backend 'triton' "
-                          "always runs the Triton kernels (through the interpreter)")
+        raise ConfigError(
+            "--layers: the per-layer choice is measured on a CUDA device; on a CPU backend 'triton' "
+            "always runs the Triton kernels (through the interpreter)"
+        )
     lines = [f"{'net':<3} {'batch':>5} {'triton ms':>10} {'cuDNN ms':>10} {'speed-up':>9}  {'choice':<8} layer"]
     for batch in batches:
-        for name, net, channels in (("G", define_G(3, 3, 64, "unet_256", "batch", True, backend="triton"), 3),
-                                    ("D", define_D(6, 64, "basic", backend="triton"), 6)):
+        for name, net, channels in (
+            ("G", define_G(3, 3, 64, "unet_256", "batch", True, backend="triton"), 3),
+            ("D", define_D(6, 64, "basic", backend="triton"), 6),
+        ):
             net = net.to("cuda", memory_format=torch.channels_last).train()
             x = torch.randn(batch, channels, 256, 256, device="cuda").contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -109,7 +128,10 @@ def layer_table(batches=(1, 16, 64)) -> str:
             for key, choice in choices.items():
                 timings = net.fused_forward.tuning.layer_timings(key) or {}
                 t_fused, t_eager = timings.get("triton_ms"), timings.get("cudnn_ms")
-                times = (f"{t_fused:>10.3f} {t_eager:>10.3f} {t_eager / t_fused:>8.2f}x" if t_fused and t_eager
-                         else f"{'-':>10} {'-':>10} {'-':>9}")
+                times = (
+                    f"{t_fused:>10.3f} {t_eager:>10.3f} {t_eager / t_fused:>8.2f}x"
+                    if t_fused and t_eager
+                    else f"{'-':>10} {'-':>10} {'-':>9}"
+                )
                 lines.append(f"{name:<3} {batch:>5} {times}  {choice:<8} {key}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ So each is bounded the same way:
 
 Imports only the standard library, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-GB = 10 ** 9  # the flags say GB: decimal, as disks are sold and `df -H` shows
+GB = 10**9  # the flags say GB: decimal, as disks are sold and `df -H` shows
 
 
 class Lease:

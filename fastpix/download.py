@@ -11,6 +11,7 @@ retried `retries` times, waiting DOWNLOAD_BACKOFF_S, then twice that and so on. 
 Imports only the standard library and the bottom of fastpix (config, errors, files, progress): the data sets
 (fastpix.data) and the pretrained models both download through it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,9 @@ def _lock(path: str, error: type[UserError], what: str) -> int:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise error(f"{what} is being downloaded by another fastpix (pid {holder}): wait for it to "
-                        "finish") from None
+            raise error(
+                f"{what} is being downloaded by another fastpix (pid {holder}): wait for it to finish"
+            ) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -86,8 +88,9 @@ def mirror_base(mirror: str | None) -> str:
     base = mirror or os.environ.get(MIRROR_ENV) or PIX2PIX_MIRROR
     if not base.startswith(("http://", "https://")):
         source = "--mirror" if mirror else f"${MIRROR_ENV}"
-        raise ConfigError(f"{source} {base!r}: give an http:// or https:// address (a server laid out as "
-                          f"{PIX2PIX_MIRROR})")
+        raise ConfigError(
+            f"{source} {base!r}: give an http:// or https:// address (a server laid out as {PIX2PIX_MIRROR})"
+        )
     return base.rstrip("/")
 
 
@@ -146,11 +149,16 @@ class _Transfer:
         status = getattr(response, "status", 200)
         if self.offset and status == 206:
             found = _content_range(response)
-            if found is None or found[0] != self.offset or (found[1] is not None and self.total is not None
-                                                             and found[1] != self.total):
+            if (
+                found is None
+                or found[0] != self.offset
+                or (found[1] is not None and self.total is not None and found[1] != self.total)
+            ):
                 self.ranges = False  # a range other than asked, or the file changed: start over, without Range
-                raise _BrokenOff(f"the server answered bytes {response.headers.get('Content-Range')} for a request "
-                                 f"from byte {self.offset}")
+                raise _BrokenOff(
+                    f"the server answered bytes {response.headers.get('Content-Range')} for a request "
+                    f"from byte {self.offset}"
+                )
             self.resumed += 1
             return
         length = _length(response)
@@ -177,8 +185,9 @@ class _Transfer:
                 self.out.write(chunk)
             except OSError as exc:
                 if is_disk_full(exc):
-                    raise disk_full(self.target, self.total or self.offset + len(chunk),
-                                    "; free some space there and run again") from exc
+                    raise disk_full(
+                        self.target, self.total or self.offset + len(chunk), "; free some space there and run again"
+                    ) from exc
                 raise
             self.offset += len(chunk)
             self.bar.update(len(chunk))
@@ -204,8 +213,9 @@ def _attempt(transfer: _Transfer, timeout_s: float):
         if exc.code in RETRY_STATUS:
             raise _BrokenOff(f"HTTP {exc.code} {exc.reason}") from exc
         what = "not found" if exc.code in (404, 410) else f"refused ({exc.reason})"
-        raise NetworkError(f"{transfer.url}: {what} (HTTP {exc.code}); check the name and --mirror, or "
-                           f"{transfer.by_hand}") from exc
+        raise NetworkError(
+            f"{transfer.url}: {what} (HTTP {exc.code}); check the name and --mirror, or {transfer.by_hand}"
+        ) from exc
     except NETWORK_ERRORS as exc:
         raise _BrokenOff(_reason(exc)) from exc
     with response:
@@ -213,8 +223,16 @@ def _attempt(transfer: _Transfer, timeout_s: float):
         transfer.copy(response)
 
 
-def fetch(url: str, target: str, by_hand: str, retries: int = 5, read_timeout_s: float = 60.0,
-          progress: bool = True, label: str | None = None, backoff_s: float = DOWNLOAD_BACKOFF_S) -> Fetched:
+def fetch(
+    url: str,
+    target: str,
+    by_hand: str,
+    retries: int = 5,
+    read_timeout_s: float = 60.0,
+    progress: bool = True,
+    label: str | None = None,
+    backoff_s: float = DOWNLOAD_BACKOFF_S,
+) -> Fetched:
     """Download url to target (its folder must exist). by_hand: the end of every error line, saying where to put
     the file when it is fetched by hand (e.g. "download it by hand to ./datasets/facades.tar.gz"). A failure
     leaves nothing at target nor beside it; target is replaced only by a whole file."""
@@ -233,8 +251,10 @@ def fetch(url: str, target: str, by_hand: str, retries: int = 5, read_timeout_s:
                         continue
                     failures += 1
                     if failures > retries:
-                        raise NetworkError(f"{url}: {exc} ({failures} tries without progress); check the network "
-                                           f"and --mirror, then run again, or {by_hand}") from exc
+                        raise NetworkError(
+                            f"{url}: {exc} ({failures} tries without progress); check the network "
+                            f"and --mirror, then run again, or {by_hand}"
+                        ) from exc
                     time.sleep(min(backoff_s * 2 ** (failures - 1), DOWNLOAD_BACKOFF_MAX_S))
             out.flush()
             os.fsync(out.fileno())

@@ -7,6 +7,7 @@ in fastpix: it shows its traceback (always with `--debug`).
 
 Imports nothing, so every layer (kernels apart, which import nothing of fastpix) may raise these.
 """
+
 from __future__ import annotations
 
 

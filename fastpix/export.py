@@ -16,6 +16,7 @@ N×C×H×W float32 in [-1, 1].
 torch.onnx's dynamo exporter is used (the TorchScript one is deprecated); it needs the onnx and onnxscript packages
 (pip install 'fastpix[onnx]').
 """
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,7 @@ def export_pth(source: GeneratorSource, tag: str, out: str) -> list[str]:
 
 def size_multiple(generator) -> int:
     if isinstance(generator, UnetGenerator):
-        return 2 ** generator.num_downs
+        return 2**generator.num_downs
     if isinstance(generator, ResnetGenerator):
         return 4
     raise TypeError(f"cannot export a {type(generator).__name__}: a UnetGenerator or ResnetGenerator is needed")
@@ -70,16 +71,18 @@ def export_onnx(generator: torch.nn.Module, path: str, norm_mode: str = "instanc
     return net
 
 
-def export_package(generator: torch.nn.Module, path: str, norm_mode: str, batch: int, size: tuple[int, int],
-                   precision: str) -> float:
+def export_package(
+    generator: torch.nn.Module, path: str, norm_mode: str, batch: int, size: tuple[int, int], precision: str
+) -> float:
     """Write `generator`'s AOTInductor package for inputs (batch, C, *size) in `precision` to path; returns its
     relative (L2) difference from the eager fp32 network on a random batch."""
     if norm_mode not in EXPORT_NORM_MODES:
         raise ValueError(f"norm_mode {norm_mode!r} cannot be exported; choose one of {', '.join(EXPORT_NORM_MODES)}")
     multiple = size_multiple(generator)
     if size[0] % multiple or size[1] % multiple or min(size) < multiple:
-        raise ConfigError(f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of "
-                         f"{multiple}")
+        raise ConfigError(
+            f"--image-size {size[0]}x{size[1]}: this generator takes sides that are multiples of {multiple}"
+        )
     net = inference_network(generator, norm_mode, dropout=False).cpu().float().eval()
     compiled, dtype = prepared_network(net, precision)
     input_nc = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

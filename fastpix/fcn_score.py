@@ -14,6 +14,7 @@ diagonal / (row sum + column sum − diagonal). Means are taken over the classes
 pix2pix script counts absent classes as 0 instead; on the full Cityscapes val split every class is present, so both
 agree there).
 """
+
 from __future__ import annotations
 
 import html
@@ -28,8 +29,10 @@ from fastpix.palette import load_palette
 from fastpix.store.user_networks import load_torchscript
 
 ROWS = {"fake_B": "generated (fake_B)", "real_B": "real photos (real_B): the ceiling"}
-PAPER = ("the paper's Table 1 (Cityscapes labels→photo, 256², FCN-8s): ground truth 0.80 / 0.26 / 0.21, "
-         "L1+cGAN 0.66 / 0.23 / 0.17 (per-pixel acc. / per-class acc. / class IoU)")
+PAPER = (
+    "the paper's Table 1 (Cityscapes labels→photo, 256², FCN-8s): ground truth 0.80 / 0.26 / 0.21, "
+    "L1+cGAN 0.66 / 0.23 / 0.17 (per-pixel acc. / per-class acc. / class IoU)"
+)
 
 
 def load_segmenter(path: str, device: torch.device):
@@ -53,8 +56,10 @@ def predict(net, image: np.ndarray, shape: tuple[int, int], device: torch.device
         x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
     logits = net(x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[0] != 1:
-        raise CheckpointError(f"--segmenter: expected class logits 1×C×H×W for a 1×3×{x.shape[2]}×{x.shape[3]} "
-                              f"input, got {getattr(logits, 'shape', type(logits).__name__)}")
+        raise CheckpointError(
+            f"--segmenter: expected class logits 1×C×H×W for a 1×3×{x.shape[2]}×{x.shape[3]} "
+            f"input, got {getattr(logits, 'shape', type(logits).__name__)}"
+        )
     if tuple(logits.shape[-2:]) != tuple(shape):
         logits = torch.nn.functional.interpolate(logits.float(), size=shape, mode="bilinear", align_corners=False)
     return logits[0].argmax(0).cpu().numpy(), logits.shape[1]
@@ -63,7 +68,7 @@ def predict(net, image: np.ndarray, shape: tuple[int, int], device: torch.device
 def confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int, ignore_id: int) -> np.ndarray:
     keep = truth != ignore_id
     t, p = truth[keep].astype(np.int64), predicted[keep].astype(np.int64)
-    return np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def scores(matrix: np.ndarray) -> dict:
@@ -73,12 +78,18 @@ def scores(matrix: np.ndarray) -> dict:
     present = rows > 0
     class_acc = np.where(present, diag / np.maximum(rows, 1), np.nan)
     iou = np.where(present, diag / np.maximum(rows + cols - diag, 1), np.nan)
-    as_list = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
-    return {"pixel_accuracy": float(diag.sum() / max(matrix.sum(), 1)),
-            "mean_class_accuracy": float(np.nanmean(class_acc)) if present.any() else None,
-            "mean_iou": float(np.nanmean(iou)) if present.any() else None,
-            "class_accuracy": as_list(class_acc), "iou": as_list(iou),
-            "confusion": matrix.astype(np.int64).tolist()}
+
+    def as_list(a):
+        return [None if np.isnan(v) else float(v) for v in a]
+
+    return {
+        "pixel_accuracy": float(diag.sum() / max(matrix.sum(), 1)),
+        "mean_class_accuracy": float(np.nanmean(class_acc)) if present.any() else None,
+        "mean_iou": float(np.nanmean(iou)) if present.any() else None,
+        "class_accuracy": as_list(class_acc),
+        "iou": as_list(iou),
+        "confusion": matrix.astype(np.int64).tolist(),
+    }
 
 
 def ground_truth(kept: list, stems: list[str], cfg) -> tuple[list[np.ndarray], int, dict]:
@@ -126,7 +137,8 @@ def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
     """The FCN-score of the generated (fake_B) and the real (real_B) images of `kept` [(real_A, fake_B, real_B)]."""
     net = load_segmenter(cfg.segmenter, device)
     labels, ignore_id, names = ground_truth(kept, stems, cfg)
-    predicted, num_classes = {"fake_B": [], "real_B": []}, 1
+    predicted: dict[str, list] = {"fake_B": [], "real_B": []}
+    num_classes = 1
     for images, truth in zip(kept, labels):
         for i, row in ((1, "fake_B"), (2, "real_B")):
             ids, num_classes = predict(net, images[i], truth.shape, device)
@@ -134,28 +146,41 @@ def fcn_score(kept: list, stems: list[str], cfg, device: torch.device) -> dict:
     for stem, truth in zip(stems, labels):
         valid = truth[truth != ignore_id]
         if valid.size and (valid.max() >= num_classes or valid.min() < 0):
-            raise DataError(f"{stem}: label id {int(valid.max())} is outside the segmenter's {num_classes} classes "
-                            f"(ids 0..{num_classes - 1}; ignore_id {ignore_id}) — train ids, not label ids?")
+            raise DataError(
+                f"{stem}: label id {int(valid.max())} is outside the segmenter's {num_classes} classes "
+                f"(ids 0..{num_classes - 1}; ignore_id {ignore_id}) — train ids, not label ids?"
+            )
     total = sum(t.size for t in labels)
     ignored = sum(int((t == ignore_id).sum()) for t in labels)
-    out = {"segmenter": cfg.segmenter, "ground_truth": cfg.label_palette or cfg.label_dir, "ignore_id": ignore_id,
-           "classes": [names.get(k, str(k)) for k in range(num_classes)], "n": len(labels),
-           "ignored_pixel_fraction": ignored / max(total, 1), "reference": PAPER}
+    out = {
+        "segmenter": cfg.segmenter,
+        "ground_truth": cfg.label_palette or cfg.label_dir,
+        "ignore_id": ignore_id,
+        "classes": [names.get(k, str(k)) for k in range(num_classes)],
+        "n": len(labels),
+        "ignored_pixel_fraction": ignored / max(total, 1),
+        "reference": PAPER,
+    }
     for row, maps in predicted.items():
-        matrix = sum((confusion(t, p, num_classes, ignore_id) for t, p in zip(labels, maps)),
-                     np.zeros((num_classes, num_classes), dtype=np.int64))
+        matrix = sum(
+            (confusion(t, p, num_classes, ignore_id) for t, p in zip(labels, maps)),
+            np.zeros((num_classes, num_classes), dtype=np.int64),
+        )
         out[row] = scores(matrix)
     return out
 
 
 def format_lines(result: dict) -> list[str]:
-    lines = [f"FCN-score ({result['n']} images, segmenter {result['segmenter']}; "
-             f"{result['ignored_pixel_fraction']:.1%} of label pixels ignored)",
-             f"{'':<40}{'per-pixel acc.':>16}{'per-class acc.':>16}{'class IoU':>12}"]
+    lines = [
+        f"FCN-score ({result['n']} images, segmenter {result['segmenter']}; "
+        f"{result['ignored_pixel_fraction']:.1%} of label pixels ignored)",
+        f"{'':<40}{'per-pixel acc.':>16}{'per-class acc.':>16}{'class IoU':>12}",
+    ]
     for row, title in ROWS.items():
         s = result[row]
-        lines.append(f"{title:<40}{s['pixel_accuracy']:>16.4f}{fmt(s['mean_class_accuracy']):>16}"
-                     f"{fmt(s['mean_iou']):>12}")
+        lines.append(
+            f"{title:<40}{s['pixel_accuracy']:>16.4f}{fmt(s['mean_class_accuracy']):>16}{fmt(s['mean_iou']):>12}"
+        )
     return lines + [f"({result['reference']})"]
 
 
@@ -164,10 +189,14 @@ def fmt(value) -> str:
 
 
 def summary_html(result: dict) -> str:
-    body = "".join(f"<tr><td>{html.escape(title)}</td><td>{result[row]['pixel_accuracy']:.4f}</td>"
-                   f"<td>{fmt(result[row]['mean_class_accuracy'])}</td><td>{fmt(result[row]['mean_iou'])}</td></tr>"
-                   for row, title in ROWS.items())
-    return (f"<h3>FCN-score</h3><table border='1' cellpadding='4'><tr><th></th><th>per-pixel acc.</th>"
-            f"<th>per-class acc.</th><th>class IoU</th></tr>{body}</table><p>{result['n']} images, segmenter "
-            f"{html.escape(result['segmenter'])}; {result['ignored_pixel_fraction']:.1%} of label pixels ignored; "
-            f"{html.escape(result['reference'])}</p>")
+    body = "".join(
+        f"<tr><td>{html.escape(title)}</td><td>{result[row]['pixel_accuracy']:.4f}</td>"
+        f"<td>{fmt(result[row]['mean_class_accuracy'])}</td><td>{fmt(result[row]['mean_iou'])}</td></tr>"
+        for row, title in ROWS.items()
+    )
+    return (
+        f"<h3>FCN-score</h3><table border='1' cellpadding='4'><tr><th></th><th>per-pixel acc.</th>"
+        f"<th>per-class acc.</th><th>class IoU</th></tr>{body}</table><p>{result['n']} images, segmenter "
+        f"{html.escape(result['segmenter'])}; {result['ignored_pixel_fraction']:.1%} of label pixels ignored; "
+        f"{html.escape(result['reference'])}</p>"
+    )

@@ -9,8 +9,8 @@ FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Heusel e
 square root of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½ (same eigenvalues, stable). KID is the unbiased MMD² with the
 cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subsets (Bińkowski et al. 2018).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def features(net, images_uint8: list[np.ndarray], device: torch.device, batch_si
     options = forward_options(net)
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        chunk = images_uint8[i:i + batch_size]
+        chunk = images_uint8[i : i + batch_size]
         if len({im.shape for im in chunk}) == 1:
             batch = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).to(device)
             out.append(net(batch, **options).float().cpu().numpy().reshape(len(chunk), -1))

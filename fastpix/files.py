@@ -7,6 +7,7 @@ makes it visible). A full disk becomes `DiskFull`, one line naming the file and 
 
 Imports only the standard library and fastpix.errors, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,8 @@ import json
 import os
 import secrets
 import shutil
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from fastpix.errors import DiskFull
 
@@ -63,7 +65,7 @@ def write_new(path: str, data: bytes | Callable[[BinaryIO], Any], needed: int | 
         with contextlib.suppress(OSError):
             os.remove(path)
         if is_disk_full(exc):
-            raise disk_full(path, needed or len(data), note) from exc
+            raise disk_full(path, needed or (len(data) if isinstance(data, bytes) else 0), note) from exc
         raise
 
 
@@ -76,7 +78,7 @@ def temporary_path(path: str) -> str:
 
 def temporary_writer(name: str) -> int | None:
     """The pid of the process that made temporary `name` (a file name from temporary_path); None for other names."""
-    pid = name[len(TMP_PREFIX):].split("-", 1)[0] if name.startswith(TMP_PREFIX) else ""
+    pid = name[len(TMP_PREFIX) :].split("-", 1)[0] if name.startswith(TMP_PREFIX) else ""
     return int(pid) if pid.isdigit() else None
 
 

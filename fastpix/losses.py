@@ -4,6 +4,7 @@ backend 'eager' is the reference's composition; 'triton' runs the fused kernels 
 no host synchronisation, deterministic): kernels/patchgan_loss.py and kernels/l1_loss.py. Both return fp32.
 wgangp is a plain mean on every backend (the fused kernel has no such mode, and a mean is one reduction already).
 """
+
 import torch
 import torch.nn.functional as F
 

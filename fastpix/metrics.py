@@ -7,6 +7,7 @@ A batched input gives a tensor of N values, a single image a 0-dim tensor (so `f
 Arithmetic is float64, on the input tensor's device, so the numbers match scikit-image to ~1e-10.
 Values outside [-1, 1] are not clamped: a metric should not hide an out-of-range output.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,7 +114,7 @@ def high_frequency_ratio(output, target) -> torch.Tensor:
     x, y, single = _pair(output, target)
     n, c, h, w = x.shape
     both = torch.cat([x, y])
-    residual = both[..., RADIUS:h - RADIUS, RADIUS:w - RADIUS] - _gaussian_blur_valid(both)
+    residual = both[..., RADIUS : h - RADIUS, RADIUS : w - RADIUS] - _gaussian_blur_valid(both)
     energy = residual.square().mean(dim=(1, 2, 3))
     # A flat image's blur differs from it only by float64 rounding (energy ~1e-32); one uint8 step of detail
     # anywhere in a 4096² image is still ~1e-12, so below FLAT_ENERGY an image is flat.
@@ -130,6 +131,14 @@ def summarize(values) -> dict:
     """
     v = np.asarray([float(x) for x in values], dtype=np.float64)
     finite = v[~np.isinf(v)]
-    stats = ({"mean": float(finite.mean()), "std": float(finite.std()), "min": float(finite.min()),
-              "max": float(finite.max())} if finite.size else dict.fromkeys(("mean", "std", "min", "max"), math.nan))
+    stats = (
+        {
+            "mean": float(finite.mean()),
+            "std": float(finite.std()),
+            "min": float(finite.min()),
+            "max": float(finite.max()),
+        }
+        if finite.size
+        else dict.fromkeys(("mean", "std", "min", "max"), math.nan)
+    )
     return {**stats, "n": int(v.size), "n_inf": int(v.size - finite.size)}

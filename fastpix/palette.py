@@ -6,6 +6,7 @@ A palette is a JSON file {"classes": [{"id": 0, "name": "road", "rgb": [128, 64,
 and the eraser paint, the first class by default). A flag that takes a palette also takes the name of one fastpix
 ships in fastpix/palettes/ (facades, demo), when no file of that name exists.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ FORMAT = '{"classes": [{"id": 0, "name": "road", "rgb": [128, 64, 128]}, ...], "
 
 def built_in() -> list[str]:
     """The names of the palettes fastpix ships."""
-    return sorted(n[:-len(".json")] for n in os.listdir(BUILT_IN_FOLDER) if n.endswith(".json"))
+    return sorted(n[: -len(".json")] for n in os.listdir(BUILT_IN_FOLDER) if n.endswith(".json"))
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,19 @@ class Palette:
 
     def __init__(self, spec: dict, source: str = "palette", flag: str = "--palette"):
         try:
-            self.classes = [LabelClass(int(c["id"]), str(c.get("name", c["id"])), rgb_of(c["rgb"]))
-                            for c in spec["classes"]]
+            self.classes = [
+                LabelClass(int(c["id"]), str(c.get("name", c["id"])), rgb_of(c["rgb"])) for c in spec["classes"]
+            ]
             self.ignore_id = int(spec.get("ignore_id", 255))
             self.clear_id = int(spec.get("clear_id", self.classes[0].id if self.classes else 0))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{flag} {source}: expected {FORMAT} ({type(exc).__name__}: {exc})") from None
         ids = [c.id for c in self.classes]
         if not ids or self.ignore_id in ids or len(set(ids)) != len(ids):
-            raise DataError(f"{flag} {source}: needs at least one class, distinct class ids, and an ignore_id "
-                            f"({self.ignore_id}) that is not a class id")
+            raise DataError(
+                f"{flag} {source}: needs at least one class, distinct class ids, and an ignore_id "
+                f"({self.ignore_id}) that is not a class id"
+            )
         if self.clear_id not in ids:
             raise DataError(f"{flag} {source}: clear_id {self.clear_id} is not one of its class ids")
         self.ids = np.array(ids, dtype=np.int64)
@@ -75,8 +79,10 @@ class Palette:
 
     def as_json(self) -> dict:
         """What the draw page is given: the classes in file order and the clear class."""
-        return {"classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in self.classes],
-                "clear_id": self.clear_id}
+        return {
+            "classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in self.classes],
+            "clear_id": self.clear_id,
+        }
 
 
 def load_palette(path_or_name: str, flag: str = "--palette") -> Palette:
@@ -88,8 +94,9 @@ def load_palette(path_or_name: str, flag: str = "--palette") -> Palette:
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
     except FileNotFoundError:
-        raise DataError(f"{flag} {path_or_name}: no such file, nor a built-in palette ({', '.join(built_in())})") \
-            from None
+        raise DataError(
+            f"{flag} {path_or_name}: no such file, nor a built-in palette ({', '.join(built_in())})"
+        ) from None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise DataError(f"{flag} {path_or_name}: expected {FORMAT} ({type(exc).__name__}: {exc})") from None
     if not isinstance(spec, dict):

@@ -9,6 +9,7 @@ large matmul measured on it now. fp32 convs run on TF32 tensor cores when torch.
 
 Imports only torch, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,6 +27,7 @@ class DevicePeak:
     """Dense peak TFLOP/s of one product per precision (`tflops`), at its full `sms` streaming multiprocessors.
     family: the model number as device names spell it (a whole word: 'L4' is not 'L40'); variant: the form factor
     as names spell it ('' for the product a bare name means)."""
+
     product: str
     family: str
     variant: str
@@ -37,8 +39,13 @@ class DevicePeak:
         if sms >= self.sms:
             return self
         share = sms / self.sms
-        return DevicePeak(f"{self.product} ({sms} of {self.sms} SMs)", self.family, self.variant, sms,
-                          {k: v * share for k, v in self.tflops.items()})
+        return DevicePeak(
+            f"{self.product} ({sms} of {self.sms} SMs)",
+            self.family,
+            self.variant,
+            sms,
+            {k: v * share for k, v in self.tflops.items()},
+        )
 
 
 def _peak(product, family, variant, sms, bf16, fp16, tf32, fp32):
@@ -99,7 +106,7 @@ def tensor_precision(precision: str) -> str:
     return precision
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_gpu_flops(precision: str, index: int) -> float:
     """The rate of an 8192³ matmul in `precision` on CUDA device `index` (median of 10), measured once per
     process: the peak of a GPU the datasheet table does not know."""
@@ -122,13 +129,14 @@ def measured_gpu_flops(precision: str, index: int) -> float:
                 times.append(start.elapsed_time(end) / 1000)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    return 2 * 8192 ** 3 / sorted(times)[len(times) // 2]
+    return 2 * 8192**3 / sorted(times)[len(times) // 2]
 
 
 @dataclass(frozen=True)
 class Peak:
     """The peak a figure is against: FLOP/s, the precision it is for, and where it comes from ('datasheet <product>',
     'measured <how>')."""
+
     flops: float
     precision: str
     source: str
@@ -145,8 +153,11 @@ def gpu_peak(device: torch.device, precision: str) -> Peak:
     if entry is not None:
         return Peak(entry.tflops[kind] * 1e12, kind, f"datasheet {entry.product}, dense")
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return Peak(measured_gpu_flops(kind, index), kind,
-                f"measured: 8192³ matmul on {torch.cuda.get_device_name(index)}, not in fastpix's table")
+    return Peak(
+        measured_gpu_flops(kind, index),
+        kind,
+        f"measured: 8192³ matmul on {torch.cuda.get_device_name(index)}, not in fastpix's table",
+    )
 
 
 def peak_flops(device: torch.device, precision: str) -> Peak | None:
@@ -154,7 +165,7 @@ def peak_flops(device: torch.device, precision: str) -> Peak | None:
     return gpu_peak(device, precision) if device.type == "cuda" else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_roof_flops(dtype: torch.dtype, reps: int = 5) -> float:
     """This CPU's reachable FLOP/s in dtype, measured once per process: the faster of a 2048³ matmul and a 1×1 conv
     that oneDNN runs as one large GEMM (8×1024×32×32 by 1024×1024, channels-last), best of reps. Both, because
@@ -173,7 +184,7 @@ def cpu_roof_flops(dtype: torch.dtype, reps: int = 5) -> float:
 
     with torch.inference_mode():
         a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        matmul = 2 * 2048 ** 3 / best(lambda: a @ b)
+        matmul = 2 * 2048**3 / best(lambda: a @ b)
         x = torch.randn(8, 1024, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(1024, 1024, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
         conv = 2 * 8 * 32 * 32 * 1024 * 1024 / best(lambda: F.conv2d(x, w))
@@ -193,8 +204,12 @@ def describe_device(device=None) -> str:
     props = torch.cuda.get_device_properties(device)
     entry = lookup(props.name, props.multi_processor_count)
     if entry is None:
-        return (f"peak: {props.name} ({props.multi_processor_count} SMs) is not in fastpix's datasheet table; MFU "
-                "is measured against an 8192³ matmul timed at first use")
+        return (
+            f"peak: {props.name} ({props.multi_processor_count} SMs) is not in fastpix's datasheet table; MFU "
+            "is measured against an 8192³ matmul timed at first use"
+        )
     figures = ", ".join(f"{k} {entry.tflops[k]:.1f}" for k in PRECISIONS)
-    return (f"peak: {entry.product} ({props.multi_processor_count} SMs), dense TFLOP/s {figures} (datasheet; fp32 "
-            f"runs count against tf32 while cuDNN allows TF32: {torch.backends.cudnn.allow_tf32})")
+    return (
+        f"peak: {entry.product} ({props.multi_processor_count} SMs), dense TFLOP/s {figures} (datasheet; fp32 "
+        f"runs count against tf32 while cuDNN allows TF32: {torch.backends.cudnn.allow_tf32})"
+    )

@@ -9,6 +9,7 @@ PIL; both draw the same panels, with ticks, gridlines, titles and axis titles (x
   * with --val_freq, the val metrics: L1 and SSIM on the left axis (both on [0, 1]), PSNR in dB on the right.
 Every picture is written atomically (fastpix.files): a reader never sees half a PNG.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,13 +40,19 @@ class Panel:
 
 
 def loss_panels(lambda_L1: float, with_val: bool) -> list[Panel]:
-    panels = [Panel("discriminator", Axis("loss", [("D_real", "D_real"), ("D_fake", "D_fake")])),
-              Panel("generator: GAN loss", Axis("loss", [("G_GAN", "G_GAN")])),
-              Panel(f"generator: λ·L1 (G_L1), λ = {lambda_L1:g}", Axis("loss", [("G_L1", "λ·L1 (G_L1)")]))]
+    panels = [
+        Panel("discriminator", Axis("loss", [("D_real", "D_real"), ("D_fake", "D_fake")])),
+        Panel("generator: GAN loss", Axis("loss", [("G_GAN", "G_GAN")])),
+        Panel(f"generator: λ·L1 (G_L1), λ = {lambda_L1:g}", Axis("loss", [("G_L1", "λ·L1 (G_L1)")])),
+    ]
     if with_val:
-        panels.append(Panel("validation (the test protocol)",
-                            Axis("L1, SSIM", [("val_l1", "L1"), ("val_ssim", "SSIM")]),
-                            Axis("PSNR (dB)", [("val_psnr", "PSNR")])))
+        panels.append(
+            Panel(
+                "validation (the test protocol)",
+                Axis("L1, SSIM", [("val_l1", "L1"), ("val_ssim", "SSIM")]),
+                Axis("PSNR (dB)", [("val_psnr", "PSNR")]),
+            )
+        )
     return panels
 
 
@@ -85,7 +92,8 @@ def write_loss_plot(metrics_jsonl: str, png_path: str, lambda_L1: float = 100.0,
     panels = loss_panels(lambda_L1, any(k.startswith("val_") for k in series))
     if backend == "auto":
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401 - imported only to learn whether it is installed
+
             backend = "matplotlib"
         except ImportError:
             backend = "pil"
@@ -103,7 +111,7 @@ def draw_matplotlib(panels: list[Panel], series: dict, png_path: str):
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 2, squeeze=False).ravel()
     iterations = [x for xs, _ in series.values() for x in xs]
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, panel in zip(axes, panels):
         ax.set_title(panel.title)
@@ -127,8 +135,9 @@ def plot_axis(ax, axis: Axis, series: dict, colour_offset: int) -> list:
         xs, ys = series.get(key, ([], []))
         if xs:
             style = "-" if len(xs) > 1 else "o"
-            handles += ax.plot(xs, ys, style, color=COLOURS[(colour_offset + k) % len(COLOURS)], label=label,
-                               linewidth=1.5)
+            handles += ax.plot(
+                xs, ys, style, color=COLOURS[(colour_offset + k) % len(COLOURS)], label=label, linewidth=1.5
+            )
     return handles
 
 
@@ -166,7 +175,7 @@ def tick_text(value: float, integer: bool) -> str:
 
 def text_size(draw: ImageDraw.ImageDraw, text: str, face) -> tuple[int, int]:
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=face)
-    return x1 - x0, y1 - y0
+    return int(x1 - x0), int(y1 - y0)
 
 
 def put(draw: ImageDraw.ImageDraw, xy, text: str, face, fill=INK, align: str = "lt"):
@@ -240,8 +249,11 @@ def pil_axis(img, draw, box, axis: Axis, side: str, series: dict, to_x, colour_o
     """One y axis of a panel (ticks, gridlines on the left axis, its title) and its lines; returns the legend."""
     x0, y0, x1, y1 = box
     small, label_face = font(11), font(13)
-    present = [(key, label, COLOURS[(colour_offset + k) % len(COLOURS)])
-               for k, (key, label) in enumerate(axis.series) if series.get(key, ([], []))[0]]
+    present = [
+        (key, label, COLOURS[(colour_offset + k) % len(COLOURS)])
+        for k, (key, label) in enumerate(axis.series)
+        if series.get(key, ([], []))[0]
+    ]
     values = [y for key, _, _ in present for y in series[key][1]]
     ticks = nice_ticks(min(values, default=0.0), max(values, default=1.0))
     to_y = scale(ticks[0], ticks[-1], y1, y0)
@@ -261,7 +273,7 @@ def pil_axis(img, draw, box, axis: Axis, side: str, series: dict, to_x, colour_o
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         else:
-            (px, py), = points
+            ((px, py),) = points
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
         legend.append((label, colour))
     return legend
@@ -274,6 +286,7 @@ def scale(lo: float, hi: float, out_lo: float, out_hi: float):
 
 
 # --- labelled image grids -----------------------------------------------------------------------------------------
+
 
 def labelled_grid(rows: list[list[np.ndarray]], labels: list[str]) -> Image.Image:
     """Images (uint8 HWC, one list per row, each row the same widths) side by side at their own size, under a

@@ -8,6 +8,7 @@ device: keys and shapes are checked, no memory is used), floating-point and fini
 nothing is left. The folder then is what the reference's script leaves, so `fastpix test --name <name>_pretrained`,
 `fastpix predict --checkpoint checkpoints/<name>_pretrained`, serve and the Python API take it as they are.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fastpix.store.weights import load_weights
 from fastpix.config import PRETRAINED_MODELS, ModelDownloadConfig
 from fastpix.download import Fetched, exclusive, fetch, mirror_base
 from fastpix.errors import CheckpointError, ConfigError
 from fastpix.files import TMP_PREFIX
 from fastpix.models import define_G
+from fastpix.store.weights import load_weights
 
 WEIGHTS = "latest_net_G.pth"
 
@@ -29,6 +30,7 @@ WEIGHTS = "latest_net_G.pth"
 @dataclass(frozen=True)
 class Architecture:
     """A generator as define_G builds it, and its parameter count (the check that the registry is right)."""
+
     netG: str = "unet_256"
     ngf: int = 64
     norm: str = "batch"
@@ -75,8 +77,9 @@ def mismatch(state: dict, expected: dict) -> str | None:
         parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shapes differ, e.g. {k}: {list(state[k].shape)} where {list(expected[k].shape)} "
-                     "is expected")
+        parts.append(
+            f"{len(shapes)} shapes differ, e.g. {k}: {list(state[k].shape)} where {list(expected[k].shape)} is expected"
+        )
     return "; ".join(parts) or None
 
 
@@ -92,8 +95,11 @@ def check_generator(path: str, arch: Architecture, source: str) -> dict:
     if problem:
         raise CheckpointError(f"{source}: not a {arch.describe()} generator ({problem})")
     net.load_state_dict(state, strict=True, assign=True)  # meta tensors: assigned, not copied
-    bad = [k for k, v in state.items() if not k.endswith("num_batches_tracked")
-           and (not v.is_floating_point() or not bool(torch.isfinite(v).all()))]
+    bad = [
+        k
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked") and (not v.is_floating_point() or not bool(torch.isfinite(v).all()))
+    ]
     if bad:
         raise CheckpointError(f"{source}: {bad[0]} and {len(bad) - 1} more tensors are not finite floating-point")
     return state
@@ -116,8 +122,9 @@ def download_model(cfg: ModelDownloadConfig, progress: bool = True) -> ModelDown
     try:
         with exclusive(folder, WEIGHTS, CheckpointError):
             candidate = os.path.join(folder, f"{TMP_PREFIX}check-{WEIGHTS}")  # exclusive() removes it after a kill
-            result.fetched = fetch(url, candidate, by_hand, cfg.retries, cfg.read_timeout_s, progress,
-                                   f"{cfg.name}.pth")
+            result.fetched = fetch(
+                url, candidate, by_hand, cfg.retries, cfg.read_timeout_s, progress, f"{cfg.name}.pth"
+            )
             try:
                 check_generator(candidate, ARCHITECTURES[cfg.name], url)
                 os.replace(candidate, target)

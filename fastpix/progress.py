@@ -5,6 +5,7 @@ tqdm's bar redraws itself with carriage returns: written to a file or a CI log i
 is drawn only when the stream is a terminal; otherwise one plain line every `LINE_EVERY_S` seconds and one at the
 end say how far the job got. Imports only the standard library and tqdm, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,7 @@ SLOW_S = 2.0  # a wait longer than this is said; a shorter one would only be noi
 def _amount(n: float, unit: str) -> str:
     if unit != "B":
         return f"{n:,.0f} {unit}"
-    for scale, name in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+    for scale, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= scale:
             return f"{n / scale:.1f} {name}"
     return f"{n:.0f} B"
@@ -29,17 +30,24 @@ class Progress:
     """`with Progress(label, total, unit) as p: p.update(n)`. unit "B" counts bytes (shown in KiB/MiB/GiB); total
     None when unknown. enabled False shows nothing."""
 
-    def __init__(self, label: str, total: float | None, unit: str = "images", enabled: bool = True,
-                 stream=None):
-        self.label, self.total, self.unit, self.done = label, total, unit, 0
+    def __init__(self, label: str, total: float | None, unit: str = "images", enabled: bool = True, stream=None):
+        self.label, self.total, self.unit = label, total, unit
+        self.done: float = 0
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self.bar = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=label, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
-                            file=self.stream, leave=True)
+            self.bar = tqdm(
+                total=total,
+                desc=label,
+                unit=unit,
+                unit_scale=unit == "B",
+                unit_divisor=1024,
+                file=self.stream,
+                leave=True,
+            )
         self.started = self.last_line = time.monotonic()
 
     def __enter__(self):
@@ -67,8 +75,11 @@ class Progress:
         of = ""
         if self.total:
             of = f" of {_amount(self.total, self.unit)} ({100 * self.done / self.total:.0f}%)"
-        print(f"{self.label}: {_amount(self.done, self.unit)}{of}, {self.last_line - self.started:.0f} s",
-              file=self.stream, flush=True)
+        print(
+            f"{self.label}: {_amount(self.done, self.unit)}{of}, {self.last_line - self.started:.0f} s",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self):
         if self.bar is not None:

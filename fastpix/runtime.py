@@ -3,6 +3,7 @@
 Decided here once for training, inference, evaluation and the CLI (the Predictor's whole plan: infer/plan.py). Imports
 only torch, the standard library and fastpix.errors, so every layer of fastpix may use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,7 @@ def _cpuinfo_flags() -> set[str]:
     return set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 matmuls/convs in hardware (AVX-512 BF16 or AMX): there bf16 autocast is
     ~2x fp32; elsewhere oneDNN emulates bf16 and it is slower than fp32. oneDNN's own check decides where torch has
@@ -56,7 +57,7 @@ def cpu_features() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}{'+bf16' if cpu_has_native_bf16() else ''}"
 
 
-def resolve_precision(precision, device: torch.device) -> str:
+def resolve_precision(precision, device: torch.device | str) -> str:
     """The precision asked for, else bf16 where the device computes it natively (GPUs that support it, CPUs with
     AVX-512 BF16 / AMX), else fp32."""
     if precision is not None:
@@ -99,9 +100,11 @@ def use_triton_interpreter() -> None:
     if triton_interpreted():
         return
     if "fastpix.kernels.batch_norm_act" in sys.modules:
-        raise RuntimeError("--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
-                           "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
-                           "eager")
+        raise RuntimeError(
+            "--backend triton on the CPU needs Triton's interpreter, but the kernels were already "
+            "imported without it: set TRITON_INTERPRET=1 before starting Python, or use --backend "
+            "eager"
+        )
     os.environ["TRITON_INTERPRET"] = "1"
 
 

@@ -4,6 +4,7 @@ block sums), the dropout RNG bookkeeping, and one fix of Triton 3.6's interprete
 
 Each kernel file imports from here and from no other kernel file's internals.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -44,8 +45,22 @@ def dropout_scale(rng_ptr, offsets, p, scale):
 
 
 @triton.jit
-def stats_finalize_kernel(COUNT, MEAN_P, M2_P, MEAN, RSTD, RUNNING_MEAN, RUNNING_VAR, T, C, eps, momentum,
-                           UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+def stats_finalize_kernel(
+    COUNT,
+    MEAN_P,
+    M2_P,
+    MEAN,
+    RSTD,
+    RUNNING_MEAN,
+    RUNNING_VAR,
+    T,
+    C,
+    eps,
+    momentum,
+    UPDATE_RUNNING: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Merge the per-program (count, mean, M2) of a group in a fixed order into its per-channel mean and rstd.
     Grid (cdiv(C, BLOCK_C), groups).
 
@@ -99,8 +114,21 @@ def stats_finalize_kernel(COUNT, MEAN_P, M2_P, MEAN, RSTD, RUNNING_MEAN, RUNNING
 
 
 @triton.jit
-def grad_finalize_kernel(SUM_DZ_P, SUM_DZX_P, SUM_DZ, SUM_DZX, DW, DB, G, T, C,
-                          HAS_DW: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+def grad_finalize_kernel(
+    SUM_DZ_P,
+    SUM_DZX_P,
+    SUM_DZ,
+    SUM_DZX,
+    DW,
+    DB,
+    G,
+    T,
+    C,
+    HAS_DW: tl.constexpr,
+    HAS_DB: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Sum the tile partials in a fixed order. Grid (cdiv(C, BLOCK_C),).
 
     SUM_DZ_P, SUM_DZX_P: fp32 [G, T, C] partials. SUM_DZ, SUM_DZX: fp32 [G, C] per-group sums. DW, DB: dγ = ΣΣdz·x̂
@@ -167,10 +195,12 @@ def snapshot_and_advance(rng_state, x, dropout_p):
         return None
     if rng_state is None:
         # No state given: a fresh one from torch's generator (reproducible under torch.manual_seed).
-        return torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=x.device)
+        return torch.randint(0, 2**62, (2,), dtype=torch.int64, device=x.device)
     if rng_state.dtype != torch.int64 or rng_state.numel() != 2 or rng_state.device != x.device:
-        raise ValueError(f"rng_state must be an int64 tensor [seed, offset] on {x.device}, got "
-                         f"{rng_state.dtype} shape {tuple(rng_state.shape)} on {rng_state.device}")
+        raise ValueError(
+            f"rng_state must be an int64 tensor [seed, offset] on {x.device}, got "
+            f"{rng_state.dtype} shape {tuple(rng_state.shape)} on {rng_state.device}"
+        )
     snapshot = rng_state.clone()
     rng_state[1:].add_(x.numel())
     return snapshot

@@ -26,16 +26,22 @@ the public functions read it, save a device copy for backward (the mask is regen
 advance `rng_state[1]` by x.numel() with a device-side add, so a captured CUDA graph draws a fresh mask on each
 replay without recapture and without host synchronisation.
 """
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from fastpix.kernels import require_launchable
-from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
-                                     grad_finalize_kernel, snapshot_and_advance, stats_finalize_kernel)
-
-
+from fastpix.kernels._shared import (
+    ACTIVATIONS,
+    activation_grad,
+    apply_activation,
+    dropout_scale,
+    grad_finalize_kernel,
+    snapshot_and_advance,
+    stats_finalize_kernel,
+)
 
 
 @triton.jit
@@ -51,9 +57,28 @@ def _tile(g, r0, cb, R, row_end, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @triton.jit
-def _recompute_dz(X, DY, MEAN, RSTD, W, B, RNG, offsets, mask, cols, col_mask, g, C, slope, p, scale,
-                  HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                  DROPOUT: tl.constexpr):
+def _recompute_dz(
+    X,
+    DY,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    RNG,
+    offsets,
+    mask,
+    cols,
+    col_mask,
+    g,
+    C,
+    slope,
+    p,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DROPOUT: tl.constexpr,
+):
     """x̂ and dz = dy·act'(x̂·γ + β)·mask of one tile, in fp32, from the saved input and statistics."""
     x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -78,9 +103,11 @@ def _recompute_dz(X, DY, MEAN, RSTD, W, B, RNG, offsets, mask, cols, col_mask, g
 # Forward kernels
 # --------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _stats_partials_kernel(X, COUNT, MEAN_P, M2_P, R, C, T, ROWS_PER_PROGRAM,
-                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _stats_partials_kernel(
+    X, COUNT, MEAN_P, M2_P, R, C, T, ROWS_PER_PROGRAM, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
+):
     """Per-program (count, mean, M2) of x over ROWS_PER_PROGRAM rows. Grid (T, cdiv(C, BLOCK_C), groups).
 
     X: input [groups·R, C], row stride C (NHWC). COUNT: fp32 [groups, T] rows seen by each program. MEAN_P, M2_P:
@@ -122,9 +149,26 @@ def _stats_partials_kernel(X, COUNT, MEAN_P, M2_P, R, C, T, ROWS_PER_PROGRAM,
 
 
 @triton.jit
-def _norm_act_kernel(X, Y, MEAN, RSTD, W, B, RNG, R, C, slope, p, scale,
-                     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                     DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _norm_act_kernel(
+    X,
+    Y,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    RNG,
+    R,
+    C,
+    slope,
+    p,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """y = dropout(act((x − mean)·rstd·γ + β)). Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C), groups).
 
     X, Y: input and output [groups·R, C], row stride C (NHWC). MEAN, RSTD: fp32 [groups, C]. W, B: γ, β [C]
@@ -165,10 +209,32 @@ def _dropout_mask_kernel(RNG, KEEP, numel, p, BLOCK: tl.constexpr):
 # Backward kernels
 # --------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _grad_partials_kernel(X, DY, MEAN, RSTD, W, B, RNG, SUM_DZ_P, SUM_DZX_P, R, C, T, ROWS_PER_PROGRAM, slope, p,
-                          scale, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                          DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _grad_partials_kernel(
+    X,
+    DY,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    RNG,
+    SUM_DZ_P,
+    SUM_DZX_P,
+    R,
+    C,
+    T,
+    ROWS_PER_PROGRAM,
+    slope,
+    p,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Per-program Σdz and Σdz·x̂ over ROWS_PER_PROGRAM rows, tiles added in row order. Grid (T, cdiv(C, BLOCK_C),
     groups).
 
@@ -186,8 +252,28 @@ def _grad_partials_kernel(X, DY, MEAN, RSTD, W, B, RNG, SUM_DZ_P, SUM_DZX_P, R, 
     s_dzx = tl.zeros([BLOCK_C], tl.float32)
     for r0 in range(row_start, row_end, BLOCK_M):
         offsets, mask, cols, col_mask = _tile(g, r0, cb, R, row_end, C, BLOCK_M, BLOCK_C)
-        xhat, dz = _recompute_dz(X, DY, MEAN, RSTD, W, B, RNG, offsets, mask, cols, col_mask, g, C, slope, p,
-                                 scale, HAS_WEIGHT, HAS_BIAS, ACTIVATION, DROPOUT)
+        xhat, dz = _recompute_dz(
+            X,
+            DY,
+            MEAN,
+            RSTD,
+            W,
+            B,
+            RNG,
+            offsets,
+            mask,
+            cols,
+            col_mask,
+            g,
+            C,
+            slope,
+            p,
+            scale,
+            HAS_WEIGHT,
+            HAS_BIAS,
+            ACTIVATION,
+            DROPOUT,
+        )
         s_dz += tl.sum(dz, axis=0)
         s_dzx += tl.sum(dz * xhat, axis=0)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -197,10 +283,31 @@ def _grad_partials_kernel(X, DY, MEAN, RSTD, W, B, RNG, SUM_DZ_P, SUM_DZX_P, R, 
 
 
 @triton.jit
-def _norm_act_backward_kernel(X, DY, DX, MEAN, RSTD, W, B, RNG, SUM_DZ, SUM_DZX, R, C, inv_n, slope, p, scale,
-                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                              DROPOUT: tl.constexpr, BATCH_STATS: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _norm_act_backward_kernel(
+    X,
+    DY,
+    DX,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    RNG,
+    SUM_DZ,
+    SUM_DZX,
+    R,
+    C,
+    inv_n,
+    slope,
+    p,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BATCH_STATS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """dx = γ·rstd·(dz − Σdz/n − x̂·Σdz·x̂/n), or γ·rstd·dz for fixed (running) statistics.
     Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C), groups).
 
@@ -214,8 +321,28 @@ def _norm_act_backward_kernel(X, DY, DX, MEAN, RSTD, W, B, RNG, SUM_DZ, SUM_DZX,
     cb = tl.program_id(1)
     g = tl.program_id(2)
     offsets, mask, cols, col_mask = _tile(g, t * BLOCK_M, cb, R, R, C, BLOCK_M, BLOCK_C)
-    xhat, dz = _recompute_dz(X, DY, MEAN, RSTD, W, B, RNG, offsets, mask, cols, col_mask, g, C, slope, p, scale,
-                             HAS_WEIGHT, HAS_BIAS, ACTIVATION, DROPOUT)
+    xhat, dz = _recompute_dz(
+        X,
+        DY,
+        MEAN,
+        RSTD,
+        W,
+        B,
+        RNG,
+        offsets,
+        mask,
+        cols,
+        col_mask,
+        g,
+        C,
+        slope,
+        p,
+        scale,
+        HAS_WEIGHT,
+        HAS_BIAS,
+        ACTIVATION,
+        DROPOUT,
+    )
     if BATCH_STATS:
         s_dz = tl.load(SUM_DZ + g * C + cols, mask=col_mask, other=0.0)
         s_dzx = tl.load(SUM_DZX + g * C + cols, mask=col_mask, other=0.0)
@@ -275,8 +402,23 @@ def _dropout_args(dropout_p, rng, x):
     return True, 1.0 / (1.0 - dropout_p), rng
 
 
-def norm_act_forward(x, weight, bias, running_mean, running_var, *, batch_stats, groups, momentum, eps,
-                     activation, slope, dropout_p, rng, out=None):
+def norm_act_forward(
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    *,
+    batch_stats,
+    groups,
+    momentum,
+    eps,
+    activation,
+    slope,
+    dropout_p,
+    rng,
+    out=None,
+):
     """Launch the forward. x: NCHW-shaped [N, C, H, W] (channels_last preferred). groups: 1 (batch norm) or N
     (instance norm). batch_stats: compute statistics from x (and update running_mean/running_var when given);
     False uses the running statistics. rng: int64 [seed, offset] snapshot (used when dropout_p > 0). out: optional
@@ -296,25 +438,79 @@ def norm_act_forward(x, weight, bias, running_mean, running_var, *, batch_stats,
         mean = torch.empty(groups, C, **f32)
         rstd = torch.empty(groups, C, **f32)
         _stats_partials_kernel[plan.reduction_grid](
-            x_nhwc, count, mean_p, m2_p, plan.R, C, plan.partials, plan.rows_per_program,
-            BLOCK_M=plan.block_m, BLOCK_C=plan.block_c)
+            x_nhwc,
+            count,
+            mean_p,
+            m2_p,
+            plan.R,
+            C,
+            plan.partials,
+            plan.rows_per_program,
+            BLOCK_M=plan.block_m,
+            BLOCK_C=plan.block_c,
+        )
         update = running_mean is not None
         stats_finalize_kernel[(plan.channel_blocks, groups)](
-            count, mean_p, m2_p, mean, rstd, running_mean if update else mean, running_var if update else rstd,
-            plan.partials, C, eps, momentum, UPDATE_RUNNING=update, BLOCK_T=plan.block_t, BLOCK_C=plan.block_c)
+            count,
+            mean_p,
+            m2_p,
+            mean,
+            rstd,
+            running_mean if update else mean,
+            running_var if update else rstd,
+            plan.partials,
+            C,
+            eps,
+            momentum,
+            UPDATE_RUNNING=update,
+            BLOCK_T=plan.block_t,
+            BLOCK_C=plan.block_c,
+        )
     else:
         mean = running_mean.float().reshape(1, C)
         rstd = torch.rsqrt(running_var.float() + eps).reshape(1, C)
     dropout, scale, rng_arg = _dropout_args(dropout_p, rng, x_nhwc)
     _norm_act_kernel[plan.tile_grid](
-        x_nhwc, y, mean, rstd, x_nhwc if weight is None else weight, x_nhwc if bias is None else bias, rng_arg,
-        plan.R, C, slope, dropout_p, scale, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACTIVATION=ACTIVATIONS[activation], DROPOUT=dropout, BLOCK_M=plan.block_m, BLOCK_C=plan.block_c)
+        x_nhwc,
+        y,
+        mean,
+        rstd,
+        x_nhwc if weight is None else weight,
+        x_nhwc if bias is None else bias,
+        rng_arg,
+        plan.R,
+        C,
+        slope,
+        dropout_p,
+        scale,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        ACTIVATION=ACTIVATIONS[activation],
+        DROPOUT=dropout,
+        BLOCK_M=plan.block_m,
+        BLOCK_C=plan.block_c,
+    )
     return x_nhwc, y, mean, rstd
 
 
-def norm_act_backward(dy, x_nhwc, weight, bias, mean, rstd, *, batch_stats, groups, activation, slope, dropout_p,
-                      rng, need_dw=True, need_db=True, out=None):
+def norm_act_backward(
+    dy,
+    x_nhwc,
+    weight,
+    bias,
+    mean,
+    rstd,
+    *,
+    batch_stats,
+    groups,
+    activation,
+    slope,
+    dropout_p,
+    rng,
+    need_dw=True,
+    need_db=True,
+    out=None,
+):
     """Launch the backward. dy: NCHW-shaped gradient of the output. x_nhwc, mean, rstd: from `norm_act_forward`.
     need_dw / need_db: write dγ / dβ (only when the weight / bias exists). out: optional preallocated
     (dx_nhwc, dw, db) (tests poison them).
@@ -332,8 +528,14 @@ def norm_act_backward(dy, x_nhwc, weight, bias, mean, rstd, *, batch_stats, grou
     if need_db and db is None:
         db = torch.empty_like(bias)
     dropout, scale, rng_arg = _dropout_args(dropout_p, rng, x_nhwc)
-    common = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[activation],
-                  DROPOUT=dropout, BLOCK_M=plan.block_m, BLOCK_C=plan.block_c)
+    common = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        ACTIVATION=ACTIVATIONS[activation],
+        DROPOUT=dropout,
+        BLOCK_M=plan.block_m,
+        BLOCK_C=plan.block_c,
+    )
     w_arg = x_nhwc if weight is None else weight
     b_arg = x_nhwc if bias is None else bias
     sum_dz = sum_dzx = mean  # placeholders: not read unless BATCH_STATS
@@ -344,14 +546,59 @@ def norm_act_backward(dy, x_nhwc, weight, bias, mean, rstd, *, batch_stats, grou
         sum_dz = torch.empty(groups, C, **f32)
         sum_dzx = torch.empty(groups, C, **f32)
         _grad_partials_kernel[plan.reduction_grid](
-            x_nhwc, dy_nhwc, mean, rstd, w_arg, b_arg, rng_arg, sum_dz_p, sum_dzx_p, plan.R, C, plan.partials,
-            plan.rows_per_program, slope, dropout_p, scale, **common)
+            x_nhwc,
+            dy_nhwc,
+            mean,
+            rstd,
+            w_arg,
+            b_arg,
+            rng_arg,
+            sum_dz_p,
+            sum_dzx_p,
+            plan.R,
+            C,
+            plan.partials,
+            plan.rows_per_program,
+            slope,
+            dropout_p,
+            scale,
+            **common,
+        )
         grad_finalize_kernel[(plan.channel_blocks,)](
-            sum_dz_p, sum_dzx_p, sum_dz, sum_dzx, dw if need_dw else sum_dz, db if need_db else sum_dz,
-            groups, plan.partials, C, HAS_DW=need_dw, HAS_DB=need_db, BLOCK_T=plan.block_t, BLOCK_C=plan.block_c)
+            sum_dz_p,
+            sum_dzx_p,
+            sum_dz,
+            sum_dzx,
+            dw if need_dw else sum_dz,
+            db if need_db else sum_dz,
+            groups,
+            plan.partials,
+            C,
+            HAS_DW=need_dw,
+            HAS_DB=need_db,
+            BLOCK_T=plan.block_t,
+            BLOCK_C=plan.block_c,
+        )
     _norm_act_backward_kernel[plan.tile_grid](
-        x_nhwc, dy_nhwc, dx, mean, rstd, w_arg, b_arg, rng_arg, sum_dz, sum_dzx, plan.R, C, 1.0 / plan.R, slope,
-        dropout_p, scale, BATCH_STATS=batch_stats, **common)
+        x_nhwc,
+        dy_nhwc,
+        dx,
+        mean,
+        rstd,
+        w_arg,
+        b_arg,
+        rng_arg,
+        sum_dz,
+        sum_dzx,
+        plan.R,
+        C,
+        1.0 / plan.R,
+        slope,
+        dropout_p,
+        scale,
+        BATCH_STATS=batch_stats,
+        **common,
+    )
     return dx, (dw if need_dw else None), (db if need_db else None)
 
 
@@ -370,26 +617,63 @@ def dropout_mask(shape, rng_state, p):
 # autograd
 # --------------------------------------------------------------------------------------------------------------
 
+
 class NormActFunction(torch.autograd.Function):
     """Autograd wiring of the fused norm + activation + dropout; see `batch_norm_act` for the arguments."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, rng, batch_stats, groups, momentum, eps,
-                activation, slope, dropout_p):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        rng,
+        batch_stats,
+        groups,
+        momentum,
+        eps,
+        activation,
+        slope,
+        dropout_p,
+    ):
         x_nhwc, y, mean, rstd = norm_act_forward(
-            x, weight, bias, running_mean, running_var, batch_stats=batch_stats, groups=groups, momentum=momentum,
-            eps=eps, activation=activation, slope=slope, dropout_p=dropout_p, rng=rng)
+            x,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            batch_stats=batch_stats,
+            groups=groups,
+            momentum=momentum,
+            eps=eps,
+            activation=activation,
+            slope=slope,
+            dropout_p=dropout_p,
+            rng=rng,
+        )
         ctx.save_for_backward(x_nhwc, weight, bias, mean, rstd, rng)
-        ctx.config = dict(batch_stats=batch_stats, groups=groups, activation=activation, slope=slope,
-                          dropout_p=dropout_p)
+        ctx.config = dict(
+            batch_stats=batch_stats, groups=groups, activation=activation, slope=slope, dropout_p=dropout_p
+        )
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, dy):
         x_nhwc, weight, bias, mean, rstd, rng = ctx.saved_tensors
-        dx, dw, db = norm_act_backward(dy, x_nhwc, weight, bias, mean, rstd, rng=rng,
-                                       need_dw=ctx.needs_input_grad[1], need_db=ctx.needs_input_grad[2],
-                                       **ctx.config)
+        dx, dw, db = norm_act_backward(
+            dy,
+            x_nhwc,
+            weight,
+            bias,
+            mean,
+            rstd,
+            rng=rng,
+            need_dw=ctx.needs_input_grad[1],
+            need_db=ctx.needs_input_grad[2],
+            **ctx.config,
+        )
         dx = dx.permute(0, 3, 1, 2) if ctx.needs_input_grad[0] else None
         return dx, dw, db, None, None, None, None, None, None, None, None, None, None
 
@@ -403,8 +687,7 @@ def _check(x, weight, bias, activation):
         raise ValueError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != (x.shape[1],):
-            raise ValueError(f"{name} has shape {tuple(p.shape)}, expected ({x.shape[1]},) for input "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"{name} has shape {tuple(p.shape)}, expected ({x.shape[1]},) for input {tuple(x.shape)}")
 
 
 def _meta(z, activation, slope):
@@ -417,8 +700,20 @@ def _meta(z, activation, slope):
     return z.contiguous(memory_format=torch.channels_last)
 
 
-def batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
-                   activation="none", slope=0.2, dropout_p=0.0, rng_state=None):
+def batch_norm_act(
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    training,
+    momentum=0.1,
+    eps=1e-5,
+    activation="none",
+    slope=0.2,
+    dropout_p=0.0,
+    rng_state=None,
+):
     """y = dropout(act(BatchNorm(x))) in one fused pass per direction, autograd-enabled.
 
     x: [N, C, H, W], channels_last preferred (contiguous NCHW is converted), fp32/fp16/bf16; y is channels_last in
@@ -432,28 +727,28 @@ def batch_norm_act(x, weight, bias, running_mean, running_var, training, momentu
     """
     _check(x, weight, bias, activation)
     if x.device.type == "meta":
-        return _meta(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps), activation,
-                     slope)
+        return _meta(
+            F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps), activation, slope
+        )
     if training and x.numel() // x.shape[1] <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm_act(training=False) needs running_mean and running_var")
     rng = snapshot_and_advance(rng_state, x, dropout_p)
-    return NormActFunction.apply(x, weight, bias, running_mean, running_var, rng, training, 1, momentum, eps,
-                                 activation, slope, dropout_p)
+    return NormActFunction.apply(
+        x, weight, bias, running_mean, running_var, rng, training, 1, momentum, eps, activation, slope, dropout_p
+    )
 
 
-def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", slope=0.2, dropout_p=0.0,
-                      rng_state=None):
+def instance_norm_act(x, weight=None, bias=None, eps=1e-5, activation="none", slope=0.2, dropout_p=0.0, rng_state=None):
     """y = dropout(act(InstanceNorm(x))): statistics per (sample, channel), affine optional (pix2pix's instance norm
     has affine=False). Arguments as in `batch_norm_act`; autograd-enabled."""
     _check(x, weight, bias, activation)
     if x.device.type == "meta":
         return _meta(F.instance_norm(x, weight=weight, bias=bias, eps=eps), activation, slope)
     if x.shape[2] * x.shape[3] <= 1:
-        raise ValueError(f"Expected more than 1 spatial element when training, got input of shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {tuple(x.shape)}")
     rng = snapshot_and_advance(rng_state, x, dropout_p)
-    return NormActFunction.apply(x, weight, bias, None, None, rng, True, x.shape[0], 0.0, eps, activation, slope,
-                                 dropout_p)
+    return NormActFunction.apply(
+        x, weight, bias, None, None, rng, True, x.shape[0], 0.0, eps, activation, slope, dropout_p
+    )

@@ -34,6 +34,8 @@ Layout: activations are NCHW-shaped tensors stored channels_last (NHWC), weights
 [Cout, Cin, kh, kw], ConvT [Cin, Cout, kh, kw]) and are addressed through their strides. Operands are fp32, fp16
 or bf16 with fp32 accumulation; fp32 operands use TF32 exactly when torch.backends.cudnn.allow_tf32 would.
 """
+
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,14 +44,20 @@ import triton
 import triton.language as tl
 
 from fastpix.kernels import INTERPRETED, require_launchable
-from fastpix.kernels._shared import (ACTIVATIONS, activation_grad, apply_activation, dropout_scale,
-                                     grad_finalize_kernel, stats_finalize_kernel)
+from fastpix.kernels._shared import (
+    ACTIVATIONS,
+    activation_grad,
+    apply_activation,
+    dropout_scale,
+    grad_finalize_kernel,
+    stats_finalize_kernel,
+)
 from fastpix.kernels.conv_tuning import block_config
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Jitted helpers
 # --------------------------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE: tl.constexpr):
@@ -69,9 +77,28 @@ def _channel_params(PRM, n, row_mask, ch, ch_mask, C, PER_SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _operand(X, U, PRM, RNG, offsets, mask, n, row_mask, ch, ch_mask, C, slope, p, scale,
-             NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
-             TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr):
+def _operand(
+    X,
+    U,
+    PRM,
+    RNG,
+    offsets,
+    mask,
+    n,
+    row_mask,
+    ch,
+    ch_mask,
+    C,
+    slope,
+    p,
+    scale,
+    NORM: tl.constexpr,
+    ACT: tl.constexpr,
+    DROP: tl.constexpr,
+    TANH_BWD: tl.constexpr,
+    BN_BWD: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+):
     """Load a [rows, channels] tile of X at `offsets` and apply the fused prologue, in X's dtype.
 
     Forward operands (a producer's raw output): v = dropout(act((x − mean)·k + β)), PRM = (mean, k, β) when NORM.
@@ -100,18 +127,63 @@ def _operand(X, U, PRM, RNG, offsets, mask, n, row_mask, ch, ch_mask, C, slope, 
 
 
 @triton.jit
-def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, n, co, co_mask, w_tap, C, c_base, sw_c, sw_o,
-                       slope, p, scale, NORM: tl.constexpr, ACT: tl.constexpr, DROP: tl.constexpr,
-                       TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                       BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def _accumulate_source(
+    acc,
+    X,
+    U,
+    PRM,
+    RNG,
+    W,
+    pix,
+    valid,
+    n,
+    co,
+    co_mask,
+    w_tap,
+    C,
+    c_base,
+    sw_c,
+    sw_o,
+    slope,
+    p,
+    scale,
+    NORM: tl.constexpr,
+    ACT: tl.constexpr,
+    DROP: tl.constexpr,
+    TANH_BWD: tl.constexpr,
+    BN_BWD: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """acc += A·B for one tap over all C channels of one source: A the [BLOCK_M, BLOCK_K] input tile at pixels
     `pix` (int64, −1-free; `valid` masks padding; n: each row's sample), B the weight tile at reduction channels
     c_base + ch."""
     for c0 in range(0, C, BLOCK_K):
         ch = c0 + tl.arange(0, BLOCK_K)
         ch_mask = ch < C
-        a = _operand(X, U, PRM, RNG, pix[:, None] * C + ch[None, :], valid[:, None] & ch_mask[None, :], n, valid,
-                     ch, ch_mask, C, slope, p, scale, NORM, ACT, DROP, TANH_BWD, BN_BWD, PER_SAMPLE)
+        a = _operand(
+            X,
+            U,
+            PRM,
+            RNG,
+            pix[:, None] * C + ch[None, :],
+            valid[:, None] & ch_mask[None, :],
+            n,
+            valid,
+            ch,
+            ch_mask,
+            C,
+            slope,
+            p,
+            scale,
+            NORM,
+            ACT,
+            DROP,
+            TANH_BWD,
+            BN_BWD,
+            PER_SAMPLE,
+        )
         w_offsets = w_tap + (c_base + ch).to(tl.int64)[:, None] * sw_c + co.to(tl.int64)[None, :] * sw_o
         b = tl.load(W + w_offsets, mask=ch_mask[:, None] & co_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
@@ -122,9 +194,25 @@ def _accumulate_source(acc, X, U, PRM, RNG, W, pix, valid, n, co, co_mask, w_tap
 # Kernels
 # --------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _output_rows(pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE: tl.constexpr,
-                 PAD: tl.constexpr, TRANSPOSED: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr):
+def _output_rows(
+    pid_m,
+    cls,
+    classes,
+    N,
+    OH,
+    OW,
+    KH,
+    KW,
+    grid_m,
+    tiles_per_sample,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """The output rows of row tile pid_m of class cls: (n, qh, qw, row_mask, oh, ow) per row, the tile's index
     among the statistics partials, and the class's (taps_h, taps_w, r_h, r_w, base_h, base_w) — see
     `_conv_gemm_kernel` for the transposed form's classes. PER_SAMPLE: tiles never straddle two samples (their
@@ -172,10 +260,39 @@ def _output_rows(pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sampl
 
 
 @triton.jit
-def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
-              Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
-              DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
-              E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr, PER_SAMPLE: tl.constexpr):
+def _epilogue(
+    acc,
+    n,
+    oh,
+    ow,
+    row_mask,
+    co,
+    co_mask,
+    tile,
+    pid_n,
+    OH,
+    OW,
+    CO,
+    Y,
+    BIAS,
+    EX,
+    EP,
+    ER,
+    COUNT,
+    PART_A,
+    PART_B,
+    slope,
+    ep,
+    escale,
+    DGRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    TANH: tl.constexpr,
+    STATS: tl.constexpr,
+    E_NORM: tl.constexpr,
+    E_ACT: tl.constexpr,
+    E_DROP: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+):
     """Write the output tile from the fp32 accumulator; see `_conv_gemm_kernel` for the two epilogues."""
     out_pix = ((n * OH + oh) * OW + ow).to(tl.int64)
     out_mask = row_mask[:, None] & co_mask[None, :]
@@ -195,8 +312,9 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
         if E_NORM:
             dz = tl.where(out_mask, dz, 0.0)
             tl.store(PART_A + tile.to(tl.int64) * CO + co, tl.sum(dz, axis=0), mask=co_mask)
-            tl.store(PART_B + tile.to(tl.int64) * CO + co, tl.sum(dz * tl.where(out_mask, xc, 0.0), axis=0),
-                     mask=co_mask)
+            tl.store(
+                PART_B + tile.to(tl.int64) * CO + co, tl.sum(dz * tl.where(out_mask, xc, 0.0), axis=0), mask=co_mask
+            )
             dz = dz * k
         tl.store(Y + offsets, dz.to(Y.dtype.element_ty), mask=out_mask)
     else:
@@ -219,25 +337,80 @@ def _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
 
 @triton.jit
 def _conv_gemm_kernel(
-        # operands: source 1 with its prologue's tensors, source 2 with its own, the weight
-        X1, U1, P1, R1, X2, P2, R2, W,
-        # epilogue: output, bias, the dgrad's forward operand, statistics partials, split-K workspace
-        Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, WS,
-        # geometry: sizes, channels, the weight's strides, row tiles
-        N, IH, IW, C1, C2, OH, OW, CO, KH, KW, sw_c, sw_o, sw_h, sw_w, grid_m, tiles_per_sample,
-        # prologue and epilogue values: LeakyReLU slope, dropout (probability, scale) of source 1, 2, dgrad operand
-        slope, p1, scale1, p2, scale2, ep, escale,
-        # geometry (compile-time)
-        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, PER_SAMPLE: tl.constexpr,
-        # prologue of source 1, of source 2
-        NORM1: tl.constexpr, ACT1: tl.constexpr, DROP1: tl.constexpr, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
-        HAS_X2: tl.constexpr, NORM2: tl.constexpr, ACT2: tl.constexpr, DROP2: tl.constexpr,
-        # epilogue
-        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
-        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
-        # tiling
-        SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
+    # operands: source 1 with its prologue's tensors, source 2 with its own, the weight
+    X1,
+    U1,
+    P1,
+    R1,
+    X2,
+    P2,
+    R2,
+    W,
+    # epilogue: output, bias, the dgrad's forward operand, statistics partials, split-K workspace
+    Y,
+    BIAS,
+    EX,
+    EP,
+    ER,
+    COUNT,
+    PART_A,
+    PART_B,
+    WS,
+    # geometry: sizes, channels, the weight's strides, row tiles
+    N,
+    IH,
+    IW,
+    C1,
+    C2,
+    OH,
+    OW,
+    CO,
+    KH,
+    KW,
+    sw_c,
+    sw_o,
+    sw_h,
+    sw_w,
+    grid_m,
+    tiles_per_sample,
+    # prologue and epilogue values: LeakyReLU slope, dropout (probability, scale) of source 1, 2, dgrad operand
+    slope,
+    p1,
+    scale1,
+    p2,
+    scale2,
+    ep,
+    escale,
+    # geometry (compile-time)
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    # prologue of source 1, of source 2
+    NORM1: tl.constexpr,
+    ACT1: tl.constexpr,
+    DROP1: tl.constexpr,
+    TANH_BWD: tl.constexpr,
+    BN_BWD: tl.constexpr,
+    HAS_X2: tl.constexpr,
+    NORM2: tl.constexpr,
+    ACT2: tl.constexpr,
+    DROP2: tl.constexpr,
+    # epilogue
+    DGRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    TANH: tl.constexpr,
+    STATS: tl.constexpr,
+    E_NORM: tl.constexpr,
+    E_ACT: tl.constexpr,
+    E_DROP: tl.constexpr,
+    # tiling
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Implicit-GEMM convolution: Y[N, OH, OW, CO] (NHWC) from X1 [N, IH, IW, C1] (and X2 [N, IH, IW, C2], whose
     channels follow X1's in the weight). Grid (grid_m, cdiv(CO, BLOCK_N), classes·SPLIT_K), classes = STRIDE² if
     TRANSPOSED else 1.
@@ -263,8 +436,8 @@ def _conv_gemm_kernel(
     cls = tl.program_id(2) // SPLIT_K
     split = tl.program_id(2) % SPLIT_K
     n, qh, qw, row_mask, oh, ow, tile, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
-        pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE, PAD, TRANSPOSED, PER_SAMPLE,
-        BLOCK_M)
+        pid_m, cls, classes, N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE, PAD, TRANSPOSED, PER_SAMPLE, BLOCK_M
+    )
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     co_mask = co < CO
 
@@ -288,18 +461,100 @@ def _conv_gemm_kernel(
         pix = ((n * IH + ih) * IW + iw).to(tl.int64)
         pix = tl.where(valid, pix, 0)
         w_tap = kh.to(tl.int64) * sw_h + kw * sw_w
-        acc = _accumulate_source(acc, X1, U1, P1, R1, W, pix, valid, n, co, co_mask, w_tap, C1, 0, sw_c, sw_o,
-                                 slope, p1, scale1, NORM1, ACT1, DROP1, TANH_BWD, BN_BWD, PER_SAMPLE,
-                                 BLOCK_K, INPUT_PRECISION)
+        acc = _accumulate_source(
+            acc,
+            X1,
+            U1,
+            P1,
+            R1,
+            W,
+            pix,
+            valid,
+            n,
+            co,
+            co_mask,
+            w_tap,
+            C1,
+            0,
+            sw_c,
+            sw_o,
+            slope,
+            p1,
+            scale1,
+            NORM1,
+            ACT1,
+            DROP1,
+            TANH_BWD,
+            BN_BWD,
+            PER_SAMPLE,
+            BLOCK_K,
+            INPUT_PRECISION,
+        )
         if HAS_X2:
-            acc = _accumulate_source(acc, X2, None, P2, R2, W, pix, valid, n, co, co_mask, w_tap, C2, C1, sw_c,
-                                     sw_o, slope, p2, scale2, NORM2, ACT2, DROP2, False, False, PER_SAMPLE,
-                                     BLOCK_K, INPUT_PRECISION)
+            acc = _accumulate_source(
+                acc,
+                X2,
+                None,
+                P2,
+                R2,
+                W,
+                pix,
+                valid,
+                n,
+                co,
+                co_mask,
+                w_tap,
+                C2,
+                C1,
+                sw_c,
+                sw_o,
+                slope,
+                p2,
+                scale2,
+                NORM2,
+                ACT2,
+                DROP2,
+                False,
+                False,
+                PER_SAMPLE,
+                BLOCK_K,
+                INPUT_PRECISION,
+            )
 
     if SPLIT_K == 1:
-        _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
-                  Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
-                  DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP, PER_SAMPLE)
+        _epilogue(
+            acc,
+            n,
+            oh,
+            ow,
+            row_mask,
+            co,
+            co_mask,
+            tile,
+            pid_n,
+            OH,
+            OW,
+            CO,
+            Y,
+            BIAS,
+            EX,
+            EP,
+            ER,
+            COUNT,
+            PART_A,
+            PART_B,
+            slope,
+            ep,
+            escale,
+            DGRAD,
+            HAS_BIAS,
+            TANH,
+            STATS,
+            E_NORM,
+            E_ACT,
+            E_DROP,
+            PER_SAMPLE,
+        )
     else:
         rows = (tl.program_id(2).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(WS + rows[:, None] * CO + co[None, :], acc, mask=co_mask[None, :])
@@ -307,42 +562,147 @@ def _conv_gemm_kernel(
 
 @triton.jit
 def _split_k_epilogue_kernel(
-        WS, Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, N, OH, OW, CO, KH, KW, grid_m, tiles_per_sample,
-        slope, ep, escale,
-        STRIDE: tl.constexpr, PAD: tl.constexpr, TRANSPOSED: tl.constexpr, SPLIT_K: tl.constexpr,
-        PER_SAMPLE: tl.constexpr,
-        DGRAD: tl.constexpr, HAS_BIAS: tl.constexpr, TANH: tl.constexpr, STATS: tl.constexpr,
-        E_NORM: tl.constexpr, E_ACT: tl.constexpr, E_DROP: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    WS,
+    Y,
+    BIAS,
+    EX,
+    EP,
+    ER,
+    COUNT,
+    PART_A,
+    PART_B,
+    N,
+    OH,
+    OW,
+    CO,
+    KH,
+    KW,
+    grid_m,
+    tiles_per_sample,
+    slope,
+    ep,
+    escale,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    DGRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    TANH: tl.constexpr,
+    STATS: tl.constexpr,
+    E_NORM: tl.constexpr,
+    E_ACT: tl.constexpr,
+    E_DROP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """The second stage of a split-K `_conv_gemm_kernel`: sums WS over the splits in split order (bitwise
     reproducible) and runs the same epilogue on the same tiles. Grid (grid_m, cdiv(CO, BLOCK_N), classes)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     cls = tl.program_id(2)
     n, qh, qw, row_mask, oh, ow, tile, taps_h, taps_w, r_h, r_w, base_h, base_w = _output_rows(
-        pid_m, cls, tl.num_programs(2), N, OH, OW, KH, KW, grid_m, tiles_per_sample, STRIDE, PAD, TRANSPOSED,
-        PER_SAMPLE, BLOCK_M)
+        pid_m,
+        cls,
+        tl.num_programs(2),
+        N,
+        OH,
+        OW,
+        KH,
+        KW,
+        grid_m,
+        tiles_per_sample,
+        STRIDE,
+        PAD,
+        TRANSPOSED,
+        PER_SAMPLE,
+        BLOCK_M,
+    )
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     co_mask = co < CO
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for split in range(0, SPLIT_K):
         rows = ((cls * SPLIT_K + split).to(tl.int64) * grid_m + pid_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         acc += tl.load(WS + rows[:, None] * CO + co[None, :], mask=co_mask[None, :], other=0.0)
-    _epilogue(acc, n, oh, ow, row_mask, co, co_mask, tile, pid_n, OH, OW, CO,
-              Y, BIAS, EX, EP, ER, COUNT, PART_A, PART_B, slope, ep, escale,
-              DGRAD, HAS_BIAS, TANH, STATS, E_NORM, E_ACT, E_DROP, PER_SAMPLE)
+    _epilogue(
+        acc,
+        n,
+        oh,
+        ow,
+        row_mask,
+        co,
+        co_mask,
+        tile,
+        pid_n,
+        OH,
+        OW,
+        CO,
+        Y,
+        BIAS,
+        EX,
+        EP,
+        ER,
+        COUNT,
+        PART_A,
+        PART_B,
+        slope,
+        ep,
+        escale,
+        DGRAD,
+        HAS_BIAS,
+        TANH,
+        STATS,
+        E_NORM,
+        E_ACT,
+        E_DROP,
+        PER_SAMPLE,
+    )
 
 
 @triton.jit
-def _wgrad_kernel(D, DU, DP, DR, G, GU, GP, GR, WS,
-                  N, QH, QW, GH, GW, CD, CG, KW, steps, slope, dp, dscale, gp, gscale,
-                  STRIDE: tl.constexpr, PAD: tl.constexpr,
-                  D_NORM: tl.constexpr, D_ACT: tl.constexpr, D_DROP: tl.constexpr,
-                  D_TANH_BWD: tl.constexpr, D_BN_BWD: tl.constexpr,
-                  G_NORM: tl.constexpr, G_ACT: tl.constexpr, G_DROP: tl.constexpr,
-                  G_TANH_BWD: tl.constexpr, G_BN_BWD: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
-                  INPUT_PRECISION: tl.constexpr):
+def _wgrad_kernel(
+    D,
+    DU,
+    DP,
+    DR,
+    G,
+    GU,
+    GP,
+    GR,
+    WS,
+    N,
+    QH,
+    QW,
+    GH,
+    GW,
+    CD,
+    CG,
+    KW,
+    steps,
+    slope,
+    dp,
+    dscale,
+    gp,
+    gscale,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    D_NORM: tl.constexpr,
+    D_ACT: tl.constexpr,
+    D_DROP: tl.constexpr,
+    D_TANH_BWD: tl.constexpr,
+    D_BN_BWD: tl.constexpr,
+    G_NORM: tl.constexpr,
+    G_ACT: tl.constexpr,
+    G_DROP: tl.constexpr,
+    G_TANH_BWD: tl.constexpr,
+    G_BN_BWD: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Split-K weight gradient: WS[split, tap, d, g] = Σ_m D[m, d]·G[gather(m, tap), g] over the rows m of this
     split. Grid (taps·cdiv(CG, BLOCK_G), cdiv(CD, BLOCK_D), splits).
 
@@ -371,12 +731,51 @@ def _wgrad_kernel(D, DU, DP, DR, G, GU, GP, GR, WS,
         gh = (q // QW) * STRIDE - PAD + kh
         gw = (q % QW) * STRIDE - PAD + kw
         valid = row_mask & (gh >= 0) & (gh < GH) & (gw >= 0) & (gw < GW)
-        d = _operand(D, DU, DP, DR, rows.to(tl.int64)[:, None] * CD + dch[None, :],
-                     row_mask[:, None] & d_mask[None, :], n, row_mask, dch, d_mask, CD, slope, dp, dscale,
-                     D_NORM, D_ACT, D_DROP, D_TANH_BWD, D_BN_BWD, PER_SAMPLE)
+        d = _operand(
+            D,
+            DU,
+            DP,
+            DR,
+            rows.to(tl.int64)[:, None] * CD + dch[None, :],
+            row_mask[:, None] & d_mask[None, :],
+            n,
+            row_mask,
+            dch,
+            d_mask,
+            CD,
+            slope,
+            dp,
+            dscale,
+            D_NORM,
+            D_ACT,
+            D_DROP,
+            D_TANH_BWD,
+            D_BN_BWD,
+            PER_SAMPLE,
+        )
         gpix = tl.where(valid, ((n * GH + gh) * GW + gw).to(tl.int64), 0)
-        g = _operand(G, GU, GP, GR, gpix[:, None] * CG + gch[None, :], valid[:, None] & g_mask[None, :], n, valid,
-                     gch, g_mask, CG, slope, gp, gscale, G_NORM, G_ACT, G_DROP, G_TANH_BWD, G_BN_BWD, PER_SAMPLE)
+        g = _operand(
+            G,
+            GU,
+            GP,
+            GR,
+            gpix[:, None] * CG + gch[None, :],
+            valid[:, None] & g_mask[None, :],
+            n,
+            valid,
+            gch,
+            g_mask,
+            CG,
+            slope,
+            gp,
+            gscale,
+            G_NORM,
+            G_ACT,
+            G_DROP,
+            G_TANH_BWD,
+            G_BN_BWD,
+            PER_SAMPLE,
+        )
         acc = tl.dot(tl.trans(d), g, acc, input_precision=INPUT_PRECISION)
     taps = tl.num_programs(0) // g_blocks
     offsets = ((split.to(tl.int64) * taps + tap) * CD + dch[:, None]) * CG + gch[None, :]
@@ -400,8 +799,20 @@ def _wgrad_reduce_kernel(WS, DW, splits, total, CD, CG, KW, s_d, s_g, s_h, s_w, 
 
 
 @triton.jit
-def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, HW, TANH_BWD: tl.constexpr, BN_BWD: tl.constexpr,
-                                 PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _channel_sum_partials_kernel(
+    X,
+    U,
+    PRM,
+    PART,
+    R,
+    C,
+    HW,
+    TANH_BWD: tl.constexpr,
+    BN_BWD: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """PART[t, c] = Σ over rows of tile t of the gradient operand X [R, C] after its prologue (the bias gradient's
     first stage); HW rows per sample. Grid (cdiv(R, BLOCK_M), cdiv(C, BLOCK_C))."""
     t = tl.program_id(0)
@@ -410,14 +821,35 @@ def _channel_sum_partials_kernel(X, U, PRM, PART, R, C, HW, TANH_BWD: tl.constex
     rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     mask = row_mask[:, None] & ch_mask[None, :]
-    v = _operand(X, U, PRM, None, rows.to(tl.int64)[:, None] * C + ch[None, :], mask, rows // HW, row_mask, ch,
-                 ch_mask, C, 0.0, 0.0, 1.0, False, 0, False, TANH_BWD, BN_BWD, PER_SAMPLE)
+    v = _operand(
+        X,
+        U,
+        PRM,
+        None,
+        rows.to(tl.int64)[:, None] * C + ch[None, :],
+        mask,
+        rows // HW,
+        row_mask,
+        ch,
+        ch_mask,
+        C,
+        0.0,
+        0.0,
+        1.0,
+        False,
+        0,
+        False,
+        TANH_BWD,
+        BN_BWD,
+        PER_SAMPLE,
+    )
     tl.store(PART + t.to(tl.int64) * C + ch, tl.sum(v.to(tl.float32), axis=0), mask=ch_mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Operand:
@@ -428,6 +860,7 @@ class Operand:
     state [seed, offset] and probability (p = 0: none). u: the saved output a gradient prologue reads
     (`tanh_bwd`: the Tanh output; `bn_bwd`: the raw output). slope: LeakyReLU's negative slope.
     """
+
     x: torch.Tensor
     prm: torch.Tensor | None = None
     act: int = 0
@@ -444,16 +877,20 @@ class Operand:
 
     def tensors(self):
         """(X, U, PRM, RNG) as the kernels take them: None for a tensor the flags say the kernel does not read."""
-        return (self.x, self.u if self.tanh_bwd or self.bn_bwd else None, self.prm,
-                self.rng if self.p > 0 else None)
+        return (self.x, self.u if self.tanh_bwd or self.bn_bwd else None, self.prm, self.rng if self.p > 0 else None)
 
     def dropout(self):
         """(p, 1/(1 − p)) as the kernels take them."""
         return self.p, (1.0 / (1.0 - self.p) if self.p > 0 else 1.0)
 
     def flags(self, prefix=""):
-        return {prefix + "NORM": self.prm is not None and not self.bn_bwd, prefix + "ACT": self.act,
-                prefix + "DROP": self.p > 0, prefix + "TANH_BWD": self.tanh_bwd, prefix + "BN_BWD": self.bn_bwd}
+        return {
+            prefix + "NORM": self.prm is not None and not self.bn_bwd,
+            prefix + "ACT": self.act,
+            prefix + "DROP": self.p > 0,
+            prefix + "TANH_BWD": self.tanh_bwd,
+            prefix + "BN_BWD": self.bn_bwd,
+        }
 
 
 @dataclass(frozen=True)
@@ -461,6 +898,7 @@ class Geometry:
     """The conv one GEMM launch computes: `batch` images from `in_hw` to `out_hw` with a `kernel` (KH, KW) at
     `stride` and `padding`; transposed: the sub-pixel form, one output class per (oh, ow) mod stride (see
     `_conv_gemm_kernel`)."""
+
     batch: int
     in_hw: tuple
     out_hw: tuple
@@ -496,6 +934,7 @@ class Epilogue:
     """What a GEMM does with its fp32 accumulator. Forward: + bias, Tanh, and with `stats` the per-tile BatchNorm
     statistics partials. dgrad_of: the forward Operand whose gradient this launch computes: its dropout mask and its
     activation's derivative are applied, and with its norm the per-tile partial sums of that norm's gradient."""
+
     out_channels: int
     bias: torch.Tensor | None = None
     tanh: bool = False
@@ -518,13 +957,21 @@ class Epilogue:
 
     def constexprs(self) -> dict:
         e = self.dgrad_of
-        return dict(DGRAD=e is not None, HAS_BIAS=self.bias is not None, TANH=self.tanh, STATS=self.stats,
-                    E_NORM=self.norm_sums, E_ACT=e.act if e is not None else 0, E_DROP=e is not None and e.p > 0)
+        return dict(
+            DGRAD=e is not None,
+            HAS_BIAS=self.bias is not None,
+            TANH=self.tanh,
+            STATS=self.stats,
+            E_NORM=self.norm_sums,
+            E_ACT=e.act if e is not None else 0,
+            E_DROP=e is not None and e.p > 0,
+        )
 
 
 class Tiling(NamedTuple):
     """Block sizes and launch options of one GEMM: rows, then the two channel blocks (`_conv_gemm_kernel`: output
     and reduction channels; `_wgrad_kernel`: the direct and the gathered operand's), warps, pipeline stages."""
+
     block_m: int
     block_n: int
     block_k: int
@@ -570,12 +1017,33 @@ def _interpreter_tiling(M, C_a, C_b) -> Tiling:
 
 # GPU candidates, the first the default while nothing may be measured. Tiles wider than the problem only waste
 # lanes, so they are dropped (tl.dot needs every side ≥ 16).
-_GEMM_CONFIGS = [Tiling(*c) for c in ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
-                                      (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4),
-                                      (32, 64, 64, 4, 4), (128, 32, 32, 4, 4), (32, 32, 64, 4, 3))]
-_WGRAD_CONFIGS = [Tiling(*c) for c in ((32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (32, 128, 64, 4, 3),
-                                       (32, 64, 128, 4, 3), (64, 128, 128, 8, 3), (32, 32, 32, 4, 3),
-                                       (64, 32, 64, 4, 3), (64, 64, 32, 4, 3))]
+_GEMM_CONFIGS = [
+    Tiling(*c)
+    for c in (
+        (64, 64, 32, 4, 3),
+        (128, 64, 32, 4, 3),
+        (64, 128, 32, 4, 3),
+        (128, 128, 32, 8, 3),
+        (128, 128, 64, 8, 3),
+        (64, 64, 64, 4, 4),
+        (32, 64, 64, 4, 4),
+        (128, 32, 32, 4, 4),
+        (32, 32, 64, 4, 3),
+    )
+]
+_WGRAD_CONFIGS = [
+    Tiling(*c)
+    for c in (
+        (32, 64, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (32, 128, 64, 4, 3),
+        (32, 64, 128, 4, 3),
+        (64, 128, 128, 8, 3),
+        (32, 32, 32, 4, 3),
+        (64, 32, 64, 4, 3),
+        (64, 64, 32, 4, 3),
+    )
+]
 
 
 def _fits(block, size):
@@ -609,8 +1077,17 @@ def _source_args(first: Operand, second: Operand | None):
     p1, scale1 = first.dropout()
     f = first.flags()
     args = dict(X1=X1, U1=U1, P1=P1, R1=R1, C1=first.channels, p1=p1, scale1=scale1)
-    flags = dict(NORM1=f["NORM"], ACT1=f["ACT"], DROP1=f["DROP"], TANH_BWD=f["TANH_BWD"], BN_BWD=f["BN_BWD"],
-                 HAS_X2=second is not None, NORM2=False, ACT2=0, DROP2=False)
+    flags = dict(
+        NORM1=f["NORM"],
+        ACT1=f["ACT"],
+        DROP1=f["DROP"],
+        TANH_BWD=f["TANH_BWD"],
+        BN_BWD=f["BN_BWD"],
+        HAS_X2=second is not None,
+        NORM2=False,
+        ACT2=0,
+        DROP2=False,
+    )
     if second is None:
         return {**args, "X2": None, "P2": None, "R2": None, "C2": 0, "p2": 0.0, "scale2": 1.0}, flags
     X2, _, P2, R2 = second.tensors()
@@ -619,8 +1096,9 @@ def _source_args(first: Operand, second: Operand | None):
     return {**args, "X2": X2, "P2": P2, "R2": R2, "C2": second.channels, "p2": p2, "scale2": scale2}, flags
 
 
-def conv_gemm(sources, weight, strides, geometry: Geometry, epilogue: Epilogue, *, per_sample=False, tuning=None,
-              out=None):
+def conv_gemm(
+    sources, weight, strides, geometry: Geometry, epilogue: Epilogue, *, per_sample=False, tuning=None, out=None
+):
     """Launch `_conv_gemm_kernel` (and, split-K, `_split_k_epilogue_kernel`). sources: one or two Operands (two
     only in the forward). weight: read through `strides`, (reduction channel, output channel, kh, kw). per_sample:
     statistics, their gradients and every operand's parameters are per sample (instance norm). tuning: the model's
@@ -633,14 +1111,21 @@ def conv_gemm(sources, weight, strides, geometry: Geometry, epilogue: Epilogue, 
     g, CO = geometry, epilogue.out_channels
     N, (QH, QW), M = g.batch, g.class_hw, g.batch * g.class_hw[0] * g.class_hw[1]
     if epilogue.stats and g.transposed and (g.out_hw[0] % g.stride or g.out_hw[1] % g.stride):
-        raise ValueError(f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
-                         f"{g.stride}, got {g.out_hw[0]}×{g.out_hw[1]}")
+        raise ValueError(
+            f"BatchNorm statistics of a transposed conv need an output size divisible by the stride "
+            f"{g.stride}, got {g.out_hw[0]}×{g.out_hw[1]}"
+        )
     y = out if out is not None else torch.empty((N, *g.out_hw, CO), dtype=first.x.dtype, device=first.x.device)
     operands, prologue = _source_args(first, second)
     values = dict(slope=_shared_slope((first, second, epilogue.dgrad_of)), **epilogue.values())
     sizes = dict(g.sizes(), CO=CO)
-    constexprs = dict(**g.constexprs(), PER_SAMPLE=per_sample, **prologue, **epilogue.constexprs(),
-                      INPUT_PRECISION=_input_precision(first.x.dtype))
+    constexprs = dict(
+        **g.constexprs(),
+        PER_SAMPLE=per_sample,
+        **prologue,
+        **epilogue.constexprs(),
+        INPUT_PRECISION=_input_precision(first.x.dtype),
+    )
     epilogue_constexprs = dict(**g.constexprs(), PER_SAMPLE=per_sample, **epilogue.constexprs())
 
     def launch(tiling: Tiling):
@@ -648,30 +1133,58 @@ def conv_gemm(sources, weight, strides, geometry: Geometry, epilogue: Epilogue, 
         rows["grid_m"] = N * rows["tiles_per_sample"] if per_sample else triton.cdiv(M, tiling.block_m)
         n_blocks = triton.cdiv(CO, tiling.block_n)
         split_k = _split_k_count(rows["grid_m"] * n_blocks * g.classes, g.class_taps)
-        f32 = dict(dtype=torch.float32, device=y.device)
+        f32 = functools.partial(torch.empty, dtype=torch.float32, device=y.device)
         T = g.classes * rows["grid_m"]
-        count = torch.empty(T, **f32) if epilogue.stats else None
+        count = f32(T) if epilogue.stats else None
         part_a = part_b = partials = None
         if epilogue.stats or epilogue.norm_sums:
-            part_a, part_b = torch.empty(T, CO, **f32), torch.empty(T, CO, **f32)
+            part_a, part_b = f32(T, CO), f32(T, CO)
             partials = (count, part_a, part_b, N if per_sample else None)
-        ws = torch.empty(g.classes * split_k, rows["grid_m"] * tiling.block_m, CO, **f32) if split_k > 1 else None
+        ws = f32(g.classes * split_k, rows["grid_m"] * tiling.block_m, CO) if split_k > 1 else None
         outputs = dict(Y=y, **epilogue.tensors(), COUNT=count, PART_A=part_a, PART_B=part_b, WS=ws)
         _conv_gemm_kernel[(rows["grid_m"], n_blocks, g.classes * split_k)](
-            **operands, W=weight, **outputs, IH=g.in_hw[0], IW=g.in_hw[1], **sizes, sw_c=strides[0],
-            sw_o=strides[1], sw_h=strides[2], sw_w=strides[3], **rows, **values, **constexprs, SPLIT_K=split_k,
-            BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, num_warps=tiling.num_warps,
-            num_stages=tiling.num_stages)
+            **operands,
+            W=weight,
+            **outputs,
+            IH=g.in_hw[0],
+            IW=g.in_hw[1],
+            **sizes,
+            sw_c=strides[0],
+            sw_o=strides[1],
+            sw_h=strides[2],
+            sw_w=strides[3],
+            **rows,
+            **values,
+            **constexprs,
+            SPLIT_K=split_k,
+            BLOCK_M=tiling.block_m,
+            BLOCK_N=tiling.block_n,
+            BLOCK_K=tiling.block_k,
+            num_warps=tiling.num_warps,
+            num_stages=tiling.num_stages,
+        )
         if split_k > 1:
             _split_k_epilogue_kernel[(rows["grid_m"], n_blocks, g.classes)](
-                **outputs, **sizes, **rows, **values, **epilogue_constexprs, SPLIT_K=split_k,
-                BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, num_warps=tiling.num_warps)
+                **outputs,
+                **sizes,
+                **rows,
+                **values,
+                **epilogue_constexprs,
+                SPLIT_K=split_k,
+                BLOCK_M=tiling.block_m,
+                BLOCK_N=tiling.block_n,
+                num_warps=tiling.num_warps,
+            )
         return y, partials
 
     if INTERPRETED:
         return launch(_interpreter_tiling(QH * QW if per_sample else M, CO, max(operands["C1"], operands["C2"])))
-    key = _tuning_key(f"{N}x{g.in_hw[0]}x{g.in_hw[1]}x{operands['C1']}+{operands['C2']} -> {g.out_hw[0]}x"
-                      f"{g.out_hw[1]}x{CO} k{g.kernel[0]}x{g.kernel[1]}", first.x.dtype, constexprs)
+    key = _tuning_key(
+        f"{N}x{g.in_hw[0]}x{g.in_hw[1]}x{operands['C1']}+{operands['C2']} -> {g.out_hw[0]}x"
+        f"{g.out_hw[1]}x{CO} k{g.kernel[0]}x{g.kernel[1]}",
+        first.x.dtype,
+        constexprs,
+    )
     return launch(Tiling(*block_config(tuning, "conv_gemm", key, _gemm_candidates(M, CO), launch)))
 
 
@@ -707,10 +1220,29 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False,
     dp, dscale = direct.dropout()
     gp, gscale = gathered.dropout()
     operands = dict(D=D, DU=DU, DP=DP, DR=DR, G=G, GU=GU, GP=GP, GR=GR)
-    values = dict(N=N, QH=QH, QW=QW, GH=GH, GW=GW, CD=CD, CG=CG, KW=KW, dp=dp, dscale=dscale, gp=gp, gscale=gscale,
-                  slope=_shared_slope((direct, gathered)))
-    constexprs = dict(STRIDE=stride, PAD=padding, **direct.flags("D_"), **gathered.flags("G_"), PER_SAMPLE=per_sample,
-                      INPUT_PRECISION=_input_precision(direct.x.dtype))
+    values = dict(
+        N=N,
+        QH=QH,
+        QW=QW,
+        GH=GH,
+        GW=GW,
+        CD=CD,
+        CG=CG,
+        KW=KW,
+        dp=dp,
+        dscale=dscale,
+        gp=gp,
+        gscale=gscale,
+        slope=_shared_slope((direct, gathered)),
+    )
+    constexprs = dict(
+        STRIDE=stride,
+        PAD=padding,
+        **direct.flags("D_"),
+        **gathered.flags("G_"),
+        PER_SAMPLE=per_sample,
+        INPUT_PRECISION=_input_precision(direct.x.dtype),
+    )
     M = N * QH * QW
 
     def launch(tiling: Tiling):
@@ -720,12 +1252,22 @@ def conv_wgrad(direct, gathered, kernel, stride, padding, out, per_sample=False,
         splits = triton.cdiv(row_blocks, steps)
         ws = torch.empty(splits, taps, CD, CG, dtype=torch.float32, device=out.device)
         _wgrad_kernel[(taps * triton.cdiv(CG, tiling.block_k), triton.cdiv(CD, tiling.block_n), splits)](
-            **operands, WS=ws, **values, steps=steps, **constexprs, BLOCK_M=tiling.block_m, BLOCK_D=tiling.block_n,
-            BLOCK_G=tiling.block_k, num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+            **operands,
+            WS=ws,
+            **values,
+            steps=steps,
+            **constexprs,
+            BLOCK_M=tiling.block_m,
+            BLOCK_D=tiling.block_n,
+            BLOCK_G=tiling.block_k,
+            num_warps=tiling.num_warps,
+            num_stages=tiling.num_stages,
+        )
         total = taps * CD * CG
         block = 1024
-        _wgrad_reduce_kernel[(triton.cdiv(total, block),)](ws, out, splits, total, CD, CG, KW, *out.stride(),
-                                                            BLOCK=block)
+        _wgrad_reduce_kernel[(triton.cdiv(total, block),)](
+            ws, out, splits, total, CD, CG, KW, *out.stride(), BLOCK=block
+        )
         return out
 
     if INTERPRETED:
@@ -744,13 +1286,25 @@ def bias_grad(grad, out, per_sample=False):
     part = torch.empty(T, C, dtype=torch.float32, device=out.device)
     X, U, PRM, _ = grad.tensors()
     _channel_sum_partials_kernel[(T, triton.cdiv(C, block_c))](
-        X, U, PRM, part, R, C, H * W, TANH_BWD=grad.tanh_bwd, BN_BWD=grad.bn_bwd, PER_SAMPLE=per_sample,
-        BLOCK_M=block_m, BLOCK_C=block_c)
+        X,
+        U,
+        PRM,
+        part,
+        R,
+        C,
+        H * W,
+        TANH_BWD=grad.tanh_bwd,
+        BN_BWD=grad.bn_bwd,
+        PER_SAMPLE=per_sample,
+        BLOCK_M=block_m,
+        BLOCK_C=block_c,
+    )
     sums = torch.empty(2, C, dtype=torch.float32, device=out.device)
     block_t, block_c = _merge_config(C, T)
     # The sums of Σdz·(x − mean) are not needed here: the one partial tensor stands in for both inputs.
-    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part, part, sums[0], sums[1], None, out, 1, T, C,
-                                                       HAS_DW=False, HAS_DB=True, BLOCK_T=block_t, BLOCK_C=block_c)
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](
+        part, part, sums[0], sums[1], None, out, 1, T, C, HAS_DW=False, HAS_DB=True, BLOCK_T=block_t, BLOCK_C=block_c
+    )
     return out
 
 
@@ -764,8 +1318,21 @@ def finalize_stats(partials, C, running_mean, running_var, momentum, eps):
     update = running_mean is not None
     block_t, block_c = _merge_config(C, T)
     stats_finalize_kernel[(triton.cdiv(C, block_c), groups)](
-        count, mean_p, m2_p, stats[0], stats[1], running_mean, running_var, T, C, eps, momentum,
-        UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c)
+        count,
+        mean_p,
+        m2_p,
+        stats[0],
+        stats[1],
+        running_mean,
+        running_var,
+        T,
+        C,
+        eps,
+        momentum,
+        UPDATE_RUNNING=update,
+        BLOCK_T=block_t,
+        BLOCK_C=block_c,
+    )
     return (stats[0], stats[1]) if samples else (stats[0, 0], stats[1, 0])
 
 
@@ -777,15 +1344,28 @@ def finalize_sums(partials, C):
     T = part_a.shape[0] // groups
     sums = torch.empty(2, groups, C, dtype=torch.float32, device=part_a.device)
     block_t, block_c = _merge_config(C, T)
-    grad_finalize_kernel[(triton.cdiv(C, block_c),)](part_a, part_b, sums[0], sums[1], None, None, groups, T, C,
-                                                       HAS_DW=False, HAS_DB=False, BLOCK_T=block_t,
-                                                       BLOCK_C=block_c)
+    grad_finalize_kernel[(triton.cdiv(C, block_c),)](
+        part_a,
+        part_b,
+        sums[0],
+        sums[1],
+        None,
+        None,
+        groups,
+        T,
+        C,
+        HAS_DW=False,
+        HAS_DB=False,
+        BLOCK_T=block_t,
+        BLOCK_C=block_c,
+    )
     return (sums[0], sums[1]) if samples else (sums[0, 0], sums[1, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------
 # autograd
 # --------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ConvSpec:
@@ -796,6 +1376,7 @@ class ConvSpec:
     statistics and the sources' (mean, k, β) are per sample (instance norm). tuning: the ConvTuning of the model
     this conv belongs to (its kernels' block sizes), None for the first candidates.
     """
+
     stride: int = 1
     padding: int = 0
     transposed: bool = False
@@ -844,8 +1425,23 @@ def _weight_layout(weight, transposed):
 
 
 # forward's arguments in order (ctx.needs_input_grad follows them), and each source's differentiable ones.
-_FORWARD_ARGS = ("spec", "x", "mean", "k", "beta", "x2", "mean2", "k2", "beta2", "rng", "rng2", "weight", "bias",
-                 "running_mean", "running_var")
+_FORWARD_ARGS = (
+    "spec",
+    "x",
+    "mean",
+    "k",
+    "beta",
+    "x2",
+    "mean2",
+    "k2",
+    "beta2",
+    "rng",
+    "rng2",
+    "weight",
+    "bias",
+    "running_mean",
+    "running_var",
+)
 _SOURCE_ARGS = (("x", "mean", "k", "beta"), ("x2", "mean2", "k2", "beta2"))
 
 
@@ -853,37 +1449,53 @@ class ConvBNActFunction(torch.autograd.Function):
     """Autograd wiring of the fused conv; see `conv_bn_act` for the arguments."""
 
     @staticmethod
-    def forward(ctx, spec, x, mean, k, beta, x2, mean2, k2, beta2, rng, rng2, weight, bias, running_mean,
-                running_var):
+    def forward(ctx, spec, x, mean, k, beta, x2, mean2, k2, beta2, rng, rng2, weight, bias, running_mean, running_var):
         norms = (None if mean is None else (mean, k, beta), None if mean2 is None else (mean2, k2, beta2))
         xs = [_nhwc(x)] + ([] if x2 is None else [_nhwc(x2)])
         samples = x.shape[0] if spec.per_sample else None
-        prms = [None if nm is None else _params(*nm, samples=samples) for nm in norms[:len(xs)]]
+        prms = [None if nm is None else _params(*nm, samples=samples) for nm in norms[: len(xs)]]
         rngs = (rng, rng2)
-        ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
-               for i, xi in enumerate(xs)]
+        ops = [
+            Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
+            for i, xi in enumerate(xs)
+        ]
         w = _gemm_weight(weight, x.dtype, 1 if spec.transposed else 0)
         _, c_out, strides, _ = _weight_layout(w, spec.transposed)
         KH, KW = w.shape[2], w.shape[3]
         N, H, W, _ = xs[0].shape
-        out_size = (output_size(H, KH, spec.stride, spec.padding, spec.transposed),
-                    output_size(W, KW, spec.stride, spec.padding, spec.transposed))
+        out_size = (
+            output_size(H, KH, spec.stride, spec.padding, spec.transposed),
+            output_size(W, KW, spec.stride, spec.padding, spec.transposed),
+        )
         geometry = Geometry(N, (H, W), out_size, (KH, KW), spec.stride, spec.padding, spec.transposed)
-        y, partials = conv_gemm(ops, w, strides, geometry, Epilogue(c_out, bias, spec.tanh, spec.stats),
-                                per_sample=spec.per_sample, tuning=spec.tuning)
+        y, partials = conv_gemm(
+            ops,
+            w,
+            strides,
+            geometry,
+            Epilogue(c_out, bias, spec.tanh, spec.stats),
+            per_sample=spec.per_sample,
+            tuning=spec.tuning,
+        )
         mean_out = rstd_out = None
         if spec.stats:
-            mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum,
-                                                spec.eps)
+            mean_out, rstd_out = finalize_stats(partials, c_out, running_mean, running_var, spec.momentum, spec.eps)
         ctx.spec = spec
         ctx.compute_dtype = x.dtype
         ctx.num_sources = len(xs)
         ctx.has_norm = tuple(p is not None for p in prms)
         ctx.norm_dims = tuple(None if nm is None else nm[0].dim() for nm in norms)
-        ctx.save_for_backward(*xs, *[p for p in prms if p is not None],
-                              *[r for r in rngs[:len(xs)] if r is not None],
-                              weight, bias, y if spec.tanh or spec.stats else None, mean_out, rstd_out)
-        ctx.has_rng = tuple(r is not None for r in rngs[:len(xs)])
+        ctx.save_for_backward(
+            *xs,
+            *[p for p in prms if p is not None],
+            *[r for r in rngs[: len(xs)] if r is not None],
+            weight,
+            bias,
+            y if spec.tanh or spec.stats else None,
+            mean_out,
+            rstd_out,
+        )
+        ctx.has_rng = tuple(r is not None for r in rngs[: len(xs)])
         y_nchw = y.permute(0, 3, 1, 2)
         if spec.stats:
             return y_nchw, mean_out, rstd_out
@@ -897,8 +1509,10 @@ class ConvBNActFunction(torch.autograd.Function):
         prms = [saved.pop(0) if has else None for has in ctx.has_norm]
         rngs = [saved.pop(0) if has else None for has in ctx.has_rng]
         weight, bias, y, mean_out, rstd_out = saved
-        ops = [Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
-               for i, xi in enumerate(xs)]
+        ops = [
+            Operand(xi, prms[i], ACTIVATIONS[spec.activation[i]], rngs[i], spec.dropout_p[i], slope=spec.slope)
+            for i, xi in enumerate(xs)
+        ]
         g = _nhwc(gy.to(ctx.compute_dtype))
         grad = Operand(g)
         if spec.tanh:
@@ -906,9 +1520,10 @@ class ConvBNActFunction(torch.autograd.Function):
         elif spec.stats and (gmean is not None or grstd is not None):
             n = g.shape[1] * g.shape[2] * (1 if spec.per_sample else g.shape[0])  # values per statistic
             a = torch.zeros_like(mean_out) if gmean is None else gmean.float() / n
-            b = torch.zeros_like(rstd_out) if grstd is None else -grstd.float() * rstd_out ** 3 / n
-            grad = Operand(g, prm=_params(mean_out, a, b, samples=g.shape[0] if spec.per_sample else None), u=y,
-                           bn_bwd=True)
+            b = torch.zeros_like(rstd_out) if grstd is None else -grstd.float() * rstd_out**3 / n
+            grad = Operand(
+                g, prm=_params(mean_out, a, b, samples=g.shape[0] if spec.per_sample else None), u=y, bn_bwd=True
+            )
         KH, KW = weight.shape[2], weight.shape[3]
         needs = dict(zip(_FORWARD_ARGS, ctx.needs_input_grad))
         # dgrad reads the weight with the input channels as its output channels
@@ -921,11 +1536,25 @@ class ConvBNActFunction(torch.autograd.Function):
             cs = op.channels
             dx = dmean = dk = dbeta = None
             if any(needs[name] for name in names):
-                w_slice = w[c0:c0 + cs] if spec.transposed else w[:, c0:c0 + cs]
-                geometry = Geometry(g.shape[0], tuple(g.shape[1:3]), tuple(op.x.shape[1:3]), (KH, KW), spec.stride,
-                                    spec.padding, not spec.transposed)
-                dx, partials = conv_gemm([grad], w_slice, d_strides, geometry, Epilogue(cs, dgrad_of=op),
-                                         per_sample=spec.per_sample, tuning=spec.tuning)
+                w_slice = w[c0 : c0 + cs] if spec.transposed else w[:, c0 : c0 + cs]
+                geometry = Geometry(
+                    g.shape[0],
+                    tuple(g.shape[1:3]),
+                    tuple(op.x.shape[1:3]),
+                    (KH, KW),
+                    spec.stride,
+                    spec.padding,
+                    not spec.transposed,
+                )
+                dx, partials = conv_gemm(
+                    [grad],
+                    w_slice,
+                    d_strides,
+                    geometry,
+                    Epilogue(cs, dgrad_of=op),
+                    per_sample=spec.per_sample,
+                    tuning=spec.tuning,
+                )
                 dx = dx.permute(0, 3, 1, 2)
                 if op.prm is not None:
                     sum_dz, sum_dzx = finalize_sums(partials, cs)
@@ -940,11 +1569,13 @@ class ConvBNActFunction(torch.autograd.Function):
             for op in ops:
                 cs = op.channels
                 if spec.transposed:
-                    conv_wgrad(op, grad, (KH, KW), spec.stride, spec.padding, dw[c0:c0 + cs], spec.per_sample,
-                               spec.tuning)
+                    conv_wgrad(
+                        op, grad, (KH, KW), spec.stride, spec.padding, dw[c0 : c0 + cs], spec.per_sample, spec.tuning
+                    )
                 else:
-                    conv_wgrad(grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0:c0 + cs], spec.per_sample,
-                               spec.tuning)
+                    conv_wgrad(
+                        grad, op, (KH, KW), spec.stride, spec.padding, dw[:, c0 : c0 + cs], spec.per_sample, spec.tuning
+                    )
                 c0 += cs
         if bias is not None and needs["bias"]:
             grads["bias"] = bias_grad(grad, torch.empty_like(bias), spec.per_sample)
@@ -953,18 +1584,24 @@ class ConvBNActFunction(torch.autograd.Function):
 
 def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh, per_sample, running):
     if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"expected a 4-d NCHW-shaped input and a 4-d weight, got input {tuple(x.shape)} and "
-                         f"weight {tuple(weight.shape)}")
+        raise ValueError(
+            f"expected a 4-d NCHW-shaped input and a 4-d weight, got input {tuple(x.shape)} and "
+            f"weight {tuple(weight.shape)}"
+        )
     c_in = weight.shape[0] if transposed else weight.shape[1]
     channels = x.shape[1] + (0 if x2 is None else x2.shape[1])
     if channels != c_in:
         kind = "ConvTranspose weight [in, out, kh, kw]" if transposed else "conv weight [out, in, kh, kw]"
-        raise ValueError(f"input channels {channels} (input {tuple(x.shape)}"
-                         f"{'' if x2 is None else f' + second source {tuple(x2.shape)}'}) do not match the {kind} "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"input channels {channels} (input {tuple(x.shape)}"
+            f"{'' if x2 is None else f' + second source {tuple(x2.shape)}'}) do not match the {kind} "
+            f"{tuple(weight.shape)}"
+        )
     if x2 is not None and (x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:] or x2.dtype != x.dtype):
-        raise ValueError(f"the two sources must share batch, size and dtype: {tuple(x.shape)} {x.dtype} vs "
-                         f"{tuple(x2.shape)} {x2.dtype}")
+        raise ValueError(
+            f"the two sources must share batch, size and dtype: {tuple(x.shape)} {x.dtype} vs "
+            f"{tuple(x2.shape)} {x2.dtype}"
+        )
     for name, nm, src in (("norm", norm, x), ("norm2", norm2, x2)):
         if nm is None or src is None:
             continue
@@ -983,10 +1620,33 @@ def _check(x, weight, x2, transposed, norm, norm2, activation, stats, tanh, per_
     require_launchable(x, "conv_bn_act")
 
 
-def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, norm=None, activation="none",
-                dropout_p=0.0, rng=None, x2=None, norm2=None, activation2="none", dropout_p2=0.0, rng2=None,
-                slope=0.2, stats=False, running_mean=None, running_var=None, momentum=0.1, eps=1e-5, tanh=False,
-                per_sample=False, tuning=None):
+def conv_bn_act(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    *,
+    transposed=False,
+    norm=None,
+    activation="none",
+    dropout_p=0.0,
+    rng=None,
+    x2=None,
+    norm2=None,
+    activation2="none",
+    dropout_p2=0.0,
+    rng2=None,
+    slope=0.2,
+    stats=False,
+    running_mean=None,
+    running_var=None,
+    momentum=0.1,
+    eps=1e-5,
+    tanh=False,
+    per_sample=False,
+    tuning=None,
+):
     """A conv (transposed=False, weight [Cout, Cin, kh, kw]) or ConvTranspose (weight [Cin, Cout, kh, kw]) of
     the activated input, as one fused Triton kernel per direction; autograd-enabled.
 
@@ -1005,10 +1665,33 @@ def conv_bn_act(x, weight, bias=None, stride=1, padding=0, *, transposed=False, 
 
     Returns y (NCHW-shaped, channels_last, x's dtype), or (y, mean, rstd) with stats.
     """
-    _check(x, weight, x2, transposed, norm, norm2, (activation, activation2), stats, tanh, per_sample,
-           running_mean is not None or running_var is not None)
-    spec = ConvSpec(stride, padding, transposed, (activation, activation2), (dropout_p, dropout_p2), slope, stats,
-                    momentum, eps, tanh, per_sample, tuning)
+    _check(
+        x,
+        weight,
+        x2,
+        transposed,
+        norm,
+        norm2,
+        (activation, activation2),
+        stats,
+        tanh,
+        per_sample,
+        running_mean is not None or running_var is not None,
+    )
+    spec = ConvSpec(
+        stride,
+        padding,
+        transposed,
+        (activation, activation2),
+        (dropout_p, dropout_p2),
+        slope,
+        stats,
+        momentum,
+        eps,
+        tanh,
+        per_sample,
+        tuning,
+    )
     n1 = norm if norm is not None else (None, None, None)
     n2 = norm2 if norm2 is not None else (None, None, None)
     return ConvBNActFunction.apply(spec, x, *n1, x2, *n2, rng, rng2, weight, bias, running_mean, running_var)

@@ -16,14 +16,16 @@ What was measured goes to a `timings` store shared by every model on the machine
 `MemoryTimings` here; fastpix.models.tuning keeps them in a file, so that each is measured once per device.
 FASTPIX_CONV_AUTOTUNE=0 keeps the default block sizes.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import triton
@@ -105,8 +107,12 @@ class ConvTuning:
         Returns 'cudnn'."""
         if key not in self.failures:
             self.failures[key] = f"{type(exc).__name__}: {exc}"[:300]
-            warnings.warn(f"fastpix: the Triton kernels failed for layer [{key}] ({self.failures[key]}); this layer "
-                          "runs on cuDNN/aten instead", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fastpix: the Triton kernels failed for layer [{key}] ({self.failures[key]}); this layer "
+                "runs on cuDNN/aten instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return "cudnn"
 
     def label(self, key: str, choice: str) -> str:
@@ -152,12 +158,13 @@ class ConvTuning:
         cached = self.timings.get(kind, key)
         if cached is not None:
             return tuple(cached)
-        if not self.may_measure() or not autotune_enabled() or len(candidates) == 1:
+        timer = self.timer
+        if timer is None or not self.may_measure() or not autotune_enabled() or len(candidates) == 1:
             return candidates[0]
         times = []
         for config in candidates:
             try:
-                times.append(self.timer(lambda: launch(config)))
+                times.append(timer(functools.partial(launch, config)))
             except (triton.runtime.errors.OutOfResources, triton.CompilationError):
                 times.append(math.inf)
         best = candidates[min(range(len(candidates)), key=times.__getitem__)]

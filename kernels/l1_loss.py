@@ -7,6 +7,7 @@ dx = sign·(grad_output·weight/N) — computed in fp32 and rounded once to x's 
 GradScaler's scale is applied before the rounding — and dy = −dx. The incoming gradient is read from the device:
 no host synchronisation anywhere, deterministic, the loss fp32 whatever the inputs' dtype.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -28,7 +29,8 @@ def _l1_loss_kernel(X, Y, SIGN, PARTIALS, numel, WRITE_SIGN: tl.constexpr, BLOCK
     offsets = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < numel
     d = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - tl.load(Y + offsets, mask=mask, other=0.0).to(
-        tl.float32)
+        tl.float32
+    )
     tl.store(PARTIALS + pid, tl.sum(tl.abs(d), axis=0))
     if WRITE_SIGN:
         sign = tl.where(d > 0, 1, tl.where(d < 0, -1, 0))
@@ -36,8 +38,9 @@ def _l1_loss_kernel(X, Y, SIGN, PARTIALS, numel, WRITE_SIGN: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _l1_backward_kernel(SIGN, GRAD_OUTPUT, DX, DY, numel, scale, WRITE_DX: tl.constexpr, WRITE_DY: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def _l1_backward_kernel(
+    SIGN, GRAD_OUTPUT, DX, DY, numel, scale, WRITE_DX: tl.constexpr, WRITE_DY: tl.constexpr, BLOCK: tl.constexpr
+):
     """dx = sign·grad_output·scale and dy = −dx. Grid (cdiv(numel, BLOCK),).
 
     SIGN: int8 [numel] from `_l1_loss_kernel`. GRAD_OUTPUT: fp32 [1], the loss's incoming gradient. DX, DY: [numel]
@@ -73,8 +76,9 @@ def l1_loss_forward(x, y, weight=1.0, write_sign=True):
     grid = triton.cdiv(numel, BLOCK)
     partials = torch.empty(grid, dtype=torch.float32, device=x.device)
     sign = torch.empty_like(x, dtype=torch.int8) if write_sign else None
-    _l1_loss_kernel[(grid,)](x, y, sign if write_sign else partials, partials, numel, WRITE_SIGN=write_sign,
-                             BLOCK=BLOCK)
+    _l1_loss_kernel[(grid,)](
+        x, y, sign if write_sign else partials, partials, numel, WRITE_SIGN=write_sign, BLOCK=BLOCK
+    )
     return sum_partials(partials, weight / numel), x, sign
 
 
@@ -89,8 +93,16 @@ def l1_loss_backward(sign, grad_output, weight, x_dtype, y_dtype, need_dx=True, 
         dy = torch.empty_like(sign, dtype=y_dtype)
     g = grad_output.reshape(1).to(torch.float32)
     _l1_backward_kernel[(triton.cdiv(numel, BLOCK),)](
-        sign, g, dx if need_dx else sign, dy if need_dy else sign, numel, weight / numel, WRITE_DX=need_dx,
-        WRITE_DY=need_dy, BLOCK=BLOCK)
+        sign,
+        g,
+        dx if need_dx else sign,
+        dy if need_dy else sign,
+        numel,
+        weight / numel,
+        WRITE_DX=need_dx,
+        WRITE_DY=need_dy,
+        BLOCK=BLOCK,
+    )
     return (dx if need_dx else None), (dy if need_dy else None)
 
 
@@ -108,8 +120,15 @@ class L1LossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (sign,) = ctx.saved_tensors
-        dx, dy = l1_loss_backward(sign, grad_output, ctx.weight, ctx.x_dtype, ctx.y_dtype,
-                                  need_dx=ctx.needs_input_grad[0], need_dy=ctx.needs_input_grad[1])
+        dx, dy = l1_loss_backward(
+            sign,
+            grad_output,
+            ctx.weight,
+            ctx.x_dtype,
+            ctx.y_dtype,
+            need_dx=ctx.needs_input_grad[0],
+            need_dy=ctx.needs_input_grad[1],
+        )
         return dx, dy, None
 
 

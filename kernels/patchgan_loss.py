@@ -5,13 +5,14 @@ dloss/dlogit / N (fp32) into a buffer kept for backward and one partial sum per 
 (_shared.py, a single program) adds the partials in a fixed order and divides by N. Backward only scales the saved
 gradient by the incoming grad_output, in fp32, and rounds once to the logits' dtype: a GradScaler's large scale is
 applied before that rounding, as in eager autocast (where the loss runs in fp32), rather than to an fp16 value
-already flushed towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs nothing.
-No value crosses to the host, so the loss can be captured in a CUDA graph, and the result is bitwise reproducible
-(the reduction tree depends only on the shape).
+already flushed towards zero (1/N is ≈2e-5 at batch 64). The logits are small (N×1×30×30), so the fp32 buffer costs
+nothing. No value crosses to the host, so the loss can be captured in a CUDA graph, and the result is bitwise
+reproducible (the reduction tree depends only on the shape).
 
 The loss is returned in fp32 whatever the logits' dtype: it is the accumulation dtype, and autocast runs
 binary_cross_entropy_with_logits and mse_loss in fp32 too.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -24,8 +25,17 @@ BLOCK = 2048
 
 
 @triton.jit
-def _patchgan_loss_kernel(X, DX, PARTIALS, numel, inv_numel, TARGET: tl.constexpr, MODE: tl.constexpr,
-                          WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _patchgan_loss_kernel(
+    X,
+    DX,
+    PARTIALS,
+    numel,
+    inv_numel,
+    TARGET: tl.constexpr,
+    MODE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Per-element loss and gradient of a block. Grid (cdiv(numel, BLOCK),).
 
     X: logits, flat [numel]. DX: flat fp32 [numel] output, dloss/dlogit / numel (written when WRITE_GRAD).
@@ -71,9 +81,17 @@ def patchgan_loss_forward(logits, target_is_real, mode="vanilla", write_grad=Tru
     grad = None
     if write_grad:
         grad = torch.empty_like(x, dtype=torch.float32) if out_grad is None else out_grad
-    _patchgan_loss_kernel[(grid,)](x, grad if write_grad else x, partials, numel, 1.0 / numel,
-                                   TARGET=1.0 if target_is_real else 0.0, MODE=MODES[mode], WRITE_GRAD=write_grad,
-                                   BLOCK=BLOCK)
+    _patchgan_loss_kernel[(grid,)](
+        x,
+        grad if write_grad else x,
+        partials,
+        numel,
+        1.0 / numel,
+        TARGET=1.0 if target_is_real else 0.0,
+        MODE=MODES[mode],
+        WRITE_GRAD=write_grad,
+        BLOCK=BLOCK,
+    )
     return sum_partials(partials, 1.0 / numel), grad
 
 

@@ -3,6 +3,7 @@
 
 Without Chromium a browser test module skips, naming the command that installs it; with FASTPIX_REQUIRE_BROWSER=1
 (set by .ci/run) it fails instead, so that CI cannot pass without running it."""
+
 import os
 
 import pytest
@@ -14,12 +15,12 @@ INSTALL = "apt-get update && apt-get install -y chromium chromium-driver; pip in
 def missing() -> str | None:
     absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         absent.append("the selenium package")
     try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+        import fastapi  # noqa: F401 - imported only to learn whether it is installed
+        import uvicorn  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         absent.append("fastapi/uvicorn (the 'serve' extra)")
     return f"the browser tests need {', '.join(absent)}: {INSTALL}" if absent else None
@@ -40,9 +41,19 @@ def chromium(profile_dir, width: int, height: int, logs: bool = False):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--window-size={width},{height}", f"--user-data-dir={profile_dir}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={profile_dir}",
+    ):
         options.add_argument(flag)
     if logs:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})

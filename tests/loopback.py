@@ -1,5 +1,6 @@
 """A loopback HTTP server for the download tests: files the tests generate, served from 127.0.0.1 on a free port,
 with the faults a real network has (a connection cut half-way, no Range support, a short body, no length)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,14 @@ class Mirror:
     but only this many body bytes, then close. ranges: answer Range requests with 206 (else ignore them: 200).
     short_by: every answer announces this many bytes more than it sends. length: send Content-Length at all."""
 
-    def __init__(self, files: dict[str, bytes], cut_after: int | None = None, ranges: bool = True,
-                 short_by: int = 0, length: bool = True):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        cut_after: int | None = None,
+        ranges: bool = True,
+        short_by: int = 0,
+        length: bool = True,
+    ):
         self.files, self.cut_after, self.ranges = files, cut_after, ranges
         self.short_by, self.length = short_by, length
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
@@ -52,7 +59,7 @@ def _handler(mirror: Mirror):
                 self.send_header("Content-Length", str(len(part) + mirror.short_by))
             self.end_headers()
             if mirror.cut_after is not None and mirror.first_request(self.path):
-                part = part[:mirror.cut_after]
+                part = part[: mirror.cut_after]
             with contextlib.suppress(ConnectionError):
                 self.wfile.write(part)
 

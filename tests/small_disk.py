@@ -1,5 +1,6 @@
 """A folder on a small disk, for the disk-full tests: a real tmpfs where this process may mount one (root), else a
 simulated one (shutil.disk_usage and the writes of the given modules see its capacity, ENOSPC beyond it)."""
+
 from __future__ import annotations
 
 import builtins
@@ -31,10 +32,11 @@ class _Simulated:
                 free = max(0, self.capacity - self.written)
                 return collections.namedtuple("usage", "total used free")(self.capacity, self.written, free)
             return real(path)
+
         return usage
 
     def open(self, path, mode="r", *args, **kwargs):
-        f = builtins.open(path, mode, *args, **kwargs)
+        f = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 - the caller closes it: this is open()
         if "b" not in mode or not any(c in mode for c in "wax+") or not self.inside(path):
             return f
         return _Limited(f, self, os.fspath(path))

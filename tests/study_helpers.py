@@ -1,4 +1,5 @@
 """Results folders and sessions for the perceptual-study tests (tests/test_study*.py)."""
+
 import numpy as np
 from PIL import Image
 
@@ -20,13 +21,32 @@ def session(study, observer, model, answers, attention=None):
     p = study["protocol"]
     stems = next(m["stems"] for m in study["models"] if m["name"] == model)
     attention = [True] * p["attention_checks"] if attention is None else attention
-    kinds = [("practice", True)] * p["practice_trials"] + [("scored", a) for a in answers] \
+    kinds = (
+        [("practice", True)] * p["practice_trials"]
+        + [("scored", a) for a in answers]
         + [("attention", a) for a in attention]
+    )
     trials = []
     for i, (kind, names_fake) in enumerate(kinds):
         fake = "left" if i % 2 else "right"
         other = "right" if fake == "left" else "left"
-        trials.append({"index": i, "kind": kind, "stem": stems[i % len(stems)], "fake_side": fake,
-                       "answer": fake if names_fake else other, "rt_ms": 500 + i, "shown_ms": 1000})
-    return {"study_id": study["study_id"], "observer": observer, "model": model, "started": "", "finished": "",
-            "user_agent": "test", "trials": trials}
+        trials.append(
+            {
+                "index": i,
+                "kind": kind,
+                "stem": stems[i % len(stems)],
+                "fake_side": fake,
+                "answer": fake if names_fake else other,
+                "rt_ms": 500 + i,
+                "shown_ms": 1000,
+            }
+        )
+    return {
+        "study_id": study["study_id"],
+        "observer": observer,
+        "model": model,
+        "started": "",
+        "finished": "",
+        "user_agent": "test",
+        "trials": trials,
+    }

@@ -2,6 +2,7 @@
 streamed safetensors and train state, the writer (one save in flight, errors raised on the training thread), and a
 training run against a slow writer, a second Ctrl-C while it waits, and a real SIGKILL while the writer is
 mid-write."""
+
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load, load_file
+from test_train import assert_same_run, configs, final_state, tiny_models
 
 from fastpix import files
 from fastpix.errors import DiskFull
@@ -25,7 +27,6 @@ from fastpix.store.weights import load_train_state, load_weights, safetensors_st
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
 from fastpix.train.step import Pix2PixStep
-from test_train import assert_same_run, configs, final_state, tiny_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -46,14 +47,25 @@ def trained_step():
 
 
 def train_state(step, iteration):
-    return {"epoch": 1, "position": 2 * iteration, "iteration": iteration, "optimizers": step.state_dict(),
-            "torch_rng": torch.get_rng_state()}
+    return {
+        "epoch": 1,
+        "position": 2 * iteration,
+        "iteration": iteration,
+        "optimizers": step.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
 def test_safetensors_stream_is_read_back_by_safetensors(tmp_path):
-    state = {"mask": torch.tensor([True, False, True]), "bf16": torch.randn(5, 3).bfloat16(),
-             "conv": torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last), "count": torch.tensor(7),
-             "empty": torch.zeros(0, 3), "half": torch.randn(3).half(), "double": torch.randn(2, dtype=torch.float64)}
+    state = {
+        "mask": torch.tensor([True, False, True]),
+        "bf16": torch.randn(5, 3).bfloat16(),
+        "conv": torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last),
+        "count": torch.tensor(7),
+        "empty": torch.zeros(0, 3),
+        "half": torch.randn(3).half(),
+        "double": torch.randn(2, dtype=torch.float64),
+    }
     stream = safetensors_stream(state, {"iteration": 12})
     data = streamed(stream)
     assert len(data) == stream.nbytes
@@ -69,14 +81,23 @@ def test_safetensors_stream_is_read_back_by_safetensors(tmp_path):
 
 def test_a_snapshot_is_the_state_when_taken_not_after_the_next_step():
     G, D, step = trained_step()
-    expected = {"G": {k: v.clone() for k, v in G.state_dict().items()},
-                "D": {k: v.clone() for k, v in D.state_dict().items()}}
+    expected = {
+        "G": {k: v.clone() for k, v in G.state_dict().items()},
+        "D": {k: v.clone() for k, v in D.state_dict().items()},
+    }
     moments = [v.clone() for s in step.opt_G.state.values() for v in s.values()]
     taken = Snapshotter().take({"G": G, "D": D}, train_state(step, 1), tags=("1",))
     step(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))  # in place: parameters, moments, BN statistics
     written = {name: streamed(stream) for name, stream in taken.files().items()}
-    assert sorted(written) == sorted(["latest_net_G.safetensors", "latest_net_D.safetensors", "1_net_G.safetensors",
-                                      "1_net_D.safetensors", TRAIN_STATE])
+    assert sorted(written) == sorted(
+        [
+            "latest_net_G.safetensors",
+            "latest_net_D.safetensors",
+            "1_net_G.safetensors",
+            "1_net_D.safetensors",
+            TRAIN_STATE,
+        ]
+    )
     for net in ("G", "D"):
         back = load(written[f"latest_net_{net}.safetensors"])
         assert back.keys() == expected[net].keys()
@@ -160,8 +181,7 @@ def whole(tiny_data, tmp_path_factory):
     return final_state(train(*configs(tiny_data, tmp_path_factory.mktemp("whole"), max_iters=7), progress=False))
 
 
-def test_a_save_point_waits_for_the_save_in_flight_and_nothing_is_lost(tiny_data, tmp_path, monkeypatch, capsys,
-                                                                        whole):
+def test_a_save_point_waits_for_the_save_in_flight_and_nothing_is_lost(tiny_data, tmp_path, monkeypatch, capsys, whole):
     threads = slow_train_state_writes(monkeypatch, 0.3)
     monkeypatch.setattr(loop, "SLOW_SAVE_S", 0.05)
     run = train(*configs(tiny_data, tmp_path, max_iters=7, save_latest_freq=1, save_by_iter=True), progress=False)
@@ -243,9 +263,12 @@ def test_a_sigkill_while_the_writer_is_mid_write_leaves_the_previous_set(tiny_da
     training goes on to iteration 6, whose save point waits for it; SIGKILL then. The set of 3 stands, and resuming
     from it gives the uninterrupted run, bit for bit."""
     marker, run = str(tmp_path / "mid-write"), str(tmp_path / "run")
-    child = subprocess.Popen([sys.executable, "-c", STALLED_WRITER, TESTS, tiny_data, marker, str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", STALLED_WRITER, TESTS, tiny_data, marker, str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
     def logged():
         if not os.path.exists(f"{run}/metrics.jsonl"):

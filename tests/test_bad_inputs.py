@@ -1,7 +1,9 @@
 """Bad inputs on every read path: decompression bombs, dangling links, splits with nothing readable, output-name
 collisions in `fastpix predict`, file names that are not UTF-8 in `fastpix test`'s page."""
+
 import io
 import os
+import pathlib
 import struct
 import warnings
 import zlib
@@ -30,8 +32,8 @@ def png_claiming(w: int, h: int) -> bytes:
     Image.new("RGB", (1, 1)).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
     ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr:ihdr + 8] = struct.pack(">II", w, h)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    data[ihdr : ihdr + 8] = struct.pack(">II", w, h)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     return bytes(data)
 
 
@@ -43,11 +45,15 @@ def split_of(tmp_path, n_good=2):
 
 # ---- the decoding facade ---------------------------------------------------------------------------------------------
 
+
 def test_a_bomb_is_refused_from_its_header_naming_the_file(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_claiming(50_000, 50_000))
-    for call in (lambda: decode_image(str(bomb)), lambda: image_size(str(bomb)),
-                 lambda: decode_image(bomb.read_bytes(), name="the upload")):
+    for call in (
+        lambda: decode_image(str(bomb)),
+        lambda: image_size(str(bomb)),
+        lambda: decode_image(bomb.read_bytes(), name="the upload"),
+    ):
         with pytest.raises(ImageTooLarge, match=r"(bomb\.png|the upload).*(50000x50000|2500000000)"):
             call()
     assert image_size(png_claiming(7, 3)) == (7, 3)  # the header alone: its pixel data is 1×1
@@ -68,6 +74,7 @@ def test_every_decode_error_names_the_file(tmp_path):
 
 
 # ---- data sets -------------------------------------------------------------------------------------------------------
+
 
 def test_a_bomb_in_a_split_is_named_or_skipped_on_every_pipeline(tmp_path):
     root = split_of(tmp_path)
@@ -126,19 +133,21 @@ def test_fastpix_test_names_a_bomb_skips_it_and_writes_non_utf8_names(tmp_path):
     weights = str(run / "latest_net_G.safetensors")
     save_weights(weights, G)
     model = config.ModelConfig(netG="unet_32", ngf=4)
-    test = config.TestConfig(checkpoints_dir=str(tmp_path / "checkpoints"), name="r", results_dir=str(tmp_path / "res"),
-                      device="cpu")
+    test = config.TestConfig(
+        checkpoints_dir=str(tmp_path / "checkpoints"), name="r", results_dir=str(tmp_path / "res"), device="cpu"
+    )
     with pytest.raises(DataError, match="z_bomb.png"):
         run_test(model, config.DataConfig(dataroot=root, crop_size=32), test, weights)
     with pytest.warns(UserWarning, match="z_bomb.png"):
         out = run_test(model, config.DataConfig(dataroot=root, crop_size=32, skip_bad_images=True), test, weights)
-    page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+    page = pathlib.Path(out, "index.html").read_text(encoding="utf-8")
     assert "caf\ufffd" in page and "images/caf%E9_fake_B.png" in page
     assert os.path.isfile(os.path.join(os.fsencode(out), b"images", b"caf\xe9_fake_B.png"))
     assert os.path.isfile(os.path.join(out, "scores.json"))
 
 
 # ---- fastpix predict -------------------------------------------------------------------------------------------------
+
 
 def test_output_names_never_collide():
     assert output_names(["a.jpg", "a.png", "a_2.jpg"]) == ["a.png", "a_3.png", "a_2.png"]
@@ -156,9 +165,11 @@ def test_predict_files_writes_one_file_per_input(tmp_path):
         paths.append(str(tmp_path / name))
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
     written, failed = predict_files(predictor, paths, str(tmp_path / "out"), progress=False)
-    assert not failed and len(set(written)) == 3 and sorted(os.listdir(tmp_path / "out")) == sorted(
-        os.path.basename(p) for p in written)
+    assert (
+        not failed
+        and len(set(written)) == 3
+        and sorted(os.listdir(tmp_path / "out")) == sorted(os.path.basename(p) for p in written)
+    )
     for path, target in zip(paths, written):
         expected = predictor(decode_image(path), output_type="np")
         assert np.array_equal(np.asarray(Image.open(target)), expected), target
-

@@ -1,19 +1,21 @@
 """The decode-once cache and its loader: batches equal make_loader's bit for bit; keying, rebuilds, bad files."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 from PIL import Image
 
 from fastpix.data import cache as C
+from fastpix.data import resized_pairs
 from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError, make_loader
 from fastpix.data.decode import backend
 from fastpix.data.stream import make_pipeline
 from fastpix.errors import ConfigError, ResourceError
-from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
@@ -76,7 +78,7 @@ def test_reuse_and_rebuild(data):
 
 def test_interrupted_build_is_not_reused(data, tmp_path, monkeypatch):
     calls = []
-    real = C.decode_pairs_into
+    real = resized_pairs.decode_pairs_into
 
     def failing(*args, **kw):
         calls.append(1)
@@ -84,12 +86,12 @@ def test_interrupted_build_is_not_reused(data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(C, "decode_pairs_into", failing)
+    monkeypatch.setattr(resized_pairs, "decode_pairs_into", failing)
     folder = str(tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
         PairCache(dataset(data), cache_dir=folder, chunk=3, progress=False)
     assert os.listdir(folder) == []  # no manifest, no temporary files
-    monkeypatch.setattr(C, "decode_pairs_into", real)
+    monkeypatch.setattr(resized_pairs, "decode_pairs_into", real)
     ds = dataset(data)
     cache = PairCache(ds, cache_dir=folder, chunk=3, progress=False)
     assert not cache.hit
@@ -149,8 +151,10 @@ def test_crop_paths_agree(channels, monkeypatch):
     rows, indices = [4, 0, 5, 2], [40, 10, 50, 20]
     for epoch in range(4):
         params = crop_flip_params(indices, 3, epoch, 20, 16, True)
-        want = [src[r, y:y + 16, x:x + 16].flip(1) if f else src[r, y:y + 16, x:x + 16]
-                for r, x, y, f in zip(rows, *params)]
+        want = [
+            src[r, y : y + 16, x : x + 16].flip(1) if f else src[r, y : y + 16, x : x + 16]
+            for r, x, y, f in zip(rows, *params)
+        ]
         want = torch.stack(want).permute(0, 3, 1, 2)
         assert params[2].any() and not params[2].all()  # both kinds of sample are in the batch
         assert torch.equal(crop_flip(src, rows, params, 16, gather=True), want)
@@ -166,8 +170,9 @@ def test_crop_paths_agree(channels, monkeypatch):
             staging.zero_()
             assert torch.equal(crop_flip(src, rows, params, 16, out=staging), want)
             assert torch.equal(staging.permute(0, 3, 1, 2), want)
-            assert all(torch.equal(x, y) for x, y in zip(augment(src, src, rows, indices, 3, epoch, 16, True),
-                                                         normalised))
+            assert all(
+                torch.equal(x, y) for x, y in zip(augment(src, src, rows, indices, 3, epoch, 16, True), normalised)
+            )
 
 
 @pytest.mark.skipif(backend() != "native", reason="fastpix._decode not built")
@@ -231,8 +236,12 @@ def test_native_crops_at_every_width(channels, portable):
         for crop in (1, 3, 4, 7, 8, 15, 16, 17, 21, 33, 40):
             room = 40 - crop
             xs, ys = torch.tensor([0, room, room // 2, min(1, room)]), torch.tensor([room, 0, min(3, room), room // 3])
-            want = torch.stack([src[r, y:y + crop, x:x + crop].flip(1) if f else src[r, y:y + crop, x:x + crop]
-                                for r, x, y, f in zip(rows, xs, ys, flipped)])
+            want = torch.stack(
+                [
+                    src[r, y : y + crop, x : x + crop].flip(1) if f else src[r, y : y + crop, x : x + crop]
+                    for r, x, y, f in zip(rows, xs, ys, flipped)
+                ]
+            )
             assert torch.equal(crop_flip(src, rows, (xs, ys, flipped), crop), want.permute(0, 3, 1, 2))
             threaded = np.zeros(want.shape, np.uint8)
             decode.crop_flip_into(src.numpy(), rows, xs.tolist(), ys.tolist(), flipped.tolist(), threaded, threads=3)
@@ -315,6 +324,7 @@ def test_ranks_on_one_machine_share_ram(data, monkeypatch):
 
 # --------------------------------------------------------------------------------------------------- on a GPU
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("placement", ["gpu", "memory", "memmap"])
 def test_cache_on_cuda_equals_paired_dataset(data, tmp_path, placement):
@@ -331,8 +341,10 @@ def test_cache_on_cuda_equals_paired_dataset(data, tmp_path, placement):
         for batch in got:
             assert batch["A"].is_cuda and batch["A"].is_contiguous(memory_format=torch.channels_last)
         torch.cuda.synchronize()
-        assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
-                            reference_batches(ds, 3, 7, epoch))
+        assert_same_batches(
+            [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
+            reference_batches(ds, 3, 7, epoch),
+        )
 
 
 @pytest.mark.gpu

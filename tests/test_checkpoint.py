@@ -1,5 +1,6 @@
 """The store (fastpix/store/): sets committed by a manifest, recovery, full disks, the lock, file modes and one-line
 errors for damaged or foreign files."""
+
 import argparse
 import errno
 import io
@@ -34,8 +35,7 @@ def written(data) -> bytes:
 
 def write_set(run_dir, iteration, value):
     weights = weights_bytes({"w": torch.full((4,), float(value))}, {"iteration": iteration})
-    files = {"latest_net_G.safetensors": weights,
-             TRAIN_STATE: torch_bytes({"iteration": iteration})}
+    files = {"latest_net_G.safetensors": weights, TRAIN_STATE: torch_bytes({"iteration": iteration})}
     checkpoint_set.write_set(str(run_dir), files, {"iteration": iteration, "epoch": 1, "position": 0})
 
 
@@ -50,8 +50,11 @@ class Killed(BaseException):
 def test_a_save_cut_before_its_commit_leaves_the_previous_set(tmp_path, monkeypatch):
     write_set(tmp_path, 1, 1.0)
     real = files._write_into
-    monkeypatch.setattr(files, "_write_into", lambda path, data: (_ for _ in ()).throw(Killed())
-                        if path.endswith(TRAIN_STATE) else real(path, data))
+    monkeypatch.setattr(
+        files,
+        "_write_into",
+        lambda path, data: (_ for _ in ()).throw(Killed()) if path.endswith(TRAIN_STATE) else real(path, data),
+    )
     with pytest.raises(Killed):
         write_set(tmp_path, 2, 2.0)
     assert read_manifest(str(tmp_path))["iteration"] == 1 and g_value(tmp_path) == 1.0
@@ -87,7 +90,7 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_committed_s
 
     def half_then_killed(path, data):
         data = written(data)
-        real(path, data[:len(data) // 2])
+        real(path, data[: len(data) // 2])
         raise Killed()
 
     monkeypatch.setattr(files, "_write_into", half_then_killed)
@@ -133,8 +136,11 @@ def test_disk_full_is_one_line_and_keeps_the_previous_set(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files, "_write_into", no_space)
-    with pytest.raises(DiskFull, match=r"-latest_net_G.safetensors: no space left on the device \(the write needs "
-                                       r"[\d,]+ bytes") as info:
+    with pytest.raises(
+        DiskFull,
+        match=r"-latest_net_G.safetensors: no space left on the device \(the write needs "
+        r"[\d,]+ bytes",
+    ) as info:
         write_set(tmp_path, 2, 2.0)
     assert "\n" not in str(info.value) and "previous checkpoint" in str(info.value)
     monkeypatch.undo()
@@ -159,18 +165,27 @@ def test_files_get_the_users_umask(tmp_path):
 
 def test_a_second_process_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
     run = RunFolder(str(tmp_path), "run")
-    with run.locked():
-        with pytest.raises(CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"):
-            with RunFolder(str(tmp_path), "run").locked():
-                pass
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({run.path('.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
+    with (
+        run.locked(),
+        pytest.raises(CheckpointError, match=f"run is in use by another fastpix train \\(pid {os.getpid()}"),
+        RunFolder(str(tmp_path), "run").locked(),
+    ):
+        pass
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({run.path('.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert holder.stdout.readline() == b"held\n"
-    with pytest.raises(CheckpointError, match="in use"):
-        with run.locked():
-            pass
+    with pytest.raises(CheckpointError, match="in use"), run.locked():
+        pass
     holder.kill()
     holder.wait()
     with run.locked():  # the kernel released the dead process's lock
@@ -211,9 +226,14 @@ def kill_at_the_renames(monkeypatch):
 
 
 def save_generator(run_dir, iteration, G):
-    checkpoint_set.write_set(str(run_dir), {"latest_net_G.safetensors": weights_bytes(G, {"iteration": iteration}),
-                                            TRAIN_STATE: torch_bytes({"iteration": iteration})},
-                             {"iteration": iteration, "epoch": 1, "position": 0})
+    checkpoint_set.write_set(
+        str(run_dir),
+        {
+            "latest_net_G.safetensors": weights_bytes(G, {"iteration": iteration}),
+            TRAIN_STATE: torch_bytes({"iteration": iteration}),
+        },
+        {"iteration": iteration, "epoch": 1, "position": 0},
+    )
 
 
 @pytest.mark.parametrize("first_save", [False, True])

@@ -1,5 +1,6 @@
 """`fastpix data combine` (the reference's combine_A_and_B.py without its silent losses) and `fastpix data
 cityscapes` (its prepare_cityscapes_dataset.py) on small synthetic folders."""
+
 import os
 
 import numpy as np
@@ -32,9 +33,14 @@ def folders(tmp_path):
     """A/ and B/ with train/ and val/: one good PNG pair, one good JPEG pair, a missing B, a size mismatch, a B
     without an A and an unreadable A."""
     a, b = tmp_path / "A", tmp_path / "B"
-    pixels = {"1a": image(f"{a}/train/1.png", 16, 12, 1), "1b": image(f"{b}/train/1.png", 16, 12, 2),
-              "3a": image(f"{a}/train/3.png", 16, 12, 3), "3b": image(f"{b}/train/3.png", 20, 10, 4),
-              "4a": image(f"{a}/val/4.jpg", 16, 16, 5), "4b": image(f"{b}/val/4.jpg", 16, 16, 6)}
+    pixels = {
+        "1a": image(f"{a}/train/1.png", 16, 12, 1),
+        "1b": image(f"{b}/train/1.png", 16, 12, 2),
+        "3a": image(f"{a}/train/3.png", 16, 12, 3),
+        "3b": image(f"{b}/train/3.png", 20, 10, 4),
+        "4a": image(f"{a}/val/4.jpg", 16, 16, 5),
+        "4b": image(f"{b}/val/4.jpg", 16, 16, 6),
+    }
     image(f"{a}/train/2.png", 16, 12, 7)
     image(f"{b}/train/5.png", 16, 12, 8)
     (a / "val" / "6.png").write_bytes(b"not an image")
@@ -51,8 +57,19 @@ def status(argv) -> int:
 
 
 def combine(tmp_path, *flags):
-    return status(["data", "combine", "--fold_A", str(tmp_path / "A"), "--fold_B", str(tmp_path / "B"),
-                   "--fold_AB", str(tmp_path / "AB"), *flags])
+    return status(
+        [
+            "data",
+            "combine",
+            "--fold_A",
+            str(tmp_path / "A"),
+            "--fold_B",
+            str(tmp_path / "B"),
+            "--fold_AB",
+            str(tmp_path / "AB"),
+            *flags,
+        ]
+    )
 
 
 def test_pairs_are_written_side_by_side_and_every_pair_left_out_is_named(folders, capsys):
@@ -96,8 +113,21 @@ def test_use_ab_and_num_imgs_follow_the_reference(tmp_path, capsys):
     image(f"{tmp_path}/AB_in/train/z_A.png", 8, 8, 4)
     image(f"{tmp_path}/AB_in/train/z_B.png", 8, 8, 5)
     folder = str(tmp_path / "AB_in")
-    code = status(["data", "combine", "--fold_A", folder, "--fold_B", folder, "--fold_AB", str(tmp_path / "out"),
-                   "--use_AB", "--num_imgs", "2"])
+    code = status(
+        [
+            "data",
+            "combine",
+            "--fold_A",
+            folder,
+            "--fold_B",
+            folder,
+            "--fold_AB",
+            str(tmp_path / "out"),
+            "--use_AB",
+            "--num_imgs",
+            "2",
+        ]
+    )
     assert code == 1  # y_A.png has no y_B.png
     assert sorted(os.listdir(tmp_path / "out/train")) == ["x.png"]  # z is the third by name: beyond --num_imgs 2
     assert np.array_equal(read(tmp_path / "out/train/x.png"), np.concatenate([x_a, x_b], axis=1))
@@ -106,8 +136,21 @@ def test_use_ab_and_num_imgs_follow_the_reference(tmp_path, capsys):
 
 def test_an_output_inside_an_input_is_refused(folders, capsys):
     tmp_path, _ = folders
-    assert status(["data", "combine", "--fold_A", str(tmp_path / "A"), "--fold_B", str(tmp_path / "B"),
-                   "--fold_AB", str(tmp_path / "A")]) == 2
+    assert (
+        status(
+            [
+                "data",
+                "combine",
+                "--fold_A",
+                str(tmp_path / "A"),
+                "--fold_B",
+                str(tmp_path / "B"),
+                "--fold_AB",
+                str(tmp_path / "A"),
+            ]
+        )
+        == 2
+    )
     assert f"--fold_AB {tmp_path}/A is inside --fold_A {tmp_path}/A" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "A" / "train")) == ["1.png", "2.png", "3.png"]
 
@@ -139,18 +182,22 @@ def cityscapes_zips(root, ids: dict[str, list[str]]):
 
 
 def test_cityscapes_is_prepared_as_the_reference_does(tmp_path):
-    ids = {"train": ["aachen_000001_000019", "aachen_000000_000019", "bochum_000000_000313"],
-           "val": ["frankfurt_000000_000294"]}
+    ids = {
+        "train": ["aachen_000001_000019", "aachen_000000_000019", "bochum_000000_000313"],
+        "val": ["frankfurt_000000_000294"],
+    }
     pixels = cityscapes_zips(tmp_path, ids)
-    cfg = CityscapesConfig(gtFine=str(tmp_path / "gtFine"), leftImg8bit=str(tmp_path / "leftImg8bit"),
-                           out=str(tmp_path / "out"), size=16)
+    cfg = CityscapesConfig(
+        gtFine=str(tmp_path / "gtFine"), leftImg8bit=str(tmp_path / "leftImg8bit"), out=str(tmp_path / "out"), size=16
+    )
     assert prepare_cityscapes(cfg, progress=False).written == {"test": 1, "train": 3}
     assert sorted(os.listdir(tmp_path / "out")) == ["test", "train"]
     for written, split in (("train", "train"), ("test", "val")):
         for i, name in enumerate(sorted(ids[split])):  # numbered in the order of the sorted paths
             photo, labels = pixels[(split, name)]
-            expected = [np.asarray(Image.fromarray(x).resize((16, 16), Image.Resampling.BICUBIC)) for x in
-                        (photo, labels)]
+            expected = [
+                np.asarray(Image.fromarray(x).resize((16, 16), Image.Resampling.BICUBIC)) for x in (photo, labels)
+            ]
             got = read(tmp_path / "out" / written / f"{i}.jpg").astype(int)
             assert got.shape == (16, 32, 3)
             assert np.abs(got - np.concatenate(expected, axis=1)).mean() < 6  # JPEG q100, no subsampling
@@ -159,11 +206,16 @@ def test_cityscapes_is_prepared_as_the_reference_does(tmp_path):
 def test_cityscapes_refuses_unmatched_folders_in_one_line(tmp_path):
     cityscapes_zips(tmp_path, {"train": ["aachen_000000_000019"], "val": ["lindau_000000_000019"]})
     os.remove(tmp_path / "gtFine/val/lindau/lindau_000000_000019_gtFine_color.png")
-    cfg = CityscapesConfig(gtFine=str(tmp_path / "gtFine"), leftImg8bit=str(tmp_path / "leftImg8bit"),
-                           out=str(tmp_path / "out"))
-    with pytest.raises(DataError, match=r"val: 0 label maps and 1 photos, 1 without a partner: .*lindau_000000_000019"
-                                        r"_leftImg8bit.png has no lindau_000000_000019_gtFine_color.png"):
+    cfg = CityscapesConfig(
+        gtFine=str(tmp_path / "gtFine"), leftImg8bit=str(tmp_path / "leftImg8bit"), out=str(tmp_path / "out")
+    )
+    with pytest.raises(
+        DataError,
+        match=r"val: 0 label maps and 1 photos, 1 without a partner: .*lindau_000000_000019"
+        r"_leftImg8bit.png has no lindau_000000_000019_gtFine_color.png",
+    ):
         prepare_cityscapes(cfg, progress=False)
     with pytest.raises(DataError, match="--gtFine: no folder"):
-        prepare_cityscapes(CityscapesConfig(gtFine=str(tmp_path / "nope"), leftImg8bit=cfg.leftImg8bit, out=cfg.out),
-                           progress=False)
+        prepare_cityscapes(
+            CityscapesConfig(gtFine=str(tmp_path / "nope"), leftImg8bit=cfg.leftImg8bit, out=cfg.out), progress=False
+        )

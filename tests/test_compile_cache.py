@@ -2,10 +2,12 @@
 stand-in compiler: real builds are in test_cpu_fast_path.py), failed builds remembered, packages checked before use,
 the bound on loaded packages, the compiled cache's and the decode caches' LRU bounds with in-use protection across
 processes, `fastpix cache list|clear`, /readyz while building, and the messages."""
+
 import contextlib
 import json
 import logging
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -13,9 +15,10 @@ import time
 
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 
-from fastpix.cache_folders import Lease
 from fastpix import progress
+from fastpix.cache_folders import Lease
 from fastpix.cli import main
 from fastpix.data import cache, cache_entries
 from fastpix.data.cache import PairCache
@@ -26,7 +29,6 @@ from fastpix.infer import compiled_builds, compiled_cache
 from fastpix.infer.compiled_packages import Package, package_metadata
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT_S = 30
@@ -84,8 +86,9 @@ def stand_in(monkeypatch):
 
 
 def compiled_predictor(cache, **kw):
-    return Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="running", runtime="compiled",
-                     cache_dir=str(cache), **kw)
+    return Predictor(
+        tiny_G(), device="cpu", precision="fp32", norm_mode="running", runtime="compiled", cache_dir=str(cache), **kw
+    )
 
 
 def image(h=32, w=32, seed=1):
@@ -120,12 +123,13 @@ def test_a_failed_build_is_said_once_remembered_on_disk_and_not_retried(tmp_path
         assert torch.equal(predictor(x, output_type="pt"), want)  # that size stays eager
         predictor.runner.wait(TIMEOUT_S)
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert failures == ["compiling the generator for 1x32x32 failed (RuntimeError: no C++ compiler); that size "
-                        "runs eagerly"]
+    assert failures == [
+        "compiling the generator for 1x32x32 failed (RuntimeError: no C++ compiler); that size runs eagerly"
+    ]
     assert stand_in.calls == [(1, 3, 32, 32)]
     assert "1x32x32 failed (RuntimeError: no C++ compiler)" in predictor.description
     marker = compiled_cache.failure_path(predictor.runner.folder, (1, 3, 32, 32))
-    assert json.load(open(marker))["error"] == "RuntimeError: no C++ compiler"
+    assert json.loads(pathlib.Path(marker).read_text())["error"] == "RuntimeError: no C++ compiler"
     # Another run of the same torch and fastpix does not try again ...
     again = compiled_predictor(tmp_path)
     again(x, output_type="pt")
@@ -227,8 +231,9 @@ def test_a_package_loaded_by_another_process_is_not_removed_by_this_one(tmp_path
     root = str(tmp_path)
     held = fake_package(root, "k1", "1x32x32.pt2", 100, age_s=100)
     free = fake_package(root, "k2", "1x32x32.pt2", 100, age_s=10)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, held], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, held], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         removed, kept = compiled_cache.clear(root)
@@ -277,9 +282,15 @@ def test_cache_list_and_clear_show_both_caches_and_keep_what_is_in_use(tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     compiled_root = tmp_path / "cache" / "fastpix" / "compiled"
     package = fake_package(str(compiled_root), "k1", "2x256x512.pt2", 1000, age_s=60)
-    compiled_cache.describe(os.path.dirname(package), {"source": "checkpoints/facades (latest)",
-                                                      "network": "UnetGenerator", "norm_mode": "instance",
-                                                      "precision": "bf16"})
+    compiled_cache.describe(
+        os.path.dirname(package),
+        {
+            "source": "checkpoints/facades (latest)",
+            "network": "UnetGenerator",
+            "norm_mode": "instance",
+            "precision": "bf16",
+        },
+    )
     compiled_cache.remember_failure(os.path.dirname(package), (1, 3, 64, 64), "RuntimeError: no C++ compiler")
     used = PairCache(pairs(str(tmp_path), "facades"), progress=False)
     assert main(["cache", "list"]) == 0
@@ -299,14 +310,17 @@ def test_cache_list_and_clear_show_both_caches_and_keep_what_is_in_use(tmp_path,
 
 def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(tmp_path, stand_in, caplog):
     pytest.importorskip("fastapi")
+    from test_server import request, wait_until
+
     from fastpix.config import ServeConfig
     from fastpix.infer.server import BackgroundServer, create_app
-    from test_server import request, wait_until
 
     stand_in.gate = threading.Event()
     predictor = compiled_predictor(tmp_path, max_batch_size=2)
-    with caplog.at_level(logging.INFO, logger="fastpix"), \
-            BackgroundServer(create_app(predictor, ServeConfig(canvas_size=32, max_batch_size=2))) as server:
+    with (
+        caplog.at_level(logging.INFO, logger="fastpix"),
+        BackgroundServer(create_app(predictor, ServeConfig(canvas_size=32, max_batch_size=2))) as server,
+    ):
         wait_until(lambda: request(f"{server.url}/readyz")[0] == 200, "readiness while compiling")
         body = json.loads(request(f"{server.url}/readyz")[2])
         assert body["compiled"] == {"compiled": [], "building": ["1x32x32", "2x32x32"], "failed": {}}
@@ -320,8 +334,9 @@ def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(
     predictor.close()
 
 
-def test_predict_passes_the_cache_flags_and_says_what_it_compiles_in_the_background(tmp_path, stand_in,
-                                                                                  monkeypatch, capsys):
+def test_predict_passes_the_cache_flags_and_says_what_it_compiles_in_the_background(
+    tmp_path, stand_in, monkeypatch, capsys
+):
     from PIL import Image
 
     from fastpix.store.weights import save_weights
@@ -337,10 +352,31 @@ def test_predict_passes_the_cache_flags_and_says_what_it_compiles_in_the_backgro
 
     monkeypatch.setattr(Predictor, "__init__", spy)
     stand_in.gate = threading.Event()  # still compiling when predict ends
-    assert main(["predict", "--checkpoint", str(tmp_path / "g.safetensors"), "--input", str(tmp_path / "a.png"),
-                 "--output", str(tmp_path / "out"), "--runtime", "compiled", "--precision", "fp32", "--quiet",
-                 "--compile-cache-max-gb", "0.5", "--max-loaded-packages", "3",
-                 "--compile-cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "g.safetensors"),
+                "--input",
+                str(tmp_path / "a.png"),
+                "--output",
+                str(tmp_path / "out"),
+                "--runtime",
+                "compiled",
+                "--precision",
+                "fp32",
+                "--quiet",
+                "--compile-cache-max-gb",
+                "0.5",
+                "--max-loaded-packages",
+                "3",
+                "--compile-cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert (seen["cache_max_gb"], seen["max_loaded_packages"], seen["cache_dir"]) == (0.5, 3, str(tmp_path / "c"))
     captured = capsys.readouterr()
     assert "fastpix predict: compiling the generator for batch piece 1 at 32x32 in the background" in captured.err

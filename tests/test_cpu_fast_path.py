@@ -4,6 +4,7 @@ the fallbacks, and ONNX Runtime. The background machinery with stand-in compiler
 
 Compiling costs seconds per graph (a minute on a busy machine): the module compiles three graphs in all, two of
 them in the compiler process the Predictor starts."""
+
 import errno
 import logging
 import os
@@ -12,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 
 from fastpix import runtime
 from fastpix.config import COMPILE_PAYS_FROM_IMAGES
@@ -21,7 +23,6 @@ from fastpix.infer import compiled, compiled_builds, compiled_cache, compiled_pa
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.runtime import cpu_has_native_bf16 as real_bf16_detection
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,8 +52,9 @@ def instance_fp32(cache_root):
     package was built, and eager's for each image alone."""
     G = tiny_G()
     images = odd_images(2)
-    predictor = Predictor(G, device="cpu", precision="fp32", norm_mode="instance", runtime="compiled",
-                          cache_dir=str(cache_root))
+    predictor = Predictor(
+        G, device="cpu", precision="fp32", norm_mode="instance", runtime="compiled", cache_dir=str(cache_root)
+    )
     predictor(images, output_type="pt")  # answered eagerly; the package for this shape is asked for
     assert predictor.runner.wait(timeout=900)
     together = predictor(images, output_type="pt")
@@ -71,8 +73,9 @@ def test_compiled_fp32_equals_eager_at_odd_sizes_whatever_the_batch(instance_fp3
         assert relative_error(got, want) < 1e-4
 
 
-def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_it(instance_fp32, cache_root,
-                                                                                 monkeypatch):
+def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_it(
+    instance_fp32, cache_root, monkeypatch
+):
     predictor, together, _ = instance_fp32
     folder = cache_root / predictor.runner.key
     assert sorted(p.name for p in folder.glob("*.pt2")) == ["2x64x64.pt2"]  # 37×45 padded to U-Net 32's multiple
@@ -86,8 +89,9 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
 
     monkeypatch.setattr(compiled_builds, "CompilerProcess", NoCompiler)
     monkeypatch.setitem(plan.AUTO, "cpu", "compiled")  # the real default (conftest pins eager)
-    again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root),
-                      images=1)  # one image: compiling would not pay, loading the built package does
+    again = Predictor(
+        tiny_G(), device="cpu", precision="fp32", norm_mode="instance", cache_dir=str(cache_root), images=1
+    )  # one image: compiling would not pay, loading the built package does
     assert again.runtime == "compiled"
     assert set(again.runner.loaded) == {(2, 3, 64, 64)}  # loaded up front: the first call is a steady one
     for got, want in zip(again(odd_images(2), output_type="pt"), together):
@@ -95,8 +99,9 @@ def test_the_package_lands_in_the_keyed_cache_folder_and_a_new_predictor_loads_i
     again.close()
 
 
-def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(instance_fp32, cache_root, monkeypatch,
-                                                                           caplog):
+def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(
+    instance_fp32, cache_root, monkeypatch, caplog
+):
     """Run on a 1×… input, the 2×… package would read out of bounds (a black image or NaNs): its own metadata says
     what it takes, so the file is removed and built again."""
     predictor, _, _ = instance_fp32
@@ -117,8 +122,14 @@ def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(in
 
     monkeypatch.setattr(compiled_builds, "CompilerProcess", Recorder)
     with caplog.at_level(logging.WARNING, logger="fastpix"):
-        again = Predictor(tiny_G(), device="cpu", precision="fp32", norm_mode="instance", runtime="compiled",
-                          cache_dir=str(cache_root))  # loads both files it finds, checking each
+        again = Predictor(
+            tiny_G(),
+            device="cpu",
+            precision="fp32",
+            norm_mode="instance",
+            runtime="compiled",
+            cache_dir=str(cache_root),
+        )  # loads both files it finds, checking each
         assert again.runner.wait(timeout=120)
     assert "1x64x64.pt2: it was built for 2x3x64x64 torch.float32" in caplog.text
     assert asked == [(1, 3, 64, 64)] and set(again.runner.loaded) == {(2, 3, 64, 64)}
@@ -153,8 +164,9 @@ def test_a_size_without_its_package_is_answered_at_once_eagerly_then_compiled_fr
     compiler process; once built, later calls run it, within bf16 rounding of the eager answer and of fp32."""
     G = tiny_G()
     x = odd_images(1)[0]
-    predictor = Predictor(G, device="cpu", precision="bf16", norm_mode="running", runtime="compiled",
-                          cache_dir=str(cache_root))
+    predictor = Predictor(
+        G, device="cpu", precision="bf16", norm_mode="running", runtime="compiled", cache_dir=str(cache_root)
+    )
     reference = Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")
     assert predictor.description.startswith("cpu, bf16, compiled") and "BatchNorm folded" in predictor.description
     first = predictor(x, output_type="pt")
@@ -233,8 +245,9 @@ def test_onnxruntime_equals_eager_fp32(tmp_path):
         assert relative_error(got, want) < 1e-4
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(predictor.runner.path)]  # nothing beside it
     with pytest.raises(ConfigError, match="runtime 'onnxruntime' runs fp32, not bf16"):
-        Predictor(G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime",
-                  cache_dir=str(tmp_path))
+        Predictor(
+            G, device="cpu", precision="bf16", norm_mode="instance", runtime="onnxruntime", cache_dir=str(tmp_path)
+        )
 
 
 def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_predictor(tmp_path, capsys):
@@ -248,8 +261,21 @@ def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_pred
 
     G = tiny_G(seed=3)
     save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
-    args = ["export", "--format", "pt2", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
-            "--norm-mode", "running", "--precision", "fp32", "--batch-size", "2"]
+    args = [
+        "export",
+        "--format",
+        "pt2",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "out"),
+        "--norm-mode",
+        "running",
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "2",
+    ]
     assert main(args + ["--image-size", "64x30"]) == 2
     assert "--image-size 64x30: this generator takes sides that are multiples of 32" in capsys.readouterr().err
     counters.clear()
@@ -261,8 +287,9 @@ def test_export_writes_a_package_that_torch_alone_loads_and_that_equals_the_pred
     package = torch._inductor.aoti_load_package(str(tmp_path / "out" / "latest_net_G_2x64x32_fp32.pt2"))
     x = torch.rand(2, 3, 64, 32) * 2 - 1
     got = package(x.contiguous(memory_format=torch.channels_last))
-    want = torch.stack(Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")(
-        list(x), output_type="pt"))
+    want = torch.stack(
+        Predictor(G, device="cpu", precision="fp32", norm_mode="running", runtime="eager")(list(x), output_type="pt")
+    )
     assert relative_error(got, want) < 1e-4
 
 
@@ -294,11 +321,13 @@ def no_space(*args, **kwargs):
 
 def half_written_then_full(path_arg: str):
     """A writer that puts part of a file at the path it is given, then finds the disk full."""
+
     def write(*args, **kwargs):
         path = kwargs.get(path_arg) or args[2]
         with open(path, "wb") as f:
             f.write(b"half a file")
         no_space()
+
     return write
 
 
@@ -309,8 +338,9 @@ def test_a_full_disk_while_building_a_package_leaves_no_file_and_names_it(tmp_pa
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", half_written_then_full("package_path"))
     target = tmp_path / "cache" / "1x32x32.pt2"
     with pytest.raises(DiskFull, match=f"{target}: no space left on the device"):
-        compiled_packages.build_package(net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last),
-                                        str(target))
+        compiled_packages.build_package(
+            net, torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last), str(target)
+        )
     assert list(target.parent.iterdir()) == []  # neither the package, a temporary nor a build folder
 
 

@@ -1,4 +1,5 @@
 """Data parity with the reference: listing, A|B split, transforms (against a chain built with PIL), errors."""
+
 import os
 import random
 
@@ -26,9 +27,8 @@ def pil_chain(img, preprocess, load, crop, x, y, flip, gray):
         ow, oh = img.size
         if not (ow == load and oh >= crop):
             img = img.resize((load, int(max(load * oh / ow, crop))), Image.BICUBIC)
-    if preprocess in ("resize_and_crop", "crop", "scale_width_and_crop"):
-        if img.size[0] > crop or img.size[1] > crop:
-            img = img.crop((x, y, x + crop, y + crop))
+    if preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") and (img.size[0] > crop or img.size[1] > crop):
+        img = img.crop((x, y, x + crop, y + crop))
     if preprocess == "none":
         ow, oh = img.size
         w, h = int(round(ow / 4) * 4), int(round(oh / 4) * 4)
@@ -41,16 +41,33 @@ def pil_chain(img, preprocess, load, crop, x, y, flip, gray):
     return torch.from_numpy((arr.transpose(2, 0, 1) - 0.5) / 0.5)
 
 
-@pytest.mark.parametrize("preprocess,w,h,load,crop", [
-    ("resize_and_crop", 2 * 40, 40, 36, 32), ("crop", 2 * 45, 41, 36, 32), ("scale_width", 2 * 50, 30, 40, 32),
-    ("scale_width_and_crop", 2 * 50, 70, 40, 32), ("none", 2 * 37, 30, 36, 32)])
+@pytest.mark.parametrize(
+    "preprocess,w,h,load,crop",
+    [
+        ("resize_and_crop", 2 * 40, 40, 36, 32),
+        ("crop", 2 * 45, 41, 36, 32),
+        ("scale_width", 2 * 50, 30, 40, 32),
+        ("scale_width_and_crop", 2 * 50, 70, 40, 32),
+        ("none", 2 * 37, 30, 36, 32),
+    ],
+)
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
 @pytest.mark.parametrize("input_nc", [3, 1])
 def test_transform_chain_equals_pil(tmp_path, preprocess, w, h, load, crop, direction, input_nc):
     os.makedirs(tmp_path / "train")
     write_ab(tmp_path / "train" / "x.png", w + 1, h)  # odd width: split at int(width/2)
-    ds = PairedDataset(str(tmp_path), "train", direction, input_nc=input_nc, output_nc=3, preprocess=preprocess,
-                       load_size=load, crop_size=crop, flip=True, seed=7)
+    ds = PairedDataset(
+        str(tmp_path),
+        "train",
+        direction,
+        input_nc=input_nc,
+        output_nc=3,
+        preprocess=preprocess,
+        load_size=load,
+        crop_size=crop,
+        flip=True,
+        seed=7,
+    )
     for epoch in range(3):
         ds.set_epoch(epoch)
         item = ds[0]
@@ -90,7 +107,11 @@ def test_listing_is_recursive_sorted_and_case_insensitive(tmp_path):
     for name in ["z.PNG", "a.jpg", "b/c/m.JpEg", "b/n.tiff", "notes.txt", "b/c/x.gif"]:
         (tmp_path / name).write_bytes(b"")
     assert [os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path))] == [
-        "a.jpg", "b/c/m.JpEg", "b/n.tiff", "z.PNG"]
+        "a.jpg",
+        "b/c/m.JpEg",
+        "b/n.tiff",
+        "z.PNG",
+    ]
 
 
 def test_two_folder_layout_equals_aligned(tmp_path):

@@ -1,4 +1,5 @@
 """`fastpix data demo --out DIR` writes into a new or empty folder only, unless --force (issue 26 item 5)."""
+
 import os
 
 from fastpix import cli

@@ -1,19 +1,20 @@
 """`fastpix data download`: archives from a loopback mirror extracted to <root>/<name>/ safely; every refused,
 damaged or oversized archive is one line and leaves neither a half data set nor a file outside the root."""
+
 import io
 import os
 import shutil
 import tarfile
 
 import pytest
+from loopback import Mirror, serve
+from small_disk import small_disk
 
 from fastpix import cli, download
 from fastpix.config import DatasetDownloadConfig
 from fastpix.data import archive
 from fastpix.data.standard import download_dataset
 from fastpix.errors import ConfigError, DataError, DiskFull, UnsafeArchive
-from loopback import Mirror, serve
-from small_disk import small_disk
 
 GOOD = {"facades/train/1.jpg": b"one", "facades/train/2.jpg": b"two", "facades/val/3.jpg": b"three"}
 
@@ -49,8 +50,14 @@ def test_a_data_set_is_extracted_into_place_and_its_archive_removed(tmp_path):
     with serve(Mirror({"/datasets/facades.tar.gz": tar_gz()})) as base:
         result = download_dataset(config(tmp_path / "datasets", base), progress=False)
     assert result.files == 3 and result.fetched.size > 0
-    assert tree(tmp_path / "datasets") == ["facades", "facades/train", "facades/train/1.jpg", "facades/train/2.jpg",
-                                           "facades/val", "facades/val/3.jpg"]
+    assert tree(tmp_path / "datasets") == [
+        "facades",
+        "facades/train",
+        "facades/train/1.jpg",
+        "facades/train/2.jpg",
+        "facades/val",
+        "facades/val/3.jpg",
+    ]
     assert (tmp_path / "datasets/facades/val/3.jpg").read_bytes() == b"three"
 
 
@@ -80,9 +87,11 @@ def test_an_archive_put_there_by_hand_is_used_without_downloading(tmp_path):
 
 def test_a_truncated_archive_is_one_line_and_leaves_nothing(tmp_path):
     data = tar_gz({f"facades/train/{i}.jpg": os.urandom(20_000) for i in range(5)})
-    with serve(Mirror({"/datasets/facades.tar.gz": data[:len(data) // 2]})) as base:
-        with pytest.raises(DataError) as caught:
-            download_dataset(config(tmp_path / "datasets", base), progress=False)
+    with (
+        serve(Mirror({"/datasets/facades.tar.gz": data[: len(data) // 2]})) as base,
+        pytest.raises(DataError) as caught,
+    ):
+        download_dataset(config(tmp_path / "datasets", base), progress=False)
     message = str(caught.value)
     assert "\n" not in message and "damaged or truncated" in message
     assert f"{base}/datasets/facades.tar.gz" in message and "download it by hand to" in message
@@ -106,9 +115,11 @@ ESCAPES = {
 def test_members_that_escape_or_are_not_files_refuse_the_whole_archive(tmp_path, case):
     _, extra = ESCAPES[case]
     root = tmp_path / "sandbox" / "datasets"
-    with serve(Mirror({"/datasets/facades.tar.gz": tar_gz(extra=extra)})) as base:
-        with pytest.raises(UnsafeArchive) as caught:
-            download_dataset(config(root, base), progress=False)
+    with (
+        serve(Mirror({"/datasets/facades.tar.gz": tar_gz(extra=extra)})) as base,
+        pytest.raises(UnsafeArchive) as caught,
+    ):
+        download_dataset(config(root, base), progress=False)
     assert "refused, nothing extracted" in str(caught.value) and "\n" not in str(caught.value)
     assert "check --mirror" in str(caught.value)
     assert tree(tmp_path) == ["sandbox", "sandbox/datasets"]  # no half data set, nothing beside or above it
@@ -129,7 +140,7 @@ def test_a_disk_that_fills_while_extracting_leaves_no_half_data_set(tmp_path, mo
     zeros = tar_gz({f"facades/train/{i}.png": bytes(100_000) for i in range(4)})
     with small_disk(root, 256 * 1024, monkeypatch, [download, archive]):
         usage = shutil.disk_usage
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=2 ** 40))  # it lies
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=2**40))  # it lies
         with serve(Mirror({"/datasets/facades.tar.gz": zeros})) as base, pytest.raises(DiskFull) as caught:
             download_dataset(config(root, base), progress=False)
         assert os.listdir(root) == ["facades.tar.gz"]
@@ -146,8 +157,10 @@ def test_the_command_line(tmp_path, capsys):
     root = str(tmp_path / "datasets")
     with serve(Mirror({"/datasets/night2day.tar.gz": tar_gz({"night2day/test/1.jpg": b"1"})})) as base:
         assert cli.main(["data", "download", "night2day", "--root", root, "--mirror", base]) == 0
-        assert capsys.readouterr().out == (f"fastpix data download: 1 files in {root}/night2day: ~20k pairs, A = night, "
-                                           "B = day (day -> night: --direction BtoA)\n")
+        assert capsys.readouterr().out == (
+            f"fastpix data download: 1 files in {root}/night2day: ~20k pairs, "
+            "A = night, B = day (day -> night: --direction BtoA)\n"
+        )
         assert cli.main(["data", "download", "maps", "--root", root, "--mirror", base, "--retries", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{base}/datasets/maps.tar.gz: not found (HTTP 404)" in err

@@ -1,5 +1,6 @@
 """fastpix.data.decode: native decoding equals PIL's, the A|B split, PIL-exact bicubic resize, the bomb guard,
 and bad input (fuzzed) that raises or reports an error naming the file, never crashes."""
+
 import io
 import struct
 
@@ -10,8 +11,9 @@ from PIL import Image
 
 from fastpix.data import decode as D
 
-native = pytest.mark.skipif(D.backend() != "native",
-                            reason="fastpix._decode not built (run `python setup.py build_ext --inplace`)")
+native = pytest.mark.skipif(
+    D.backend() != "native", reason="fastpix._decode not built (run `python setup.py build_ext --inplace`)"
+)
 BICUBIC = Image.Resampling.BICUBIC
 
 
@@ -59,7 +61,8 @@ def sample_images():
     for ss in (0, 1, 2):  # PIL: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0
         for progressive in (False, True):
             cases[f"jpeg-ss{ss}-{'prog' if progressive else 'base'}"] = encode(
-                RGB, "JPEG", subsampling=ss, progressive=progressive, quality=90)
+                RGB, "JPEG", subsampling=ss, progressive=progressive, quality=90
+            )
     cases["jpeg-grey"] = encode(RGB.convert("L"), "JPEG")
     cases["jpeg-cmyk"] = encode(RGB.convert("CMYK"), "JPEG")
     for mode in ("1", "L", "LA", "RGB", "RGBA"):
@@ -75,6 +78,7 @@ def sample_images():
 def png_16bit(arr16, color_type):
     """A 16-bit PNG written by hand (PIL cannot write 16-bit RGB/RGBA/LA)."""
     import zlib
+
     h, w = arr16.shape[:2]
     raw = b"".join(b"\x00" + arr16[y].astype(">u2").tobytes() for y in range(h))
 
@@ -96,6 +100,7 @@ def images():
 
 
 # ------------------------------------------------------------------------------------------- equality with PIL
+
 
 @native
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -149,8 +154,9 @@ def test_ycck_jpeg_equals_pil(tmp_path):
 
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "the native decoder was built, so a C compiler exists"
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libjpeg"], capture_output=True, text=True,
-                           check=True).stdout.split()
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "libjpeg"], capture_output=True, text=True, check=True
+    ).stdout.split()
     (tmp_path / "ycck.c").write_text(YCCK_WRITER)
     subprocess.run([cc, "-O1", "-o", str(tmp_path / "ycck"), str(tmp_path / "ycck.c"), *flags], check=True)
     cmyk = np.concatenate([textured(37, 70), textured(37, 70, 1, seed=3)], -1)
@@ -228,6 +234,7 @@ def test_pil_path_without_extension(images, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- split and resize
 
+
 @pytest.mark.parametrize("width", [2, 3, 7, 133, 134])
 def test_split_at_int_half_width(width):
     arr = textured(5, width)
@@ -249,14 +256,26 @@ def pillow_orders_passes_like_ours(src, dst) -> bool:
 
 
 @native
-@pytest.mark.parametrize("src,dst", [((256, 256), (286, 286)), ((600, 600), (286, 286)), ((37, 37), (64, 64)),
-                                     ((133, 67), (50, 77)), ((133, 67), (133, 31)), ((133, 67), (41, 67)),
-                                     ((5, 3), (286, 286)), ((1023, 511), (286, 286)), ((286, 286), (286, 286)),
-                                     ((67, 133), (50, 77))])  # height shrinks most: Pillow 13 goes vertical first
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((256, 256), (286, 286)),
+        ((600, 600), (286, 286)),
+        ((37, 37), (64, 64)),
+        ((133, 67), (50, 77)),
+        ((133, 67), (133, 31)),
+        ((133, 67), (41, 67)),
+        ((5, 3), (286, 286)),
+        ((1023, 511), (286, 286)),
+        ((286, 286), (286, 286)),
+        ((67, 133), (50, 77)),
+    ],
+)  # height shrinks most: Pillow 13 goes vertical first
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kernels", ["simd", "portable"])
 def test_resize_equals_pil(src, dst, channels, kernels):
     from fastpix import _decode
+
     if not pillow_orders_passes_like_ours(src, dst):
         pytest.skip(f"Pillow {PIL.__version__} orders the passes of this resize as Pillow < 13 did")
     arr = textured(src[1], src[0], channels, seed=src[0])
@@ -277,16 +296,21 @@ def test_resize_equals_pil_over_many_sizes(kernels):
     cubic's overshoot must clip as PIL's does) and noise, so both pass orders and the transposes' edge pixels are
     hit. The AVX2 kernel (where the CPU has it) and the scalar one must both equal PIL everywhere."""
     from fastpix import _decode
+
     rng = np.random.RandomState(7)
     for case in range(40):
         sw, sh, dw, dh = (int(v) for v in rng.randint(1, 40 if case < 15 else 700, 4))
         channels = (1, 3)[case % 2]
         if not pillow_orders_passes_like_ours((sw, sh), (dw, dh)):
             continue
-        arr = np.where(rng.rand(sh, sw, 1) < 0.5, 0, 255).astype(np.uint8) if case % 3 == 0 else \
-            rng.randint(0, 256, (sh, sw, 1)).astype(np.uint8)
-        arr = np.ascontiguousarray(np.repeat(arr, channels, -1) if case % 4 else
-                                   rng.randint(0, 256, (sh, sw, channels)).astype(np.uint8))
+        arr = (
+            np.where(rng.rand(sh, sw, 1) < 0.5, 0, 255).astype(np.uint8)
+            if case % 3 == 0
+            else rng.randint(0, 256, (sh, sw, 1)).astype(np.uint8)
+        )
+        arr = np.ascontiguousarray(
+            np.repeat(arr, channels, -1) if case % 4 else rng.randint(0, 256, (sh, sw, channels)).astype(np.uint8)
+        )
         ref = np.asarray(Image.fromarray(arr if channels == 3 else arr[..., 0]).resize((dw, dh), BICUBIC))
         _decode._portable_resize_only(kernels == "portable")
         try:
@@ -302,6 +326,7 @@ def test_draft_is_close_to_exact():
     """draft=True decodes JPEGs at reduced DCT scale: close to PIL, not equal. Measured 1200×600 → 286² halves:
     photo-like (smooth + blurred noise) mean |diff| 0.35, max 3; hard synthetic texture mean 5.2, max 59."""
     from PIL import ImageFilter
+
     rng = np.random.RandomState(0)
     y, x = np.mgrid[0:600, 0:1200]
     ramp = np.stack([x * 255 // 1199, y * 255 // 599, (x + y) * 255 // 1798], -1)
@@ -313,15 +338,19 @@ def test_draft_is_close_to_exact():
         d = np.abs(e.astype(int) - f)
         assert d.mean() < 1 and d.max() <= 8, (d.mean(), d.max())
     # Below half the source only; otherwise draft changes nothing.
-    assert all(np.array_equal(x, y) for x, y in zip(D.decode_pair(data, size=(400, 400), draft=True),
-                                                      D.decode_pair(data, size=(400, 400))))
+    assert all(
+        np.array_equal(x, y)
+        for x, y in zip(D.decode_pair(data, size=(400, 400), draft=True), D.decode_pair(data, size=(400, 400)))
+    )
 
 
 # ------------------------------------------------------------------------------------------- batch decoding
 
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_decode_pairs_into(images, tmp_path, threads):
     import torch
+
     names = ["jpeg-ss0-base", "jpeg-cmyk", "png-I;16", "png-P-trns"]
     paths = []
     for name in names:
@@ -354,10 +383,11 @@ def test_decode_pairs_into_rejects_wrong_buffers(tmp_path):
 
 # ------------------------------------------------------------------------------------------- bad input
 
+
 def jpeg_claiming(width, height):
     data = bytearray(encode(RGB, "JPEG"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -371,6 +401,7 @@ def test_bomb_guard_refuses_from_header(tmp_path):
     assert "bomb.jpg" in errors[0] and "exceeds" in errors[0]
     png = bytearray(encode(RGB, "PNG"))  # IHDR re-sized to 100000×100000, CRC fixed so only the size is wrong
     import zlib
+
     png[16:24] = struct.pack(">II", 100000, 100000)
     png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
     with pytest.raises(D.DecodeError, match="<bytes>.*(exceeds|DecompressionBomb|decompression bomb)"):
@@ -391,7 +422,7 @@ def test_truncated_jpeg_raises_like_pil(images):
 
 def test_header_only_png_and_empty(tmp_path):
     png = encode(RGB, "PNG")
-    cases = (("header.png", png[:33]), ("empty.png", b""), ("sig.png", png[:8]), ("cut.png", png[:len(png) // 2]))
+    cases = (("header.png", png[:33]), ("empty.png", b""), ("sig.png", png[:8]), ("cut.png", png[: len(png) // 2]))
     for name, data in cases:
         p = tmp_path / name
         p.write_bytes(data)
@@ -406,7 +437,7 @@ def mutants(seed, count):
         data = bytearray(bases[i % len(bases)])
         kind = i % 5
         if kind == 0:
-            data = data[:rng.randint(0, len(data))]
+            data = data[: rng.randint(0, len(data))]
         elif kind == 1:
             for pos in rng.randint(0, len(data), rng.randint(1, 8)):
                 data[pos] ^= 1 << rng.randint(0, 8)
@@ -414,7 +445,7 @@ def mutants(seed, count):
             pos = rng.randint(2, 200)  # headers: markers, sizes, tables
             data[pos] = rng.randint(0, 256)
         elif kind == 3:
-            data = data[:rng.choice([2, 3, 8, 16])] + rng.bytes(rng.randint(0, 300))
+            data = data[: rng.choice([2, 3, 8, 16])] + rng.bytes(rng.randint(0, 300))
         else:
             data = rng.bytes(rng.randint(0, 64))
         yield bytes(data)
@@ -462,12 +493,31 @@ def test_install_without_image_headers_builds_a_pil_only_fastpix(tmp_path):
     for name in ("csrc", "fastpix", "kernels", "bench/suites"):
         shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(tmp_path / "wheel")], env=env, capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastpix/data/decode.py" in names and not any("_decode" in n for n in names), names
-    probe = "import sys; sys.modules['fastpix._decode'] = None; from fastpix.data import decode; print(decode.backend())"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True).stdout.strip() == "pil"
+    probe = (
+        "import sys; sys.modules['fastpix._decode'] = None; from fastpix.data import decode; print(decode.backend())"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        == "pil"
+    )

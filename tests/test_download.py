@@ -1,22 +1,24 @@
 """fastpix.download against a loopback server: resume with Range after a cut, restart where ranges are ignored, final
 HTTP errors, announced lengths, a full disk; and nothing half-written left behind by any failure."""
+
 import os
 
 import pytest
+from loopback import Mirror, serve
+from small_disk import small_disk
 
 from fastpix import download
 from fastpix.download import fetch, mirror_base
 from fastpix.errors import ConfigError, DiskFull, NetworkError
-from loopback import Mirror, serve
-from small_disk import small_disk
 
 DATA = os.urandom(300_000)
 BY_HAND = "download it by hand to HERE"
 
 
 def fetch_quick(url, target, **kw):
-    return fetch(url, target, BY_HAND, retries=kw.pop("retries", 2), read_timeout_s=5, progress=False,
-                 backoff_s=0.0, **kw)
+    return fetch(
+        url, target, BY_HAND, retries=kw.pop("retries", 2), read_timeout_s=5, progress=False, backoff_s=0.0, **kw
+    )
 
 
 def test_a_connection_cut_half_way_resumes_with_a_range_request(tmp_path):
@@ -94,9 +96,9 @@ def test_progress_without_a_terminal_is_plain_lines(monkeypatch):
 
     monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
     stream = io.StringIO()
-    with progress.Progress("facades.tar.gz", 3 * 2 ** 20, "B", stream=stream) as bar:
-        bar.update(2 ** 20)
-        bar.update(2 ** 20)
+    with progress.Progress("facades.tar.gz", 3 * 2**20, "B", stream=stream) as bar:
+        bar.update(2**20)
+        bar.update(2**20)
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue() and len(lines) == 3  # two updates and the final count
     assert lines[0].startswith("facades.tar.gz: 1.0 MiB of 3.0 MiB (33%), ")

@@ -1,9 +1,11 @@
 """The draw page in a real browser: headless Chromium driven by selenium (tests/browser.py) against `fastpix serve`'s
 app with a tiny U-Net, its canvas at 64² (shown at 384 CSS px: 6 px a canvas pixel). Strokes by mouse, touch and
 keys; every check reads the canvases' pixels, and the server's own answer for them."""
+
 import base64
 import io
 import json
+import pathlib
 import re
 import time
 import urllib.error
@@ -12,9 +14,9 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from browser import chromium, require_browser
 from PIL import Image
 
-from browser import chromium, require_browser
 from fastpix.config import ServeConfig
 from fastpix.data.demo import write_demo_dataset
 from fastpix.infer.predictor import Predictor
@@ -23,12 +25,12 @@ from fastpix.models import define_G
 
 require_browser()
 
-from selenium.webdriver import ActionChains  # noqa: E402
-from selenium.webdriver.common.actions import interaction  # noqa: E402
-from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
-from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver import ActionChains  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions import interaction  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.by import By  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after require_browser(), which skips the module without selenium
 
 N = 64
 TIMEOUT_S = 30
@@ -54,11 +56,14 @@ def servers(tmp_path_factory):
     """The page with the demo palette and examples; one without a palette whose --max-bytes a drawing can exceed;
     one of a 1-channel model."""
     split = write_demo_dataset(str(tmp_path_factory.mktemp("demo")), 32, {"val": 4}) + "/val"
-    configs = {"labels": (ServeConfig(canvas_size=N, palette="demo", examples=split), 3),
-               "small": (ServeConfig(canvas_size=N, max_bytes=1500), 3),
-               "grey": (ServeConfig(canvas_size=N), 1)}
-    started = {name: BackgroundServer(create_app(tiny_predictor(nc), cfg)).start()
-               for name, (cfg, nc) in configs.items()}
+    configs = {
+        "labels": (ServeConfig(canvas_size=N, palette="demo", examples=split), 3),
+        "small": (ServeConfig(canvas_size=N, max_bytes=1500), 3),
+        "grey": (ServeConfig(canvas_size=N), 1),
+    }
+    started = {
+        name: BackgroundServer(create_app(tiny_predictor(nc), cfg)).start() for name, (cfg, nc) in configs.items()
+    }
     yield {name: server.url for name, server in started.items()}
     for server in started.values():
         server.stop()
@@ -107,9 +112,12 @@ def wait_for_new_drawing(driver, action):
     """Run action() (an upload, a drop, an example) and wait until its drawing is in place and translated."""
     epoch = driver.execute_script("return window.draw.epoch")
     action()
-    driver.execute_async_script("""const [epoch, done] = arguments;
+    driver.execute_async_script(
+        """const [epoch, done] = arguments;
         const poll = () => window.draw.epoch > epoch && window.draw.idle() ? done() : setTimeout(poll, 5);
-        poll();""", epoch)
+        poll();""",
+        epoch,
+    )
 
 
 def server_answer(url, image: np.ndarray) -> np.ndarray:
@@ -211,8 +219,9 @@ def test_undo_and_redo_restore_the_exact_canvases(browser, servers):
     idle(browser)
     assert np.array_equal(pixels(browser), before)
     assert_output_is_the_servers_answer(browser, servers["labels"])
-    ActionChains(browser).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("z").key_up(Keys.SHIFT) \
-        .key_up(Keys.CONTROL).perform()
+    ActionChains(browser).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("z").key_up(Keys.SHIFT).key_up(
+        Keys.CONTROL
+    ).perform()
     idle(browser)
     assert np.array_equal(pixels(browser), first)
     hook(browser, "redo").click()
@@ -276,13 +285,19 @@ def test_upload_by_file_picker_and_by_drop_fits_the_image_to_the_canvas(browser,
     assert_fitted(pixels(browser))
     assert_output_is_the_servers_answer(browser, servers["labels"])
     hook(browser, "clear").click()
-    data = base64.b64encode(open(upload_image(tmp_path), "rb").read()).decode()
-    wait_for_new_drawing(browser, lambda: browser.execute_script("""
+    data = base64.b64encode(pathlib.Path(upload_image(tmp_path)).read_bytes()).decode()
+    wait_for_new_drawing(
+        browser,
+        lambda: browser.execute_script(
+            """
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const files = new DataTransfer();
         files.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
         document.querySelector('[data-testid="input-canvas"]').dispatchEvent(
-            new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));""", data))
+            new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));""",
+            data,
+        ),
+    )
     assert_fitted(pixels(browser))
 
 
@@ -312,8 +327,9 @@ def test_a_refused_drawing_shows_why_and_the_servers_own_message(browser, server
     hook(browser, "pen").click()
     drag(browser, [(3, 3), (4, 3)])
     message = hook(browser, "message").text
-    assert re.fullmatch(r"the drawing is \d+ bytes as PNG; this server accepts at most 1500 \(--max-bytes\)",
-                        message), message
+    assert re.fullmatch(
+        r"the drawing is \d+ bytes as PNG; this server accepts at most 1500 \(--max-bytes\)", message
+    ), message
 
 
 def test_a_one_channel_model_gets_a_grey_canvas(browser, servers, tmp_path):
@@ -328,8 +344,9 @@ def test_a_one_channel_model_gets_a_grey_canvas(browser, servers, tmp_path):
 
 
 def test_on_a_phone_the_canvases_stack_and_a_finger_draws(browser, servers):
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844,
-                                                                   "deviceScaleFactor": 2, "mobile": True})
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    )
     browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})
     try:
         open_page(browser, servers["labels"])
@@ -364,9 +381,11 @@ def test_the_page_fetches_nothing_from_another_origin(browser, servers):
     hook(browser, "random").click()
     drag(browser, [(3, 3), (60, 60)])
     hook(browser, "save").click()
-    requested = [json.loads(entry["message"])["message"]["params"]["request"]["url"]
-                 for entry in browser.get_log("performance")
-                 if json.loads(entry["message"])["message"]["method"] == "Network.requestWillBeSent"]
+    requested = [
+        json.loads(entry["message"])["message"]["params"]["request"]["url"]
+        for entry in browser.get_log("performance")
+        if json.loads(entry["message"])["message"]["method"] == "Network.requestWillBeSent"
+    ]
     assert {f"{url}/", f"{url}/draw.js", f"{url}/draw.css", f"{url}/v1/info", f"{url}/v1/translate"} <= set(requested)
     foreign = [u for u in requested if not (u.startswith(f"{url}/") or u.startswith(f"blob:{url}/"))]
     assert not foreign, foreign

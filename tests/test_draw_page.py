@@ -1,6 +1,7 @@
 """The draw page's server side, without a browser: the page and its assets under a Content-Security-Policy of the
 server's own origin, /v1/info, the examples endpoint, the canvas size's sources, palettes (built-in and loaded,
 errors in one line), and `fastpix demo`'s closing command. The page itself runs in tests/test_draw_browser.py."""
+
 import dataclasses
 import io
 import json
@@ -18,21 +19,34 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix.cli import main  # noqa: E402
-from fastpix.config import DataConfig, ModelConfig, ServeConfig  # noqa: E402
-from fastpix.data.demo import write_demo_dataset  # noqa: E402
-from fastpix.errors import ConfigError, DataError  # noqa: E402
-from fastpix.files import atomic_write_json  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.palette import built_in, load_palette  # noqa: E402
-from fastpix.store.generator import locate_generator  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
+from fastpix.cli import main
+from fastpix.config import DataConfig, ModelConfig, ServeConfig
+from fastpix.data.demo import write_demo_dataset
+from fastpix.errors import ConfigError, DataError
+from fastpix.files import atomic_write_json
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+from fastpix.palette import built_in, load_palette
+from fastpix.store.generator import locate_generator
+from fastpix.store.weights import save_weights
 
 TIMEOUT_S = 30
-HOOKS = ("input-canvas", "output", "pen", "eraser", "rect", "fill", "undo", "redo", "clear", "upload", "random",
-         "save", "latency")
+HOOKS = (
+    "input-canvas",
+    "output",
+    "pen",
+    "eraser",
+    "rect",
+    "fill",
+    "undo",
+    "redo",
+    "clear",
+    "upload",
+    "random",
+    "save",
+    "latency",
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,6 +102,7 @@ class Tags(HTMLParser):
 
 # ---- the page --------------------------------------------------------------------------------------------------------
 
+
 def test_the_page_is_self_contained_under_a_policy_of_this_origin_only(predictor):
     with served(predictor) as server:
         status, headers, body = get(f"{server.url}/")
@@ -125,27 +140,36 @@ def test_info_gives_the_model_its_runtime_the_canvas_and_the_limits(predictor, r
     assert (info["max_bytes"], info["max_pixels"], info["palette"], info["examples"]) == (123_456, 300_000, None, 0)
 
 
-@pytest.mark.parametrize("checkpoint, options, expected", [
-    (False, {}, 256), (True, {"canvas_size": 96}, 96), (False, {"canvas_size": 48}, 48),
-    (False, {"max_pixels": 200 * 200}, 192),  # a default canvas shrinks to what the server accepts, whole multiples
-])
+@pytest.mark.parametrize(
+    "checkpoint, options, expected",
+    [
+        (False, {}, 256),
+        (True, {"canvas_size": 96}, 96),
+        (False, {"canvas_size": 48}, 48),
+        (False, {"max_pixels": 200 * 200}, 192),  # a default canvas shrinks to what the server accepts, whole multiples
+    ],
+)
 def test_the_canvas_is_the_flags_else_the_runs_crop_else_256(predictor, run, checkpoint, options, expected):
     with served(predictor, locate_generator(str(run)) if checkpoint else None, **options) as server:
         assert json.loads(get(f"{server.url}/v1/info")[2])["canvas_size"] == expected
 
 
 def test_a_canvas_the_server_would_refuse_is_a_config_error(predictor):
-    with pytest.raises(ConfigError, match=r"--canvas-size 100: the generator pads the canvas to 128x128 = 16384 "
-                                          r"pixels, over --max-pixels 10000"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--canvas-size 100: the generator pads the canvas to 128x128 = 16384 "
+        r"pixels, over --max-pixels 10000",
+    ):
         create_app(predictor, ServeConfig(canvas_size=100, max_pixels=10_000))
 
 
 # ---- examples --------------------------------------------------------------------------------------------------------
 
+
 def halves(png: bytes) -> tuple[np.ndarray, np.ndarray]:
     pair = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert pair.shape[1] == 2 * pair.shape[0]
-    return pair[:, :pair.shape[0]], pair[:, pair.shape[0]:]
+    return pair[:, : pair.shape[0]], pair[:, pair.shape[0] :]
 
 
 def test_an_example_is_its_pair_at_the_canvas_size_labels_resized_to_exact_palette_colours(predictor, split):
@@ -193,28 +217,43 @@ def test_examples_errors_are_named(predictor, tmp_path):
 
 # ---- palettes --------------------------------------------------------------------------------------------------------
 
+
 def test_the_built_in_palettes_are_hesses_facades_labels_and_the_demo_datas_colours():
     from fastpix.data.demo import PALETTE
 
     assert built_in() == ["demo", "facades"]
     facades = load_palette("facades")
-    hesse = {"background": "#0006d9", "wall": "#0d3dfb", "door": "#a50000", "window": "#0075ff",
-             "window sill": "#68f898", "window head": "#1dffdd", "shutter": "#eeed28", "balcony": "#b8ff38",
-             "trim": "#ff9204", "cornice": "#ff4401", "column": "#f60001", "entrance": "#00c9ff"}
-    assert [(c.name, "#%02x%02x%02x" % c.rgb) for c in facades.classes] == list(hesse.items())
+    hesse = {
+        "background": "#0006d9",
+        "wall": "#0d3dfb",
+        "door": "#a50000",
+        "window": "#0075ff",
+        "window sill": "#68f898",
+        "window head": "#1dffdd",
+        "shutter": "#eeed28",
+        "balcony": "#b8ff38",
+        "trim": "#ff9204",
+        "cornice": "#ff4401",
+        "column": "#f60001",
+        "entrance": "#00c9ff",
+    }
+    assert [(c.name, "#{:02x}{:02x}{:02x}".format(*c.rgb)) for c in facades.classes] == list(hesse.items())
     assert facades.names[facades.clear_id] == "wall"  # Hesse's editor clears to wall
     demo = load_palette("demo")
     assert [c.rgb for c in demo.classes] == [tuple(c) for c in PALETTE.tolist()] and demo.clear_id == 0
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{", "--palette {path}: expected {{\"classes\""),
-    ('{"classes": [{"id": 0, "rgb": [0, 0, 256]}]}', "rgb [0, 0, 256] is not three integers in 0..255"),
-    ('{"classes": [{"id": 0, "rgb": [1, 2]}]}', "rgb [1, 2] is not three integers"),
-    ('{"classes": [{"id": 0, "rgb": [1, 2, 3]}, {"id": 0, "rgb": [4, 5, 6]}]}', "distinct class ids"),
-    ('{"classes": [{"id": 0, "rgb": [1, 2, 3]}], "clear_id": 4}', "clear_id 4 is not one of its class ids"),
-    ('[1, 2]', "got JSON that is not an object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", '--palette {path}: expected {{"classes"'),
+        ('{"classes": [{"id": 0, "rgb": [0, 0, 256]}]}', "rgb [0, 0, 256] is not three integers in 0..255"),
+        ('{"classes": [{"id": 0, "rgb": [1, 2]}]}', "rgb [1, 2] is not three integers"),
+        ('{"classes": [{"id": 0, "rgb": [1, 2, 3]}, {"id": 0, "rgb": [4, 5, 6]}]}', "distinct class ids"),
+        ('{"classes": [{"id": 0, "rgb": [1, 2, 3]}], "clear_id": 4}', "clear_id 4 is not one of its class ids"),
+        ("[1, 2]", "got JSON that is not an object"),
+    ],
+)
 def test_a_bad_palette_is_one_line_naming_the_flag_and_the_file(tmp_path, content, message):
     path = tmp_path / "p.json"
     path.write_text(content)
@@ -224,14 +263,16 @@ def test_a_bad_palette_is_one_line_naming_the_flag_and_the_file(tmp_path, conten
 
 
 def test_serve_refuses_a_missing_palette_in_one_line_naming_the_built_ins(run, capsys):
-    status = main(["serve", "--checkpoint", str(run), "--runtime", "eager", "--precision", "fp32", "--palette",
-                   "facade"])
+    status = main(
+        ["serve", "--checkpoint", str(run), "--runtime", "eager", "--precision", "fp32", "--palette", "facade"]
+    )
     err = capsys.readouterr().err
     assert status == 2
     assert err == "fastpix serve: error: --palette facade: no such file, nor a built-in palette (demo, facades)\n"
 
 
 # ---- fastpix demo ----------------------------------------------------------------------------------------------------
+
 
 def test_demo_ends_with_the_command_that_serves_the_draw_page_on_its_model(monkeypatch, tmp_path, capsys):
     """The training itself is `make demo`'s; here its steps are stood in for, and the command printed last must
@@ -255,5 +296,8 @@ def test_demo_ends_with_the_command_that_serves_the_draw_page_on_its_model(monke
     words = shlex.split(command)
     args = build_parser().parse_args(words[1:])
     assert words[:2] == ["fastpix", "serve"] and args.func.__name__ == "cmd_serve"
-    assert (args.checkpoint, args.palette, args.examples) == (str(out / "checkpoints" / "demo"), "demo",
-                                                             str(out / "data" / "val"))
+    assert (args.checkpoint, args.palette, args.examples) == (
+        str(out / "checkpoints" / "demo"),
+        "demo",
+        str(out / "data" / "val"),
+    )

@@ -1,5 +1,6 @@
 """`fastpix data edges`: the reference's HED post-processing on the built-in detector and on a user's TorchScript
 network; the output's properties (black-on-white and binary, one pixel thin, no specks, on the photo's outlines)."""
+
 import os
 import sys
 
@@ -84,8 +85,7 @@ def test_a_torchscript_hed_is_used_instead_and_its_output_post_processed(tmp_pat
     photo = np.full((64, 64, 3), 30, np.uint8)
     photo[:, 32:, 0] = 220  # one vertical step, in red only
     photo[20:40, :, 1] = 200  # a horizontal band in green: the stand-in does not see it
-    pair = edges_pair(photo, EdgesConfig(input="-", out="-", size=64),
-                      HED(hed, "cpu"))
+    pair = edges_pair(photo, EdgesConfig(input="-", out="-", size=64), HED(hed, "cpu"))
     columns = set(np.nonzero(pair[8:56, :64, 0] == 0)[1])
     assert columns and columns <= {31, 32}
 
@@ -110,10 +110,15 @@ def test_the_command_keeps_the_split_folders_and_names_unreadable_photos(tmp_pat
         os.makedirs(tmp_path / "photos" / split)
         Image.fromarray(shapes_photo(seed=seed)[0]).save(tmp_path / "photos" / split / f"p{seed}.jpg", quality=95)
     (tmp_path / "photos" / "test" / "bad.png").write_bytes(b"not a photo")
-    assert cli.main(["data", "edges", "--input", str(tmp_path / "photos"), "--out", str(tmp_path / "out"),
-                     "--size", str(SIZE)]) == 1
-    assert sorted(os.path.relpath(os.path.join(d, f), tmp_path / "out") for d, _, fs in os.walk(tmp_path / "out")
-                  for f in fs) == ["test/p2.png", "train/p1.png"]
+    assert (
+        cli.main(
+            ["data", "edges", "--input", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--size", str(SIZE)]
+        )
+        == 1
+    )
+    assert sorted(
+        os.path.relpath(os.path.join(d, f), tmp_path / "out") for d, _, fs in os.walk(tmp_path / "out") for f in fs
+    ) == ["test/p2.png", "train/p1.png"]
     written = np.asarray(Image.open(tmp_path / "out" / "train" / "p1.png"))
     assert written.shape == (SIZE, 2 * SIZE, 3) and np.isin(written[:, :SIZE], (0, 255)).all()
     out, err = capsys.readouterr()

@@ -1,6 +1,8 @@
 """The training engine: multi-process training over gloo, precision, device-side losses, FLOPs, CUDA graphs."""
+
 import dataclasses
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -15,14 +17,36 @@ from fastpix.train.flops import conv_flops
 from fastpix.train.loop import train
 from fastpix.train.step import LOSS_NAMES, Pix2PixStep
 
-TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32", "--norm",
-        "instance", "--no_dropout", "--num_threads", "0", "--quiet", "--seed", "3", "--print_freq", "1",
-        "--precision", "fp32"]  # the subprocesses do not see conftest: fp32 whatever the CPU
+TINY = [
+    "--netG",
+    "unet_32",
+    "--ngf",
+    "4",
+    "--ndf",
+    "4",
+    "--load_size",
+    "36",
+    "--crop_size",
+    "32",
+    "--norm",
+    "instance",
+    "--no_dropout",
+    "--num_threads",
+    "0",
+    "--quiet",
+    "--seed",
+    "3",
+    "--print_freq",
+    "1",
+    "--precision",
+    "fp32",
+]  # the subprocesses do not see conftest: fp32 whatever the CPU
 
 
 def fastpix(*argv, cwd):
-    return subprocess.run([sys.executable, "-m", "fastpix", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastpix", *argv], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_two_processes_over_gloo_equal_one_process(tiny_data, tmp_path):
@@ -32,8 +56,10 @@ def test_two_processes_over_gloo_equal_one_process(tiny_data, tmp_path):
     assert single.returncode == 0, single.stderr
     multi = fastpix(*common, "--name", "multi", "--nproc", "2", cwd=tmp_path)
     assert multi.returncode == 0, multi.stderr
-    log = {name: [json.loads(x) for x in open(tmp_path / f"checkpoints/{name}/metrics.jsonl")]
-           for name in ("single", "multi")}
+    log = {
+        name: [json.loads(x) for x in (tmp_path / f"checkpoints/{name}/metrics.jsonl").read_text().splitlines()]
+        for name in ("single", "multi")
+    }
     assert [r["iter"] for r in log["multi"]] == [1, 2, 3]
     for a, b in zip(log["single"], log["multi"]):
         for k in LOSS_NAMES:  # rank 0's losses (its half of the batch) vs the whole batch: same data, same step
@@ -47,8 +73,22 @@ def test_two_processes_over_gloo_equal_one_process(tiny_data, tmp_path):
         load_into(G, str(tmp_path / f"checkpoints/{name}/latest_net_G.safetensors"))
         outputs.append(G(x))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-3, atol=1e-4)
-    resumed = fastpix("train", "--dataroot", tiny_data, "--name", "multi", "--continue_train", "--max_iters", "4",
-                      "--batch_size", "2", "--quiet", "--num_threads", "0", cwd=tmp_path)
+    resumed = fastpix(
+        "train",
+        "--dataroot",
+        tiny_data,
+        "--name",
+        "multi",
+        "--continue_train",
+        "--max_iters",
+        "4",
+        "--batch_size",
+        "2",
+        "--quiet",
+        "--num_threads",
+        "0",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert load_train_state(str(tmp_path / "checkpoints/multi/latest_train_state.pt"))["iteration"] == 4
 
@@ -113,8 +153,14 @@ def test_flops_of_the_paper_configuration():
 def gpu_configs(tiny_data, tmp_path, **train):
     model = ModelConfig(netG="unet_64", ngf=8, ndf=8)
     data = DataConfig(dataroot=tiny_data, load_size=72, crop_size=64, num_threads=0)
-    return model, data, dataclasses.replace(TrainConfig(name="g", checkpoints_dir=str(tmp_path), batch_size=2,
-                                                        print_freq=1, seed=1, max_iters=8), **train)
+    return (
+        model,
+        data,
+        dataclasses.replace(
+            TrainConfig(name="g", checkpoints_dir=str(tmp_path), batch_size=2, print_freq=1, seed=1, max_iters=8),
+            **train,
+        ),
+    )
 
 
 @pytest.mark.parametrize("tf32", [False, True])
@@ -138,7 +184,7 @@ def test_cuda_graphs_match_eager_losses(tiny_data, tmp_path):
     for graphs in (False, True):
         model, data, cfg = gpu_configs(tiny_data, tmp_path / str(graphs), cuda_graphs=graphs, precision="bf16")
         run = train(model, data, cfg, progress=False)
-        runs[graphs] = [json.loads(x) for x in open(f"{run}/metrics.jsonl")]
+        runs[graphs] = [json.loads(x) for x in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     for a, b in zip(runs[False], runs[True]):
         for k in LOSS_NAMES:
             assert b[k] == pytest.approx(a[k], rel=0.1, abs=0.05)
@@ -148,8 +194,9 @@ def test_cuda_graphs_match_eager_losses(tiny_data, tmp_path):
 def test_graph_replays_draw_fresh_dropout_masks():
     G = define_G(3, 3, 8, "unet_64", use_dropout=True, backend="eager").cuda()
     D = define_D(6, 8, "basic", backend="eager").cuda()
-    engine = TrainEngine(Pix2PixStep(G, D, lr=0.0, graph_safe=True, device_type="cuda"), torch.device("cuda"),
-                         cuda_graphs=True, warmup=1)
+    engine = TrainEngine(
+        Pix2PixStep(G, D, lr=0.0, graph_safe=True, device_type="cuda"), torch.device("cuda"), cuda_graphs=True, warmup=1
+    )
     A, B = torch.randn(2, 3, 64, 64, device="cuda"), torch.randn(2, 3, 64, 64, device="cuda")
     outputs = []
     for _ in range(4):  # lr 0: weights stay, so outputs differ only through dropout (and BN running stats)

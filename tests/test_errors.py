@@ -1,5 +1,6 @@
 """Errors a user can cause reach them as one line `fastpix <cmd>: ...` with a non-zero status; --debug (or
 FASTPIX_DEBUG=1) shows the traceback instead, and a programming error always shows it."""
+
 import ast
 import errno
 import os
@@ -13,8 +14,17 @@ from fastpix.cli import info, training
 from fastpix.config import user_cache_dir
 from fastpix.data.cache import PairCache, default_cache_dir
 from fastpix.data.dataset import PairedDataset
-from fastpix.errors import (CheckpointError, ConfigError, DataError, DecodeError, DiskFull, ImageTooLarge,
-                            MissingDependency, ResourceError, UserError)
+from fastpix.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DecodeError,
+    DiskFull,
+    ImageTooLarge,
+    MissingDependency,
+    ResourceError,
+    UserError,
+)
 from fastpix.models import define_G
 from fastpix.train.distributed import check_world
 
@@ -22,6 +32,7 @@ from fastpix.train.distributed import check_world
 def raising(exc):
     def command(args):
         raise exc
+
     return command
 
 
@@ -31,19 +42,37 @@ def one_line(capsys) -> str:
     return err.strip()
 
 
-@pytest.mark.parametrize("exc, line, code", [
-    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/latest_net_G.safetensors"),
-     "fastpix info: error: No space left on device: /runs/x/latest_net_G.safetensors", 1),
-    (PermissionError(errno.EACCES, "Permission denied", "/data/train"),
-     "fastpix info: error: Permission denied: /data/train", 1),
-    (ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard"),
-     "fastpix info: error: this needs the optional package tensorboard (pip install it)", 1),
-    (ConfigError("--netG unet_48: the U-Net size must be a power of two"),
-     "fastpix info: error: --netG unet_48: the U-Net size must be a power of two", 2),
-    (KeyboardInterrupt(), "fastpix info: interrupted", 130),  # e.g. during the cache build: not an empty message
-    (MemoryError("a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead"),
-     "fastpix info: error: a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead", 1),
-])
+@pytest.mark.parametrize(
+    "exc, line, code",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/x/latest_net_G.safetensors"),
+            "fastpix info: error: No space left on device: /runs/x/latest_net_G.safetensors",
+            1,
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/train"),
+            "fastpix info: error: Permission denied: /data/train",
+            1,
+        ),
+        (
+            ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard"),
+            "fastpix info: error: this needs the optional package tensorboard (pip install it)",
+            1,
+        ),
+        (
+            ConfigError("--netG unet_48: the U-Net size must be a power of two"),
+            "fastpix info: error: --netG unet_48: the U-Net size must be a power of two",
+            2,
+        ),
+        (KeyboardInterrupt(), "fastpix info: interrupted", 130),  # e.g. during the cache build: not an empty message
+        (
+            MemoryError("a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead"),
+            "fastpix info: error: a cache of 9.0 GiB fits neither on the device, in RAM nor in /c: stream instead",
+            1,
+        ),
+    ],
+)
 def test_user_errors_are_one_line(exc, line, code, monkeypatch, capsys):
     monkeypatch.setattr(info, "cmd_info", raising(exc))
     assert cli.main(["info"]) == code
@@ -74,26 +103,48 @@ def test_real_user_errors(workdir, capsys):
     assert one_line(capsys) == f"fastpix data: error: Not a directory: {os.devnull}/demo"
     # a ValueError of the model factory, naming the flag: compile is a training backend only
     os.makedirs(workdir / "checkpoints" / "g")
-    torch.save(define_G(3, 3, 4, "unet_32", "batch", True).state_dict(), workdir / "checkpoints" / "g" /
-               "latest_net_G.pth")
-    assert cli.main(["test", "--dataroot", str(workdir), "--name", "g", "--netG", "unet_32", "--ngf", "4",
-                     "--backend", "compile"]) == 2
+    torch.save(
+        define_G(3, 3, 4, "unet_32", "batch", True).state_dict(), workdir / "checkpoints" / "g" / "latest_net_G.pth"
+    )
+    assert (
+        cli.main(
+            [
+                "test",
+                "--dataroot",
+                str(workdir),
+                "--name",
+                "g",
+                "--netG",
+                "unet_32",
+                "--ngf",
+                "4",
+                "--backend",
+                "compile",
+            ]
+        )
+        == 2
+    )
     assert "--backend 'compile' is not one of eager, triton" in one_line(capsys)
 
 
 def test_a_crop_the_unet_cannot_take_is_refused_before_any_work(tiny_data, workdir, capsys):
     argv = ["train", "--dataroot", tiny_data, "--netG", "unet_32", "--load_size", "44", "--crop_size", "40", "--quiet"]
     assert cli.main(argv) == 2
-    assert one_line(capsys) == ("fastpix train: error: --netG unet_32 takes images whose sides are multiples of 32: "
-                                "--crop_size 40 is not (or use a smaller U-Net)")
+    assert one_line(capsys) == (
+        "fastpix train: error: --netG unet_32 takes images whose sides are multiples of 32: "
+        "--crop_size 40 is not (or use a smaller U-Net)"
+    )
     assert not os.path.exists(workdir / "checkpoints")
 
 
 def test_indivisible_batch_is_refused_before_any_work(tiny_data, workdir, monkeypatch, capsys):
     """--batch_size is the global batch: under --nproc or torchrun it must split evenly, said once, before the
     cache is built or torchrun is started."""
-    with pytest.raises(ConfigError, match=r"--batch_size 3 is the global batch, split over 2 processes: it must be "
-                                         r"a multiple of 2 \(e.g. 2 or 4\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--batch_size 3 is the global batch, split over 2 processes: it must be "
+        r"a multiple of 2 \(e.g. 2 or 4\)",
+    ):
         check_world(3, 2)
     check_world(4, 2)
     with pytest.raises(ConfigError, match="--norm syncbatch needs several GPU processes"):
@@ -140,17 +191,23 @@ def messages_in_system_exits(source: str) -> list[int]:
     are UserErrors, and SystemExit only carries an exit status."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args:
-            if any(isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
-                   for n in ast.walk(node.args[0])):
-                found.append(node.lineno)
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args):
+            continue
+        if any(
+            isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
+            for n in ast.walk(node.args[0])
+        ):
+            found.append(node.lineno)
     return found
 
 
 def test_no_system_exit_carries_a_message():
     root = pathlib.Path(__file__).resolve().parents[1] / "fastpix"
-    found = {str(p.relative_to(root)): lines for p in sorted(root.rglob("*.py"))
-             if (lines := messages_in_system_exits(p.read_text()))}
+    found = {
+        str(p.relative_to(root)): lines
+        for p in sorted(root.rglob("*.py"))
+        if (lines := messages_in_system_exits(p.read_text()))
+    }
     assert found == {}
     snippet = 'raise SystemExit(2)\nraise SystemExit(code)\nraise SystemExit("no")\nraise SystemExit(f"{x}: no")\n'
     assert messages_in_system_exits(snippet) == [3, 4]
@@ -161,8 +218,16 @@ def test_every_kind_of_user_error_reaches_the_cli_as_one_line(monkeypatch, capsy
         return {cls}.union(*(kinds(sub) for sub in cls.__subclasses__()))
 
     found = kinds(UserError)
-    assert {ConfigError, DataError, DecodeError, ImageTooLarge, CheckpointError, ResourceError, DiskFull,
-            MissingDependency} <= found
+    assert {
+        ConfigError,
+        DataError,
+        DecodeError,
+        ImageTooLarge,
+        CheckpointError,
+        ResourceError,
+        DiskFull,
+        MissingDependency,
+    } <= found
     for kind in found:
         exc = kind("wandb", None, "--use_wandb") if kind is MissingDependency else kind(f"{kind.__name__}: the fix")
         monkeypatch.setattr(info, "cmd_info", raising(exc))
@@ -170,26 +235,55 @@ def test_every_kind_of_user_error_reaches_the_cli_as_one_line(monkeypatch, capsy
         assert one_line(capsys) == f"fastpix info: error: {exc}", kind
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["export", "--out", "x"], "fastpix export: error: give --name (a run under --checkpoints_dir) or --checkpoint "
-                               "(a run folder or a weights file)"),
-    (["eval", "--checkpoint", "missing.pth"], "fastpix eval: error: missing.pth: no such run folder or weights file "
-                                              "(--checkpoint)"),
-    (["test", "--name", "none"], "fastpix test: error: ./checkpoints/none: no latest_net_G.safetensors or "
-                                 "latest_net_G.pth (is --name / --checkpoints_dir / --epoch right?)"),
-    (["study", "report", "s"], "fastpix study: error: s: no study.json (make the study first: fastpix study make "
-                               "--results DIR --out s)"),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["export", "--out", "x"],
+            "fastpix export: error: give --name (a run under --checkpoints_dir) or --checkpoint "
+            "(a run folder or a weights file)",
+        ),
+        (
+            ["eval", "--checkpoint", "missing.pth"],
+            "fastpix eval: error: missing.pth: no such run folder or weights file (--checkpoint)",
+        ),
+        (
+            ["test", "--name", "none"],
+            "fastpix test: error: ./checkpoints/none: no latest_net_G.safetensors or "
+            "latest_net_G.pth (is --name / --checkpoints_dir / --epoch right?)",
+        ),
+        (
+            ["study", "report", "s"],
+            "fastpix study: error: s: no study.json (make the study first: fastpix study make --results DIR --out s)",
+        ),
+    ],
+)
 def test_user_errors_below_the_cli_are_typed(argv, line, workdir, capsys):
     assert cli.main(argv) == 2
     assert one_line(capsys) == line
 
 
 def test_flag_errors_found_while_training_are_one_line(tiny_data, workdir, capsys):
-    base = ["train", "--dataroot", tiny_data, "--max_iters", "1", "--quiet", "--netG", "unet_32", "--load_size", "32",
-            "--crop_size", "32", "--num_threads", "0"]
+    base = [
+        "train",
+        "--dataroot",
+        tiny_data,
+        "--max_iters",
+        "1",
+        "--quiet",
+        "--netG",
+        "unet_32",
+        "--load_size",
+        "32",
+        "--crop_size",
+        "32",
+        "--num_threads",
+        "0",
+    ]
     assert cli.main([*base, "--cuda_graphs", "--device", "cpu"]) == 2
     assert one_line(capsys) == "fastpix train: error: --cuda_graphs needs a CUDA device"
     assert cli.main([*base, "--preprocess", "crop", "--data_pipeline", "cache", "--name", "b"]) == 2
-    assert one_line(capsys) == ("fastpix train: error: --preprocess crop cannot be cached or streamed (only "
-                                "resize_and_crop can): use --data_pipeline loader")
+    assert one_line(capsys) == (
+        "fastpix train: error: --preprocess crop cannot be cached or streamed (only "
+        "resize_and_crop can): use --data_pipeline loader"
+    )

@@ -1,6 +1,8 @@
 """Evaluation: the eval command and results pages, FID/KID, and proof that fastpix learns the demo task."""
+
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -25,9 +27,22 @@ def learned(tmp_path_factory):
     model = ModelConfig(netG="unet_32", ngf=16, ndf=16)
     data_cfg = DataConfig(dataroot=data, load_size=36, crop_size=32, num_threads=0)
     for name, gan_mode in (("gan", "vanilla"), ("l1", "none")):
-        train(model, data_cfg, TrainConfig(name=name, checkpoints_dir=str(root / "ck"), batch_size=4, max_iters=600,
-                                           n_epochs=1000, n_epochs_decay=0, gan_mode=gan_mode, seed=0,
-                                           display_freq=300), progress=False)
+        train(
+            model,
+            data_cfg,
+            TrainConfig(
+                name=name,
+                checkpoints_dir=str(root / "ck"),
+                batch_size=4,
+                max_iters=600,
+                n_epochs=1000,
+                n_epochs_decay=0,
+                gan_mode=gan_mode,
+                seed=0,
+                display_freq=300,
+            ),
+            progress=False,
+        )
     return root
 
 
@@ -39,8 +54,20 @@ def untrained(tmp_path_factory):
     data = write_demo_dataset(str(root / "data"), 64, {"val": 12})
     torch.manual_seed(0)
     torch.save(define_G(3, 3, 4, "unet_64", "batch", True).state_dict(), root / "gen.pth")
-    return root, ["--checkpoint", str(root / "gen.pth"), "--dataroot", data, "--netG", "unet_64", "--ngf", "4",
-                  "--load_size", "64", "--crop_size", "64"]
+    return root, [
+        "--checkpoint",
+        str(root / "gen.pth"),
+        "--dataroot",
+        data,
+        "--netG",
+        "unet_64",
+        "--ngf",
+        "4",
+        "--load_size",
+        "64",
+        "--crop_size",
+        "64",
+    ]
 
 
 def run_eval(root, *args):
@@ -83,7 +110,7 @@ def test_report_json_and_results_page_worst_first(untrained):
         values = [r[m] for r in report["per_image"]]
         assert report["metrics"][m]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
         assert report["metrics"][m]["std"] == pytest.approx(np.std(values), rel=1e-12, abs=1e-15)
-    page = open(report["page"]).read()
+    page = pathlib.Path(report["page"]).read_text()
     assert page.index("<th>mean</th>") < page.index("<h3>")  # the aggregate table on top
     rows = page.split("<h3>")[1:]
     l1_in_page = [float(row.split("l1 ")[1].split(",")[0]) for row in rows]
@@ -131,7 +158,10 @@ def test_fid_and_kid_match_a_direct_computation():
 def unbiased_mmd2(x, y):
     """Unbiased MMD² with the cubic polynomial kernel, pair by pair."""
     d, n, m = x.shape[1], len(x), len(y)
-    k = lambda u, v: (u @ v / d + 1) ** 3  # noqa: E731
+
+    def k(u, v):
+        return (u @ v / d + 1) ** 3
+
     xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
@@ -185,7 +215,7 @@ def test_fid_kid_with_a_torchscript_feature_network(untrained, tmp_path, network
     assert report["fid"] == pytest.approx(expected, rel=1e-5) and report["fid"] > 0
     # fewer images than subset_size: every subset is the whole set, so KID is the plain unbiased MMD²
     assert report["kid"]["mean"] == pytest.approx(unbiased_mmd2(fake, real), abs=1e-8)  # float32 features
-    assert f"FID: {report['fid']:.6g}" in open(report["page"]).read()
+    assert f"FID: {report['fid']:.6g}" in pathlib.Path(report["page"]).read_text()
     one = run_eval(root, *flags, "--num_test", "1", "--inception-weights", str(path))
     assert one["fid"] == one["kid"] == "skipped: FID/KID need at least 2 images, got 1"
 

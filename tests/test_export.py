@@ -1,15 +1,16 @@
 """ONNX export: the file onnxruntime runs gives the Predictor's results, at any batch and (multiple) size."""
+
 import logging
 
 import numpy as np
 import pytest
 import torch
+from tiny_models import perturb_batchnorms
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.store.weights import save_weights
-from tiny_models import perturb_batchnorms
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need the 'onnx' extra")
 pytest.importorskip("onnxscript", reason="ONNX export needs the 'onnx' extra")
@@ -38,8 +39,9 @@ def test_cli_exports_instance_mode_with_dynamic_batch_and_size(tmp_path, capsys)
 
     G = generator("unet_32")
     save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), G)
-    assert main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out",
-                 str(tmp_path / "out")]) == 0
+    assert (
+        main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    )
     assert "onnxruntime agrees with PyTorch" in capsys.readouterr().out
     path = tmp_path / "out" / "latest_net_G.onnx"
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -81,8 +83,10 @@ def test_onnx_export_writes_the_model_alone_and_no_library_noise(tmp_path, capsy
 
     save_weights(str(tmp_path / "run" / "latest_net_G.safetensors"), generator("unet_32"))
     with caplog.at_level(logging.WARNING):
-        assert main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out",
-                     str(tmp_path / "out")]) == 0
+        assert (
+            main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+            == 0
+        )
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["latest_net_G.onnx"]
     assert not [r.getMessage() for r in caplog.records if "torchvision" in r.getMessage()]
     assert not [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)]

@@ -1,6 +1,7 @@
 """GPU defaults that fail safe, checked on the CPU by injecting the failures: a CUDA graph capture that fails (the
 training engine, the Predictor's buckets) warns once, naming the cause, and the run goes on eagerly with the same
 results."""
+
 import contextlib
 import dataclasses
 import warnings
@@ -75,8 +76,9 @@ def test_predictor_bucket_capture_failure_warns_once_and_runs_eagerly(monkeypatc
     G = define_G(3, 3, 4, "unet_32", "batch", False, backend="eager")
     predictor = Predictor(G, "cpu", "fp32", norm_mode="running")
     # What a plan with CUDA graphs at 32x32 builds on CUDA.
-    predictor.graphs = GraphRunner(predictor.network, dataclasses.replace(predictor.plan, graph_size=(32, 32)),
-                                   predictor.input_nc)
+    predictor.graphs = GraphRunner(
+        predictor.network, dataclasses.replace(predictor.plan, graph_size=(32, 32)), predictor.input_nc
+    )
     torch.manual_seed(0)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with warnings.catch_warnings(record=True) as caught:

@@ -1,6 +1,7 @@
 """FCN-score: `fastpix eval --segmenter` against confusion matrices counted by hand on 4×4 label maps."""
+
 import json
-from typing import List
+import pathlib
 
 import numpy as np
 import pytest
@@ -11,9 +12,15 @@ from fastpix import evaluate
 from fastpix.cli import main
 
 ROAD, CAR, SKY, PERSON, UNLISTED = (128, 64, 128), (0, 0, 142), (70, 130, 180), (220, 20, 60), (255, 255, 255)
-PALETTE = {"classes": [{"id": 0, "name": "road", "rgb": ROAD}, {"id": 1, "name": "car", "rgb": CAR},
-                       {"id": 2, "name": "sky", "rgb": SKY}, {"id": 3, "name": "person", "rgb": PERSON}],
-           "ignore_id": 255}
+PALETTE = {
+    "classes": [
+        {"id": 0, "name": "road", "rgb": ROAD},
+        {"id": 1, "name": "car", "rgb": CAR},
+        {"id": 2, "name": "sky", "rgb": SKY},
+        {"id": 3, "name": "person", "rgb": PERSON},
+    ],
+    "ignore_id": 255,
+}
 # ground truth (in cells of 3×3 pixels): road 6, car 4, sky 4 cells, 2 unlisted (ignored)
 LABELS = [[ROAD, ROAD, ROAD, ROAD], [ROAD, ROAD, CAR, CAR], [CAR, CAR, SKY, SKY], [SKY, SKY, UNLISTED, UNLISTED]]
 IDS = [[0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 255, 255]]
@@ -33,13 +40,15 @@ class NearestColour(torch.nn.Module):
 
 class Quadrants(torch.nn.Module):
     """Declares a 2×2 input size (and fails on any other) and answers road | car over sky | person."""
-    input_size: List[int]
+
+    input_size: list[int]
 
     def __init__(self):
         super().__init__()
         self.input_size = [2, 2]
-        self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor([[0, 1], [2, 3]]), 4)
-                             .permute(2, 0, 1).float()[None] * 10)
+        self.register_buffer(
+            "logits", torch.nn.functional.one_hot(torch.tensor([[0, 1], [2, 3]]), 4).permute(2, 0, 1).float()[None] * 10
+        )
 
     def forward(self, x):
         assert x.shape[2] == 2 and x.shape[3] == 2
@@ -66,8 +75,21 @@ def write_results(root, fake):
 
 def run_eval(root, module, *ground_truth):
     torch.jit.script(module).save(str(root / "seg.pt"))
-    assert main(["eval", "--results", str(root / "results"), "--segmenter", str(root / "seg.pt"),
-                 *ground_truth, "--json", str(root / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--results",
+                str(root / "results"),
+                "--segmenter",
+                str(root / "seg.pt"),
+                *ground_truth,
+                "--json",
+                str(root / "r.json"),
+            ]
+        )
+        == 0
+    )
     return json.loads((root / "r.json").read_text())
 
 
@@ -79,8 +101,11 @@ def test_scores_match_a_hand_counted_confusion_matrix(tmp_path, capsys, source):
     fake[2][2] = ROAD  # sky seen as road
     fake[3][2] = CAR  # an ignored pixel: counts nowhere
     write_results(tmp_path, fake)
-    flags = (["--label-palette", str(tmp_path / "palette.json")] if source == "palette"
-             else ["--label-dir", str(tmp_path / "labels")])
+    flags = (
+        ["--label-palette", str(tmp_path / "palette.json")]
+        if source == "palette"
+        else ["--label-dir", str(tmp_path / "labels")]
+    )
     fcn = run_eval(tmp_path, NearestColour(), *flags)["fcn_score"]
     generated, real = fcn["fake_B"], fcn["real_B"]
     assert generated["confusion"] == (9 * np.array([[4, 1, 0, 1], [0, 4, 0, 0], [1, 0, 3, 0], [0, 0, 0, 0]])).tolist()
@@ -133,8 +158,20 @@ def test_user_errors_name_the_flag(tmp_path, capsys):
     assert "give --segmenter" in capsys.readouterr().err
     assert main([*base, "--segmenter", str(tmp_path / "nope.pt"), "--label-dir", str(tmp_path / "labels")]) == 2
     assert "--segmenter" in capsys.readouterr().err
-    assert main([*base, "--segmenter", str(tmp_path / "seg.pt"), "--label-dir", str(tmp_path / "labels"),
-                 "--label-palette", str(tmp_path / "palette.json")]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "--segmenter",
+                str(tmp_path / "seg.pt"),
+                "--label-dir",
+                str(tmp_path / "labels"),
+                "--label-palette",
+                str(tmp_path / "palette.json"),
+            ]
+        )
+        == 2
+    )
     assert "give one" in capsys.readouterr().err
 
 
@@ -156,15 +193,40 @@ def test_a_checkpoint_is_scored_on_its_input_labels_and_the_page_shows_it(tmp_pa
     data = write_demo_dataset(str(tmp_path / "data"), 32, {"val": 4})
     torch.save(define_G(3, 3, 4, "unet_32", "batch", True).state_dict(), tmp_path / "gen.pth")
     torch.jit.script(Material()).save(str(tmp_path / "seg.pt"))
-    (tmp_path / "p.json").write_text(json.dumps({"classes": [{"id": i, "rgb": c.tolist()}
-                                                             for i, c in enumerate(PALETTE)]}))
-    assert main(["eval", "--checkpoint", str(tmp_path / "gen.pth"), "--dataroot", data, "--netG", "unet_32",
-                 "--ngf", "4", "--load_size", "32", "--crop_size", "32", "--results_dir", str(tmp_path / "res"),
-                 "--segmenter", str(tmp_path / "seg.pt"), "--label-palette", str(tmp_path / "p.json"),
-                 "--json", str(tmp_path / "r.json")]) == 0
+    (tmp_path / "p.json").write_text(
+        json.dumps({"classes": [{"id": i, "rgb": c.tolist()} for i, c in enumerate(PALETTE)]})
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "gen.pth"),
+                "--dataroot",
+                data,
+                "--netG",
+                "unet_32",
+                "--ngf",
+                "4",
+                "--load_size",
+                "32",
+                "--crop_size",
+                "32",
+                "--results_dir",
+                str(tmp_path / "res"),
+                "--segmenter",
+                str(tmp_path / "seg.pt"),
+                "--label-palette",
+                str(tmp_path / "p.json"),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     fcn = report["fcn_score"]
     assert fcn["n"] == 4 and fcn["ignored_pixel_fraction"] == 0
     assert fcn["real_B"]["pixel_accuracy"] > 0.6 and fcn["fake_B"]["pixel_accuracy"] < 0.3  # 0.68, 0.09 when written
-    page = open(report["page"]).read()
+    page = pathlib.Path(report["page"]).read_text()
     assert f"<td>{fcn['real_B']['pixel_accuracy']:.4f}</td>" in page and "ceiling" in page

@@ -1,6 +1,7 @@
 """`make gpu-check DRY=1`: every stage of the GPU kit runs on the CPU at tiny shapes and writes its record in the
 one schema, so that a GPU window is never lost to a typo, a missing import or a wrong path; the kit exits non-zero
 when a stage failed or ran out of its budget, with the summary still written."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,13 @@ STAGES = [name for name, *_ in gpu_check.STAGES]
 
 def dry_run(out, *args, timeout=900, env=None):
     environ = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTPIX_TEST")}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--dry", "--out", str(out),
-                           *args], env={**environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--dry", "--out", str(out), *args],
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def records(out):
@@ -48,14 +54,20 @@ def test_every_stage_runs_dry_and_writes_the_schema(tmp_path):
         assert record["status"] in expected, (name, record["note"])
         assert record["rows"] or record["status"] == "skipped", name
     rows = {name: r["rows"] for name, r in found.items()}
-    assert {r["case"] for r in rows["train"]} == {"a_reference_fp32_nchw", "b_eager_bf16_channels_last",
-                                                   "d_fastpix_graphs_eager", "e_fastpix_graphs_triton"}
+    assert {r["case"] for r in rows["train"]} == {
+        "a_reference_fp32_nchw",
+        "b_eager_bf16_channels_last",
+        "d_fastpix_graphs_eager",
+        "e_fastpix_graphs_triton",
+    }
     assert all(r["img_per_s"] > 0 for r in rows["train"] + rows["inference"])
-    assert all(0 < r["mfu"] and "measured" in r["roof"] for r in rows["train"] + rows["compile"])
-    assert {(r["backend"], r["way"]) for r in rows["inference"]} == {(b, w) for b in ("eager", "triton")
-                                                                     for w in ("eager", "predictor")}
-    assert all(r["triton_ms"] > 0 and r["cudnn_ms"] > 0 and r["choice"] in ("triton", "cudnn")
-               for r in rows["conv_blocks"])
+    assert all(r["mfu"] > 0 and "measured" in r["roof"] for r in rows["train"] + rows["compile"])
+    assert {(r["backend"], r["way"]) for r in rows["inference"]} == {
+        (b, w) for b in ("eager", "triton") for w in ("eager", "predictor")
+    }
+    assert all(
+        r["triton_ms"] > 0 and r["cudnn_ms"] > 0 and r["choice"] in ("triton", "cudnn") for r in rows["conv_blocks"]
+    )
     for name in ("correctness", "conv_correctness"):  # no GPU here: every gpu-marked test is skipped, with reason
         assert rows[name] and all(r["outcome"] == "skipped" and "CUDA" in r["message"] for r in rows[name])
     summary = (tmp_path / "summary.md").read_text()

@@ -1,5 +1,6 @@
 """What a training run tells a person: the reference's loss lines without a terminal (or with --quiet), the bar on
 one, epoch and resume lines, validation that leaves training untouched, the loss plot and labelled sample grids."""
+
 import fcntl
 import json
 import os
@@ -26,11 +27,29 @@ from fastpix.train.progress import sample_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "36", "--crop_size", "32", "--precision",
-        "fp32", "--num_threads", "0", "--batch_size", "2"]
+TINY = [
+    "--netG",
+    "unet_32",
+    "--ngf",
+    "4",
+    "--ndf",
+    "4",
+    "--load_size",
+    "36",
+    "--crop_size",
+    "32",
+    "--precision",
+    "fp32",
+    "--num_threads",
+    "0",
+    "--batch_size",
+    "2",
+]
 NUMBER = r"-?\d+\.\d{3}"
-LOSS_LINE = re.compile(rf"^\(epoch: (\d+), iters: (\d+), time: {NUMBER}, data: {NUMBER}\) G_GAN: ({NUMBER}) "
-                       rf"G_L1: ({NUMBER}) D_real: ({NUMBER}) D_fake: ({NUMBER})$")
+LOSS_LINE = re.compile(
+    rf"^\(epoch: (\d+), iters: (\d+), time: {NUMBER}, data: {NUMBER}\) G_GAN: ({NUMBER}) "
+    rf"G_L1: ({NUMBER}) D_real: ({NUMBER}) D_fake: ({NUMBER})$"
+)
 EPOCH_LINE = re.compile(r"^End of epoch (\d+) / (\d+) \t Time Taken: \d+ sec \t \d+\.\d\d it/s \t ETA \d+:\d\d:\d\d$")
 
 
@@ -49,8 +68,19 @@ def records(run_dir) -> list[dict]:
 
 def test_without_a_terminal_the_references_lines_and_no_carriage_return(tiny_data, workdir):
     # 8 pairs at batch 2: 4 iterations an epoch, 2 epochs
-    done = run_train(workdir, "--dataroot", tiny_data, "--name", "pipe", "--n_epochs", "1", "--n_epochs_decay", "1",
-                     "--print_freq", "2")
+    done = run_train(
+        workdir,
+        "--dataroot",
+        tiny_data,
+        "--name",
+        "pipe",
+        "--n_epochs",
+        "1",
+        "--n_epochs_decay",
+        "1",
+        "--print_freq",
+        "2",
+    )
     assert "\r" not in done.stdout and "\r" not in done.stderr  # no bar, not even the cache's
     lines = done.stdout.splitlines()
     losses = [LOSS_LINE.match(line) for line in lines if line.startswith("(epoch")]
@@ -70,8 +100,10 @@ def test_without_a_terminal_the_references_lines_and_no_carriage_return(tiny_dat
     run_train(workdir, "--dataroot", tiny_data, "--name", "again", "--max_iters", "3")
     resumed = run_train(workdir, "--name", "again", "--continue_train", "--max_iters", "4", "--print_freq", "1")
     lines = resumed.stdout.splitlines()
-    assert lines[0] == (f"fastpix: resumed {os.path.join('.', 'checkpoints', 'again')} at epoch 1, iteration 3 "
-                        "(6/8 images of the epoch done)")
+    assert lines[0] == (
+        f"fastpix: resumed {os.path.join('.', 'checkpoints', 'again')} at epoch 1, iteration 3 "
+        "(6/8 images of the epoch done)"
+    )
     assert [LOSS_LINE.match(line)[2] for line in lines if line.startswith("(epoch")] == ["8"]
     # iteration 4 ends epoch 1 and the run: the epoch still gets its line
     assert [EPOCH_LINE.match(line)[1] for line in lines if line.startswith("End of epoch")] == ["1"]
@@ -81,8 +113,13 @@ def on_a_terminal(workdir, *args) -> str:
     """`fastpix train` with stdout and stderr on one pseudo-terminal (40 rows, 120 columns); what it printed."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    child = subprocess.Popen([sys.executable, "-m", "fastpix", "train", *TINY, *args], cwd=workdir,
-                             stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fastpix", "train", *TINY, *args],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
     os.close(follower)
     out = b""
     while True:
@@ -121,14 +158,20 @@ def data64(tmp_path_factory):
 def configs64(data, folder, **train):
     model = ModelConfig(netG="unet_64", ngf=4, ndf=4, backend="eager")
     data_cfg = DataConfig(dataroot=data, load_size=72, crop_size=64, num_threads=0)
-    return model, data_cfg, TrainConfig(checkpoints_dir=str(folder), batch_size=2, n_epochs=3, n_epochs_decay=0,
-                                        print_freq=1, seed=3, **train)
+    return (
+        model,
+        data_cfg,
+        TrainConfig(
+            checkpoints_dir=str(folder), batch_size=2, n_epochs=3, n_epochs_decay=0, print_freq=1, seed=3, **train
+        ),
+    )
 
 
 def test_val_freq_logs_val_and_leaves_the_weights_bit_identical(data64, tmp_path):
     plain = train(*configs64(data64, tmp_path / "plain", name="r"), progress=False)
-    val = train(*configs64(data64, tmp_path / "val", name="r", val_freq=2, val_images=2, tensorboard=True),
-                progress=False)
+    val = train(
+        *configs64(data64, tmp_path / "val", name="r", val_freq=2, val_images=2, tensorboard=True), progress=False
+    )
     for net in ("G", "D"):
         a = load_weights(os.path.join(plain, f"latest_net_{net}.safetensors"))
         b = load_weights(os.path.join(val, f"latest_net_{net}.safetensors"))
@@ -147,6 +190,7 @@ def test_val_freq_logs_val_and_leaves_the_weights_bit_identical(data64, tmp_path
     assert grid.size == (3 * 64, 2 * 64 + plot.header_height(64))
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     board = EventAccumulator(os.path.join(val, "tensorboard"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in board.Scalars("val/psnr")] == [2, 4, 6]
     assert [e.value for e in board.Scalars("val/l1")] == pytest.approx([r["val"]["l1"] for r in vals], abs=1e-5)
@@ -158,8 +202,24 @@ def test_val_scores_are_those_of_eval_under_the_test_protocol(data64, tmp_path):
     run = train(*configs64(data64, tmp_path, name="r", max_iters=4, val_freq=4, val_images=3), progress=False)
     val = [r["val"] for r in records(run) if "val" in r]
     out = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", run, "--phase", "val", "--num_test", "3", "--results_dir",
-                 str(tmp_path / "results"), "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                run,
+                "--phase",
+                "val",
+                "--num_test",
+                "3",
+                "--results_dir",
+                str(tmp_path / "results"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert "dropout on" in report["protocol"] and report["n"] == 3
     for name in ("l1", "psnr", "ssim"):
@@ -170,8 +230,9 @@ def test_no_val_split_is_said_once_and_training_goes_on(tmp_path, capsys):
     root = write_demo_dataset(str(tmp_path / "data"), 32, {"train": 4})
     model = ModelConfig(netG="unet_32", ngf=4, ndf=4)
     data = DataConfig(dataroot=root, load_size=36, crop_size=32, num_threads=0)
-    cfg = TrainConfig(name="r", checkpoints_dir=str(tmp_path / "ck"), max_iters=4, val_freq=1, batch_size=2,
-                      print_freq=2)
+    cfg = TrainConfig(
+        name="r", checkpoints_dir=str(tmp_path / "ck"), max_iters=4, val_freq=1, batch_size=2, print_freq=2
+    )
     run = train(model, data, cfg, progress=False)
     out = capsys.readouterr().out
     assert out.count("--val_freq 1: no validation") == 1 and "has no 'val' split" in out
@@ -181,11 +242,30 @@ def test_no_val_split_is_said_once_and_training_goes_on(tmp_path, capsys):
 def write_metrics(path, with_val=True):
     with open(path, "w") as f:
         for it in (1, 10, 20, 30):
-            f.write(json.dumps({"epoch": 1, "iter": it, "G_GAN": 0.7 + it / 100, "G_L1": 40 - it / 2,
-                                "D_real": 0.69, "D_fake": 0.6 + it / 300}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": 1,
+                        "iter": it,
+                        "G_GAN": 0.7 + it / 100,
+                        "G_L1": 40 - it / 2,
+                        "D_real": 0.69,
+                        "D_fake": 0.6 + it / 300,
+                    }
+                )
+                + "\n"
+            )
             if with_val and it > 1:
-                f.write(json.dumps({"epoch": 1, "iter": it, "val": {"l1": 0.2 - it / 1000, "psnr": 13 + it / 10,
-                                                                    "ssim": 0.1 + it / 100, "images": 8}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": 1,
+                            "iter": it,
+                            "val": {"l1": 0.2 - it / 1000, "psnr": 13 + it / 10, "ssim": 0.1 + it / 100, "images": 8},
+                        }
+                    )
+                    + "\n"
+                )
         if with_val:
             f.write(json.dumps({"epoch": 1, "iter": 40, "val": {"l1": 0.0, "psnr": float("inf"), "ssim": 1.0}}) + "\n")
         f.write('{"epoch": 1, "it')  # torn by a kill
@@ -253,12 +333,12 @@ def test_sample_grid_is_at_the_training_size_under_column_labels():
     pixels = np.asarray(grid)
     for row in range(3):
         for col, t in enumerate((A, fake, B)):
-            cell = pixels[strip + 48 * row: strip + 48 * (row + 1), 48 * col: 48 * (col + 1)]
+            cell = pixels[strip + 48 * row : strip + 48 * (row + 1), 48 * col : 48 * (col + 1)]
             assert np.array_equal(cell, to_image_array(t[row]))  # not resized
     header = pixels[:strip]
     for col in range(3):  # a label drawn in every column's header, and nothing in the gaps between labels
-        assert (header[:, 48 * col + 8: 48 * col + 40] < 128).any()
-        assert (header[:, 48 * col: 48 * col + 2] == 255).all()
+        assert (header[:, 48 * col + 8 : 48 * col + 40] < 128).any()
+        assert (header[:, 48 * col : 48 * col + 2] == 255).all()
     assert sample_grid(A, fake, B, max_rows=2).size == (3 * 48, 2 * 48 + strip)
 
 
@@ -271,8 +351,9 @@ def test_label_size_grows_with_the_column():
 def test_a_training_run_draws_its_loss_plot_and_grids(tiny_data, tmp_path):
     model = ModelConfig(netG="unet_32", ngf=4, ndf=4)
     data = DataConfig(dataroot=tiny_data, load_size=36, crop_size=32, num_threads=0)
-    cfg = TrainConfig(name="r", checkpoints_dir=str(tmp_path), max_iters=4, batch_size=2, print_freq=1,
-                      display_freq=2, lambda_L1=25.0)
+    cfg = TrainConfig(
+        name="r", checkpoints_dir=str(tmp_path), max_iters=4, batch_size=2, print_freq=1, display_freq=2, lambda_L1=25.0
+    )
     run = train(model, data, cfg, progress=False)
     assert sorted(os.listdir(os.path.join(run, "samples"))) == [f"iter_000000{i}.png" for i in (1, 2, 4)]
     assert Image.open(os.path.join(run, "samples", "iter_0000004.png")).size == (96, 2 * 32 + plot.header_height(32))

@@ -46,10 +46,13 @@ def pairs(rng):
 def reference(a, b):
     fa, fb = a / 255.0, b / 255.0
     axis = -1 if a.ndim == 3 else None
-    return {"l1": np.abs(fa - fb).mean(),
-            "psnr": peak_signal_noise_ratio(fa, fb, data_range=1.0),
-            "ssim": structural_similarity(fa, fb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                          data_range=1.0, channel_axis=axis)}
+    return {
+        "l1": np.abs(fa - fb).mean(),
+        "psnr": peak_signal_noise_ratio(fa, fb, data_range=1.0),
+        "ssim": structural_similarity(
+            fa, fb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=axis
+        ),
+    }
 
 
 def test_against_numpy_and_skimage():

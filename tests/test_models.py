@@ -1,14 +1,18 @@
 """Model parity with the reference: keys, shapes, parameter counts, output shapes, and a numeric forward."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastpix.models import define_D, define_G
 
-PARAM_COUNTS = [  # pix2pix.md
-    ("unet_256", "batch", 54_413_955), ("unet_256", "instance", 54_409_603),
-    ("unet_128", "batch", 41_828_995), ("unet_128", "instance", 41_825_667),
-    ("resnet_9blocks", "batch", 11_383_427), ("resnet_6blocks", "batch", 7_841_411),
+PARAM_COUNTS = [  # the reference's define_G (docs/reference-compat.md, "Checkpoints")
+    ("unet_256", "batch", 54_413_955),
+    ("unet_256", "instance", 54_409_603),
+    ("unet_128", "batch", 41_828_995),
+    ("unet_128", "instance", 41_825_667),
+    ("resnet_9blocks", "batch", 11_383_427),
+    ("resnet_6blocks", "batch", 7_841_411),
 ]
 
 
@@ -54,13 +58,31 @@ def test_instance_norm_adds_conv_biases_and_no_norm_keys():
 
 def test_discriminator_keys():
     basic = define_D(6, 64, "basic", backend="eager").state_dict()
-    assert set(basic) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.5.weight", "model.8.weight",
-                          "model.11.weight", "model.11.bias"} | {f"model.{i}.{s}" for i in (3, 6, 9) for s in
-                                                                 ("weight", "bias", "running_mean", "running_var",
-                                                                  "num_batches_tracked")}
+    assert set(basic) == {
+        "model.0.weight",
+        "model.0.bias",
+        "model.2.weight",
+        "model.5.weight",
+        "model.8.weight",
+        "model.11.weight",
+        "model.11.bias",
+    } | {
+        f"model.{i}.{s}"
+        for i in (3, 6, 9)
+        for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     pixel = define_D(6, 64, "pixel", backend="eager").state_dict()
-    assert set(pixel) == {"net.0.weight", "net.0.bias", "net.2.weight", "net.3.weight", "net.3.bias",
-                          "net.3.running_mean", "net.3.running_var", "net.3.num_batches_tracked", "net.5.weight"}
+    assert set(pixel) == {
+        "net.0.weight",
+        "net.0.bias",
+        "net.2.weight",
+        "net.3.weight",
+        "net.3.bias",
+        "net.3.running_mean",
+        "net.3.running_var",
+        "net.3.num_batches_tracked",
+        "net.5.weight",
+    }
     assert define_D(6, 64, "pixel", backend="eager")(torch.randn(2, 6, 9, 7)).shape == (2, 1, 9, 7)
 
 
@@ -102,7 +124,8 @@ def test_init_normal_statistics():
 
 
 def unet_forward_reference(sd, x, num_downs):
-    """pix2pix.md's U-Net computed directly from a state dict (train-mode BatchNorm, dropout off)."""
+    """The reference's U-Net computed directly from a state dict (train-mode BatchNorm, dropout off)."""
+
     def bn(t, prefix):
         return F.batch_norm(t, None, None, sd[prefix + "weight"], sd[prefix + "bias"], training=True, eps=1e-5)
 
@@ -110,15 +133,17 @@ def unet_forward_reference(sd, x, num_downs):
         prefix = "model.model." if k == 1 else "model.model.1." + "model.3." * (k - 2) + "model."
         if k == 1:
             d = F.conv2d(t, sd[prefix + "0.weight"], stride=2, padding=1)
-            u = F.conv_transpose2d(F.relu(level_cat(d, 2)), sd[prefix + "3.weight"], sd[prefix + "3.bias"],
-                                   stride=2, padding=1)
+            u = F.conv_transpose2d(
+                F.relu(level_cat(d, 2)), sd[prefix + "3.weight"], sd[prefix + "3.bias"], stride=2, padding=1
+            )
             return torch.tanh(u)
         d = F.conv2d(F.leaky_relu(t, 0.2), sd[prefix + "1.weight"], stride=2, padding=1)
         if k == num_downs:
             u = bn(F.conv_transpose2d(F.relu(d), sd[prefix + "3.weight"], stride=2, padding=1), prefix + "4.")
         else:
-            u = F.conv_transpose2d(F.relu(level_cat(bn(d, prefix + "2."), k + 1)), sd[prefix + "5.weight"],
-                                   stride=2, padding=1)
+            u = F.conv_transpose2d(
+                F.relu(level_cat(bn(d, prefix + "2."), k + 1)), sd[prefix + "5.weight"], stride=2, padding=1
+            )
             u = bn(u, prefix + "6.")
         return torch.cat([t, u], 1)
 

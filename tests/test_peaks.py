@@ -1,6 +1,7 @@
 """The peak a utilisation figure is against (fastpix/peaks.py): the datasheet table chosen from a GPU's name and SM
 count, the measured fallback for a GPU the table does not know, the CPU's measured roof, and `fastpix info`'s line.
 No GPU is needed: device names and properties are given as a driver would report them."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -9,31 +10,35 @@ import torch
 from fastpix import peaks
 
 
-@pytest.mark.parametrize("name, sms, product, bf16", [
-    ("NVIDIA H100 80GB HBM3", 132, "H100 SXM", 989.5),  # the SXM part's name does not say SXM
-    ("NVIDIA H100 PCIe", 114, "H100 PCIe", 756.5),
-    ("NVIDIA H100 NVL", 132, "H100 NVL", 835.5),
-    ("NVIDIA H100", 114, "H100 PCIe", 756.5),  # a bare name: the SM count tells the form factor
-    ("NVIDIA H200", 132, "H200 SXM", 989.5),
-    ("NVIDIA H200 NVL", 132, "H200 NVL", 835.5),
-    ("NVIDIA GH200 480GB", 132, "GH200", 989.5),  # not an H200
-    ("NVIDIA A100-SXM4-80GB", 108, "A100 SXM", 312.0),
-    ("NVIDIA A100-PCIE-40GB", 108, "A100 PCIe", 312.0),
-    ("NVIDIA A100 80GB PCIe", 108, "A100 PCIe", 312.0),
-    ("NVIDIA L4", 58, "L4", 121.0),
-    ("NVIDIA L40", 142, "L40", 181.0),  # not an L4
-    ("NVIDIA L40S", 142, "L40S", 366.5),  # not an L40
-    ("NVIDIA GeForce RTX 4090", 128, "GeForce RTX 4090", 165.2),  # fp32 accumulate
-    ("NVIDIA A10", 72, "A10", 125.0),
-])
+@pytest.mark.parametrize(
+    "name, sms, product, bf16",
+    [
+        ("NVIDIA H100 80GB HBM3", 132, "H100 SXM", 989.5),  # the SXM part's name does not say SXM
+        ("NVIDIA H100 PCIe", 114, "H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", 132, "H100 NVL", 835.5),
+        ("NVIDIA H100", 114, "H100 PCIe", 756.5),  # a bare name: the SM count tells the form factor
+        ("NVIDIA H200", 132, "H200 SXM", 989.5),
+        ("NVIDIA H200 NVL", 132, "H200 NVL", 835.5),
+        ("NVIDIA GH200 480GB", 132, "GH200", 989.5),  # not an H200
+        ("NVIDIA A100-SXM4-80GB", 108, "A100 SXM", 312.0),
+        ("NVIDIA A100-PCIE-40GB", 108, "A100 PCIe", 312.0),
+        ("NVIDIA A100 80GB PCIe", 108, "A100 PCIe", 312.0),
+        ("NVIDIA L4", 58, "L4", 121.0),
+        ("NVIDIA L40", 142, "L40", 181.0),  # not an L4
+        ("NVIDIA L40S", 142, "L40S", 366.5),  # not an L40
+        ("NVIDIA GeForce RTX 4090", 128, "GeForce RTX 4090", 165.2),  # fp32 accumulate
+        ("NVIDIA A10", 72, "A10", 125.0),
+    ],
+)
 def test_the_datasheet_entry_is_chosen_from_the_name_and_sm_count(name, sms, product, bf16):
     entry = peaks.lookup(name, sms)
     assert entry.product == product and entry.tflops["bf16"] == bf16
     assert entry.tflops["fp16"] == bf16 and entry.tflops["tf32"] < bf16 and entry.tflops["fp32"] <= entry.tflops["tf32"]
 
 
-@pytest.mark.parametrize("name, sms", [("NVIDIA A10G", 80), ("NVIDIA H800", 132), ("Tesla T4", 40),
-                                       ("NVIDIA GeForce RTX 4080", 76)])
+@pytest.mark.parametrize(
+    "name, sms", [("NVIDIA A10G", 80), ("NVIDIA H800", 132), ("Tesla T4", 40), ("NVIDIA GeForce RTX 4080", 76)]
+)
 def test_a_gpu_outside_the_table_is_unknown(name, sms):
     assert peaks.lookup(name, sms) is None
 
@@ -45,8 +50,9 @@ def test_a_partition_is_scaled_to_its_sms():
 
 
 def fake_gpu(monkeypatch, name, sms):
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device=None: SimpleNamespace(name=name, multi_processor_count=sms))
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(name=name, multi_processor_count=sms)
+    )
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
@@ -101,11 +107,20 @@ def test_a_training_log_names_the_peak_its_mfu_is_against():
     engine = SimpleNamespace(read_losses=lambda: {"G_GAN": 1.0}, report=lambda: {"cuda_graph": "off"})
     peak = peaks.Peak(1e12, "bf16", "datasheet H100 SXM, dense")
     start = SimpleNamespace(epoch=1, iteration=0, position=0)
-    progress = Progress(run, (ModelConfig(), DataConfig(), TrainConfig()), SimpleNamespace(size=1, is_main=True),
-                        torch.device("cpu"), None, (1e10, peak), (10, 10), start, show_bar=False)
+    progress = Progress(
+        run,
+        (ModelConfig(), DataConfig(), TrainConfig()),
+        SimpleNamespace(size=1, is_main=True),
+        torch.device("cpu"),
+        None,
+        (1e10, peak),
+        (10, 10),
+        start,
+        show_bar=False,
+    )
     batch = {"A": torch.zeros(4, 3, 8, 8)}
     for iteration in (1, 2):
         progress.window_images = 4
         progress.log(engine, batch, SimpleNamespace(epoch=1, iteration=iteration, position=4 * iteration), 2e-4, 0.0)
     assert records[0]["mfu_peak"] == "1.0 TFLOP/s bf16 (datasheet H100 SXM, dense)" and "mfu_peak" not in records[1]
-    assert all(0 < r["mfu"] for r in records)
+    assert all(r["mfu"] > 0 for r in records)

@@ -1,4 +1,5 @@
 """Predictor: checkpoints in, norm modes against the module they stand for, seeded dropout, sizes, types, files."""
+
 import copy
 import dataclasses
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import perturb_batchnorms
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastpix.config import ModelConfig
@@ -20,7 +22,6 @@ from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.store.architecture import infer_architecture
 from fastpix.store.weights import load_into, save_weights
-from tiny_models import perturb_batchnorms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,6 +45,7 @@ def close(a, b, tol=1e-5):
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 
+
 def test_from_run_folder_reads_config_json(tmp_path):
     G = generator("unet_64", "batch", dropout=False)
     run = tmp_path / "run"
@@ -63,8 +65,9 @@ def test_from_a_trained_run_folder(tiny_data, tmp_path):
 
     model = ModelConfig(netG="unet_32", ngf=4, ndf=4, no_dropout=True)
     data = DataConfig(dataroot=tiny_data, load_size=32, crop_size=32, num_threads=0)
-    run = train(model, data, TrainConfig(name="run", checkpoints_dir=str(tmp_path), max_iters=2, seed=3),
-                progress=False)
+    run = train(
+        model, data, TrainConfig(name="run", checkpoints_dir=str(tmp_path), max_iters=2, seed=3), progress=False
+    )
     predictor = Predictor.from_checkpoint(run)
     G = define_G(3, 3, 4, "unet_32", "batch")
     load_into(G, f"{run}/latest_net_G.safetensors")
@@ -72,10 +75,18 @@ def test_from_a_trained_run_folder(tiny_data, tmp_path):
     close(predictor(x[0], output_type="pt"), G.train()(x)[0])
 
 
-@pytest.mark.parametrize("netG,norm,input_nc,output_nc", [
-    ("unet_32", "batch", 3, 3), ("unet_32", "instance", 1, 3), ("unet_64", "batch", 3, 1),
-    ("unet_64", "instance", 3, 3), ("unet_32", "none", 3, 3), ("resnet_6blocks", "batch", 3, 3),
-    ("resnet_6blocks", "instance", 1, 1)])
+@pytest.mark.parametrize(
+    "netG,norm,input_nc,output_nc",
+    [
+        ("unet_32", "batch", 3, 3),
+        ("unet_32", "instance", 1, 3),
+        ("unet_64", "batch", 3, 1),
+        ("unet_64", "instance", 3, 3),
+        ("unet_32", "none", 3, 3),
+        ("resnet_6blocks", "batch", 3, 3),
+        ("resnet_6blocks", "instance", 1, 1),
+    ],
+)
 def test_bare_reference_pth_architecture_is_inferred(tmp_path, netG, norm, input_nc, output_nc):
     G = generator(netG, norm, True, input_nc, output_nc)
     path = tmp_path / "latest_net_G.pth"
@@ -108,11 +119,13 @@ def test_what_cannot_be_inferred_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="cannot infer netG, ngf, norm, input_nc, output_nc"):
         Predictor.from_checkpoint(tmp_path / "foreign.safetensors")
     with pytest.raises(CheckpointError, match="does not fit"):  # given, but wrong: the strict load says so
-        Predictor.from_checkpoint(tmp_path / "foreign.safetensors", netG="unet_32", ngf=4, norm="batch",
-                                  input_nc=3, output_nc=3)
+        Predictor.from_checkpoint(
+            tmp_path / "foreign.safetensors", netG="unet_32", ngf=4, norm="batch", input_nc=3, output_nc=3
+        )
 
 
 # ---- norm modes ------------------------------------------------------------------------------------------------------
+
 
 def test_instance_mode_is_per_image_and_the_papers_protocol_at_batch_1():
     G = generator("unet_32", "batch")
@@ -122,7 +135,7 @@ def test_instance_mode_is_per_image_and_the_papers_protocol_at_batch_1():
     reference = copy.deepcopy(G).train()
     for i in range(8):
         close(outputs[i], alone(x[i], output_type="pt"))
-        close(outputs[i], reference(x[i:i + 1])[0])
+        close(outputs[i], reference(x[i : i + 1])[0])
 
 
 def test_batch_mode_is_train_mode_over_the_batch_and_keeps_running_stats():
@@ -145,6 +158,7 @@ def test_running_mode_folds_batchnorm_and_equals_eval(netG):
 
 
 # ---- dropout ---------------------------------------------------------------------------------------------------------
+
 
 def test_seeded_dropout_does_not_depend_on_the_batch():
     G = generator("unet_64", "batch", dropout=True)
@@ -181,12 +195,16 @@ def test_fastpix_predictor_is_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, fastpix; assert 'torch' not in sys.modules; "
-            "from fastpix.infer.predictor import Predictor; assert fastpix.Predictor is Predictor")
+    code = (
+        "import sys, fastpix; assert 'torch' not in sys.modules; "
+        "from fastpix.infer.predictor import Predictor; assert fastpix.Predictor is Predictor"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
-    star = ("from fastpix import *; from fastpix.infer.requests import ImageRequest as R, ImageResult as S; "
-            "from fastpix.infer.predictor import Predictor as P; "
-            "assert (Predictor, ImageRequest, ImageResult) == (P, R, S)")
+    star = (
+        "from fastpix import *; from fastpix.infer.requests import ImageRequest as R, ImageResult as S; "
+        "from fastpix.infer.predictor import Predictor as P; "
+        "assert (Predictor, ImageRequest, ImageResult) == (P, R, S)"
+    )
     subprocess.run([sys.executable, "-c", star], check=True)
 
 
@@ -201,6 +219,7 @@ def test_warmup_runs_the_network_and_changes_nothing():
 
 
 # ---- sizes, input and output types -----------------------------------------------------------------------------------
+
 
 def test_any_size_comes_back_at_its_size():
     predictor = Predictor(generator("unet_32", "instance"))
@@ -303,6 +322,7 @@ def test_the_plan_decides_cuda_graphs_from_the_size_asked_the_device_and_the_nor
 
 # ---- files -----------------------------------------------------------------------------------------------------------
 
+
 def test_predict_files_keeps_names_and_reports_bad_files(tmp_path):
     paths = []
     for i, (w, h) in enumerate([(64, 64), (70, 50), (64, 64)]):
@@ -321,6 +341,7 @@ def test_predict_files_keeps_names_and_reports_bad_files(tmp_path):
 
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 def test_cuda_graphs_equal_eager():
@@ -345,11 +366,12 @@ def test_cuda_bf16_is_close_to_cpu_fp32(norm_mode):
     cpu = Predictor(G, device="cpu", norm_mode=norm_mode)(x, output_type="pt")
     gpu = Predictor(G, device="cuda", norm_mode=norm_mode)(x, output_type="pt")
     assert gpu[0].device.type == "cuda"
-    for a, b in zip(gpu, cpu):  # bf16 autocast through 10 layers: a relative error of ~1e-2 (performance.md)
+    for a, b in zip(gpu, cpu):  # bf16 autocast through 10 layers: ~1e-2 relative (benchmarks.md "How fastpix measures")
         assert (a.cpu() - b).norm() / b.norm() < 3e-2
 
 
 # ---- fastpix predict -------------------------------------------------------------------------------------------------
+
 
 def test_cli_predict_translates_folders_and_files_and_fails_on_unreadable_ones(tmp_path, capsys):
     from fastpix.cli import main
@@ -362,8 +384,21 @@ def test_cli_predict_translates_folders_and_files_and_fails_on_unreadable_ones(t
         image.save(tmp_path / name)
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    argv = ["predict", "--checkpoint", str(tmp_path / "g.pth"), "--input", str(tmp_path / "in"),
-            str(tmp_path / "c.png"), "--output", str(out), "--batch-size", "2", "--norm-mode", "running", "--quiet"]
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "g.pth"),
+        "--input",
+        str(tmp_path / "in"),
+        str(tmp_path / "c.png"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+        "--norm-mode",
+        "running",
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "a.png" not in err
@@ -387,15 +422,28 @@ def test_cli_predict_names_bad_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base)
     assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
-    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision",
-                        "fp16"]) == 2
+    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp16"]) == 2
     assert "fastpix predict: error: --precision 'fp16' needs a CUDA device" in capsys.readouterr().err
-    assert main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode",
-                        "batch"]) == 2
+    assert (
+        main(base + ["--checkpoint", str(tmp_path / "g.safetensors"), "--runtime", "compiled", "--norm_mode", "batch"])
+        == 2
+    )
     assert "fastpix predict: error: --runtime 'compiled': norm_mode 'batch'" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["predict", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"),
-                 "--checkpoint", str(tmp_path / "g.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(tmp_path / "empty"),
+                "--output",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(tmp_path / "g.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "no images in" in capsys.readouterr().err
     assert main(base + ["--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth" in capsys.readouterr().err

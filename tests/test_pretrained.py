@@ -1,5 +1,6 @@
 """`fastpix models download`: a pretrained generator is kept only once it has loaded strictly into the expected
 architecture without unpickling anything but tensors; anything else is refused and removed, nothing in it run."""
+
 import contextlib
 import io
 import os
@@ -9,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from loopback import Mirror, serve
 
 from fastpix import cli, pretrained
 from fastpix.config import PRETRAINED_MODELS, ModelDownloadConfig
@@ -16,7 +18,6 @@ from fastpix.errors import CheckpointError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.pretrained import Architecture, download_model
-from loopback import Mirror, serve
 
 SMALL = Architecture(netG="unet_32", ngf=8, norm="batch", parameters=0)
 
@@ -42,13 +43,17 @@ def config(tmp_path, base, name="facades_label2photo", **kw):
 
 
 def test_the_registry_is_the_references_unet_256_with_its_directions():
-    for name, arch in pretrained.ARCHITECTURES.items():
+    for arch in pretrained.ARCHITECTURES.values():
         assert (arch.netG, arch.ngf, arch.norm, arch.input_nc, arch.output_nc) == ("unet_256", 64, "batch", 3, 3)
         assert sum(p.numel() for p in arch.build().parameters()) == arch.parameters == 54_413_955
     # The reference's README and docs/datasets.md: facades labels -> photo and day -> night run BtoA.
-    assert PRETRAINED_MODELS == {"facades_label2photo": ("facades", "BtoA"), "sat2map": ("maps", "AtoB"),
-                                 "map2sat": ("maps", "BtoA"), "edges2shoes": ("edges2shoes", "AtoB"),
-                                 "day2night": ("night2day", "BtoA")}
+    assert PRETRAINED_MODELS == {
+        "facades_label2photo": ("facades", "BtoA"),
+        "sat2map": ("maps", "AtoB"),
+        "map2sat": ("maps", "BtoA"),
+        "edges2shoes": ("edges2shoes", "AtoB"),
+        "day2night": ("night2day", "BtoA"),
+    }
 
 
 def test_a_good_generator_is_kept_where_predict_and_test_find_it(tmp_path, small_registry):
@@ -78,9 +83,11 @@ def test_a_pickle_that_would_run_code_is_refused_unrun_and_removed(tmp_path, sma
     marker = str(tmp_path / "ran")
     state = {**small_state(), "model.model.0.weight": Hostile(marker)}
     data = pth(state) if form == "torch.save" else pickle.dumps(state, protocol=2)
-    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": data})) as base:
-        with pytest.raises(CheckpointError) as caught:
-            download_model(config(tmp_path, base), progress=False)
+    with (
+        serve(Mirror({"/models-pytorch/facades_label2photo.pth": data})) as base,
+        pytest.raises(CheckpointError) as caught,
+    ):
+        download_model(config(tmp_path, base), progress=False)
     assert "pickled Python objects" in str(caught.value) and "\n" not in str(caught.value)
     assert not os.path.exists(marker)
     assert os.listdir(tmp_path) == []  # no checkpoints folder left: it was made for this download
@@ -92,9 +99,11 @@ def test_a_pickle_that_would_run_code_is_refused_unrun_and_removed(tmp_path, sma
 
 
 def test_a_generator_of_another_architecture_is_refused(tmp_path):
-    with serve(Mirror({"/models-pytorch/sat2map.pth": pth(small_state())})) as base:
-        with pytest.raises(CheckpointError) as caught:
-            download_model(config(tmp_path, base, name="sat2map"), progress=False)
+    with (
+        serve(Mirror({"/models-pytorch/sat2map.pth": pth(small_state())})) as base,
+        pytest.raises(CheckpointError) as caught,
+    ):
+        download_model(config(tmp_path, base, name="sat2map"), progress=False)
     message = str(caught.value)
     assert message.startswith(f"{base}/models-pytorch/sat2map.pth: not a unet_256, ngf 64, batch norm")
     assert "keys missing" in message and len(message) < 400
@@ -108,9 +117,8 @@ def test_files_that_are_not_usable_weights_are_refused(tmp_path, small_registry,
         state["model.model.0.weight"].fill_(float("nan"))
         body = pth(state)
     (tmp_path / "checkpoints" / "facades_label2photo_pretrained").mkdir(parents=True)
-    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": body})) as base:
-        with pytest.raises(CheckpointError):
-            download_model(config(tmp_path, base), progress=False)
+    with serve(Mirror({"/models-pytorch/facades_label2photo.pth": body})) as base, pytest.raises(CheckpointError):
+        download_model(config(tmp_path, base), progress=False)
     assert os.listdir(tmp_path / "checkpoints" / "facades_label2photo_pretrained") == []
 
 
@@ -123,14 +131,24 @@ def test_an_existing_generator_is_left_alone_unless_force(tmp_path, small_regist
     with serve(mirror) as base:
         assert download_model(config(tmp_path, base), progress=False).present and mirror.requests == []
         download_model(config(tmp_path, base, force=True), progress=False)
-    assert torch.equal(torch.load(str(folder / "latest_net_G.pth"))["model.model.0.weight"],
-                       state["model.model.0.weight"])
+    assert torch.equal(
+        torch.load(str(folder / "latest_net_G.pth"))["model.model.0.weight"], state["model.model.0.weight"]
+    )
 
 
 def test_the_command_line(tmp_path, small_registry, capsys):
     with serve(Mirror({"/models-pytorch/facades_label2photo.pth": pth(small_state())})) as base:
-        code = cli.main(["models", "download", "facades_label2photo", "--checkpoints_dir",
-                         str(tmp_path / "checkpoints"), "--mirror", base])
+        code = cli.main(
+            [
+                "models",
+                "download",
+                "facades_label2photo",
+                "--checkpoints_dir",
+                str(tmp_path / "checkpoints"),
+                "--mirror",
+                base,
+            ]
+        )
     assert code == 0
     out = capsys.readouterr().out
     assert "facades_label2photo_pretrained/latest_net_G.pth" in out and "--direction BtoA" in out

@@ -1,5 +1,6 @@
 """The Predictor's typed path (ImageRequest, Predictor.run), normalisation on the device, and the batcher's bounds:
 padded pixels per forward pass and in the queue, and requests dropped when nobody waits for them any more."""
+
 import threading
 import time
 
@@ -45,11 +46,11 @@ def test_typed_requests_equal_the_public_call(dropout_predictor):
     assert all(np.array_equal(a, b) for a, b in zip(listed, typed))
     assert not np.array_equal(typed[0], typed[2])  # one image, one seed: the index is part of the noise
     # A seed the Predictor picks is named in the result, and gives the same image again.
-    picked, = p.run([ImageRequest(images[0], index=2)])
+    (picked,) = p.run([ImageRequest(images[0], index=2)])
     assert isinstance(picked.seed, int) and picked.index == 2
-    again, = p.run([ImageRequest(images[0], picked.seed, picked.index)])
+    (again,) = p.run([ImageRequest(images[0], picked.seed, picked.index)])
     assert np.array_equal(picked.image, again.image)
-    other, = p.run([ImageRequest(images[0], picked.seed + 1, picked.index)])
+    (other,) = p.run([ImageRequest(images[0], picked.seed + 1, picked.index)])
     assert not np.array_equal(picked.image, other.image)  # the seed matters: the equality above is not vacuous
 
 
@@ -61,8 +62,9 @@ def test_uint8_inputs_are_normalised_on_the_device_as_the_cpu_chain_does():
     for item in (Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1)):
         assert torch.equal(load_input(item, 3)[0], t)
     grey, _ = load_input(arr, 1)  # channels differ from the network's: PIL's conversion, as before
-    assert grey.shape == (1, 16, 24) and torch.equal(grey[0], torch.from_numpy(
-        np.array(Image.fromarray(arr).convert("L"))))
+    assert grey.shape == (1, 16, 24) and torch.equal(
+        grey[0], torch.from_numpy(np.array(Image.fromarray(arr).convert("L")))
+    )
     float_input = to_tensor(Image.fromarray(arr))
     assert load_input(float_input, 3)[0].dtype == torch.float32
 

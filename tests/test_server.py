@@ -1,4 +1,5 @@
 """The HTTP server, started for real on a loopback port: answers, batching, every error case, graceful shutdown."""
+
 import base64
 import io
 import json
@@ -22,12 +23,13 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app, output_format  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from fastpix.store.weights import save_weights  # noqa: E402
-from tiny_models import perturb_batchnorms  # noqa: E402
+from tiny_models import perturb_batchnorms
+
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app, output_format
+from fastpix.models import define_G
+from fastpix.store.weights import save_weights
 
 TIMEOUT_S = 30  # every wait in this file is bounded
 
@@ -60,8 +62,10 @@ def multipart(fields: dict) -> tuple[bytes, str]:
     parts = []
     for name, value in fields.items():
         if isinstance(value, bytes):
-            head = (f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-                    "Content-Type: image/png\r\n\r\n")
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            )
             parts.append(f"--{boundary}\r\n{head}".encode() + value + b"\r\n")
         else:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
@@ -160,6 +164,7 @@ def join(threads):
 
 # ---- answers ---------------------------------------------------------------------------------------------------------
 
+
 def test_translate_answers_the_predictors_image_in_every_request_form(predictor):
     image = random_image(45, 30, 1)
     expected = predictor(image, output_type="np")
@@ -190,8 +195,10 @@ def test_translate_answers_the_predictors_image_in_every_request_form(predictor)
 def test_two_apps_in_one_process_count_their_own_requests():
     first, second = (Predictor(tiny_generator(), device="cpu") for _ in range(2))  # one model worker each
     image = png_bytes(random_image(32, 32, 4))
-    with BackgroundServer(create_app(first, ServeConfig(graph_size=0))) as a, \
-            BackgroundServer(create_app(second, ServeConfig(graph_size=0))) as b:
+    with (
+        BackgroundServer(create_app(first, ServeConfig(graph_size=0))) as a,
+        BackgroundServer(create_app(second, ServeConfig(graph_size=0))) as b,
+    ):
         for server, n in ((a, 2), (b, 1)):
             for _ in range(n):
                 assert translate(server, image)[0] == 200
@@ -238,8 +245,9 @@ def test_dropout_is_seeded_per_request():
     predictor = Predictor(G, device="cpu", dropout=True)
     image = random_image(64, 64, 5)
     with BackgroundServer(create_app(predictor, ServeConfig(graph_size=0))) as server:
-        status, headers, body = request(f"{server.url}/v1/translate?seed=42", png_bytes(image),
-                                        {"Content-Type": "image/png"})
+        status, headers, body = request(
+            f"{server.url}/v1/translate?seed=42", png_bytes(image), {"Content-Type": "image/png"}
+        )
         assert status == 200 and headers["X-Fastpix-Seed"] == "42"
         assert_same_image(decoded(body), predictor([image], seed=[42], output_type="np")[0])
         status, headers, body = translate(server, png_bytes(image))
@@ -248,6 +256,7 @@ def test_dropout_is_seeded_per_request():
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------------
+
 
 def test_bad_requests_are_named_and_the_server_goes_on(predictor):
     image = png_bytes(random_image(32, 32, 2))
@@ -345,6 +354,7 @@ def test_full_queue_answers_503_with_retry_after_and_slow_answers_504(predictor)
 
 # ---- shutdown --------------------------------------------------------------------------------------------------------
 
+
 def test_graceful_shutdown_answers_the_requests_in_flight(predictor):
     gated = GatedPredictor(predictor)
     server = BackgroundServer(create_app(gated, ServeConfig(graph_size=0))).start()
@@ -379,11 +389,30 @@ def test_cli_serve_starts_answers_and_stops_on_sigterm(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "fastpix", "serve", "--checkpoint", str(tmp_path), "--port",
-                                str(port), "--norm-mode", "running", "--graph-size", "32",
-                                # the conftest's portable CPU defaults, which a subprocess does not see
-                                "--runtime", "eager", "--precision", "fp32"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpix",
+            "serve",
+            "--checkpoint",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--norm-mode",
+            "running",
+            "--graph-size",
+            "32",
+            # the conftest's portable CPU defaults, which a subprocess does not see
+            "--runtime",
+            "eager",
+            "--precision",
+            "fp32",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
 

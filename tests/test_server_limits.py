@@ -1,6 +1,7 @@
 """Slow and stalled clients on loopback: half-sent request heads and slow bodies are dropped within the server's
 deadlines, memory stays bounded meanwhile, and the others are still served. JSON bodies that do not decode answer
 400."""
+
 import os
 import selectors
 import socket
@@ -14,17 +15,20 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from test_server import error_of, png_bytes, random_image, request  # noqa: E402
+from test_server import error_of, png_bytes, random_image, request
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")]
+from fastpix.config import ServeConfig
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc"),
+]
 
 HALF_HEADS, SLOW_BODIES = 200, 50
-SENT = 2 ** 20  # of each slow body, before it stalls
+SENT = 2**20  # of each slow body, before it stalls
 SLACK_S = 5.0  # on top of a deadline, for a busy machine: a server without the deadline never closes
 HEAD = b"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
 
@@ -109,11 +113,21 @@ def test_half_sent_heads_and_slow_bodies_are_dropped_within_their_deadlines(pred
     assert answered and all(answer.startswith(b"HTTP/1.1 408") for answer in answered), answered[:1]
     assert connections <= 1  # none of theirs left (at most the last request's, closing)
     # Each slow body holds what it sent until its deadline: 50 MiB in all, and no more than twice that in RSS.
-    assert peak[0] - baseline < 2 * SLOW_BODIES * SENT, f"RSS grew by {(peak[0] - baseline) / 2 ** 20:.0f} MiB"
+    assert peak[0] - baseline < 2 * SLOW_BODIES * SENT, f"RSS grew by {(peak[0] - baseline) / 2**20:.0f} MiB"
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"image": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-                                  b'{"image": "\xff\xfe"}', b"[1, 2]", b"null", b'"an image"', b"1e999"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"image": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"image": "\xff\xfe"}',
+        b"[1, 2]",
+        b"null",
+        b'"an image"',
+        b"1e999",
+    ],
+)
 def test_a_json_body_that_does_not_decode_to_an_object_answers_400(predictor, body):
     with BackgroundServer(create_app(predictor, ServeConfig(graph_size=0))) as server:
         status, _, answer = request(f"{server.url}/v1/translate", body, {"Content-Type": "application/json"})

@@ -1,6 +1,7 @@
 """A soak of the server on loopback: a few hundred mixed good and hostile requests from many clients over a small
 queue. Every bad request gets its status, every 200 equals the image's single-request result, the process's memory
 stays bounded (thin strips that pad to huge sizes and bombs are refused from their headers), nothing is lost."""
+
 import io
 import os
 import random
@@ -18,20 +19,23 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip i
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra: pip install fastpix[serve]")
 
-from fastpix.config import ServeConfig  # noqa: E402
-from fastpix.data.decode import decode_image  # noqa: E402
-from fastpix.infer.predictor import Predictor  # noqa: E402
-from fastpix.infer.server import BackgroundServer, create_app  # noqa: E402
-from fastpix.models import define_G  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from test_server import assert_same_image, decoded, error_of, request  # noqa: E402
-from tiny_models import perturb_batchnorms  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
+from test_server import assert_same_image, decoded, error_of, request
+from tiny_models import perturb_batchnorms
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")]
+from fastpix.config import ServeConfig
+from fastpix.data.decode import decode_image
+from fastpix.infer.predictor import Predictor
+from fastpix.infer.server import BackgroundServer, create_app
+from fastpix.models import define_G
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc"),
+]
 
 CLIENTS, REQUESTS_PER_CLIENT = 12, 30
-RSS_BOUND = 256 * 2 ** 20  # over the process's RSS after warm-up; one unrefused thin strip costs GBs
+RSS_BOUND = 256 * 2**20  # over the process's RSS after warm-up; one unrefused thin strip costs GBs
 
 
 def png(image: Image.Image) -> bytes:
@@ -67,7 +71,7 @@ def good_requests():
     """(name, body, content type, query) of images the server must answer, in sizes that pad and that do not."""
     rng = np.random.default_rng(0)
     out = []
-    for k, (w, h) in enumerate([(32, 32), (17, 33), (40, 24), (64, 48)]):
+    for w, h in [(32, 32), (17, 33), (40, 24), (64, 48)]:
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         out.append((f"png{w}x{h}", png(image), "image/png", ""))
     buffer = io.BytesIO()
@@ -80,14 +84,16 @@ def bad_requests():
     """(name, body, content type, query, status, words of the error)."""
     thin = png(Image.new("RGB", (1_000_000, 1)))  # 1×1,000,000: 3 KB; padded for unet_32, 32,000,000 pixels
     truncated = png(Image.new("RGB", (32, 32), (9, 9, 9)))[:60]
-    return [("thin", thin, "image/png", "", 413, "pads to 1000000x32"),
-            ("thin header", png_claiming(1, 16_000_000), "image/png", "", 413, "pads to"),
-            ("bomb", png_claiming(50_000, 50_000), "image/png", "", 413, "too large"),
-            ("garbage", b"\x89PNG but not really" * 10, "image/png", "", 400, "not an image"),
-            ("truncated", truncated, "image/png", "", 400, "cannot be decoded"),
-            ("empty", b"", "image/png", "", 400, "no image data"),
-            ("bad seed", png(Image.new("RGB", (8, 8))), "image/png", "?seed=x", 400, "seed"),
-            ("text", b"hello", "text/plain", "", 415, "Content-Type")]
+    return [
+        ("thin", thin, "image/png", "", 413, "pads to 1000000x32"),
+        ("thin header", png_claiming(1, 16_000_000), "image/png", "", 413, "pads to"),
+        ("bomb", png_claiming(50_000, 50_000), "image/png", "", 413, "too large"),
+        ("garbage", b"\x89PNG but not really" * 10, "image/png", "", 400, "not an image"),
+        ("truncated", truncated, "image/png", "", 400, "cannot be decoded"),
+        ("empty", b"", "image/png", "", 400, "no image data"),
+        ("bad seed", png(Image.new("RGB", (8, 8))), "image/png", "?seed=x", 400, "seed"),
+        ("text", b"hello", "text/plain", "", 415, "Content-Type"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,7 @@ def test_soak_mixed_requests_over_a_small_queue(predictor):
     expected = {name: predictor(decode_image(body), output_type="np") for name, body, _, _ in goods}
     plan = [("good", g) for g in goods] * 40 + [("bad", b) for b in bads] * 20  # 200 good, 160 bad
     random.Random(0).shuffle(plan)
-    cfg = ServeConfig(graph_size=0, max_queue=4, max_batch_size=4, timeout_s=30, max_bytes=2 ** 20)
+    cfg = ServeConfig(graph_size=0, max_queue=4, max_batch_size=4, timeout_s=30, max_bytes=2**20)
     answers, shed = [], [0]
     lock = threading.Lock()
 
@@ -124,7 +130,7 @@ def test_soak_mixed_requests_over_a_small_queue(predictor):
         baseline = watch.peak
         watch.start()
         chunk = len(plan) // CLIENTS
-        threads = [threading.Thread(target=client, args=(plan[i * chunk:(i + 1) * chunk],)) for i in range(CLIENTS)]
+        threads = [threading.Thread(target=client, args=(plan[i * chunk : (i + 1) * chunk],)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
@@ -140,7 +146,11 @@ def test_soak_mixed_requests_over_a_small_queue(predictor):
         else:
             name, *_, want, words = spec
             assert status == want and words in error_of(answer), (name, status, answer[:200])
-    assert watch.peak - baseline < RSS_BOUND, f"RSS grew by {(watch.peak - baseline) / 2 ** 20:.0f} MiB"
-    total = sum(sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
-                if sample.name == "fastpix_requests_total")
+    assert watch.peak - baseline < RSS_BOUND, f"RSS grew by {(watch.peak - baseline) / 2**20:.0f} MiB"
+    total = sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "fastpix_requests_total"
+    )
     assert total == len(plan) + shed[0] + 1  # every request answered once, the warm-up one included

@@ -1,4 +1,5 @@
 """The matmul forms of small convs (fastpix/models/small_convs.py) against torch's convs, and the plan picking them."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -18,10 +19,17 @@ from fastpix.train.step import Pix2PixStep
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (in, out, kernel, stride, padding, input H, W, bias, channels-last)
-SHAPES = [(8, 6, 4, 2, 1, 6, 10, False, True), (5, 7, 3, 1, 1, 5, 4, True, False), (4, 3, 4, 2, 0, 7, 9, True, True),
-          (16, 16, 4, 2, 1, 2, 2, True, True)]
-CASES = [(False, shape) for shape in SHAPES] + [(True, shape) for shape in SHAPES] + [
-    (True, (16, 16, 4, 2, 1, 1, 1, False, True))]  # the innermost U-Net block's transposed conv, at 1×1
+SHAPES = [
+    (8, 6, 4, 2, 1, 6, 10, False, True),
+    (5, 7, 3, 1, 1, 5, 4, True, False),
+    (4, 3, 4, 2, 0, 7, 9, True, True),
+    (16, 16, 4, 2, 1, 2, 2, True, True),
+]
+CASES = (
+    [(False, shape) for shape in SHAPES]
+    + [(True, shape) for shape in SHAPES]
+    + [(True, (16, 16, 4, 2, 1, 1, 1, False, True))]
+)  # the innermost U-Net block's transposed conv, at 1×1
 
 
 def relative_error(a, b):
@@ -80,8 +88,12 @@ def test_the_plan_picks_exactly_the_convs_over_few_pixels_and_changes_no_result(
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # running statistics untouched
     kinds = {name: type(m) for name, m in net.named_modules() if name in chosen}
     assert len(chosen) == 4 and set(chosen.values()) == {"matmul"}
-    assert sorted(k.__name__ for k in kinds.values()) == ["MatmulConv2d", "MatmulConv2d", "MatmulConvTranspose2d",
-                                                         "MatmulConvTranspose2d"]
+    assert sorted(k.__name__ for k in kinds.values()) == [
+        "MatmulConv2d",
+        "MatmulConv2d",
+        "MatmulConvTranspose2d",
+        "MatmulConvTranspose2d",
+    ]
     assert list(net.state_dict()) == list(twin.state_dict())  # same keys, for checkpoints
     out, want = net(x), twin(x)
     out.float().pow(2).mean().backward()
@@ -89,8 +101,9 @@ def test_the_plan_picks_exactly_the_convs_over_few_pixels_and_changes_no_result(
     assert relative_error(out, want) < 1e-5
     for (name, p), q in zip(net.named_parameters(), twin.parameters()):
         assert relative_error(p.grad, q.grad) < 1e-4, name
-    assert all(isinstance(m, (MatmulConv2d, MatmulConvTranspose2d)) for name, m in net.named_modules()
-               if name in chosen)
+    assert all(
+        isinstance(m, (MatmulConv2d, MatmulConvTranspose2d)) for name, m in net.named_modules() if name in chosen
+    )
 
 
 def engine(precision):

@@ -1,5 +1,6 @@
 """Only regular files are read as images (issue 26 item 3): a FIFO named like an image blocks whoever opens it until
 a writer comes, so the decoding facade and the folder listing name it and never open it."""
+
 import os
 import subprocess
 import sys
@@ -74,10 +75,30 @@ def test_data_set_listings_name_and_skip_it(fifo):
 def test_predict_names_a_fifo_and_finishes(fifo, tmp_path):
     folder, path, opened = fifo
     torch.save(define_G(3, 3, 8, "unet_32", "batch", True).state_dict(), tmp_path / "g.pth")
-    done = subprocess.run([sys.executable, "-m", "fastpix", "predict", "--checkpoint", str(tmp_path / "g.pth"),
-                           "--input", folder, path, "--output", str(tmp_path / "out"), "--device", "cpu",
-                           "--runtime", "eager", "--quiet"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastpix",
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "g.pth"),
+            "--input",
+            folder,
+            path,
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--runtime",
+            "eager",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 1, done.stderr  # the FIFO given by name is a file that could not be translated
     assert f"{path}: a FIFO, not a regular file: skipped" in done.stderr  # in the folder: left out of the listing
     assert f"fastpix predict: skipped {path}: a FIFO, not a regular file: not read" in done.stderr

@@ -1,15 +1,17 @@
 """The streaming path: batches equal make_loader's and the cache's; bounded ring; clean stops, never a hang."""
+
 import os
 import threading
+from functools import partial
 
 import pytest
 import torch
+from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 from fastpix.data import stream as S
 from fastpix.data.cache import CachedLoader, PairCache
 from fastpix.data.dataset import DataError
 from fastpix.data.stream import StreamLoader, make_pipeline
-from paired_batches import assert_same_batches, dataset, pipeline_batches, reference_batches
 
 
 def within(seconds, fn):
@@ -19,7 +21,7 @@ def within(seconds, fn):
     def target():
         try:
             result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which re-raises it
             result["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -37,7 +39,7 @@ def test_stream_equals_paired_dataset_and_cache(data, tmp_path, direction, nc):
     stream = StreamLoader(ds, 3, seed=9, threads=2, depth=2)
     cached = CachedLoader(PairCache(ds, cache_dir=str(tmp_path / "c"), progress=False), 3, seed=9)
     for epoch, start in ((1, 0), (2, 4)):
-        got = within(30, lambda: pipeline_batches(stream, epoch, start))
+        got = within(30, partial(pipeline_batches, stream, epoch, start))
         assert_same_batches(got, reference_batches(ds, 3, 9, epoch, start))
         assert_same_batches(got, pipeline_batches(cached, epoch, start))
 
@@ -46,14 +48,15 @@ def test_rank_slices(data):
     ds = dataset(data)
     for rank in (0, 1):
         stream = StreamLoader(ds, 4, seed=1, rank=rank, world=2)
-        assert_same_batches(within(30, lambda: pipeline_batches(stream, 3)),
-                            reference_batches(ds, 4, 1, 3, rank=rank, world=2))
+        assert_same_batches(
+            within(30, partial(pipeline_batches, stream, 3)), reference_batches(ds, 4, 1, 3, rank=rank, world=2)
+        )
 
 
 def test_ring_is_bounded(data):
     stream = StreamLoader(dataset(data), 1, depth=2)
     for epoch in range(3):
-        assert len(within(30, lambda: pipeline_batches(stream, epoch))) == 8
+        assert len(within(30, partial(pipeline_batches, stream, epoch))) == 8
         assert stream.slots_allocated <= 2
 
 
@@ -123,7 +126,7 @@ def test_batches_do_not_depend_on_thread_count_or_depth(data):
     want = reference_batches(ds, 3, 2, 6)
     for threads, depth in ((1, 1), (2, 4)):
         stream = StreamLoader(ds, 3, seed=2, threads=threads, depth=depth)
-        assert_same_batches(within(30, lambda: pipeline_batches(stream, 6)), want)
+        assert_same_batches(within(30, partial(pipeline_batches, stream, 6)), want)
 
 
 def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path):
@@ -137,20 +140,37 @@ def test_training_equals_the_dataloader_and_resumes_exactly(tiny_data, tmp_path)
 
     def run(folder, pipeline, num_threads=0, **train_kw):
         model = ModelConfig(netG="unet_64", ngf=4, ndf=4)
-        data_cfg = DataConfig(dataroot=tiny_data, load_size=72, crop_size=64, num_threads=num_threads,
-                              data_pipeline=pipeline, cache_dir=str(tmp_path / "cache"))
-        train_cfg = TrainConfig(name="run", checkpoints_dir=str(tmp_path / folder), batch_size=3, n_epochs=1,
-                                n_epochs_decay=1, print_freq=100, display_freq=100, seed=5)
+        data_cfg = DataConfig(
+            dataroot=tiny_data,
+            load_size=72,
+            crop_size=64,
+            num_threads=num_threads,
+            data_pipeline=pipeline,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        train_cfg = TrainConfig(
+            name="run",
+            checkpoints_dir=str(tmp_path / folder),
+            batch_size=3,
+            n_epochs=1,
+            n_epochs_decay=1,
+            print_freq=100,
+            display_freq=100,
+            seed=5,
+        )
         folder = train(model, data_cfg, dataclasses.replace(train_cfg, **train_kw), progress=False)
         state = load_train_state(f"{folder}/latest_train_state.pt")
-        weights = {**load_weights(f"{folder}/latest_net_G.safetensors"),
-                   **{f"D.{k}": v for k, v in load_weights(f"{folder}/latest_net_D.safetensors").items()}}
+        weights = {
+            **load_weights(f"{folder}/latest_net_G.safetensors"),
+            **{f"D.{k}": v for k, v in load_weights(f"{folder}/latest_net_D.safetensors").items()},
+        }
         return state["iteration"], state["epoch"], weights
 
     def assert_same(got, want):
         assert got[:2] == want[:2] and got[2].keys() == want[2].keys()
-        assert all(torch.equal(got[2][k], want[2][k]) for k in want[2]), [k for k in want[2]
-                                                                           if not torch.equal(got[2][k], want[2][k])]
+        assert all(torch.equal(got[2][k], want[2][k]) for k in want[2]), [
+            k for k in want[2] if not torch.equal(got[2][k], want[2][k])
+        ]
 
     loader = run("loader", "loader", max_iters=5)
     assert loader[:2] == (5, 2)
@@ -167,10 +187,12 @@ def test_stream_on_cuda_equals_paired_dataset(data):
     ds = dataset(data, "BtoA", (1, 3))
     stream = StreamLoader(ds, 2, seed=9, device="cuda", threads=2, depth=2)
     for epoch in range(3):
-        got = within(60, lambda: pipeline_batches(stream, epoch))
+        got = within(60, partial(pipeline_batches, stream, epoch))
         assert all(b["A"].is_cuda and b["A"].is_contiguous(memory_format=torch.channels_last) for b in got)
         torch.cuda.synchronize()
-        assert_same_batches([{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
-                            reference_batches(ds, 2, 9, epoch))
+        assert_same_batches(
+            [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in got],
+            reference_batches(ds, 2, 9, epoch),
+        )
     slot = stream.free.get_nowait()
     assert slot.a.is_pinned() and slot.b.is_pinned() and stream.slots_allocated <= 2

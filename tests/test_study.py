@@ -1,5 +1,6 @@
 """The perceptual study without a browser: the study folder, the answers server and file, the report.
 (tests/test_study_browser.py runs whole sessions in headless Chromium.)"""
+
 import json
 import os
 import re
@@ -7,13 +8,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+from study_helpers import session, write_results
 
 from fastpix.cli import main
 from fastpix.config import StudyConfig, StudyServeConfig
 from fastpix.study.answers import read_sessions
 from fastpix.study.page import load_study, make_study
 from fastpix.study.report import build_report, format_report, wilson
-from study_helpers import session, write_results
 
 fastapi = pytest.importorskip("fastapi", reason="the study server needs the 'serve' extra: pip install fastpix[serve]")
 
@@ -108,9 +109,14 @@ def test_server_appends_valid_sessions_and_refuses_the_rest(study_dir):
         with urllib.request.urlopen(server.url + "/images/m1/x%232_fake_B.png", timeout=10) as image:
             assert image.read()[:4] == b"\x89PNG"
         assert post(server.url + "/api/answers", json.dumps(good).encode()) == (200, {"saved": True, "trials": 52})
-        refused = ((b"{not json", 400, "not JSON"), (json.dumps(wrong_study).encode(), 400, "study_id"),
-                   (json.dumps(bad_side).encode(), 400, "answer"), (json.dumps(short).encode(), 400, "52"),
-                   (json.dumps(foreign_stem).encode(), 400, "stem"), (b"[" * 70000, 413, "65536"))
+        refused = (
+            (b"{not json", 400, "not JSON"),
+            (json.dumps(wrong_study).encode(), 400, "study_id"),
+            (json.dumps(bad_side).encode(), 400, "answer"),
+            (json.dumps(short).encode(), 400, "52"),
+            (json.dumps(foreign_stem).encode(), 400, "stem"),
+            (b"[" * 70000, 413, "65536"),
+        )
         for body, status, words in refused:
             code, answer = post(server.url + "/api/answers", body)
             assert code == status and words in answer["error"], (code, answer)
@@ -132,8 +138,19 @@ def test_torn_last_line_is_skipped_and_counted(study_dir, capsys):
     downloaded = session(study, "fay", model, [True] * 40)  # a session saved from the page opened as a file
     del downloaded["trials"][12]["answer"]
     (study_dir / "fay.json").write_text(json.dumps(downloaded))
-    assert main(["study", "report", str(study_dir), "--answers", str(study_dir / "answers.jsonl"),
-                 str(study_dir / "fay.json")]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "report",
+                str(study_dir),
+                "--answers",
+                str(study_dir / "answers.jsonl"),
+                str(study_dir / "fay.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 unreadable lines" in out and "1 incomplete or malformed" in out
     assert "100.0% [91.2, 100.0] of 40 trials" in out
@@ -165,8 +182,10 @@ def test_a_failed_write_answers_a_json_error_and_acknowledges_nothing(study_dir,
     study = load_study(str(study_dir))
     body = json.dumps(session(study, "ian", study["models"][0]["name"], [True] * 40)).encode()
     (tmp_path / "a folder").mkdir()
-    for answers, status, words in [("/dev/full", 507, "no space left"),  # a full disk
-                                   (str(tmp_path / "a folder"), 500, "internal server error")]:  # any other OSError
+    for answers, status, words in [
+        ("/dev/full", 507, "no space left"),  # a full disk
+        (str(tmp_path / "a folder"), 500, "internal server error"),
+    ]:  # any other OSError
         with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0, answers=answers))) as server:
             code, answer = post(server.url + "/api/answers", body)
             assert code == status and words in answer["error"] and "saved" not in answer, (code, answer)
@@ -174,13 +193,14 @@ def test_a_failed_write_answers_a_json_error_and_acknowledges_nothing(study_dir,
                 assert json.loads(health.read())["sessions"] == 0
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"observer": "\xff\xfe"}', b"[1, 2]", b"null",
-                                  b'"a string"', b"1e999"])
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"observer": "\xff\xfe"}', b"[1, 2]", b"null", b'"a string"', b"1e999"]
+)
 def test_a_body_that_is_no_json_object_answers_400(study_dir, body):
     from fastpix.infer.server import BackgroundServer
     from fastpix.study.server import create_app
 
-    with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0, max_bytes=2 ** 20))) as server:
+    with BackgroundServer(create_app(str(study_dir), StudyServeConfig(port=0, max_bytes=2**20))) as server:
         code, answer = post(server.url + "/api/answers", body)
     assert code == 400 and "JSON" in answer["error"], (code, answer)
 
@@ -193,6 +213,11 @@ def test_report_prints_hostile_observer_ids_escaped_on_one_line_each(study_dir):
     assert all(c.isprintable() for line in text.splitlines() for c in line)  # no escape, no bidi override, no CR
     rows = [line for line in text.splitlines() if " 0/40 " in line]
     assert len(rows) == len(ids)  # one line per observer: no forged lines
-    for escaped in ("\\x1b[2J\\x1b[1;31mmallory", "eve\\nfacades: pooled 100.0%", "\\u202etrudy", "back\\\\slash",
-                    "ok\\r"):
+    for escaped in (
+        "\\x1b[2J\\x1b[1;31mmallory",
+        "eve\\nfacades: pooled 100.0%",
+        "\\u202etrudy",
+        "back\\\\slash",
+        "ok\\r",
+    ):
         assert sum(escaped in row for row in rows) == 1, escaped

@@ -1,19 +1,20 @@
 """Whole study sessions in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
 selenium, against `fastpix study serve`'s app. Scripted observers answer by click and by key; the answers file and
 the report must say what they clicked. Without a browser: see tests/browser.py."""
+
 import json
 
 import pytest
-
 from browser import chromium, require_browser
+from study_helpers import write_results
+
 from fastpix.cli import main
 from fastpix.study.page import load_study
-from study_helpers import write_results
 
 require_browser()
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402 - after require_browser(), which skips the module without selenium
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after require_browser(), which skips the module without selenium
 
 # Waits in the page for the next question (or the end) and says what the page shows: the observer cannot see
 # the images any more (hidden), but their sources say which side holds the generated (or blank) one.
@@ -55,8 +56,27 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("study")
     results = write_results(root / "results" / "gan" / "test_latest", [f"{i:03d}" for i in range(12)])
-    assert main(["study", "make", "--results", str(results), "--out", str(root / "study"), "--exposure-ms", "50",
-                 "--gap-ms", "5", "--feedback-ms", "150", "--image-size", "128"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "make",
+                "--results",
+                str(results),
+                "--out",
+                str(root / "study"),
+                "--exposure-ms",
+                "50",
+                "--gap-ms",
+                "5",
+                "--feedback-ms",
+                "150",
+                "--image-size",
+                "128",
+            ]
+        )
+        == 0
+    )
     with BackgroundServer(create_app(str(root / "study"), StudyServeConfig(port=0))) as server:
         yield root / "study", server.url
 

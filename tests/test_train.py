@@ -1,6 +1,8 @@
 """The training step's update order, the LR policies, determinism, and exact resume."""
+
 import dataclasses
 import json
+import pathlib
 
 import pytest
 import torch
@@ -32,8 +34,9 @@ def test_update_order_detached_fake_and_d_updated_before_g_loss():
     G, D = tiny_models()
     step = Pix2PixStep(G, D)
     calls = []
-    D.register_forward_pre_hook(lambda m, inp: calls.append(
-        (inp[0].detach().clone(), inp[0].requires_grad, D.model[0].weight.detach().clone())))
+    D.register_forward_pre_hook(
+        lambda m, inp: calls.append((inp[0].detach().clone(), inp[0].requires_grad, D.model[0].weight.detach().clone()))
+    )
     grads_at_D_step = []
     original_step = step.opt_D.step
 
@@ -55,7 +58,8 @@ def test_update_order_detached_fake_and_d_updated_before_g_loss():
 
 
 def test_step_equals_the_objective_written_out():
-    """One step against pix2pix.md's objective, computed with plain torch on copies of the networks."""
+    """One step against the reference's objective (docs/reference-compat.md, "The training step"), computed with
+    plain torch on copies of the networks."""
     G, D, G2, D2 = twin_models()
     A, B = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     torch.manual_seed(5)
@@ -66,15 +70,17 @@ def test_step_equals_the_objective_written_out():
     opt_D = torch.optim.Adam(D2.parameters(), lr=1e-3, betas=(0.5, 0.999))
     fake = G2(A)
     pf, pr = D2(torch.cat([A, fake.detach()], 1)), D2(torch.cat([A, B], 1))
-    (0.5 * ((pf ** 2).mean() + ((pr - 1) ** 2).mean())).backward()
+    (0.5 * ((pf**2).mean() + ((pr - 1) ** 2).mean())).backward()
     opt_D.step()
     for p in D2.parameters():
         p.requires_grad_(False)
     opt_G.zero_grad()
     (((D2(torch.cat([A, fake], 1)) - 1) ** 2).mean() + 10.0 * (fake - B).abs().mean()).backward()
     opt_G.step()
-    for a, b in zip(list(G.state_dict().values()) + list(D.state_dict().values()),
-                    list(G2.state_dict().values()) + list(D2.state_dict().values())):
+    for a, b in zip(
+        list(G.state_dict().values()) + list(D.state_dict().values()),
+        list(G2.state_dict().values()) + list(D2.state_dict().values()),
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -86,8 +92,9 @@ def test_linear_policy_is_the_reference_lambda_rule():
     # resuming with --epoch_count 150 gives the same rate for the same absolute epoch
     assert lr_multiplier("linear", 160, epoch_count=150) == lr_multiplier("linear", 160)
     assert lr_multiplier("step", 49) == 1.0 and lr_multiplier("step", 50) == pytest.approx(0.1)
-    assert lr_multiplier("cosine", 50, n_epochs=100) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(
-        torch.pi * 50 / 100)).item()))
+    assert lr_multiplier("cosine", 50, n_epochs=100) == pytest.approx(
+        0.5 * (1 + torch.cos(torch.tensor(torch.pi * 50 / 100)).item())
+    )
 
 
 def test_plateau_policy_is_the_references_reduce_on_plateau_on_pix2pix_metric():
@@ -126,16 +133,27 @@ def test_wgangp_is_the_references_critic_loss_without_penalty():
     (-D2(torch.cat([A, fake], 1)).mean() + 10.0 * (fake - B).abs().mean()).backward()
     opt_G.step()
     assert losses["D_real"] == -pr.mean() and losses["D_fake"] == pf.mean()
-    for a, b in zip(list(G.state_dict().values()) + list(D.state_dict().values()),
-                    list(G2.state_dict().values()) + list(D2.state_dict().values())):
+    for a, b in zip(
+        list(G.state_dict().values()) + list(D.state_dict().values()),
+        list(G2.state_dict().values()) + list(D2.state_dict().values()),
+    ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def configs(data, tmp_path, **train_overrides):
     model = ModelConfig(netG="unet_64", ngf=4, ndf=4)  # unet_64 has a dropout level: resume must restore its RNG
     data_cfg = DataConfig(dataroot=data, load_size=72, crop_size=64, num_threads=0)
-    train_cfg = TrainConfig(name="run", checkpoints_dir=str(tmp_path), batch_size=2, n_epochs=1, n_epochs_decay=2,
-                            print_freq=1, display_freq=3, save_epoch_freq=1, seed=11)
+    train_cfg = TrainConfig(
+        name="run",
+        checkpoints_dir=str(tmp_path),
+        batch_size=2,
+        n_epochs=1,
+        n_epochs_decay=2,
+        print_freq=1,
+        display_freq=3,
+        save_epoch_freq=1,
+        seed=11,
+    )
     return model, data_cfg, dataclasses.replace(train_cfg, **train_overrides)
 
 
@@ -167,9 +185,18 @@ def test_resume_is_exact(tiny_data, tmp_path):
 
 def test_plateau_resume_is_exact_and_drops_the_rate_at_epoch_7(tiny_data, tmp_path):
     """One iteration an epoch (2 pairs, batch 2): 8 epochs in one run equal 5, stop, resume, 3 more."""
+
     def run(folder, **kw):
-        model, data_cfg, train_cfg = configs(tiny_data, tmp_path / folder, lr_policy="plateau", n_epochs=8,
-                                             n_epochs_decay=0, save_epoch_freq=100, display_freq=100, **kw)
+        model, data_cfg, train_cfg = configs(
+            tiny_data,
+            tmp_path / folder,
+            lr_policy="plateau",
+            n_epochs=8,
+            n_epochs_decay=0,
+            save_epoch_freq=100,
+            display_freq=100,
+            **kw,
+        )
         return train(model, dataclasses.replace(data_cfg, max_dataset_size=2), train_cfg, progress=False)
 
     whole = run("whole")
@@ -207,7 +234,7 @@ def test_metrics_log_and_samples(tiny_data, tmp_path):
     import os
 
     run = train(*configs(tiny_data, tmp_path, max_iters=4), progress=False)
-    lines = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    lines = [json.loads(line) for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines] == [1, 2, 3, 4]
     assert all(set(r) >= {"G_GAN", "G_L1", "D_real", "D_fake", "lr", "img_per_s"} for r in lines)
     assert lines[0]["engine"] == {"cuda_graph": "off", "layer_choices": None}  # logged once: it did not change

@@ -1,9 +1,11 @@
 """Training under faults (a save cut short, a full disk, signals, a real SIGKILL, unreadable data) and the reference
 user's training flags (--continue_train from bare weights, --save_by_iter, --load_iter, --serial_batches,
 --use_wandb)."""
+
 import errno
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import types
 import pytest
 import torch
 from PIL import Image
+from test_checkpoint import written
+from test_train import assert_same_run, configs, final_state
 
 from fastpix import files
 from fastpix.errors import CheckpointError, DiskFull
@@ -23,8 +27,6 @@ from fastpix.store.run_folder import TRAIN_STATE, RunFolder
 from fastpix.store.weights import load_train_state, save_weights, weights_metadata
 from fastpix.train import loop, progress
 from fastpix.train.loop import train
-from test_checkpoint import written
-from test_train import assert_same_run, configs, final_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +38,7 @@ class Killed(BaseException):
 def saved_iteration(data: bytes) -> int | None:
     """The iteration a safetensors file's metadata records (fastpix writes it into every checkpoint's weights)."""
     size = int.from_bytes(data[:8], "little")
-    return int(json.loads(data[8:8 + size]).get("__metadata__", {}).get("iteration", -1))
+    return int(json.loads(data[8 : 8 + size]).get("__metadata__", {}).get("iteration", -1))
 
 
 def fail_in_save(monkeypatch, iteration, error):
@@ -81,10 +83,12 @@ def test_a_save_cut_short_resumes_from_the_last_whole_one(tiny_data, tmp_path, m
     run = str(tmp_path / "run")
     assert read_manifest(run)["iteration"] == 3
     # the failed save of 4 stops the run after iteration 5 at the latest (its save point waits for the writer)
-    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
+    iters = [json.loads(line)["iter"] for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert iters in ([1, 2, 3, 4], [1, 2, 3, 4, 5])
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert_same_run(whole, final_state(resumed))
-    assert [json.loads(line)["iter"] for line in open(f"{run}/metrics.jsonl")] == list(range(1, 8))
+    iters = [json.loads(line)["iter"] for line in pathlib.Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert iters == list(range(1, 8))
     assert Image.open(f"{run}/loss.png").size[0] > 500
 
 
@@ -99,7 +103,7 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
             attempts.append(path)
             if len(attempts) == 2:
                 data = written(data)
-                real(path, data[:len(data) // 2])
+                real(path, data[: len(data) // 2])
                 raise Killed()
         real(path, data)
 
@@ -113,8 +117,9 @@ def test_a_kill_inside_a_second_save_of_the_same_iteration_keeps_the_first(tiny_
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_path, monkeypatch, capsys, whole,
-                                                                 signum):
+def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(
+    tiny_data, tmp_path, monkeypatch, capsys, whole, signum
+):
     """The stop's save is written in the background: the run waits for it, says so, and it is committed."""
     real, real_write = progress.Progress.after_iteration, files._write_into
 
@@ -133,8 +138,9 @@ def test_a_signal_stops_at_the_next_iteration_with_a_checkpoint(tiny_data, tmp_p
         train(*configs(tiny_data, tmp_path, max_iters=7, print_freq=100), progress=False)
     monkeypatch.undo()
     lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if "waiting" in line] == ["fastpix: waiting for the checkpoint of iteration 3 to be "
-                                                             "written…"]
+    assert [line for line in lines if "waiting" in line] == [
+        "fastpix: waiting for the checkpoint of iteration 3 to be written…"
+    ]
     assert read_manifest(str(tmp_path / "run"))["iteration"] == 3
     assert load_train_state(f"{tmp_path}/run/latest_train_state.pt")["iteration"] == 3
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
@@ -155,11 +161,38 @@ def test_a_second_ctrl_c_stops_at_once(tiny_data, tmp_path, monkeypatch):
 
 
 def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
-    args = [sys.executable, "-m", "fastpix", "train", "--dataroot", tiny_data, "--name", "run", "--checkpoints_dir",
-            str(tmp_path), "--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "32", "--crop_size", "32",
-            "--save_latest_freq", "1", "--max_iters", "100000", "--quiet", "--num_threads", "0"]
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "fastpix",
+        "train",
+        "--dataroot",
+        tiny_data,
+        "--name",
+        "run",
+        "--checkpoints_dir",
+        str(tmp_path),
+        "--netG",
+        "unet_32",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--load_size",
+        "32",
+        "--crop_size",
+        "32",
+        "--save_latest_freq",
+        "1",
+        "--max_iters",
+        "100000",
+        "--quiet",
+        "--num_threads",
+        "0",
+    ]
+    child = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     manifest = tmp_path / "run" / MANIFEST
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
@@ -172,32 +205,66 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
     child.wait()
     from fastpix.config import DataConfig, ModelConfig, TrainConfig
 
-    cfgs = (ModelConfig(netG="unet_32", ngf=4, ndf=4), DataConfig(dataroot=tiny_data, load_size=32, crop_size=32,
-                                                                    num_threads=0))
+    cfgs = (
+        ModelConfig(netG="unet_32", ngf=4, ndf=4),
+        DataConfig(dataroot=tiny_data, load_size=32, crop_size=32, num_threads=0),
+    )
     saved = RunFolder(str(tmp_path), "run")
     recover(saved.dir)
     at = load_train_state(saved.path(TRAIN_STATE))["iteration"]
-    run = train(*cfgs, TrainConfig(name="run", checkpoints_dir=str(tmp_path), continue_train=True,
-                                   max_iters=at + 2), progress=False)
+    run = train(
+        *cfgs,
+        TrainConfig(name="run", checkpoints_dir=str(tmp_path), continue_train=True, max_iters=at + 2),
+        progress=False,
+    )
     assert load_train_state(f"{run}/latest_train_state.pt")["iteration"] == at + 2
     assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signalled_train_exits_128_plus_the_signal_with_one_line(tiny_data, tmp_path, signum, status):
-    args = [sys.executable, "-m", "fastpix", "train", "--dataroot", tiny_data, "--name", "run", "--checkpoints_dir",
-            str(tmp_path), "--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "32", "--crop_size", "32",
-            "--print_freq", "1", "--max_iters", "100000", "--quiet", "--num_threads", "0"]
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "fastpix",
+        "train",
+        "--dataroot",
+        tiny_data,
+        "--name",
+        "run",
+        "--checkpoints_dir",
+        str(tmp_path),
+        "--netG",
+        "unet_32",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--load_size",
+        "32",
+        "--crop_size",
+        "32",
+        "--print_freq",
+        "1",
+        "--max_iters",
+        "100000",
+        "--quiet",
+        "--num_threads",
+        "0",
+    ]
+    child = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None and not (metrics.exists() and metrics.read_text()):
         time.sleep(0.05)
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
     at = read_manifest(str(tmp_path / "run"))["iteration"]
-    line = (f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
-            f"{tmp_path / 'run'} (resume with --continue_train)")
+    line = (
+        f"fastpix train: {signal.Signals(signum).name}: stopped after iteration {at}, checkpoint saved in "
+        f"{tmp_path / 'run'} (resume with --continue_train)"
+    )
     assert child.returncode == status and err.splitlines() == [line], err
 
 
@@ -237,8 +304,7 @@ def test_save_by_iter_and_load_iter(tiny_data, tmp_path, capsys):
         assert weights_metadata(f"{run}/iter_{n}_net_G.safetensors")["iteration"] == str(n)
         assert os.path.isfile(f"{run}/iter_{n}_net_D.safetensors")
     assert not os.path.exists(f"{run}/iter_1_net_G.safetensors")
-    train(*configs(tiny_data, tmp_path, max_iters=1, continue_train=True, load_iter=2, epoch_count=3),
-          progress=False)
+    train(*configs(tiny_data, tmp_path, max_iters=1, continue_train=True, load_iter=2, epoch_count=3), progress=False)
     assert "training from iter_2_net_G.safetensors and iter_2_net_D.safetensors" in capsys.readouterr().out
     assert load_train_state(f"{run}/latest_train_state.pt")["epoch"] == 3
 
@@ -259,7 +325,7 @@ def test_serial_batches_take_the_images_in_order(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(loop, "make_pipeline", lambda *a, **k: Recording(real(*a, **k)))
     train(*configs(tiny_data, tmp_path / "a", max_iters=8, serial_batches=True), progress=False)
     names = sorted(os.listdir(f"{tiny_data}/train"))
-    in_order = [names[i:i + 2] for i in range(0, 8, 2)]
+    in_order = [names[i : i + 2] for i in range(0, 8, 2)]
     assert seen == in_order * 2  # both epochs, in file order
     seen.clear()
     train(*configs(tiny_data, tmp_path / "b", max_iters=4), progress=False)
@@ -273,8 +339,9 @@ def test_use_wandb_logs_scalars_and_samples(tiny_data, tmp_path, monkeypatch):
 
     def init(**kwargs):
         runs.append(kwargs)
-        return types.SimpleNamespace(log=lambda values, step: logged.append((step, values)),
-                                     finish=lambda: runs.append("finished"))
+        return types.SimpleNamespace(
+            log=lambda values, step: logged.append((step, values)), finish=lambda: runs.append("finished")
+        )
 
     fake.init = init
     monkeypatch.setitem(sys.modules, "wandb", fake)
@@ -303,9 +370,11 @@ def test_ctrl_c_before_training_says_so(tiny_data, tmp_path, monkeypatch):
 
 
 def test_a_second_train_on_the_same_run_is_refused(tiny_data, tmp_path):
-    with RunFolder(str(tmp_path), "run").locked():
-        with pytest.raises(CheckpointError, match="is in use by another fastpix train"):
-            train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
+    with (
+        RunFolder(str(tmp_path), "run").locked(),
+        pytest.raises(CheckpointError, match="is in use by another fastpix train"),
+    ):
+        train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
 
 
 def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):
@@ -314,8 +383,11 @@ def test_every_file_of_a_run_gets_the_users_umask(tiny_data, tmp_path):
         run = train(*configs(tiny_data, tmp_path, max_iters=2), progress=False)
     finally:
         os.umask(old)
-    modes = {os.path.relpath(os.path.join(folder, name), run): os.stat(os.path.join(folder, name)).st_mode & 0o777
-             for folder, _, names in os.walk(run) for name in names}
+    modes = {
+        os.path.relpath(os.path.join(folder, name), run): os.stat(os.path.join(folder, name)).st_mode & 0o777
+        for folder, _, names in os.walk(run)
+        for name in names
+    }
     assert len(modes) >= 8 and set(modes.values()) == {0o664}, modes
 
 

@@ -1,4 +1,5 @@
 """What the model-using tests share to make small networks meaningful."""
+
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 

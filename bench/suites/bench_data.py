@@ -5,6 +5,7 @@
 Each benchmark processes one batch of aligned A|B JPEGs and records pairs/s in extra_info; benchmarks on the same
 source size share a group so the PIL reference chain and the decoder variants sit side by side.
 """
+
 import os
 import resource
 import threading
@@ -132,6 +133,7 @@ PIPELINE_ROUNDS = 3
 class Pipeline:
     """The pipeline cases' epoch: its pairs, and the rounds of a cached epoch (it takes milliseconds: more rounds,
     so that a busy neighbour's bursts average out)."""
+
     pairs: int = 64
     cache_rounds: int = 20
 
@@ -223,8 +225,12 @@ def test_pipeline_stream(benchmark, pipeline_data, pipeline, threads):
     with _PeakRss() as rss:
         _record_epoch(benchmark, label, epoch, pipeline.pairs)
     ring = stream.depth * BATCH * TARGET[0] * TARGET[1] * 6
-    benchmark.extra_info.update(ring_mib=ring / 2**20, rss_start_mib=rss.start / 2**20,
-                                rss_peak_mib=rss.peak / 2**20, rss_after_epoch_mib=after_epoch)
+    benchmark.extra_info.update(
+        ring_mib=ring / 2**20,
+        rss_start_mib=rss.start / 2**20,
+        rss_peak_mib=rss.peak / 2**20,
+        rss_after_epoch_mib=after_epoch,
+    )
 
 
 @pytest.mark.parametrize("placement", ["memory", "memmap"])
@@ -253,7 +259,7 @@ def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, pipeline, tmp_path
 
     def epoch():
         for start in range(0, pipeline.pairs, BATCH):
-            rows = order[start:start + BATCH]
+            rows = order[start : start + BATCH]
             params = crop_flip_params(rows, 0, 0, TARGET[0], 256, True)
             for src, out in zip((cache.a, cache.b), staging):
                 crop_flip(src, rows, params, 256, out=out if buffers == "reused" and len(rows) == BATCH else None)
@@ -263,29 +269,29 @@ def test_pipeline_cache_uint8_crops(benchmark, pipeline_data, pipeline, tmp_path
 
 
 # ----------------------------------------------------------------------------------------------- colorization
-# One epoch of PIPELINE_PAIRS single RGB JPEGs into colorization batches (286² resize, 256² crops, flips, then
+# One epoch of `pipeline.pairs` single RGB JPEGs into colorization batches (286² resize, 256² crops, flips, then
 # A = L/50 − 1 and B = ab/110 float32 NCHW on the CPU): the reference's per-item work (PIL, then scikit-image's
 # rgb2lab in float64), fastpix's loader (PIL, then fastpix.data.lab per item) and its cache (crops of the cached
 # RGB, then Lab for the whole batch).
 
+
 @pytest.fixture(scope="module", params=[(256, 256), (600, 600)], ids=lambda s: f"{s[0]}x{s[1]}")
-def colorization_data(request, tmp_path_factory):
+def colorization_data(request, tmp_path_factory, pipeline):
     from fastpix.data.colorization import ColorizationDataset
 
     w, h = request.param
     root = tmp_path_factory.mktemp(f"colour_{w}x{h}")
     (root / "train").mkdir()
-    for i in range(PIPELINE_PAIRS):
+    for i in range(pipeline.pairs):
         _photo_like(w, h, i).save(root / "train" / f"{i:03d}.jpg", "JPEG", quality=90)
     return f"{w}x{h}", ColorizationDataset(str(root), "train", load_size=TARGET[0], crop_size=256, seed=0)
 
 
-def _record_colour_epoch(benchmark, label, fn, baseline=False, rounds=PIPELINE_ROUNDS):
-    benchmark.group = f"colorization {label} -> {TARGET[0]}² -> 256² crops -> Lab (batch {BATCH}, " \
-                      f"{PIPELINE_PAIRS} images)"
+def _record_colour_epoch(benchmark, label, fn, pairs, baseline=False, rounds=PIPELINE_ROUNDS):
+    benchmark.group = f"colorization {label} -> {TARGET[0]}² -> 256² crops -> Lab (batch {BATCH}, {pairs} images)"
     benchmark.extra_info["backend"] = D.backend()
     benchmark.extra_info["baseline"] = baseline
-    _timed(benchmark, PIPELINE_PAIRS, fn, rounds=rounds, warmup_rounds=1)
+    _timed(benchmark, pairs, fn, rounds=rounds, warmup_rounds=1)
 
 
 def _colour_epoch(pipeline):
@@ -293,7 +299,7 @@ def _colour_epoch(pipeline):
         assert batch["A"].shape[1:] == (1, 256, 256) and batch["B"].shape[1:] == (2, 256, 256)
 
 
-def test_colorization_reference_items(benchmark, colorization_data):
+def test_colorization_reference_items(benchmark, colorization_data, pipeline):
     """The reference's ColorizationDataset work per item: PIL open, convert, resize, crop, then rgb2lab (float64),
     float32, and the scaling (its random crop and flip cost the same as fastpix's)."""
     color = pytest.importorskip("skimage.color", reason="the reference's conversion is scikit-image's")
@@ -305,22 +311,22 @@ def test_colorization_reference_items(benchmark, colorization_data):
             lab = torch.from_numpy(color.rgb2lab(np.asarray(image)).astype(np.float32)).permute(2, 0, 1)
             lab[[0], ...] / 50.0 - 1.0, lab[[1, 2], ...] / 110.0
 
-    _record_colour_epoch(benchmark, label, epoch, baseline=True)
+    _record_colour_epoch(benchmark, label, epoch, pipeline.pairs, baseline=True)
 
 
-def test_colorization_loader(benchmark, colorization_data):
+def test_colorization_loader(benchmark, colorization_data, pipeline):
     """fastpix's per-item path (--data_pipeline loader, no workers): the same chain with fastpix.data.lab."""
     from fastpix.data.dataset import make_loader
 
     label, ds = colorization_data
     loader, _ = make_loader(ds, BATCH, True, 0)
-    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader))
+    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader), pipeline.pairs)
 
 
-def test_colorization_cache(benchmark, colorization_data, tmp_path):
+def test_colorization_cache(benchmark, colorization_data, pipeline, tmp_path):
     """An epoch from a built in-RAM cache: crops/flips of the cached RGB, Lab of each whole batch."""
     from fastpix.data.cache import CachedLoader, PairCache
 
     label, ds = colorization_data
     loader = CachedLoader(PairCache(ds, cache_dir=str(tmp_path), placement="memory", progress=False), BATCH)
-    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader), rounds=CACHE_ROUNDS)
+    _record_colour_epoch(benchmark, label, lambda: _colour_epoch(loader), pipeline.pairs, rounds=pipeline.cache_rounds)

@@ -15,6 +15,7 @@ For the interleaved real-size CPU comparison with training and end-to-end runs, 
 The server case: a fixed number of concurrent loopback clients for a fixed time against `fastpix serve`'s app
 (Predictor (d)); requests/s and per-request p50/p99.
 """
+
 import io
 import threading
 import time
@@ -40,6 +41,7 @@ class Setting:
     """One configuration: the generator (netG, ngf at size²), the batches and timed rounds per batch, the server
     case's clients and seconds, the runtime the Predictor and the server run ('auto': what `fastpix serve` runs),
     and torch.compile's backend for case c."""
+
     netG: str
     ngf: int
     size: int
@@ -51,13 +53,19 @@ class Setting:
     compile_backend: str = "inductor"
 
 
-SETTINGS = {"gpu": Setting("unet_256", 64, 256, (1, 8, 64), {1: 200, 8: 50, 64: 20}, 32, 10.0),
-            "real": Setting("unet_256", 64, 256, (1, 8), {1: 5, 8: 3}, 4, 5.0),
-            "reduced": Setting("unet_64", 16, 64, (1, 8, 64), {1: 30, 8: 10, 64: 5}, 4, 5.0),
-            "dry": Setting("unet_32", 2, 32, (1, 2), {1: 2, 2: 1}, 2, 1.0, runtime="eager",
-                           compile_backend="eager")}
-CASES = ("a_eager_fp32_nchw", "b_eager_bf16_channels_last", "c_torch_compile", "d_predictor_running",
-         "e_predictor_instance")
+SETTINGS = {
+    "gpu": Setting("unet_256", 64, 256, (1, 8, 64), {1: 200, 8: 50, 64: 20}, 32, 10.0),
+    "real": Setting("unet_256", 64, 256, (1, 8), {1: 5, 8: 3}, 4, 5.0),
+    "reduced": Setting("unet_64", 16, 64, (1, 8, 64), {1: 30, 8: 10, 64: 5}, 4, 5.0),
+    "dry": Setting("unet_32", 2, 32, (1, 2), {1: 2, 2: 1}, 2, 1.0, runtime="eager", compile_backend="eager"),
+}
+CASES = (
+    "a_eager_fp32_nchw",
+    "b_eager_bf16_channels_last",
+    "c_torch_compile",
+    "d_predictor_running",
+    "e_predictor_instance",
+)
 
 
 def generator(setting: Setting):
@@ -79,6 +87,7 @@ def build(case: str, device: torch.device, batch: int, setting: Setting):
         def run(x):
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return net(x.contiguous(memory_format=torch.channels_last))
+
         return run, "bf16"
     if case == "c_torch_compile":
         net = torch.compile(G, backend=setting.compile_backend)
@@ -87,10 +96,14 @@ def build(case: str, device: torch.device, batch: int, setting: Setting):
         mode = "running" if case.startswith("d_") else "instance"
         size = setting.size
         # wait: timed compiled from the first round (a size without its package runs eagerly until it is built).
-        predictor = Predictor(G.cpu(), device=device, norm_mode=mode,
-                              max_batch_size=max(setting.batches) if GPU else batch,
-                              graph_size=(size, size) if GPU else None,
-                              runtime=setting.runtime).warmup((size, size), wait=True)
+        predictor = Predictor(
+            G.cpu(),
+            device=device,
+            norm_mode=mode,
+            max_batch_size=max(setting.batches) if GPU else batch,
+            graph_size=(size, size) if GPU else None,
+            runtime=setting.runtime,
+        ).warmup((size, size), wait=True)
         return lambda x: predictor(list(x), output_type="pt"), predictor.precision
     return None, None
 
@@ -127,13 +140,23 @@ def test_infer(benchmark, case_name, batch, device, setting):
     times = np.array(benchmark.stats.stats.data)
     flops = conv_flops(generator(setting), (1, 3, setting.size, setting.size))
     img_per_s = batch / float(np.median(times))
-    benchmark.extra_info.update({
-        "case": case_name, "batch": batch, "baseline": case_name.startswith("a_"), "config": asdict(setting),
-        "precision": precision, "p50_ms": 1000 * float(np.percentile(times, 50)),
-        "p99_ms": 1000 * float(np.percentile(times, 99)), "img_per_s": img_per_s,
-        "gflop_per_image": flops / 1e9, "tflops": flops * img_per_s / 1e12,
-        "ms_per_batch": 1000 * float(np.median(times)), **roof_info(device, precision, flops * img_per_s),
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if GPU else None})
+    benchmark.extra_info.update(
+        {
+            "case": case_name,
+            "batch": batch,
+            "baseline": case_name.startswith("a_"),
+            "config": asdict(setting),
+            "precision": precision,
+            "p50_ms": 1000 * float(np.percentile(times, 50)),
+            "p99_ms": 1000 * float(np.percentile(times, 99)),
+            "img_per_s": img_per_s,
+            "gflop_per_image": flops / 1e9,
+            "tflops": flops * img_per_s / 1e12,
+            "ms_per_batch": 1000 * float(np.median(times)),
+            **roof_info(device, precision, flops * img_per_s),
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if GPU else None,
+        }
+    )
 
 
 def test_server_under_load(benchmark, device, setting):
@@ -142,8 +165,14 @@ def test_server_under_load(benchmark, device, setting):
     from fastpix.infer.server import BackgroundServer, create_app
 
     size, clients, seconds = setting.size, setting.server_clients, setting.server_seconds
-    predictor = Predictor(generator(setting), device=device, norm_mode="running", max_batch_size=64,
-                          graph_size=(size, size) if GPU else None, runtime=setting.runtime)
+    predictor = Predictor(
+        generator(setting),
+        device=device,
+        norm_mode="running",
+        max_batch_size=64,
+        graph_size=(size, size) if GPU else None,
+        runtime=setting.runtime,
+    )
     predictor.warmup((size, size), wait=True)  # its packages built (CPU): steady serving is what is timed
     cfg = ServeConfig(max_batch_size=64, graph_size=size if GPU else 0, max_queue=4 * clients)
     buffer = io.BytesIO()
@@ -165,8 +194,9 @@ def test_server_under_load(benchmark, device, setting):
     def load(server):
         latencies.clear()
         deadline = time.monotonic() + seconds
-        threads = [threading.Thread(target=client, args=(f"{server.url}/v1/translate", deadline))
-                   for _ in range(clients)]
+        threads = [
+            threading.Thread(target=client, args=(f"{server.url}/v1/translate", deadline)) for _ in range(clients)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -182,8 +212,18 @@ def test_server_under_load(benchmark, device, setting):
         mean_batch = server.app.state.metrics.mean_batch_size()
     assert not failures, failures[:3]
     times = np.array(latencies)
-    benchmark.extra_info.update({
-        "case": "server", "baseline": False, "config": asdict(setting), "clients": clients,
-        "seconds": seconds, "requests": len(times), "requests_per_s": len(times) / seconds,
-        "img_per_s": len(times) / seconds, "p50_ms": 1000 * float(np.percentile(times, 50)),
-        "p99_ms": 1000 * float(np.percentile(times, 99)), "mean_batch_size": mean_batch})
+    benchmark.extra_info.update(
+        {
+            "case": "server",
+            "baseline": False,
+            "config": asdict(setting),
+            "clients": clients,
+            "seconds": seconds,
+            "requests": len(times),
+            "requests_per_s": len(times) / seconds,
+            "img_per_s": len(times) / seconds,
+            "p50_ms": 1000 * float(np.percentile(times, 50)),
+            "p99_ms": 1000 * float(np.percentile(times, 99)),
+            "mean_batch_size": mean_batch,
+        }
+    )

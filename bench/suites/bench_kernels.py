@@ -17,33 +17,40 @@ eager cases run on one small shape and the Triton cases are skipped: the interpr
 
 Run: `fastpix bench --suite kernels` (or pytest bench/suites/bench_kernels.py --benchmark-json=...).
 """
+
 import pytest
 import torch
 import torch.nn as nn
 
 from fastpix.bench_suites.common import roof_info, synchronize
-from fastpix.bench_suites.layers import (PIX2PIX_CONV_LAYERS, PIX2PIX_NORM_LAYERS, block_step, l1_inputs,
-                                         logits_input, norm_act_inputs)
+from fastpix.bench_suites.layers import (
+    PIX2PIX_CONV_LAYERS,
+    PIX2PIX_NORM_LAYERS,
+    block_step,
+    l1_inputs,
+    logits_input,
+    norm_act_inputs,
+)
 from fastpix.models import define_D, define_G, tune_layers
 from fastpix.models.tuning import conv_tuning
 from fastpix.train.flops import conv_flops
 
 GPU = torch.cuda.is_available()
 if GPU:  # importing the kernels on a CPU-only machine is fine; launching them is not (skipped below)
-    from fastpix.models.norm_act import BatchNormAct2d
     from fastpix.kernels.l1_loss import l1_loss
     from fastpix.kernels.patchgan_loss import patchgan_loss
+    from fastpix.models.norm_act import BatchNormAct2d
 
 REPS = 20 if GPU else 1
 BATCHES = (1, 16, 64) if GPU else (1,)
 DTYPES = (torch.bfloat16, torch.float32) if GPU else (torch.float32,)
 # Distinct (C, H, W, activation, p) of the pix2pix norm layers, named after their first use.
-_seen = {}
+_seen: dict[tuple, str] = {}
 for _name, *_shape in PIX2PIX_NORM_LAYERS:
     _seen.setdefault(tuple(_shape), _name)
 NORM_LAYERS = [(name, *shape) for shape, name in _seen.items()] if GPU else [("G.down5", 512, 8, 8, "leaky_relu", 0.0)]
 LAMBDA_L1 = 100.0
-_eager_medians = {}  # group → the eager twin's median per call, for the speed-up of the fused case
+_eager_medians: dict[str, float] = {}  # group → the eager twin's median per call, for the speed-up of the fused case
 # The conv blocks' block sizes, measured in each block's warm-up (as a model's tuning step does) and cached with
 # this machine's other timings.
 TUNING = conv_tuning()
@@ -54,7 +61,7 @@ def copy_bandwidth():
     """This device's measured copy bandwidth in bytes/s (read + write of a 1 GiB buffer); None without a GPU."""
     if not GPU:
         return None
-    src = torch.empty(2 ** 28, dtype=torch.float32, device="cuda")
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
@@ -98,12 +105,21 @@ def record(benchmark, group, impl, dtype, batch, bytes_moved, bandwidth, **info)
     if impl == "eager":
         _eager_medians[group] = per_call
     eager = _eager_medians.get(group)
-    benchmark.extra_info.update({
-        "impl": impl, "baseline": impl == "eager", "dtype": str(dtype)[6:], "batch": batch,
-        "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
-        "gb_per_s": bytes_moved / per_call / 1e9,
-        "pct_of_copy_bandwidth": 100 * bytes_moved / per_call / bandwidth if bandwidth else None,
-        "copy_bandwidth_gb_per_s": bandwidth / 1e9 if bandwidth else None, "reps_per_timed_call": REPS, **info})
+    benchmark.extra_info.update(
+        {
+            "impl": impl,
+            "baseline": impl == "eager",
+            "dtype": str(dtype)[6:],
+            "batch": batch,
+            "median_ms_per_call": 1000 * per_call,
+            "speedup": eager / per_call if eager and impl != "eager" else None,
+            "gb_per_s": bytes_moved / per_call / 1e9,
+            "pct_of_copy_bandwidth": 100 * bytes_moved / per_call / bandwidth if bandwidth else None,
+            "copy_bandwidth_gb_per_s": bandwidth / 1e9 if bandwidth else None,
+            "reps_per_timed_call": REPS,
+            **info,
+        }
+    )
 
 
 def run(benchmark, group, fn):
@@ -144,11 +160,25 @@ def test_norm_act(benchmark, impl, layer, batch, dtype, mode, device, copy_bandw
         if mode == "fwd_bwd":
             torch.autograd.grad(y, params, dy)
 
-    run(benchmark, f"norm_act {name} {C}x{H}x{W} {activation}{' dropout' if p else ''} batch {batch} "
-                   f"{str(dtype)[6:]} {mode}", call)
+    run(
+        benchmark,
+        f"norm_act {name} {C}x{H}x{W} {activation}{' dropout' if p else ''} batch {batch} {str(dtype)[6:]} {mode}",
+        call,
+    )
     elements = x.numel() * x.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, elements * (2 if mode == "fwd" else 5), copy_bandwidth,
-           layer=name, shape=[batch, C, H, W], activation=activation, dropout=p)
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        elements * (2 if mode == "fwd" else 5),
+        copy_bandwidth,
+        layer=name,
+        shape=[batch, C, H, W],
+        activation=activation,
+        dropout=p,
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -170,8 +200,16 @@ def test_patchgan_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwid
 
     run(benchmark, f"patchgan_loss batch {batch} {str(dtype)[6:]} {mode}", call)
     size = logits.numel() * logits.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, size * (1 if mode == "fwd" else 2), copy_bandwidth,
-           shape=list(logits.shape))
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        size * (1 if mode == "fwd" else 2),
+        copy_bandwidth,
+        shape=list(logits.shape),
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -193,8 +231,16 @@ def test_l1_loss(benchmark, impl, batch, dtype, mode, device, copy_bandwidth):
 
     run(benchmark, f"l1_loss batch {batch} {str(dtype)[6:]} {mode}", call)
     size = fake.numel() * fake.element_size()
-    record(benchmark, benchmark.group, impl, dtype, batch, size * (2 if mode == "fwd" else 3), copy_bandwidth,
-           shape=list(fake.shape))
+    record(
+        benchmark,
+        benchmark.group,
+        impl,
+        dtype,
+        batch,
+        size * (2 if mode == "fwd" else 3),
+        copy_bandwidth,
+        shape=list(fake.shape),
+    )
 
 
 # ==============================================================================================================
@@ -222,11 +268,20 @@ def record_compute(benchmark, impl, batch, flops, device, **info):
     if impl == "eager":
         _eager_medians[group] = per_call
     eager = _eager_medians.get(group)
-    benchmark.extra_info.update({
-        "impl": impl, "baseline": impl == "eager", "dtype": str(CONV_DTYPE)[6:], "batch": batch,
-        "median_ms_per_call": 1000 * per_call, "speedup": eager / per_call if eager and impl != "eager" else None,
-        "tflop_per_s": flops / per_call / 1e12, **roof_info(device, CONV_PRECISION, flops / per_call),
-        "reps_per_timed_call": REPS, **info})
+    benchmark.extra_info.update(
+        {
+            "impl": impl,
+            "baseline": impl == "eager",
+            "dtype": str(CONV_DTYPE)[6:],
+            "batch": batch,
+            "median_ms_per_call": 1000 * per_call,
+            "speedup": eager / per_call if eager and impl != "eager" else None,
+            "tflop_per_s": flops / per_call / 1e12,
+            **roof_info(device, CONV_PRECISION, flops / per_call),
+            "reps_per_timed_call": REPS,
+            **info,
+        }
+    )
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -236,17 +291,37 @@ def record_compute(benchmark, impl, batch, flops, device, **info):
 def test_conv_block(benchmark, impl, layer, batch, mode, device):
     if impl == "triton" and not GPU:
         pytest.skip("the Triton kernels are timed on a GPU only (on a CPU they run in the interpreter)")
-    call = block_step(layer, batch, CONV_DTYPE, device, "triton" if impl == "triton" else "cudnn",
-                      backward=mode == "fwd_bwd", tuning=TUNING)
-    run(benchmark, f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
-                   f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}", call)
+    call = block_step(
+        layer,
+        batch,
+        CONV_DTYPE,
+        device,
+        "triton" if impl == "triton" else "cudnn",
+        backward=mode == "fwd_bwd",
+        tuning=TUNING,
+    )
+    run(
+        benchmark,
+        f"conv {layer.name} {'+'.join(map(str, layer.sources))}x{layer.size}² -> {layer.out_channels} "
+        f"batch {batch} {str(CONV_DTYPE)[6:]} {mode}",
+        call,
+    )
     passes = 1 if mode == "fwd" else (2 if layer.reads[0] == "image" else 3)
-    record_compute(benchmark, impl, batch, passes * layer.flops(batch), device, layer=layer.name,
-                   flops_per_call=passes * layer.flops(batch))
+    record_compute(
+        benchmark,
+        impl,
+        batch,
+        passes * layer.flops(batch),
+        device,
+        layer=layer.name,
+        flops_per_call=passes * layer.flops(batch),
+    )
 
 
-NETWORKS = {"G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend), 3),
-            "D basic": (lambda backend: define_D(6, 64, "basic", backend=backend), 6)}
+NETWORKS = {
+    "G unet_256": (lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend), 3),
+    "D basic": (lambda backend: define_D(6, 64, "basic", backend=backend), 6),
+}
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -270,5 +345,13 @@ def test_conv_network(benchmark, impl, network, batch, device):
 
     run(benchmark, f"network {network} 256² batch {batch} {str(CONV_DTYPE)[6:]} fwd_bwd", call)
     flops = 3 * conv_flops(net, (1, channels, 256, 256)) * batch
-    record_compute(benchmark, impl, batch, flops, device, network=network, flops_per_call=flops,
-                   img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None)
+    record_compute(
+        benchmark,
+        impl,
+        batch,
+        flops,
+        device,
+        network=network,
+        flops_per_call=flops,
+        img_per_s=batch / (benchmark.stats.stats.median / REPS) if benchmark.stats else None,
+    )

@@ -10,6 +10,7 @@ torch.compile's 'eager' backend (the code path without inductor's compile time);
 native bf16 only. Each timed call runs `iters` iterations and synchronises; extra_info holds img/s, ms/iteration,
 MFU (against the device's roof: fastpix.peaks.roof), peak memory.
 """
+
 from dataclasses import asdict, dataclass
 
 import pytest
@@ -29,6 +30,7 @@ GPU = torch.cuda.is_available()
 class Setting:
     """One configuration: the networks (netG, ngf at size²), the batches, the iterations per timed call, the
     rounds, the warm-up iterations, and torch.compile's backend for case c."""
+
     netG: str
     ngf: int
     size: int
@@ -39,10 +41,12 @@ class Setting:
     compile_backend: str = "inductor"
 
 
-SETTINGS = {"gpu": Setting("unet_256", 64, 256, (1, 16, 64), iters=20, rounds=5, warmup=5),
-            "real": Setting("unet_256", 64, 256, (1, 4), iters=1, rounds=3, warmup=2),
-            "reduced": Setting("unet_64", 16, 64, (1, 4), iters=3, rounds=2, warmup=5),
-            "dry": Setting("unet_32", 2, 32, (2,), iters=1, rounds=1, warmup=1, compile_backend="eager")}
+SETTINGS = {
+    "gpu": Setting("unet_256", 64, 256, (1, 16, 64), iters=20, rounds=5, warmup=5),
+    "real": Setting("unet_256", 64, 256, (1, 4), iters=1, rounds=3, warmup=2),
+    "reduced": Setting("unet_64", 16, 64, (1, 4), iters=3, rounds=2, warmup=5),
+    "dry": Setting("unet_32", 2, 32, (2,), iters=1, rounds=1, warmup=1, compile_backend="eager"),
+}
 CASES = {
     "a_reference_fp32_nchw": dict(precision="fp32", channels_last=False, graphs=False, backend="eager"),
     "b_eager_bf16_channels_last": dict(precision="bf16", channels_last=True, graphs=False, backend="eager"),
@@ -63,8 +67,10 @@ def build(case, batch, device, setting: Setting):
     D.to(device, memory_format=fmt)
     flops = train_flops_per_image(G, D, 3, 3, setting.size)
     if case["backend"] == "compile":
-        G_run, D_run = (torch.compile(G, backend=setting.compile_backend),
-                        torch.compile(D, backend=setting.compile_backend))
+        G_run, D_run = (
+            torch.compile(G, backend=setting.compile_backend),
+            torch.compile(D, backend=setting.compile_backend),
+        )
     else:
         G_run, D_run = G, D
     precision = case["precision"]
@@ -112,9 +118,20 @@ def test_train_iteration(benchmark, case_name, batch, device, setting):
     seconds = benchmark.stats.stats.median / setting.iters
     img_per_s = batch / seconds
     roof = roof_info(device, precision, flops * img_per_s)
-    benchmark.extra_info.update({
-        "case": case_name, "batch": batch, "baseline": case_name.startswith("a_"), "config": asdict(setting),
-        "precision": precision, "ms_per_iter": 1000 * seconds, "img_per_s": img_per_s,
-        "gflop_per_image": flops / 1e9, "tflops": flops * img_per_s / 1e12, "mfu": roof["fraction_of_peak"],
-        **roof, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2 ** 30 if GPU else None})
+    benchmark.extra_info.update(
+        {
+            "case": case_name,
+            "batch": batch,
+            "baseline": case_name.startswith("a_"),
+            "config": asdict(setting),
+            "precision": precision,
+            "ms_per_iter": 1000 * seconds,
+            "img_per_s": img_per_s,
+            "gflop_per_image": flops / 1e9,
+            "tflops": flops * img_per_s / 1e12,
+            "mfu": roof["fraction_of_peak"],
+            **roof,
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if GPU else None,
+        }
+    )
     engine.read_losses()

@@ -6,6 +6,7 @@ on a CPU 'reduced' (small models, runnable anywhere), 'real' (unet_256 ngf 64 at
 shapes and no compiler builds: seconds, `make gpu-check DRY=1`'s and the tests' smoke run). Each suite maps these
 names to its own settings.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ def roof(device: torch.device, precision: str):
 
 def git_revision():
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=os.path.dirname(__file__),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -41,9 +47,13 @@ def git_revision():
 def environment():
     import triton
 
-    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-            "torch": torch.__version__, "triton": triton.__version__, "git": git_revision(),
-            "cpu_count": os.cpu_count()}
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "git": git_revision(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def synchronize():
@@ -54,5 +64,4 @@ def synchronize():
 def roof_info(device: torch.device, precision: str, flops_per_s: float) -> dict:
     """A row's extra_info about its roof: the fraction of it reached, the roof in TFLOP/s and where it comes from."""
     peak = roof(device, precision)
-    return {"fraction_of_peak": flops_per_s / peak.flops, "roof_tflops": peak.flops / 1e12,
-            "roof": peak.describe()}
+    return {"fraction_of_peak": flops_per_s / peak.flops, "roof_tflops": peak.flops / 1e12, "roof": peak.describe()}

@@ -4,6 +4,7 @@ Run: `fastpix bench` (or pytest bench/suites --benchmark-json=<file>). Every tim
 synchronisation on CUDA, so pytest-benchmark's timer measures finished work; comparisons are made side by side in
 one run (same process, same inputs), and each benchmark stores its derived figures in extra_info.
 """
+
 import pytest
 import torch
 
@@ -11,9 +12,13 @@ from fastpix.bench_suites import common
 
 
 def pytest_addoption(parser):
-    parser.addoption("--cpu-config", choices=common.CONFIGURATIONS, default="reduced",
-                     help="on a CPU: reduced (small models), real (unet_256 ngf 64 at 256²) or dry (tiny shapes, "
-                          "no compiler builds: a smoke run) (default: reduced)")
+    parser.addoption(
+        "--cpu-config",
+        choices=common.CONFIGURATIONS,
+        default="reduced",
+        help="on a CPU: reduced (small models), real (unet_256 ngf 64 at 256²) or dry (tiny shapes, "
+        "no compiler builds: a smoke run) (default: reduced)",
+    )
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -15,6 +15,7 @@ times exactly what a test checked (tests/kernels import them from here).
 The production forward measures its own layers for the per-layer choice (fastpix/models/conv_layer.py); nothing
 of fastpix imports this module.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ConvLayer:
     'bn_act': + its BatchNorm). activation: the consumer's activation on the input. dropout: the up source carries
     dropout 0.5. out: 'bn' (this layer's BatchNorm statistics, then `out_activation`), 'raw', 'bias' (bias, raw)
     or 'tanh' (bias + Tanh)."""
+
     name: str
     transposed: bool
     sources: tuple
@@ -65,32 +67,47 @@ class ConvLayer:
     def flops(self, batch):
         """2·Cin·Cout·k²·(output pixels; input pixels for a ConvT), the count of fastpix.train.flops."""
         h, w = self.in_hw if self.transposed else self.out_hw
-        return 2 * self.in_channels * self.out_channels * self.kernel ** 2 * h * w * batch
+        return 2 * self.in_channels * self.out_channels * self.kernel**2 * h * w * batch
 
 
 def _pix2pix_layers():
-    layers = [ConvLayer("G.down1", False, (3,), 64, 256, 2, ("image",), "none", False, "raw"),
-              ConvLayer("G.down2", False, (64,), 128, 128, 2, ("act",), "leaky_relu", False, "bn", "leaky_relu")]
+    layers = [
+        ConvLayer("G.down1", False, (3,), 64, 256, 2, ("image",), "none", False, "raw"),
+        ConvLayer("G.down2", False, (64,), 128, 128, 2, ("act",), "leaky_relu", False, "bn", "leaky_relu"),
+    ]
     channels = [128, 256, 512, 512, 512, 512]
     size = 64
     for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:] + [512])):
-        layers.append(ConvLayer(f"G.down{i + 3}", False, (c_in,), c_out, size, 2, ("bn_act",), "leaky_relu", False,
-                                "bn", "leaky_relu"))
+        layers.append(
+            ConvLayer(
+                f"G.down{i + 3}", False, (c_in,), c_out, size, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"
+            )
+        )
         size //= 2
     layers.append(ConvLayer("G.down8", False, (512,), 512, 2, 2, ("bn_act",), "leaky_relu", False, "raw"))
     layers.append(ConvLayer("G.up8", True, (512,), 512, 1, 2, ("act",), "relu", False, "bn", "relu"))
     # (level, skip channels, up channels, out channels, input side, the up source carries dropout)
-    for level, skip, up, out, side, dropout in ((7, 512, 512, 512, 2, False), (6, 512, 512, 512, 4, True),
-                                               (5, 512, 512, 512, 8, True), (4, 512, 512, 256, 16, True),
-                                               (3, 256, 256, 128, 32, False), (2, 128, 128, 64, 64, False)):
-        layers.append(ConvLayer(f"G.up{level}", True, (skip, up), out, side, 2, ("bn_act", "bn_act"), "relu",
-                                dropout, "bn", "relu"))
+    for level, skip, up, out, side, dropout in (
+        (7, 512, 512, 512, 2, False),
+        (6, 512, 512, 512, 4, True),
+        (5, 512, 512, 512, 8, True),
+        (4, 512, 512, 256, 16, True),
+        (3, 256, 256, 128, 32, False),
+        (2, 128, 128, 64, 64, False),
+    ):
+        layers.append(
+            ConvLayer(
+                f"G.up{level}", True, (skip, up), out, side, 2, ("bn_act", "bn_act"), "relu", dropout, "bn", "relu"
+            )
+        )
     layers.append(ConvLayer("G.up1", True, (64, 64), 3, 128, 2, ("act", "bn_act"), "relu", False, "tanh"))
-    layers += [ConvLayer("D.conv1", False, (6,), 64, 256, 2, ("image",), "none", False, "bias"),
-               ConvLayer("D.conv2", False, (64,), 128, 128, 2, ("act",), "leaky_relu", False, "bn", "leaky_relu"),
-               ConvLayer("D.conv3", False, (128,), 256, 64, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
-               ConvLayer("D.conv4", False, (256,), 512, 32, 1, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
-               ConvLayer("D.conv5", False, (512,), 1, 31, 1, ("bn_act",), "leaky_relu", False, "bias")]
+    layers += [
+        ConvLayer("D.conv1", False, (6,), 64, 256, 2, ("image",), "none", False, "bias"),
+        ConvLayer("D.conv2", False, (64,), 128, 128, 2, ("act",), "leaky_relu", False, "bn", "leaky_relu"),
+        ConvLayer("D.conv3", False, (128,), 256, 64, 2, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
+        ConvLayer("D.conv4", False, (256,), 512, 32, 1, ("bn_act",), "leaky_relu", False, "bn", "leaky_relu"),
+        ConvLayer("D.conv5", False, (512,), 1, 31, 1, ("bn_act",), "leaky_relu", False, "bias"),
+    ]
     return tuple(layers)
 
 
@@ -113,19 +130,35 @@ def layer_inputs(layer: ConvLayer, N, dtype, device, seed=None, requires_grad=Tr
         return t.requires_grad_(requires_grad)
 
     # An image input (G's and D's first conv) needs no gradient: the model never asks for it.
-    sources = [rand(N, c, *layer.in_hw).to(dtype).contiguous(memory_format=torch.channels_last)
-               .requires_grad_(requires_grad and read != "image") for c, read in zip(layer.sources, layer.reads)]
-    norms = [(rand(c, scale=0.5), leaf(rand(c, scale=0.2, shift=1.0).abs()), leaf(rand(c, scale=0.2)))
-             if read == "bn_act" else None for c, read in zip(layer.sources, layer.reads)]
+    sources = [
+        rand(N, c, *layer.in_hw)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last)
+        .requires_grad_(requires_grad and read != "image")
+        for c, read in zip(layer.sources, layer.reads)
+    ]
+    norms = [
+        (rand(c, scale=0.5), leaf(rand(c, scale=0.2, shift=1.0).abs()), leaf(rand(c, scale=0.2)))
+        if read == "bn_act"
+        else None
+        for c, read in zip(layer.sources, layer.reads)
+    ]
     k = layer.kernel
-    shape = (layer.in_channels, layer.out_channels, k, k) if layer.transposed else \
-        (layer.out_channels, layer.in_channels, k, k)
+    shape = (
+        (layer.in_channels, layer.out_channels, k, k)
+        if layer.transposed
+        else (layer.out_channels, layer.in_channels, k, k)
+    )
     fan_in = layer.in_channels * k * k
-    case = {"sources": sources, "norms": norms, "weight": leaf(rand(*shape, scale=fan_in ** -0.5)),
-            "bias": leaf(rand(layer.out_channels, scale=0.1)) if layer.out in ("bias", "tanh") else None,
-            "bn_weight": leaf(rand(layer.out_channels, scale=0.2, shift=1.0)),
-            "bn_bias": leaf(rand(layer.out_channels, scale=0.2)),
-            "rng": torch.tensor([1234, 0], dtype=torch.int64, device=device)}
+    case = {
+        "sources": sources,
+        "norms": norms,
+        "weight": leaf(rand(*shape, scale=fan_in**-0.5)),
+        "bias": leaf(rand(layer.out_channels, scale=0.1)) if layer.out in ("bias", "tanh") else None,
+        "bn_weight": leaf(rand(layer.out_channels, scale=0.2, shift=1.0)),
+        "bn_bias": leaf(rand(layer.out_channels, scale=0.2)),
+        "rng": torch.tensor([1234, 0], dtype=torch.int64, device=device),
+    }
     return case
 
 
@@ -135,12 +168,24 @@ def fused_block(layer: ConvLayer, case, tuning=None):
     sources, norms = case["sources"], case["norms"]
     second = len(sources) > 1
     return conv_bn_act(
-        sources[0], case["weight"], case["bias"], layer.stride, layer.padding, transposed=layer.transposed,
-        norm=norms[0], activation=layer.activation, x2=sources[1] if second else None,
+        sources[0],
+        case["weight"],
+        case["bias"],
+        layer.stride,
+        layer.padding,
+        transposed=layer.transposed,
+        norm=norms[0],
+        activation=layer.activation,
+        x2=sources[1] if second else None,
         norm2=norms[1] if second else None,
-        activation2=layer.activation, dropout_p2=0.5 if layer.dropout else 0.0,
-        rng2=case["rng"] if layer.dropout else None, stats=layer.out == "bn", tanh=layer.out == "tanh",
-        per_sample=layer.norm == "instance", tuning=tuning)
+        activation2=layer.activation,
+        dropout_p2=0.5 if layer.dropout else 0.0,
+        rng2=case["rng"] if layer.dropout else None,
+        stats=layer.out == "bn",
+        tanh=layer.out == "tanh",
+        per_sample=layer.norm == "instance",
+        tuning=tuning,
+    )
 
 
 def fused_block_output(layer: ConvLayer, case, out):
@@ -258,8 +303,7 @@ def norm_act_inputs(N, C, H, W, dtype, device="cpu", *, mean=0.0, std=1.0, affin
     bias = (0.5 * randn(C)).to(device) if affine else None
     running_mean = (0.1 * randn(C)).to(device)
     running_var = (1.0 + torch.rand(C, generator=g)).to(device)
-    return {"x": x, "weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var,
-            "dy": dy}
+    return {"x": x, "weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var, "dy": dy}
 
 
 def logits_input(N, dtype, device="cpu", shape=PIX2PIX_LOGITS, scale=3.0, seed=None):

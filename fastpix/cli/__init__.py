@@ -1,7 +1,7 @@
 """The `fastpix` command: parse the flags, build the configuration, call one function of the layer below, print.
 
 One module per group of subcommands, each with a `register(sub)` adding its subcommands to the parser; a new
-subcommand is a new module and one entry in COMMANDS. Flags come from the dataclasses in fastpix/config.py
+subcommand is a new module and one entry in COMMANDS. Flags come from the dataclasses in fastpix/config/
 (cli/flags.py). Options left unset keep their defaults, or, for `test`, `eval` and `train --continue_train`, the
 values saved with the run (cli/run_setup.py).
 
@@ -9,6 +9,7 @@ Errors: a `fastpix.errors.UserError` (or a system error naming a file) is printe
 `fastpix <command>: error: <message>`, and the command exits with its status; anything else is a bug in fastpix
 and shows its traceback, as does every error with --debug.
 """
+
 from __future__ import annotations
 
 import os

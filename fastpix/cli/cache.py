@@ -4,6 +4,7 @@ Both caches are bounded by themselves (--compile_cache_max_gb, --cache_max_gb: t
 first, never one in use); this shows what they hold and removes it by hand. An entry a running process uses (a
 loaded package, a data set a run trains on) is never removed: `clear` names it and exits with status 1.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,12 +35,21 @@ def _caches(cfg: CacheConfig):
     both = not (cfg.compiled or cfg.pairs)
     if cfg.compiled or both:
         folder = cfg.compile_cache_dir
-        yield ("compiled generators", compiled_cache.cache_root(folder),
-               f"--compile_cache_max_gb, default {COMPILE_CACHE_MAX_GB:g}", compiled_cache.entries(folder),
-               compiled_cache.failures(folder))
+        yield (
+            "compiled generators",
+            compiled_cache.cache_root(folder),
+            f"--compile_cache_max_gb, default {COMPILE_CACHE_MAX_GB:g}",
+            compiled_cache.entries(folder),
+            compiled_cache.failures(folder),
+        )
     if cfg.pairs or both:
-        yield ("decode caches", cache_entries.pairs_root(cfg.cache_dir),
-               f"--cache_max_gb, default {PAIRS_CACHE_MAX_GB:g}", cache_entries.entries(cfg.cache_dir), [])
+        yield (
+            "decode caches",
+            cache_entries.pairs_root(cfg.cache_dir),
+            f"--cache_max_gb, default {PAIRS_CACHE_MAX_GB:g}",
+            cache_entries.entries(cfg.cache_dir),
+            [],
+        )
 
 
 def cmd_cache_list(args):
@@ -83,10 +93,23 @@ def cmd_cache_clear(args):
 
 
 def register(sub):
-    p = sub.add_parser("cache", help="what fastpix keeps on disk: `fastpix cache list`, `fastpix cache clear` "
-                       "[--compiled] [--pairs]", allow_abbrev=False)
+    p = sub.add_parser(
+        "cache",
+        help="what fastpix keeps on disk: `fastpix cache list`, `fastpix cache clear` [--compiled] [--pairs]",
+        allow_abbrev=False,
+    )
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="WHAT")
-    subcommand(cache_sub, "list", cmd_cache_list, "the compiled generators and decode caches on disk, entry by entry",
-               (CacheConfig, "caches"))
-    subcommand(cache_sub, "clear", cmd_cache_clear, "remove what the caches hold, except entries in use",
-               (CacheConfig, "caches"))
+    subcommand(
+        cache_sub,
+        "list",
+        cmd_cache_list,
+        "the compiled generators and decode caches on disk, entry by entry",
+        (CacheConfig, "caches"),
+    )
+    subcommand(
+        cache_sub,
+        "clear",
+        cmd_cache_clear,
+        "remove what the caches hold, except entries in use",
+        (CacheConfig, "caches"),
+    )

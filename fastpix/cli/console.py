@@ -1,6 +1,7 @@
 """What the CLI prints besides results and errors: notes on what fastpix decided for the user, one line each
 (`fastpix <command>: ...`), said once by a multi-process run; and the library's log messages (the "fastpix.*"
 loggers: compiling in the background, building a cache, warming up) in the same shape on stderr."""
+
 from __future__ import annotations
 
 import logging

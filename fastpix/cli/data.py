@@ -1,11 +1,18 @@
 """`fastpix data`: the reference's data sets (download, cityscapes), your own pairs (combine, edges), the demo set."""
+
 from __future__ import annotations
 
 import sys
 
 from fastpix.cli.flags import build_config, subcommand
-from fastpix.config import (PIX2PIX_DATASETS, CityscapesConfig, CombineConfig, DatasetDownloadConfig, DemoDataConfig,
-                            EdgesConfig)
+from fastpix.config import (
+    PIX2PIX_DATASETS,
+    CityscapesConfig,
+    CombineConfig,
+    DatasetDownloadConfig,
+    DemoDataConfig,
+    EdgesConfig,
+)
 
 
 def cmd_data_demo(args):
@@ -42,9 +49,11 @@ def cmd_data_combine(args):
     cfg = build_config(CombineConfig, vars(args))
     result = combine_folders(cfg)
     splits = ", ".join(f"{split} {n}" for split, n in result.written.items())
-    print(f"fastpix data combine: {sum(result.written.values())} pairs written to {cfg.fold_AB}"
-          + (f" ({splits})" if splits else "")
-          + (f"; B resized to A's size in {result.resized}" if result.resized else ""))
+    print(
+        f"fastpix data combine: {sum(result.written.values())} pairs written to {cfg.fold_AB}"
+        + (f" ({splits})" if splits else "")
+        + (f"; B resized to A's size in {result.resized}" if result.resized else "")
+    )
     if not result.left_out:
         return 0
     print(f"fastpix data combine: {len(result.left_out)} left out:", file=sys.stderr)
@@ -63,8 +72,10 @@ def cmd_data_cityscapes(args):
     cfg = build_config(CityscapesConfig, vars(args))
     result = prepare_cityscapes(cfg)
     counts = ", ".join(f"{split} {n}" for split, n in result.written.items())
-    print(f"fastpix data cityscapes: {cfg.out}: {counts} pairs (A = photo, B = labels: labels -> photo is "
-          "--direction BtoA)")
+    print(
+        f"fastpix data cityscapes: {cfg.out}: {counts} pairs (A = photo, B = labels: labels -> photo is "
+        "--direction BtoA)"
+    )
 
 
 def cmd_data_edges(args):
@@ -83,22 +94,51 @@ def cmd_data_edges(args):
     result = make_edges_dataset(cfg)
     for _, why in result.unreadable:
         print(f"fastpix data edges: skipped {why}", file=sys.stderr)
-    print(f"fastpix data edges: {result.written} edges|photo pairs in {cfg.out} (edges -> photo is --direction "
-          "AtoB)")
+    print(f"fastpix data edges: {result.written} edges|photo pairs in {cfg.out} (edges -> photo is --direction AtoB)")
     return 1 if result.unreadable else 0
 
 
 def register(sub):
-    p = sub.add_parser("data", help="data sets: download the reference's, combine two folders, make edges, "
-                       "prepare cityscapes, write the built-in demo set", allow_abbrev=False)
+    p = sub.add_parser(
+        "data",
+        help="data sets: download the reference's, combine two folders, make edges, "
+        "prepare cityscapes, write the built-in demo set",
+        allow_abbrev=False,
+    )
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="WHAT")
-    subcommand(data_sub, "demo", cmd_data_demo, "write the built-in demo data set (aligned A|B, train/val/test)",
-               (DemoDataConfig, "demo data"))
-    subcommand(data_sub, "download", cmd_data_download, "download a pix2pix data set: facades, maps, edges2shoes, "
-               "edges2handbags, night2day", (DatasetDownloadConfig, "download"))
-    subcommand(data_sub, "combine", cmd_data_combine, "put two folders of images side by side as an aligned A|B data "
-               "set (the reference's combine_A_and_B.py)", (CombineConfig, "combine"))
-    subcommand(data_sub, "cityscapes", cmd_data_cityscapes, "prepare cityscapes from the official zips (the "
-               "reference's prepare_cityscapes_dataset.py)", (CityscapesConfig, "cityscapes"))
-    subcommand(data_sub, "edges", cmd_data_edges, "make an edges -> photo data set from photos (the reference's HED "
-               "post-processing on a built-in detector, or on your HED)", (EdgesConfig, "edges"))
+    subcommand(
+        data_sub,
+        "demo",
+        cmd_data_demo,
+        "write the built-in demo data set (aligned A|B, train/val/test)",
+        (DemoDataConfig, "demo data"),
+    )
+    subcommand(
+        data_sub,
+        "download",
+        cmd_data_download,
+        "download a pix2pix data set: facades, maps, edges2shoes, edges2handbags, night2day",
+        (DatasetDownloadConfig, "download"),
+    )
+    subcommand(
+        data_sub,
+        "combine",
+        cmd_data_combine,
+        "put two folders of images side by side as an aligned A|B data set (the reference's combine_A_and_B.py)",
+        (CombineConfig, "combine"),
+    )
+    subcommand(
+        data_sub,
+        "cityscapes",
+        cmd_data_cityscapes,
+        "prepare cityscapes from the official zips (the reference's prepare_cityscapes_dataset.py)",
+        (CityscapesConfig, "cityscapes"),
+    )
+    subcommand(
+        data_sub,
+        "edges",
+        cmd_data_edges,
+        "make an edges -> photo data set from photos (the reference's HED "
+        "post-processing on a built-in detector, or on your HED)",
+        (EdgesConfig, "edges"),
+    )

@@ -1,9 +1,10 @@
-"""Flags from the config dataclasses (fastpix/config.py: one place for every default), and the parser they make.
+"""Flags from the config dataclasses (fastpix/config/: one place for every default), and the parser they make.
 
 Each option is offered with dashes (--batch-size) and with the reference's spelling (--batch_size), so a
 reference user's command line runs unchanged. No abbreviation is taken, so a misspelt or reference-only flag never
 lands on another one; an unknown flag is refused with its subcommand's own usage and the nearest flag it has.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,19 +17,25 @@ TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": str}
 FORMATTER = argparse.RawDescriptionHelpFormatter
 DEBUG_HELP = "on an error, show its traceback (default: one line naming the problem; FASTPIX_DEBUG=1 does the same)"
 NEAR = 0.75  # difflib's similarity for "did you mean": --netg, --batchsize yes; --bogus for --verbose no
-QUIET_HELP = ("no progress bar, a line every --print_freq iterations instead (default: the bar on a terminal, the "
-              "lines elsewhere)")
-QUIET_ACCEPTED = "accepted, as train and predict take it, so that one set of flags serves them all; this command " \
-                 "shows no progress bar"
+QUIET_HELP = (
+    "no progress bar, a line every --print_freq iterations instead (default: the bar on a terminal, the "
+    "lines elsewhere)"
+)
+QUIET_ACCEPTED = (
+    "accepted, as train and predict take it, so that one set of flags serves them all; this command "
+    "shows no progress bar"
+)
 
 
 def at_least(kind, name: str):
     """kind, refusing values below MINIMUM[name] with the flag's own error line."""
+
     def parse(text):
         value = kind(text)
         if value < MINIMUM[name]:
             raise argparse.ArgumentTypeError(f"{text} is below the smallest value it takes, {MINIMUM[name]}")
         return value
+
     parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
     return parse
 
@@ -47,8 +54,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.metadata.get("positional"):
-            group.add_argument(f.name, choices=f.metadata.get("choices"), metavar=f.name.upper(),
-                               help=f.metadata["help"])
+            group.add_argument(
+                f.name, choices=f.metadata.get("choices"), metavar=f.name.upper(), help=f.metadata["help"]
+            )
             continue
         flags = [f"--{f.name}"]
         if "_" in f.name:
@@ -56,16 +64,24 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str):
         flags += list(f.metadata.get("aliases", ()))
         kind = TYPES[str(f.type).split(" ")[0]]
         if kind is bool and f.default is None:  # a tri-state: unset means "decide from the device"
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_of(f))
+            group.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_of(f)
+            )
         elif kind is bool:
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_of(f))
         else:
             choices = f.metadata.get("choices")
-            group.add_argument(*flags, dest=f.name, type=at_least(kind, f.name) if f.name in MINIMUM else kind,
-                               default=argparse.SUPPRESS, choices=choices, nargs=f.metadata.get("nargs"),
-                               required=f.metadata.get("required", False), help=help_of(f),
-                               metavar=None if choices else f.name.upper())
+            group.add_argument(
+                *flags,
+                dest=f.name,
+                type=at_least(kind, f.name) if f.name in MINIMUM else kind,
+                default=argparse.SUPPRESS,
+                choices=choices,
+                nargs=f.metadata.get("nargs"),
+                required=f.metadata.get("required", False),
+                help=help_of(f),
+                metavar=None if choices else f.name.upper(),
+            )
 
 
 def build_config(cls, *layers: dict):

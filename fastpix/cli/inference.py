@@ -1,4 +1,5 @@
 """`fastpix predict`, `serve` and `export`: a trained generator put to use."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,22 @@ def load_predictor(args, cfg, **options):
 
     arch = {k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k, None) is not None}
     prepare_backend(args, cfg.backend, cfg.device)
-    return Predictor.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.norm_mode, cfg.dropout,
-                                     cfg.backend, epoch=cfg.epoch, runtime=cfg.runtime,
-                                     cache_dir=cfg.compile_cache_dir, cache_max_gb=cfg.compile_cache_max_gb,
-                                     max_loaded_packages=cfg.max_loaded_packages, model=cfg.model, **options, **arch)
+    return Predictor.from_checkpoint(
+        cfg.checkpoint,
+        cfg.device,
+        cfg.precision,
+        cfg.norm_mode,
+        cfg.dropout,
+        cfg.backend,
+        epoch=cfg.epoch,
+        runtime=cfg.runtime,
+        cache_dir=cfg.compile_cache_dir,
+        cache_max_gb=cfg.compile_cache_max_gb,
+        max_loaded_packages=cfg.max_loaded_packages,
+        model=cfg.model,
+        **options,
+        **arch,
+    )
 
 
 def cmd_predict(args):
@@ -36,14 +49,24 @@ def cmd_predict(args):
         raise DataError(f"no images in {' '.join(args.input)}")
     predictor = load_predictor(args, cfg, max_batch_size=cfg.batch_size, images=len(inputs))
     try:  # with the compiled runtime, batches run eagerly until their packages are built in the background
-        written, failed = predict_files(predictor, [p for p, _ in inputs], args.output, cfg.batch_size,
-                                        progress=not args.quiet, seed=cfg.seed, names=[n for _, n in inputs])
+        written, failed = predict_files(
+            predictor,
+            [p for p, _ in inputs],
+            args.output,
+            cfg.batch_size,
+            progress=not args.quiet,
+            seed=cfg.seed,
+            names=[n for _, n in inputs],
+        )
     finally:
         predictor.close()
     for path, message in failed:
         print(f"fastpix predict: skipped {path}: {message}", file=sys.stderr)
-    print(f"fastpix predict: {len(written)} images written to {args.output}"
-          + (f"; {len(failed)} unreadable files skipped" if failed else "") + f" ({predictor.description})")
+    print(
+        f"fastpix predict: {len(written)} images written to {args.output}"
+        + (f"; {len(failed)} unreadable files skipped" if failed else "")
+        + f" ({predictor.description})"
+    )
     return 1 if failed else 0
 
 
@@ -62,13 +85,19 @@ def cmd_serve(args):
 
     cfg = build_config(ServeConfig, vars(args))
     # The graph size asked for; whether CUDA graphs run is the predictor's plan, and its description says it.
-    predictor = load_predictor(args, cfg, max_batch_size=cfg.max_batch_size,
-                               graph_size=(cfg.graph_size, cfg.graph_size) if cfg.graph_size > 0 else None)
+    predictor = load_predictor(
+        args,
+        cfg,
+        max_batch_size=cfg.max_batch_size,
+        graph_size=(cfg.graph_size, cfg.graph_size) if cfg.graph_size > 0 else None,
+    )
     # ConfigError for --norm-mode batch or a canvas over --max-pixels; DataError for --palette, --examples.
     app = create_app(predictor, cfg, locate_generator(cfg.checkpoint, tag=cfg.epoch))
     url = f"http://{cfg.host}:{cfg.port}"
-    print(f"fastpix serve: {cfg.checkpoint} ({predictor.description}), {url}/v1/translate; the draw page: {url}/",
-          flush=True)
+    print(
+        f"fastpix serve: {cfg.checkpoint} ({predictor.description}), {url}/v1/translate; the draw page: {url}/",
+        flush=True,
+    )
     run(app, cfg.host, cfg.port, graceful_timeout_s=cfg.timeout_s)
 
 
@@ -89,8 +118,10 @@ def export_onnx(args, cfg: ExportConfig, source):
         net = export_onnx(generator, target, cfg.norm_mode)
     except ImportError as exc:
         raise MissingDependency("onnx and onnxscript", "onnx", "export --format onnx") from exc
-    print(f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; N×C×H×W float32 in [-1, 1], H and W "
-          f"multiples of {size_multiple(generator)})")
+    print(
+        f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; N×C×H×W float32 in [-1, 1], H and W "
+        f"multiples of {size_multiple(generator)})"
+    )
     try:
         worst = check_onnx(target, net)
     except ImportError:
@@ -108,11 +139,16 @@ def export_package(args, cfg: ExportConfig, source):
         raise ConfigError(f"--precision {cfg.precision!r}: a CPU package is fp32 or bf16")
     precision = resolve_precision(cfg.precision, "cpu")
     target = os.path.join(cfg.out, f"{source.stem}_{cfg.batch_size}x{size[0]}x{size[1]}_{precision}.pt2")
-    print(f"fastpix export: compiling the generator for {cfg.batch_size}×C×{size[0]}×{size[1]} {precision} with "
-          "AOTInductor (tens of seconds to minutes)", flush=True)
+    print(
+        f"fastpix export: compiling the generator for {cfg.batch_size}×C×{size[0]}×{size[1]} {precision} with "
+        "AOTInductor (tens of seconds to minutes)",
+        flush=True,
+    )
     error = export_package(source.load(), target, cfg.norm_mode, cfg.batch_size, size, precision)
-    print(f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; {cfg.batch_size}×C×{size[0]}×{size[1]} "
-          f"{precision} channels-last in [-1, 1], for this CPU; load with torch._inductor.aoti_load_package)")
+    print(
+        f"fastpix export: wrote {target} (norm_mode {cfg.norm_mode}; {cfg.batch_size}×C×{size[0]}×{size[1]} "
+        f"{precision} channels-last in [-1, 1], for this CPU; load with torch._inductor.aoti_load_package)"
+    )
     print(f"fastpix export: the package agrees with eager fp32 PyTorch to {error:.2e} (relative)")
 
 
@@ -138,12 +174,34 @@ def cmd_export(args):
 
 
 def register(sub):
-    p = subcommand(sub, "predict", cmd_predict, "translate image files or folders with a checkpoint (any image "
-                   "size)", (PredictConfig, "prediction"), quiet=QUIET_HELP)
-    p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
-                   help="image files and/or folders (searched recursively) (required)")
+    p = subcommand(
+        sub,
+        "predict",
+        cmd_predict,
+        "translate image files or folders with a checkpoint (any image size)",
+        (PredictConfig, "prediction"),
+        quiet=QUIET_HELP,
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="image files and/or folders (searched recursively) (required)",
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the translated images (required)")
-    subcommand(sub, "serve", cmd_serve, "serve a checkpoint over HTTP with dynamic batching (the 'serve' extra)",
-               (ServeConfig, "server"))
-    subcommand(sub, "export", cmd_export, "write a run's weights as reference-loadable .pth state dicts, or the "
-               "generator as ONNX or an AOTInductor package", (ExportConfig, "export"))
+    subcommand(
+        sub,
+        "serve",
+        cmd_serve,
+        "serve a checkpoint over HTTP with dynamic batching (the 'serve' extra)",
+        (ServeConfig, "server"),
+    )
+    subcommand(
+        sub,
+        "export",
+        cmd_export,
+        "write a run's weights as reference-loadable .pth state dicts, or the "
+        "generator as ONNX or an AOTInductor package",
+        (ExportConfig, "export"),
+    )

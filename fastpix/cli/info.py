@@ -1,4 +1,5 @@
 """`fastpix info` (versions, devices, the image decoder) and `fastpix bench` (the benchmark suites)."""
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,28 @@ def cmd_info(args):
     from fastpix.data.decode import backend as decode_backend
 
     print(f"fastpix {__version__}")
-    print(f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
-          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    print(
+        f"torch {torch.__version__}, triton {triton.__version__}, cuda available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
+    )
     if torch.cuda.is_available():
         from fastpix.peaks import describe_device
 
         print(describe_device())
     cpu_precision = runtime.resolve_precision(None, "cpu")
-    print(f"cpu: {runtime.cpu_features()} (native bf16: {'yes' if runtime.cpu_has_native_bf16() else 'no'}); "
-          f"on the cpu fastpix trains in {cpu_precision} and predicts in {cpu_precision} with runtime compiled "
-          "(inductor, frozen weights, channels-last; eager for norm_mode batch or dropout)")
-    print(f"image decoder: {decode_backend()}"
-          + ("" if decode_backend() == "native" else " (the C++ decoder was not built: libjpeg/libpng headers "
-             "missing at install time)"))
+    print(
+        f"cpu: {runtime.cpu_features()} (native bf16: {'yes' if runtime.cpu_has_native_bf16() else 'no'}); "
+        f"on the cpu fastpix trains in {cpu_precision} and predicts in {cpu_precision} with runtime compiled "
+        "(inductor, frozen weights, channels-last; eager for norm_mode batch or dropout)"
+    )
+    print(
+        f"image decoder: {decode_backend()}"
+        + (
+            ""
+            if decode_backend() == "native"
+            else " (the C++ decoder was not built: libjpeg/libpng headers missing at install time)"
+        )
+    )
 
 
 def cmd_bench(args):
@@ -48,5 +58,6 @@ def cmd_bench(args):
 
 def register(sub):
     subcommand(sub, "info", cmd_info, "versions, devices and the active image decoder")
-    subcommand(sub, "bench", cmd_bench, "benchmark fastpix against eager PyTorch on this machine",
-               (BenchConfig, "benchmarks"))
+    subcommand(
+        sub, "bench", cmd_bench, "benchmark fastpix against eager PyTorch on this machine", (BenchConfig, "benchmarks")
+    )

@@ -1,4 +1,5 @@
 """`fastpix models`: the reference's pretrained generators."""
+
 from __future__ import annotations
 
 from fastpix.cli.flags import build_config, subcommand
@@ -21,24 +22,37 @@ def cmd_models_download(args):
         print(f"fastpix models download: {result.path} is there already (--force downloads it again)")
     else:
         print(f"fastpix models download: {result.path} (checked: a unet_256 generator)")
-    print(f"fastpix models download: {result.name} translates data set {result.dataset} with --direction "
-          f"{result.direction}")
+    print(
+        f"fastpix models download: {result.name} translates data set {result.dataset} with --direction "
+        f"{result.direction}"
+    )
 
 
 def cmd_models_list(args):
     """The reference's pretrained generators, the data set and --direction each expects, and its test line."""
     for name, (dataset, direction) in PRETRAINED_MODELS.items():
-        print(f"{name}: data set {dataset}, --direction {direction}\n"
-              f"  fastpix models download {name} && fastpix data download {dataset}\n"
-              f"  fastpix test --dataroot ./datasets/{dataset} --name {name}_pretrained --direction {direction} "
-              "--phase val --model pix2pix")
+        print(
+            f"{name}: data set {dataset}, --direction {direction}\n"
+            f"  fastpix models download {name} && fastpix data download {dataset}\n"
+            f"  fastpix test --dataroot ./datasets/{dataset} --name {name}_pretrained --direction {direction} "
+            "--phase val --model pix2pix"
+        )
 
 
 def register(sub):
-    p = sub.add_parser("models", help="the reference's pretrained generators: `fastpix models list`, `fastpix models "
-                       "download NAME`", allow_abbrev=False)
+    p = sub.add_parser(
+        "models",
+        help="the reference's pretrained generators: `fastpix models list`, `fastpix models download NAME`",
+        allow_abbrev=False,
+    )
     models_sub = p.add_subparsers(dest="models_command", required=True, metavar="WHAT")
-    subcommand(models_sub, "download", cmd_models_download, "download a pretrained generator into "
-               "<checkpoints_dir>/<name>_pretrained/", (ModelDownloadConfig, "download"))
-    subcommand(models_sub, "list", cmd_models_list, "the pretrained generators and the data set and direction each "
-               "expects")
+    subcommand(
+        models_sub,
+        "download",
+        cmd_models_download,
+        "download a pretrained generator into <checkpoints_dir>/<name>_pretrained/",
+        (ModelDownloadConfig, "download"),
+    )
+    subcommand(
+        models_sub, "list", cmd_models_list, "the pretrained generators and the data set and direction each expects"
+    )

@@ -3,13 +3,24 @@ single-image modes pointed to `predict`, --suffix applied to --name, the model a
 (defaults, then what the run recorded or its weights tell, then the flags given), the crop checked against the
 U-Net, --verbose's network printout, and the backend prepared. Each command then calls one function below the CLI.
 """
+
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from fastpix.cli.console import is_main_process, note
 from fastpix.cli.flags import build_config
-from fastpix.config import DataConfig, ModelConfig, ReferenceConfig, check_crop, check_model, kind_layers
+from fastpix.config import (
+    DataConfig,
+    ModelConfig,
+    ReferenceConfig,
+    TestConfig,
+    TrainConfig,
+    check_crop,
+    check_model,
+    kind_layers,
+)
 from fastpix.errors import ConfigError
 
 
@@ -20,8 +31,11 @@ def reference_args(given: dict, args) -> dict:
         ids = [i.strip() for i in str(gpu_ids).split(",") if i.strip()]
         given["device"] = "cpu" if not ids or ids[0] == "-1" else f"cuda:{ids[0]}"
         if len(ids) > 1:
-            note(args, f"--gpu_ids {gpu_ids}: fastpix runs on cuda:{ids[0]}; for {len(ids)} GPUs, one process "
-                       f"each, use --nproc {len(ids)} (with CUDA_VISIBLE_DEVICES={gpu_ids} to choose them)")
+            note(
+                args,
+                f"--gpu_ids {gpu_ids}: fastpix runs on cuda:{ids[0]}; for {len(ids)} GPUs, one process "
+                f"each, use --nproc {len(ids)} (with CUDA_VISIBLE_DEVICES={gpu_ids} to choose them)",
+            )
     return given
 
 
@@ -30,8 +44,10 @@ def refuse_single_images(given: dict):
     predict` does that (any size, the paper's per-image statistics by default)."""
     if given.get("model") == "test" or given.get("dataset_mode") == "single":
         flag = "--model test" if given.get("model") == "test" else "--dataset_mode single"
-        raise ConfigError(f"{flag} translates images without targets: use fastpix predict --checkpoint "
-                          "<checkpoints_dir>/<name> --input <images> --output <folder>")
+        raise ConfigError(
+            f"{flag} translates images without targets: use fastpix predict --checkpoint "
+            "<checkpoints_dir>/<name> --input <images> --output <folder>"
+        )
 
 
 def suffixed_name(name: str, suffix: str, *configs) -> str:
@@ -42,8 +58,9 @@ def suffixed_name(name: str, suffix: str, *configs) -> str:
     try:
         return f"{name}_{suffix.format(**values)}"
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"--suffix {suffix!r}: {exc} is not an option of this command (write e.g. "
-                          "{netG}_size{load_size})") from exc
+        raise ConfigError(
+            f"--suffix {suffix!r}: {exc} is not an option of this command (write e.g. {{netG}}_size{{load_size}})"
+        ) from exc
 
 
 def print_networks(model_cfg, nets):
@@ -71,17 +88,21 @@ def prepare_backend(args, backend, device):
         from fastpix.runtime import use_triton_interpreter
 
         use_triton_interpreter()
-        note(args, "--backend triton without a CUDA device runs the kernels in Triton's interpreter "
-                   "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path")
+        note(
+            args,
+            "--backend triton without a CUDA device runs the kernels in Triton's interpreter "
+            "(TRITON_INTERPRET=1): correct but very slow, for checking; --backend eager is the CPU path",
+        )
 
 
 @dataclasses.dataclass
 class RunSetup:
     """The start every run command shares: `cfg` is the command's own configuration (TrainConfig, TestConfig,
     EvalConfig) with --name suffixed, `given` the flags given."""
-    args: object
+
+    args: argparse.Namespace
     given: dict
-    cfg: object
+    cfg: TrainConfig | TestConfig  # EvalConfig is a TestConfig
     ref: ReferenceConfig
 
     @classmethod
@@ -99,10 +120,11 @@ class RunSetup:
         layers = (*recorded, self.given)
         beneath, above = kind_layers(*layers)
         if above and self.given.get("dataset_mode") == "aligned":
-            raise ConfigError("--dataset_mode aligned: a colorization model (--model colorization, or the run's "
-                              "config.json) reads single RGB images: --dataset_mode colorization")
-        return (build_config(ModelConfig, beneath, *layers, above),
-                build_config(DataConfig, beneath, *layers, above))
+            raise ConfigError(
+                "--dataset_mode aligned: a colorization model (--model colorization, or the run's "
+                "config.json) reads single RGB images: --dataset_mode colorization"
+            )
+        return (build_config(ModelConfig, beneath, *layers, above), build_config(DataConfig, beneath, *layers, above))
 
     def ready(self, model_cfg, data_cfg, nets=("G", "D")):
         """The last checks before any work: the model kind's options agree; the crop fits the U-Net; --verbose's
@@ -136,8 +158,11 @@ def settle_crop(args, given: dict, recorded: dict, data_cfg, phase: str):
         return
     if "crop_size" in given and "crop_size" in recorded:
         if data_cfg.crop_size != recorded["crop_size"]:
-            note(args, f"--crop_size {data_cfg.crop_size}: the run was trained at {recorded['crop_size']} "
-                       f"(config.json); images are resized to {data_cfg.crop_size}²")
+            note(
+                args,
+                f"--crop_size {data_cfg.crop_size}: the run was trained at {recorded['crop_size']} "
+                f"(config.json); images are resized to {data_cfg.crop_size}²",
+            )
         return
     try:
         height, width = split_image_size(data_cfg.dataroot, phase, single=data_cfg.dataset_mode == "colorization")
@@ -146,9 +171,15 @@ def settle_crop(args, given: dict, recorded: dict, data_cfg, phase: str):
     side = min(height, width)
     if "crop_size" in given:
         if (height, width) != (data_cfg.crop_size,) * 2:
-            note(args, f"--crop_size {data_cfg.crop_size}: the images of {phase} are {width}×{height}; they are "
-                       f"resized to {data_cfg.crop_size}²")
+            note(
+                args,
+                f"--crop_size {data_cfg.crop_size}: the images of {phase} are {width}×{height}; they are "
+                f"resized to {data_cfg.crop_size}²",
+            )
         return
     data_cfg.crop_size = data_cfg.load_size = side
-    note(args, f"crop_size {side}, the size of the images of {phase} ({width}×{height}), as no config.json "
-               "records the run's (--crop_size sets another)")
+    note(
+        args,
+        f"crop_size {side}, the size of the images of {phase} ({width}×{height}), as no config.json "
+        "records the run's (--crop_size sets another)",
+    )

@@ -1,4 +1,5 @@
 """`fastpix study`: the paper's real-vs-fake perceptual study (make a study folder, serve it, report the answers)."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,11 @@ def cmd_study_serve(args):
         raise MissingDependency(exc.name or "fastapi", "serve", "fastpix study serve") from exc
     cfg = build_config(StudyServeConfig, vars(args))
     app = create_app(args.folder, cfg)
-    print(f"fastpix study: serving {args.folder} at http://{cfg.host}:{cfg.port}/?observer=ID; answers go to "
-          f"{app.state.answers.path}", flush=True)
+    print(
+        f"fastpix study: serving {args.folder} at http://{cfg.host}:{cfg.port}/?observer=ID; answers go to "
+        f"{app.state.answers.path}",
+        flush=True,
+    )
     run(app, cfg.host, cfg.port)
 
 
@@ -56,21 +60,43 @@ def cmd_study_report(args):
 
 
 def register(sub):
-    p = sub.add_parser("study", help="the paper's real-vs-fake perceptual study: make, serve, report",
-                       allow_abbrev=False)
+    p = sub.add_parser(
+        "study", help="the paper's real-vs-fake perceptual study: make, serve, report", allow_abbrev=False
+    )
     study_sub = p.add_subparsers(dest="study_command", required=True, metavar="WHAT")
-    s = subcommand(study_sub, "make", cmd_study_make, "write a study folder from results folders",
-                   (StudyConfig, "protocol"))
-    s.add_argument("--results", nargs="+", required=True, metavar="DIR",
-                   help="results folders (results/<name>/<phase>_<epoch>), one per model to compare (required)")
+    s = subcommand(
+        study_sub, "make", cmd_study_make, "write a study folder from results folders", (StudyConfig, "protocol")
+    )
+    s.add_argument(
+        "--results",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="results folders (results/<name>/<phase>_<epoch>), one per model to compare (required)",
+    )
     s.add_argument("--out", required=True, metavar="DIR", help="the study folder to write (required)")
-    s.add_argument("--names", nargs="+", default=None, metavar="NAME",
-                   help="one name per results folder (default: <name>/<phase>_<epoch> of each)")
-    s = subcommand(study_sub, "serve", cmd_study_serve, "serve a study folder and collect the answers",
-                   (StudyServeConfig, "server"))
+    s.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="one name per results folder (default: <name>/<phase>_<epoch> of each)",
+    )
+    s = subcommand(
+        study_sub,
+        "serve",
+        cmd_study_serve,
+        "serve a study folder and collect the answers",
+        (StudyServeConfig, "server"),
+    )
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
     s = subcommand(study_sub, "report", cmd_study_report, "%% judged real per model, per observer and pooled")
     s.add_argument("folder", metavar="DIR", help="a folder written by fastpix study make")
-    s.add_argument("--answers", nargs="+", default=None, metavar="FILE",
-                   help="answers files (JSON lines; downloaded sessions too) (default: DIR/answers.jsonl)")
+    s.add_argument(
+        "--answers",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="answers files (JSON lines; downloaded sessions too) (default: DIR/answers.jsonl)",
+    )
     s.add_argument("--json", default=None, metavar="FILE", help="where to write the report (default: DIR/report.json)")

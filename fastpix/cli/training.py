@@ -1,4 +1,5 @@
 """`fastpix train`, `test`, `eval` and `demo`: the commands of a run folder."""
+
 from __future__ import annotations
 
 import os
@@ -8,13 +9,26 @@ import time
 from fastpix.cli.console import is_main_process, note
 from fastpix.cli.flags import QUIET_ACCEPTED, QUIET_HELP, build_config, subcommand
 from fastpix.cli.run_setup import RunSetup
-from fastpix.config import (DataConfig, DemoConfig, EvalConfig, ModelConfig, ReferenceConfig, ReferenceDisplayConfig,
-                            ReferenceTestConfig, TestConfig, TrainConfig, demo_configs, demo_options)
+from fastpix.config import (
+    DataConfig,
+    DemoConfig,
+    EvalConfig,
+    ModelConfig,
+    ReferenceConfig,
+    ReferenceDisplayConfig,
+    ReferenceTestConfig,
+    TestConfig,
+    TrainConfig,
+    demo_configs,
+    demo_options,
+)
 from fastpix.errors import ConfigError
 
 RANK_EXIT_DELAY_S = 3.0
-DISPLAY_TITLE = ("the reference's visdom/HTML display, accepted and ignored: fastpix writes <run>/samples/, "
-                 "<run>/loss.png, <run>/metrics.jsonl and, with --tensorboard, TensorBoard logs")
+DISPLAY_TITLE = (
+    "the reference's visdom/HTML display, accepted and ignored: fastpix writes <run>/samples/, "
+    "<run>/loss.png, <run>/metrics.jsonl and, with --tensorboard, TensorBoard logs"
+)
 SAVED = "(default: from the run's config.json)"
 
 
@@ -51,9 +65,12 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 def note_reference_display(args, given: dict):
     flags = [f"--{f}" for f in ReferenceDisplayConfig.__dataclass_fields__ if f in given]
     if flags:
-        note(args, f"{', '.join(flags)}: the reference's visdom/HTML display, ignored; fastpix writes sample grids "
-                   "to <run>/samples/ and the loss plot <run>/loss.png every --display_freq iterations, losses to "
-                   "<run>/metrics.jsonl every --print_freq, and TensorBoard logs with --tensorboard")
+        note(
+            args,
+            f"{', '.join(flags)}: the reference's visdom/HTML display, ignored; fastpix writes sample grids "
+            "to <run>/samples/ and the loss plot <run>/loss.png every --display_freq iterations, losses to "
+            "<run>/metrics.jsonl every --print_freq, and TensorBoard logs with --tensorboard",
+        )
 
 
 def demo_defaults(args, train_cfg, recorded: dict) -> dict:
@@ -66,9 +83,12 @@ def demo_defaults(args, train_cfg, recorded: dict) -> dict:
 
     options = demo_options(gpu=default_device(train_cfg.device).type == "cuda")
     options["dataroot"] = ensure_demo_data(options["crop_size"])
-    note(args, f"no --dataroot: training on the built-in demo data in {options['dataroot']} at the demo's scale "
-               f"({options['netG']}, ngf {options['ngf']}, {options['crop_size']}², batch {options['batch_size']}, "
-               f"{options['n_epochs']}+{options['n_epochs_decay']} epochs; flags given override these)")
+    note(
+        args,
+        f"no --dataroot: training on the built-in demo data in {options['dataroot']} at the demo's scale "
+        f"({options['netG']}, ngf {options['ngf']}, {options['crop_size']}², batch {options['batch_size']}, "
+        f"{options['n_epochs']}+{options['n_epochs_decay']} epochs; flags given override these)",
+    )
     return options
 
 
@@ -107,8 +127,14 @@ def cmd_test(args):
         cfg.name = source.run_name
     model_cfg, data_cfg = run.checkpoint_configs(source, cfg.phase, data_required=True)
     run.ready(model_cfg, data_cfg, ("G",))
-    out = run_test(model_cfg, data_cfg, cfg, source.weights, build_config(ReferenceDisplayConfig, run.given)
-                   .display_winsize, build_config(ReferenceTestConfig, run.given).aspect_ratio)
+    out = run_test(
+        model_cfg,
+        data_cfg,
+        cfg,
+        source.weights,
+        build_config(ReferenceDisplayConfig, run.given).display_winsize,
+        build_config(ReferenceTestConfig, run.given).aspect_ratio,
+    )
     print(f"fastpix test: results in {os.path.join(out, 'index.html')}")
 
 
@@ -161,24 +187,68 @@ def draw_page_command(run_dir: str, dataroot: str) -> str:
     the examples, and the page's address."""
     from fastpix.config import HttpServerConfig
 
-    words = ["fastpix", "serve", "--checkpoint", run_dir, "--palette", "demo", "--examples",
-             os.path.join(dataroot, "val")]
+    words = [
+        "fastpix",
+        "serve",
+        "--checkpoint",
+        run_dir,
+        "--palette",
+        "demo",
+        "--examples",
+        os.path.join(dataroot, "val"),
+    ]
     return f"{shlex.join(words)}  # then open http://{HttpServerConfig.host}:{HttpServerConfig.port}/"
 
 
 def register(sub):
-    p = subcommand(sub, "train", cmd_train, "train pix2pix (with no --dataroot: on the built-in demo data)",
-                   (ModelConfig, "model"), (DataConfig, "data"), (TrainConfig, "training"),
-                   (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE), quiet=QUIET_HELP)
-    p.add_argument("--overwrite", action="store_true", help="start afresh over an existing run of --name "
-                   "(default: refuse, so that no run is lost by accident)")
+    p = subcommand(
+        sub,
+        "train",
+        cmd_train,
+        "train pix2pix (with no --dataroot: on the built-in demo data)",
+        (ModelConfig, "model"),
+        (DataConfig, "data"),
+        (TrainConfig, "training"),
+        (ReferenceConfig, "reference options"),
+        (ReferenceDisplayConfig, DISPLAY_TITLE),
+        quiet=QUIET_HELP,
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over an existing run of --name (default: refuse, so that no run is lost by accident)",
+    )
     p.set_defaults(overwrite=False)
-    subcommand(sub, "test", cmd_test, "run the test protocol over a split and write a results page",
-               (ModelConfig, f"model {SAVED}"), (DataConfig, f"data {SAVED}"), (TestConfig, "test"),
-               (ReferenceConfig, "reference options"), (ReferenceTestConfig, "reference test options"),
-               (ReferenceDisplayConfig, DISPLAY_TITLE), quiet=QUIET_ACCEPTED)
-    subcommand(sub, "eval", cmd_eval, "score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
-               (ModelConfig, f"model {SAVED}"), (DataConfig, f"data {SAVED}"), (EvalConfig, "evaluation"),
-               (ReferenceConfig, "reference options"), (ReferenceDisplayConfig, DISPLAY_TITLE), quiet=QUIET_ACCEPTED)
-    subcommand(sub, "demo", cmd_demo, "generate the demo data, train, test, and say where the results are",
-               (DemoConfig, "demo"), quiet=QUIET_HELP)
+    subcommand(
+        sub,
+        "test",
+        cmd_test,
+        "run the test protocol over a split and write a results page",
+        (ModelConfig, f"model {SAVED}"),
+        (DataConfig, f"data {SAVED}"),
+        (TestConfig, "test"),
+        (ReferenceConfig, "reference options"),
+        (ReferenceTestConfig, "reference test options"),
+        (ReferenceDisplayConfig, DISPLAY_TITLE),
+        quiet=QUIET_ACCEPTED,
+    )
+    subcommand(
+        sub,
+        "eval",
+        cmd_eval,
+        "score a checkpoint (or saved results) on a split: L1, PSNR, SSIM, sharpness",
+        (ModelConfig, f"model {SAVED}"),
+        (DataConfig, f"data {SAVED}"),
+        (EvalConfig, "evaluation"),
+        (ReferenceConfig, "reference options"),
+        (ReferenceDisplayConfig, DISPLAY_TITLE),
+        quiet=QUIET_ACCEPTED,
+    )
+    subcommand(
+        sub,
+        "demo",
+        cmd_demo,
+        "generate the demo data, train, test, and say where the results are",
+        (DemoConfig, "demo"),
+        quiet=QUIET_HELP,
+    )

@@ -1,5 +1,6 @@
 """Paired image data: the reference's aligned layout, a two-folder layout, colorization's single images, their
 transforms and the demo set."""
+
 from fastpix.data.colorization import ColorizationDataset
 from fastpix.data.dataset import PairedDataset, list_images, make_loader
 

@@ -8,6 +8,7 @@ security releases) so that it holds on every Python fastpix supports; and the fi
 the user's umask, no owner, mode or device bits taken from the archive), never by tarfile.extract. They go into a
 hidden temporary folder beside the destination, renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,7 @@ def _below(name: str, top: str) -> tuple[str, ...] | None:
 def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tarfile.TarInfo, tuple[str, ...]]]:
     """(member, its path below top) for each directory and regular file of the archive; UnsafeArchive naming the
     first member that would land outside <top>/ or is neither."""
-    members, files, folders = [], set(), set()
+    members, files, folders = [], set[tuple[str, ...]](), set[tuple[str, ...]]()
     for member in tar.getmembers():
         path = _below(member.name, top)
         refuse = f"{archive}: refused, nothing extracted: member {member.name!r}"
@@ -64,13 +65,15 @@ def safe_members(tar: tarfile.TarFile, top: str, archive: str) -> list[tuple[tar
         members.append((member, path))
     clash = sorted(files & folders)
     if clash:
-        raise UnsafeArchive(f"{archive}: refused, nothing extracted: {top}/{'/'.join(clash[0])} is both a file and a "
-                        "folder in it")
+        raise UnsafeArchive(
+            f"{archive}: refused, nothing extracted: {top}/{'/'.join(clash[0])} is both a file and a folder in it"
+        )
     return members
 
 
 def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, shown: str, needed: int):
     source = tar.extractfile(member)
+    assert source is not None, "safe_members lets regular files and folders through, and folders are not written"
     try:
         with open(path, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)

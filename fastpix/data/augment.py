@@ -9,6 +9,7 @@ with the native extension, crop, flip, NHWC → NCHW and the same table lookup r
 themselves run (the same kernels, so the same bits, and faster than a lookup in torch). Colorization crops and flips
 the RGB images the same way, then converts them to Lab where they are (augment_colorization).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,16 +31,27 @@ def normalize_table(device) -> torch.Tensor:
 
 def crop_flip_params(indices, seed: int, epoch: int, load_size: int, crop_size: int, flip: bool):
     """(x, y, flipped) LongTensors, one entry per index, for the resize_and_crop preprocess."""
-    draws = [sample_crop_flip("resize_and_crop", load_size, crop_size, (load_size, load_size),
-                              sample_rng(seed, epoch, int(i))) for i in indices]
+    draws = [
+        sample_crop_flip(
+            "resize_and_crop", load_size, crop_size, (load_size, load_size), sample_rng(seed, epoch, int(i))
+        )
+        for i in indices
+    ]
     xs = torch.tensor([d.x for d in draws], dtype=torch.long)
     ys = torch.tensor([d.y for d in draws], dtype=torch.long)
     flipped = torch.tensor([flip and d.flip for d in draws], dtype=torch.bool)
     return xs, ys, flipped
 
 
-def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | None = None,
-              pin: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+def crop_flip(
+    src: torch.Tensor,
+    rows,
+    params,
+    crop_size: int,
+    gather: bool | None = None,
+    pin: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Crops of src[rows] (src: (N, L, L, C) uint8 on any device) → (len(rows), C, crop, crop) uint8, a view of
     NHWC memory.
 
@@ -56,13 +68,15 @@ def crop_flip(src: torch.Tensor, rows, params, crop_size: int, gather: bool | No
         if out is None:
             out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
         elif out.shape != shape or out.dtype != torch.uint8 or out.device.type != "cpu" or not out.is_contiguous():
-            raise ValueError(f"crop_flip: out must be a contiguous CPU uint8 tensor of shape {shape}, not "
-                             f"{out.dtype} {tuple(out.shape)} on {out.device}")
+            raise ValueError(
+                f"crop_flip: out must be a contiguous CPU uint8 tensor of shape {shape}, not "
+                f"{out.dtype} {tuple(out.shape)} on {out.device}"
+            )
         if native_crops(src):
             decode.crop_flip_into(src.numpy(), [int(r) for r in rows], xs, ys, flipped, out.numpy())
             return out.permute(0, 3, 1, 2)
         for k, (row, x, y) in enumerate(zip(rows, xs, ys)):
-            out[k].copy_(src[int(row), y:y + crop_size, x:x + crop_size])
+            out[k].copy_(src[int(row), y : y + crop_size, x : x + crop_size])
         mirrored = [k for k, f in enumerate(flipped) if f]
         if mirrored:
             out[mirrored] = out[mirrored].flip(2)
@@ -87,8 +101,9 @@ def crop_flip_normalize(src: torch.Tensor, rows, params, crop_size: int) -> torc
     through the to_tensor table: (len(rows), C, crop, crop) contiguous float32, bitwise equal to the two-step path."""
     xs, ys, flipped = (p.tolist() for p in params)
     out = torch.empty((len(xs), src.shape[3], crop_size, crop_size), dtype=torch.float32)
-    decode.crop_flip_normalize_into(src.numpy(), [int(r) for r in rows], xs, ys, flipped,
-                                    normalize_table("cpu").numpy(), out.numpy())
+    decode.crop_flip_normalize_into(
+        src.numpy(), [int(r) for r in rows], xs, ys, flipped, normalize_table("cpu").numpy(), out.numpy()
+    )
     return out
 
 
@@ -124,8 +139,9 @@ def _crops_on(device: torch.device, src: torch.Tensor, rows, params, crop_size: 
     return crops
 
 
-def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool,
-            device=None):
+def augment(
+    a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool, device=None
+):
     """Crop/flip rows `rows` of the uint8 pair (a, b) as data-set items `indices`, normalise on `device`.
 
     The crops are taken where a and b live (a CPU cache crops on the CPU, so only crop² bytes cross to the GPU).
@@ -143,8 +159,9 @@ def augment(a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: i
     return out[0], out[1]
 
 
-def augment_colorization(rgb: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool,
-                         device=None):
+def augment_colorization(
+    rgb: torch.Tensor, rows, indices, seed: int, epoch: int, crop_size: int, flip: bool, device=None
+):
     """augment for colorization: the crops of the uint8 RGB images rgb[rows] as items `indices`, converted on
     `device` to the reference's (A, B) = (L/50 − 1, ab/110) (fastpix.data.lab), equal to ColorizationDataset's
     items (bit for bit on the CPU). Same layouts as augment's."""

@@ -18,15 +18,16 @@ The caches on disk are bounded together (--cache_max_gb, cache_entries.py): a ru
 uses, and after each new build the least recently used builds no run holds are removed until the bound holds. A
 data set whose cache alone exceeds the bound is cached in memory only (or streamed, when it does not fit there).
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,11 +35,17 @@ import torch
 from fastpix.cache_folders import GB, Lease, remove_unless_leased
 from fastpix.config import PAIRS_CACHE_MAX_GB, user_cache_dir
 from fastpix.data import cache_entries
-from fastpix.data.augment import augment, augment_colorization
-from fastpix.data.dataset import DataError, EpochSampler, PairedDataset
-from fastpix.data.decode import decode_pairs_into
-from fastpix.data.transforms import BICUBIC
-from fastpix.errors import ConfigError, ResourceError
+from fastpix.data.dataset import EpochSampler, PairedDataset
+from fastpix.data.resized_pairs import (
+    augment_items,
+    batch_plan,
+    channels,
+    check_cacheable,
+    decode_into,
+    make_batch,
+    report_bad,
+)
+from fastpix.errors import ResourceError
 from fastpix.files import atomic_write, atomic_write_json, temporary_writer
 from fastpix.progress import announced
 
@@ -48,92 +55,8 @@ GPU_FRACTION, RAM_FRACTION = 0.25, 0.5
 PLACEMENTS = ("auto", "gpu", "memory", "memmap")
 
 
-# ------------------------------------------------------------------------------------------- shared with stream.py
-
-def channels(dataset: PairedDataset) -> tuple[int, int]:
-    """Channels of the cached a and b arrays. Colorization keeps its RGB images as a and nothing as b (0 channels):
-    A and B are computed from a after the crop (augment_colorization); (3, 0) also keeps its cache key apart."""
-    if dataset.colorization:
-        return 3, 0
-    return (1 if dataset.gray_a else 3), (1 if dataset.gray_b else 3)
-
-
-def check_cacheable(dataset: PairedDataset):
-    if dataset.preprocess != "resize_and_crop":
-        raise ConfigError(f"--preprocess {dataset.preprocess} cannot be cached or streamed (only resize_and_crop "
-                          "can): use --data_pipeline loader")
-
-
-def decode_into(dataset: PairedDataset, indices, out_a: np.ndarray, out_b: np.ndarray, threads: int) -> list:
-    """Decode and resize items `indices` into out_a / out_b as PairedDataset does (the two sides after the
-    direction swap; colorization: its RGB image into out_a); one error message naming the file per failed item,
-    else None."""
-    size = dataset.load_size
-    if not dataset.two_folders and not dataset.colorization:
-        modes = ["L" if gray else "RGB" for gray in (dataset.gray_a, dataset.gray_b)]
-        files = [dataset.paths[i][0] for i in indices]
-        if dataset.reverse:  # the file's right half is the data set's A
-            return decode_pairs_into(files, out_b, out_a, (size, size), modes[::-1], threads=threads)
-        return decode_pairs_into(files, out_a, out_b, (size, size), modes, threads=threads)
-
-    def one(k):  # two folders, single images: the reference chain on PIL, which releases the GIL while resizing
-        try:
-            if dataset.colorization:
-                sides = ((dataset.load_image(indices[k]), False, out_a),)
-            else:
-                a, b, _, _ = dataset.load_halves(indices[k])
-                sides = ((a, dataset.gray_a, out_a), (b, dataset.gray_b, out_b))
-        except DataError as exc:
-            out_a[k], out_b[k] = 0, 0
-            return str(exc)
-        for img, gray, out in sides:
-            img = (img.convert("L") if gray else img).resize((size, size), BICUBIC)
-            out[k] = np.asarray(img, dtype=np.uint8).reshape(out.shape[1:])
-        return None
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        return list(pool.map(one, range(len(indices))))
-
-
-def report_bad(errors: dict, skip: bool):
-    """errors: {index: message}. Raise naming the first file, or warn and let the caller exclude them."""
-    if not errors:
-        return
-    first = errors[min(errors)]
-    if not skip:
-        more = f" (and {len(errors) - 1} more bad files)" if len(errors) > 1 else ""
-        raise DataError(f"{first}{more}; pass --skip_bad_images to leave them out")
-    warnings.warn(f"skipping {len(errors)} unreadable pair(s), e.g. {first}", stacklevel=3)
-
-
-def paths_of(dataset: PairedDataset, indices) -> tuple[list[str], list[str]]:
-    pairs = [dataset.paths[i] for i in indices]
-    if dataset.reverse:
-        return [p[1] for p in pairs], [p[0] for p in pairs]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def augment_items(dataset: PairedDataset, a: torch.Tensor, b: torch.Tensor, rows, indices, seed: int, epoch: int,
-                  device):
-    """(A, B) on device of rows `rows` of the uint8 arrays (a, b), as items `indices` of dataset in epoch `epoch`."""
-    if dataset.colorization:
-        return augment_colorization(a, rows, indices, seed, epoch, dataset.crop_size, dataset.flip, device)
-    return augment(a, b, rows, indices, seed, epoch, dataset.crop_size, dataset.flip, device)
-
-
-def make_batch(dataset: PairedDataset, indices: list[int], A: torch.Tensor, B: torch.Tensor) -> dict:
-    a_paths, b_paths = paths_of(dataset, indices)
-    return {"A": A, "B": B, "A_paths": a_paths, "B_paths": b_paths,
-            "index": torch.tensor(indices, dtype=torch.long)}
-
-
-def batch_plan(sampler: EpochSampler, per_rank: int) -> list[list[int]]:
-    """The DataLoader path's batches (drop_last=False over the sampler's indices)."""
-    order = sampler.indices()
-    return [order[i:i + per_rank] for i in range(0, len(order), per_rank)]
-
-
 # --------------------------------------------------------------------------------------------------- placement
+
 
 def available_ram() -> int:
     try:
@@ -148,7 +71,7 @@ def available_ram() -> int:
 
 def cache_nbytes(dataset: PairedDataset) -> int:
     ca, cb = channels(dataset)
-    return len(dataset) * dataset.load_size ** 2 * (ca + cb)
+    return len(dataset) * dataset.load_size**2 * (ca + cb)
 
 
 def default_cache_dir(dataset: PairedDataset) -> str:
@@ -166,8 +89,9 @@ def disk_room(folder: str, nbytes: int) -> bool:
     return os.access(probe, os.W_OK) and shutil.disk_usage(probe).free > nbytes * 1.02 + (64 << 20)
 
 
-def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1,
-                     max_bytes: float = PAIRS_CACHE_MAX_GB * GB) -> str | None:
+def choose_placement(
+    dataset: PairedDataset, device, cache_dir: str | None, copies: int = 1, max_bytes: float = PAIRS_CACHE_MAX_GB * GB
+) -> str | None:
     """Where the cache would live: "gpu", "memory", "memmap", or None when it fits nowhere.
 
     copies: processes on this machine that each hold the cache (DDP ranks). Each keeps its own copy in RAM, while
@@ -186,6 +110,7 @@ def choose_placement(dataset: PairedDataset, device, cache_dir: str | None, copi
 
 # ------------------------------------------------------------------------------------------------------ cache
 
+
 def cache_key(dataset: PairedDataset) -> dict:
     files = []
     for pair in dataset.paths:
@@ -195,9 +120,15 @@ def cache_key(dataset: PairedDataset) -> dict:
                 files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
             except OSError:  # a dangling link, a file gone since the listing: the decode names it (or skips it)
                 files.append([os.path.abspath(p), None, None])
-    return {"version": CACHE_VERSION, "preprocess": "resize_and_crop", "load_size": dataset.load_size,
-            "channels": list(channels(dataset)), "direction": "BtoA" if dataset.reverse else "AtoB",
-            "two_folders": dataset.two_folders, "files": files}
+    return {
+        "version": CACHE_VERSION,
+        "preprocess": "resize_and_crop",
+        "load_size": dataset.load_size,
+        "channels": list(channels(dataset)),
+        "direction": "BtoA" if dataset.reverse else "AtoB",
+        "two_folders": dataset.two_folders,
+        "files": files,
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -212,10 +143,8 @@ def _alive(pid: int) -> bool:
 
 def _remove(*paths):
     for p in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(p)
-        except FileNotFoundError:
-            pass
 
 
 class PairCache:
@@ -226,9 +155,17 @@ class PairCache:
     caches on disk under cache_dir (else under the default root, every data set's folder): see cache_entries.py.
     """
 
-    def __init__(self, dataset: PairedDataset, device="cpu", cache_dir: str | None = None, placement: str = "auto",
-                 threads: int = 2, progress: bool = True, chunk: int = 256,
-                 max_bytes: float = PAIRS_CACHE_MAX_GB * GB):
+    def __init__(
+        self,
+        dataset: PairedDataset,
+        device="cpu",
+        cache_dir: str | None = None,
+        placement: str | None = "auto",
+        threads: int = 2,
+        progress: bool = True,
+        chunk: int = 256,
+        max_bytes: float = PAIRS_CACHE_MAX_GB * GB,
+    ):
         check_cacheable(dataset)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
@@ -241,8 +178,10 @@ class PairCache:
         if placement == "auto":
             placement = choose_placement(dataset, self.device, self.cache_dir, max_bytes=max_bytes)
             if placement is None:
-                raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
-                                  f"device, in RAM nor in {self.cache_dir}: stream instead")
+                raise ResourceError(
+                    f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the "
+                    f"device, in RAM nor in {self.cache_dir}: stream instead"
+                )
         self.placement = placement
         key = json.dumps(cache_key(dataset), sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()
@@ -250,12 +189,17 @@ class PairCache:
         self.lease = self._lease()  # held while this object lives: no other run's bound removes the build
         manifest = self._read_manifest() if self.lease is not None else None
         self.hit = manifest is not None
-        sources = [self.stem + ".a", self.stem + ".b"]
+        sources: list = [self.stem + ".a", self.stem + ".b"]  # the files, or tensors in memory
         nbytes = cache_nbytes(dataset)
         if manifest is None and placement != "memmap" and (nbytes > max_bytes or not disk_room(self.cache_dir, nbytes)):
-            why = f"over --cache_max_gb {max_bytes / GB:g}" if nbytes > max_bytes else \
-                f"{self.cache_dir} is not writable or full"
-            warnings.warn(f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run")
+            why = (
+                f"over --cache_max_gb {max_bytes / GB:g}"
+                if nbytes > max_bytes
+                else f"{self.cache_dir} is not writable or full"
+            )
+            warnings.warn(
+                f"a decode cache of {nbytes / GB:.2f} GB is {why}: caching in memory only, for this run", stacklevel=2
+            )
             sources = [torch.empty(s, dtype=torch.uint8) for s in (self.shape_a, self.shape_b)]
             manifest = {"bad": self._decode_all([t.numpy() for t in sources], threads, progress, chunk)}
         elif manifest is None:
@@ -282,8 +226,9 @@ class PairCache:
         except (OSError, ValueError):
             return None
         sizes = [int(np.prod(s)) for s in (self.shape_a, self.shape_b)]
-        files_ok = all(os.path.exists(p) and os.path.getsize(p) == s
-                       for p, s in zip((self.stem + ".a", self.stem + ".b"), sizes))
+        files_ok = all(
+            os.path.exists(p) and os.path.getsize(p) == s for p, s in zip((self.stem + ".a", self.stem + ".b"), sizes)
+        )
         return manifest if manifest.get("key") == self.key and files_ok else None
 
     def _decode_all(self, arrays, threads, progress, chunk) -> dict:
@@ -311,16 +256,31 @@ class PairCache:
             for arr in arrays:
                 arr.flush()
 
-        what = (f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
-                f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)")
+        what = (
+            f"building the decode cache of {len(self.dataset)} pairs ({cache_nbytes(self.dataset) / GB:.2f} GB) "
+            f"in {self.cache_dir} (each pair is decoded once; later runs reuse it)"
+        )
         with announced(log, what):
-            atomic_write(names[0], lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b),
-                                                              int(np.prod(shapes[1]))), int(np.prod(shapes[0])))
+            atomic_write(
+                names[0],
+                lambda tmp_a: atomic_write(names[1], lambda tmp_b: fill(tmp_a, tmp_b), int(np.prod(shapes[1]))),
+                int(np.prod(shapes[0])),
+            )
         ds = self.dataset
-        options = {"dataroot": os.path.abspath(ds.dataroot), "load_size": ds.load_size, "channels": channels(ds),
-                   "direction": "BtoA" if ds.reverse else "AtoB"}
-        manifest = {"key": self.key, "shape_a": self.shape_a, "shape_b": self.shape_b,
-                    "source": os.path.dirname(os.path.abspath(ds.paths[0][0])), "bad": errors, "options": options}
+        options = {
+            "dataroot": os.path.abspath(ds.dataroot),
+            "load_size": ds.load_size,
+            "channels": channels(ds),
+            "direction": "BtoA" if ds.reverse else "AtoB",
+        }
+        manifest = {
+            "key": self.key,
+            "shape_a": self.shape_a,
+            "shape_b": self.shape_b,
+            "source": os.path.dirname(os.path.abspath(ds.paths[0][0])),
+            "bad": errors,
+            "options": options,
+        }
         atomic_write_json(self.stem + ".json", manifest, indent=None)
         self._remove_stale(manifest["source"])
         return manifest
@@ -347,14 +307,15 @@ class PairCache:
             mapped = source
         else:
             mapped = torch.from_file(source, shared=False, size=n, dtype=torch.uint8).view(shape)
-        if self.placement == "memmap" or (torch.is_tensor(source) and self.placement == "memory"
-                                          and self.device.type != "cuda"):
+        if self.placement == "memmap" or (
+            torch.is_tensor(source) and self.placement == "memory" and self.device.type != "cuda"
+        ):
             return mapped
         if self.placement == "gpu":
             out = torch.empty(shape, dtype=torch.uint8, device=self.device)
             step = max(1, (256 << 20) // max(1, n // shape[0]))  # 256 MiB slices: bounded host staging
             for i in range(0, shape[0], step):
-                out[i:i + step].copy_(mapped[i:i + step])
+                out[i : i + step].copy_(mapped[i : i + step])
             return out
         pin = self.device.type == "cuda"
         out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
@@ -370,8 +331,18 @@ class CachedLoader:
     in the DataLoader path. A and B are on `device` (the cache's by default); "index" stays on the CPU.
     """
 
-    def __init__(self, cache: PairCache, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device=None, shuffle: bool = True):
+    mode: str  # the --data_pipeline this is, set by make_pipeline
+
+    def __init__(
+        self,
+        cache: PairCache,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device=None,
+        shuffle: bool = True,
+    ):
         self.cache, self.dataset = cache, cache.dataset
         self.device = torch.device(device) if device is not None else cache.a.device
         self.sampler = EpochSampler(len(self.dataset), seed, shuffle, batch_size, rank, world)
@@ -391,5 +362,8 @@ class CachedLoader:
             if not indices:
                 yield None  # as collate_pairs does when a whole batch was unreadable
                 continue
-            yield make_batch(ds, indices, *augment_items(ds, self.cache.a, self.cache.b, indices, indices, ds.seed,
-                                                         ds.epoch, self.device))
+            yield make_batch(
+                ds,
+                indices,
+                *augment_items(ds, self.cache.a, self.cache.b, indices, indices, ds.seed, ds.epoch, self.device),
+            )

@@ -5,6 +5,7 @@ a run using the build holds a shared lock on it, fastpix.cache_folders). Entries
 under the default root, <user cache>/pairs, or directly in a --cache_dir. After each build the least recently used
 entries are removed until the root holds at most --cache_max_gb, never one a run is using.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ def read_manifest(path: str) -> dict:
 
 
 def entry_of(manifest_path: str) -> Entry:
-    stem = manifest_path[:-len(".json")]
+    stem = manifest_path[: -len(".json")]
     return Entry(manifest_path, [stem + ".a", stem + ".b", manifest_path], describe(read_manifest(manifest_path)))
 
 
@@ -42,8 +43,11 @@ def describe(manifest: dict) -> str:
     shape = manifest.get("shape_a") or [0]
     words = [f"{where}", f"{shape[0]} pairs"]
     if options:
-        words += [f"load_size {options.get('load_size')}", options.get("direction", "?"),
-                  f"channels {'/'.join(map(str, options.get('channels', [])))}"]
+        words += [
+            f"load_size {options.get('load_size')}",
+            options.get("direction", "?"),
+            f"channels {'/'.join(map(str, options.get('channels', [])))}",
+        ]
     return ", ".join(words)
 
 
@@ -69,7 +73,8 @@ def prune(max_bytes: float, cache_dir: str | None = None) -> list[Entry]:
 
 def clear(cache_dir: str | None = None) -> tuple[list[Entry], list[Entry]]:
     """Remove every build no run is using: (removed, kept because in use)."""
-    removed, kept = [], []
+    removed: list[Entry] = []
+    kept: list[Entry] = []
     for entry in entries(cache_dir):
         (removed if remove_unless_leased(entry) else kept).append(entry)
     remove_empty_folders(pairs_root(cache_dir))

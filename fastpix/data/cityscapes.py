@@ -9,11 +9,13 @@ left (A), labels on the right (B), so labels -> photo trains with --direction Bt
 val becomes test/, its train train/, as in the reference. The reference also writes trainA/, trainB/ ... copies
 for CycleGAN; pix2pix does not read them, so they are not written.
 """
+
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -35,10 +37,9 @@ class CityscapesResult:
 def _by_id(folder: str, flag: str, suffix: str) -> dict[str, str]:
     """<id> -> path of <folder>/<city>/<id><suffix>."""
     if not os.path.isdir(folder):
-        raise DataError(f"{flag}: no folder {folder} (give the unzipped zip's top folder, which holds train/ and "
-                        "val/)")
+        raise DataError(f"{flag}: no folder {folder} (give the unzipped zip's top folder, which holds train/ and val/)")
     found = sorted(glob.glob(os.path.join(glob.escape(folder), "*", f"*{suffix}")))
-    return {os.path.basename(p)[:-len(suffix)]: p for p in found}
+    return {os.path.basename(p)[: -len(suffix)]: p for p in found}
 
 
 def pairs_of_split(cfg: CityscapesConfig, split: str) -> list[tuple[str, str]]:
@@ -48,18 +49,20 @@ def pairs_of_split(cfg: CityscapesConfig, split: str) -> list[tuple[str, str]]:
     unmatched = sorted(set(labels) ^ set(photos))
     if unmatched:
         first = unmatched[0]
-        where = (f"{labels[first]} has no {first}{PHOTOS}" if first in labels
-                 else f"{photos[first]} has no {first}{LABELS}")
-        raise DataError(f"{split}: {len(labels)} label maps and {len(photos)} photos, {len(unmatched)} without a "
-                        f"partner: {where} (are --gtFine and --leftImg8bit from the same release?)")
+        where = (
+            f"{labels[first]} has no {first}{PHOTOS}" if first in labels else f"{photos[first]} has no {first}{LABELS}"
+        )
+        raise DataError(
+            f"{split}: {len(labels)} label maps and {len(photos)} photos, {len(unmatched)} without a "
+            f"partner: {where} (are --gtFine and --leftImg8bit from the same release?)"
+        )
     if not labels:
         raise DataError(f"{split}: no <city>/*{LABELS} in {os.path.join(cfg.gtFine, split)}")
     return [(photos[k], labels[k]) for k in sorted(labels)]
 
 
 def _side_by_side(photo: str, labels: str, size: int) -> np.ndarray:
-    halves = [Image.fromarray(decode_image(p)).resize((size, size), Image.Resampling.BICUBIC)
-              for p in (photo, labels)]
+    halves = [Image.fromarray(decode_image(p)).resize((size, size), Image.Resampling.BICUBIC) for p in (photo, labels)]
     return np.concatenate([np.asarray(h) for h in halves], axis=1)
 
 
@@ -71,11 +74,12 @@ def prepare_cityscapes(cfg: CityscapesConfig, progress: bool = True) -> Cityscap
         folder = os.path.join(cfg.out, written)
         os.makedirs(folder, exist_ok=True)
 
-        def write(item):
-            i, (photo, labels) = item
-            write_image(os.path.join(folder, f"{i}.jpg"), _side_by_side(photo, labels, cfg.size), quality=100,
-                        subsampling=0)
-
+        write = partial(_write_pair, folder, cfg.size)
         map_images(write, list(enumerate(pairs)), cores(), f"cityscapes {split} -> {written}", progress)
         result.written[written] = len(pairs)
     return result
+
+
+def _write_pair(folder: str, size: int, item):
+    i, (photo, labels) = item
+    write_image(os.path.join(folder, f"{i}.jpg"), _side_by_side(photo, labels, size), quality=100, subsampling=0)

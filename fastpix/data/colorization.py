@@ -5,6 +5,7 @@ cropped and flipped as the aligned data set's images are (fastpix.data.transform
 (fastpix.data.lab): A = L/50 − 1 (the input, one channel), B = ab/110 (the target, two channels). The decode-once
 cache and the stream keep the RGB image instead and convert after the crop and flip, on the device.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -25,14 +26,40 @@ class ColorizationDataset(PairedDataset):
 
     colorization = True
 
-    def __init__(self, dataroot: str, phase: str = "train", direction: str = "AtoB", input_nc: int = 1,
-                 output_nc: int = 2, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
-                 flip: bool = True, max_dataset_size: int | None = None, seed: int = 0, skip_bad_images: bool = False):
+    def __init__(
+        self,
+        dataroot: str,
+        phase: str = "train",
+        direction: str = "AtoB",
+        input_nc: int = 1,
+        output_nc: int = 2,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        max_dataset_size: int | None = None,
+        seed: int = 0,
+        skip_bad_images: bool = False,
+    ):
         if (input_nc, output_nc, direction) != (1, 2, "AtoB"):
-            raise ConfigError(f"colorization translates L (input_nc 1) to ab (output_nc 2), AtoB: not input_nc "
-                              f"{input_nc}, output_nc {output_nc}, {direction}")
-        super().__init__(dataroot, phase, direction, input_nc, output_nc, preprocess, load_size, crop_size, flip,
-                         max_dataset_size, seed, skip_bad_images)
+            raise ConfigError(
+                f"colorization translates L (input_nc 1) to ab (output_nc 2), AtoB: not input_nc "
+                f"{input_nc}, output_nc {output_nc}, {direction}"
+            )
+        super().__init__(
+            dataroot,
+            phase,
+            direction,
+            input_nc,
+            output_nc,
+            preprocess,
+            load_size,
+            crop_size,
+            flip,
+            max_dataset_size,
+            seed,
+            skip_bad_images,
+        )
         self.two_folders = False  # A/ and B/ sub-folders are just more images here, as in the reference
 
     def list_pairs(self, split: str) -> list[tuple[str, str]]:
@@ -43,8 +70,9 @@ class ColorizationDataset(PairedDataset):
         path = self.paths[index][0]
         image = open_rgb_or_l(path)
         if self.preprocess == "crop" and min(image.size) < self.crop_size:
-            raise DataError(f"{path}: image {image.size[0]}×{image.size[1]} is smaller than --crop_size "
-                            f"{self.crop_size}")
+            raise DataError(
+                f"{path}: image {image.size[0]}×{image.size[1]} is smaller than --crop_size {self.crop_size}"
+            )
         return image
 
     def __getitem__(self, index):
@@ -56,9 +84,11 @@ class ColorizationDataset(PairedDataset):
                 raise
             warnings.warn(f"skipping: {exc}", stacklevel=2)
             return None
-        params = sample_crop_flip(self.preprocess, self.load_size, self.crop_size, image.size,
-                                  sample_rng(self.seed, self.epoch, index))
-        image = transform_image(image, params, self.preprocess, self.load_size, self.crop_size, self.flip,
-                                grayscale=False)
+        params = sample_crop_flip(
+            self.preprocess, self.load_size, self.crop_size, image.size, sample_rng(self.seed, self.epoch, index)
+        )
+        image = transform_image(
+            image, params, self.preprocess, self.load_size, self.crop_size, self.flip, grayscale=False
+        )
         A, B = colorization_pair(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1))
         return {"A": A, "B": B, "A_paths": path, "B_paths": path, "index": index}

@@ -12,6 +12,7 @@ process pool, every such pair is returned here by name (and `resize` makes B the
 through fastpix's decoding facade (as every fastpix read), so EXIF orientation is not applied: OpenCV's imread in the
 reference applies it.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,7 @@ from PIL import Image
 
 from fastpix.config import CombineConfig
 from fastpix.data.decode import decode_image
-from fastpix.data.image_folders import (cores, is_image_name, map_images, regular_file, separate_output,
-                                         write_image)
+from fastpix.data.image_folders import cores, is_image_name, map_images, regular_file, separate_output, write_image
 from fastpix.errors import DataError, DecodeError
 
 
@@ -49,8 +49,10 @@ def _splits(fold_a: str, fold_b: str) -> list[str]:
             raise DataError(f"{flag} {folder} is not a folder")
     splits = sorted(d for d in os.listdir(fold_a) if os.path.isdir(os.path.join(fold_a, d)))
     if not splits:
-        raise DataError(f"--fold_A {fold_a} has no split folders: put the A images in {fold_a}/train/ (and val/, "
-                        "test/ ...), the B images of the same names in the same folders of --fold_B")
+        raise DataError(
+            f"--fold_A {fold_a} has no split folders: put the A images in {fold_a}/train/ (and val/, "
+            "test/ ...), the B images of the same names in the same folders of --fold_B"
+        )
     return splits
 
 
@@ -65,7 +67,7 @@ def plan(cfg: CombineConfig) -> tuple[list[_Pair], list[tuple[str, str]]]:
         folder_a, folder_b = os.path.join(cfg.fold_A, split), os.path.join(cfg.fold_B, split)
         names = sorted(n for n in os.listdir(folder_a) if is_image_name(n) and (not cfg.use_AB or "_A." in n))
         names_b = set(os.listdir(folder_b)) if os.path.isdir(folder_b) else set()
-        for name in names[:cfg.num_imgs]:
+        for name in names[: cfg.num_imgs]:
             path_a, path_b = os.path.join(folder_a, name), os.path.join(folder_b, _b_name(name, cfg.use_AB))
             if not regular_file(path_a):
                 left_out.append((f"{split}/{name}", f"{path_a} is not a regular file"))
@@ -91,8 +93,10 @@ def _combine(pair: _Pair, resize: bool) -> tuple[str, str | None]:
     resized = a.shape != b.shape
     if resized:
         if not resize:
-            return "left out", (f"sizes differ: A {a.shape[1]}×{a.shape[0]}, B {b.shape[1]}×{b.shape[0]} "
-                                "(--resize makes B the size of A)")
+            return "left out", (
+                f"sizes differ: A {a.shape[1]}×{a.shape[0]}, B {b.shape[1]}×{b.shape[0]} "
+                "(--resize makes B the size of A)"
+            )
         b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.Resampling.BICUBIC))
     os.makedirs(os.path.dirname(pair.path_ab), exist_ok=True)
     write_image(pair.path_ab, np.concatenate([a, b], axis=1))

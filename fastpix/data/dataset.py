@@ -1,4 +1,5 @@
 """Paired datasets in the reference's aligned layout (A|B side by side) or in two folders (A/ and B/)."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ def list_images(folder: str) -> list[str]:
     Links to folders are not followed (as os.walk); a dangling link is listed, for the decoder to name."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder} is not a folder (is --dataroot right, and does it have this split?)")
-    found = []
+    found: list[str] = []
     _scan(folder, found)
     return sorted(found)
 
@@ -67,9 +68,21 @@ class PairedDataset(torch.utils.data.Dataset):
 
     colorization = False  # fastpix.data.colorization: A and B are the Lab of one RGB image
 
-    def __init__(self, dataroot: str, phase: str = "train", direction: str = "AtoB", input_nc: int = 3,
-                 output_nc: int = 3, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
-                 flip: bool = True, max_dataset_size: int | None = None, seed: int = 0, skip_bad_images: bool = False):
+    def __init__(
+        self,
+        dataroot: str,
+        phase: str = "train",
+        direction: str = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        max_dataset_size: int | None = None,
+        seed: int = 0,
+        skip_bad_images: bool = False,
+    ):
         if dataroot is None or not os.path.isdir(dataroot):
             raise DataError(f"--dataroot {dataroot} is not a folder")
         if "resize" in preprocess and load_size < crop_size:
@@ -104,15 +117,18 @@ class PairedDataset(torch.utils.data.Dataset):
         files_b = {os.path.relpath(p, folder_b): p for p in list_images(folder_b)}
         unmatched = sorted(set(files_a) ^ set(files_b))
         if unmatched:
-            raise DataError(f"{split}: A/ and B/ must hold the same file names; unmatched: "
-                            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
+            raise DataError(
+                f"{split}: A/ and B/ must hold the same file names; unmatched: "
+                f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}"
+            )
         return [(files_a[k], files_b[k]) for k in sorted(files_a)]
 
     def none_readable(self) -> DataError:
         """The error for a split of which --skip_bad_images left nothing: training on it would write untrained
         weights."""
-        return DataError(f"{self.split}: none of its {len(self)} images could be read (--skip_bad_images skipped "
-                         "them all)")
+        return DataError(
+            f"{self.split}: none of its {len(self)} images could be read (--skip_bad_images skipped them all)"
+        )
 
     def set_epoch(self, epoch: int):
         """Crops and flips of an epoch derive from (seed, epoch, index)."""
@@ -133,8 +149,9 @@ class PairedDataset(torch.utils.data.Dataset):
             w2 = int(w / 2)
             a, b = ab.crop((0, 0, w2, h)), ab.crop((w2, 0, w, h))
         if self.preprocess == "crop" and min(a.size) < self.crop_size:
-            raise DataError(f"{path_a}: image half {a.size[0]}×{a.size[1]} is smaller than --crop_size "
-                            f"{self.crop_size}")
+            raise DataError(
+                f"{path_a}: image half {a.size[0]}×{a.size[1]} is smaller than --crop_size {self.crop_size}"
+            )
         return (b, a, path_b, path_a) if self.reverse else (a, b, path_a, path_b)
 
     def __getitem__(self, index):
@@ -145,14 +162,13 @@ class PairedDataset(torch.utils.data.Dataset):
                 raise
             warnings.warn(f"skipping: {exc}", stacklevel=2)
             return None
-        params = sample_crop_flip(self.preprocess, self.load_size, self.crop_size, a.size,
-                                  sample_rng(self.seed, self.epoch, index))
-        common = dict(preprocess=self.preprocess, load_size=self.load_size, crop_size=self.crop_size,
-                      flip=self.flip)
+        params = sample_crop_flip(
+            self.preprocess, self.load_size, self.crop_size, a.size, sample_rng(self.seed, self.epoch, index)
+        )
+        common = dict(preprocess=self.preprocess, load_size=self.load_size, crop_size=self.crop_size, flip=self.flip)
         img_a = transform_image(a, params, grayscale=self.gray_a, **common)
         img_b = transform_image(b, params, grayscale=self.gray_b, **common)
-        return {"A": to_tensor(img_a), "B": to_tensor(img_b), "A_paths": path_a, "B_paths": path_b,
-                "index": index}
+        return {"A": to_tensor(img_a), "B": to_tensor(img_b), "A_paths": path_a, "B_paths": path_b, "index": index}
 
 
 def collate_pairs(items):
@@ -187,14 +203,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return torch.randperm(self.n, generator=g).tolist()
 
     def indices(self):
-        remaining = self.order()[self.start:]
+        remaining = self.order()[self.start :]
         if self.world == 1:
             return remaining
         per_rank = self.global_batch // self.world
         mine = []
         for b in range(len(remaining) // self.global_batch):
             first = b * self.global_batch + self.rank * per_rank
-            mine += remaining[first:first + per_rank]
+            mine += remaining[first : first + per_rank]
         return mine
 
     def __iter__(self):
@@ -204,12 +220,26 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self.indices())
 
 
-def make_loader(dataset: PairedDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
-                rank: int = 0, world: int = 1):
+def make_loader(
+    dataset: PairedDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+):
     """batch_size is the global batch; each rank's loader yields its slice of every global batch."""
     sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world)
     # Its own generator, so that creating an iterator does not draw from the global RNG (exact resume).
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size // world, sampler=sampler,
-                                         num_workers=num_workers, collate_fn=collate_pairs, drop_last=False,
-                                         generator=torch.Generator(), pin_memory=torch.cuda.is_available())
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size // world,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_pairs,
+        drop_last=False,
+        generator=torch.Generator(),
+        pin_memory=torch.cuda.is_available(),
+    )
     return loader, sampler

@@ -12,6 +12,7 @@ and eval all come here. Every error is a DecodeError (a DataError) whose message
 ``MAX_PIXELS`` pixels (or the caller's max_pixels) are refused from their header, before any pixel memory is
 allocated, with ImageTooLarge; ``image_size`` reads only the header, for callers that bound their own work by size.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,19 @@ try:
 except ImportError:  # extension not built: PIL serves
     _native = None
 
-__all__ = ["DataError", "DecodeError", "ImageTooLarge", "MAX_PIXELS", "backend", "crop_flip_into",
-           "crop_flip_normalize_into", "decode_image", "decode_pair", "decode_pairs_into", "image_size"]
+__all__ = [
+    "DataError",
+    "DecodeError",
+    "ImageTooLarge",
+    "MAX_PIXELS",
+    "backend",
+    "crop_flip_into",
+    "crop_flip_normalize_into",
+    "decode_image",
+    "decode_pair",
+    "decode_pairs_into",
+    "image_size",
+]
 
 # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS; the same default here. Assign to change.
 MAX_PIXELS = 178956970
@@ -48,7 +60,7 @@ def _native_error(name, exc) -> DecodeError:
 
 
 def backend() -> str:
-    """"native" when the C++ decoder is built and importable, else "pil"."""
+    """ "native" when the C++ decoder is built and importable, else "pil"."""
     return "native" if _native is not None else "pil"
 
 
@@ -72,9 +84,14 @@ def special_file(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a folder")):
+    for test, kind in (
+        (stat.S_ISREG, None),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
@@ -125,6 +142,7 @@ def _cpu_count() -> int:
 
 # ---------------------------------------------------------------------------------------------------- PIL path
 
+
 def _pil_open(src, name, max_pixels) -> Image.Image:
     """The opened (header read, pixels not decoded) image; ImageTooLarge over max_pixels."""
     try:
@@ -138,8 +156,9 @@ def _pil_open(src, name, max_pixels) -> Image.Image:
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise ImageTooLarge(f"{name}: image size {w}x{h} ({w * h} pixels) exceeds the limit of {max_pixels} "
-                            f"pixels {_BOMB_GUARD}")
+        raise ImageTooLarge(
+            f"{name}: image size {w}x{h} ({w * h} pixels) exceeds the limit of {max_pixels} pixels {_BOMB_GUARD}"
+        )
     return im
 
 
@@ -150,7 +169,7 @@ def _pil_open_rgb(src, name, max_pixels, draft_size=None) -> Image.Image:
             if draft_size is not None and im.format == "JPEG":
                 im.draft("RGB", draft_size)
             return im.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data; all mean "cannot decode"
+    except Exception as exc:
         raise DecodeError(f"{name}: {exc}") from exc
 
 
@@ -176,6 +195,7 @@ def _pil_pair(src, name, mode_a, mode_b, size, draft, max_pixels):
 
 # ---------------------------------------------------------------------------------------------------- public API
 
+
 def image_size(path_or_bytes, *, max_pixels: int | None = None, name: str | None = None) -> tuple[int, int]:
     """(width, height) from the image's header alone (no pixel is decoded); DecodeError when no format is
     recognised, ImageTooLarge over max_pixels (default MAX_PIXELS). name: what errors call the source."""
@@ -183,8 +203,10 @@ def image_size(path_or_bytes, *, max_pixels: int | None = None, name: str | None
     with _pil_open(src, name, _limit(max_pixels)) as im:
         return im.size
 
-def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None,
-                 name: str | None = None) -> np.ndarray:
+
+def decode_image(
+    path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = None, name: str | None = None
+) -> np.ndarray:
     """Decode a whole image to a uint8 H×W×C array (C = 3 for "RGB", 1 for "L"), as PIL's convert(mode).
     name: what errors call the source (default: its path, or "<bytes>")."""
     c = _channels(mode)
@@ -204,8 +226,15 @@ def decode_image(path_or_bytes, mode: str = "RGB", *, max_pixels: int | None = N
     return arr.reshape(arr.shape[0], arr.shape[1], c)
 
 
-def decode_pair(path_or_bytes, mode_a: str = "RGB", mode_b: str = "RGB", size=None, draft: bool = False, *,
-                max_pixels: int | None = None):
+def decode_pair(
+    path_or_bytes,
+    mode_a: str = "RGB",
+    mode_b: str = "RGB",
+    size=None,
+    draft: bool = False,
+    *,
+    max_pixels: int | None = None,
+):
     """Decode an aligned A|B image into (A, B) uint8 H×W×C arrays, split at int(width / 2).
 
     size=(w, h) resizes each half bicubically exactly as PIL does. draft=True (JPEG only, with a size at most half
@@ -234,13 +263,23 @@ def _as_array(buf, name):
         buf = buf.numpy()
     arr = np.asarray(buf)
     if arr.dtype != np.uint8 or arr.ndim != 4 or not arr.flags.c_contiguous or not arr.flags.writeable:
-        raise ValueError(f"{name} must be a writable C-contiguous uint8 array of shape (N, H, W, C), "
-                         f"got {arr.dtype} {arr.shape}")
+        raise ValueError(
+            f"{name} must be a writable C-contiguous uint8 array of shape (N, H, W, C), got {arr.dtype} {arr.shape}"
+        )
     return arr
 
 
-def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: int | None = None,
-                      draft: bool = False, *, max_pixels: int | None = None):
+def decode_pairs_into(
+    paths,
+    out_a,
+    out_b,
+    size,
+    modes=("RGB", "RGB"),
+    threads: int | None = None,
+    draft: bool = False,
+    *,
+    max_pixels: int | None = None,
+):
     """Decode a batch of A|B files into out_a / out_b, shape (len(paths), h, w, C), resized to size=(w, h).
 
     Runs on native threads with the GIL released (one call per batch). Returns one entry per path: None on
@@ -254,8 +293,9 @@ def decode_pairs_into(paths, out_a, out_b, size, modes=("RGB", "RGB"), threads: 
     ca, cb = _channels(modes[0]), _channels(modes[1])
     a, b = _as_array(out_a, "out_a"), _as_array(out_b, "out_b")
     if a.shape != (n, th, tw, ca) or b.shape != (n, th, tw, cb):
-        raise ValueError(f"out_a / out_b must have shapes {(n, th, tw, ca)} / {(n, th, tw, cb)}, "
-                         f"got {a.shape} / {b.shape}")
+        raise ValueError(
+            f"out_a / out_b must have shapes {(n, th, tw, ca)} / {(n, th, tw, cb)}, got {a.shape} / {b.shape}"
+        )
     nthreads = int(threads) if threads else _cpu_count()
     limit = _limit(max_pixels)
     if _native is not None:
@@ -297,11 +337,13 @@ def crop_flip_into(src: np.ndarray, rows, xs, ys, flips, out: np.ndarray, thread
     _native.crop_flip_into(src, list(rows), list(xs), list(ys), [bool(f) for f in flips], out, int(threads))
 
 
-def crop_flip_normalize_into(src: np.ndarray, rows, xs, ys, flips, table: np.ndarray, out: np.ndarray,
-                             threads: int = 1):
+def crop_flip_normalize_into(
+    src: np.ndarray, rows, xs, ys, flips, table: np.ndarray, out: np.ndarray, threads: int = 1
+):
     """out[k, c] = table[crop k of src, channel c] for float32 (len(rows), C, crop, crop) out: crop_flip_into's crops
     looked up in a 256-entry float32 table and split into channel planes, in one pass. Native only."""
     if _native is None:
         raise RuntimeError("crop_flip_normalize_into needs the native extension fastpix._decode")
-    _native.crop_flip_normalize_into(src, list(rows), list(xs), list(ys), [bool(f) for f in flips], table, out,
-                                     int(threads))
+    _native.crop_flip_normalize_into(
+        src, list(rows), list(xs), list(ys), [bool(f) for f in flips], table, out, int(threads)
+    )

@@ -6,6 +6,7 @@ frequency and orientation, whose phase is random per image and class, with dark 
 Because the phase is not in A, an L1-only model can only predict the average (a blur), while a conditional GAN
 can draw sharp stripes: the same situation as facades, where windows and textures are not fixed by the labels.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ from fastpix.palette import load_palette
 # A's class colours: the built-in palette "demo" (fastpix/palettes/demo.json), which the draw page paints with.
 PALETTE = np.array([c.rgb for c in load_palette("demo").classes], np.uint8)
 N_CLASSES = len(PALETTE)
-MATERIAL_COLOUR = np.array([[200, 190, 170], [180, 60, 40], [60, 150, 70], [50, 80, 170], [220, 180, 40],
-                            [120, 200, 210]], np.float32)
+MATERIAL_COLOUR = np.array(
+    [[200, 190, 170], [180, 60, 40], [60, 150, 70], [50, 80, 170], [220, 180, 40], [120, 200, 210]], np.float32
+)
 STRIPE_PERIOD = np.array([6.0, 4.0, 5.0, 3.0, 8.0, 4.0])  # pixels, at size 64; scaled with the size
 STRIPE_ANGLE = np.array([0.0, 0.5, 1.2, 2.0, 2.6, 0.9])  # radians
 
@@ -58,8 +60,9 @@ def make_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     return PALETTE[labels], np.clip(b, 0, 255).astype(np.uint8)
 
 
-def write_demo_dataset(out: str, size: int = DemoDataConfig.size, splits: dict | None = None,
-                       seed: int = DemoDataConfig.seed) -> str:
+def write_demo_dataset(
+    out: str, size: int = DemoDataConfig.size, splits: dict | None = None, seed: int = DemoDataConfig.seed
+) -> str:
     """Write <out>/{train,val,test}/<index>.png in the aligned A|B format; deterministic for (size, splits, seed)."""
     splits = DEFAULT_SPLITS if splits is None else splits
     for phase, count in splits.items():
@@ -86,8 +89,10 @@ def write_demo_data(cfg: DemoDataConfig) -> str:
     """`fastpix data demo`: the demo data set into cfg.out, which must be empty or new unless cfg.force (the files
     of the same names would be replaced: a data set already there would be mixed with the demo's)."""
     if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.force:
-        raise ConfigError(f"--out {cfg.out} is not empty: give a new or empty folder (or --force to write into it, "
-                          "replacing files of the same names)")
+        raise ConfigError(
+            f"--out {cfg.out} is not empty: give a new or empty folder (or --force to write into it, "
+            "replacing files of the same names)"
+        )
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ConfigError(f"--out {cfg.out} is a file, not a folder")
     return write_demo_dataset(cfg.out, cfg.size, {"train": cfg.train, "val": cfg.val, "test": cfg.test}, cfg.seed)

@@ -31,6 +31,7 @@ brightness: it finds the outline where the object stands out from its background
 patterns and shadow boundaries, and misses outlines between regions of similar brightness. A model trained on
 built-in edges expects such maps at test time: drawings made by hand look more like HED's.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,7 @@ def _skimage():
 
 # ---- the reference's post-processing -------------------------------------------------------------------------------
 
+
 def _triangle_smooth(e: np.ndarray, r: int) -> np.ndarray:
     """Dollár's convTri(E, r): a separable [1 2 … r+1 … 2 1]/(r+1)² filter, symmetric padding (scipy's 'reflect'
     repeats the edge pixel, as MATLAB's 'symmetric')."""
@@ -88,8 +90,12 @@ def _bilinear(e: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = np.clip(x, 0, w - 1.001), np.clip(y, 0, h - 1.001)
     x0, y0 = x.astype(np.int64), y.astype(np.int64)
     dx, dy = x - x0, y - y0
-    return (e[y0, x0] * (1 - dx) * (1 - dy) + e[y0, x0 + 1] * dx * (1 - dy) + e[y0 + 1, x0] * (1 - dx) * dy
-            + e[y0 + 1, x0 + 1] * dx * dy)
+    return (
+        e[y0, x0] * (1 - dx) * (1 - dy)
+        + e[y0, x0 + 1] * dx * (1 - dy)
+        + e[y0 + 1, x0] * (1 - dx) * dy
+        + e[y0 + 1, x0 + 1] * dx * dy
+    )
 
 
 def non_maximum_suppression(e: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -103,9 +109,9 @@ def non_maximum_suppression(e: np.ndarray, o: np.ndarray) -> np.ndarray:
     s = min(NMS_BORDER, w // 2, h // 2)
     ramp = np.arange(s, dtype=np.float32) / s
     out[:, :s] *= ramp
-    out[:, w - s:] *= ramp[::-1]
+    out[:, w - s :] *= ramp[::-1]
     out[:s, :] *= ramp[:, None]
-    out[h - s:, :] *= ramp[::-1, None]
+    out[h - s :, :] *= ramp[::-1, None]
     return out
 
 
@@ -123,6 +129,7 @@ def simple_edges(e: np.ndarray, threshold: float = 25 / 255, small_edge: int = 5
 
 
 # ---- the detectors ---------------------------------------------------------------------------------------------------
+
 
 def gradient_edges(rgb: np.ndarray) -> np.ndarray:
     """The built-in detector's soft edge map in [0, 1] of an H×W×3 uint8 photo (see the module docstring)."""
@@ -146,7 +153,7 @@ class HED:
         self.device = default_device(device)
         try:
             self.net = torch.jit.load(path, map_location=self.device).eval()
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
+        except Exception as exc:
             raise DataError(f"--hed {path}: not a TorchScript network ({' '.join(str(exc).split())[:200]})") from exc
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -158,12 +165,15 @@ class HED:
         with torch.inference_mode():
             y = self.net(x)
         if y.dim() != 4 or tuple(y.shape[:2]) != (1, 1) or y.shape[2:] != x.shape[2:]:
-            raise DataError(f"the --hed network answered shape {tuple(y.shape)} for input {tuple(x.shape)}: it must "
-                            "return the edge probability N×1×H×W")
-        return y[0, 0, pad:y.shape[2] - pad, pad:y.shape[3] - pad].float().clamp(0, 1).cpu().numpy()
+            raise DataError(
+                f"the --hed network answered shape {tuple(y.shape)} for input {tuple(x.shape)}: it must "
+                "return the edge probability N×1×H×W"
+            )
+        return y[0, 0, pad : y.shape[2] - pad, pad : y.shape[3] - pad].float().clamp(0, 1).cpu().numpy()
 
 
 # ---- the data set ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class EdgesResult:

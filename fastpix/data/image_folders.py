@@ -5,6 +5,7 @@ Threads rather than processes: decoding, resizing and encoding (the C++ decoder,
 the GIL for the work that matters, an error comes back as a value and is never lost in a worker, and nothing is
 pickled or re-imported per worker.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,14 +9,13 @@ The colorization data of the reference: A = L/50 − 1 (one channel, [−1, 1]) 
 float64 Lab rounded to float32; its pictures rebuild RGB with lab2rgb from L = (A + 1)·50 and ab = B·110 (float32
 arithmetic, then float64) and save lab2rgb·255 truncated to uint8. Tensors here are (..., C, H, W).
 """
+
 from __future__ import annotations
 
 import torch
 
 # scikit-image's xyz_from_rgb (the sRGB primaries) and the D65 2° white point ("D65": {"2": ...}).
-XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
-                (0.212671, 0.715160, 0.072169),
-                (0.019334, 0.119193, 0.950227))
+XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 D65_WHITE = (0.95047, 1.0, 1.08883)
 L_SCALE, AB_SCALE = 50.0, 110.0  # the reference's A = L/50 − 1, B = ab/110
 
@@ -30,10 +29,14 @@ def _constants(device) -> dict[str, torch.Tensor]:
     device = torch.device(device)
     if device not in _CONSTANTS:
         forward = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
-        found = {"xyz_from_rgb": forward, "rgb_from_xyz": torch.linalg.inv(forward),
-                 "linear_of_byte": _linear(torch.arange(256, dtype=torch.float64) * (1.0 / 255.0)),
-                 "white": torch.tensor(D65_WHITE, dtype=torch.float64).view(3, 1, 1),
-                 "L_scale": torch.tensor(L_SCALE), "ab_scale": torch.tensor(AB_SCALE)}
+        found = {
+            "xyz_from_rgb": forward,
+            "rgb_from_xyz": torch.linalg.inv(forward),
+            "linear_of_byte": _linear(torch.arange(256, dtype=torch.float64) * (1.0 / 255.0)),
+            "white": torch.tensor(D65_WHITE, dtype=torch.float64).view(3, 1, 1),
+            "L_scale": torch.tensor(L_SCALE),
+            "ab_scale": torch.tensor(AB_SCALE),
+        }
         _CONSTANTS[device] = {name: t.to(device) for name, t in found.items()}
     return _CONSTANTS[device]
 
@@ -73,7 +76,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     constants = _constants(lab.device)
     fy = (L + 16.0) / 116.0
     f = torch.stack((a / 500.0 + fy, fy, (fy - b / 200.0).clamp(min=0)), dim=-3)
-    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16.0 / 116.0) / 7.787) * constants["white"]
+    xyz = torch.where(f > 0.2068966, f**3, (f - 16.0 / 116.0) / 7.787) * constants["white"]
     linear = _apply(constants["rgb_from_xyz"], xyz)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1 / 2.4) - 0.055, linear * 12.92)
     return rgb.clamp(0.0, 1.0)

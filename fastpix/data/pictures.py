@@ -5,6 +5,7 @@ pix2pix shows real_A, fake_B and real_B: the tensors themselves ((x + 1)/2·255 
 Colorization's tensors are Lab (A = L/50 − 1, B = ab/110), so it shows, in the reference's order, real_A (its L as
 grey), real_B_rgb and fake_B_rgb: lab2rgb of the real L with the real and with the predicted ab, ·255 truncated.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,11 @@ def pictures(real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor, k
     """{label: HWC uint8 picture} of one item (CHW tensors as the data set and the generator give them), in the
     order of LABELS[kind]; kind is a model kind ("pix2pix" or "colorization")."""
     if kind == "colorization":
-        found = {"real_A": to_image_array(real_A), "real_B_rgb": colorization_image(real_A, real_B),
-                 "fake_B_rgb": colorization_image(real_A, fake_B)}
+        found = {
+            "real_A": to_image_array(real_A),
+            "real_B_rgb": colorization_image(real_A, real_B),
+            "fake_B_rgb": colorization_image(real_A, fake_B),
+        }
     else:
-        found = {"real_A": to_image_array(real_A), "fake_B": to_image_array(fake_B),
-                 "real_B": to_image_array(real_B)}
+        found = {"real_A": to_image_array(real_A), "fake_B": to_image_array(fake_B), "real_B": to_image_array(real_B)}
     return {label: found[label] for label in LABELS[kind]}

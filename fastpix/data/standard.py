@@ -3,6 +3,7 @@
 <root>/<name>/ and then removed. An archive already at <root>/<name>.tar.gz (downloaded by hand, or left whole by an
 earlier run that stopped while extracting) is used instead of downloading it again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,11 @@ from fastpix.data.archive import extract_tar
 from fastpix.download import Fetched, exclusive, fetch, mirror_base
 from fastpix.errors import ConfigError, DataError, UnsafeArchive
 
-CITYSCAPES = ("cityscapes cannot be downloaded (its licence forbids redistribution): get gtFine_trainvaltest.zip and "
-              "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, unzip both, then run "
-              "fastpix data cityscapes --gtFine ./gtFine --leftImg8bit ./leftImg8bit --out ./datasets/cityscapes")
+CITYSCAPES = (
+    "cityscapes cannot be downloaded (its licence forbids redistribution): get gtFine_trainvaltest.zip and "
+    "leftImg8bit_trainvaltest.zip from https://www.cityscapes-dataset.com, unzip both, then run "
+    "fastpix data cityscapes --gtFine ./gtFine --leftImg8bit ./leftImg8bit --out ./datasets/cityscapes"
+)
 
 
 @dataclass
@@ -56,8 +59,10 @@ def download_dataset(cfg: DatasetDownloadConfig, progress: bool = True) -> Datas
             with contextlib.suppress(FileNotFoundError):
                 os.remove(archive)
             if isinstance(exc, UnsafeArchive):
-                raise UnsafeArchive(f"{exc}; it came from {url}, which serves no pix2pix data set there: check "
-                                    f"--mirror (or ${MIRROR_ENV})") from exc
+                raise UnsafeArchive(
+                    f"{exc}; it came from {url}, which serves no pix2pix data set there: check "
+                    f"--mirror (or ${MIRROR_ENV})"
+                ) from exc
             raise DataError(f"{exc}; it came from {url}: run again, or {by_hand}") from exc
         os.remove(archive)
     return DatasetDownload(cfg.name, folder, url, files, fetched=fetched)

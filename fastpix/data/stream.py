@@ -3,8 +3,10 @@
 StreamLoader: one background thread decodes each batch with decode_pairs_into (native threads, GIL released) into a
 ring of `depth` reused (pinned, on CUDA) uint8 buffers ahead of the consumer; the consumer copies a buffer to the
 device (a side stream, non_blocking, on CUDA) and crops/flips/normalises there (fastpix.data.augment), so batches
-equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the ring; the thread stops when the consumer stops (break, error, end).
+equal PairedDataset's (colorization's: ColorizationDataset's, converted to Lab there). Memory is bounded by the
+ring; the thread stops when the consumer stops (break, error, end).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +17,17 @@ import torch
 
 from fastpix.cache_folders import GB
 from fastpix.config import DATA_PIPELINE_CHOICES, PAIRS_CACHE_MAX_GB
-from fastpix.data.cache import (CachedLoader, PairCache, augment_items, batch_plan, cache_nbytes, channels,
-                                check_cacheable, choose_placement, decode_into, make_batch, report_bad)
+from fastpix.data.cache import CachedLoader, PairCache, cache_nbytes, choose_placement
 from fastpix.data.dataset import EpochSampler, PairedDataset, make_loader
+from fastpix.data.resized_pairs import (
+    augment_items,
+    batch_plan,
+    channels,
+    check_cacheable,
+    decode_into,
+    make_batch,
+    report_bad,
+)
 from fastpix.errors import ResourceError
 
 _DONE = object()
@@ -36,7 +46,7 @@ class _Producer:
 
     def __init__(self, loader: StreamLoader, plan):
         self.loader, self.plan = loader, plan
-        self.ready = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fastpix-stream", daemon=True)
         self.thread.start()
@@ -106,13 +116,26 @@ class StreamLoader:
     depth: ring buffers (each one per-rank batch of load_size² A and B); threads: native decode threads.
     """
 
-    def __init__(self, dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 device="cpu", threads: int = 2, depth: int = 3, shuffle: bool = True):
+    mode: str  # the --data_pipeline this is, set by make_pipeline
+
+    def __init__(
+        self,
+        dataset: PairedDataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device="cpu",
+        threads: int = 2,
+        depth: int = 3,
+        shuffle: bool = True,
+    ):
         check_cacheable(dataset)
         self.dataset, self.device, self.threads, self.depth = dataset, torch.device(device), threads, depth
         self.sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world)
         self.per_rank = batch_size // world
-        self.free, self.lock = queue.Queue(), threading.Lock()
+        self.free: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
         self.slots_allocated = 0
         self._producer = None
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -183,6 +206,8 @@ class StreamLoader:
 class LoaderPipeline:
     """make_loader's DataLoader behind the pipeline interface; A and B are moved to `device`."""
 
+    mode: str  # the --data_pipeline this is, set by make_pipeline
+
     def __init__(self, dataset, batch_size, seed, rank, world, device, num_threads, shuffle=True):
         self.dataset, self.device = dataset, torch.device(device)
         self.loader, self.sampler = make_loader(dataset, batch_size, shuffle, num_threads, seed, rank, world)
@@ -205,9 +230,20 @@ class LoaderPipeline:
             yield batch
 
 
-def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                  device="cpu", mode: str = "auto", num_threads: int = 2, cache_dir: str | None = None,
-                  shuffle: bool = True, progress: bool = True, cache_max_gb: float = PAIRS_CACHE_MAX_GB):
+def make_pipeline(
+    dataset: PairedDataset,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    mode: str = "auto",
+    num_threads: int = 2,
+    cache_dir: str | None = None,
+    shuffle: bool = True,
+    progress: bool = True,
+    cache_max_gb: float = PAIRS_CACHE_MAX_GB,
+):
     """The training data path: an object iterated once per epoch like make_loader's DataLoader, yielding
     {"A", "B" (on device), "A_paths", "B_paths", "index"} or None (a wholly unreadable batch), with
     set_position(epoch, start) (or .sampler.set_position and .dataset.set_epoch, as with make_loader) and .mode.
@@ -222,19 +258,23 @@ def make_pipeline(dataset: PairedDataset, batch_size: int, seed: int = 0, rank: 
         raise ValueError(f"--data_pipeline must be one of {', '.join(DATA_PIPELINE_CHOICES)}, not {mode!r}")
     # Ranks on one machine each hold a copy of an in-RAM cache (torchrun sets LOCAL_WORLD_SIZE).
     copies = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    placement = "auto"
+    placement: str | None = "auto"
     if mode in ("auto", "cache") and dataset.preprocess == "resize_and_crop":
         placement = choose_placement(dataset, device, cache_dir, copies, cache_max_gb * GB)
         if mode == "auto":
             mode = "cache" if placement is not None else "stream"
         elif placement is None:
-            raise ResourceError(f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
-                              f"RAM nor on disk: use --data_pipeline stream")
+            raise ResourceError(
+                f"a cache of {cache_nbytes(dataset) / 2**30:.1f} GiB fits neither on the device, in "
+                f"RAM nor on disk: use --data_pipeline stream"
+            )
     elif mode == "auto":
         mode = "loader"
+    pipeline: CachedLoader | StreamLoader | LoaderPipeline
     if mode == "cache":
-        cache = _build_cache_once(dataset, device, cache_dir, placement, num_threads, progress, rank, world,
-                                  cache_max_gb * GB)
+        cache = _build_cache_once(
+            dataset, device, cache_dir, placement, num_threads, progress, rank, world, cache_max_gb * GB
+        )
         pipeline = CachedLoader(cache, batch_size, seed, rank, world, device, shuffle)
     elif mode == "stream":
         pipeline = StreamLoader(dataset, batch_size, seed, rank, world, device, max(1, num_threads), shuffle=shuffle)
@@ -250,8 +290,15 @@ def _build_cache_once(dataset, device, cache_dir, placement, threads, progress, 
     if dist and rank != 0:
         torch.distributed.barrier()
     try:
-        return PairCache(dataset, device, cache_dir, placement, threads=max(1, threads),
-                         progress=progress and rank == 0, max_bytes=max_bytes)
+        return PairCache(
+            dataset,
+            device,
+            cache_dir,
+            placement,
+            threads=max(1, threads),
+            progress=progress and rank == 0,
+            max_bytes=max_bytes,
+        )
     finally:
         if dist and rank == 0:
             torch.distributed.barrier()

@@ -5,6 +5,7 @@ crop (one offset shared by A and B) → make-power-of-4 (preprocess none) → fl
 Drawing the crop/flip from (seed, epoch, index) rather than a process-global RNG makes a sample's augmentation
 independent of worker count and order, and makes resumed runs exact.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,8 +25,9 @@ class CropFlip:
     flip: bool
 
 
-def sample_crop_flip(preprocess: str, load_size: int, crop_size: int, size: tuple[int, int],
-                     rng: random.Random) -> CropFlip:
+def sample_crop_flip(
+    preprocess: str, load_size: int, crop_size: int, size: tuple[int, int], rng: random.Random
+) -> CropFlip:
     """The reference's get_params: the crop offset range follows the size after resizing."""
     w, h = size
     new_w, new_h = w, h
@@ -55,8 +57,9 @@ def _make_power_2(img, base=4):
     return img if (w, h) == (ow, oh) else img.resize((w, h), BICUBIC)
 
 
-def transform_image(img: Image.Image, params: CropFlip, preprocess: str, load_size: int, crop_size: int,
-                    flip: bool, grayscale: bool) -> Image.Image:
+def transform_image(
+    img: Image.Image, params: CropFlip, preprocess: str, load_size: int, crop_size: int, flip: bool, grayscale: bool
+) -> Image.Image:
     """Apply the reference chain up to (not including) the conversion to a tensor."""
     if grayscale:
         img = img.convert("L")

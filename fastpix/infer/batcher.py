@@ -8,6 +8,7 @@ on its batch (norm modes 'instance' and 'running'). Jobs are futures: a caller t
 future, and a job whose deadline has passed is dropped, before its batch runs. The queue holds at most max_queue
 jobs and max_queue_pixels padded pixels. stop() lets every queued job finish first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,9 +55,17 @@ _STOP = object()
 
 
 class Batcher:
-    def __init__(self, predictor, max_batch_size: int = 16, max_wait_s: float = 0.0, max_queue: int = 256,
-                 warmup_size: tuple[int, int] | None = None, on_batch=None, max_batch_pixels: int | None = None,
-                 max_queue_pixels: int | None = None):
+    def __init__(
+        self,
+        predictor,
+        max_batch_size: int = 16,
+        max_wait_s: float = 0.0,
+        max_queue: int = 256,
+        warmup_size: tuple[int, int] | None = None,
+        on_batch=None,
+        max_batch_pixels: int | None = None,
+        max_queue_pixels: int | None = None,
+    ):
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -84,10 +93,14 @@ class Batcher:
         max_queue_pixels padded pixels are already waiting."""
         job = Job(ImageRequest(image, seed), pixels, deadline)
         with self._pixels_lock:
-            if self.max_queue_pixels is not None and self.queued_pixels and \
-                    self.queued_pixels + pixels > self.max_queue_pixels:
-                raise QueueFull(f"{self.queued_pixels} padded pixels are already waiting (at most "
-                                f"{self.max_queue_pixels})")
+            if (
+                self.max_queue_pixels is not None
+                and self.queued_pixels
+                and self.queued_pixels + pixels > self.max_queue_pixels
+            ):
+                raise QueueFull(
+                    f"{self.queued_pixels} padded pixels are already waiting (at most {self.max_queue_pixels})"
+                )
             try:
                 self.queue.put_nowait(job)
             except queue.Full:
@@ -121,8 +134,11 @@ class Batcher:
             self._fail_waiting(self.error)
             return
         self.ready.set()
-        log.info("warm-up done in %.1f s: ready (%s)", time.monotonic() - started,
-                 getattr(self.predictor, "description", "the model"))
+        log.info(
+            "warm-up done in %.1f s: ready (%s)",
+            time.monotonic() - started,
+            getattr(self.predictor, "description", "the model"),
+        )
         # inference_mode belongs to the thread that runs the model (it is thread-local state).
         with torch.inference_mode():
             stopping = False
@@ -174,7 +190,7 @@ class Batcher:
     def _run_batch_of_one(self, job: Job):
         try:
             outputs = [r.image for r in self.predictor.run([job.request], output_type="np")]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - this request's error is its own answer; the server goes on
             job.future.set_exception(exc)
             return
         self._finish([job], outputs)

@@ -7,6 +7,7 @@ and joins it to the image's own L with the reference's lab2rgb: so the output ke
 where that lightness with the predicted colour lies outside the sRGB gamut (lab2rgb clips it) and for 8-bit
 rounding.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ package (holding a lease on its file: fastpix.cache_folders), checks it against 
 runs it once on zeros so that oneDNN creates its primitives before a request does, hands it over, then bounds the
 cache folder (compiled_cache.prune). Every step of more than a moment is said in the log ("fastpix.*" loggers).
 """
+
 from __future__ import annotations
 
 import io
@@ -121,8 +122,11 @@ class Builder:
                     self._current = None
         status = self.runner.status()
         if not self._closed and status["compiled"]:
-            log.info("compiled and loaded: %s (after %.1f s in the background)", ", ".join(status["compiled"]),
-                     time.monotonic() - self._started)
+            log.info(
+                "compiled and loaded: %s (after %.1f s in the background)",
+                ", ".join(status["compiled"]),
+                time.monotonic() - self._started,
+            )
         with self._cond:
             self._cond.notify_all()
         if child is not None:
@@ -138,8 +142,9 @@ class Builder:
             if not os.path.exists(path):
                 reason = remembered_failure(runner.folder, shape)
                 if reason is not None:
-                    self._failed(shape, f"{reason} (an earlier run's build: `fastpix cache clear --compiled` tries "
-                                        "again)")
+                    self._failed(
+                        shape, f"{reason} (an earlier run's build: `fastpix cache clear --compiled` tries again)"
+                    )
                     return
                 self._build(shape, path)
                 built = True
@@ -169,6 +174,7 @@ class Builder:
             log.warning("%s: %s; building it again", path, wrong)
             remove_path(path)
             return wrong
+        assert package is not None  # it loaded: wrong is empty
         with torch.inference_mode():
             package(torch.zeros(shape, dtype=runner.dtype).contiguous(memory_format=torch.channels_last))
         runner.install(shape, LoadedPackage(package, lease))
@@ -176,8 +182,12 @@ class Builder:
 
     def _build(self, shape, path):
         runner = self.runner
-        log.info("compiling the generator for batch piece %d at %dx%d in the background (eager until it is built)",
-                 shape[0], shape[2], shape[3])
+        log.info(
+            "compiling the generator for batch piece %d at %dx%d in the background (eager until it is built)",
+            shape[0],
+            shape[2],
+            shape[3],
+        )
         started = time.monotonic()
         if self._child is None:  # only this thread sets it; not under the lock: sending the network takes seconds
             child = CompilerProcess(runner.net, self.nice)
@@ -195,8 +205,11 @@ class Builder:
                 raise BuildFailed("stopped")
             remember_failure(runner.folder, shape, error)
             raise BuildFailed(error)
-        log.info("compiled %s in %.1f s: it runs compiled from the next call on", shape_name(shape),
-                 time.monotonic() - started)
+        log.info(
+            "compiled %s in %.1f s: it runs compiled from the next call on",
+            shape_name(shape),
+            time.monotonic() - started,
+        )
 
     def _failed(self, shape, reason: str):
         if self._closed:
@@ -211,14 +224,31 @@ class CompilerProcess:
     def __init__(self, net: torch.nn.Module, nice: int):
         ours, theirs = socket.socketpair()
         source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TORCHINDUCTOR_COMPILE_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
+        }
         # The packages' kernels must use the threads of the process that runs them: Inductor writes the count into
         # the code it generates, from torch's thread count in the process that compiles.
-        args = [sys.executable, "-m", "fastpix.infer.compiled_builds", str(theirs.fileno()), str(nice),
-                str(torch.get_num_threads())]
-        self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [
+            sys.executable,
+            "-m",
+            "fastpix.infer.compiled_builds",
+            str(theirs.fileno()),
+            str(nice),
+            str(torch.get_num_threads()),
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         theirs.close()
         self.conn = Connection(ours.detach())
         # Not a process left behind by an interpreter that exits without close(): at exit it is stopped.

@@ -11,6 +11,7 @@ features. The root is bounded (--compile_cache_max_gb): after each build the lea
 files are removed until it fits, never one a process has loaded (each loaded package holds a shared flock on its
 file: fastpix.cache_folders). Inductor's build files are never kept: only the .pt2 is needed to run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ def package_path(folder: str, shape) -> str:
     return os.path.join(folder, shape_name(shape) + ".pt2")
 
 
-def cached_shapes(folder: str) -> list[tuple[int, int, int]]:
+def cached_shapes(folder: str) -> list[tuple[int, ...]]:
     """(n, h, w) of every package in folder (named <n>x<h>x<w>.pt2), the most recently used first."""
     found = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
@@ -78,6 +79,7 @@ def read_json(path: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ failed builds
 
+
 def failure_path(folder: str, shape) -> str:
     return os.path.join(folder, shape_name(shape) + FAILED_SUFFIX)
 
@@ -88,8 +90,9 @@ def remember_failure(folder: str, shape, reason: str):
     import torch
 
     with contextlib.suppress(OSError):  # a full disk may refuse even this: the build is then tried again next run
-        atomic_write_json(failure_path(folder, shape), {"error": reason, "torch": torch.__version__,
-                                                        "fastpix": FASTPIX_VERSION})
+        atomic_write_json(
+            failure_path(folder, shape), {"error": reason, "torch": torch.__version__, "fastpix": FASTPIX_VERSION}
+        )
 
 
 def remembered_failure(folder: str, shape) -> str | None:
@@ -109,6 +112,7 @@ def remembered_failure(folder: str, shape) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ build folders
 
+
 @contextlib.contextmanager
 def build_folder(parent: str):
     """A fresh folder under parent for Inductor's build files, named after this process and removed when the build
@@ -123,7 +127,7 @@ def build_folder(parent: str):
 
 def _writer_pid(name: str) -> int | None:
     if name.startswith(BUILD_PREFIX):
-        pid = name[len(BUILD_PREFIX):].split("-", 1)[0]
+        pid = name[len(BUILD_PREFIX) :].split("-", 1)[0]
         return int(pid) if pid.isdigit() else None
     return temporary_writer(name) if name.startswith(TMP_PREFIX) else None
 
@@ -148,6 +152,7 @@ def remove_orphans(folder: str):
 
 # ------------------------------------------------------------------------------------------------ the bound
 
+
 def entries(cache_dir: str | None = None) -> list[Entry]:
     """Every package and ONNX file under the root, each an evictable Entry described in words."""
     root = cache_root(cache_dir)
@@ -167,8 +172,12 @@ def entries(cache_dir: str | None = None) -> list[Entry]:
 def describe_key(record: dict, key: str) -> str:
     if not record:
         return f"key {key[:12]}… (no description: built by an older fastpix)"
-    parts = [record.get("source") or f"key {key[:12]}…", record.get("network", "?"),
-             f"norm_mode {record.get('norm_mode', '?')}", record.get("precision", "?")]
+    parts = [
+        record.get("source") or f"key {key[:12]}…",
+        record.get("network", "?"),
+        f"norm_mode {record.get('norm_mode', '?')}",
+        record.get("precision", "?"),
+    ]
     return ", ".join(parts)
 
 
@@ -203,8 +212,9 @@ def failures(cache_dir: str | None = None) -> list[tuple[str, str]]:
         folder = os.path.join(root, name)
         for marker in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             if marker.endswith(FAILED_SUFFIX):
-                found.append((os.path.join(folder, marker),
-                              str(read_json(os.path.join(folder, marker)).get("error", "?"))))
+                found.append(
+                    (os.path.join(folder, marker), str(read_json(os.path.join(folder, marker)).get("error", "?")))
+                )
     return found
 
 
@@ -212,7 +222,8 @@ def clear(cache_dir: str | None = None) -> tuple[list[Entry], list[Entry]]:
     """Remove every package and ONNX file no process has loaded, and every remembered failure. Returns (removed,
     kept because in use)."""
     root = cache_root(cache_dir)
-    removed, kept = [], []
+    removed: list[Entry] = []
+    kept: list[Entry] = []
     for entry in entries(root):
         (removed if remove_unless_leased(entry) else kept).append(entry)
     for path, _ in failures(root):

@@ -6,9 +6,11 @@ fuses conv + bias + activation), into one .pt2 file written whole then renamed; 
 temporary folder removed when the build ends. Loading: AOTInductor's loader class (~0.1 s at unet_256).
 `fastpix export --format pt2` writes the same file for shipping.
 """
+
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,12 +21,17 @@ from fastpix.infer.compiled_cache import build_folder
 
 def package_metadata(shape, dtype: torch.dtype, key: str | None = None) -> dict:
     """What a package records about the inputs it takes (and the cache key it was built for), checked on load."""
-    return {"fastpix.shape": "x".join(map(str, shape)), "fastpix.dtype": str(dtype),
-            "fastpix.layout": "channels_last", **({"fastpix.key": key} if key else {})}
+    return {
+        "fastpix.shape": "x".join(map(str, shape)),
+        "fastpix.dtype": str(dtype),
+        "fastpix.layout": "channels_last",
+        **({"fastpix.key": key} if key else {}),
+    }
 
 
-def build_package(net: nn.Module, example: torch.Tensor, path: str, build_parent: str | None = None,
-                  key: str | None = None) -> str:
+def build_package(
+    net: nn.Module, example: torch.Tensor, path: str, build_parent: str | None = None, key: str | None = None
+) -> str:
     """Export `net` on `example`'s shape, dtype and layout and compile it ahead of time with frozen weights into the
     AOTInductor package `path` (written whole, then renamed: fastpix.files.atomic_write, whose temporary keeps the
     .pt2 suffix the packager wants), recording that shape, dtype and `key` in its metadata. Inductor's build files go
@@ -34,8 +41,11 @@ def build_package(net: nn.Module, example: torch.Tensor, path: str, build_parent
     options = {"aot_inductor.metadata": package_metadata(example.shape, example.dtype, key)}
 
     def package(tmp: str):
-        with build_folder(build_parent or os.path.dirname(os.path.abspath(path))) as folder, \
-                inductor_build(folder), torch.no_grad():  # freezing
+        with (
+            build_folder(build_parent or os.path.dirname(os.path.abspath(path))) as folder,
+            inductor_build(folder),
+            torch.no_grad(),
+        ):  # freezing
             torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=options)
 
     atomic_write(path, package)
@@ -43,7 +53,7 @@ def build_package(net: nn.Module, example: torch.Tensor, path: str, build_parent
 
 
 # AOTInductor's package loader class (torch 2.6 and later); load_package falls back to the public loader without it.
-PACKAGE_LOADER = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+PACKAGE_LOADER: Any = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
 
 
 class Package:
@@ -64,8 +74,10 @@ class Package:
             return None
         if got["fastpix.shape"] is None:
             return "it records no input shape (built by an older fastpix)"
-        return f"it was built for {got['fastpix.shape']} {got['fastpix.dtype']} (key {got.get('fastpix.key')}), " \
-               f"not {want['fastpix.shape']} {want['fastpix.dtype']} (key {key})"
+        return (
+            f"it was built for {got['fastpix.shape']} {got['fastpix.dtype']} (key {got.get('fastpix.key')}), "
+            f"not {want['fastpix.shape']} {want['fastpix.dtype']} (key {key})"
+        )
 
 
 def load_package(path: str) -> Package:

@@ -5,6 +5,7 @@ norm_mode 'instance' or 'running' with dropout off: plan.py), so the spare rows'
 capture fails, the runner warns once, naming the cause (`failure`), and that bucket runs the eager forward, with the
 same results.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,8 +23,8 @@ class GraphRunner:
     def __init__(self, network: nn.Module, plan, input_nc: int):
         self.network, self.plan, self.input_nc = network, plan, input_nc
         self.size = plan.graph_size
-        self.graphs = {}
-        self.failure = None
+        self.graphs: dict[int, tuple] = {}
+        self.failure: str | None = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         n = batch.shape[0]
@@ -48,8 +49,12 @@ class GraphRunner:
             return self._record(bucket)
         except Exception as exc:  # noqa: BLE001 - whatever broke the capture, the eager forward still holds
             if self.failure is None:
-                warnings.warn(f"fastpix: capturing the Predictor's CUDA graph failed ({type(exc).__name__}: {exc}); "
-                              "it runs without CUDA graphs", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"fastpix: capturing the Predictor's CUDA graph failed ({type(exc).__name__}: {exc}); "
+                    "it runs without CUDA graphs",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             self.failure = f"{type(exc).__name__}: {exc}"[:300]
             return None
 
@@ -58,7 +63,8 @@ class GraphRunner:
 
         device = self.plan.device
         static_in = torch.zeros(bucket, self.input_nc, *self.size, device=device).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         # backend 'triton': each layer's choice (Triton or cuDNN) is made now, outside the capture.
         with self.plan.autocast():
             tune_layers(self.network, static_in)

@@ -3,8 +3,10 @@
 collect_inputs finds the files (folders searched recursively), predict_files translates them in batches into
 <output>/<name stem>.png, each written atomically (fastpix.files), reporting and skipping unreadable files.
 """
+
 from __future__ import annotations
 
+import functools
 import os
 
 from fastpix.data.decode import DecodeError, decode_image
@@ -30,13 +32,13 @@ def output_names(names: list[str]) -> list[str]:
     """<stem>.png per input name, none the same: every name that is unique keeps it; a name taken (a.jpg and a.png,
     or a third file whose own name is a_2.png) gets the first free _2, _3 … so that no result overwrites another."""
     wanted = [f"{os.path.splitext(os.fspath(name))[0]}.png" for name in names]
-    first = {}
+    first: dict[str, int] = {}
     for k, name in enumerate(wanted):
         first.setdefault(name, k)
     taken, out = set(wanted), []
     for k, name in enumerate(wanted):
         if first[name] != k:
-            stem, n = name[:-len(".png")], 2
+            stem, n = name[: -len(".png")], 2
             while f"{stem}_{n}.png" in taken:
                 n += 1
             name = f"{stem}_{n}.png"
@@ -45,8 +47,16 @@ def output_names(names: list[str]) -> list[str]:
     return out
 
 
-def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int = 8, progress: bool = True,
-                  seed=None, resize=None, names: list[str] | None = None):
+def predict_files(
+    predictor,
+    inputs: list[str],
+    output_dir: str,
+    batch_size: int = 8,
+    progress: bool = True,
+    seed=None,
+    resize=None,
+    names: list[str] | None = None,
+):
     """Translate image files with `predictor` (a Predictor) into output_dir/<name stem>.png (names default to the
     inputs' file names). Returns (written paths, [(path, message)] of failures).
 
@@ -71,10 +81,15 @@ def predict_files(predictor, inputs: list[str], output_dir: str, batch_size: int
                 indices.append(k)
             if images:
                 # The seed the call drew from (picked by the first batch when none was given) serves every batch.
-                outputs, seed = predictor(images, seed=seed, output_type="pil", resize=resize, indices=indices,
-                                          return_seeds=True)
+                outputs, seed = predictor(
+                    images, seed=seed, output_type="pil", resize=resize, indices=indices, return_seeds=True
+                )
                 for output, target in zip(outputs, targets):
-                    atomic_write(target, lambda tmp, image=output: image.save(tmp, format="PNG"))
+                    atomic_write(target, functools.partial(_save_png, output))
                     written.append(target)
             bar.update(min(batch_size, len(inputs) - start))
     return written, failed
+
+
+def _save_png(image, path: str):
+    image.save(path, format="PNG")

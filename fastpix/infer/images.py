@@ -6,6 +6,7 @@ ResNet), run, and cropped back. Padding is split evenly between the two sides; w
 can give (pad >= side), several reflections are chained, and a side of 1 pixel is replicated instead. Outputs
 convert to uint8 as the reference saves them.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,7 @@ def pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def crop_from(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     top, left = _pad_offsets(h, w, y.shape[-2:])
-    return y[..., top:top + h, left:left + w]
+    return y[..., top : top + h, left : left + w]
 
 
 def resize_tensor(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -64,8 +65,10 @@ def load_input(item, input_nc: int, resize=None):
         item = decode_image(item, mode)
     if isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
         if item.dim() != 3 or item.shape[0] != input_nc:
-            raise ValueError(f"uint8 tensor images must be CHW with {input_nc} channels; got shape "
-                             f"{tuple(item.shape)} (pass a batch as a list)")
+            raise ValueError(
+                f"uint8 tensor images must be CHW with {input_nc} channels; got shape "
+                f"{tuple(item.shape)} (pass a batch as a list)"
+            )
         if resize is None:
             return item.detach(), tuple(item.shape[-2:])
         item = item.detach().cpu().permute(1, 2, 0).numpy()
@@ -88,13 +91,17 @@ def load_input(item, input_nc: int, resize=None):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), original
     if isinstance(item, torch.Tensor):
         if item.dim() != 3 or item.shape[0] != input_nc:
-            raise ValueError(f"tensor images must be CHW with {input_nc} channels in [-1, 1]; got shape "
-                             f"{tuple(item.shape)} (pass a batch as a list)")
+            raise ValueError(
+                f"tensor images must be CHW with {input_nc} channels in [-1, 1]; got shape "
+                f"{tuple(item.shape)} (pass a batch as a list)"
+            )
         t = item.detach().float()
-        original = tuple(t.shape[-2:])
+        original = (t.shape[-2], t.shape[-1])
         return (t if resize is None else resize_tensor(t, resize[1], resize[0])), original
-    raise TypeError(f"cannot read an image from {type(item).__name__}: give a PIL image, an HWC uint8 array, a CHW "
-                    "tensor (uint8, or float in [-1, 1]) or a file path")
+    raise TypeError(
+        f"cannot read an image from {type(item).__name__}: give a PIL image, an HWC uint8 array, a CHW "
+        "tensor (uint8, or float in [-1, 1]) or a file path"
+    )
 
 
 def to_network_input(t: torch.Tensor, device) -> torch.Tensor:

@@ -5,6 +5,7 @@ The inference network (norm_mode instance or running, dropout off) is exported o
 width, to <cache_dir>/<key>.onnx (the key hashes the weights, the norm mode and torch's version: compiled.py), and
 run by onnxruntime's CPU execution provider in fp32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,19 @@ def write_onnx(net: nn.Module, path: str, multiple: int, metadata: dict | None =
         # external_data=False: the weights inside the one file (a generator is far below ONNX's 2 GB limit); with
         # the exporter's default they went to a <tmp>.data beside it, left behind in the cache folder.
         with torch.no_grad(), exporter_quiet():
-            torch.onnx.export(net, (example,), tmp, dynamo=True, input_names=["image"], output_names=["translated"],
-                              dynamic_shapes=dynamic, opset_version=OPSET, verbose=False, report=False,
-                              external_data=False)
+            torch.onnx.export(
+                net,
+                (example,),
+                tmp,
+                dynamo=True,
+                input_names=["image"],
+                output_names=["translated"],
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                verbose=False,
+                report=False,
+                external_data=False,
+            )
         model = onnx.load(tmp)
         for key, value in {"fastpix.multiple": multiple, **(metadata or {})}.items():
             entry = model.metadata_props.add()
@@ -91,7 +102,8 @@ class OnnxNetwork:
         _require("onnxruntime")
         import onnxruntime
 
-        net = copy.deepcopy(network).float().to(memory_format=torch.contiguous_format)
+        # (torch's stub of Module.to lacks memory_format)
+        net = copy.deepcopy(network).float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         key = compiled.weights_key(net, type(net).__name__, norm_mode, "onnx", OPSET, torch.__version__)
         self.path = os.path.join(cache_dir or default_compile_cache_dir(), f"{key}.onnx")
         self.failed = None

@@ -8,10 +8,11 @@ where that is exact and pays, else eager), the layout (runtime.channels_last), a
 size that cannot run as CUDA graphs (no CUDA device, norm_mode 'batch', dropout) runs without them, and the plan
 says why (`graphs_off`): a server asks for its graph size on any device.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -49,9 +50,20 @@ class ExecutionPlan:
         return runtime.autocast(self.device.type, self.precision, cache_enabled=False)
 
 
-def plan_execution(*, device=None, precision=None, runtime_asked="auto", graph_size=None, max_batch_size=16,
-                   images=None, backend="eager", norm_mode="instance", dropout=False, multiple=1,
-                   packages_built: Callable[[str], bool] | None = None) -> ExecutionPlan:
+def plan_execution(
+    *,
+    device=None,
+    precision=None,
+    runtime_asked="auto",
+    graph_size=None,
+    max_batch_size=16,
+    images=None,
+    backend="eager",
+    norm_mode="instance",
+    dropout=False,
+    multiple=1,
+    packages_built: Callable[[str], bool] | None = None,
+) -> ExecutionPlan:
     """The plan for a network and what the caller asked.
 
     backend, norm_mode, dropout: what the network's layers do; multiple: the side its inputs are padded to.
@@ -64,22 +76,32 @@ def plan_execution(*, device=None, precision=None, runtime_asked="auto", graph_s
     if backend == "triton":
         _check_triton_device(device)
         if runtime_asked not in (None, "auto", "eager"):
-            raise ConfigError(f"--runtime {runtime_asked!r} runs --backend eager generators; this one is --backend "
-                              "'triton' (use --runtime eager or auto)")
+            raise ConfigError(
+                f"--runtime {runtime_asked!r} runs --backend eager generators; this one is --backend "
+                "'triton' (use --runtime eager or auto)"
+            )
         runtime_asked = "eager"
     cached = None if packages_built is None else (lambda: packages_built(chosen_precision))
     chosen = resolve_runtime(runtime_asked, device, norm_mode, dropout, images, cached)
     if chosen == "onnxruntime":
         if precision not in (None, "fp32"):
-            raise ConfigError(f"--runtime 'onnxruntime' runs fp32, not {precision}: give --precision fp32 or leave "
-                              "it unset")
+            raise ConfigError(
+                f"--runtime 'onnxruntime' runs fp32, not {precision}: give --precision fp32 or leave it unset"
+            )
         chosen_precision = "fp32"
     layout = {"compiled": True, "onnxruntime": False}.get(chosen, runtime.channels_last(device, chosen_precision))
     graphs_off = "" if graph_size is None else _graphs_blocker(device, norm_mode, dropout)
     graphed = graph_size is not None and not graphs_off
-    return ExecutionPlan(device, chosen_precision, chosen, backend, layout,
-                         padded_size(*graph_size, multiple) if graphed else None, graphs_off,
-                         min(max_batch_size, GRAPH_BUCKETS[-1]) if graphed else max_batch_size)
+    return ExecutionPlan(
+        device,
+        chosen_precision,
+        chosen,
+        backend,
+        layout,
+        padded_size(graph_size[0], graph_size[1], multiple) if graphed else None,
+        graphs_off,
+        min(max_batch_size, GRAPH_BUCKETS[-1]) if graphed else max_batch_size,
+    )
 
 
 def _precision(asked, device: torch.device) -> str:
@@ -94,22 +116,27 @@ def _check_triton_device(device: torch.device):
     from fastpix.kernels import INTERPRETED  # a triton network exists, so the kernels are loaded already
 
     if device.type != "cuda" and not INTERPRETED:
-        raise ConfigError(f"--backend 'triton' needs a CUDA device, not {device} (or TRITON_INTERPRET=1 set before "
-                          "importing fastpix, to run the kernels in Triton's slow interpreter); use --backend eager "
-                          "on a CPU")
+        raise ConfigError(
+            f"--backend 'triton' needs a CUDA device, not {device} (or TRITON_INTERPRET=1 set before "
+            "importing fastpix, to run the kernels in Triton's slow interpreter); use --backend eager "
+            "on a CPU"
+        )
 
 
 def _graphs_blocker(device: torch.device, norm_mode: str, dropout: bool) -> str:
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"CUDA graphs need a CUDA device, not {device}"
     if norm_mode == "batch" or dropout:
-        return ("CUDA graphs pad requests with spare images, which needs images that are independent of each other "
-                "(norm_mode 'instance' or 'running', dropout off)")
+        return (
+            "CUDA graphs pad requests with spare images, which needs images that are independent of each other "
+            "(norm_mode 'instance' or 'running', dropout off)"
+        )
     return ""
 
 
-def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None,
-                    cached=None) -> str:
+def resolve_runtime(
+    requested, device: torch.device, norm_mode: str, dropout: bool, images: int | None = None, cached=None
+) -> str:
     """The runtime that runs: 'auto' compiles where that is exact and pays (images: how many the caller will
     translate, None for a long-lived caller such as the server; cached: a function saying whether this network's
     packages are already built, which makes compiling pay at once); one asked for that cannot run says why."""
@@ -124,8 +151,10 @@ def resolve_runtime(requested, device: torch.device, norm_mode: str, dropout: bo
     elif device.type != "cpu":
         blocker = f"the compiled runtime is for CPUs, not {device.type}"
     elif norm_mode == "batch" or dropout:
-        blocker = ("norm_mode 'batch' and dropout tie images of a batch together or draw per-image noise, which "
-                   "the compiled graphs do not do")
+        blocker = (
+            "norm_mode 'batch' and dropout tie images of a batch together or draw per-image noise, which "
+            "the compiled graphs do not do"
+        )
     if requested != "auto" and blocker:
         raise ConfigError(f"--runtime {requested!r}: {blocker}; use --runtime eager or auto")
     if requested != "auto":

@@ -12,12 +12,14 @@ How it runs (device, precision, runtime, layout, CUDA graphs) is decided once, w
 fused kernels). Translating files into a folder: image_files.py. A colorization generator (model 'colorization')
 takes colour or grey images and returns them coloured, their lightness kept (colorize.py).
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import secrets
 from collections import defaultdict
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -28,8 +30,16 @@ from fastpix.infer.colorize import as_colour, join_lightness, split_lightness
 from fastpix.infer.compiled import CompiledNetwork, cache_key
 from fastpix.infer.compiled_cache import has_packages
 from fastpix.infer.graphs import GRAPH_BUCKETS, GraphRunner
-from fastpix.infer.images import OUTPUT_TYPES, convert_output, crop_from, load_input, pad_to, padded_size, \
-    resize_tensor, to_network_input
+from fastpix.infer.images import (
+    OUTPUT_TYPES,
+    convert_output,
+    crop_from,
+    load_input,
+    pad_to,
+    padded_size,
+    resize_tensor,
+    to_network_input,
+)
 from fastpix.infer.norm_modes import has_dropout, inference_network, sample_generator, seeded_dropout, uses_triton
 from fastpix.infer.onnx_runtime import OnnxNetwork
 from fastpix.infer.plan import ExecutionPlan, plan_execution
@@ -57,12 +67,26 @@ class Predictor:
     (the reference's L → ab), else pix2pix.
     """
 
-    def __init__(self, generator: nn.Module, device=None, precision=None, norm_mode="instance", dropout=False,
-                 graph_size=None, max_batch_size=16, *, runtime="auto", cache_dir=None, images=None,
-                 cache_max_gb: float = COMPILE_CACHE_MAX_GB, max_loaded_packages: int = MAX_LOADED_PACKAGES,
-                 source: str | None = None, model=None):
+    def __init__(
+        self,
+        generator: nn.Module,
+        device=None,
+        precision=None,
+        norm_mode="instance",
+        dropout=False,
+        graph_size=None,
+        max_batch_size=16,
+        *,
+        runtime="auto",
+        cache_dir=None,
+        images=None,
+        cache_max_gb: float = COMPILE_CACHE_MAX_GB,
+        max_loaded_packages: int = MAX_LOADED_PACKAGES,
+        source: str | None = None,
+        model=None,
+    ):
         if isinstance(generator, UnetGenerator):
-            self.multiple = 2 ** generator.num_downs
+            self.multiple = 2**generator.num_downs
         elif isinstance(generator, ResnetGenerator):
             self.multiple = 4
         else:
@@ -73,8 +97,10 @@ class Predictor:
         if self.model not in ("pix2pix", "colorization"):
             raise ConfigError(f"--model {self.model!r}: the Predictor runs pix2pix or colorization generators")
         if self.model == "colorization" and (self.input_nc, output_nc) != (1, 2):
-            raise ConfigError(f"--model colorization needs a generator of 1 input and 2 output channels (L → ab); "
-                              f"this one has {self.input_nc} → {output_nc}")
+            raise ConfigError(
+                f"--model colorization needs a generator of 1 input and 2 output channels (L → ab); "
+                f"this one has {self.input_nc} → {output_nc}"
+            )
         self.colorization = self.model == "colorization"
         self.norm_mode = norm_mode
         network = inference_network(generator, norm_mode, dropout)
@@ -82,34 +108,81 @@ class Predictor:
         # The weights' hash (~0.15 s at unet_256), taken at most once: for the plan's decision and for the packages.
         key = functools.cache(lambda precision: cache_key(network, norm_mode, precision))
         self.plan: ExecutionPlan = plan_execution(
-            device=device, precision=precision, runtime_asked=runtime, graph_size=graph_size,
-            max_batch_size=max_batch_size, images=images, backend="triton" if uses_triton(generator) else "eager",
-            norm_mode=norm_mode, dropout=self.dropout, multiple=self.multiple,
-            packages_built=lambda precision: has_packages(key(precision), cache_dir))
+            device=device,
+            precision=precision,
+            runtime_asked=runtime,
+            graph_size=graph_size,
+            max_batch_size=max_batch_size,
+            images=images,
+            backend="triton" if uses_triton(generator) else "eager",
+            norm_mode=norm_mode,
+            dropout=self.dropout,
+            multiple=self.multiple,
+            packages_built=lambda precision: has_packages(key(precision), cache_dir),
+        )
         network = network.to(self.plan.device)
-        self.network = network.to(memory_format=torch.channels_last) if self.plan.channels_last else network
+        if self.plan.channels_last:  # (torch's stub of Module.to lacks memory_format)
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network = network
+        # what runs a batch instead of the module: a CompiledNetwork (runtime compiled: packages, status(),
+        # prepare(), wait()), an OnnxNetwork, or None (the module itself)
+        self.runner: Any = None
         if self.plan.runtime == "compiled":
-            self.runner = CompiledNetwork(self.network, norm_mode, self.plan.precision, cache_dir,
-                                          self.plan.max_batch_size, key(self.plan.precision),
-                                          max_loaded=max_loaded_packages, cache_max_gb=cache_max_gb, source=source)
+            self.runner = CompiledNetwork(
+                self.network,
+                norm_mode,
+                self.plan.precision,
+                cache_dir,
+                self.plan.max_batch_size,
+                key(self.plan.precision),
+                max_loaded=max_loaded_packages,
+                cache_max_gb=cache_max_gb,
+                source=source,
+            )
         elif self.plan.runtime == "onnxruntime":
             self.runner = OnnxNetwork(self.network, norm_mode, cache_dir, self.multiple)
-        else:
-            self.runner = None
         self.graphs = GraphRunner(self.network, self.plan, self.input_nc) if self.plan.cuda_graphs else None
 
     @classmethod
-    def from_checkpoint(cls, path_or_dir, device=None, precision=None, norm_mode="instance", dropout=False,
-                        backend=None, *, epoch="latest", graph_size=None, max_batch_size=16, runtime="auto",
-                        cache_dir=None, images=None, cache_max_gb: float = COMPILE_CACHE_MAX_GB,
-                        max_loaded_packages: int = MAX_LOADED_PACKAGES, model=None, **arch):
+    def from_checkpoint(
+        cls,
+        path_or_dir,
+        device=None,
+        precision=None,
+        norm_mode="instance",
+        dropout=False,
+        backend=None,
+        *,
+        epoch="latest",
+        graph_size=None,
+        max_batch_size=16,
+        runtime="auto",
+        cache_dir=None,
+        images=None,
+        cache_max_gb: float = COMPILE_CACHE_MAX_GB,
+        max_loaded_packages: int = MAX_LOADED_PACKAGES,
+        model=None,
+        **arch,
+    ):
         """A run folder (config.json + <epoch>_net_G.*), or a weights file (.safetensors / reference .pth); the
         architecture as load_generator finds it; the model kind given, else the one config.json records."""
         found = locate_generator(path_or_dir, tag=epoch)
-        return cls(found.load(backend, **arch), device, precision, norm_mode, dropout, graph_size, max_batch_size,
-                   runtime=runtime, cache_dir=cache_dir, images=images, cache_max_gb=cache_max_gb,
-                   max_loaded_packages=max_loaded_packages, source=f"{path_or_dir} ({epoch})",
-                   model=model or found.config.get("model"))
+        return cls(
+            found.load(backend, **arch),
+            device,
+            precision,
+            norm_mode,
+            dropout,
+            graph_size,
+            max_batch_size,
+            runtime=runtime,
+            cache_dir=cache_dir,
+            images=images,
+            cache_max_gb=cache_max_gb,
+            max_loaded_packages=max_loaded_packages,
+            source=f"{path_or_dir} ({epoch})",
+            model=model or found.config.get("model"),
+        )
 
     # What the plan decided, for callers that ask the Predictor (read-only: the plan does not change).
     device = property(lambda self: self.plan.device)
@@ -138,7 +211,7 @@ class Predictor:
         parts = [str(plan.device), plan.precision, runtime]
         if self.colorization:
             parts.insert(0, "colorization (L in, RGB out)")
-        if plan.cuda_graphs:
+        if plan.cuda_graphs and plan.graph_size is not None:  # (a graph size comes with CUDA graphs)
             parts.append(f"CUDA graphs at {plan.graph_size[0]}x{plan.graph_size[1]}")
         elif plan.graphs_off and plan.device.type == "cuda":
             parts.append(f"no CUDA graphs ({plan.graphs_off})")
@@ -146,7 +219,7 @@ class Predictor:
         parts.append(f"norm_mode {self.norm_mode}" + (", BatchNorm folded" if self.norm_mode == "running" else ""))
         return ", ".join(parts)
 
-    def warmup(self, size: tuple[int, int] | None = None, wait: bool = False) -> "Predictor":
+    def warmup(self, size: tuple[int, int] | None = None, wait: bool = False) -> Predictor:
         """Run the network before the first request: with CUDA graphs, capture the graph of every batch bucket up
         to max_batch_size; otherwise one batch of size (h, w), so that cuDNN / oneDNN choose their algorithms now
         rather than during a request. The compiled runtime also asks for the package of every batch piece at that
@@ -155,10 +228,11 @@ class Predictor:
         with torch.inference_mode():
             if self.graphs is not None:
                 last = next(b for b in GRAPH_BUCKETS if b >= self.max_batch_size)
-                for bucket in GRAPH_BUCKETS[:GRAPH_BUCKETS.index(last) + 1]:
+                for bucket in GRAPH_BUCKETS[: GRAPH_BUCKETS.index(last) + 1]:
                     self.graphs.capture(bucket)
             else:
-                h, w = padded_size(*(size or (self.multiple, self.multiple)), self.multiple)
+                h, w = size or (self.multiple, self.multiple)
+                h, w = padded_size(h, w, self.multiple)
                 if self.runtime == "compiled":
                     self.runner.prepare((h, w), self.max_batch_size)
                 self._forward(torch.zeros(1, self.input_nc, h, w, device=self.device), [(0, 0)])
@@ -203,8 +277,7 @@ class Predictor:
             raise ValueError(f"indices has {len(indices)} entries for {len(items)} images")
         seed = self._resolve_seed(seed, len(items)) if self.dropout else seed
         seeds = seed if isinstance(seed, list) else [seed] * len(items)
-        results = self.run([ImageRequest(item, s, i) for item, s, i in zip(items, seeds, indices)], output_type,
-                           resize)
+        results = self.run([ImageRequest(item, s, i) for item, s, i in zip(items, seeds, indices)], output_type, resize)
         outputs = results[0].image if single else [r.image for r in results]
         return (outputs, seed) if return_seeds else outputs
 
@@ -218,12 +291,12 @@ class Predictor:
         inputs = [self._load(r.image, resize) for r in requests]
         groups = defaultdict(list)
         for k, (t, _, _) in enumerate(inputs):
-            groups[padded_size(*t.shape[-2:], self.multiple)].append(k)
+            groups[padded_size(t.shape[-2], t.shape[-1], self.multiple)].append(k)
         outputs = [None] * len(requests)
         with torch.inference_mode():
             for size, members in groups.items():
                 for start in range(0, len(members), self.max_batch_size):
-                    chunk = members[start:start + self.max_batch_size]
+                    chunk = members[start : start + self.max_batch_size]
                     batch = torch.stack([pad_to(to_network_input(inputs[k][0], self.device), size) for k in chunk])
                     result = self._forward(batch, [(seeds[k], requests[k].index) for k in chunk])
                     # One NCHW conversion and one host transfer for the chunk, rather than one per image.
@@ -235,7 +308,8 @@ class Predictor:
                         if (h, w) != size or inputs[k][1] != (h, w):
                             # A copy, not a view: a cropped image must not hold its whole batch alive.
                             y = resize_tensor(crop_from(y, h, w), *inputs[k][1]).clone(
-                                memory_format=torch.contiguous_format)
+                                memory_format=torch.contiguous_format
+                            )
                         if self.colorization:
                             y = join_lightness(inputs[k][2], y)
                             y = y if output_type == "pt" else y.cpu()
@@ -259,7 +333,7 @@ class Predictor:
             return [secrets.randbits(63) if s is None else int(s) for s in seed]
         return secrets.randbits(63) if seed is None else int(seed)
 
-    def _forward(self, batch: torch.Tensor, noise: list[tuple[int, int]]) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, noise: list[tuple[int | None, int]]) -> torch.Tensor:
         """One padded batch through the network; noise holds each row's (seed, index) for seeded dropout."""
         if self.runner is not None:
             return self.runner(batch)
@@ -267,9 +341,10 @@ class Predictor:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.graphs is not None and tuple(batch.shape[-2:]) == self.graphs.size:
             return self.graphs(batch)
-        drawing = contextlib.nullcontext()
-        if self.dropout:
-            drawing = seeded_dropout(self.network, [sample_generator(s, i, self.device) for s, i in noise])
+        drawing: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.dropout:  # with dropout on, run() gave every request a seed
+            generators = [sample_generator(cast(int, s), i, self.device) for s, i in noise]
+            drawing = seeded_dropout(self.network, generators)
         with drawing, self.plan.autocast():
             return self.network(batch).float()
 

@@ -7,6 +7,7 @@ global generator. --eval switches to running statistics and no dropout, which is
 'running': its fastest path (BatchNorm folded; on a CPU the compiled packages, bf16 where the CPU has it). Images are
 resized to crop_size (load_size := crop_size), not flipped, taken in order, and the first num_test are used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,19 @@ def protocol_dataset(model_cfg, data_cfg, phase) -> PairedDataset:
     """The split at the test transform, read as the model kind reads its data (colorization: Lab of single images)."""
     check_model(model_cfg, data_cfg)
     dataset_class = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))]
-    return dataset_class(data_cfg.dataroot, phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
-                         data_cfg.preprocess, data_cfg.crop_size, data_cfg.crop_size, flip=False,
-                         max_dataset_size=data_cfg.max_dataset_size, skip_bad_images=data_cfg.skip_bad_images)
+    return dataset_class(
+        data_cfg.dataroot,
+        phase,
+        data_cfg.direction,
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        data_cfg.preprocess,
+        data_cfg.crop_size,
+        data_cfg.crop_size,
+        flip=False,
+        max_dataset_size=data_cfg.max_dataset_size,
+        skip_bad_images=data_cfg.skip_bad_images,
+    )
 
 
 def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: int, device, precision=None):
@@ -52,19 +63,28 @@ def translate_split(G, dataset: PairedDataset, num: int, eval_mode: bool, seed: 
     count = min(num, len(dataset))
     if eval_mode:
         # model "pix2pix": the data set's tensors are the network's own, colorization's Lab included
-        predictor = Predictor(G, device=device, precision=precision, norm_mode="running", max_batch_size=1,
-                              images=count, model="pix2pix")
+        predictor = Predictor(
+            G, device=device, precision=precision, norm_mode="running", max_batch_size=1, images=count, model="pix2pix"
+        )
         if predictor.runtime == "compiled":
             # Scores of one path: every image of the split compiled, rather than the first ones eager (within bf16
             # rounding, but not equal) while the package builds, as a server or `predict` would have it.
-            with announced(log, f"waiting for the compiled generator ({dataset.crop_size}x{dataset.crop_size}) "
-                           "before the first image, so that every image runs the same code"):
+            with announced(
+                log,
+                f"waiting for the compiled generator ({dataset.crop_size}x{dataset.crop_size}) "
+                "before the first image, so that every image runs the same code",
+            ):
                 predictor.warmup((dataset.crop_size, dataset.crop_size), wait=True)
-        translate = lambda a: predictor(a, output_type="pt").float().cpu()  # noqa: E731
+
+        def translate(a):
+            return predictor(a, output_type="pt").float().cpu()
     else:
         G.train()
         torch.manual_seed(seed)
-        translate = lambda a: G(a[None].to(device))[0].float().cpu()  # noqa: E731
+
+        def translate(a):
+            return G(a[None].to(device))[0].float().cpu()
+
     with torch.no_grad():
         read = 0
         for index in range(count):

@@ -1,5 +1,6 @@
 """What the Predictor's typed path (Predictor.run) takes and gives: one request per image, its own dropout noise
 named, and one result per request that says which noise it drew."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ the ConvTuning that holds its per-layer choices (`net.fused_forward.tuning`), wh
 example_input)` makes (Triton or cuDNN) before the first iteration.
 """
 
+from fastpix.config import MODEL_BACKENDS as BACKENDS
 from fastpix.models.fused_convs import set_forward_path
 from fastpix.models.init import init_weights
 from fastpix.models.norm import get_norm_layer
@@ -17,8 +18,6 @@ from fastpix.models.resnet import ResnetGenerator
 from fastpix.models.tuning import tune_layers
 from fastpix.models.unet import UnetGenerator
 from fastpix.runtime import use_triton_interpreter
-
-from fastpix.config import MODEL_BACKENDS as BACKENDS  # noqa: E402 - the one list of backends, in config.py
 
 
 def resolve_backend(backend=None) -> str:
@@ -56,16 +55,18 @@ def _apply_backend(net, backend, norm):
     return net
 
 
-def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02,
-             backend=None):
+def define_G(
+    input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02, backend=None
+):
     norm_layer = get_norm_layer(norm)
     if netG in ("resnet_9blocks", "resnet_6blocks"):
         net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=int(netG[7]))
     elif netG.startswith("unet_"):
         net = UnetGenerator(input_nc, output_nc, unet_num_downs(netG), ngf, norm_layer, use_dropout)
     else:
-        raise ValueError(f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, "
-                         "resnet_9blocks)")
+        raise ValueError(
+            f"--netG {netG!r} is not a known generator (unet_32 ... unet_512, resnet_6blocks, resnet_9blocks)"
+        )
     return _apply_backend(init_weights(net, init_type, init_gain), backend, norm)
 
 
@@ -85,12 +86,39 @@ def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal"
 def build_models(model_cfg, backend=None):
     """G and D for a ModelConfig (D sees the pair, so input_nc + output_nc channels)."""
     backend = model_cfg.backend if backend is None else backend
-    G = define_G(model_cfg.input_nc, model_cfg.output_nc, model_cfg.ngf, model_cfg.netG, model_cfg.norm,
-                 not model_cfg.no_dropout, model_cfg.init_type, model_cfg.init_gain, backend)
-    D = define_D(model_cfg.input_nc + model_cfg.output_nc, model_cfg.ndf, model_cfg.netD, model_cfg.n_layers_D,
-                 model_cfg.norm, model_cfg.init_type, model_cfg.init_gain, backend)
+    G = define_G(
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        model_cfg.ngf,
+        model_cfg.netG,
+        model_cfg.norm,
+        not model_cfg.no_dropout,
+        model_cfg.init_type,
+        model_cfg.init_gain,
+        backend,
+    )
+    D = define_D(
+        model_cfg.input_nc + model_cfg.output_nc,
+        model_cfg.ndf,
+        model_cfg.netD,
+        model_cfg.n_layers_D,
+        model_cfg.norm,
+        model_cfg.init_type,
+        model_cfg.init_gain,
+        backend,
+    )
     return G, D
 
 
-__all__ = ["define_G", "define_D", "build_models", "init_weights", "get_norm_layer", "resolve_backend",
-           "set_forward_path", "tune_layers", "unet_num_downs", "use_triton_interpreter"]
+__all__ = [
+    "define_G",
+    "define_D",
+    "build_models",
+    "init_weights",
+    "get_norm_layer",
+    "resolve_backend",
+    "set_forward_path",
+    "tune_layers",
+    "unet_num_downs",
+    "use_triton_interpreter",
+]

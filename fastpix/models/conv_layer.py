@@ -9,9 +9,11 @@ loading it — the BatchNorm (mean, k = γ·rstd, β), the activation and dropou
 `timed_step` is the layer's own measurement (forward + backward on copies of its real inputs), so the per-layer
 choice times exactly what the network runs; nothing here comes from the benchmarks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 @dataclass
 class Pending:
     """A conv's raw output and what its consumer applies on load: dropout(act((raw − mean)·k + β))."""
+
     raw: torch.Tensor
     norm: tuple | None = None
     activation: str = "none"
@@ -34,7 +37,7 @@ class Pending:
             return self
         kind = "relu" if isinstance(activation, nn.ReLU) else "leaky_relu"
         if self.activation == "none":
-            slope = activation.negative_slope if kind == "leaky_relu" else self.slope
+            slope = activation.negative_slope if isinstance(activation, nn.LeakyReLU) else self.slope
             return Pending(self.raw, self.norm, kind, slope, self.dropout_p, self.rng)
         if kind == "relu":  # ReLU∘ReLU = ReLU∘LeakyReLU = ReLU (dropout's scaling is non-negative)
             return Pending(self.raw, self.norm, "relu", self.slope, self.dropout_p, self.rng)
@@ -60,8 +63,11 @@ class ConvCall:
     (None: none), `stats` when that norm normalises with this batch's statistics (`track`: and updates its running
     ones with `momentum`), `instance` when statistics and the inputs' parameters are per sample, `tanh` for G's
     output layer."""
-    conv: nn.Module
-    norm: nn.Module | None
+
+    conv: nn.Conv2d | nn.ConvTranspose2d
+    # a BatchNorm2d or InstanceNorm2d (or their fused twins, which add activation, slope and dropout), or None;
+    # Any, as torch types the running statistics optional while `track` and `stats` say when they are there
+    norm: Any
     tanh: bool
     stats: bool
     track: bool
@@ -78,11 +84,13 @@ class ConvCall:
         conv, raw = self.conv, pending[0].raw
         out = "bn" if self.stats else "tanh" if self.tanh else "bias" if conv.bias is not None else "raw"
         dropout = len(pending) > 1 and pending[1].dropout_p > 0
-        return (f"{'convT' if self.transposed else 'conv'} k{conv.kernel_size[0]}s{conv.stride[0]}p{conv.padding[0]} "
-                f"{raw.shape[0]}x{'+'.join(str(p.raw.shape[1]) for p in pending)}x{raw.shape[2]}x{raw.shape[3]} -> "
-                f"{conv.out_channels} {str(raw.dtype)[6:]} reads={','.join(p.read for p in pending)} "
-                f"act={pending[0].activation} dropout={int(dropout)} out={out}"
-                f"{' instance' if isinstance(self.norm, nn.InstanceNorm2d) else ''}")
+        return (
+            f"{'convT' if self.transposed else 'conv'} k{conv.kernel_size[0]}s{conv.stride[0]}p{conv.padding[0]} "
+            f"{raw.shape[0]}x{'+'.join(str(p.raw.shape[1]) for p in pending)}x{raw.shape[2]}x{raw.shape[3]} -> "
+            f"{conv.out_channels} {str(raw.dtype)[6:]} reads={','.join(p.read for p in pending)} "
+            f"act={pending[0].activation} dropout={int(dropout)} out={out}"
+            f"{' instance' if isinstance(self.norm, nn.InstanceNorm2d) else ''}"
+        )
 
 
 def run_triton(call: ConvCall, pending: list[Pending], weight, bias, tuning=None):
@@ -93,14 +101,31 @@ def run_triton(call: ConvCall, pending: list[Pending], weight, bias, tuning=None
     first, second = pending[0], (pending[1] if len(pending) > 1 else None)
     norm = call.norm
     return conv_bn_act(
-        first.raw, weight, bias, call.conv.stride[0], call.conv.padding[0], transposed=call.transposed,
-        norm=first.norm, activation=first.activation, dropout_p=first.dropout_p, rng=first.rng,
-        x2=None if second is None else second.raw, norm2=None if second is None else second.norm,
+        first.raw,
+        weight,
+        bias,
+        call.conv.stride[0],
+        call.conv.padding[0],
+        transposed=call.transposed,
+        norm=first.norm,
+        activation=first.activation,
+        dropout_p=first.dropout_p,
+        rng=first.rng,
+        x2=None if second is None else second.raw,
+        norm2=None if second is None else second.norm,
         activation2="none" if second is None else second.activation,
-        dropout_p2=0.0 if second is None else second.dropout_p, rng2=None if second is None else second.rng,
-        slope=first.slope, tanh=call.tanh, stats=call.stats, running_mean=norm.running_mean if call.track else None,
-        running_var=norm.running_var if call.track else None, momentum=call.momentum,
-        eps=norm.eps if call.stats else 1e-5, per_sample=call.instance, tuning=tuning)
+        dropout_p2=0.0 if second is None else second.dropout_p,
+        rng2=None if second is None else second.rng,
+        slope=first.slope,
+        tanh=call.tanh,
+        stats=call.stats,
+        running_mean=norm.running_mean if call.track else None,
+        running_var=norm.running_var if call.track else None,
+        momentum=call.momentum,
+        eps=norm.eps if call.stats else 1e-5,
+        per_sample=call.instance,
+        tuning=tuning,
+    )
 
 
 def materialise(p: Pending) -> torch.Tensor:
@@ -128,7 +153,7 @@ def run_eager(call: ConvCall, pending: list[Pending], weight, bias):
     weight = weight.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
     op = F.conv_transpose2d if call.transposed else F.conv2d
-    y = op(x, weight, bias, call.conv.stride, call.conv.padding)
+    y = op(x, weight, bias, call.conv.stride, call.conv.padding)  # type: ignore[arg-type]  # a tuple: _conv_call checks
     if call.tanh:
         return torch.tanh(y)
     if not call.stats:
@@ -171,12 +196,21 @@ def timed_step(run, pending: list[Pending], weight, bias):
     random gradients for every output) on copies of its inputs and parameters, for the per-layer choice. As in the
     network, a source read as an image gets no gradient; the norms' means get none either (each producer's
     statistics are the producer's work). Call it with autograd on and autocast off (see `measured_seconds`)."""
+
     def leaf(t, grad=True):
         return t.detach().clone().requires_grad_(grad)
 
-    copies = [Pending(leaf(p.raw, p.read != "image"),
-                      None if p.norm is None else (leaf(p.norm[0], False), leaf(p.norm[1]), leaf(p.norm[2])),
-                      p.activation, p.slope, p.dropout_p, p.rng) for p in pending]
+    copies = [
+        Pending(
+            leaf(p.raw, p.read != "image"),
+            None if p.norm is None else (leaf(p.norm[0], False), leaf(p.norm[1]), leaf(p.norm[2])),
+            p.activation,
+            p.slope,
+            p.dropout_p,
+            p.rng,
+        )
+        for p in pending
+    ]
     weight, bias = leaf(weight), None if bias is None else leaf(bias)
 
     def outputs():

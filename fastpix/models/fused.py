@@ -21,6 +21,7 @@ Where the fused activation comes from, per network:
 Only exact nn.BatchNorm2d / nn.InstanceNorm2d (without running stats) are fused; norm 'none' (Identity) leaves
 the activations eager.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,18 +41,26 @@ def _fused(norm: nn.Module, activation: str, slope: float = LEAKY_SLOPE, dropout
     from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 
     cls = BatchNormAct2d if isinstance(norm, nn.BatchNorm2d) else InstanceNormAct2d
-    fused = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
-                activation=activation, slope=slope, dropout_p=dropout_p)
+    fused = cls(
+        norm.num_features,
+        norm.eps,
+        norm.momentum,
+        norm.affine,
+        norm.track_running_stats,
+        activation=activation,
+        slope=slope,
+        dropout_p=dropout_p,
+    )
     fused.load_state_dict(norm.state_dict())
     device = next(iter(norm.state_dict().values()), torch.empty(0)).device
     return fused.to(device).train(norm.training)
 
 
-def _activation_of(module: nn.Module):
-    """(kind, slope) of an activation module the kernels can fuse, else None."""
+def _activation_of(module: nn.Module) -> tuple[str, float] | None:
+    """(kind, slope) of an activation module the kernels can fuse (those classes exactly), else None."""
     if type(module) is nn.ReLU:
         return "relu", 0.0
-    if type(module) is nn.LeakyReLU:
+    if isinstance(module, nn.LeakyReLU) and type(module) is nn.LeakyReLU:
         return "leaky_relu", module.negative_slope
     return None
 
@@ -68,7 +77,8 @@ def _fuse_sequential(seq: nn.Sequential):
         kind, slope = activation if activation else ("none", LEAKY_SLOPE)
         if activation:
             j += 1
-        p = seq[j].p if j < len(seq) and type(seq[j]) is nn.Dropout else 0.0
+        after = seq[j] if j < len(seq) else None
+        p = after.p if isinstance(after, nn.Dropout) and type(after) is nn.Dropout else 0.0
         seq[i] = _fused(seq[i], kind, slope, p)
         for k in range(i + 1, j + (p > 0)):
             seq[k] = nn.Identity()
@@ -123,16 +133,17 @@ def dropout_rng_states(net: nn.Module) -> dict:
     modules are left out rather than seeded here: seeding draws from torch's generator, and a save must not change
     what the run draws next.
     """
-    return {name: m.rng_state.cpu().clone() for name, m in net.named_modules()
-            if getattr(m, "_rng_seeded", False)}
+    return {name: m.rng_state.cpu().clone() for name, m in net.named_modules() if getattr(m, "_rng_seeded", False)}
 
 
 def load_dropout_rng_states(net: nn.Module, states: dict):
     modules = dict(net.named_modules())
     for name, state in states.items():
         if name not in modules or not hasattr(modules[name], "_rng_seeded"):
-            raise ValueError(f"the checkpoint holds a dropout RNG state for {name!r}, which is not a fused module "
-                             "of this network (was it trained with another --backend or --netG?)")
+            raise ValueError(
+                f"the checkpoint holds a dropout RNG state for {name!r}, which is not a fused module "
+                "of this network (was it trained with another --backend or --netG?)"
+            )
         module = modules[name]
         module._rng_state.copy_(state)
         module._rng_seeded = True

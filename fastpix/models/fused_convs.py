@@ -14,14 +14,16 @@ made of these only this forward, once, at build time, with the ConvTuning that h
 Triton block or cuDNN); fastpix.models.tuning.tune_layers makes those choices before the first iteration, so that no
 forward measures anything.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from fastpix.models.conv_layer import ConvCall, Pending, measured_seconds, pending_output, run_eager, run_triton
+from fastpix.models.network import Network
 from fastpix.models.tuning import conv_tuning
 
 if TYPE_CHECKING:  # the kernels are imported when first used: TRITON_INTERPRET may be set until then
@@ -35,7 +37,7 @@ def _is_norm(m):
     return isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats)
 
 
-def set_forward_path(net: nn.Module, strict: bool = False, tuning: ConvTuning | None = None) -> str:
+def set_forward_path(net: Network, strict: bool = False, tuning: ConvTuning | None = None) -> str:
     """Fix `net`'s forward once for backend 'triton' (define_G / define_D call it after fusing the norms, strict;
     code that swaps layers afterwards, as the Predictor's inference network does, calls it again): the fused conv
     forward for a U-Net or PatchGAN made only of the layers it knows, else the module path (the fused norm layers
@@ -49,8 +51,10 @@ def set_forward_path(net: nn.Module, strict: bool = False, tuning: ConvTuning | 
     fusable = isinstance(net, (UnetGenerator, NLayerDiscriminator, PixelDiscriminator))
     unknown = unsupported_layer(net) if fusable else None
     if unknown is not None and strict:
-        raise ValueError(f"backend 'triton': layer {unknown[0]} ({unknown[1]}) of this {type(net).__name__} is not "
-                         "one the fused conv kernels run; use backend 'eager'")
+        raise ValueError(
+            f"backend 'triton': layer {unknown[0]} ({unknown[1]}) of this {type(net).__name__} is not "
+            "one the fused conv kernels run; use backend 'eager'"
+        )
     if fusable and unknown is None:
         current = net.fused_forward
         if tuning is None:
@@ -68,8 +72,7 @@ def fused_forward_supported(net: nn.Module) -> bool:
 
 def unsupported_layer(net: nn.Module):
     """(name, module) of the first layer of `net` the fused conv path does not know, or None."""
-    known = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh, nn.Identity,
-             nn.Sequential)
+    known = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Tanh, nn.Identity, nn.Sequential)
     from fastpix.models.patchgan import NLayerDiscriminator, PixelDiscriminator
     from fastpix.models.unet import UnetGenerator, UnetSkipConnectionBlock
 
@@ -84,19 +87,26 @@ def unsupported_layer(net: nn.Module):
     return None
 
 
-def _conv_call(conv: nn.Module, norm: nn.Module | None, tanh: bool, pending: list[Pending]) -> ConvCall:
+def _conv_call(conv: nn.Conv2d | nn.ConvTranspose2d, norm: Any, tanh: bool, pending: list[Pending]) -> ConvCall:
     """What this conv and the norm after it do in this forward; counts the batch as nn.BatchNorm2d does."""
     transposed = isinstance(conv, nn.ConvTranspose2d)
-    if conv.groups != 1 or conv.dilation != (1, 1) or (transposed and conv.output_padding != (0, 0)) \
-            or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1] \
-            or conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros":
-        raise ValueError(f"{conv}: the fused conv kernels take groups 1, dilation 1, square kernels, equal strides "
-                         "and paddings, zero padding and no output padding")
+    if (
+        conv.groups != 1
+        or conv.dilation != (1, 1)
+        or (transposed and conv.output_padding != (0, 0))
+        or conv.stride[0] != conv.stride[1]
+        or conv.padding[0] != conv.padding[1]
+        or conv.kernel_size[0] != conv.kernel_size[1]
+        or conv.padding_mode != "zeros"
+    ):
+        raise ValueError(
+            f"{conv}: the fused conv kernels take groups 1, dilation 1, square kernels, equal strides "
+            "and paddings, zero padding and no output padding"
+        )
     # Statistics of this batch: BatchNorm in training, instance norm always.
     stats = norm is not None and (norm.training or isinstance(norm, nn.InstanceNorm2d))
     # Per-sample parameters and statistics (instance norm): this conv's norm, or its inputs' [N, C] parameters.
-    instance = isinstance(norm, nn.InstanceNorm2d) or any(p.norm is not None and p.norm[0].dim() == 2
-                                                          for p in pending)
+    instance = isinstance(norm, nn.InstanceNorm2d) or any(p.norm is not None and p.norm[0].dim() == 2 for p in pending)
     track = stats and norm.track_running_stats
     momentum = 0.0
     if stats:
@@ -111,7 +121,7 @@ def _conv_call(conv: nn.Module, norm: nn.Module | None, tanh: bool, pending: lis
 def _with_dropout(p: Pending, prob: float) -> Pending:
     if p.dropout_p > 0:
         raise ValueError("two dropouts on one tensor are not a layer order the fused conv path supports")
-    rng = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=p.raw.device)
+    rng = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=p.raw.device)
     return Pending(p.raw, p.norm, p.activation, p.slope, prob, rng)
 
 
@@ -130,7 +140,7 @@ class FusedConvs:
     def __init__(self, unet: bool, tuning: ConvTuning):
         self.unet, self.tuning = unet, tuning
 
-    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module: Any, x: torch.Tensor) -> torch.Tensor:  # a U-Net, or a PatchGAN's Sequential
         x = x.to(_compute_dtype(x), memory_format=torch.channels_last)
         if self.unet:
             return self._unet_block(module.model, Pending(x))[0].materialise()
@@ -139,7 +149,7 @@ class FusedConvs:
             raise ValueError("a network ending in an activation is not supported by the fused conv path")
         return pending[0].materialise()
 
-    def _conv(self, pending: list[Pending], conv: nn.Module, norm: nn.Module | None, tanh=False) -> Pending:
+    def _conv(self, pending: list[Pending], conv: nn.Conv2d | nn.ConvTranspose2d, norm: Any, tanh=False) -> Pending:
         """Run `conv` on one or two pending sources, the way this layer's choice says; the Pending output."""
         call = _conv_call(conv, norm, tanh, pending)
         key = call.key(pending)
@@ -150,8 +160,11 @@ class FusedConvs:
         def eager(copies, weight, bias):
             return run_eager(call, copies, weight, bias)
 
-        choice = self.tuning.layer_choice(key, lambda timer: measured_seconds(timer, fused, pending, conv),
-                                          lambda timer: measured_seconds(timer, eager, pending, conv))
+        choice = self.tuning.layer_choice(
+            key,
+            lambda timer: measured_seconds(timer, fused, pending, conv),
+            lambda timer: measured_seconds(timer, eager, pending, conv),
+        )
         if choice == "triton":
             try:
                 out = fused(pending, conv.weight, conv.bias)
@@ -199,7 +212,7 @@ class FusedConvs:
             down, activation = self._walk(layers[:sub], [x])
             if activation is not None:
                 raise ValueError("an activation directly before a U-Net submodule is not supported")
-            up, activation = self._walk(layers[sub + 1:], self._unet_block(layers[sub], down[0]))
+            up, activation = self._walk(layers[sub + 1 :], self._unet_block(layers[sub], down[0]))
         if activation is not None:
             raise ValueError("a U-Net level ending in an activation is not supported by the fused conv path")
         return up if block.outermost else [x, up[0]]

@@ -1,4 +1,5 @@
 """Weight initialisation exactly as the reference's init_weights."""
+
 import torch.nn as nn
 from torch.nn import init
 

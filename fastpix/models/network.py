@@ -1,6 +1,9 @@
 """What fastpix's networks carry beyond the reference's module trees: the backend they were built with and, under
 backend 'triton', the fused conv forward chosen at build time. Neither is a parameter or a buffer: state_dict keys
 stay the reference's."""
+
+from typing import Any
+
 import torch.nn as nn
 
 
@@ -13,7 +16,7 @@ class Network(nn.Module):
     """
 
     backend = "eager"
-    fused_forward = None
+    fused_forward: Any = None  # a FusedConvs (not imported here: fused_convs.py builds on the networks)
 
     @property
     def forward_path(self) -> str:

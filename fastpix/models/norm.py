@@ -1,4 +1,5 @@
 """Normalisation layers by name, with the reference's bias rule."""
+
 import functools
 
 import torch.nn as nn

@@ -1,6 +1,7 @@
 """The fused norm + activation (+ dropout) layers of backend='triton': drop-in subclasses of nn.BatchNorm2d and
 nn.InstanceNorm2d with their parents' state_dict, running on kernels/batch_norm_act.py.
 """
+
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ class _FusedNormAct:
     @property
     def rng_state(self):
         if not self._rng_seeded:
-            seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=self._rng_state.device)
+            seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=self._rng_state.device)
             self._rng_state.copy_(torch.cat([seed, torch.zeros_like(seed)]))
             self._rng_seeded = True
         return self._rng_state
@@ -41,8 +42,19 @@ class BatchNormAct2d(_FusedNormAct, nn.BatchNorm2d):
     """nn.BatchNorm2d followed by an activation and (in training) dropout, fused. Same state_dict keys and the same
     training/eval, momentum (None: cumulative average) and track_running_stats behaviour as nn.BatchNorm2d."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 activation="none", slope=0.2, dropout_p=0.0, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        activation="none",
+        slope=0.2,
+        dropout_p=0.0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self._init_fused(activation, slope, dropout_p)
 
@@ -55,17 +67,39 @@ class BatchNormAct2d(_FusedNormAct, nn.BatchNorm2d):
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         p = self.dropout_p if self.training else 0.0
         track = not self.training or self.track_running_stats
-        return batch_norm_act(x, self.weight, self.bias, self.running_mean if track else None,
-                              self.running_var if track else None, batch_stats, factor, self.eps,
-                              self.activation, self.slope, p, self.rng_state if p > 0 else None)
+        return batch_norm_act(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            batch_stats,
+            factor,
+            self.eps,
+            self.activation,
+            self.slope,
+            p,
+            self.rng_state if p > 0 else None,
+        )
 
 
 class InstanceNormAct2d(_FusedNormAct, nn.InstanceNorm2d):
     """nn.InstanceNorm2d followed by an activation and (in training) dropout, fused. Same state_dict as
     nn.InstanceNorm2d; running statistics are not supported (pix2pix uses track_running_stats=False)."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 activation="none", slope=0.2, dropout_p=0.0, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=False,
+        track_running_stats=False,
+        activation="none",
+        slope=0.2,
+        dropout_p=0.0,
+        device=None,
+        dtype=None,
+    ):
         if track_running_stats:
             raise ValueError("InstanceNormAct2d supports track_running_stats=False only (the pix2pix setting)")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
@@ -73,5 +107,6 @@ class InstanceNormAct2d(_FusedNormAct, nn.InstanceNorm2d):
 
     def forward(self, x):
         p = self.dropout_p if self.training else 0.0
-        return instance_norm_act(x, self.weight, self.bias, self.eps, self.activation, self.slope, p,
-                                 self.rng_state if p > 0 else None)
+        return instance_norm_act(
+            x, self.weight, self.bias, self.eps, self.activation, self.slope, p, self.rng_state if p > 0 else None
+        )

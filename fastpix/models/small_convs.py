@@ -2,10 +2,11 @@
 
 At 256² the U-Net's blocks at 1×1 to 8×8 pixels hold 46 of G's 54M weights and do a tenth of its arithmetic. Run by
 oneDNN in a training step, each of those weights is reordered into a blocked layout three times per step (forward,
-backward-data, backward-weights; 3-5 ms apiece for a 1024×512×4×4 bf16 weight on the 2-core Zen 5 we measure on)
-and a transposed conv's weight gradient takes a slow kernel: a 1024→512 transposed conv at 4×4 costs ~36 ms of
-forward + backward for 0.8 GFLOP. As unfold (fold for a transposed conv) and one matmul, the weight is the matrix as
-it lies in memory (channels-last (O, kh, kw, I) order, or NCHW), so nothing is reordered: ~14 ms for that layer.
+backward-data, backward-weights; 3-5 ms apiece for a 1024×512×4×4 bf16 weight) and a transposed conv's weight
+gradient takes a slow kernel: a 1024→512 transposed conv at 4×4 costs ~36 ms of forward + backward for 0.8 GFLOP
+(measured on a 2-core AVX-512 BF16 CPU, see docs/benchmarks.md, "CPU at real size: unet_256"). As unfold (fold for
+a transposed conv) and one matmul, the weight is the matrix as it lies in memory (channels-last (O, kh, kw, I)
+order, or NCHW), so nothing is reordered: ~14 ms for that layer.
 Over more pixels oneDNN's direct kernels win, so a layer takes this path only when its matmul has at most
 config.SMALL_CONV_COLUMNS columns (batch × pixels on the small side), chosen once per layer by `plan_small_convs`
 before the first iteration (train/engine.py), never re-decided in a forward.
@@ -15,6 +16,7 @@ overlapping-window sums of fold (and of unfold's gradient) run in fp32, so a bf1
 module path. A chosen layer stays an nn.Conv2d / nn.ConvTranspose2d (a subclass with this forward): parameters,
 state_dict keys and optimizer state do not change. The fp32 training path (the reference's numbers) never uses it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,18 +71,26 @@ MATMUL_CLASSES = {nn.Conv2d: MatmulConv2d, nn.ConvTranspose2d: MatmulConvTranspo
 
 def eligible(layer: nn.Module) -> bool:
     """A plain conv the matmul forms compute exactly: groups 1, dilation 1, zero padding, no output padding."""
-    return (type(layer) in MATMUL_CLASSES and layer.groups == 1 and layer.dilation == (1, 1)
-            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
-            and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0))
+    return (
+        isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))
+        and type(layer) in MATMUL_CLASSES
+        and layer.groups == 1
+        and layer.dilation == (1, 1)
+        and layer.padding_mode == "zeros"
+        and isinstance(layer.padding, tuple)
+        and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0)
+    )
 
 
-def matmul_columns(layer: nn.Module, input_shape) -> int:
+def matmul_columns(layer: nn.Conv2d | nn.ConvTranspose2d, input_shape) -> int:
     """The matmul's column count for `layer` on an input of input_shape: batch × pixels on its small side (the
     output of a conv, the input of a transposed conv)."""
     n, _, h, w = input_shape
     if isinstance(layer, nn.ConvTranspose2d):
         return n * h * w
-    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    assert isinstance(layer.padding, tuple)  # eligible() refuses padding="same"/"valid"
+    ph, pw = layer.padding
     return n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
 
 
@@ -89,7 +99,7 @@ def plan_small_convs(net: nn.Module, example_input: torch.Tensor, max_columns: i
     the matmul forward (its class becomes the Matmul subclass). The shapes come from a forward on the meta device:
     no arithmetic, and no running statistic or RNG touched. Returns {layer name: 'matmul'}."""
     names = {layer: name for name, layer in net.named_modules() if eligible(layer)}
-    shapes = {}
+    shapes: dict[nn.Module, tuple] = {}
 
     def record(layer, args):
         shapes.setdefault(layer, tuple(args[0].shape))  # returns None: the arguments stay as they are

@@ -9,6 +9,7 @@ ConvTuning (kernels/conv_tuning.py) comes from, where its measurements are kept,
 - `tune_layers(net, example_input)`: the tuning step, before the first iteration (the engine, the Predictor's CUDA
   graph capture, `fastpix bench --layers`).
 """
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,7 @@ def tune_layers(net: torch.nn.Module, example_input: torch.Tensor) -> dict:
     grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in net.named_parameters()}
     devices = [example_input.device] if example_input.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), forward.tuning.measuring() as made, \
-                torch.inference_mode(False):
+        with torch.random.fork_rng(devices=devices), forward.tuning.measuring() as made, torch.inference_mode(False):
             backward = net.training and torch.is_grad_enabled()
             with torch.set_grad_enabled(backward):
                 out = net(example_input.clone())
@@ -115,8 +115,9 @@ def tune_layers(net: torch.nn.Module, example_input: torch.Tensor) -> dict:
             if name in seeded:
                 m._rng_seeded = seeded[name]
         for name, p in net.named_parameters():  # in place where a gradient existed: a CUDA graph may hold it
-            if grads[name] is None or p.grad is None:
-                p.grad = grads[name]
+            grad = grads[name]
+            if grad is None or p.grad is None:
+                p.grad = grad
             else:
-                p.grad.copy_(grads[name])
+                p.grad.copy_(grad)
     return dict(made)

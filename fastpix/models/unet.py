@@ -6,6 +6,7 @@ The generator is built from the innermost block outwards; each block holds a Seq
   innermost: [LeakyReLU, down conv, ReLU, ConvT, up norm]
 and every non-outermost block returns cat([x, block(x)]): the skip first.
 """
+
 import torch
 import torch.nn as nn
 
@@ -14,8 +15,17 @@ from fastpix.models.norm import conv_has_bias
 
 
 class UnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
-                 norm_layer=nn.BatchNorm2d, use_dropout=False):
+    def __init__(
+        self,
+        outer_nc,
+        inner_nc,
+        input_nc=None,
+        submodule=None,
+        outermost=False,
+        innermost=False,
+        norm_layer=nn.BatchNorm2d,
+        use_dropout=False,
+    ):
         super().__init__()
         self.outermost, self.innermost = outermost, innermost
         use_bias = conv_has_bias(norm_layer)
@@ -55,19 +65,23 @@ class UnetGenerator(Network):
         self.num_downs = num_downs
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm_layer=norm_layer, innermost=True)
         for _ in range(num_downs - 5):
-            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer,
-                                            use_dropout=use_dropout)
+            block = UnetSkipConnectionBlock(
+                ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer, use_dropout=use_dropout
+            )
         block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm_layer=norm_layer)
-        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
-                                             norm_layer=norm_layer)
+        self.model = UnetSkipConnectionBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm_layer=norm_layer
+        )
 
     def forward(self, x):
-        multiple = 2 ** self.num_downs
+        multiple = 2**self.num_downs
         if x.dim() != 4 or x.shape[-1] % multiple or x.shape[-2] % multiple:
-            raise ValueError(f"U-Net with {self.num_downs} downsamplings needs an input (N, C, H, W) with H and W "
-                             f"multiples of {multiple}; got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"U-Net with {self.num_downs} downsamplings needs an input (N, C, H, W) with H and W "
+                f"multiples of {multiple}; got shape {tuple(x.shape)}"
+            )
         if self.fused_forward is not None and x.device.type != "meta":  # meta: shape-only FLOP counting
             return self.fused_forward(self, x)
         return self.model(x)

@@ -1,6 +1,9 @@
 """A generator's architecture from its state_dict (a reference .pth carries no configuration: its keys and shapes
 are all there is), the architecture a checkpoint is loaded with, and building that generator with its weights."""
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -27,7 +30,7 @@ def _unet_depth(state: dict) -> int:
 def infer_architecture(state: dict) -> dict:
     """What the keys and shapes of a generator state_dict tell: netG, ngf, norm, input_nc, output_nc (those found),
     and no_dropout for a ResNet (a U-Net's Dropout leaves no trace in its keys)."""
-    found = {}
+    found: dict[str, Any] = {}
     first = state.get("model.model.0.weight")
     resnet_first = state.get("model.1.weight")
     if first is not None and first.dim() == 4:
@@ -35,8 +38,12 @@ def infer_architecture(state: dict) -> dict:
         if "model.model.3.weight" in state:
             found["output_nc"] = state["model.model.3.weight"].shape[1]  # ConvTranspose2d: [in, out, k, k]
         first_bias = "model.model.0.bias"
-    elif (resnet_first is not None and resnet_first.dim() == 4 and tuple(resnet_first.shape[-2:]) == (7, 7)
-          and any(".conv_block." in k for k in state)):
+    elif (
+        resnet_first is not None
+        and resnet_first.dim() == 4
+        and tuple(resnet_first.shape[-2:]) == (7, 7)
+        and any(".conv_block." in k for k in state)
+    ):
         found.update(ngf=resnet_first.shape[0], input_nc=resnet_first.shape[1])
         n_blocks = len({k.split(".")[1] for k in state if ".conv_block." in k})
         if n_blocks in (6, 9):
@@ -67,9 +74,11 @@ def resolve_architecture(recorded: dict, given: dict, source: str) -> dict:
     values.update({k: v for k, v in given.items() if v is not None})
     missing = [k for k in REQUIRED_ARCH if values.get(k) is None]
     if missing:
-        raise CheckpointError(f"{source}: cannot infer {', '.join(missing)} from the checkpoint's keys and shapes; "
-                              f"pass {', '.join(f'{k}=...' for k in missing)} (e.g. netG='unet_256', ngf=64, "
-                              "norm='batch', input_nc=3, output_nc=3)")
+        raise CheckpointError(
+            f"{source}: cannot infer {', '.join(missing)} from the checkpoint's keys and shapes; "
+            f"pass {', '.join(f'{k}=...' for k in missing)} (e.g. netG='unet_256', ngf=64, "
+            "norm='batch', input_nc=3, output_nc=3)"
+        )
     return values
 
 
@@ -78,9 +87,18 @@ def build_generator(state: dict, arch: dict, source: str, backend=None) -> torch
     from fastpix.models import define_G
 
     if backend not in (None, *MODEL_BACKENDS):
-        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(MODEL_BACKENDS)} for a trained generator "
-                          "(compile is a training backend)")
-    G = define_G(arch["input_nc"], arch["output_nc"], arch["ngf"], arch["netG"], arch["norm"], not arch["no_dropout"],
-                 backend=backend)
+        raise ConfigError(
+            f"--backend {backend!r} is not one of {', '.join(MODEL_BACKENDS)} for a trained generator "
+            "(compile is a training backend)"
+        )
+    G = define_G(
+        arch["input_nc"],
+        arch["output_nc"],
+        arch["ngf"],
+        arch["netG"],
+        arch["norm"],
+        not arch["no_dropout"],
+        backend=backend,
+    )
     load_into(G, source, state, network=" ".join(f"{k}={arch[k]}" for k in REQUIRED_ARCH))
     return G

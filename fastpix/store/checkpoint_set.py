@@ -18,14 +18,17 @@ the caller holds: a snapshot's tensors); each is hashed as it is written, a MiB 
 Taking the snapshot (on the training thread) and writing it (on the background writer, store/checkpoint_writer.py)
 are separate steps; a writer told to abandon its save (a second Ctrl-C) stops before the commit.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
-from typing import BinaryIO, Callable
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 from fastpix.errors import CheckpointError
 from fastpix.files import TMP_PREFIX, atomic_write_json, disk_full, fsync_folder, temporary_path, write_new
@@ -39,8 +42,9 @@ HASH_PIECE = 1 << 20  # hashed then written while it is still in the CPU's cache
 class Stream:
     """A file of a set written piece by piece (write(f) calls f.write with bytes-like pieces), never whole in
     memory. nbytes: what it writes, or at least that (for the room check and a full disk's message)."""
+
     nbytes: int
-    write: Callable[[BinaryIO], object]
+    write: Callable[[Any], object]  # given a binary file, or a file-like object that hashes what it writes
 
 
 class Abandoned(Exception):
@@ -56,7 +60,7 @@ class _Hashing:
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         for start in range(0, view.nbytes, HASH_PIECE):
-            piece = view[start:start + HASH_PIECE]
+            piece = view[start : start + HASH_PIECE]
             self.digest.update(piece)
             self.f.write(piece)
         self.size += view.nbytes
@@ -66,12 +70,17 @@ class _Hashing:
         self.f.flush()
 
 
+def _write_bytes(data: bytes, f):
+    f.write(data)
+
+
 class _Member:
     """One file of a save, as files.write_new writes it; its sha256 and size are those of its last writing."""
 
     def __init__(self, data: bytes | Stream):
-        self.stream = data if isinstance(data, Stream) else Stream(len(data), lambda f, b=data: f.write(b))
-        self.sha256, self.size = None, 0
+        self.stream = data if isinstance(data, Stream) else Stream(len(data), functools.partial(_write_bytes, data))
+        self.sha256: str | None = None
+        self.size = 0
 
     def __call__(self, f: BinaryIO):
         sink = _Hashing(f)
@@ -79,8 +88,9 @@ class _Member:
         self.sha256, self.size = sink.digest.hexdigest(), sink.size
 
 
-def write_set(run_dir: str, files: dict[str, bytes | Stream], info: dict,
-              abandoned: Callable[[], bool] = lambda: False):
+def write_set(
+    run_dir: str, files: Mapping[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False
+):
     """Write files (name -> contents) as one checkpoint set with manifest info (iteration, epoch); see the module
     docstring for the order. A full disk is found before anything is written where the free space tells it. When
     `abandoned()` turns true before the commit, the temporaries are removed and Abandoned is raised."""
@@ -95,8 +105,7 @@ def write_set(run_dir: str, files: dict[str, bytes | Stream], info: dict,
             _unless_abandoned(abandoned, info)
             temporaries.append(temporary_path(os.path.join(run_dir, name)))
             write_new(temporaries[-1], member, needed, note)
-            entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": member.size,
-                             "sha256": member.sha256}
+            entries[name] = {"tmp": os.path.basename(temporaries[-1]), "bytes": member.size, "sha256": member.sha256}
         _unless_abandoned(abandoned, info)
         atomic_write_json(os.path.join(run_dir, MANIFEST), {**info, "files": entries})
     except BaseException:
@@ -145,8 +154,12 @@ def _pending(run_dir: str, manifest: dict | None) -> dict:
     pending = {}
     for name, entry in (manifest or {}).get("files", {}).items():
         tmp = entry.get("tmp") if isinstance(entry, dict) else None
-        if (isinstance(tmp, str) and tmp.startswith(TMP_PREFIX) and os.path.basename(tmp) == tmp
-                and os.path.isfile(os.path.join(run_dir, tmp))):
+        if (
+            isinstance(tmp, str)
+            and tmp.startswith(TMP_PREFIX)
+            and os.path.basename(tmp) == tmp
+            and os.path.isfile(os.path.join(run_dir, tmp))
+        ):
             pending[name] = entry
     return pending
 
@@ -205,8 +218,11 @@ def verify_set(run_dir: str, manifest: dict):
     for name, entry in manifest["files"].items():
         path = os.path.join(run_dir, name)
         if not os.path.isfile(path):
-            raise CheckpointError(f"{path}: missing, but {MANIFEST} lists it in the checkpoint of iteration "
-                                  f"{manifest['iteration']}")
+            raise CheckpointError(
+                f"{path}: missing, but {MANIFEST} lists it in the checkpoint of iteration {manifest['iteration']}"
+            )
         if file_sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"{path}: its contents differ from the checkpoint of iteration "
-                                  f"{manifest['iteration']} that {MANIFEST} records (changed or damaged since)")
+            raise CheckpointError(
+                f"{path}: its contents differ from the checkpoint of iteration "
+                f"{manifest['iteration']} that {MANIFEST} records (changed or damaged since)"
+            )

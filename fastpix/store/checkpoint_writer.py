@@ -12,6 +12,7 @@ second Ctrl-C in a synchronous save, which is also cut only once its current wri
 The thread is a daemon: a process that leaves without waiting for it (a third Ctrl-C) is not held up by a write,
 which is then cut short as a kill would cut it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,12 @@ class CheckpointWriter:
         if not self.wait(0):
             raise RuntimeError(f"the checkpoint of iteration {self.writing} is still being written")
         self.writing, self._written = taken.info["iteration"], threading.Event()
-        threading.Thread(target=self._write, args=(taken, self._written), daemon=True,
-                         name=f"fastpix checkpoint writer (iteration {self.writing})").start()
+        threading.Thread(
+            target=self._write,
+            args=(taken, self._written),
+            daemon=True,
+            name=f"fastpix checkpoint writer (iteration {self.writing})",
+        ).start()
 
     def _write(self, taken: Snapshot, written: threading.Event):
         try:
@@ -70,12 +75,14 @@ class CheckpointWriter:
         """Wait in short slices: a signal that the kernel handed to the writer thread is then handled by this (the
         main) thread within one slice, not once the write ends. (An Event, not Thread.join: a join cut short by a
         signal handler's exception marks a thread that is still running as stopped.)"""
+        written = self._written
+        assert written is not None, "called with a save in flight"
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._written.is_set():
+        while not written.is_set():
             left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
             if left <= 0:
                 return False
-            self._written.wait(left)
+            written.wait(left)
         return True
 
     def abandon(self):

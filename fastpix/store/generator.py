@@ -5,6 +5,7 @@ or a reference .pth, perhaps beside a config.json), or as --name under --checkpo
 run's config.json, else what the weights' keys and shapes tell (architecture.infer_architecture); flags or keyword
 arguments override either.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ from fastpix.store.weights import load_weights
 class GeneratorSource:
     """Where a generator is: its weights file, the run folder holding it (a weights file's own folder) and that
     folder's saved configuration (config.json's model and data sections; {} without one)."""
+
     weights: str
     run_dir: str
     config: dict
@@ -50,12 +52,14 @@ class GeneratorSource:
 
     def load(self, backend=None, **arch) -> torch.nn.Module:
         """The generator, its architecture overridden by `arch` (None values are not given)."""
-        return build_generator(self.state, resolve_architecture(self.architecture(), arch, self.weights),
-                               self.weights, backend)
+        return build_generator(
+            self.state, resolve_architecture(self.architecture(), arch, self.weights), self.weights, backend
+        )
 
 
-def locate_generator(checkpoint=None, checkpoints_dir: str | None = None, name: str | None = None,
-                     tag: str = "latest") -> GeneratorSource:
+def locate_generator(
+    checkpoint=None, checkpoints_dir: str | None = None, name: str | None = None, tag: str = "latest"
+) -> GeneratorSource:
     """The generator of `checkpoint` (--checkpoint: a run folder or a weights file), else of the run
     <checkpoints_dir>/<name>; in a folder, the weights <tag>_net_G.safetensors, else the reference's .pth."""
     path = os.fspath(checkpoint) if checkpoint else None
@@ -65,9 +69,10 @@ def locate_generator(checkpoint=None, checkpoints_dir: str | None = None, name: 
     if path is not None and not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such run folder or weights file (--checkpoint)")
     if path is None and not name:
-        raise ConfigError("give --name (a run under --checkpoints_dir) or --checkpoint (a run folder or a weights "
-                          "file)")
-    run_dir = path if path is not None else os.path.join(checkpoints_dir or ".", name)
+        raise ConfigError(
+            "give --name (a run under --checkpoints_dir) or --checkpoint (a run folder or a weights file)"
+        )
+    run_dir = path if path is not None else os.path.join(checkpoints_dir or ".", name or "")
     return GeneratorSource(find_weights(run_dir, tag, "G"), run_dir, saved_config(run_dir), given_file=False)
 
 

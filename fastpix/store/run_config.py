@@ -1,5 +1,6 @@
 """config.json: what a run was trained with, as the CLI and `fastpix test`/`eval` read it back. Also the one way
 the store reads its JSON files (config.json, checkpoint.json): a damaged one is a one-line CheckpointError."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,11 @@ def saved_config(run_dir: str) -> dict:
 
 def write_run_config(run_dir: str, model_cfg, data_cfg, train_cfg):
     """config.json of a run: the values it runs with (the caller puts decided values, such as the precision, in)."""
-    atomic_write_json(os.path.join(run_dir, CONFIG), {"model": dataclasses.asdict(model_cfg),
-                                                      "data": dataclasses.asdict(data_cfg),
-                                                      "train": dataclasses.asdict(train_cfg)})
+    atomic_write_json(
+        os.path.join(run_dir, CONFIG),
+        {
+            "model": dataclasses.asdict(model_cfg),
+            "data": dataclasses.asdict(data_cfg),
+            "train": dataclasses.asdict(train_cfg),
+        },
+    )

@@ -1,11 +1,12 @@
 """The run folder <checkpoints_dir>/<name>/ (layout: see fastpix/store/__init__.py): its files by name, the lock
 held by the one `fastpix train` writing it, its metrics log, and a whole checkpoint saved and loaded as one set."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_bytes
@@ -35,8 +36,10 @@ def find_weights(run_dir: str, tag: str, net: str) -> str:
     """<tag>_net_<net>.safetensors, else the reference's .pth of the same name."""
     found = weights_in(run_dir, tag).get(net)
     if found is None:
-        raise CheckpointError(f"{run_dir}: no {tag}_net_{net}.safetensors or {tag}_net_{net}.pth "
-                              "(is --name / --checkpoints_dir / --epoch right?)")
+        raise CheckpointError(
+            f"{run_dir}: no {tag}_net_{net}.safetensors or {tag}_net_{net}.pth "
+            "(is --name / --checkpoints_dir / --epoch right?)"
+        )
     return found
 
 
@@ -79,7 +82,7 @@ class RunFolder:
                         kept.append(line.rstrip(b"\n") + b"\n")
         atomic_write_bytes(path, b"".join(kept))
 
-    def write(self, files: dict[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False):
+    def write(self, files: Mapping[str, bytes | Stream], info: dict, abandoned: Callable[[], bool] = lambda: False):
         """One checkpoint set, as a transaction (checkpoint_set.write_set); the files of a snapshot
         (store/snapshot.py), written by the background writer (store/checkpoint_writer.py)."""
         write_set(self.dir, files, info, abandoned)
@@ -95,8 +98,10 @@ class RunFolder:
             nets[net] = load_weights(path)
             saved_at = weights_metadata(path).get("iteration")
             if saved_at is not None and int(saved_at) != state["iteration"]:
-                raise CheckpointError(f"{path} is from iteration {saved_at} but the train state is from "
-                                      f"{state['iteration']}: the last save was interrupted")
+                raise CheckpointError(
+                    f"{path} is from iteration {saved_at} but the train state is from "
+                    f"{state['iteration']}: the last save was interrupted"
+                )
         if manifest is not None:
             verify_set(self.dir, manifest)
         return nets["G"], nets["D"], state
@@ -114,8 +119,10 @@ class RunFolder:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                raise CheckpointError(f"{self.dir} is in use by another fastpix train (pid {holder}): wait for it "
-                                      "to finish, or give another --name") from None
+                raise CheckpointError(
+                    f"{self.dir} is in use by another fastpix train (pid {holder}): wait for it "
+                    "to finish, or give another --name"
+                ) from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
             yield self

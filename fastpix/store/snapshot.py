@@ -11,6 +11,7 @@ recorded after them is what the writer waits on: stream order puts the copies be
 training thread only queues them. The buffers are reused only once the previous save is written (the writer holds
 at most one save at a time).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,11 +27,12 @@ from fastpix.store.weights import safetensors_stream
 class Snapshot:
     """Host copies of one save: the networks' state dicts by name ('G', 'D'), the train state, the tags its weights
     are also saved under (an epoch, iter_<N>), what the manifest records, and the event the copies end with (GPU)."""
+
     nets: dict
     train_state: dict
     tags: tuple
     info: dict  # iteration, epoch, position
-    copied: object = None  # torch.cuda.Event on a GPU; None when the copies were made synchronously
+    copied: torch.cuda.Event | None = None  # on a GPU; None when the copies were made synchronously
 
     def files(self) -> dict[str, Stream]:
         """The set's files (name -> Stream), to write once the copies have landed: latest (and each tag's) weights
@@ -58,7 +60,7 @@ class Snapshotter:
     """Takes snapshots into host buffers it keeps (see the module docstring)."""
 
     def __init__(self):
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: list[torch.Tensor | None] = []
         self._used = 0
         self._gpu = None  # the device of the copies queued by the snapshot being taken, if any
 
@@ -89,8 +91,12 @@ class Snapshotter:
         if self._used == len(self._buffers):
             self._buffers.append(None)
         buffer = self._buffers[self._used]
-        if (buffer is None or buffer.dtype != tensor.dtype or buffer.shape != tensor.shape
-                or buffer.stride() != tensor.stride()):
+        if (
+            buffer is None
+            or buffer.dtype != tensor.dtype
+            or buffer.shape != tensor.shape
+            or buffer.stride() != tensor.stride()
+        ):
             # the tensor's own layout (preserve_format): the copy is then a plain memcpy
             buffer = torch.empty_like(tensor, device="cpu", pin_memory=tensor.is_cuda)
             self._buffers[self._used] = buffer

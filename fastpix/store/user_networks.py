@@ -1,5 +1,6 @@
 """Networks the user supplies as TorchScript files: the feature network of FID/KID, the FCN-score's segmenter.
 fastpix never downloads one."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,6 @@ def load_torchscript(path: str, flag: str, what: str, device: torch.device) -> t
         raise CheckpointError(f"{flag} {path}: no such file")
     try:
         net = torch.jit.load(path, map_location=device)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which
+    except Exception as exc:
         raise CheckpointError(f"{flag} {path}: not a TorchScript {what} ({unreadable(exc)})") from exc
     return net.eval()

@@ -6,6 +6,7 @@ Reading goes through the checkpoint transaction (checkpoint_set.committed_bytes)
 the newest committed save even before its renames are finished. Nothing here unpickles Python objects: .pth files
 and the train state are read with torch.load(weights_only=True).
 """
+
 from __future__ import annotations
 
 import io
@@ -21,9 +22,18 @@ from fastpix.store.checkpoint_set import Stream, committed_bytes
 
 TRAIN_STATE_KEYS = ("epoch", "position", "iteration", "optimizers", "torch_rng")
 KEYS_NAMED = 3  # per kind of mismatch, in a strict load's error: the counts say the rest
-SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                      torch.bool: "BOOL"}
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def unreadable(exc: Exception) -> str:
@@ -49,12 +59,16 @@ def safetensors_stream(state: dict, metadata: dict | None = None) -> Stream:
     the format is short enough to write here: 8 bytes of header length, the JSON header padded with spaces to a
     multiple of 8, then each tensor's bytes, C-contiguous, where the header's data_offsets say; widest elements
     first, as safetensors orders them, so that every tensor of a memory-mapped file is aligned to its element."""
-    header, offset = ({"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}), 0
+    header: dict[str, dict] = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
     order = sorted(state, key=lambda name: -state[name].element_size())
     for name in order:
         nbytes = state[name].numel() * state[name].element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[state[name].dtype], "shape": list(state[name].shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[state[name].dtype],
+            "shape": list(state[name].shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
@@ -94,7 +108,7 @@ def load_weights(path: str) -> dict:
         return load_file(path) if data is None else load(data)
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({unreadable(exc)})") from exc
 
 
@@ -107,7 +121,7 @@ def weights_metadata(path: str) -> dict:
     try:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({unreadable(exc)})") from exc
 
 
@@ -116,7 +130,7 @@ def load_train_state(path: str) -> dict:
         raise CheckpointError(f"{path}: no train state to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read train state ({unreadable(exc)})") from exc
     missing = [k for k in TRAIN_STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
@@ -143,13 +157,19 @@ def mismatch(net: torch.nn.Module, state: dict) -> str:
         parts.append(f"{len(unexpected)} keys it does not have ({_some(unexpected)})")
     if shaped:
         first = shaped[0]
-        parts.append(f"{len(shaped)} keys of other shapes ({first}: {list(state[first].shape)} in the file, "
-                     f"{list(own[first].shape)} in the network{', …' if len(shaped) > 1 else ''})")
+        parts.append(
+            f"{len(shaped)} keys of other shapes ({first}: {list(state[first].shape)} in the file, "
+            f"{list(own[first].shape)} in the network{', …' if len(shaped) > 1 else ''})"
+        )
     return "; ".join(parts)
 
 
-def load_into(net: torch.nn.Module, path: str, state: dict | None = None,
-              network: str = "this network (check --netG/--netD/--ngf/--ndf/--norm or config.json)"):
+def load_into(
+    net: torch.nn.Module,
+    path: str,
+    state: dict | None = None,
+    network: str = "this network (check --netG/--netD/--ngf/--ndf/--norm or config.json)",
+):
     """Strict load of `state` (default: the file's) into net; a mismatch is one CheckpointError naming the file,
     the network it was loaded into and the mismatching keys."""
     state = load_weights(path) if state is None else state

@@ -7,6 +7,7 @@ answers, so an acknowledged session survives a crash. A line torn by a crash or 
 counted) on reading; before the next append it gets its newline, so that the fragment stays in the file, a line of
 its own for a person to inspect, and the next session's line is whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,10 @@ def check_session(payload, study: dict) -> dict:
     if not isinstance(payload, dict):
         raise SessionError(f"expected a JSON object, got {type(payload).__name__}")
     if payload.get("study_id") != study["study_id"]:
-        raise SessionError(f"study_id {str(payload.get('study_id'))[:40]!r} is not this study's "
-                           f"({study['study_id']}): a page of another study?")
+        raise SessionError(
+            f"study_id {str(payload.get('study_id'))[:40]!r} is not this study's "
+            f"({study['study_id']}): a page of another study?"
+        )
     models = {m["name"]: set(m["stems"]) for m in study["models"]}
     if payload.get("model") not in models:
         raise SessionError(f"model {str(payload.get('model'))[:80]!r} is not one of {sorted(models)}")
@@ -61,16 +64,23 @@ def check_session(payload, study: dict) -> dict:
     for key, limit in TEXT_FIELDS.items():
         value = payload.get(key, "")
         if not isinstance(value, str) or len(value) > limit or (key == "observer" and not value):
-            raise SessionError(f"{key} must be a string of at most {limit} characters"
-                               + (" (and not empty)" if key == "observer" else ""))
+            raise SessionError(
+                f"{key} must be a string of at most {limit} characters"
+                + (" (and not empty)" if key == "observer" else "")
+            )
         session[key] = value
     trials = payload.get("trials")
     protocol = study["protocol"]
-    expected = {"practice": protocol["practice_trials"], "scored": protocol["scored_trials"],
-                "attention": protocol["attention_checks"]}
+    expected = {
+        "practice": protocol["practice_trials"],
+        "scored": protocol["scored_trials"],
+        "attention": protocol["attention_checks"],
+    }
     if not isinstance(trials, list) or len(trials) != sum(expected.values()):
-        raise SessionError(f"trials must be a list of {sum(expected.values())} trials (practice, scored and "
-                           "attention checks of one whole session)")
+        raise SessionError(
+            f"trials must be a list of {sum(expected.values())} trials (practice, scored and "
+            "attention checks of one whole session)"
+        )
     session["trials"] = [check_trial(t, models[payload["model"]], i) for i, t in enumerate(trials)]
     counts = {kind: sum(t["kind"] == kind for t in session["trials"]) for kind in KINDS}
     if counts != expected:
@@ -99,7 +109,9 @@ class AnswersFile:
                         logging.getLogger(__name__).warning(
                             "%s: its last line was torn (no newline: a crash or a full disk); it now ends there, so "
                             "that this session starts a line of its own (study report counts the fragment as "
-                            "unreadable)", self.path)
+                            "unreadable)",
+                            self.path,
+                        )
                     f.write((b"\n" if torn else b"") + line)
                     f.flush()
                     os.fsync(f.fileno())

@@ -8,6 +8,7 @@ the same observer on the same model. Intervals are 95% Wilson score intervals fo
 one treats every trial as independent, so the report also gives the paper's form, the mean over observers ± its
 standard error, which accounts for observers differing.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,19 @@ def observer_row(session: dict) -> dict:
     practice = [t for t in session["trials"] if t["kind"] == "practice"]
     judged_real = sum(t["answer"] != t["fake_side"] for t in scored)
     missed = sum(t["answer"] != t["fake_side"] for t in checks)
-    return {"observer": session["observer"], "model": session["model"], "n": len(scored), "judged_real": judged_real,
-            "judged_real_pct": 100 * judged_real / len(scored) if scored else None,
-            "ci95_pct": percent(wilson(judged_real, len(scored))),
-            "practice_correct": sum(t["answer"] == t["fake_side"] for t in practice), "practice": len(practice),
-            "attention_missed": missed, "attention_checks": len(checks), "excluded": None}
+    return {
+        "observer": session["observer"],
+        "model": session["model"],
+        "n": len(scored),
+        "judged_real": judged_real,
+        "judged_real_pct": 100 * judged_real / len(scored) if scored else None,
+        "ci95_pct": percent(wilson(judged_real, len(scored))),
+        "practice_correct": sum(t["answer"] == t["fake_side"] for t in practice),
+        "practice": len(practice),
+        "attention_missed": missed,
+        "attention_checks": len(checks),
+        "excluded": None,
+    }
 
 
 def percent(interval):
@@ -51,18 +60,23 @@ def model_summary(rows: list[dict]) -> dict:
     k, n = sum(r["judged_real"] for r in kept), sum(r["n"] for r in kept)
     rates = [100 * r["judged_real"] / r["n"] for r in kept if r["n"]]
     mean = sum(rates) / len(rates) if rates else None
-    sem = (math.sqrt(sum((x - mean) ** 2 for x in rates) / (len(rates) - 1) / len(rates))
-           if len(rates) > 1 else None)
-    return {"observers": len(kept), "excluded": [{"observer": r["observer"], "why": r["excluded"]}
-                                                 for r in rows if r["excluded"]],
-            "n": n, "judged_real": k, "judged_real_pct": 100 * k / n if n else None,
-            "ci95_pct": percent(wilson(k, n)), "observer_mean_pct": mean, "observer_sem_pct": sem,
-            "per_observer": rows}
+    sem = math.sqrt(sum((x - mean) ** 2 for x in rates) / (len(rates) - 1) / len(rates)) if len(rates) > 1 else None
+    return {
+        "observers": len(kept),
+        "excluded": [{"observer": r["observer"], "why": r["excluded"]} for r in rows if r["excluded"]],
+        "n": n,
+        "judged_real": k,
+        "judged_real_pct": 100 * k / n if n else None,
+        "ci95_pct": percent(wilson(k, n)),
+        "observer_mean_pct": mean,
+        "observer_sem_pct": sem,
+        "per_observer": rows,
+    }
 
 
 def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict:
     """The report of every session of `study` found in `sessions` (others are counted and left out)."""
-    by_model = {m["name"]: [] for m in study["models"]}
+    by_model: dict[str, list[dict]] = {m["name"]: [] for m in study["models"]}
     seen, foreign, invalid = set(), 0, 0
     for session in sessions:
         if session.get("study_id") != study["study_id"] or session.get("model") not in by_model:
@@ -79,17 +93,24 @@ def build_report(study: dict, sessions: list[dict], unreadable: int = 0) -> dict
             row["excluded"] = "a repeated session (only the observer's first one counts)"
         seen.add((row["observer"], row["model"]))
         by_model[row["model"]].append(row)
-    return {"study_id": study["study_id"], "protocol": study["protocol"], "sessions": len(sessions),
-            "other_studies": foreign, "invalid_sessions": invalid, "unreadable_lines": unreadable,
-            "models": {name: model_summary(rows) for name, rows in by_model.items()}}
+    return {
+        "study_id": study["study_id"],
+        "protocol": study["protocol"],
+        "sessions": len(sessions),
+        "other_studies": foreign,
+        "invalid_sessions": invalid,
+        "unreadable_lines": unreadable,
+        "models": {name: model_summary(rows) for name, rows in by_model.items()},
+    }
 
 
 def printable(text) -> str:
     """text with every character a terminal would act on (escape sequences, newlines, bidirectional overrides …)
     written as a Python repr writes it (\\x1b, \\n, \\u202e), and backslashes doubled: whatever an observer id
     holds, it prints as itself, on one line."""
-    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-                   for c in str(text))
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
 
 
 def fmt_pct(value, interval=None) -> str:
@@ -101,25 +122,35 @@ def fmt_pct(value, interval=None) -> str:
 
 def format_report(report: dict) -> str:
     p = report["protocol"]
-    lines = [f"Real vs fake study {printable(report['study_id'])}: {report['sessions']} sessions; "
-             f"{p['practice_trials']} practice + {p['scored_trials']} scored trials, {p['exposure_ms']} ms exposure",
-             "% judged real = scored trials in which the generated image was taken for the real one "
-             "(50% = at chance); [95% Wilson interval]"]
+    lines = [
+        f"Real vs fake study {printable(report['study_id'])}: {report['sessions']} sessions; "
+        f"{p['practice_trials']} practice + {p['scored_trials']} scored trials, {p['exposure_ms']} ms exposure",
+        "% judged real = scored trials in which the generated image was taken for the real one "
+        "(50% = at chance); [95% Wilson interval]",
+    ]
     if report["unreadable_lines"] or report["other_studies"] or report["invalid_sessions"]:
-        lines.append(f"skipped: {report['unreadable_lines']} unreadable lines, {report['other_studies']} sessions "
-                     f"of another study, {report['invalid_sessions']} incomplete or malformed sessions")
+        lines.append(
+            f"skipped: {report['unreadable_lines']} unreadable lines, {report['other_studies']} sessions "
+            f"of another study, {report['invalid_sessions']} incomplete or malformed sessions"
+        )
     for name, m in report["models"].items():
         sem = "" if m["observer_sem_pct"] is None else f" ± {m['observer_sem_pct']:.1f}"
-        lines.append(f"\n{printable(name)}: pooled {fmt_pct(m['judged_real_pct'], m['ci95_pct'])} of {m['n']} trials, "
-                     f"{m['observers']} observers; mean over observers {fmt_pct(m['observer_mean_pct'])}{sem} (s.e.)")
+        lines.append(
+            f"\n{printable(name)}: pooled {fmt_pct(m['judged_real_pct'], m['ci95_pct'])} of {m['n']} trials, "
+            f"{m['observers']} observers; mean over observers {fmt_pct(m['observer_mean_pct'])}{sem} (s.e.)"
+        )
         for r in m["per_observer"]:
             flag = f"  EXCLUDED: {r['excluded']}" if r["excluded"] else ""
-            lines.append(f"  {printable(r['observer'])[:40]:<40} {r['judged_real']:>3}/{r['n']:<3} "
-                         f"{fmt_pct(r['judged_real_pct'], r['ci95_pct']):<22} practice {r['practice_correct']}/"
-                         f"{r['practice']}{flag}")
+            lines.append(
+                f"  {printable(r['observer'])[:40]:<40} {r['judged_real']:>3}/{r['n']:<3} "
+                f"{fmt_pct(r['judged_real_pct'], r['ci95_pct']):<22} practice {r['practice_correct']}/"
+                f"{r['practice']}{flag}"
+            )
         if m["excluded"]:
-            lines.append(f"  ({len(m['excluded'])} observers excluded from the pooled number: attention check "
-                         "missed or session repeated)")
+            lines.append(
+                f"  ({len(m['excluded'])} observers excluded from the pooled number: attention check "
+                "missed or session repeated)"
+            )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ for the answers file 507, any other failure 500 (its traceback in the log). The 
 serve's (fastpix/infer/server/http.py). Shutdown (SIGTERM / Ctrl-C) stops accepting connections and finishes the
 submissions already received.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
 from fastpix.errors import DiskFull
-from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response, json_object, run
+from fastpix.infer.server.http import (
+    BodyLimits,
+    add_error_handler,
+    add_error_handlers,
+    error_response,
+    json_object,
+    run,
+)
 from fastpix.study.answers import AnswersFile, SessionError, check_session
 from fastpix.study.page import ANSWERS_FILE, PAGE_FILE, load_study
 
@@ -76,7 +84,7 @@ def create_app(folder: str, cfg=None) -> FastAPI:
     app.include_router(router)
     app.mount("/images", StaticFiles(directory=os.path.join(folder, "images")), name="images")
     add_error_handlers(app)
-    app.add_exception_handler(SessionError, not_a_session)
-    app.add_exception_handler(DiskFull, no_space)
+    add_error_handler(app, SessionError, not_a_session)
+    add_error_handler(app, DiskFull, no_space)
     app.add_middleware(BodyLimits, max_bytes=cfg.max_bytes, timeout_s=cfg.body_timeout_s)
     return app

@@ -4,6 +4,7 @@
 over N processes sees the same samples per step as a single process with the same batch size.
 Only rank 0 writes checkpoints and logs.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,8 +73,10 @@ def check_world(batch_size: int, world_size: int, norm: str | None = None, cuda:
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
         examples = " or ".join(str(b) for b in (lower, lower + world_size) if b > 0)
-        raise ConfigError(f"--batch_size {batch_size} is the global batch, split over {world_size} processes: it "
-                         f"must be a multiple of {world_size} (e.g. {examples})")
+        raise ConfigError(
+            f"--batch_size {batch_size} is the global batch, split over {world_size} processes: it "
+            f"must be a multiple of {world_size} (e.g. {examples})"
+        )
     if norm == "syncbatch" and (world_size < 2 or not cuda):
         raise ConfigError("--norm syncbatch needs several GPU processes (--nproc N, or torchrun, on CUDA)")
 
@@ -82,6 +85,14 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     """`fastpix train --nproc N ...` is `torchrun --nproc_per_node N -m fastpix train ...`."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "fastpix", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "fastpix",
+        *argv,
+    ]
     return subprocess.call(cmd)

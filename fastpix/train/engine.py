@@ -14,6 +14,7 @@ iteration, backend 'triton' networks get their per-layer choices (fastpix.models
 mixed precision the convs over few pixels become matmuls (fastpix/models/small_convs.py). `report()` says
 what ran: the graph's status and each layer's choice, for the run's logs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,11 @@ class TrainEngine:
             raise ValueError("CUDA graphs need a Pix2PixStep built with graph_safe=True")
         self.step, self.device, self.cuda_graphs, self.warmup = step, device, cuda_graphs, warmup
         self.channels_last = channels_last(device, step.precision)
-        self.graph = None
-        self.static_A = self.static_B = self.static_losses = None
+        # the captured iteration and the tensors it reads and writes (None until captured, and after a failure)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_A: torch.Tensor | None = None
+        self.static_B: torch.Tensor | None = None
+        self.static_losses: dict | None = None
         self.eager_iterations = 0
         self.graph_status = "captured on first use" if cuda_graphs else "off"
         # {network: {layer: choice}} once tuned, on CUDA (on a CPU nothing is measured: the Triton kernels run)
@@ -74,8 +78,10 @@ class TrainEngine:
         """backend 'triton': each layer's choice (Triton or cuDNN) measured now, at this batch's shape and
         precision, before anything is captured (the step changes no state)."""
         with self.step.autocast():
-            self.layer_choices = {"G": tune_layers(self.step.G, real_A),
-                                  "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1))}
+            self.layer_choices = {
+                "G": tune_layers(self.step.G, real_A),
+                "D": tune_layers(self.step.D, torch.cat([real_A, real_B], 1)),
+            }
 
     def _plan_small_convs(self, real_A, real_B):
         """CPU, mixed precision, module path: the convs over few pixels at this batch's shape run as matmuls
@@ -83,26 +89,41 @@ class TrainEngine:
         G, D = (getattr(net, "module", net) for net in (self.step.G, self.step.D))  # DDP: the network it holds
         if hasattr(G, "_orig_mod") or hasattr(D, "_orig_mod"):
             return  # torch.compile'd (--backend compile): inductor lowers the convs its own way
-        self.layer_choices = {"G": plan_small_convs(G, real_A, SMALL_CONV_COLUMNS),
-                              "D": plan_small_convs(D, torch.cat([real_A, real_B], 1), SMALL_CONV_COLUMNS)}
+        self.layer_choices = {
+            "G": plan_small_convs(G, real_A, SMALL_CONV_COLUMNS),
+            "D": plan_small_convs(D, torch.cat([real_A, real_B], 1), SMALL_CONV_COLUMNS),
+        }
 
     def _capture(self, real_A, real_B) -> bool:
         """Capture the iteration; on failure warn once, naming the cause, and go eager for good (a capture records
         kernels without running them: the failed attempt changed no parameter or optimizer state)."""
-        self.static_A, self.static_B = real_A.clone(), real_B.clone()
+        self.static_A, self.static_B = static_A, static_B = real_A.clone(), real_B.clone()
         try:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_losses = self.step(self.static_A, self.static_B)
+            self.graph = graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_losses = self.step(static_A, static_B)
         except Exception as exc:  # noqa: BLE001 - whatever broke the capture, the eager iteration still holds
             self.graph = self.static_A = self.static_B = self.static_losses = None
             self.cuda_graphs = False
             self.graph_status = f"failed, eager: {type(exc).__name__}: {exc}"[:300]
-            warnings.warn(f"fastpix: capturing the training iteration in a CUDA graph failed ({type(exc).__name__}: "
-                          f"{exc}); training continues without CUDA graphs", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fastpix: capturing the training iteration in a CUDA graph failed ({type(exc).__name__}: "
+                f"{exc}); training continues without CUDA graphs",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return False
         self.graph_status = "captured"
         return True
+
+    def _replay(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict:
+        """The captured iteration on this batch (capture records but does not run: replay runs it)."""
+        graph, static_A, static_B, losses = self.graph, self.static_A, self.static_B, self.static_losses
+        assert graph is not None and static_A is not None and static_B is not None and losses is not None
+        static_A.copy_(real_A)
+        static_B.copy_(real_B)
+        graph.replay()
+        return losses
 
     def report(self) -> dict:
         """What this engine runs, for a run's metrics and logs: the CUDA graph's status and the per-layer
@@ -124,10 +145,7 @@ class TrainEngine:
         elif self.graph is None and not self._capture(real_A, real_B):
             losses = self.step(real_A, real_B)  # capture records but does not run: this iteration runs eagerly
         else:
-            self.static_A.copy_(real_A)
-            self.static_B.copy_(real_B)
-            self.graph.replay()  # capture records but does not run: replay runs it
-            losses = self.static_losses
+            losses = self._replay(real_A, real_B)
         self.loss_sum += torch.stack([losses[k].float() for k in LOSS_NAMES])
         self.loss_count += 1
 

@@ -5,6 +5,7 @@ Conv: 2·Cin·Cout·k²·Hout·Wout / groups; ConvTranspose: 2·Cin·Cout·k²·
 One training iteration costs 3·F_G + 8·F_D per image: G forward and backward (dgrad + wgrad ≈ 2× forward);
 D forward+backward on the fake and on the real pair (2 × 3·F_D) and forward+dgrad inside the G step (2·F_D).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,9 @@ def conv_flops(net: nn.Module, input_shape: tuple) -> float:
         x = inputs[0]
         k = module.kernel_size[0] * module.kernel_size[1]
         per_position = 2 * module.in_channels * module.out_channels * k / module.groups
-        spatial = x.shape[-2] * x.shape[-1] if isinstance(module, nn.ConvTranspose2d) else \
-            output.shape[-2] * output.shape[-1]
+        spatial = (
+            x.shape[-2] * x.shape[-1] if isinstance(module, nn.ConvTranspose2d) else output.shape[-2] * output.shape[-1]
+        )
         total += per_position * spatial * x.shape[0]
 
     meta = copy.deepcopy(net).to("meta")

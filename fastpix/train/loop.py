@@ -9,16 +9,18 @@ snapshots the state here; the background writer (store/checkpoint_writer.py) wri
 `background_saves` waits for it at the run's end. What is logged and when lives in progress.py; how a signal stops
 the run in stop.py; the files in fastpix/store/.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
 import time
+from typing import Any
 
 import torch
 
-from fastpix.config import check_model, model_kind
+from fastpix.config import TrainConfig, check_model, model_kind
 from fastpix.data import DATASETS
 from fastpix.data.dataset import DataError, PairedDataset
 from fastpix.data.stream import make_pipeline
@@ -67,6 +69,7 @@ def wrap_for_training(G, D, model_cfg, world, device):
 @dataclasses.dataclass
 class Cursor:
     """Where a run stands: its epoch, the items of that epoch done, the iterations done in all."""
+
     epoch: int
     position: int
     iteration: int
@@ -75,19 +78,20 @@ class Cursor:
 @dataclasses.dataclass
 class Session:
     """What the epochs of one run work with."""
-    cfg: object
+
+    cfg: TrainConfig
     run: RunFolder
     world: distributed.World
     device: torch.device
     dataset: PairedDataset
-    loader: object
+    loader: Any  # make_pipeline's: a DataLoader or one of fastpix.data's loaders, iterated once per epoch
     G: torch.nn.Module
     D: torch.nn.Module
     step: Pix2PixStep
-    engine: TrainEngine = None
-    progress: Progress = None
-    snapshots: Snapshotter = None  # the main process's: it alone writes checkpoints
-    writer: CheckpointWriter = None
+    engine: TrainEngine = dataclasses.field(init=False)  # built once the start point is known
+    progress: Progress = dataclasses.field(init=False)
+    snapshots: Snapshotter | None = None  # the main process's: it alone writes checkpoints
+    writer: CheckpointWriter | None = None
 
 
 def train(model_cfg, data_cfg, train_cfg, overwrite=False, progress=True) -> str:
@@ -122,11 +126,15 @@ def check_run_folder(run: RunFolder, train_cfg, overwrite: bool):
     tag = weights_tag(train_cfg)
     if train_cfg.continue_train:
         if not (tag == "latest" and run.has_checkpoint()) and "G" not in run.weights(tag):
-            raise CheckpointError(f"--continue_train: {run.dir} holds no checkpoint to resume and no "
-                                       f"{tag}_net_G.safetensors or {tag}_net_G.pth to start from")
+            raise CheckpointError(
+                f"--continue_train: {run.dir} holds no checkpoint to resume and no "
+                f"{tag}_net_G.safetensors or {tag}_net_G.pth to start from"
+            )
     elif not overwrite and (run.has_checkpoint() or run.weights("latest")):
-        raise CheckpointError(f"{run.dir} already holds a run: pass --continue_train to resume it, "
-                                   "--overwrite to start again, or another --name")
+        raise CheckpointError(
+            f"{run.dir} already holds a run: pass --continue_train to resume it, "
+            "--overwrite to start again, or another --name"
+        )
 
 
 def _train(run, cfgs, world, device, overwrite, show_bar):
@@ -141,22 +149,24 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda" and model_cfg.backend != "compile"
     torch.manual_seed(train_cfg.seed)
-    dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
-        data_cfg.dataroot, train_cfg.phase, data_cfg.direction, model_cfg.input_nc, model_cfg.output_nc,
-        data_cfg.preprocess, data_cfg.load_size, data_cfg.crop_size, not data_cfg.no_flip, data_cfg.max_dataset_size,
-        train_cfg.seed, data_cfg.skip_bad_images)
-    # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
-    loader = make_pipeline(dataset, train_cfg.batch_size, train_cfg.seed, world.rank, world.size, device,
-                           data_cfg.data_pipeline, data_cfg.num_threads, data_cfg.cache_dir,
-                           shuffle=not train_cfg.serial_batches, progress=show_bar, cache_max_gb=data_cfg.cache_max_gb)
+    dataset, loader = training_data(cfgs, world, device, show_bar)
     G, D = build_models(model_cfg, backend="eager" if model_cfg.backend == "compile" else None)
     memory_format = torch.channels_last if channels_last(device, precision) else torch.preserve_format
     G.to(device, memory_format=memory_format).train()
     D.to(device, memory_format=memory_format).train()
     flops_per_image = train_flops_per_image(G, D, model_cfg.input_nc, model_cfg.output_nc, data_cfg.crop_size)
     G_run, D_run = wrap_for_training(G, D, model_cfg, world, device)
-    step = Pix2PixStep(G_run, D_run, train_cfg.lr, train_cfg.beta1, train_cfg.gan_mode, train_cfg.lambda_L1,
-                       precision, device.type, graph_safe=cuda_graphs)
+    step = Pix2PixStep(
+        G_run,
+        D_run,
+        train_cfg.lr,
+        train_cfg.beta1,
+        train_cfg.gan_mode,
+        train_cfg.lambda_L1,
+        precision,
+        device.type,
+        graph_safe=cuda_graphs,
+    )
     s = Session(train_cfg, run, world, device, dataset, loader, G, D, step)
     cursor = start_point(s)
     if world.rank > 0:
@@ -164,8 +174,17 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     s.engine = TrainEngine(step, device, cuda_graphs)
     if world.is_main:  # with the precision decided, not the flag's None
         run.write_config(model_cfg, data_cfg, dataclasses.replace(train_cfg, precision=precision))
-    s.progress = Progress(run, cfgs, world, device, G, (flops_per_image, peak_flops(device, precision)),
-                          (planned_iterations(train_cfg, len(dataset), world), len(dataset)), cursor, show_bar)
+    s.progress = Progress(
+        run,
+        cfgs,
+        world,
+        device,
+        G,
+        (flops_per_image, peak_flops(device, precision)),
+        (planned_iterations(train_cfg, len(dataset), world), len(dataset)),
+        cursor,
+        show_bar,
+    )
     failing = True
     try:
         with StopRequest() as stop, background_saves(s):
@@ -174,9 +193,47 @@ def _train(run, cfgs, world, device, overwrite, show_bar):
     finally:
         s.progress.close(failing)
     if stop:
-        raise Stopped(stop.signum, f"{stop.signal_name}: stopped after iteration {cursor.iteration}, checkpoint "
-                                   f"saved in {run.dir} (resume with --continue_train)")
+        raise Stopped(
+            stop.signum,
+            f"{stop.signal_name}: stopped after iteration {cursor.iteration}, checkpoint "
+            f"saved in {run.dir} (resume with --continue_train)",
+        )
     return run.dir
+
+
+def training_data(cfgs, world, device, show_bar: bool):
+    """The training split, and the loader that makes its batches for this rank."""
+    model_cfg, data_cfg, train_cfg = cfgs
+    dataset = DATASETS[model_kind(vars(model_cfg), vars(data_cfg))](
+        data_cfg.dataroot,
+        train_cfg.phase,
+        data_cfg.direction,
+        model_cfg.input_nc,
+        model_cfg.output_nc,
+        data_cfg.preprocess,
+        data_cfg.load_size,
+        data_cfg.crop_size,
+        not data_cfg.no_flip,
+        data_cfg.max_dataset_size,
+        train_cfg.seed,
+        data_cfg.skip_bad_images,
+    )
+    # The decode-once cache by default (see fastpix.data.stream.make_pipeline): batches equal the DataLoader's.
+    loader = make_pipeline(
+        dataset,
+        train_cfg.batch_size,
+        train_cfg.seed,
+        world.rank,
+        world.size,
+        device,
+        data_cfg.data_pipeline,
+        data_cfg.num_threads,
+        data_cfg.cache_dir,
+        shuffle=not train_cfg.serial_batches,
+        progress=show_bar,
+        cache_max_gb=data_cfg.cache_max_gb,
+    )
+    return dataset, loader
 
 
 def planned_iterations(train_cfg, n_items: int, world) -> int:
@@ -202,8 +259,10 @@ def start_point(s: Session) -> Cursor:
             load_into(getattr(s, net), path)
         if s.world.is_main:
             names = " and ".join(os.path.basename(p) for p in paths.values())
-            print(f"fastpix: --continue_train: training from {names} in {run.dir} with fresh optimizers"
-                  f"{'' if 'D' in paths else ' and a new discriminator'}, from epoch {cfg.epoch_count}")
+            print(
+                f"fastpix: --continue_train: training from {names} in {run.dir} with fresh optimizers"
+                f"{'' if 'D' in paths else ' and a new discriminator'}, from epoch {cfg.epoch_count}"
+            )
     if s.world.is_main:
         os.makedirs(run.dir, exist_ok=True)
         if run.has_log():
@@ -231,11 +290,17 @@ def resume(s: Session) -> dict:
 def save(s: Session, cursor: Cursor, tags=()):
     """One checkpoint set: the weights, and the train state that makes resume exact. Only its snapshot is taken
     here, once the previous save is written (at most one in flight); the background writer writes it."""
+    assert s.writer is not None and s.snapshots is not None, "only the main process saves"
     if not s.writer.wait(SLOW_SAVE_S):
         wait_for_writer(s)
-    state = {"epoch": cursor.epoch, "position": cursor.position, "iteration": cursor.iteration,
-             "optimizers": s.step.state_dict(), "torch_rng": torch.get_rng_state(),
-             "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)}}
+    state = {
+        "epoch": cursor.epoch,
+        "position": cursor.position,
+        "iteration": cursor.iteration,
+        "optimizers": s.step.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "dropout_rng": {"G": dropout_rng_states(s.G), "D": dropout_rng_states(s.D)},
+    }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     s.writer.submit(s.snapshots.take({"G": s.G, "D": s.D}, state, tags))
@@ -243,6 +308,7 @@ def save(s: Session, cursor: Cursor, tags=()):
 
 def wait_for_writer(s: Session):
     """Wait for the save in flight, saying so in one line; its error, if it failed, is raised here."""
+    assert s.writer is not None, "only the main process saves"
     if s.writer.writing is not None:
         s.progress.note(f"fastpix: waiting for the checkpoint of iteration {s.writer.writing} to be written…")
     s.writer.wait()
@@ -284,15 +350,18 @@ def run_epochs(s: Session, cursor: Cursor, stop: StopRequest):
     cfg = s.cfg
     last_epoch = cfg.n_epochs + cfg.n_epochs_decay
     while cursor.epoch <= last_epoch and not reached_max(cfg, cursor.iteration):
-        lr = learning_rate(cfg.lr_policy, cfg.lr, cursor.epoch, cfg.epoch_count, cfg.n_epochs, cfg.n_epochs_decay,
-                           cfg.lr_decay_iters)
+        lr = learning_rate(
+            cfg.lr_policy, cfg.lr, cursor.epoch, cfg.epoch_count, cfg.n_epochs, cfg.n_epochs_decay, cfg.lr_decay_iters
+        )
         s.step.set_lr(lr)
         whole_epoch, before = cursor.position == 0, cursor.iteration
         if run_epoch(s, cursor, lr, stop):
             return
         if whole_epoch and cursor.iteration == before:  # never save untrained weights as a trained epoch
-            raise DataError(f"{s.dataset.split}: no readable pair in epoch {cursor.epoch} "
-                            "(every image was skipped as unreadable): nothing to train on")
+            raise DataError(
+                f"{s.dataset.split}: no readable pair in epoch {cursor.epoch} "
+                "(every image was skipped as unreadable): nothing to train on"
+            )
         tags = [str(cursor.epoch)] if cursor.epoch % cfg.save_epoch_freq == 0 else []
         cursor.epoch, cursor.position = cursor.epoch + 1, 0
         if s.world.is_main:

@@ -12,6 +12,7 @@ As in the reference, `iters` counts the images of the epoch done so far, `time` 
 (where a resumed run resumed), the end of each epoch (its duration, the speed, an ETA for the run) and the val
 scores are said in both cases. Lines go to stdout, flushed, from the main process only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ def duration(seconds: float) -> str:
 def sample_grid(real_A, fake_B, real_B, max_rows=4, kind="pix2pix"):
     """One row per image of the batch, up to max_rows, at the training size, under column labels: its pictures
     (fastpix.data.pictures: A, G(A), B; for colorization its L, real and predicted colours)."""
-    rows = [list(pictures(real_A[i], fake_B[i], real_B[i], kind).values())
-            for i in range(min(max_rows, real_A.shape[0]))]
+    rows = [
+        list(pictures(real_A[i], fake_B[i], real_B[i], kind).values()) for i in range(min(max_rows, real_A.shape[0]))
+    ]
     return labelled_grid(rows, GRID_LABELS[kind])
 
 
@@ -63,8 +65,11 @@ def start_wandb(train_cfg, config: dict, folder: str):
     try:
         import wandb
     except ImportError:
-        print("fastpix: --use_wandb: wandb is not installed (pip install wandb); logging to metrics.jsonl, "
-              "loss.png and samples/ only", file=sys.stderr)
+        print(
+            "fastpix: --use_wandb: wandb is not installed (pip install wandb); logging to metrics.jsonl, "
+            "loss.png and samples/ only",
+            file=sys.stderr,
+        )
         return None
     return wandb.init(project=train_cfg.wandb_project_name, name=train_cfg.name, config=config, dir=folder)
 
@@ -85,17 +90,26 @@ class Progress:
         self.bar = self.board = self.wandb = None
         if show_bar:
             from tqdm import tqdm
-            self.bar = tqdm(total=self.planned, initial=min(start.iteration, self.planned), unit="it",
-                            dynamic_ncols=True)
+
+            self.bar = tqdm(
+                total=self.planned, initial=min(start.iteration, self.planned), unit="it", dynamic_ncols=True
+            )
         if train_cfg.tensorboard and self.main:
             from torch.utils.tensorboard import SummaryWriter  # optional: pip install tensorboard
+
             # A resumed run writes the steps after its checkpoint again: TensorBoard drops the old ones.
             purge = start.iteration + 1 if start.iteration else None
             self.board = SummaryWriter(run.path("tensorboard"), purge_step=purge)
         if train_cfg.use_wandb and self.main:
-            self.wandb = start_wandb(train_cfg, {"model": dataclasses.asdict(model_cfg),
-                                                 "data": dataclasses.asdict(data_cfg),
-                                                 "train": dataclasses.asdict(train_cfg)}, run.dir)
+            self.wandb = start_wandb(
+                train_cfg,
+                {
+                    "model": dataclasses.asdict(model_cfg),
+                    "data": dataclasses.asdict(data_cfg),
+                    "train": dataclasses.asdict(train_cfg),
+                },
+                run.dir,
+            )
         self.say_start(start)
         self.validator = make_validator(G, model_cfg, data_cfg, train_cfg, device, self.say)
         now = time.perf_counter()
@@ -117,12 +131,16 @@ class Progress:
     def say_start(self, start):
         last_epoch = self.cfg.n_epochs + self.cfg.n_epochs_decay
         if start.iteration:
-            self.say(f"fastpix: resumed {self.run.dir} at epoch {start.epoch}, iteration {start.iteration} "
-                     f"({start.position}/{self.n_items} images of the epoch done)")
+            self.say(
+                f"fastpix: resumed {self.run.dir} at epoch {start.epoch}, iteration {start.iteration} "
+                f"({start.position}/{self.n_items} images of the epoch done)"
+            )
         else:
             capped = " (--max_iters)" if self.planned == self.cfg.max_iters else ""
-            self.say(f"fastpix: training {self.run.dir}: {self.n_items} images an epoch, epochs {start.epoch} to "
-                     f"{last_epoch}, {self.planned} iterations{capped}")
+            self.say(
+                f"fastpix: training {self.run.dir}: {self.n_items} images an epoch, epochs {start.epoch} to "
+                f"{last_epoch}, {self.planned} iterations{capped}"
+            )
 
     def after_iteration(self, engine, batch, cursor, lr, data_time):
         iteration = self.iteration = cursor.iteration
@@ -145,13 +163,19 @@ class Progress:
         elapsed = max(t_now - self.window_start, 1e-9)
         img_per_s = self.window_images / elapsed
         own_images = max(self.window_images / self.world.size, 1)  # this process's share, as the reference's
-        record = {"epoch": cursor.epoch, "iter": cursor.iteration, "lr": lr,
-                  **{k: round(v, 5) for k, v in values.items()}, "img_per_s": round(img_per_s, 2),
-                  "ms_per_iter": round(1000 * elapsed * self.world.size * batch["A"].shape[0]
-                                       / max(self.window_images, 1), 3),
-                  "data_time": round(data_time, 5),
-                  "t_comp": round(max(elapsed - self.window_data, 0.0) / own_images, 5),
-                  "t_data": round(self.window_data / own_images, 5)}
+        record = {
+            "epoch": cursor.epoch,
+            "iter": cursor.iteration,
+            "lr": lr,
+            **{k: round(v, 5) for k, v in values.items()},
+            "img_per_s": round(img_per_s, 2),
+            "ms_per_iter": round(
+                1000 * elapsed * self.world.size * batch["A"].shape[0] / max(self.window_images, 1), 3
+            ),
+            "data_time": round(data_time, 5),
+            "t_comp": round(max(elapsed - self.window_data, 0.0) / own_images, 5),
+            "t_data": round(self.window_data / own_images, 5),
+        }
         if self.peak:  # a fastpix.peaks.Peak on a GPU, named in the first record
             record["mfu"] = round(self.flops_per_image * img_per_s / self.peak.flops, 4)
             if self.engine_reported is None:
@@ -160,12 +184,15 @@ class Progress:
         if report != self.engine_reported:
             record["engine"] = self.engine_reported = report
         if self.device.type == "cuda":
-            record["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 3)
+            record["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
         self.window_images, self.window_data, self.window_start = 0, 0.0, t_now
         if self.main:
             self.run.log(record)
-        self.publish({f"train/{k}": record[k] for k in BOARD_SCALARS if record.get(k) is not None},
-                     cursor.iteration, epoch=cursor.epoch)
+        self.publish(
+            {f"train/{k}": record[k] for k in BOARD_SCALARS if record.get(k) is not None},
+            cursor.iteration,
+            epoch=cursor.epoch,
+        )
         if self.bar is None:
             self.say(loss_line(cursor.epoch, cursor.position, record["t_comp"], record["t_data"], values))
             return
@@ -188,8 +215,10 @@ class Progress:
         if not self.main:
             return
         self.run.log({"epoch": cursor.epoch, "iter": cursor.iteration, "val": scores})
-        self.say(f"(epoch: {cursor.epoch}, iters: {cursor.position}) val L1: {scores['l1']:.4f} "
-                 f"PSNR: {scores['psnr']:.2f} dB SSIM: {scores['ssim']:.4f} ({scores['images']} images)")
+        self.say(
+            f"(epoch: {cursor.epoch}, iters: {cursor.position}) val L1: {scores['l1']:.4f} "
+            f"PSNR: {scores['psnr']:.2f} dB SSIM: {scores['ssim']:.4f} ({scores['images']} images)"
+        )
         grid = labelled_grid([list(row) for row in rows], GRID_LABELS[self.kind])
         self.save_grid(grid, f"samples/val_iter_{cursor.iteration:07d}.png", "val/A_fake_B", cursor.iteration)
         self.publish({f"val/{k}": scores[k] for k in ("l1", "psnr", "ssim")}, cursor.iteration)
@@ -212,6 +241,7 @@ class Progress:
             self.board.add_image(tag, np.asarray(grid), iteration, dataformats="HWC")
         if self.wandb is not None:
             import wandb
+
             self.wandb.log({tag: wandb.Image(grid)}, step=iteration)
 
     def end_of_epoch(self, epoch: int, iteration: int):
@@ -221,8 +251,10 @@ class Progress:
         took, done = now - self.epoch_start, iteration - self.epoch_first
         rate = done / took if took > 0 else 0.0
         eta = duration(max(self.planned - iteration, 0) / rate) if rate else "unknown"
-        self.say(f"End of epoch {epoch} / {self.cfg.n_epochs + self.cfg.n_epochs_decay} \t Time Taken: "
-                 f"{int(took)} sec \t {rate:.2f} it/s \t ETA {eta}")
+        self.say(
+            f"End of epoch {epoch} / {self.cfg.n_epochs + self.cfg.n_epochs_decay} \t Time Taken: "
+            f"{int(took)} sec \t {rate:.2f} it/s \t ETA {eta}"
+        )
         self.epoch_start, self.epoch_first = now, iteration
 
     def close(self, failing: bool):
@@ -232,8 +264,10 @@ class Progress:
             done = self.iteration - self.session_first
             if done and not failing:
                 took = time.perf_counter() - self.session_start
-                self.say(f"fastpix: iterations {self.session_first + 1} to {self.iteration} in {duration(took)} "
-                         f"({done / max(took, 1e-9):.2f} it/s)")
+                self.say(
+                    f"fastpix: iterations {self.session_first + 1} to {self.iteration} in {duration(took)} "
+                    f"({done / max(took, 1e-9):.2f} it/s)"
+                )
             if self.bar is not None:
                 self.bar.close()
             if self.board is not None:
@@ -242,6 +276,6 @@ class Progress:
                 self.wandb.finish()
             if self.main and self.run.has_log():
                 write_loss_plot(self.run.path("metrics.jsonl"), self.run.path("loss.png"), self.cfg.lambda_L1)
-        except Exception:  # noqa: BLE001
+        except Exception:
             if not failing:
                 raise

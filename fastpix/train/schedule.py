@@ -5,6 +5,7 @@ epoch_count) the scheduler has stepped k = E − epoch_count + 1 times. Computin
 needs no scheduler state, so a resumed run gets the same rate without restoring any — plateau's included, since
 the metric pix2pix steps it on is a constant (see plateau_rate).
 """
+
 import math
 
 POLICIES = ("linear", "step", "plateau", "cosine")
@@ -13,8 +14,14 @@ POLICIES = ("linear", "step", "plateau", "cosine")
 PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_EPS = 0.2, 5, 1e-8
 
 
-def lr_multiplier(policy: str, epoch: int, epoch_count: int = 1, n_epochs: int = 100, n_epochs_decay: int = 100,
-                  lr_decay_iters: int = 50) -> float:
+def lr_multiplier(
+    policy: str,
+    epoch: int,
+    epoch_count: int = 1,
+    n_epochs: int = 100,
+    n_epochs_decay: int = 100,
+    lr_decay_iters: int = 50,
+) -> float:
     """linear, step and cosine as a factor of the initial rate (plateau's depends on the rate: learning_rate)."""
     k = epoch - epoch_count + 1
     if policy == "linear":
@@ -27,8 +34,15 @@ def lr_multiplier(policy: str, epoch: int, epoch_count: int = 1, n_epochs: int =
     raise ValueError(f"--lr_policy {policy!r} is not one of {', '.join(POLICIES)}")
 
 
-def learning_rate(policy: str, lr: float, epoch: int, epoch_count: int = 1, n_epochs: int = 100,
-                  n_epochs_decay: int = 100, lr_decay_iters: int = 50) -> float:
+def learning_rate(
+    policy: str,
+    lr: float,
+    epoch: int,
+    epoch_count: int = 1,
+    n_epochs: int = 100,
+    n_epochs_decay: int = 100,
+    lr_decay_iters: int = 50,
+) -> float:
     """The rate of `epoch`: lr × lr_multiplier; plateau's is computed from lr itself, as torch does, so that its
     eps test and roundings are torch's."""
     if policy == "plateau":

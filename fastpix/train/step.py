@@ -1,9 +1,12 @@
-"""One pix2pix iteration, in the reference's order (pix2pix.md, "Objective").
+"""One pix2pix iteration, in the reference's order (docs/reference-compat.md, "The training step").
 
 fake = G(A) once; D step on (A, fake.detach()) and (A, B) as two separate D calls (their BatchNorm statistics
 are separate); then the G step against the just-updated D, with D frozen: loss_G = GAN(D(A, fake), real) + λ·L1.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -13,7 +16,7 @@ from fastpix.losses import gan_loss, l1_loss
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
 
-def model_backend(net: torch.nn.Module) -> str:
+def model_backend(net: Any) -> str:
     """The backend define_G/define_D built `net` with, looking through DDP (.module) and torch.compile
     (._orig_mod) wrappers; 'eager' for a network built otherwise."""
     while not hasattr(net, "backend") and (hasattr(net, "module") or hasattr(net, "_orig_mod")):
@@ -36,8 +39,19 @@ class Pix2PixStep:
     backend: 'eager' or 'triton' (the fused GAN and L1 losses); None takes G's (define_G records it).
     """
 
-    def __init__(self, G, D, lr=2e-4, beta1=0.5, gan_mode="vanilla", lambda_L1=100.0, precision="fp32",
-                 device_type="cpu", graph_safe=False, backend=None):
+    def __init__(
+        self,
+        G,
+        D,
+        lr=2e-4,
+        beta1=0.5,
+        gan_mode="vanilla",
+        lambda_L1=100.0,
+        precision="fp32",
+        device_type="cpu",
+        graph_safe=False,
+        backend=None,
+    ):
         self.G, self.D = G, D
         self.gan_mode, self.lambda_L1 = gan_mode, lambda_L1
         self.backend = model_backend(G) if backend is None else backend
@@ -50,11 +64,13 @@ class Pix2PixStep:
         fused = device_type == "cuda" or precision != "fp32"
         # A device tensor lr is read by the captured optimizer kernels at every replay.
         lr_value = torch.tensor(lr, device=next(G.parameters()).device) if graph_safe else lr
-        self.opt_G = torch.optim.Adam(G.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None,
-                                      capturable=graph_safe)
+        self.opt_G = torch.optim.Adam(
+            G.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None, capturable=graph_safe
+        )
         lr_value = lr_value.clone() if graph_safe else lr
-        self.opt_D = torch.optim.Adam(D.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None,
-                                      capturable=graph_safe)
+        self.opt_D = torch.optim.Adam(
+            D.parameters(), lr=lr_value, betas=(beta1, 0.999), fused=fused or None, capturable=graph_safe
+        )
         self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
         self.fake_B = None
 
@@ -79,8 +95,7 @@ class Pix2PixStep:
         set_requires_grad(self.D, True)
         self.opt_D.zero_grad(set_to_none=set_to_none)
         with self.autocast():
-            loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode,
-                                   self.backend)
+            loss_D_fake = gan_loss(self.D(torch.cat((real_A, fake_B.detach()), 1)), False, self.gan_mode, self.backend)
             loss_D_real = gan_loss(self.D(torch.cat((real_A, real_B), 1)), True, self.gan_mode, self.backend)
         scaler.scale((loss_D_fake + loss_D_real) * 0.5).backward()
         scaler.step(self.opt_D)
@@ -95,8 +110,12 @@ class Pix2PixStep:
         scaler.update()
 
         self.fake_B = fake_B.detach()
-        return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
-                "D_fake": loss_D_fake.detach()}
+        return {
+            "G_GAN": loss_G_GAN.detach(),
+            "G_L1": loss_G_L1.detach(),
+            "D_real": loss_D_real.detach(),
+            "D_fake": loss_D_fake.detach(),
+        }
 
     def _l1(self, fake_B, real_B):
         """λ·L1 in fp32: eager upcasts (as the reference's fp32 loss), the fused kernel accumulates in fp32."""

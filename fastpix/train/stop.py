@@ -1,6 +1,7 @@
 """Stopping a run cleanly: SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the iteration in progress, with a
 checkpoint; a second Ctrl-C stops at once (a save it cuts short is not committed: the previous one stands). The run
 then ends with Stopped, whose exit status is the shell's for that signal."""
+
 from __future__ import annotations
 
 import signal

@@ -7,6 +7,7 @@ It must not change training: a run with --val_freq gives the same weights, bit f
 generators are forked (the dropout masks of the next iterations), and every buffer the forward touches — BatchNorm's
 running statistics, the fused kernels' dropout counters — is put back, in place (a CUDA graph holds their memory).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,10 +28,19 @@ class Validator:
 
     def __init__(self, G, model_cfg, data_cfg, count: int, device):
         self.kind = model_kind(vars(model_cfg), vars(data_cfg))
-        dataset = DATASETS[self.kind](data_cfg.dataroot, "val", data_cfg.direction, model_cfg.input_nc,
-                                model_cfg.output_nc, data_cfg.preprocess, data_cfg.crop_size, data_cfg.crop_size,
-                                flip=False, max_dataset_size=data_cfg.max_dataset_size,
-                                skip_bad_images=data_cfg.skip_bad_images)
+        dataset = DATASETS[self.kind](
+            data_cfg.dataroot,
+            "val",
+            data_cfg.direction,
+            model_cfg.input_nc,
+            model_cfg.output_nc,
+            data_cfg.preprocess,
+            data_cfg.crop_size,
+            data_cfg.crop_size,
+            flip=False,
+            max_dataset_size=data_cfg.max_dataset_size,
+            skip_bad_images=data_cfg.skip_bad_images,
+        )
         items = [item for item in (dataset[i] for i in range(min(count, len(dataset)))) if item is not None]
         if not items:
             raise dataset.none_readable()

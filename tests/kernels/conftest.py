@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before triton decorates the kernels, i.e. before any fastpix.kernels module is
 imported, hence at the top of this file (pytest loads it before the test modules of this directory).
 """
+
 import os
 
 import torch

@@ -10,6 +10,7 @@
 The input factories and the pix2pix layer shapes the tests use come from fastpix.bench_suites.layers
 (bench/suites/layers.py), shared with the benchmarks, so that a benchmark times exactly what a test checked.
 """
+
 import os
 
 import torch
@@ -44,8 +45,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / ref if ref > 0 else diff
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str = "output",
-                 worst: int = 8, scale: float = 1.0) -> None:
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+    name: str = "output",
+    worst: int = 8,
+    scale: float = 1.0,
+) -> None:
     """Assert |actual − expected| ≤ atol + rtol·|expected| elementwise with the tolerances of `dtype`.
 
     `scale` multiplies both tolerances, for quantities summed over many elements (a gradient of γ sums n terms
@@ -65,11 +72,12 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     if not bad.any():
         return
     count = int(bad.sum())
-    order = torch.argsort(excess.flatten(), descending=True)[:min(worst, count)]
+    order = torch.argsort(excess.flatten(), descending=True)[: min(worst, count)]
     lines = []
     for flat in order.tolist():
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() else ()
         lines.append(f"  at {index}: actual {a.flatten()[flat].item():.8g}, expected {e.flatten()[flat].item():.8g}")
     raise AssertionError(
         f"{name}: {count} of {a.numel()} elements differ beyond atol={atol:g}, rtol={rtol:g} ({dtype}); "
-        f"relative error {relative_error(a, e):.3g}; worst:\n" + "\n".join(lines))
+        f"relative error {relative_error(a, e):.3g}; worst:\n" + "\n".join(lines)
+    )

@@ -7,18 +7,24 @@ kernel saw (a half-precision input is upcast exactly), so the comparison measure
 The quick subset runs by default; FASTPIX_FULL=1 sweeps every shape of the issue (C 3/5/64/512 × H×W 1×1 … 64×64 ×
 batch 1/2/5) and the pix2pix layer shapes (those on a GPU).
 """
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import PIX2PIX_NORM_LAYERS, norm_act_inputs
 from fastpix.kernels import batch_norm_act as bna
-from fastpix.kernels.batch_norm_act import (batch_norm_act, dropout_mask, instance_norm_act, norm_act_backward,
-                                            norm_act_forward)
+from fastpix.kernels.batch_norm_act import (
+    batch_norm_act,
+    dropout_mask,
+    instance_norm_act,
+    norm_act_backward,
+    norm_act_forward,
+)
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS, MOMENTUM, SLOPE = 1e-5, 0.1, 0.2
@@ -33,8 +39,10 @@ MODES = [
     ("instance", "relu", 0.5, False),
     ("instance", "leaky_relu", 0.0, True),
 ]
-ALL_SHAPES = [(n, c, h, w) for n, c, (h, w) in itertools.product(
-    (1, 2, 5), (3, 5, 64, 512), ((1, 1), (2, 2), (3, 7), (30, 30), (64, 64)))]
+ALL_SHAPES = [
+    (n, c, h, w)
+    for n, c, (h, w) in itertools.product((1, 2, 5), (3, 5, 64, 512), ((1, 1), (2, 2), (3, 7), (30, 30), (64, 64)))
+]
 QUICK_SHAPES = [(2, 3, 3, 7), (1, 5, 2, 2), (5, 512, 1, 1), (1, 64, 30, 30), (1, 3, 64, 64)]
 
 
@@ -46,9 +54,13 @@ def valid(norm, shape):
 
 
 def cases(shapes, dtypes):
-    return [pytest.param(mode, shape, dtype, id=f"{mode[0]}-{mode[1]}-p{mode[2]}-{'x'.join(map(str, shape))}-"
-                                                 f"{str(dtype)[6:]}")
-            for mode, shape, dtype in itertools.product(MODES, shapes, dtypes) if valid(mode[0], shape)]
+    return [
+        pytest.param(
+            mode, shape, dtype, id=f"{mode[0]}-{mode[1]}-p{mode[2]}-{'x'.join(map(str, shape))}-{str(dtype)[6:]}"
+        )
+        for mode, shape, dtype in itertools.product(MODES, shapes, dtypes)
+        if valid(mode[0], shape)
+    ]
 
 
 if full_sweep():
@@ -87,13 +99,41 @@ def run_kernels(inputs, norm, activation, p, rng):
     n, c, h, wd = x.shape
     y_out = poison(torch.empty(n, h, wd, c, dtype=x.dtype, device=x.device))
     x_nhwc, y, mean, rstd = norm_act_forward(
-        x, w, b, None if norm == "instance" else rm, None if norm == "instance" else rv, batch_stats=batch_stats,
-        groups=groups, momentum=MOMENTUM, eps=EPS, activation=activation, slope=SLOPE, dropout_p=p, rng=rng,
-        out=y_out)
-    grads_out = (poison(torch.empty_like(x_nhwc)), None if w is None else poison(torch.empty_like(w)),
-                 None if b is None else poison(torch.empty_like(b)))
-    dx, dw, db = norm_act_backward(inputs["dy"], x_nhwc, w, b, mean, rstd, batch_stats=batch_stats, groups=groups,
-                                   activation=activation, slope=SLOPE, dropout_p=p, rng=rng, out=grads_out)
+        x,
+        w,
+        b,
+        None if norm == "instance" else rm,
+        None if norm == "instance" else rv,
+        batch_stats=batch_stats,
+        groups=groups,
+        momentum=MOMENTUM,
+        eps=EPS,
+        activation=activation,
+        slope=SLOPE,
+        dropout_p=p,
+        rng=rng,
+        out=y_out,
+    )
+    grads_out = (
+        poison(torch.empty_like(x_nhwc)),
+        None if w is None else poison(torch.empty_like(w)),
+        None if b is None else poison(torch.empty_like(b)),
+    )
+    dx, dw, db = norm_act_backward(
+        inputs["dy"],
+        x_nhwc,
+        w,
+        b,
+        mean,
+        rstd,
+        batch_stats=batch_stats,
+        groups=groups,
+        activation=activation,
+        slope=SLOPE,
+        dropout_p=p,
+        rng=rng,
+        out=grads_out,
+    )
     return y.permute(0, 3, 1, 2), dx.permute(0, 3, 1, 2), dw, db, rm, rv
 
 
@@ -254,12 +294,12 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name,C,H,W,activation,p", PIX2PIX_NORM_LAYERS, ids=[l[0] for l in PIX2PIX_NORM_LAYERS])
+@pytest.mark.parametrize("name,C,H,W,activation,p", PIX2PIX_NORM_LAYERS, ids=[n[0] for n in PIX2PIX_NORM_LAYERS])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_pix2pix_layers_on_gpu(name, C, H, W, activation, p, dtype, norm):
     """Every pix2pix norm layer at 256², batch 16 (and 1 for instance norm's per-sample path), including bf16."""
-    for batch in ((16,) if norm == "batch" else (1, 16)):
+    for batch in (16,) if norm == "batch" else (1, 16):
         if norm == "batch" or H * W > 1:
             check((norm, activation, p, norm == "batch"), (batch, C, H, W), dtype)
 
@@ -268,4 +308,3 @@ def test_pix2pix_layers_on_gpu(name, C, H, W, activation, p, dtype, norm):
 @pytest.mark.parametrize("mode,shape", [(m, s) for m, s in itertools.product(MODES, QUICK_SHAPES) if valid(m[0], s)])
 def test_bfloat16_on_gpu(mode, shape):
     check(mode, shape, torch.bfloat16)
-

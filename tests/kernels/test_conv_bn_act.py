@@ -6,15 +6,23 @@ Fused: small U-Net and PatchGAN chains (BatchNorm statistics in the epilogue, Ba
 the prologue, the two-source up conv, bias + Tanh) against the eager composition, forward and every gradient.
 The reference runs in float64 on the same (rounded) inputs. GPU tests sweep the pix2pix layer shapes in bf16.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison, relative_error
 
 from fastpix.bench_suites.layers import (
-    PIX2PIX_CONV_LAYERS, ConvLayer, activated_sources, eager_block, fused_block, fused_block_output, layer_inputs)
+    PIX2PIX_CONV_LAYERS,
+    ConvLayer,
+    activated_sources,
+    eager_block,
+    fused_block,
+    fused_block_output,
+    layer_inputs,
+)
 from fastpix.kernels import conv_bn_act as cba
 from fastpix.kernels.batch_norm_act import dropout_mask
-from harness import assert_close, full_sweep, poison, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -59,15 +67,15 @@ def _ref(t):
 
 # (transposed, stride, padding, kernel, N, Cin, Cout, H, W, dtype, bias)
 PLAIN_CASES = [
-    (False, 2, 1, 4, 2, 5, 7, 6, 6, torch.float32, True),     # G down / D s2, odd channels
-    (False, 1, 1, 4, 1, 4, 3, 5, 5, torch.float32, False),    # D's stride-1 convs, batch 1
-    (False, 2, 1, 4, 1, 8, 8, 2, 2, torch.float16, False),    # 2×2 → 1×1 bottleneck
-    (False, 2, 1, 4, 2, 3, 5, 7, 5, torch.float16, True),     # odd sizes
-    (False, 1, 0, 1, 2, 6, 8, 3, 4, torch.float32, True),     # 1×1 (PixelGAN)
-    (True, 2, 1, 4, 2, 5, 7, 3, 3, torch.float32, True),      # G up
-    (True, 2, 1, 4, 1, 8, 4, 1, 1, torch.float16, False),     # 1×1 → 2×2 bottleneck
+    (False, 2, 1, 4, 2, 5, 7, 6, 6, torch.float32, True),  # G down / D s2, odd channels
+    (False, 1, 1, 4, 1, 4, 3, 5, 5, torch.float32, False),  # D's stride-1 convs, batch 1
+    (False, 2, 1, 4, 1, 8, 8, 2, 2, torch.float16, False),  # 2×2 → 1×1 bottleneck
+    (False, 2, 1, 4, 2, 3, 5, 7, 5, torch.float16, True),  # odd sizes
+    (False, 1, 0, 1, 2, 6, 8, 3, 4, torch.float32, True),  # 1×1 (PixelGAN)
+    (True, 2, 1, 4, 2, 5, 7, 3, 3, torch.float32, True),  # G up
+    (True, 2, 1, 4, 1, 8, 4, 1, 1, torch.float16, False),  # 1×1 → 2×2 bottleneck
     (True, 2, 1, 4, 2, 4, 3, 2, 3, torch.float16, True),
-    (True, 1, 1, 3, 1, 3, 4, 4, 4, torch.float32, False),     # stride-1 ConvT (any kernel size)
+    (True, 1, 1, 3, 1, 3, 4, 4, 4, torch.float32, False),  # stride-1 ConvT (any kernel size)
     (False, 2, 1, 4, 1, 37, 35, 4, 4, torch.float32, False),  # several channel blocks
     (True, 2, 1, 4, 1, 35, 37, 2, 2, torch.float16, True),
 ]
@@ -81,8 +89,13 @@ def _plain_case(transposed, stride, padding, kernel, N, Cin, Cout, H, W, dtype, 
     return x, w, b
 
 
-@pytest.mark.parametrize("case", PLAIN_CASES, ids=lambda c: f"{'convT' if c[0] else 'conv'}-s{c[1]}p{c[2]}k{c[3]}-"
-                                                          f"n{c[4]}c{c[5]}o{c[6]}-{c[7]}x{c[8]}-{str(c[9])[6:]}")
+@pytest.mark.parametrize(
+    "case",
+    PLAIN_CASES,
+    ids=lambda c: (
+        f"{'convT' if c[0] else 'conv'}-s{c[1]}p{c[2]}k{c[3]}-n{c[4]}c{c[5]}o{c[6]}-{c[7]}x{c[8]}-{str(c[9])[6:]}"
+    ),
+)
 def test_plain_conv_matches_torch(case, poisoned):
     transposed, stride, padding, kernel, N, Cin, Cout, H, W, dtype, bias = case
     x, w, b = _plain_case(*case)
@@ -147,17 +160,28 @@ def test_bad_shapes_raise_clear_errors():
 # Fused chains: BatchNorm statistics in the epilogue, BatchNorm + activation (+ dropout) in the prologue
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _bn_params(c):
-    return {"weight": _leaf(1 + 0.2 * torch.randn(c)), "bias": _leaf(0.2 * torch.randn(c)),
-            "running_mean": torch.zeros(c, device=DEVICE), "running_var": torch.ones(c, device=DEVICE)}
+    return {
+        "weight": _leaf(1 + 0.2 * torch.randn(c)),
+        "bias": _leaf(0.2 * torch.randn(c)),
+        "running_mean": torch.zeros(c, device=DEVICE),
+        "running_var": torch.ones(c, device=DEVICE),
+    }
 
 
 def _make_unet_chain(dtype, instance=False):
     """A two-level U-Net in miniature: x (2, 3, 8, 8) → down 6 → down 8 (2×2) → up 6 → up(skip, up) 3 + Tanh."""
-    p = {"instance": instance, "x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
-         "w1": _leaf(0.3 * torch.randn(6, 3, 4, 4)), "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
-         "w3": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w4": _leaf(0.3 * torch.randn(12, 3, 4, 4)),
-         "b4": _leaf(0.1 * torch.randn(3)), "rng": torch.tensor([1234, 77], dtype=torch.int64, device=DEVICE)}
+    p = {
+        "instance": instance,
+        "x": _leaf(_cl(torch.randn(2, 3, 8, 8).to(dtype))),
+        "w1": _leaf(0.3 * torch.randn(6, 3, 4, 4)),
+        "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
+        "w3": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
+        "w4": _leaf(0.3 * torch.randn(12, 3, 4, 4)),
+        "b4": _leaf(0.1 * torch.randn(3)),
+        "rng": torch.tensor([1234, 77], dtype=torch.int64, device=DEVICE),
+    }
     for name, c in (("bn1", 6), ("bn2", 8), ("bn3", 6)):
         p[name] = _bn_params(c)
     return p
@@ -176,13 +200,26 @@ def _unet_fused(p):
     n1 = cba.batch_norm_prologue(m1, r1, bn1["weight"], bn1["bias"])
     y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], None, 2, 1, norm=n1, activation="leaky_relu", **_stats(p, bn2))
     n2 = cba.batch_norm_prologue(m2, r2, bn2["weight"], bn2["bias"])
-    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 2, 1, transposed=True, norm=n2, activation="relu",
-                                 **_stats(p, bn3))
+    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 2, 1, transposed=True, norm=n2, activation="relu", **_stats(p, bn3))
     n3 = cba.batch_norm_prologue(m3, r3, bn3["weight"], bn3["bias"])
     per_sample = p["instance"]
-    return cba.conv_bn_act(y1, p["w4"], p["b4"], 2, 1, transposed=True, norm=n1, activation="relu", x2=y3,
-                           norm2=n3, activation2="relu", dropout_p2=0.5, rng2=p["rng"], tanh=True,
-                           per_sample=per_sample)
+    return cba.conv_bn_act(
+        y1,
+        p["w4"],
+        p["b4"],
+        2,
+        1,
+        transposed=True,
+        norm=n1,
+        activation="relu",
+        x2=y3,
+        norm2=n3,
+        activation2="relu",
+        dropout_p2=0.5,
+        rng2=p["rng"],
+        tanh=True,
+        per_sample=per_sample,
+    )
 
 
 def _rounding(p):
@@ -195,10 +232,12 @@ def _rounding(p):
 
 def _eager_norm(p, r):
     """The eager norm layer `name` of a chain: training-mode BatchNorm or InstanceNorm (affine), float64."""
+
     def norm(y, name):
         if p["instance"]:
             return F.instance_norm(y, weight=r[name + ".w"], bias=r[name + ".b"], eps=1e-5)
         return F.batch_norm(y, r[name + ".rm"], r[name + ".rv"], r[name + ".w"], r[name + ".b"], True, 0.1, 1e-5)
+
     return norm
 
 
@@ -217,10 +256,16 @@ def _unet_eager(p, r):
 
 def _make_patchgan_chain(dtype, instance=False):
     """A PatchGAN in miniature: (2, 6, 12, 12) → s2 6 + bias, LReLU → s2 8, BN, LReLU → s1 8, BN, LReLU → s1 1."""
-    p = {"instance": instance, "x": _leaf(_cl(torch.randn(2, 6, 12, 12).to(dtype))),
-         "w1": _leaf(0.3 * torch.randn(6, 6, 4, 4)), "b1": _leaf(0.1 * torch.randn(6)),
-         "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)), "w3": _leaf(0.3 * torch.randn(8, 8, 4, 4)),
-         "w4": _leaf(0.3 * torch.randn(1, 8, 4, 4)), "b4": _leaf(0.1 * torch.randn(1))}
+    p = {
+        "instance": instance,
+        "x": _leaf(_cl(torch.randn(2, 6, 12, 12).to(dtype))),
+        "w1": _leaf(0.3 * torch.randn(6, 6, 4, 4)),
+        "b1": _leaf(0.1 * torch.randn(6)),
+        "w2": _leaf(0.3 * torch.randn(8, 6, 4, 4)),
+        "w3": _leaf(0.3 * torch.randn(8, 8, 4, 4)),
+        "w4": _leaf(0.3 * torch.randn(1, 8, 4, 4)),
+        "b4": _leaf(0.1 * torch.randn(1)),
+    }
     for name, c in (("bn2", 8), ("bn3", 8)):
         p[name] = _bn_params(c)
     if instance:  # pix2pix's rule: a conv has a bias under instance norm (its backward sums the fused prologue)
@@ -232,12 +277,26 @@ def _patchgan_fused(p):
     bn2, bn3 = p["bn2"], p["bn3"]
     y1 = cba.conv_bn_act(p["x"], p["w1"], p["b1"], 2, 1)
     y2, m2, r2 = cba.conv_bn_act(y1, p["w2"], p.get("b2"), 2, 1, activation="leaky_relu", **_stats(p, bn2))
-    y3, m3, r3 = cba.conv_bn_act(y2, p["w3"], None, 1, 1, norm=cba.batch_norm_prologue(m2, r2, bn2["weight"],
-                                                                                       bn2["bias"]),
-                                 activation="leaky_relu", **_stats(p, bn3))
-    return cba.conv_bn_act(y3, p["w4"], p["b4"], 1, 1, norm=cba.batch_norm_prologue(m3, r3, bn3["weight"],
-                                                                                     bn3["bias"]),
-                           activation="leaky_relu", per_sample=p["instance"])
+    y3, m3, r3 = cba.conv_bn_act(
+        y2,
+        p["w3"],
+        None,
+        1,
+        1,
+        norm=cba.batch_norm_prologue(m2, r2, bn2["weight"], bn2["bias"]),
+        activation="leaky_relu",
+        **_stats(p, bn3),
+    )
+    return cba.conv_bn_act(
+        y3,
+        p["w4"],
+        p["b4"],
+        1,
+        1,
+        norm=cba.batch_norm_prologue(m3, r3, bn3["weight"], bn3["bias"]),
+        activation="leaky_relu",
+        per_sample=p["instance"],
+    )
 
 
 def _patchgan_eager(p, r):
@@ -272,17 +331,21 @@ def _compare_chain(make, fused, eager, dtype, instance=False):
     checks = [("output", out, ref)]
     for key, v in p.items():
         if isinstance(v, dict):
-            checks += [(key + ".weight grad", v["weight"].grad, r[key + ".w"].grad),
-                       (key + ".bias grad", v["bias"].grad, r[key + ".b"].grad),
-                       (key + ".running_mean", v["running_mean"], r[key + ".rm"]),
-                       (key + ".running_var", v["running_var"], r[key + ".rv"])]
+            checks += [
+                (key + ".weight grad", v["weight"].grad, r[key + ".w"].grad),
+                (key + ".bias grad", v["bias"].grad, r[key + ".b"].grad),
+                (key + ".running_mean", v["running_mean"], r[key + ".rm"]),
+                (key + ".running_var", v["running_var"], r[key + ".rv"]),
+            ]
         elif isinstance(v, torch.Tensor) and v.is_floating_point():
             checks.append((key + " grad", v.grad, r[key].grad))
     return checks
 
 
-CHAINS = {"unet": (_make_unet_chain, _unet_fused, _unet_eager),
-          "patchgan": (_make_patchgan_chain, _patchgan_fused, _patchgan_eager)}
+CHAINS = {
+    "unet": (_make_unet_chain, _unet_fused, _unet_eager),
+    "patchgan": (_make_patchgan_chain, _patchgan_fused, _patchgan_eager),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -305,8 +368,17 @@ def test_fused_chain_is_deterministic():
         p = _make_unet_chain(torch.float16)
         out = _unet_fused(p)
         out.backward(torch.ones_like(out))
-        runs.append([out, p["x"].grad, p["w1"].grad, p["w3"].grad, p["bn1"]["weight"].grad, p["bn2"]["bias"].grad,
-                     p["bn3"]["running_var"]])
+        runs.append(
+            [
+                out,
+                p["x"].grad,
+                p["w1"].grad,
+                p["w3"].grad,
+                p["bn1"]["weight"].grad,
+                p["bn2"]["bias"].grad,
+                p["bn3"]["running_var"],
+            ]
+        )
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
@@ -362,11 +434,13 @@ def test_machine_timings_round_trip(tmp_path):
 # GPU: every pix2pix layer at full size in bf16, autotuning and the per-layer choice
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _block_leaves(case):
     leaves = [t for t in case["sources"] if t.requires_grad]
     leaves += [t for norm in case["norms"] if norm is not None for t in norm if t.requires_grad]
-    leaves += [case["weight"], case["bn_weight"], case["bn_bias"]] + ([case["bias"]] if case["bias"] is not None
-                                                                      else [])
+    leaves += [case["weight"], case["bn_weight"], case["bn_bias"]] + (
+        [case["bias"]] if case["bias"] is not None else []
+    )
     return leaves
 
 
@@ -377,7 +451,7 @@ def test_pix2pix_layer_matches_eager(layer, dtype):
     """The fused block against eager cuDNN conv + BatchNorm + activation on the same bf16 / fp16 inputs: output and
     the gradients of the raw sources, the producers' (k, β), the weight, the bias and this layer's (γ, β); at batch
     1, 16 and 64 in the full sweep (`make gpu-check` runs it)."""
-    for batch in ((1, 16, 64) if full_sweep() else (1,)):
+    for batch in (1, 16, 64) if full_sweep() else (1,):
         case = layer_inputs(layer, batch, dtype, DEVICE, seed=0)
         fused = fused_block_output(layer, case, fused_block(layer, case))
         eager = eager_block(layer, case, activated_sources(layer, case, detach=False))
@@ -428,8 +502,9 @@ def split_k(monkeypatch):
     monkeypatch.setattr(cba, "_split_k_count", lambda programs, taps: min(3, taps))
 
 
-@pytest.mark.parametrize("case", [PLAIN_CASES[0], PLAIN_CASES[1], PLAIN_CASES[6]],
-                         ids=["conv-s2", "conv-s1", "convT-1x1"])
+@pytest.mark.parametrize(
+    "case", [PLAIN_CASES[0], PLAIN_CASES[1], PLAIN_CASES[6]], ids=["conv-s2", "conv-s1", "convT-1x1"]
+)
 def test_split_k_matches_torch(case, split_k, poisoned):
     test_plain_conv_matches_torch(case, None)
 

@@ -1,15 +1,16 @@
 """backend='triton' networks on the fused conv kernels (fastpix/models/fused_convs.py) against backend='eager':
 no aten convolution runs, outputs and gradients agree, and training iterations leave the same weights."""
+
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastpix.models import define_D, define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.train.flops import conv_flops
 from fastpix.train.step import Pix2PixStep
-from harness import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -61,8 +62,10 @@ def test_triton_networks_run_no_aten_convolution(norm):
     """unet_32 (ngf 4) and basic D (ndf 4), forward and backward, with every layer on the Triton kernels (on a GPU
     the measured choice could pick cuDNN for some; here it is forced): no aten convolution is dispatched, and
     output and parameter gradients equal the eager network's."""
-    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
-                                  (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32))):
+    for (eager, fused), shape in (
+        (pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
+        (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32)),
+    ):
         assert fused_forward_supported(fused)
         x = torch.randn(shape).to(DEVICE)
         grad = torch.randn(eager(x).shape).to(DEVICE)
@@ -119,8 +122,10 @@ def test_cudnn_fallback_layers_match_eager(choose, norm):
         calls.append(key)
         return "cudnn" if choose == "cudnn" or len(calls) % 2 else "triton"
 
-    for (eager, fused), shape in ((pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
-                                  (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32))):
+    for (eager, fused), shape in (
+        (pair(define_G, 3, 3, 4, "unet_32", norm, False), (1, 3, 32, 32)),
+        (pair(define_D, 6, 4, "basic", norm=norm), (1, 6, 32, 32)),
+    ):
         x = torch.randn(shape).to(DEVICE)
         out_e = eager(x)
         grad = torch.randn(out_e.shape).to(DEVICE)
@@ -267,9 +272,11 @@ def test_importing_the_models_imports_no_kernel():
     import subprocess
     import sys
 
-    code = ("import sys, fastpix.cli, fastpix.models, fastpix.train.engine; "
-            "fastpix.models.define_G(3, 3, 4, 'unet_32'); "
-            "print(sorted(m for m in sys.modules if m.startswith('fastpix.kernels') or m == 'triton'))")
+    code = (
+        "import sys, fastpix.cli, fastpix.models, fastpix.train.engine; "
+        "fastpix.models.define_G(3, 3, 4, 'unet_32'); "
+        "print(sorted(m for m in sys.modules if m.startswith('fastpix.kernels') or m == 'triton'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout

@@ -3,19 +3,27 @@
 Gradient buffers are poisoned first; the gradient is rounded once to each input's dtype (after the upstream
 gradient, e.g. a GradScaler's scale, is applied), so it is checked with that dtype's tolerance.
 """
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import PIX2PIX_IMAGE, l1_inputs
 from fastpix.kernels.l1_loss import l1_loss, l1_loss_backward, l1_loss_forward
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = [(1, 3, 32, 32), (2, 3, 3, 7), (5, 1, 2, 2), (1, 3, 1, 1), (2, 3, 64, 64), (1, *PIX2PIX_IMAGE),
-          (16, *PIX2PIX_IMAGE)]
+SHAPES = [
+    (1, 3, 32, 32),
+    (2, 3, 3, 7),
+    (5, 1, 2, 2),
+    (1, 3, 1, 1),
+    (2, 3, 64, 64),
+    (1, *PIX2PIX_IMAGE),
+    (16, *PIX2PIX_IMAGE),
+]
 QUICK = [(1, 3, 32, 32), (2, 3, 3, 7), (5, 1, 2, 2), (1, 3, 1, 1), (2, 3, 64, 64)]
 CASES = list(itertools.product(SHAPES if full_sweep() else QUICK, (torch.float32, torch.float16), (1.0, 100.0)))
 

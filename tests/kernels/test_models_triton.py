@@ -1,5 +1,6 @@
 """backend='triton' against backend='eager': the same state_dict layout, the same outputs and gradients on the same
 weights, the same training step; and `fastpix train --backend triton` on a CPU (through Triton's interpreter)."""
+
 import os
 import subprocess
 import sys
@@ -7,13 +8,13 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close
+from tiny_models import perturb_batchnorms
 
 from fastpix.kernels.batch_norm_act import dropout_mask
 from fastpix.models import define_D, define_G
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
 from fastpix.train.step import Pix2PixStep
-from harness import assert_close
-from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -26,7 +27,8 @@ def _no_tf32(monkeypatch):
 
 def pair(factory, *args, **kwargs):
     """(eager, triton) networks of one architecture with identical weights, on DEVICE, in training mode."""
-    eager = perturb_batchnorms(factory(*args, backend="eager", **kwargs), mean_std=0.1, var_range=(0.5, 1.5)).to(DEVICE).train()
+    eager = factory(*args, backend="eager", **kwargs)
+    eager = perturb_batchnorms(eager, mean_std=0.1, var_range=(0.5, 1.5)).to(DEVICE).train()
     fused = factory(*args, backend="triton", **kwargs).to(DEVICE).train()
     fused.load_state_dict(eager.state_dict(), strict=True)
     return eager, fused
@@ -42,13 +44,17 @@ def assert_same_state(eager, fused, what, scale=1.0):
             assert torch.equal(a[k], b[k]), f"{what} {k}"
 
 
-@pytest.mark.parametrize("build", [
-    lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend),
-    lambda backend: define_G(3, 3, 64, "unet_256", "instance", True, backend=backend),
-    lambda backend: define_G(3, 3, 8, "resnet_6blocks", "batch", True, backend=backend),
-    lambda backend: define_D(6, 64, "basic", backend=backend),
-    lambda backend: define_D(6, 64, "pixel", norm="instance", backend=backend),
-], ids=["unet_256-batch", "unet_256-instance", "resnet_6blocks", "basic_D", "pixel_D-instance"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda backend: define_G(3, 3, 64, "unet_256", "batch", True, backend=backend),
+        lambda backend: define_G(3, 3, 64, "unet_256", "instance", True, backend=backend),
+        lambda backend: define_G(3, 3, 8, "resnet_6blocks", "batch", True, backend=backend),
+        lambda backend: define_D(6, 64, "basic", backend=backend),
+        lambda backend: define_D(6, 64, "pixel", norm="instance", backend=backend),
+    ],
+    ids=["unet_256-batch", "unet_256-instance", "resnet_6blocks", "basic_D", "pixel_D-instance"],
+)
 def test_state_dict_layout_and_seeded_weights_equal_eager(build):
     torch.manual_seed(3)
     eager = build("eager")
@@ -93,8 +99,10 @@ def forward_backward(net, x):
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_unet_and_patchgan_match_eager(norm):
     """unet_32 (ngf 4) and basic D (ndf 4), training mode: output, every parameter gradient, running stats."""
-    for eager, fused, shape in (pair(define_G, 3, 3, 4, "unet_32", norm, False) + ((2, 3, 32, 32),),
-                                pair(define_D, 6, 4, "basic", norm=norm) + ((2, 6, 32, 32),)):
+    for eager, fused, shape in (
+        pair(define_G, 3, 3, 4, "unet_32", norm, False) + ((2, 3, 32, 32),),
+        pair(define_D, 6, 4, "basic", norm=norm) + ((2, 6, 32, 32),),
+    ):
         x = torch.randn(shape).to(DEVICE)
         out_e, grads_e = forward_backward(eager, x)
         out_f, grads_f = forward_backward(fused, x.contiguous(memory_format=torch.channels_last))
@@ -125,7 +133,7 @@ def test_unet_dropout_uses_the_kernel_mask():
     block_e = eager.model.model[1].model[3].model[3].model[3].model  # level 5 of 6, the dropout level
     block_f = fused.model.model[1].model[3].model[3].model[3].model
     torch.manual_seed(11)
-    seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=DEVICE)  # the draw the fused layer will make
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=DEVICE)  # the draw the fused layer will make
     block_e[7] = KernelMaskDropout(torch.cat([seed, torch.zeros_like(seed)]), 0.5)
     x = torch.randn(1, 3, 64, 64).to(DEVICE)
     out_e, grads_e = forward_backward(eager, x)
@@ -186,9 +194,35 @@ def clean_env():
 
 
 def test_cli_trains_with_triton_on_cpu_through_the_interpreter(tiny_data, tmp_path):
-    argv = [sys.executable, "-m", "fastpix", "train", "--backend", "triton", "--dataroot", tiny_data, "--name", "t",
-            "--netG", "unet_32", "--ngf", "4", "--ndf", "4", "--load_size", "32", "--crop_size", "32",
-            "--batch_size", "2", "--max_iters", "1", "--num_threads", "0", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "fastpix",
+        "train",
+        "--backend",
+        "triton",
+        "--dataroot",
+        tiny_data,
+        "--name",
+        "t",
+        "--netG",
+        "unet_32",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--load_size",
+        "32",
+        "--crop_size",
+        "32",
+        "--batch_size",
+        "2",
+        "--max_iters",
+        "1",
+        "--num_threads",
+        "0",
+        "--quiet",
+    ]
     proc = subprocess.run(argv, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Triton's interpreter (TRITON_INTERPRET=1)" in proc.stdout
@@ -207,8 +241,8 @@ def test_kernels_without_cuda_or_interpreter_fail_clearly():
         "try:\n"
         "    use_triton_interpreter()\n"
         "except RuntimeError as e:\n"
-        "    print('late:', e)\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=clean_env(), capture_output=True, text=True,
-                          timeout=120)
+        "    print('late:', e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=clean_env(), capture_output=True, text=True, timeout=120)
     assert "launch: batch_norm_act: the Triton kernels need CUDA tensors, got one on cpu" in proc.stdout, proc.stderr
     assert "late: --backend triton on the CPU needs Triton's interpreter" in proc.stdout, proc.stderr

@@ -3,23 +3,35 @@
 The reference runs in float64 on the very logits the kernel saw; the loss is fp32 and checked with fp32 tolerances,
 the gradient with the logits' dtype's (it is rounded once to that dtype). Output buffers are poisoned first.
 """
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import assert_close, full_sweep, poison
 
 from fastpix.bench_suites.layers import logits_input
 from fastpix.kernels.patchgan_loss import patchgan_loss, patchgan_loss_forward
-from harness import assert_close, full_sweep, poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # PatchGAN logit maps: basic D at 256² (30×30) and at other sizes/depths, a pixel D map, odd sizes, one logit.
-SHAPES = [(1, 1, 30, 30), (5, 1, 30, 30), (2, 1, 3, 7), (1, 1, 1, 1), (2, 1, 62, 62), (16, 1, 30, 30),
-          (64, 1, 30, 30), (1, 1, 256, 256)]
+SHAPES = [
+    (1, 1, 30, 30),
+    (5, 1, 30, 30),
+    (2, 1, 3, 7),
+    (1, 1, 1, 1),
+    (2, 1, 62, 62),
+    (16, 1, 30, 30),
+    (64, 1, 30, 30),
+    (1, 1, 256, 256),
+]
 QUICK = [(1, 1, 30, 30), (5, 1, 30, 30), (2, 1, 3, 7), (1, 1, 1, 1), (2, 1, 62, 62)]
-CASES = list(itertools.product(SHAPES if full_sweep() else QUICK, ("vanilla", "lsgan"), (True, False),
-                               (torch.float32, torch.float16)))
+CASES = list(
+    itertools.product(
+        SHAPES if full_sweep() else QUICK, ("vanilla", "lsgan"), (True, False), (torch.float32, torch.float16)
+    )
+)
 
 
 def reference(logits, real, mode, grad_output=1.0):

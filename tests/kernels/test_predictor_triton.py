@@ -1,16 +1,17 @@
 """Predictor on backend='triton' against backend='eager': every inference norm mode, dropout off and seeded dropout
 on (the same masks by construction), batch independence, which forward path runs, and the CPU refusal."""
+
 import pytest
 import torch
 import torch.nn as nn
+from harness import assert_close, relative_error
+from tiny_models import perturb_batchnorms
 
 from fastpix.errors import ConfigError
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_G
 from fastpix.models.fused_convs import fused_forward_supported
 from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
-from harness import assert_close, relative_error
-from tiny_models import perturb_batchnorms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("instance", "batch", "running")
@@ -61,8 +62,9 @@ def test_norm_modes_equal_eager_dropout_off(norm_mode):
     assert fused.training and all(type(m) is BatchNormAct2d for m in fused.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-@pytest.mark.parametrize("norm_mode, norm", [("instance", "batch"), ("batch", "batch"), ("running", "batch"),
-                                             ("instance", "instance")])
+@pytest.mark.parametrize(
+    "norm_mode, norm", [("instance", "batch"), ("batch", "batch"), ("running", "batch"), ("instance", "instance")]
+)
 def test_seeded_dropout_equals_eager(norm_mode, norm):
     """unet_64 has one level that carries dropout (fused into its up norm on triton): with one seed both backends
     draw the same per-sample masks, so the outputs agree; the masks change the output by far more than the
@@ -142,9 +144,24 @@ def test_predict_cli_backend_triton_equals_eager(tmp_path):
     env["CUDA_VISIBLE_DEVICES"] = ""
     outputs = {}
     for backend in ("eager", "triton"):
-        argv = [sys.executable, "-m", "fastpix", "predict", "--checkpoint", str(tmp_path / "latest_net_G.pth"),
-                "--input", str(tmp_path / "x.png"), "--output", str(tmp_path / backend), "--backend", backend,
-                "--norm-mode", "running", "--precision", "fp32"]  # fp32 both: the CPU default may be bf16
+        argv = [
+            sys.executable,
+            "-m",
+            "fastpix",
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "latest_net_G.pth"),
+            "--input",
+            str(tmp_path / "x.png"),
+            "--output",
+            str(tmp_path / backend),
+            "--backend",
+            backend,
+            "--norm-mode",
+            "running",
+            "--precision",
+            "fp32",
+        ]  # fp32 both: the CPU default may be bf16
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("Triton's interpreter" in proc.stdout) == (backend == "triton")

@@ -32,6 +32,7 @@ worker.
     page.py     the draw page (static/draw.{html,css,js}) and its routes; examples.py its examples
     http.py     what the study server shares: JSON errors, body and head deadlines, uvicorn with those limits
 """
+
 from fastpix.infer.server.app import create_app
 from fastpix.infer.server.codecs import output_format
 from fastpix.infer.server.http import BackgroundServer, run

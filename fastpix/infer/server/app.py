@@ -1,4 +1,5 @@
 """create_app: one Predictor behind the dynamic batcher, served by the routes of routes.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from fastpix.errors import ConfigError
 from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
 from fastpix.infer.server.codecs import decode_slots
-from fastpix.infer.server.http import BodyLimits, add_error_handlers, error_response
+from fastpix.infer.server.http import BodyLimits, add_error_handler, add_error_handlers, error_response
 from fastpix.infer.server.metrics import CountRequests, ServerMetrics
 from fastpix.infer.server.page import draw_page
 from fastpix.infer.server.page import router as page_router
@@ -42,8 +43,10 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
 
     cfg = cfg or ServeConfig()
     if predictor.norm_mode == "batch":
-        raise ConfigError("--norm-mode batch makes a request's output depend on the other requests in its batch; "
-                          "serve with --norm-mode instance (the paper's protocol at batch 1) or running")
+        raise ConfigError(
+            "--norm-mode batch makes a request's output depend on the other requests in its batch; "
+            "serve with --norm-mode instance (the paper's protocol at batch 1) or running"
+        )
     page = draw_page(predictor, cfg, checkpoint)  # ConfigError / DataError before the worker starts
     # Warm-up at the size requests are expected at, before /readyz says ready: the predictor captures its CUDA
     # graphs (graph_size) where it runs them; otherwise the draw page's canvas (the run's crop by default) is that
@@ -51,8 +54,15 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     # One forward pass computes at most max_pixels padded pixels whatever its batch: the worker is never held
     # longer than one such pass.
     warmup = (cfg.graph_size,) * 2 if predictor.plan.cuda_graphs else (page.canvas_size,) * 2
-    batcher = Batcher(predictor, cfg.max_batch_size, cfg.max_wait_ms / 1000, cfg.max_queue, warmup,
-                      max_batch_pixels=cfg.max_pixels, max_queue_pixels=cfg.max_queue_pixels)
+    batcher = Batcher(
+        predictor,
+        cfg.max_batch_size,
+        cfg.max_wait_ms / 1000,
+        cfg.max_queue,
+        warmup,
+        max_batch_pixels=cfg.max_pixels,
+        max_queue_pixels=cfg.max_queue_pixels,
+    )
     metrics = ServerMetrics(batcher.queue.qsize)
     batcher.on_batch = metrics.batch
     app = FastAPI(title="fastpix", lifespan=lifespan)
@@ -61,8 +71,8 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     app.include_router(router)
     app.include_router(page_router)
     add_error_handlers(app)
-    app.add_exception_handler(QueueFull, server_busy)
-    app.add_exception_handler(WorkerStopped, worker_stopped)
+    add_error_handler(app, QueueFull, server_busy)
+    add_error_handler(app, WorkerStopped, worker_stopped)
     app.add_middleware(BodyLimits, max_bytes=cfg.max_bytes, timeout_s=cfg.body_timeout_s)
     app.add_middleware(CountRequests, metrics=metrics, method="POST", path="/v1/translate")
     return app

@@ -1,5 +1,6 @@
 """The server's images: request bytes to the Predictor's input (refused from the header when too large), and its
 output to PNG or JPEG as the Accept header asks."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,7 @@ def decode_slots() -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(DECODE_SLOTS)
 
 
-def decode_request_image(data: bytes, channels: int, multiple: int, max_pixels: int,
-                         slots: threading.BoundedSemaphore):
+def decode_request_image(data: bytes, channels: int, multiple: int, max_pixels: int, slots: threading.BoundedSemaphore):
     """Request bytes → (CHW uint8 tensor with `channels` (the Predictor's image_channels), the padded pixels its
     forward pass will cost); 400 / 413 for what cannot be served. The size is checked from the header, padded as the
     Predictor pads it, before any pixel is decoded (in one of `slots`): a 1×N strip costs a U-Net multiple×N pixels,
@@ -37,18 +37,23 @@ def decode_request_image(data: bytes, channels: int, multiple: int, max_pixels: 
     except ImageTooLarge as exc:
         raise HTTPException(413, f"image too large: {exc}") from None
     except DecodeError:  # whatever the bytes are, the client sent no image
-        raise HTTPException(400, f"not an image: {len(data)} bytes in no format PIL reads (PNG, JPEG, BMP, TIFF, "
-                                 "WebP …)") from None
+        raise HTTPException(
+            400, f"not an image: {len(data)} bytes in no format PIL reads (PNG, JPEG, BMP, TIFF, WebP …)"
+        ) from None
     ph, pw = padded_size(h, w, multiple)
     if ph * pw > max_pixels:
-        raise HTTPException(413, f"image is {w}x{h} = {w * h} pixels, which the generator pads to {pw}x{ph} = "
-                                 f"{pw * ph}; this server accepts at most {max_pixels} (padded)")
+        raise HTTPException(
+            413,
+            f"image is {w}x{h} = {w * h} pixels, which the generator pads to {pw}x{ph} = "
+            f"{pw * ph}; this server accepts at most {max_pixels} (padded)",
+        )
     try:
         with slots:
             array = decode_image(data, "L" if channels == 1 else "RGB", max_pixels=w * h, name="image")
     except DecodeError as exc:  # truncated or corrupt pixel data
-        raise HTTPException(400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): "
-                                 f"{str(exc).removeprefix('image: ')}") from None
+        raise HTTPException(
+            400, f"the {w}x{h} image cannot be decoded (corrupt or truncated?): {str(exc).removeprefix('image: ')}"
+        ) from None
     return torch.from_numpy(array).permute(2, 0, 1), ph * pw
 
 

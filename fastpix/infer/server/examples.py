@@ -1,5 +1,6 @@
 """The draw page's examples (`fastpix serve --examples DIR`): the pairs of one split, each served as the data set's
 own aligned format, input | target side by side at the canvas size."""
+
 from __future__ import annotations
 
 import io
@@ -23,11 +24,13 @@ class Examples:
 
         folder = os.path.normpath(folder)
         if not os.path.isdir(folder):
-            raise DataError(f"--examples {folder}: no such folder (give a split: a folder of aligned A|B images, or "
-                            "one holding A/ and B/)")
+            raise DataError(
+                f"--examples {folder}: no such folder (give a split: a folder of aligned A|B images, or "
+                "one holding A/ and B/)"
+            )
         self.dataset = PairedDataset(os.path.dirname(folder) or ".", os.path.basename(folder), direction)
         self.size, self.grey_input = size, grey_input
-        self.input_resample = Image.NEAREST if labels else Image.BICUBIC
+        self.input_resample = Image.Resampling.NEAREST if labels else Image.Resampling.BICUBIC
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -35,15 +38,19 @@ class Examples:
     def name(self, index: int) -> str:
         """The example's file name in its split (in A/ for two folders)."""
         dataset = self.dataset
-        return os.path.relpath(dataset.paths[index][0], os.path.join(dataset.split, "A") if dataset.two_folders
-                               else dataset.split)
+        return os.path.relpath(
+            dataset.paths[index][0], os.path.join(dataset.split, "A") if dataset.two_folders else dataset.split
+        )
 
     def pair_png(self, index: int) -> bytes:
         """Example `index` as one PNG: its input | its target, each size × size; DataError when it cannot be read."""
         a, b, _, _ = self.dataset.load_halves(index)
         a = a.convert("L") if self.grey_input else a
         side = (self.size, self.size)
-        halves = [a.resize(side, self.input_resample).convert("RGB"), b.resize(side, Image.BICUBIC).convert("RGB")]
+        halves = [
+            a.resize(side, self.input_resample).convert("RGB"),
+            b.resize(side, Image.Resampling.BICUBIC).convert("RGB"),
+        ]
         buffer = io.BytesIO()
         Image.fromarray(np.concatenate([np.asarray(h) for h in halves], axis=1)).save(buffer, format="PNG")
         return buffer.getvalue()

@@ -11,6 +11,7 @@ may take to send its head nor its body. HeadDeadlineProtocol closes a connection
 header_timeout_s; BodyLimits answers a body not whole within body_timeout_s with 408 (and closes the connection),
 one over max_bytes with 413. A stalled client thus holds its socket, its slot and what it sent for a bounded time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,19 +19,22 @@ import functools
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+E = TypeVar("E", bound=Exception)
 # nginx's name for "the client closed the connection before the answer": nobody receives it, the metrics count it.
 CLIENT_CLOSED = 499
 
 
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -49,9 +53,15 @@ async def client_gone(request, exc: ClientDisconnect) -> Response:
 
 def add_error_handlers(app: FastAPI):
     """JSON errors for HTTPException (ours, and the framework's 404/405), 500 for anything unexpected."""
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(ClientDisconnect, client_gone)
-    app.add_exception_handler(Exception, unexpected_error)
+    add_error_handler(app, StarletteHTTPException, http_error)
+    add_error_handler(app, ClientDisconnect, client_gone)
+    add_error_handler(app, Exception, unexpected_error)
+
+
+def add_error_handler(app: FastAPI, error: type[E], handler: Callable[[Request, E], Awaitable[Response]]):
+    """app.add_exception_handler, typed: Starlette annotates every handler as taking any Exception, though it calls
+    each only with the class it was registered for."""
+    app.add_exception_handler(error, handler)  # type: ignore[arg-type]
 
 
 def json_object(body: bytes, hint: str = "") -> dict:
@@ -90,13 +100,15 @@ class BodyLimits:
             if complete:  # once the body is in, a receive waits for the client to leave: that has no deadline
                 return await receive()
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise HTTPException(413, f"request body is {declared} bytes; this server accepts at most "
-                                         f"{self.max_bytes}")
+                raise HTTPException(
+                    413, f"request body is {declared} bytes; this server accepts at most {self.max_bytes}"
+                )
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
-                                    headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408, f"the request body did not arrive within {self.timeout_s:g} s", headers={"Connection": "close"}
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -164,10 +176,21 @@ def uvicorn_config(app: FastAPI, host: str, port: int, graceful_timeout_s: float
 
     cfg = app.state.config
     # uvicorn builds each connection's protocol as http(config=, server_state=, app_state=, _loop=).
-    protocol = functools.partial(HeadDeadlineProtocol, header_timeout_s=cfg.header_timeout_s)
-    return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", log_level=log_level,
-                          timeout_keep_alive=cfg.keep_alive_s, limit_concurrency=cfg.limit_concurrency,
-                          timeout_graceful_shutdown=graceful_timeout_s)
+    # (uvicorn's annotations name only classes for http, where a factory is what it calls, and whole seconds for
+    # timeout_graceful_shutdown, which it hands to asyncio.wait_for: any number.)
+    protocol: Any = functools.partial(HeadDeadlineProtocol, header_timeout_s=cfg.header_timeout_s)
+    graceful: Any = graceful_timeout_s
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        ws="none",
+        log_level=log_level,
+        timeout_keep_alive=cfg.keep_alive_s,
+        limit_concurrency=cfg.limit_concurrency,
+        timeout_graceful_shutdown=graceful,
+    )
 
 
 def run(app: FastAPI, host: str, port: int, graceful_timeout_s: float = 10.0):

@@ -2,6 +2,7 @@
 field "image", an optional field "seed"), JSON {"image": "<base64 image bytes>", "seed": n}, or the image itself as
 the body (Content-Type image/* or application/octet-stream). ?seed= in the query serves every form; a field or key
 named seed wins over it. Bodies arrive bounded in size and time (http.BodyLimits)."""
+
 from __future__ import annotations
 
 import base64
@@ -44,11 +45,15 @@ async def translate_input(request: Request, seed: Annotated[str | None, Query()]
     if content_type == "application/json":
         payload = json_object(await request.body(), JSON_FORM)
         try:
-            return TranslateInput(base64.b64decode(payload["image"], validate=True),
-                                  parse_seed(payload.get("seed", seed)))
+            return TranslateInput(
+                base64.b64decode(payload["image"], validate=True), parse_seed(payload.get("seed", seed))
+            )
         except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
             raise HTTPException(400, f"{type(exc).__name__}: {str(exc)[:200]}{JSON_FORM}") from None
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return TranslateInput(await request.body(), parse_seed(seed))
-    raise HTTPException(415, f"Content-Type {content_type or '(none)'!r}: send multipart/form-data with a file field "
-                             "'image', application/json {\"image\": base64}, or the image itself as image/*")
+    raise HTTPException(
+        415,
+        f"Content-Type {content_type or '(none)'!r}: send multipart/form-data with a file field "
+        "'image', application/json {\"image\": base64}, or the image itself as image/*",
+    )

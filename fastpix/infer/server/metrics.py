@@ -6,6 +6,7 @@ when one process runs two servers: a test, an embedding application).
     fastpix_batch_size                     requests per forward pass (histogram)
     fastpix_request_latency_seconds        from a translate request's head to its answer (histogram)
 """
+
 from __future__ import annotations
 
 import time
@@ -22,14 +23,21 @@ class ServerMetrics:
     def __init__(self, queue_depth):
         """queue_depth: a function giving the number of requests waiting, read at each scrape."""
         self.registry = CollectorRegistry()
-        self.requests = Counter("fastpix_requests", "Translate requests answered, by HTTP status.", ["code"],
-                                registry=self.registry)
-        Gauge("fastpix_queue_depth", "Requests waiting for the model worker.",
-              registry=self.registry).set_function(queue_depth)
-        self.batch_size = Histogram("fastpix_batch_size", "Requests per forward pass.", buckets=BATCH_BUCKETS,
-                                    registry=self.registry)
-        self.latency = Histogram("fastpix_request_latency_seconds", "Time from a translate request's head to its "
-                                 "answer.", buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.requests = Counter(
+            "fastpix_requests", "Translate requests answered, by HTTP status.", ["code"], registry=self.registry
+        )
+        Gauge("fastpix_queue_depth", "Requests waiting for the model worker.", registry=self.registry).set_function(
+            queue_depth
+        )
+        self.batch_size = Histogram(
+            "fastpix_batch_size", "Requests per forward pass.", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.latency = Histogram(
+            "fastpix_request_latency_seconds",
+            "Time from a translate request's head to its answer.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
 
     def request(self, status: int, seconds: float):
         self.requests.labels(code=str(status)).inc()

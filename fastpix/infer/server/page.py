@@ -9,6 +9,7 @@ The page translates through POST /v1/translate like any client. It loads nothing
 style are files of this server, so the Content-Security-Policy allows only the server's own origin, without
 'unsafe-inline'. What the page does, and its test hooks: docs/design.md, section "The draw page".
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,10 +31,17 @@ from fastpix.palette import Palette, load_palette
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Only this origin: no inline script or style, no other host's fonts, scripts or images, no framing, no <base>.
 CSP = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
-                "Referrer-Policy": "no-referrer"}
-MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+    "Referrer-Policy": "no-referrer",
+}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 
 router = APIRouter()
 
@@ -41,6 +49,7 @@ router = APIRouter()
 @dataclass(frozen=True)
 class DrawPage:
     """The page's settings, decided once when the app is built."""
+
     canvas_size: int
     model: str
     palette: Palette | None
@@ -59,17 +68,20 @@ def draw_page(predictor, cfg, checkpoint=None) -> DrawPage:
     side = padded_size(size, size, predictor.multiple)[0]
     if side * side > cfg.max_pixels:
         if cfg.canvas_size:
-            raise ConfigError(f"--canvas-size {size}: the generator pads the canvas to {side}x{side} = {side * side} "
-                              f"pixels, over --max-pixels {cfg.max_pixels}; give a smaller canvas or a larger "
-                              "--max-pixels")
+            raise ConfigError(
+                f"--canvas-size {size}: the generator pads the canvas to {side}x{side} = {side * side} "
+                f"pixels, over --max-pixels {cfg.max_pixels}; give a smaller canvas or a larger "
+                "--max-pixels"
+            )
         # A default canvas shrinks to the largest the server accepts (none: the page says so when it would send).
         size = max(predictor.multiple, math.isqrt(cfg.max_pixels) // predictor.multiple * predictor.multiple)
     palette = load_palette(cfg.palette) if cfg.palette else None
     examples = None
     if cfg.examples:
         direction = cfg.direction or trained.get("direction") or "AtoB"
-        examples = Examples(cfg.examples, direction, size, labels=palette is not None,
-                            grey_input=predictor.input_nc == 1)
+        examples = Examples(
+            cfg.examples, direction, size, labels=palette is not None, grey_input=predictor.input_nc == 1
+        )
     if checkpoint is None:
         model = type(predictor.generator).__name__
     else:
@@ -110,11 +122,20 @@ async def favicon():
 @router.get("/v1/info")
 async def info(state: AppState):
     predictor, cfg, page = state.batcher.predictor, state.config, state.page
-    return {"model": page.model, "description": predictor.description, "device": str(predictor.device),
-            "precision": predictor.precision, "runtime": predictor.runtime, "input_nc": predictor.input_nc,
-            "multiple": predictor.multiple, "canvas_size": page.canvas_size, "max_pixels": cfg.max_pixels,
-            "max_bytes": cfg.max_bytes, "palette": page.palette.as_json() if page.palette else None,
-            "examples": len(page.examples) if page.examples else 0}
+    return {
+        "model": page.model,
+        "description": predictor.description,
+        "device": str(predictor.device),
+        "precision": predictor.precision,
+        "runtime": predictor.runtime,
+        "input_nc": predictor.input_nc,
+        "multiple": predictor.multiple,
+        "canvas_size": page.canvas_size,
+        "max_pixels": cfg.max_pixels,
+        "max_bytes": cfg.max_bytes,
+        "palette": page.palette.as_json() if page.palette else None,
+        "examples": len(page.examples) if page.examples else 0,
+    }
 
 
 @router.get("/v1/examples/{index}")
@@ -123,8 +144,9 @@ async def example(index: int, state: AppState):
     if examples is None:
         raise HTTPException(404, "this server has no examples: start it with --examples DIR (a split)")
     if not 0 <= index < len(examples):
-        raise HTTPException(404, f"example {index} does not exist: there are {len(examples)} (0 to "
-                                 f"{len(examples) - 1})")
+        raise HTTPException(
+            404, f"example {index} does not exist: there are {len(examples)} (0 to {len(examples) - 1})"
+        )
     try:
         png = await run_in_threadpool(examples.pair_png, index)
     except DataError as exc:  # the server's own data: the client can do nothing but pick another

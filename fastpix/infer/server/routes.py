@@ -1,6 +1,7 @@
 """The server's routes. Each app's own objects (its batcher, config, metrics, decode slots) are on app.state and reach
 a route through a dependency; errors are raised (HTTPException, QueueFull, WorkerStopped) and answered by the app's
 exception handlers (app.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,13 +37,22 @@ def working_batcher(state: AppState) -> Batcher:
 
 
 @router.post("/v1/translate")
-async def translate(state: AppState, batcher: Annotated[Batcher, Depends(working_batcher)],
-                    given: Annotated[TranslateInput, Depends(translate_input)],
-                    accept: Annotated[str | None, Header()] = None) -> Response:
+async def translate(
+    state: AppState,
+    batcher: Annotated[Batcher, Depends(working_batcher)],
+    given: Annotated[TranslateInput, Depends(translate_input)],
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
     cfg, predictor = state.config, batcher.predictor
     deadline = time.monotonic() + cfg.timeout_s
-    image, pixels = await run_in_threadpool(decode_request_image, given.data, predictor.image_channels,
-                                            predictor.multiple, cfg.max_pixels, state.decode_slots)
+    image, pixels = await run_in_threadpool(
+        decode_request_image,
+        given.data,
+        predictor.image_channels,
+        predictor.multiple,
+        cfg.max_pixels,
+        state.decode_slots,
+    )
     seed = given.seed
     if predictor.dropout and seed is None:
         seed = secrets.randbits(63)  # picked here, so that the answer can name it
@@ -50,8 +60,9 @@ async def translate(state: AppState, batcher: Annotated[Batcher, Depends(working
     try:
         output = await asyncio.wait_for(asyncio.wrap_future(job.future), max(deadline - time.monotonic(), 0.0))
     except asyncio.TimeoutError:  # wait_for cancels the future (and its deadline passed): the worker skips it
-        raise HTTPException(504, f"no result within {cfg.timeout_s:g} s (queue depth {batcher.queue.qsize()})") \
-            from None
+        raise HTTPException(
+            504, f"no result within {cfg.timeout_s:g} s (queue depth {batcher.queue.qsize()})"
+        ) from None
     fmt = output_format(accept)
     encoded = await run_in_threadpool(encode_image, output, fmt)
     headers = {"X-Fastpix-Batch-Size": str(job.batch_size)}
@@ -73,8 +84,12 @@ async def readyz(state: AppState):
     if batcher.ready.is_set() and batcher.alive:
         # With the compiled runtime: which padded sizes (per batch piece) run compiled, which are being built (they
         # run eagerly meanwhile: ready does not wait for a compiler), which failed.
-        return {"ready": True, "runtime": batcher.predictor.description, "model": batcher.predictor.model,
-                "compiled": batcher.predictor.compile_status()}
+        return {
+            "ready": True,
+            "runtime": batcher.predictor.description,
+            "model": batcher.predictor.model,
+            "compiled": batcher.predictor.compile_status(),
+        }
     return JSONResponse({"ready": False, "reason": batcher.error or "warming up"}, status_code=503)
 
 
