@@ -208,9 +208,9 @@ def test_a_second_ctrl_c_while_waiting_for_the_writer_abandons_its_save(tiny_dat
             time.sleep(0.5)  # the main thread abandons the save meanwhile
         real_write(path, data)
 
-    def ctrl_c_at_3(self, engine, batch, epoch, iteration, *rest):
-        real_after(self, engine, batch, epoch, iteration, *rest)
-        if iteration == 3:
+    def ctrl_c_at_3(self, engine, batch, cursor, *rest):
+        real_after(self, engine, batch, cursor, *rest)
+        if cursor.iteration == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(files, "_write_into", second_ctrl_c_mid_save)
