@@ -38,6 +38,11 @@ from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES
 from fastpix.infer import compiled_cache
 from fastpix.infer.compiled_builds import Builder
 from fastpix.infer.compiled_cache import package_folder, shape_name
+from fastpix.infer.subpixel import subpixel_outputs
+
+# What prepared_network makes of a network, in the packages' key so that a package built from another form is never
+# loaded for this one: 1 kept the output layer a transposed conv, 2 has it in its sub-pixel form (subpixel.py).
+NETWORK_FORM = 2
 
 
 def batch_pieces(threads: int) -> tuple[int, ...]:
@@ -64,7 +69,7 @@ def weights_key(network: nn.Module, *parts) -> str:
 
 def cache_key(network: nn.Module, norm_mode: str, precision: str) -> str:
     return weights_key(network, type(network).__name__, norm_mode, precision, torch.__version__,
-                       runtime.cpu_features())
+                       runtime.cpu_features(), NETWORK_FORM)
 
 
 class CompiledNetwork:
@@ -174,8 +179,11 @@ class CompiledNetwork:
 
 
 def prepared_network(network: nn.Module, precision: str):
-    """(a channels-last copy of network in eval mode, with its weights cast to the precision's dtype, that dtype):
-    what a package is built from, and what runs eagerly until it is. Pre-cast once, rather than autocast casting
-    every weight per call."""
+    """(a channels-last copy of network in eval mode, its output layer in sub-pixel form (subpixel.py), with its
+    weights cast to the precision's dtype, that dtype): what a package is built from, and what runs eagerly until it
+    is. Pre-cast once, rather than autocast casting every weight per call. Its form is NETWORK_FORM."""
     dtype = runtime.PRECISIONS[precision]
-    return copy.deepcopy(network).to(memory_format=torch.channels_last).eval().to(dtype), dtype
+    net = copy.deepcopy(network)
+    if getattr(net, "fused_forward", None) is None:  # a fused forward (backend triton) does not run the modules
+        net = subpixel_outputs(net)
+    return net.to(memory_format=torch.channels_last).eval().to(dtype), dtype
