@@ -1,6 +1,7 @@
 """The CPU comparison at the real model size, in one process: fastpix against eager PyTorch, interleaved.
 
     OMP_NUM_THREADS=2 python bench/cpu_compare.py --json bench/results/cpu_real.json      # about 5 minutes
+    (with the peers: pip install 'fastpix[bench,onnx]'; --skip-peers leaves them out, --rounds 3 shortens it)
 
 unet_256 ngf 64 (+ basic PatchGAN ndf 64 for training) at 256², the reference's pix2pix configuration.
 - roofline: the faster of a 2048³ matmul and a GEMM-shaped 1×1 conv, in fp32 and in bf16, timed here, so that
@@ -19,6 +20,11 @@ unet_256 ngf 64 (+ basic PatchGAN ndf 64 for training) at 256², the reference's
   a fresh engine's first iterations are 2-15x slower (measured), and counting them in one case but not another
   is what once showed a 33% "loop overhead" at batch 1. The one-off costs outside the iterations (data cache
   build, model set-up, the final checkpoint save) and the warm-up iterations are reported separately.
+- peers (bench/cpu_peers.py), in the same rounds: inference by ONNX Runtime fp32 and OpenVINO f32 and bf16 on the
+  ONNX file of the norm_mode running network (against (a), beside (d)); training by torch.compile of G and D in
+  fp32 NCHW and bf16 channels-last (against the reference step). A peer not installed is left out, said in one line.
+  Every inference row and the training rows give their accuracy: the relative L2 distance of their output from
+  eager fp32's (for training, G's output in the first iteration, from the same weights and batch).
 - first call: a fresh process loads the Predictor (artifact cached) and times its first and a steady call.
 Cases of a group run in turn, round after round, so that load from other jobs hits them alike: the ratios are
 medians of per-round ratios, and the JSON keeps every round's time (spread).
@@ -39,6 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cpu_peers  # noqa: E402  (bench/, beside this script)
 from fastpix import runtime  # noqa: E402
 from fastpix.infer.norm_modes import inference_network  # noqa: E402
 from fastpix.infer.predictor import Predictor  # noqa: E402
@@ -77,7 +84,11 @@ def generator():
     return define_G(3, 3, NGF, "unet_256", "batch", True, backend="eager")
 
 
-def inference_cases(batch: int, cache_dir: str) -> tuple[dict, dict]:
+def relative_l2(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+def inference_cases(batch: int, cache_dir: str, peers: bool) -> tuple[dict, dict]:
     G = generator()
     x = torch.rand(batch, 3, SIZE, SIZE) * 2 - 1
     images = list(x)
@@ -94,7 +105,17 @@ def inference_cases(batch: int, cache_dir: str) -> tuple[dict, dict]:
         "d_predictor_running": lambda: running(images, output_type="pt"),
         "e_predictor_instance": lambda: instance(images, output_type="pt"),
     }
-    info = {"d_predictor_running": running.description, "e_predictor_instance": instance.description}
+    info = {"d_predictor_running": running.description, "e_predictor_instance": instance.description,
+            "precisions": {"d_predictor_running": running.precision, "e_predictor_instance": instance.precision},
+            "rel_l2": {}, "skipped": []}
+    peer_fns = {}
+    if peers:  # the norm_mode running network (BatchNorm folded), as `fastpix export --format onnx` writes it
+        peer_fns, peer_precisions, info["skipped"] = cpu_peers.inference_peers(
+            inference_network(G, "running"), tuple(x.shape), cache_dir, 2 ** 8)
+        info["precisions"].update(peer_precisions)
+        array = cpu_peers.as_array(x)
+        for name, fn in peer_fns.items():
+            cases[name] = lambda fn=fn: torch.from_numpy(fn(array))
     with torch.inference_mode():
         # Accuracy against the eager twins, on these inputs.
         ref_run = torch.stack(Predictor(G, device="cpu", precision="fp32", norm_mode="running",
@@ -103,17 +124,25 @@ def inference_cases(batch: int, cache_dir: str) -> tuple[dict, dict]:
         for name, p, ref in (("d_predictor_running", running, ref_run), ("e_predictor_instance", instance, ref_inst)):
             got = torch.stack(p(images, output_type="pt"))
             grey = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-            info[name + "_rel_error"] = float((got - ref).norm() / ref.norm())
+            info[name + "_rel_error"] = info["rel_l2"][name] = relative_l2(got, ref)
             info[name + "_mean_grey_levels"] = float((grey(got) - grey(ref)).abs().mean())
+        info["rel_l2"]["a_eager_fp32_nchw_eval"] = relative_l2(plain(x), ref_run)
+        for name in peer_fns:
+            info["rel_l2"][name] = relative_l2(cases[name](), ref_run)
         for fn in cases.values():  # warm-up
             fn()
     return cases, info
 
 
-def train_pair(batch: int):
-    """(reference step, fastpix default step) as callables on fixed batches."""
-    made = {}
-    for name, precision in (("a_reference_fp32_nchw", "fp32"), ("f_fastpix_default", None)):
+def train_pair(batch: int, compile_peers: bool = False):
+    """({case: callable on fixed batches}, {case: precision}, {case: relative L2 of G's output in the first iteration
+    against the reference's}): the reference step, fastpix's default step, and with compile_peers the torch.compile
+    peers (bench/cpu_peers.py). Every engine starts from the same weights (seed 0) on the same batch."""
+    variants = {"a_reference_fp32_nchw": "fp32", "f_fastpix_default": None}
+    if compile_peers:
+        variants.update(cpu_peers.COMPILED_TRAIN)
+    made, first = {}, {}
+    for name, precision in variants.items():
         torch.manual_seed(0)
         G = define_G(3, 3, NGF, "unet_256", "batch", True, backend="eager").train()
         D = define_D(6, NGF, "basic", backend="eager").train()
@@ -121,16 +150,18 @@ def train_pair(batch: int):
         fmt = torch.channels_last if runtime.channels_last("cpu", precision) else torch.preserve_format
         G.to(memory_format=fmt)
         D.to(memory_format=fmt)
-        if name.startswith("a_"):  # the reference: plain Adam (for-loop), fp32, NCHW
-            step = Pix2PixStep(G, D, precision="fp32", device_type="cpu")
-            engine = TrainEngine(step, torch.device("cpu"))
-        else:
-            engine = TrainEngine(Pix2PixStep(G, D, precision=precision, device_type="cpu"), torch.device("cpu"))
+        if name.startswith("h_"):
+            G, D = cpu_peers.compiled_networks(G, D)
+        # The reference: plain Adam (for-loop), fp32, NCHW; the step picks fused Adam for the other precisions.
+        engine = TrainEngine(Pix2PixStep(G, D, precision=precision, device_type="cpu"), torch.device("cpu"))
         A, B = torch.rand(batch, 3, SIZE, SIZE) * 2 - 1, torch.rand(batch, 3, SIZE, SIZE) * 2 - 1
-        for _ in range(WARMUP_ITERS):
+        for i in range(WARMUP_ITERS):
             engine(A, B)
+            if i == 0:
+                first[name] = engine.fake_B.float().clone()
         made[name] = (lambda e=engine, a=A, b=B: (e(a, b), e.read_losses())), precision
-    return {k: v[0] for k, v in made.items()}, {k: v[1] for k, v in made.items()}
+    rel = {name: relative_l2(fake, first["a_reference_fp32_nchw"]) for name, fake in first.items()}
+    return {k: v[0] for k, v in made.items()}, {k: v[1] for k, v in made.items()}, rel
 
 
 def train_end_to_end(batch: int, iters: int, workdir: str, reference) -> dict:
@@ -212,15 +243,25 @@ def summarise(times: dict, baseline: str, batch: int, flops_per_image: float, pe
     return rows
 
 
-def infer_rows(times: dict, batch: int, f_g: float, roof: dict, precision: str) -> dict:
-    """Running mode against eager eval; instance mode against eager image by image in train-mode norm."""
+def infer_rows(times: dict, batch: int, f_g: float, roof: dict, info: dict) -> dict:
+    """Running mode and the peers against eager eval; instance mode against eager image by image in train-mode
+    norm. Each row's % of the roof is against its own precision's roof."""
     instance_base = "a_i_eager_fp32_nchw_per_image_train_norm"
     rows = summarise({k: v for k, v in times.items() if k != "e_predictor_instance"}, "a_eager_fp32_nchw_eval",
                      batch, f_g, roof["fp32"])
     rows["e_predictor_instance"] = summarise({k: times[k] for k in (instance_base, "e_predictor_instance")},
                                              instance_base, batch, f_g, roof["fp32"])["e_predictor_instance"]
-    for name in ("d_predictor_running", "e_predictor_instance"):
-        rows[name]["roof_pct"] *= roof["fp32"] / roof[precision]
+    return with_precision(rows, roof, info["precisions"], info["rel_l2"])
+
+
+def with_precision(rows: dict, roof: dict, precisions: dict, rel_l2: dict) -> dict:
+    """rows (computed against the fp32 roof) with each row's precision, its % of that precision's roof, and its
+    accuracy where measured."""
+    for name, row in rows.items():
+        row["precision"] = precisions.get(name, "fp32")
+        row["roof_pct"] *= roof["fp32"] / roof[row["precision"]]
+        if name in rel_l2:
+            row["rel_l2"] = rel_l2[name]
     return rows
 
 
@@ -230,6 +271,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per group (default: 5)")
     parser.add_argument("--cache-dir", default=None, help="compiled-artifact cache (default: fastpix's)")
     parser.add_argument("--skip-train-loop", action="store_true", help="leave out the end-to-end `fastpix train`")
+    parser.add_argument("--skip-peers", action="store_true", help="leave out ONNX Runtime, OpenVINO, torch.compile")
+    parser.add_argument("--compile-train-batches", default="1",
+                        help="training batches with torch.compile rows, comma-separated, of 1 and 4 (default: 1; "
+                             "each compiles G and D twice, minutes on a few cores)")
     args = parser.parse_args(argv)
     cache_dir = args.cache_dir or os.path.join(tempfile.gettempdir(), "fastpix_cpu_compare_cache")
     started = time.perf_counter()
@@ -241,29 +286,31 @@ def main(argv=None):
                                                  text=True, cwd=os.path.dirname(__file__)).stdout.strip()},
                "infer": {}, "train": {}}
     f_g = conv_flops(generator(), (1, 3, SIZE, SIZE))
-    precision = runtime.resolve_precision(None, "cpu")
+    compile_batches = {int(b) for b in args.compile_train_batches.split(",") if b.strip()}
     for batch in (1, 8):
-        cases, info = inference_cases(batch, cache_dir)
+        cases, info = inference_cases(batch, cache_dir, not args.skip_peers)
+        for line in info["skipped"] if batch == 1 else ():
+            print(line, flush=True)
         with torch.inference_mode():
             times = interleaved(cases, args.rounds)
-        results["infer"][f"batch {batch}"] = {"rows": infer_rows(times, batch, f_g, roof, precision), "info": info}
+        results["infer"][f"batch {batch}"] = {"rows": infer_rows(times, batch, f_g, roof, info), "info": info}
         print(f"infer batch {batch}: {time.perf_counter() - started:.0f} s", flush=True)
     results["first_call"] = first_call(cache_dir)
     G, D = generator(), define_D(6, NGF, "basic", backend="eager")
     f_train = train_flops_per_image(G, D, 3, 3, SIZE)
     workdir = tempfile.mkdtemp(prefix="fastpix_cpu_compare_")
     for batch in (1, 4):
-        cases, precisions = train_pair(batch)
+        cases, precisions, rel_l2 = train_pair(batch, not args.skip_peers and batch in compile_batches)
         times = interleaved(cases, args.rounds)
-        rows = summarise(times, "a_reference_fp32_nchw", batch, f_train, roof["fp32"])
-        rows["f_fastpix_default"]["roof_pct"] *= roof["fp32"] / roof[precisions["f_fastpix_default"]]
+        rows = with_precision(summarise(times, "a_reference_fp32_nchw", batch, f_train, roof["fp32"]), roof,
+                              precisions, rel_l2)
         entry = {"rows": rows, "precisions": precisions}
         if not args.skip_train_loop:
             loop = train_end_to_end(batch, args.rounds, workdir, cases["a_reference_fp32_nchw"])
             median = float(np.median(loop["seconds"]))
             ratios = [r / s for r, s in zip(loop["reference_seconds"], loop["seconds"])]
             entry["rows"]["g_fastpix_train_end_to_end"] = {
-                "ms": 1000 * median, "img_per_s": batch / median,
+                "ms": 1000 * median, "img_per_s": batch / median, "precision": loop["precision"],
                 "speedup_median": float(np.median(ratios)), "speedup_range": [min(ratios), max(ratios)],
                 "roof_pct": 100 * f_train * batch / median / roof[loop["precision"]],
                 "loop_overhead_pct": 100 * (sum(loop["seconds"]) / sum(loop["step_seconds"]) - 1),
@@ -289,14 +336,16 @@ def table(results: dict) -> str:
     lines = [f"CPU {results['machine']['cpu']} ({results['machine']['cpu_features']}, "
              f"{results['machine']['threads']} threads), roofline fp32 {roof['fp32'] / 1e9:.0f} GFLOP/s, "
              f"bf16 {roof['bf16'] / 1e9:.0f} GFLOP/s",
-             f"{'group':<14} {'case':<44} {'ms':>9} {'img/s':>8} {'% roof':>7} {'speed-up (range)':>20}"]
+             f"{'group':<14} {'case':<44} {'prec':>5} {'ms':>9} {'img/s':>8} {'% roof':>7} "
+             f"{'speed-up (range)':>20} {'rel L2':>8}"]
     for kind in ("infer", "train"):
         for group, entry in results[kind].items():
             for name, row in entry["rows"].items():
                 spread = row.get("speedup_range")
                 speed = f"{row['speedup_median']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
-                lines.append(f"{kind + ' ' + group:<14} {name[:44]:<44} {row['ms']:>9.1f} {row['img_per_s']:>8.2f} "
-                             f"{row['roof_pct']:>6.1f}% {speed:>20}"
+                rel = f"{row['rel_l2']:.2e}" if "rel_l2" in row else "-"
+                lines.append(f"{kind + ' ' + group:<14} {name[:44]:<44} {row.get('precision', ''):>5} "
+                             f"{row['ms']:>9.1f} {row['img_per_s']:>8.2f} {row['roof_pct']:>6.1f}% {speed:>20} {rel:>8}"
                              + (f"  loop overhead {row['loop_overhead_pct']:.1f}%, warm-up iterations "
                                 f"{', '.join(f'{ms:.0f}' for ms in row['warmup_iterations_ms'])} ms, outside the "
                                 f"iterations {row['outside_iterations_s']:.1f} s (a checkpoint save "
