@@ -137,7 +137,9 @@ def inference_cases(batch: int, cache_dir: str, peers: bool) -> tuple[dict, dict
 def train_pair(batch: int, compile_peers: bool = False):
     """({case: callable on fixed batches}, {case: precision}, {case: relative L2 of G's output in the first iteration
     against the reference's}): the reference step, fastpix's default step, and with compile_peers the torch.compile
-    peers (bench/cpu_peers.py). Every engine starts from the same weights (seed 0) on the same batch."""
+    peers (bench/cpu_peers.py). Every engine starts from the same weights (seed 0) on the same batch. Dropout fills
+    its masks in memory order, so a row whose dropout layers see channels-last tensors drops other elements than the
+    NCHW reference and its figure is no accuracy (docs/benchmarks.md, "CPU at real size: unet_256")."""
     variants = {"a_reference_fp32_nchw": "fp32", "f_fastpix_default": None}
     if compile_peers:
         variants.update(cpu_peers.COMPILED_TRAIN)
