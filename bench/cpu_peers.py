@@ -67,13 +67,14 @@ def openvino(path: str, shape: tuple, precision: str, threads: int):
 def inference_peers(net: torch.nn.Module, shape: tuple, folder: str, multiple: int) -> tuple[dict, dict, list]:
     """({row: fn(float32 NCHW array) -> array}, {row: precision}, [lines for the peers left out])."""
     threads = torch.get_num_threads()
-    peers, precisions, skipped = {}, {}, [line for line in map(missing, ("onnxruntime", "openvino")) if line]
-    if len(skipped) == 2:
+    gone = {module: missing(module) for module in ("onnxruntime", "openvino")}
+    peers, precisions, skipped = {}, {}, [line for line in gone.values() if line]
+    if len(skipped) == len(gone):
         return peers, precisions, skipped
     path = onnx_file(net, folder, multiple)
-    if "onnxruntime" not in " ".join(skipped):
+    if not gone["onnxruntime"]:
         peers["p_onnxruntime_fp32"], precisions["p_onnxruntime_fp32"] = onnxruntime_fp32(path, threads), "fp32"
-    if "openvino" not in " ".join(skipped):
+    if not gone["openvino"]:
         for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
             peers[f"p_openvino_{hint}"] = openvino(path, shape, hint, threads)
             precisions[f"p_openvino_{hint}"] = precision
