@@ -5,10 +5,9 @@ What runs (runtime 'compiled'): a copy of the inference network (BatchNorm alrea
 per-image statistics for instance: norm_modes.py) in channels-last, its output layer in sub-pixel form (subpixel.py),
 its weights pre-cast to bf16 when the precision is bf16, exported (torch.export) and compiled ahead of time by
 AOTInductor with freezing (weights become constants: oneDNN prepacks them once and fuses conv + bias + activation).
-One package per (batch piece, padded size): a batch
-is cut into pieces of 2 and 1 images on two threads (up to 8, 4, 2, 1 with more: batch_pieces), so a few packages
-per size are ever built and no image is computed twice. Cutting is exact because the modes compiled here treat
-every image on its own (instance, running; dropout off).
+One package per (batch piece, padded size): a batch is cut into pieces of 2 and 1 images on two threads (up to 8, 4,
+2, 1 with more: batch_pieces), so a few packages per size are ever built and no image is computed twice. Cutting is
+exact because the modes compiled here treat every image on its own (instance, running; dropout off).
 
 Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
 torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
