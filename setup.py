@@ -64,7 +64,8 @@ class OptionalBuildExt(build_ext):
 
 
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
-BENCH = ["pytest", "pytest-benchmark"]
+# openvino: a peer in bench/cpu_compare.py (its f32 and bf16 rows beside fastpix's); fastpix itself never imports it.
+BENCH = ["pytest", "pytest-benchmark", "openvino>=2024.0"]
 ONNX = ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"]
 PLOT = ["matplotlib>=3.5"]
 

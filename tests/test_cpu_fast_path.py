@@ -140,7 +140,7 @@ def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(
     os.remove(compiled_cache.failure_path(str(folder), (1, 3, 64, 64)))
 
 
-def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeypatch):
+def test_the_cache_key_changes_with_weights_mode_precision_torch_cpu_and_network_form(monkeypatch):
     from fastpix.infer.norm_modes import inference_network
 
     net = inference_network(tiny_G(), "running")
@@ -156,6 +156,10 @@ def test_the_cache_key_changes_with_weights_mode_precision_torch_and_cpu(monkeyp
     assert compiled.cache_key(net, "running", "fp32") != key
     monkeypatch.undo()
     monkeypatch.setattr(runtime, "cpu_features", lambda: "NO AVX")
+    assert compiled.cache_key(net, "running", "fp32") != key
+    monkeypatch.undo()
+    # A package built before the output layer took its sub-pixel form (form 1) is not loaded for form 2's network.
+    monkeypatch.setattr(compiled, "NETWORK_FORM", 1)
     assert compiled.cache_key(net, "running", "fp32") != key
 
 

@@ -2,12 +2,12 @@
 built in the background while the network runs eagerly.
 
 What runs (runtime 'compiled'): a copy of the inference network (BatchNorm already folded for norm_mode running,
-per-image statistics for instance: norm_modes.py) in channels-last, its weights pre-cast to bf16 when the precision
-is bf16, exported (torch.export) and compiled ahead of time by AOTInductor with freezing (weights become constants:
-oneDNN prepacks them once and fuses conv + bias + activation). One package per (batch piece, padded size): a batch
-is cut into pieces of 2 and 1 images on two threads (up to 8, 4, 2, 1 with more: batch_pieces), so a few packages
-per size are ever built and no image is computed twice. Cutting is exact because the modes compiled here treat
-every image on its own (instance, running; dropout off).
+per-image statistics for instance: norm_modes.py) in channels-last, its output layer in sub-pixel form (subpixel.py),
+its weights pre-cast to bf16 when the precision is bf16, exported (torch.export) and compiled ahead of time by
+AOTInductor with freezing (weights become constants: oneDNN prepacks them once and fuses conv + bias + activation).
+One package per (batch piece, padded size): a batch is cut into pieces of 2 and 1 images on two threads (up to 8, 4,
+2, 1 with more: batch_pieces), so a few packages per size are ever built and no image is computed twice. Cutting is
+exact because the modes compiled here treat every image on its own (instance, running; dropout off).
 
 Why ahead of time: a package is a shared library plus its constants, loaded in ~0.1 s at unet_256, where
 torch.compile re-traces and re-lowers the network in every process (~4 s before its first image even with its
@@ -22,6 +22,7 @@ name is built again, never run out of bounds. At most max_loaded packages stay l
 dropped first: each holds its own copy of the weights, ~110 MB on disk and ~220 MB resident at unet_256 bf16).
 Whether this runtime runs at all is the Predictor's plan (plan.py); docs/design.md, "The CPU runtime".
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,6 +39,11 @@ from fastpix.config import COMPILE_CACHE_MAX_GB, MAX_LOADED_PACKAGES
 from fastpix.infer import compiled_cache
 from fastpix.infer.compiled_builds import Builder
 from fastpix.infer.compiled_cache import package_folder, shape_name
+from fastpix.infer.subpixel import subpixel_outputs
+
+# What prepared_network makes of a network, in the packages' key so that a package built from another form is never
+# loaded for this one: 1 kept the output layer a transposed conv, 2 has it in its sub-pixel form (subpixel.py).
+NETWORK_FORM = 2
 
 
 def batch_pieces(threads: int) -> tuple[int, ...]:
@@ -47,7 +53,7 @@ def batch_pieces(threads: int) -> tuple[int, ...]:
     On two cores (unet_256 bf16, batch 8) pieces of 2 and one piece of 8 ran within noise of each other, the piece
     of 8 with ~24,500 page faults per call (docs/benchmarks.md, "CPU at real size: unet_256")."""
     top = min(8, max(2, 2 ** (max(threads, 1).bit_length() - 1)))
-    return tuple(2 ** k for k in range(top.bit_length() - 1, -1, -1))
+    return tuple(2**k for k in range(top.bit_length() - 1, -1, -1))
 
 
 def weights_key(network: nn.Module, *parts) -> str:
@@ -63,8 +69,9 @@ def weights_key(network: nn.Module, *parts) -> str:
 
 
 def cache_key(network: nn.Module, norm_mode: str, precision: str) -> str:
-    return weights_key(network, type(network).__name__, norm_mode, precision, torch.__version__,
-                       runtime.cpu_features())
+    return weights_key(
+        network, type(network).__name__, norm_mode, precision, torch.__version__, runtime.cpu_features(), NETWORK_FORM
+    )
 
 
 class CompiledNetwork:
@@ -75,9 +82,19 @@ class CompiledNetwork:
     images) are loaded when it is made. status() says which shapes run compiled, which are being
     built, and which failed; wait() waits for the builds asked for so far; close() stops them."""
 
-    def __init__(self, network: nn.Module, norm_mode: str, precision: str, cache_dir: str | None = None,
-                 max_batch_size: int | None = None, key: str | None = None, *, max_loaded: int = MAX_LOADED_PACKAGES,
-                 cache_max_gb: float = COMPILE_CACHE_MAX_GB, source: str | None = None):
+    def __init__(
+        self,
+        network: nn.Module,
+        norm_mode: str,
+        precision: str,
+        cache_dir: str | None = None,
+        max_batch_size: int | None = None,
+        key: str | None = None,
+        *,
+        max_loaded: int = MAX_LOADED_PACKAGES,
+        cache_max_gb: float = COMPILE_CACHE_MAX_GB,
+        source: str | None = None,
+    ):
         self.precision = precision
         self.key = key or cache_key(network, norm_mode, precision)  # key: the caller's cache_key, when it has one
         self.cache_dir = compiled_cache.cache_root(cache_dir)
@@ -86,15 +103,21 @@ class CompiledNetwork:
         self.channels = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.pieces = batch_pieces(torch.get_num_threads())
         self.max_loaded, self.max_bytes = max(1, max_loaded), cache_max_gb * GB
-        self.description = {"network": type(network).__name__, "norm_mode": norm_mode, "precision": precision,
-                            "key": self.key, "source": source, "torch": torch.__version__,
-                            "cpu": runtime.cpu_features()}
+        self.description = {
+            "network": type(network).__name__,
+            "norm_mode": norm_mode,
+            "precision": precision,
+            "key": self.key,
+            "source": source,
+            "torch": torch.__version__,
+            "cpu": runtime.cpu_features(),
+        }
         self.loaded: OrderedDict = OrderedDict()  # (n, c, h, w) -> LoadedPackage, the least recently used first
         self.failures: dict = {}  # (n, c, h, w) -> why its package could not be built or loaded
         self._lock = threading.Lock()
         self.builder = Builder(self)
         # Loaded now (~0.1 s each at unet_256, not a build): the first call of a fresh process is a steady call.
-        for n, h, w in compiled_cache.cached_shapes(self.folder)[:self.max_loaded]:
+        for n, h, w in compiled_cache.cached_shapes(self.folder)[: self.max_loaded]:
             if (max_batch_size is None or n <= max_batch_size) and self.builder.load((n, self.channels, h, w)):
                 self.builder.request((n, self.channels, h, w))  # not a package for it: built in the background
 
@@ -109,7 +132,7 @@ class CompiledNetwork:
         pieces, start = [], 0
         while start < x.shape[0]:
             size = next(b for b in self.pieces if b <= x.shape[0] - start)
-            pieces.append(self._run(x[start:start + size].contiguous(memory_format=torch.channels_last)))
+            pieces.append(self._run(x[start : start + size].contiguous(memory_format=torch.channels_last)))
             start += size
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
 
@@ -159,9 +182,11 @@ class CompiledNetwork:
         """{"compiled": [...], "building": [...], "failed": {shape: why}}, shapes named <n>x<h>x<w>."""
         with self._lock:
             compiled, failures = sorted(self.loaded), sorted(self.failures.items())
-        return {"compiled": [shape_name(s) for s in compiled],
-                "building": [shape_name(s) for s in self.builder.pending()],
-                "failed": {shape_name(s): why for s, why in failures}}
+        return {
+            "compiled": [shape_name(s) for s in compiled],
+            "building": [shape_name(s) for s in self.builder.pending()],
+            "failed": {shape_name(s): why for s, why in failures},
+        }
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every package asked for so far is loaded (or failed); False if timeout came first."""
@@ -176,8 +201,12 @@ class CompiledNetwork:
 
 
 def prepared_network(network: nn.Module, precision: str):
-    """(a channels-last copy of network in eval mode, with its weights cast to the precision's dtype, that dtype):
-    what a package is built from, and what runs eagerly until it is. Pre-cast once, rather than autocast casting
-    every weight per call."""
+    """(a channels-last copy of network in eval mode, its output layer in sub-pixel form (subpixel.py), with its
+    weights cast to the precision's dtype, that dtype): what a package is built from, and what runs eagerly until it
+    is. Pre-cast once, rather than autocast casting every weight per call. Its form is NETWORK_FORM."""
     dtype = runtime.PRECISIONS[precision]
-    return copy.deepcopy(network).to(memory_format=torch.channels_last).eval().to(dtype), dtype
+    net = copy.deepcopy(network)
+    if getattr(net, "fused_forward", None) is None:  # a fused forward (backend triton) does not run the modules
+        net = subpixel_outputs(net)
+    # Module.to's stubs lack memory_format (torch documents it): as in predictor.py
+    return net.to(memory_format=torch.channels_last).eval().to(dtype), dtype  # type: ignore[call-overload]

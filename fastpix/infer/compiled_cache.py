@@ -6,10 +6,11 @@
     <root>/<key>.onnx                        the ONNX Runtime path's file (onnx_runtime.py)
     <root>/.build-<pid>-<random>/            Inductor's build files while a build runs (removed when it ends)
 
-The key (compiled.cache_key) hashes the weights, the norm mode, the precision, torch's version and the CPU's
-features. The root is bounded (--compile_cache_max_gb): after each build the least recently used packages and ONNX
-files are removed until it fits, never one a process has loaded (each loaded package holds a shared flock on its
-file: fastpix.cache_folders). Inductor's build files are never kept: only the .pt2 is needed to run.
+The key (compiled.cache_key) hashes the weights, the norm mode, the precision, torch's version, the CPU's
+features and the compiled network's form (compiled.NETWORK_FORM). The root is bounded (--compile_cache_max_gb):
+after each build the least recently used packages and ONNX files are removed until it fits, never one a process has
+loaded (each loaded package holds a shared flock on its file: fastpix.cache_folders). Inductor's build files are
+never kept: only the .pt2 is needed to run.
 """
 
 from __future__ import annotations

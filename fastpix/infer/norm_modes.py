@@ -21,11 +21,13 @@ per-sample generators in the same order as on the eager path, so both backends d
 runs the module-by-module path (aten convs, fused norm kernels); with dropout off every mode runs entirely on the
 fused conv kernels (instance mode with per-sample statistics in the conv epilogue).
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import sys
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fastpix.config import INFERENCE_NORM_MODES as NORM_MODES
 from fastpix.errors import ConfigError
 from fastpix.models.fused_convs import set_forward_path
+from fastpix.models.network import Network
 
 
 class _FrozenAffine(nn.Module):
@@ -90,15 +93,17 @@ class SeededDropout(nn.Module):
 
 def sample_generator(seed: int, index: int, device) -> torch.Generator:
     """A generator for image `index` of a request seeded `seed`; SeedSequence mixes the pair into a 63-bit seed."""
-    mixed = int(np.random.SeedSequence([seed % 2 ** 64, index]).generate_state(1, np.uint64)[0]) >> 1
+    mixed = int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0]) >> 1
     return torch.Generator(device=device).manual_seed(mixed)
 
 
-def _fold_into(conv: nn.Module, bn: _BatchNorm):
+def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: _BatchNorm):
     """conv followed by eval-mode bn, as one conv: scale each output channel, shift its bias (in fp64)."""
-    if bn.running_mean is None:
-        raise ConfigError(f"--norm-mode running: {bn} has no running statistics to fold (track_running_stats=False); "
-                          "use --norm-mode instance or batch")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(
+            f"--norm-mode running: {bn} has no running statistics to fold (track_running_stats=False); "
+            "use --norm-mode instance or batch"
+        )
     var, mean = bn.running_var.double(), bn.running_mean.double()
     weight = torch.ones_like(var) if bn.weight is None else bn.weight.double()
     shift = torch.zeros_like(var) if bn.bias is None else bn.bias.double()
@@ -122,8 +127,10 @@ def _fold_batchnorms(net: nn.Module, keep: tuple = ()):
             if isinstance(layer, _BatchNorm) and not isinstance(layer, keep):
                 previous = seq[i - 1] if i > 0 else None
                 if not isinstance(previous, (nn.Conv2d, nn.ConvTranspose2d)):
-                    raise ValueError(f"norm_mode 'running': a BatchNorm at {i} of a Sequential is not preceded by a "
-                                     "conv to fold it into")
+                    raise ValueError(
+                        f"norm_mode 'running': a BatchNorm at {i} of a Sequential is not preceded by a "
+                        "conv to fold it into"
+                    )
                 _fold_into(previous, layer)
                 seq[i] = nn.Identity()
     leftover = [name for name, m in net.named_modules() if isinstance(m, _BatchNorm) and not isinstance(m, keep)]
@@ -149,7 +156,7 @@ def _fused_norm_types() -> tuple:
     return () if kernels is None else (kernels.BatchNormAct2d, kernels.InstanceNormAct2d)
 
 
-def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn.Module:
+def _fused_inference_twin(layer: Any, norm_mode: str, dropout: bool) -> nn.Module:
     """The inference form of a fused norm layer (see the module docstring): its activation, no dropout of its own,
     then SeededDropout when dropout is on and the layer carried dropout."""
     from fastpix.models.norm_act import BatchNormAct2d, InstanceNormAct2d
@@ -158,16 +165,17 @@ def _fused_inference_twin(layer: nn.Module, norm_mode: str, dropout: bool) -> nn
     act = dict(activation=layer.activation, slope=layer.slope)
     if isinstance(layer, InstanceNormAct2d) or norm_mode == "running":
         if isinstance(layer, BatchNormAct2d) and layer.running_mean is None:
-            raise ConfigError(f"--norm-mode running: {layer} has no running statistics (track_running_stats=False); "
-                              "use --norm-mode instance or batch")
+            raise ConfigError(
+                f"--norm-mode running: {layer} has no running statistics (track_running_stats=False); "
+                "use --norm-mode instance or batch"
+            )
         twin = copy.deepcopy(layer).eval()
         twin.dropout_p = 0.0
     else:
         if norm_mode == "instance":
             twin = InstanceNormAct2d(layer.num_features, layer.eps, affine=layer.affine, **act)
         else:
-            twin = BatchNormAct2d(layer.num_features, layer.eps, affine=layer.affine, track_running_stats=False,
-                                  **act)
+            twin = BatchNormAct2d(layer.num_features, layer.eps, affine=layer.affine, track_running_stats=False, **act)
             # Without running statistics, train and eval mode alike normalise over the batch and update nothing;
             # train mode is what routes the layer through the fused conv path's statistics epilogue (fused_convs.py).
             twin.train()
@@ -197,7 +205,7 @@ def inference_network(generator: nn.Module, norm_mode: str = "instance", dropout
     for p in net.parameters():
         p.requires_grad_(False)
     if getattr(net, "fused_forward", None) is not None:  # the swapped layers decide the copy's forward once
-        set_forward_path(net)
+        set_forward_path(cast(Network, net))  # a U-Net or PatchGAN: only a Network has fused_forward
     return net
 
 
