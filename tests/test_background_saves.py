@@ -287,3 +287,20 @@ def test_a_sigkill_while_the_writer_is_mid_write_leaves_the_previous_set(tiny_da
     resumed = train(*configs(tiny_data, tmp_path, max_iters=7, continue_train=True), progress=False)
     assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]
     assert_same_run(whole, final_state(resumed))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_writer_thread_runs_below_the_training_threads_and_leaves_them_alone():
+    from fastpix.store.checkpoint_writer import WRITER_NICE, lower_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = []
+
+    def writer():
+        lower_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread, on Linux
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    assert seen == [max(before, WRITER_NICE)] and os.getpriority(os.PRIO_PROCESS, 0) == before
