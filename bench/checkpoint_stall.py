@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fastpix import runtime
+from fastpix.bench_suites.common import cpu_machine
 from fastpix.models import define_D, define_G
 from fastpix.store.checkpoint_set import write_set
 from fastpix.store.checkpoint_writer import CheckpointWriter
@@ -212,12 +212,7 @@ def main(argv=None):
 
     workdir = tempfile.mkdtemp(prefix="fastpix_checkpoint_stall_")
     results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "cpu_features": runtime.cpu_features(),
-            "torch": torch.__version__,
-        },
+        "machine": cpu_machine(),
         "assumed_pcie_gbps": ASSUMED_PCIE_GBPS,
     }
     results["stall"] = stall(workdir, args.rounds)

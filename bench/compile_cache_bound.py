@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fastpix import runtime
+from fastpix.bench_suites.common import cpu_machine
 from fastpix.cache_folders import size_of
 from fastpix.infer import compiled_cache
 from fastpix.infer.predictor import Predictor
@@ -114,12 +114,7 @@ def main():
         "rows": rows,
         "max_folder_bytes": max(r["folder_bytes"] for r in rows),
         "resident_per_package": memory,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "cpu_features": runtime.cpu_features(),
-            "torch": torch.__version__,
-        },
+        "machine": cpu_machine(),
     }
     print(table(rows))
     print(

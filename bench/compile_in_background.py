@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime
+from fastpix.bench_suites.common import cpu_machine
 from fastpix.infer.compiled_builds import CompilerProcess
 from fastpix.infer.compiled_cache import build_folder
 from fastpix.infer.compiled_packages import build_package, inductor_build, load_package
@@ -192,13 +191,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         result = run(workdir)
-    result["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cpu_features": runtime.cpu_features(),
-        "torch": torch.__version__,
-        "load_average": os.getloadavg(),
-    }
+    result["machine"] = cpu_machine()
     print(tables(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

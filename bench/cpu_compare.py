@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cpu_peers
 
 from fastpix import runtime
+from fastpix.bench_suites.common import cpu_machine
 from fastpix.infer.norm_modes import inference_network
 from fastpix.infer.predictor import Predictor
 from fastpix.models import define_D, define_G
@@ -317,17 +317,7 @@ def main(argv=None):
     started = time.perf_counter()
     roof = roofline()
     results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "cpu_features": runtime.cpu_features(),
-            "torch": torch.__version__,
-            "load_average": os.getloadavg(),
-            "roofline_flops": roof,
-            "git": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__)
-            ).stdout.strip(),
-        },
+        "machine": {**cpu_machine(), "roofline_flops": roof},
         "infer": {},
         "train": {},
     }

@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastpix import runtime
+from fastpix.bench_suites.common import cpu_machine
 from fastpix.config import ServeConfig
 from fastpix.infer.predictor import Predictor
 from fastpix.infer.server import BackgroundServer, create_app
@@ -133,13 +132,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         result = run(workdir)
-    result["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cpu_features": runtime.cpu_features(),
-        "torch": torch.__version__,
-        "load_average": os.getloadavg(),
-    }
+    result["machine"] = cpu_machine()
     print(table(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -44,6 +44,21 @@ def git_revision():
         return "unknown"
 
 
+def cpu_machine() -> dict:
+    """What a CPU result records of where it ran (bench/'s stand-alone scripts): the CPU, its threads and features,
+    torch, the load average at the time and the git revision."""
+    from fastpix import runtime
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_features": runtime.cpu_features(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+        "git": git_revision(),
+    }
+
+
 def environment():
     import triton
 
