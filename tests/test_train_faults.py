@@ -160,8 +160,10 @@ def test_a_second_ctrl_c_stops_at_once(tiny_data, tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
 
 
-def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
-    args = [
+def tiny_train_argv(tiny_data, tmp_path, *flags: str) -> list[str]:
+    """`fastpix train` of a tiny U-Net on tiny_data into tmp_path/run, in a child process, running until stopped."""
+    tiny = "--netG unet_32 --ngf 4 --ndf 4 --load_size 32 --crop_size 32 --max_iters 100000 --quiet --num_threads 0"
+    return [
         sys.executable,
         "-m",
         "fastpix",
@@ -172,24 +174,13 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
         "run",
         "--checkpoints_dir",
         str(tmp_path),
-        "--netG",
-        "unet_32",
-        "--ngf",
-        "4",
-        "--ndf",
-        "4",
-        "--load_size",
-        "32",
-        "--crop_size",
-        "32",
-        "--save_latest_freq",
-        "1",
-        "--max_iters",
-        "100000",
-        "--quiet",
-        "--num_threads",
-        "0",
+        *tiny.split(),
+        *flags,
     ]
+
+
+def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
+    args = tiny_train_argv(tiny_data, tmp_path, "--save_latest_freq", "1")
     child = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -223,35 +214,7 @@ def test_a_real_sigkill_during_saves_resumes(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signalled_train_exits_128_plus_the_signal_with_one_line(tiny_data, tmp_path, signum, status):
-    args = [
-        sys.executable,
-        "-m",
-        "fastpix",
-        "train",
-        "--dataroot",
-        tiny_data,
-        "--name",
-        "run",
-        "--checkpoints_dir",
-        str(tmp_path),
-        "--netG",
-        "unet_32",
-        "--ngf",
-        "4",
-        "--ndf",
-        "4",
-        "--load_size",
-        "32",
-        "--crop_size",
-        "32",
-        "--print_freq",
-        "1",
-        "--max_iters",
-        "100000",
-        "--quiet",
-        "--num_threads",
-        "0",
-    ]
+    args = tiny_train_argv(tiny_data, tmp_path, "--print_freq", "1")
     child = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
