@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from source_wheel import build_wheel
 
 from fastpix import bench
 from fastpix.cli import main
@@ -88,39 +89,10 @@ def test_without_pytest_benchmark_bench_says_how_to_get_it(monkeypatch, tmp_path
 def test_bench_works_from_an_installed_wheel(tmp_path):
     """A wheel of fastpix carries the suites (fastpix.bench_suites); installed outside the source tree, fastpix
     bench runs them from there and writes into the current folder."""
-    import pathlib
-    import shutil
     import subprocess
     import zipfile
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(root / name, src / name)
-    for name in ("fastpix", "kernels", "bench/suites"):
-        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    # no C++ decoder (PIL decodes): the wheel builds in seconds
-    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            str(src),
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path / "wheel"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr
-    [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
+    wheel = build_wheel(tmp_path, ("fastpix", "kernels", "bench/suites"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {
         f"fastpix/bench_suites/{name}.py"
@@ -143,7 +115,7 @@ def test_bench_works_from_an_installed_wheel(tmp_path):
     )
     work = tmp_path / "work"
     work.mkdir()
-    env = {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the wheel's fastpix before the checkout's
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the wheel's fastpix before the checkout's
     done = subprocess.run(
         [sys.executable, "-m", "fastpix", "bench", "--suite", "train", "--cpu_config", "dry", "--select", "reference"],
         cwd=work,

@@ -8,6 +8,7 @@ import numpy as np
 import PIL
 import pytest
 from PIL import Image
+from source_wheel import build_wheel
 
 from fastpix.data import decode as D
 
@@ -478,40 +479,11 @@ def test_fuzz_never_crashes(tmp_path):
 def test_install_without_image_headers_builds_a_pil_only_fastpix(tmp_path):
     """setup.py with no libjpeg/libpng visible to pkg-config: the wheel builds, without fastpix._decode, and
     fastpix without the extension reports the PIL backend."""
-    import os
-    import pathlib
-    import shutil
     import subprocess
     import sys
     import zipfile
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(root / name, src / name)
-    for name in ("csrc", "fastpix", "kernels", "bench/suites"):
-        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            str(src),
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path / "wheel"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr
-    [wheel] = (tmp_path / "wheel").glob("fastpix-*.whl")
+    wheel = build_wheel(tmp_path, ("csrc", "fastpix", "kernels", "bench/suites"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastpix/data/decode.py" in names and not any("_decode" in n for n in names), names
     probe = (
