@@ -92,6 +92,9 @@ setup(
         "safetensors>=0.4",
         # tqdm: the progress bar users expect from a trainer; a well-kept, dependency-free library.
         "tqdm",
+        # xxhash: the checkpoint manifest's file hash (xxh3-128), 12x sha256's speed: a save's hashing is CPU time
+        # the background writer takes from training (fastpix/store/checkpoint_set.py, HASHES).
+        "xxhash>=3",
     ],
     extras_require={
         "tensorboard": ["tensorboard"],

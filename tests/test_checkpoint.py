@@ -3,11 +3,15 @@ errors for damaged or foreign files."""
 
 import argparse
 import errno
+import fcntl
 import io
 import json
+import mmap
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -126,6 +130,29 @@ def test_a_file_changed_after_its_save_is_refused(tmp_path):
     write_set(tmp_path, 1, 1.0)
     save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
     with pytest.raises(CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        verify_set(str(tmp_path), read_manifest(str(tmp_path)))
+
+
+def test_a_manifest_of_sha256_hashes_written_before_xxh3_is_still_verified(tmp_path):
+    """Run folders saved by fastpix before the manifest's hash became xxh3-128 record sha256: they still resume,
+    a changed file is still found, and an entry with no hash fastpix knows verifies nothing."""
+    import hashlib
+
+    write_set(tmp_path, 1, 1.0)
+    manifest = read_manifest(str(tmp_path))
+    assert all(set(entry) == {"tmp", "bytes", "xxh3_128"} for entry in manifest["files"].values())
+    for name, entry in manifest["files"].items():
+        del entry["xxh3_128"]
+        entry["sha256"] = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+    atomic_write_json(str(tmp_path / MANIFEST), manifest)
+    verify_set(str(tmp_path), read_manifest(str(tmp_path)))
+    save_weights(str(tmp_path / "latest_net_G.safetensors"), {"w": torch.zeros(4)}, {"iteration": 1})
+    with pytest.raises(CheckpointError, match="latest_net_G.safetensors: its contents differ"):
+        verify_set(str(tmp_path), read_manifest(str(tmp_path)))
+    manifest["files"][TRAIN_STATE] = {"tmp": "x", "bytes": 1, "md5": "0"}
+    manifest["files"].pop("latest_net_G.safetensors")
+    atomic_write_json(str(tmp_path / MANIFEST), manifest)
+    with pytest.raises(CheckpointError, match=f"{TRAIN_STATE}: its contents differ"):
         verify_set(str(tmp_path), read_manifest(str(tmp_path)))
 
 
@@ -270,3 +297,72 @@ def test_readers_see_the_committed_save_before_its_renames_are_finished(tmp_path
             load_weights(path)
     else:
         assert all(torch.equal(load_weights(path)[k], v) for k, v in old.state_dict().items())
+
+
+def test_the_train_state_is_written_without_zip_crcs_and_reads_back_equal(tmp_path):
+    """The background writer's torch.save leaves out the zip records' CRC-32 (the manifest hashes the file), turning
+    torch's process-wide switch off only around its own call."""
+    import zipfile
+
+    from fastpix.store.weights import train_state_stream
+
+    state = {"iteration": 3, "optimizers": {"m": torch.arange(1000.0)}, "torch_rng": torch.get_rng_state()}
+    with open(tmp_path / "state.pt", "wb") as f:
+        train_state_stream(state).write(f)
+    assert torch.serialization.get_crc32_options()  # restored for everyone else's torch.save
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert loaded["iteration"] == 3 and torch.equal(loaded["optimizers"]["m"], state["optimizers"]["m"])
+    with zipfile.ZipFile(tmp_path / "state.pt") as archive:
+        assert {info.CRC for info in archive.infolist()} == {0}
+
+
+def takes_o_direct(folder) -> bool:
+    """Whether the file system of folder takes an aligned O_DIRECT write (ext4, xfs: yes; older tmpfs: no)."""
+    path = os.path.join(folder, "probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+        try:
+            block = mmap.mmap(-1, files.DIRECT_BLOCK)
+            os.write(fd, block)
+        finally:
+            os.close(fd)
+            os.remove(path)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "shm", "refused"])
+def test_an_unbuffered_file_writes_exactly_the_pieces_given(tmp_path, monkeypatch, where):
+    """files.UnbufferedFile (a checkpoint member's writes, around the page cache): pieces of odd sizes, across its
+    staging buffer and ending in a partial block, land byte for byte — with O_DIRECT where the file system takes
+    it, through the page cache on tmpfs or where a direct write is refused (EINVAL)."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this system: UnbufferedFile writes through the page cache only")
+    folder = tempfile.mkdtemp(dir="/dev/shm") if where == "shm" else str(tmp_path)
+    real_write, modes = os.write, []
+
+    def write(fd, data):
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        if direct and where == "refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        modes.append(direct)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    rng = torch.Generator().manual_seed(0)
+    sizes = (5, 4091, 3 << 20, files.DIRECT_STAGING + 7, 1)
+    pieces = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=rng).numpy() for n in sizes]
+    try:
+        path = os.path.join(folder, "member.bin")
+        files.write_new(path, lambda f: [f.write(p) for p in pieces])
+        with open(path, "rb") as f:
+            assert f.read() == b"".join(p.tobytes() for p in pieces)
+        monkeypatch.setattr(os, "write", real_write)
+        if where == "tmp_path" and takes_o_direct(folder):
+            assert modes[:-1] == [True] * (len(modes) - 1) and modes[-1] is False  # the last partial block buffered
+        if where == "refused":
+            assert not any(modes)
+    finally:
+        if where == "shm":
+            shutil.rmtree(folder)

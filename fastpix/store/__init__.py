@@ -3,7 +3,7 @@
 <checkpoints_dir>/<name>/
   latest_net_G.safetensors, latest_net_D.safetensors   weights (+ <epoch>_net_{G,D}, iter_<N>_net_{G,D})
   latest_train_state.pt   optimizers, RNG, epoch, iteration; torch.load(weights_only=True) reads it
-  checkpoint.json         the manifest of the newest complete save: its iteration, each file's size and sha256
+  checkpoint.json         the manifest of the newest complete save: its iteration, each file's size and hash
   config.json             the model/data/train configuration of the run
   metrics.jsonl           one JSON line per logged iteration
   .lock                   held (flock) by the one `fastpix train` writing the folder

@@ -25,11 +25,10 @@ from fastpix.store.run_folder import RunFolder
 from fastpix.store.snapshot import Snapshot
 
 WAIT_SLICE_S = 0.25
-# The writer's nice value. Its serialising, hashing and fsync are CPU work beside the training thread's: at the
-# same priority they slowed the iterations of a logging window with a save; at 10 the training threads come first
-# and the writer takes what they leave (bench/checkpoint_stall.py, unet_256 batch 1 on 2 CPU cores, a save every 8
-# iterations: 1.51-1.52x the reference step end to end against 1.20-1.44x at 0; docs/benchmarks.md, "Checkpoint
-# saves in the background"). On a GPU the training thread mostly waits for the device, and the writer runs freely.
+# The writer's nice value. Its work (contiguous copies of channels-last weights, hashing, staging, the syscalls) is
+# CPU time beside the training threads': at 10 they come first and the writer takes what they leave (measured at
+# unet_256 batch 1 on 2 CPU cores with a save every 8 iterations: docs/benchmarks.md, "Checkpoint saves in the
+# background"). On a GPU the training thread mostly waits for the device, and the writer runs freely.
 WRITER_NICE = 10
 
 

@@ -20,7 +20,7 @@ import torch
 
 from fastpix.store.checkpoint_set import Stream
 from fastpix.store.run_folder import TRAIN_STATE
-from fastpix.store.weights import safetensors_stream
+from fastpix.store.weights import safetensors_stream, train_state_stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,19 +41,8 @@ class Snapshot:
             self.copied.synchronize()
         streams = {net: safetensors_stream(state, self.info) for net, state in self.nets.items()}
         files = {f"{tag}_net_{net}.safetensors": streams[net] for tag in ("latest", *self.tags) for net in streams}
-        files[TRAIN_STATE] = Stream(_nbytes(self.train_state), lambda f: torch.save(self.train_state, f))
+        files[TRAIN_STATE] = train_state_stream(self.train_state)
         return files
-
-
-def _nbytes(obj) -> int:
-    """The tensor bytes in a nested structure: what torch.save writes, less its few KiB of pickle and zip framing."""
-    if isinstance(obj, torch.Tensor):
-        return obj.untyped_storage().nbytes()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
 
 
 class Snapshotter:

@@ -9,9 +9,11 @@ and the train state are read with torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import threading
 
 import torch
 from safetensors.torch import load, load_file, save
@@ -20,6 +22,7 @@ from fastpix.errors import CheckpointError
 from fastpix.files import atomic_write_bytes
 from fastpix.store.checkpoint_set import Stream, committed_bytes
 
+_CRC32_SWITCH = threading.Lock()
 TRAIN_STATE_KEYS = ("epoch", "position", "iteration", "optimizers", "torch_rng")
 KEYS_NAMED = 3  # per kind of mismatch, in a strict load's error: the counts say the rest
 SAFETENSORS_DTYPES = {
@@ -123,6 +126,36 @@ def weights_metadata(path: str) -> dict:
             return dict(f.metadata() or {})
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({unreadable(exc)})") from exc
+
+
+def train_state_stream(state: dict) -> Stream:
+    """The train state file of a save, written by the background writer (store/snapshot.py)."""
+    return Stream(_nbytes(state), functools.partial(_save_without_crc32, state))
+
+
+def _save_without_crc32(obj, f):
+    """torch.save(obj, f) without its zip records' CRC-32 (records say 0; torch.load reads them, `unzip -t` would
+    not): the checkpoint manifest hashes the whole file already (checkpoint_set.HASHES), and the CRC took 110 ms of
+    the background writer's CPU a save at unet_256. torch's switch is process-wide, so it is off only around this
+    call, under a lock: another thread's torch.save meanwhile may also go without it, and is still loadable."""
+    with _CRC32_SWITCH:
+        before = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(obj, f)
+        finally:
+            torch.serialization.set_crc32_options(before)
+
+
+def _nbytes(obj) -> int:
+    """The tensor bytes in a nested structure: what torch.save writes, less its few KiB of pickle and zip framing."""
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def load_train_state(path: str) -> dict:
