@@ -6,9 +6,9 @@
    answering 200 (the warm-up runs eagerly; its packages, 256² at each batch piece, build in the background), then
    how long those builds took.
 2. Per new size (320×240, 512×384, 200×600 as W×H: padded 256×512, 512×512, 768×256): the first request (answered
-   eagerly while its package builds), then, once built, the steady time (median of ROUNDS sequential requests),
-   and the ratio first / steady. Target: first ≤ 4× steady and ≤ 1.5 s. 256² is timed too (compiled from the
-   start, as a reference).
+   eagerly while its package builds) and the second right after it (still eager, beside the build's start), then,
+   once built, the steady time (median of ROUNDS sequential requests), and the ratio first / steady. Target: first
+   ≤ 4× steady and ≤ 1.5 s. 256² is timed too (compiled from the start, as a reference).
 Requests are sequential from one client (batch 1): each time is one request as a client sees it (PNG in, PNG out,
 over loopback HTTP). Prints a table and writes the JSON.
 """
@@ -89,6 +89,7 @@ def run(workdir: str) -> dict:
         for k, (w, h) in enumerate(((256, 256),) + NEW_SIZES):
             body = png(w, h, k)
             first = post(server.url, body)
+            second = post(server.url, body)  # still eager (its package is building), beside the build's start
             building = readyz(server.url)[1].get("compiled", {}).get("building", [])
             built_in = time.perf_counter()
             predictor.runner.wait()
@@ -98,6 +99,7 @@ def run(workdir: str) -> dict:
                 {
                     "size": f"{w}x{h}",
                     "first_s": first,
+                    "second_s": second,
                     "building_after_first": building,
                     "build_wait_s": built_in,
                     "steady_s": times,
@@ -113,14 +115,16 @@ def table(result: dict) -> str:
     lines = [
         f"ready after {result['ready_s']:.2f} s on a fresh cache (target ≤ 90 s); the 256² packages were "
         f"built {result['warmup_builds_s']:.0f} s after the start, in the background",
-        f"| size (W×H) | first request | steady (median of {ROUNDS}) | first / steady | target (≤ 4×, ≤ 1.5 s) |",
-        "|---|---:|---:|---:|---|",
+        f"| size (W×H) | first request | second | steady (median of {ROUNDS}) | first / steady | "
+        "target (≤ 4×, ≤ 1.5 s) |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for row in result["sizes"]:
         ratio = row["first_s"] / row["steady_median_s"]
         met = "met" if ratio <= 4 and row["first_s"] <= 1.5 else "NOT met"
         lines.append(
-            f"| {row['size']} | {1000 * row['first_s']:.0f} ms | {1000 * row['steady_median_s']:.0f} ms | "
+            f"| {row['size']} | {1000 * row['first_s']:.0f} ms | {1000 * row['second_s']:.0f} ms | "
+            f"{1000 * row['steady_median_s']:.0f} ms | "
             f"{ratio:.2f}× | {met if row['size'] != '256x256' else '(compiled from the start)'} |"
         )
     return "\n".join(lines)

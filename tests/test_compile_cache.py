@@ -50,8 +50,12 @@ class StandIn:
     gate: threading.Event | None = None
     stopped = False
 
-    def __init__(self, net, nice):
-        pass
+    constructed_while: list = []  # the calls of the network running when each was made
+
+    def __init__(self, net, priority):
+        StandIn.constructed_while.append(StandIn.runner_calls())
+
+    runner_calls = staticmethod(lambda: 0)
 
     def build(self, shape, dtype, path, key, build_parent):
         StandIn.calls.append(tuple(shape))
@@ -80,6 +84,7 @@ class StandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     StandIn.calls, StandIn.error, StandIn.wrong_shape, StandIn.gate, StandIn.stopped = [], None, None, None, False
+    StandIn.constructed_while = []
     monkeypatch.setattr(compiled_builds, "CompilerProcess", StandIn)
     monkeypatch.setattr(compiled_builds, "load_package", StandIn.load)
     return StandIn
@@ -111,6 +116,42 @@ def test_a_call_never_waits_the_package_runs_from_a_later_call(tmp_path, stand_i
     assert predictor.compile_status() == {"compiled": ["1x32x32"], "building": [], "failed": {}}
     assert (predictor(x, output_type="pt") == -1).all()  # the package ran
     predictor.close()
+
+
+class Blocking(torch.nn.Module):
+    """A network whose eager forward waits for `release`: a request still running."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        Blocking.entered.set()
+        assert Blocking.release.wait(TIMEOUT_S)
+        return self.conv(x)
+
+
+def test_the_parents_share_of_a_build_waits_until_the_request_that_asked_for_it_is_answered(tmp_path, stand_in):
+    """Starting the compiler process (pickling the network into it) is CPU work in the serving process: it waits
+    for no call to be running, so the request of a new size is not slowed by the build it asked for."""
+    from fastpix.infer.compiled import CompiledNetwork
+
+    Blocking.entered.clear(), Blocking.release.clear()
+    runner = CompiledNetwork(Blocking(), "running", "fp32", cache_dir=str(tmp_path))
+    stand_in.runner_calls = staticmethod(lambda: runner._calls)
+    call = threading.Thread(target=runner, args=(torch.rand(1, 3, 8, 8),))
+    call.start()
+    assert Blocking.entered.wait(TIMEOUT_S)  # the call is running; its shape has been asked for
+    time.sleep(0.3)
+    assert stand_in.constructed_while == []  # the builder waits ...
+    Blocking.release.set()
+    call.join(TIMEOUT_S)
+    assert runner.wait(TIMEOUT_S)
+    assert stand_in.constructed_while == [0] and stand_in.calls == [(1, 3, 8, 8)]  # ... then starts, between calls
+    runner.close()
 
 
 def test_a_failed_build_is_said_once_remembered_on_disk_and_not_retried(tmp_path, stand_in, caplog, monkeypatch):
@@ -383,3 +424,51 @@ def test_predict_passes_the_cache_flags_and_says_what_it_compiles_in_the_backgro
     assert "fastpix predict: stopped compiling 1x32x32 (a later run compiles it)" in captured.err
     assert "1 images written" in captured.out
     assert not compiled_cache.failures(str(tmp_path / "c"))  # a build stopped is not a build that failed
+
+
+def test_the_compiler_process_lowers_its_priority_before_importing_torch():
+    """Importing torch is a second or more of CPU: the child's module imports nothing heavy before main() has
+    lowered its priority."""
+    code = "import sys, fastpix.infer.compiler_child; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's: elsewhere the child runs at nice 19")
+def test_the_compiler_process_runs_at_sched_idle():
+    from fastpix.infer.compiled import prepared_network
+
+    net, _ = prepared_network(tiny_G(), "fp32")
+    child = compiled_builds.CompilerProcess(net, compiled_builds.BUILD_PRIORITY)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while os.sched_getscheduler(child.proc.pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getscheduler(child.proc.pid) == os.SCHED_IDLE
+    finally:
+        child.stop(at_once=True)
+
+
+def test_the_network_reaches_the_compiler_process_whole():
+    """network_file / receive_network (the child's copy of the network): every tensor equal, with its dtype and
+    layout (channels-last, bf16), tensors sharing a storage still sharing it, and the same outputs."""
+    from fastpix.infer.compiled import prepared_network
+    from fastpix.infer.compiler_child import network_file, receive_network
+
+    net, dtype = prepared_network(tiny_G(), "bf16")
+    net.shared = torch.nn.Parameter(net.model.model[0].weight.detach()[:1], requires_grad=False)  # a view of one
+    fd, structure = network_file(net)
+    try:
+        got = receive_network(structure, fd)
+    finally:
+        os.close(fd)
+    want_state, got_state = net.state_dict(), got.state_dict()
+    assert list(got_state) == list(want_state)
+    for name, t in want_state.items():
+        assert got_state[name].dtype == t.dtype and got_state[name].stride() == t.stride(), name
+        assert torch.equal(got_state[name], t), name
+    assert got.shared.untyped_storage().data_ptr() == got.model.model[0].weight.untyped_storage().data_ptr()
+    x = (torch.rand(1, 3, 32, 32) * 2 - 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(got(x), net(x))

@@ -115,6 +115,8 @@ class CompiledNetwork:
         self.loaded: OrderedDict = OrderedDict()  # (n, c, h, w) -> LoadedPackage, the least recently used first
         self.failures: dict = {}  # (n, c, h, w) -> why its package could not be built or loaded
         self._lock = threading.Lock()
+        self._calls = 0  # calls running now (the builder's share of a build waits for none: wait_quiet)
+        self._quiet = threading.Condition(self._lock)
         self.builder = Builder(self)
         # Loaded now (~0.1 s each at unet_256, not a build): the first call of a fresh process is a steady call.
         for n, h, w in compiled_cache.cached_shapes(self.folder)[: self.max_loaded]:
@@ -128,13 +130,26 @@ class CompiledNetwork:
             return next(reversed(self.failures.values()), None)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        pieces, start = [], 0
-        while start < x.shape[0]:
-            size = next(b for b in self.pieces if b <= x.shape[0] - start)
-            pieces.append(self._run(x[start : start + size].contiguous(memory_format=torch.channels_last)))
-            start += size
-        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
+        with self._lock:
+            self._calls += 1
+        try:
+            x = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
+            pieces, start = [], 0
+            while start < x.shape[0]:
+                size = next(b for b in self.pieces if b <= x.shape[0] - start)
+                pieces.append(self._run(x[start : start + size].contiguous(memory_format=torch.channels_last)))
+                start += size
+            return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).float()
+        finally:
+            with self._lock:
+                self._calls -= 1
+                self._quiet.notify_all()
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait until no call is running (at most timeout seconds; False if one still is): the builder's CPU work in
+        this process then does not slow a request, the one that asked for the build first of all."""
+        with self._quiet:
+            return self._quiet.wait_for(lambda: self._calls == 0, timeout)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         package = self.package(tuple(x.shape))

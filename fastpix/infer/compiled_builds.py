@@ -4,10 +4,15 @@ child process, one at a time, and handed to the network from its next call on.
 Why a child process, not a thread: a build is mostly Python (export, lowering, code generation) holding the GIL
 for seconds, then a C++ compiler. In a thread of the serving process it takes the GIL from the thread that runs
 the requests at every switch interval, and its CPU time cannot be ranked below theirs; in a child it shares
-nothing but the cores, and runs at the lowest CPU priority (nice 19) with one thread (torch's, Inductor's compile
-workers, OpenMP's), so it takes only what the serving process leaves idle: at most one core, and none while the
-cores are busy. Measured in bench/compile_in_background.py (docs/benchmarks.md, "Compiling in the background").
-The child starts with the first build asked for and ends when none is left; the network reaches it once, pickled.
+nothing but the cores, and runs at the lowest CPU priority (SCHED_IDLE: compiler_child.py) with one thread
+(torch's, Inductor's compile workers, OpenMP's), so it takes only what the serving process leaves idle: at most one
+core, and none while the cores are busy. Measured in bench/compile_in_background.py (docs/benchmarks.md,
+"Compiling in the background"). The child starts with the first build asked for and ends when none is left; the
+network reaches it once, pickled.
+
+The parent's own share of a build (pickling the network for a new child: ~0.1 s of CPU holding the GIL at unet_256;
+loading a built package and running it once) waits until no call of the network is running (QUIET_WAIT_S at most):
+the request whose new size asked for the build is answered first.
 
 One thread per network (started when a package is asked for, ended when none is left) does the rest: it loads each
 package (holding a lease on its file: fastpix.cache_folders), checks it against the shape, dtype and key it is for,
@@ -17,10 +22,8 @@ cache folder (compiled_cache.prune). Every step of more than a moment is said in
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,16 +37,13 @@ import torch
 from fastpix.cache_folders import Lease, remove_path
 from fastpix.infer import compiled_cache
 from fastpix.infer.compiled_cache import package_path, remember_failure, remembered_failure, shape_name
-from fastpix.infer.compiled_packages import build_package, load_package
+from fastpix.infer.compiled_packages import load_package
+from fastpix.infer.compiler_child import network_file, one_line
 
 log = logging.getLogger(__name__)
 
-BUILD_NICE = 19  # the child's CPU priority: the lowest, so that it never delays a request (see the docstring)
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+BUILD_PRIORITY = "idle"  # the child's CPU priority (compiler_child.lower_priority): the lowest, see the docstring
+QUIET_WAIT_S = 2.0  # how long the parent's share of a build waits for the network to be between calls
 
 
 class BuildFailed(Exception):
@@ -65,8 +65,8 @@ class Builder:
     runner's install() receives its package when it is ready; a shape that cannot be had is recorded in
     runner.failures and logged once."""
 
-    def __init__(self, runner, nice: int = BUILD_NICE):
-        self.runner, self.nice = runner, nice
+    def __init__(self, runner, priority: str = BUILD_PRIORITY):
+        self.runner, self.priority = runner, priority
         self._queue: list = []  # shapes asked for, not yet started
         self._current = None  # the shape being provided
         self._cond = threading.Condition()
@@ -175,6 +175,7 @@ class Builder:
             remove_path(path)
             return wrong
         assert package is not None  # it loaded: wrong is empty
+        runner.wait_quiet(QUIET_WAIT_S)
         with torch.inference_mode():
             package(torch.zeros(shape, dtype=runner.dtype).contiguous(memory_format=torch.channels_last))
         runner.install(shape, LoadedPackage(package, lease))
@@ -190,7 +191,8 @@ class Builder:
         )
         started = time.monotonic()
         if self._child is None:  # only this thread sets it; not under the lock: sending the network takes seconds
-            child = CompilerProcess(runner.net, self.nice)
+            runner.wait_quiet(QUIET_WAIT_S)
+            child = CompilerProcess(runner.net, self.priority)
             with self._cond:
                 self._child = child
         child = self._child
@@ -221,7 +223,8 @@ class Builder:
 class CompilerProcess:
     """A child Python process that builds packages of one network (see the module docstring)."""
 
-    def __init__(self, net: torch.nn.Module, nice: int):
+    def __init__(self, net: torch.nn.Module, priority: str):
+        network_fd, structure = network_file(net)
         ours, theirs = socket.socketpair()
         source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {
@@ -236,26 +239,26 @@ class CompilerProcess:
         args = [
             sys.executable,
             "-m",
-            "fastpix.infer.compiled_builds",
+            "fastpix.infer.compiler_child",
             str(theirs.fileno()),
-            str(nice),
+            str(network_fd),
+            priority,
             str(torch.get_num_threads()),
         ]
         self.proc = subprocess.Popen(
             args,
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), network_fd],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         theirs.close()
+        os.close(network_fd)  # the child holds it now
         self.conn = Connection(ours.detach())
         # Not a process left behind by an interpreter that exits without close(): at exit it is stopped.
         weakref.finalize(self, stop_process, self.proc)
-        buffer = io.BytesIO()
-        torch.save(net, buffer)
-        self.conn.send_bytes(buffer.getvalue())
+        self.conn.send_bytes(structure)
 
     def build(self, shape, dtype: torch.dtype, path: str, key: str, build_parent: str) -> str | None:
         """Build the package; None when it is written, else why not in one line."""
@@ -282,29 +285,3 @@ def stop_process(proc: subprocess.Popen):
     if proc.poll() is None:
         proc.terminate()
         proc.wait()
-
-
-def child_main(fd: int, nice: int, threads: int):
-    """The compiler process: the network arrives first, then one build request after another until the parent
-    closes the connection."""
-    os.nice(nice)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a parent that stops the build: remove its files
-    conn = Connection(fd)
-    torch.set_num_threads(1)
-    torch._inductor.config.cpp.threads = threads
-    net = torch.load(io.BytesIO(conn.recv_bytes()), weights_only=False)  # pickled by our parent, just now
-    while True:
-        try:
-            shape, dtype, path, key, build_parent = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            example = torch.zeros(shape, dtype=getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
-            build_package(net, example, path, build_parent, key)
-            conn.send(None)
-        except Exception as exc:  # noqa: BLE001 - said to the parent, which remembers it
-            conn.send(one_line(exc))
-
-
-if __name__ == "__main__":
-    child_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
