@@ -51,17 +51,23 @@ class StandIn:
     stopped = False
 
     constructed_while: list = []  # the calls of the network running when each was made
+    priorities: list = []  # each one's priority
+    starving = False  # a child at the lowest priority gets no CPU (a saturated server)
 
     def __init__(self, net, priority):
+        self.priority = priority
         StandIn.constructed_while.append(StandIn.runner_calls())
+        StandIn.priorities.append(priority)
 
     runner_calls = staticmethod(lambda: 0)
 
-    def build(self, shape, dtype, path, key, build_parent):
+    def build(self, shape, dtype, path, key, build_parent, patient=True):
         StandIn.calls.append(tuple(shape))
+        if StandIn.starving and not patient:
+            raise compiled_builds.Starved(0.01)
         if StandIn.gate is not None:
             assert StandIn.gate.wait(TIMEOUT_S)
-        if StandIn.stopped:
+        if self.stopped:
             return "the compiler process ended (killed by signal 15)"
         if StandIn.error is not None:
             return StandIn.error
@@ -70,7 +76,7 @@ class StandIn:
 
     def stop(self, at_once=False):
         if at_once:  # as the real one: a build in progress ends at once
-            StandIn.stopped = True
+            self.stopped = True
             if StandIn.gate is not None:
                 StandIn.gate.set()
 
@@ -84,7 +90,7 @@ class StandIn:
 @pytest.fixture
 def stand_in(monkeypatch):
     StandIn.calls, StandIn.error, StandIn.wrong_shape, StandIn.gate, StandIn.stopped = [], None, None, None, False
-    StandIn.constructed_while = []
+    StandIn.constructed_while, StandIn.priorities, StandIn.starving = [], [], False
     monkeypatch.setattr(compiled_builds, "CompilerProcess", StandIn)
     monkeypatch.setattr(compiled_builds, "load_package", StandIn.load)
     return StandIn
@@ -472,3 +478,37 @@ def test_the_network_reaches_the_compiler_process_whole():
     x = (torch.rand(1, 3, 32, 32) * 2 - 1).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert torch.equal(got(x), net(x))
+
+
+def test_a_build_starved_by_a_busy_server_starts_again_at_nice_10(tmp_path, stand_in, caplog):
+    """At SCHED_IDLE a build beside a server that is never idle gets next to nothing: it is started again in a child
+    at BUSY_PRIORITY, so that a saturated server still reaches compiled speed, and says so."""
+    stand_in.starving = True
+    predictor = compiled_predictor(tmp_path)
+    with caplog.at_level(logging.INFO, logger="fastpix"):
+        predictor(image(), output_type="pt")
+        assert predictor.runner.wait(TIMEOUT_S)
+    assert stand_in.priorities == [compiled_builds.BUILD_PRIORITY, compiled_builds.BUSY_PRIORITY] == ["idle", "10"]
+    assert stand_in.calls == [(1, 3, 32, 32)] * 2
+    assert predictor.compile_status() == {"compiled": ["1x32x32"], "building": [], "failed": {}}
+    assert "compiling 1x32x32 got 1% of a core in the last 60 s (the cores are busy serving)" in caplog.text
+    predictor.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="a process's CPU time is read from Linux's /proc")
+def test_the_compiler_process_says_when_it_is_starved(monkeypatch):
+    """CompilerProcess.build (not patient) checks the child's share of a core every STARVED_AFTER_S: here the
+    child's CPU time is made to stand still, as beside a saturated server."""
+    from fastpix.infer.compiled import prepared_network
+
+    assert compiled_builds.process_cpu_s(os.getpid()) > 0  # read from /proc: this process has run
+    monkeypatch.setattr(compiled_builds, "STARVED_AFTER_S", 0.2)
+    monkeypatch.setattr(compiled_builds, "process_cpu_s", lambda pid: 1.0)
+    net, dtype = prepared_network(tiny_G(), "fp32")
+    child = compiled_builds.CompilerProcess(net, "idle")
+    try:
+        with pytest.raises(compiled_builds.Starved) as starved:
+            child.build((1, 3, 32, 32), dtype, "/nonexistent/never.pt2", "k", "/nonexistent", patient=False)
+        assert starved.value.args == (0.0,)
+    finally:
+        child.stop(at_once=True)

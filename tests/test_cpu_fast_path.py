@@ -110,10 +110,10 @@ def test_a_package_copied_under_another_shapes_name_is_refused_before_it_runs(
     asked = []
 
     class Recorder:  # stands in for the compiler process: notes the build, which then fails
-        def __init__(self, *args):
-            pass
+        def __init__(self, net, priority):
+            self.priority = priority
 
-        def build(self, shape, *args):
+        def build(self, shape, *args, patient=True):
             asked.append(shape)
             return "RuntimeError: not built in this test"
 

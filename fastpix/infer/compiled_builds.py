@@ -6,13 +6,14 @@ for seconds, then a C++ compiler. In a thread of the serving process it takes th
 the requests at every switch interval, and its CPU time cannot be ranked below theirs; in a child it shares
 nothing but the cores, and runs at the lowest CPU priority (SCHED_IDLE: compiler_child.py) with one thread
 (torch's, Inductor's compile workers, OpenMP's), so it takes only what the serving process leaves idle: at most one
-core, and none while the cores are busy. Measured in bench/compile_in_background.py (docs/benchmarks.md,
-"Compiling in the background"). The child starts with the first build asked for and ends when none is left; the
-network reaches it once, pickled.
+core, and none while the cores are busy. A server that is never idle would then stay eager for good, so a build
+starved that way (STARVED_SHARE) is started again at nice 10, which takes a share beside the requests. Measured in
+bench/compile_in_background.py (docs/benchmarks.md, "Compiling in the background"). The child starts with the
+first build asked for and ends when none is left; the network reaches it once (compiler_child.network_file).
 
-The parent's own share of a build (pickling the network for a new child: ~0.1 s of CPU holding the GIL at unet_256;
-loading a built package and running it once) waits until no call of the network is running (QUIET_WAIT_S at most):
-the request whose new size asked for the build is answered first.
+The parent's own share of a build (starting the child and handing it the network; loading a built package and
+running it once) waits until no call of the network is running (QUIET_WAIT_S at most): the request whose new size
+asked for the build is answered first.
 
 One thread per network (started when a package is asked for, ended when none is left) does the rest: it loads each
 package (holding a lease on its file: fastpix.cache_folders), checks it against the shape, dtype and key it is for,
@@ -44,10 +45,22 @@ log = logging.getLogger(__name__)
 
 BUILD_PRIORITY = "idle"  # the child's CPU priority (compiler_child.lower_priority): the lowest, see the docstring
 QUIET_WAIT_S = 2.0  # how long the parent's share of a build waits for the network to be between calls
+# A server that is never idle leaves a SCHED_IDLE build next to nothing, and would stay eager for good (a load test
+# on a fresh server). A build that got less than STARVED_SHARE of a core over STARVED_AFTER_S is started again in a
+# child at BUSY_PRIORITY, which takes a share of the cores beside the requests (docs/benchmarks.md, "Compiling in
+# the background": what a nice-10 build costs a saturated server, and how long it takes there).
+STARVED_AFTER_S = 60.0
+STARVED_SHARE = 0.1
+BUSY_PRIORITY = "10"
+STOP_GRACE_S = 2.0  # a child stopped at once has this long to remove its build files, then is killed (prune does it)
 
 
 class BuildFailed(Exception):
     """A build that did not give a package; its message is the reason, in one line."""
+
+
+class Starved(Exception):
+    """A build whose child got less than STARVED_SHARE of a core over STARVED_AFTER_S; args: that share."""
 
 
 class LoadedPackage:
@@ -190,18 +203,26 @@ class Builder:
             shape[3],
         )
         started = time.monotonic()
-        if self._child is None:  # only this thread sets it; not under the lock: sending the network takes seconds
-            runner.wait_quiet(QUIET_WAIT_S)
-            child = CompilerProcess(runner.net, self.priority)
-            with self._cond:
-                self._child = child
-        child = self._child
+        child = self._child or self._start_child(self.priority)
         if self._closed:
             child.stop(at_once=True)
             raise BuildFailed("stopped")
         os.makedirs(runner.folder, exist_ok=True)
         compiled_cache.describe(runner.folder, runner.description)
-        error = child.build(shape, runner.dtype, path, runner.key, runner.cache_dir)
+        build = (shape, runner.dtype, path, runner.key, runner.cache_dir)
+        try:
+            error = child.build(*build, patient=child.priority != "idle")
+        except Starved as starved:
+            log.info(
+                "compiling %s got %.0f%% of a core in the last %.0f s (the cores are busy serving): starting it again "
+                "at nice %s, beside the requests",
+                shape_name(shape),
+                100 * starved.args[0],
+                STARVED_AFTER_S,
+                BUSY_PRIORITY,
+            )
+            child.stop(at_once=True)
+            error = "stopped" if self._closed else self._start_child(BUSY_PRIORITY).build(*build)
         if error is not None:
             if self._closed:
                 raise BuildFailed("stopped")
@@ -212,6 +233,15 @@ class Builder:
             shape_name(shape),
             time.monotonic() - started,
         )
+
+    def _start_child(self, priority: str) -> CompilerProcess:
+        """A compiler process for the runner's network, started between calls (QUIET_WAIT_S at most): pickling the
+        network into it is CPU work in this process. Only this thread sets _child; not under the lock."""
+        self.runner.wait_quiet(QUIET_WAIT_S)
+        child = CompilerProcess(self.runner.net, priority)
+        with self._cond:
+            self._child = child
+        return child
 
     def _failed(self, shape, reason: str):
         if self._closed:
@@ -224,6 +254,7 @@ class CompilerProcess:
     """A child Python process that builds packages of one network (see the module docstring)."""
 
     def __init__(self, net: torch.nn.Module, priority: str):
+        self.priority = priority
         network_fd, structure = network_file(net)
         ours, theirs = socket.socketpair()
         source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -260,10 +291,19 @@ class CompilerProcess:
         weakref.finalize(self, stop_process, self.proc)
         self.conn.send_bytes(structure)
 
-    def build(self, shape, dtype: torch.dtype, path: str, key: str, build_parent: str) -> str | None:
-        """Build the package; None when it is written, else why not in one line."""
+    def build(self, shape, dtype: torch.dtype, path: str, key: str, build_parent: str, patient=True) -> str | None:
+        """Build the package; None when it is written, else why not in one line. Not patient: raise Starved when
+        the child gets less than STARVED_SHARE of a core over a STARVED_AFTER_S (where its CPU time is known)."""
         try:
             self.conn.send((tuple(shape), str(dtype).removeprefix("torch."), path, key, build_parent))
+            checked = (time.monotonic(), process_cpu_s(self.proc.pid))
+            while not patient and not self.conn.poll(STARVED_AFTER_S):
+                now = (time.monotonic(), process_cpu_s(self.proc.pid))
+                if now[1] is not None and checked[1] is not None:
+                    share = (now[1] - checked[1]) / (now[0] - checked[0])
+                    if share < STARVED_SHARE:
+                        raise Starved(share)
+                checked = now
             return self.conn.recv()
         except (EOFError, OSError):
             code = self.proc.wait()
@@ -272,13 +312,30 @@ class CompilerProcess:
 
     def stop(self, at_once: bool = False):
         """End the child: when it has finished its build (it exits once the connection closes), or at once
-        (a build in progress is abandoned; its files are removed by the child, or by a later prune)."""
+        (a build in progress is abandoned; its files are removed by the child, or by a later prune). At once is
+        SIGTERM, then SIGKILL after STOP_GRACE_S: a child at SCHED_IDLE beside busy cores may not get the CPU to
+        run its handler for minutes."""
         self.conn.close()
         try:
             self.proc.wait(None if not at_once else 0)
         except subprocess.TimeoutExpired:
             self.proc.terminate()
-            self.proc.wait()
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """The CPU seconds of a process and of the children it has waited for (the C++ compiler), from Linux's
+    /proc/<pid>/stat; None where that is not known."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def stop_process(proc: subprocess.Popen):
