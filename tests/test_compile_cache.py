@@ -381,6 +381,35 @@ def test_readyz_is_ready_at_once_and_says_which_sizes_are_compiled_and_building(
     predictor.close()
 
 
+def test_serve_builds_its_warmup_sizes_from_the_start_and_refuses_a_bad_one_in_one_line(tmp_path, stand_in, caplog):
+    """--warmup-sizes: each size's packages are asked for at start, after the canvas's (smallest piece first), so
+    their first requests run compiled once built; a size that is not WxH or that the server would refuse is a
+    ConfigError naming the flag, before anything starts."""
+    pytest.importorskip("fastapi")
+    from test_server import request, wait_until
+
+    from fastpix.config import ServeConfig
+    from fastpix.errors import ConfigError
+    from fastpix.infer.server import BackgroundServer, create_app
+
+    predictor = compiled_predictor(tmp_path, max_batch_size=1)
+    with pytest.raises(
+        ConfigError, match=r"^--warmup-sizes: '48by40' is not WIDTHxHEIGHT in pixels \(e\.g\. 320x240\)$"
+    ):
+        create_app(predictor, ServeConfig(canvas_size=32, warmup_sizes="48x40,48by40"))
+    with pytest.raises(
+        ConfigError, match=r"^--warmup-sizes: 70x40 pads to 96x64 = 6144 pixels, over --max-pixels 5000$"
+    ):
+        create_app(predictor, ServeConfig(canvas_size=32, max_pixels=5000, warmup_sizes="70x40"))
+    config = ServeConfig(canvas_size=32, max_batch_size=1, warmup_sizes=" 48x40, 64x32 ")
+    with caplog.at_level(logging.INFO, logger="fastpix"), BackgroundServer(create_app(predictor, config)) as server:
+        wait_until(lambda: request(f"{server.url}/readyz")[0] == 200, "readiness")
+        assert predictor.runner.wait(TIMEOUT_S)
+    assert stand_in.calls == [(1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 32, 64)]  # 48x40 pads to 64x64 (unet_32)
+    assert "warming up at 32x32, 48x40, 64x32" in caplog.text
+    predictor.close()
+
+
 def test_predict_passes_the_cache_flags_and_says_what_it_compiles_in_the_background(
     tmp_path, stand_in, monkeypatch, capsys
 ):

@@ -150,6 +150,12 @@ class ServeConfig(HttpServerConfig, InferenceConfig):
         "side in pixels of the draw page's canvas (GET /) (default: the crop size the "
         f"checkpoint was trained at, from its config.json, else {DRAW_CANVAS_SIZE})",
     )
+    warmup_sizes: str = opt(
+        None,
+        "more image sizes to warm up at, WIDTHxHEIGHT comma-separated (e.g. 320x240,512x384): on a CPU their "
+        "compiled packages start building at once (in the background), so that their first requests run compiled "
+        "once built (default: the canvas size only)",
+    )
     palette: str = opt(
         None,
         "the draw page's label colours: a palette file as eval's --label-palette takes, or a "

@@ -61,7 +61,7 @@ class Batcher:
         max_batch_size: int = 16,
         max_wait_s: float = 0.0,
         max_queue: int = 256,
-        warmup_size: tuple[int, int] | None = None,
+        warmup_sizes: list[tuple[int, int]] | None = None,
         on_batch=None,
         max_batch_pixels: int | None = None,
         max_queue_pixels: int | None = None,
@@ -69,7 +69,7 @@ class Batcher:
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.warmup_size = warmup_size
+        self.warmup_sizes = warmup_sizes or [None]  # (h, w) each; None: the predictor's smallest
         self.on_batch = on_batch  # called with each batch's size (metrics)
         self.max_batch_pixels, self.max_queue_pixels = max_batch_pixels, max_queue_pixels
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -125,9 +125,11 @@ class Batcher:
         import torch
 
         started = time.monotonic()
-        log.info("warming up%s", f" at {self.warmup_size[0]}x{self.warmup_size[1]}" if self.warmup_size else "")
+        named = [f"{size[1]}x{size[0]}" for size in self.warmup_sizes if size]
+        log.info("warming up%s", f" at {', '.join(named)}" if named else "")
         try:
-            self.predictor.warmup(self.warmup_size)
+            for size in self.warmup_sizes:
+                self.predictor.warmup(size)
         except Exception as exc:  # noqa: BLE001 - report it on /healthz and to every request, do not die silently
             self.error = f"warm-up failed: {type(exc).__name__}: {exc}"
             log.error("%s", self.error)

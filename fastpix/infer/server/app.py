@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fastpix.errors import ConfigError
 from fastpix.infer.batcher import Batcher, QueueFull, WorkerStopped
+from fastpix.infer.images import padded_size
 from fastpix.infer.server.codecs import decode_slots
 from fastpix.infer.server.http import BodyLimits, add_error_handler, add_error_handlers, error_response
 from fastpix.infer.server.metrics import CountRequests, ServerMetrics
@@ -35,6 +36,23 @@ async def lifespan(app: FastAPI):
     await run_in_threadpool(app.state.batcher.stop, app.state.config.timeout_s)
 
 
+def warmup_sizes(text: str | None, max_pixels: int, predictor) -> list[tuple[int, int]]:
+    """--warmup-sizes ('320x240,512x384': width x height) as (h, w) sizes; one line naming the flag for a size that
+    is not WxH or that the server would refuse (over --max-pixels once padded)."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        w, sep, h = item.lower().partition("x")
+        if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise ConfigError(f"--warmup-sizes: {item!r} is not WIDTHxHEIGHT in pixels (e.g. 320x240)")
+        ph, pw = padded_size(int(h), int(w), predictor.multiple)
+        if ph * pw > max_pixels:
+            raise ConfigError(
+                f"--warmup-sizes: {item} pads to {pw}x{ph} = {ph * pw} pixels, over --max-pixels {max_pixels}"
+            )
+        sizes.append((int(h), int(w)))
+    return sizes
+
+
 def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     """A FastAPI app serving `predictor` (norm_mode 'instance' or 'running') with the limits of a ServeConfig.
     checkpoint: where the predictor's generator came from (a store GeneratorSource), which names the model on the
@@ -53,7 +71,12 @@ def create_app(predictor, cfg=None, checkpoint=None) -> FastAPI:
     # size, and the compiled runtime starts building its packages for it (in the background: nothing waits for them).
     # One forward pass computes at most max_pixels padded pixels whatever its batch: the worker is never held
     # longer than one such pass.
-    warmup = (cfg.graph_size,) * 2 if predictor.plan.cuda_graphs else (page.canvas_size,) * 2
+    # --warmup-sizes adds sizes whose packages start building at once too (their first requests then run compiled
+    # once built, rather than asking for a build themselves).
+    if predictor.plan.cuda_graphs:
+        warmup = [(cfg.graph_size, cfg.graph_size)]
+    else:
+        warmup = [(page.canvas_size, page.canvas_size), *warmup_sizes(cfg.warmup_sizes, cfg.max_pixels, predictor)]
     batcher = Batcher(
         predictor,
         cfg.max_batch_size,
