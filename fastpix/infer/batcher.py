@@ -69,7 +69,8 @@ class Batcher:
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.warmup_sizes = warmup_sizes or [None]  # (h, w) each; None: the predictor's smallest
+        # (h, w) each; None: the predictor's smallest size
+        self.warmup_sizes: list[tuple[int, int] | None] = [*warmup_sizes] if warmup_sizes else [None]
         self.on_batch = on_batch  # called with each batch's size (metrics)
         self.max_batch_pixels, self.max_queue_pixels = max_batch_pixels, max_queue_pixels
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
