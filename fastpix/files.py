@@ -94,7 +94,7 @@ class UnbufferedFile:
                 self._write_staged(DIRECT_STAGING)
         if start < view.nbytes:  # through the page cache (from the start, or since a direct write was refused)
             self._write_staged(self.used)
-            _write_all(self.fd, view[start:])
+            write_all(self.fd, view[start:])
         return view.nbytes
 
     def flush(self):
@@ -113,12 +113,12 @@ class UnbufferedFile:
         cache."""
         view = memoryview(self.staging)
         try:
-            _write_all(self.fd, view[:nbytes])
+            write_all(self.fd, view[:nbytes])
         except OSError as exc:
             if exc.errno != errno.EINVAL or not self.direct:
                 raise
             self.direct = _set_direct(self.fd, False)
-            _write_all(self.fd, view[:nbytes])
+            write_all(self.fd, view[:nbytes])
         finally:
             view.release()
         self.staging.move(0, nbytes, self.used - nbytes)
@@ -139,7 +139,8 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
-def _write_all(fd: int, view: memoryview):
+def write_all(fd: int, view: memoryview):
+    """All of view to fd, however many writes it takes (each releases the GIL)."""
     written = 0
     while written < view.nbytes:
         written += os.write(fd, view[written:])

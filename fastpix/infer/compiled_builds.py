@@ -296,19 +296,25 @@ class CompilerProcess:
         the child gets less than STARVED_SHARE of a core over a STARVED_AFTER_S (where its CPU time is known)."""
         try:
             self.conn.send((tuple(shape), str(dtype).removeprefix("torch."), path, key, build_parent))
-            checked = (time.monotonic(), process_cpu_s(self.proc.pid))
-            while not patient and not self.conn.poll(STARVED_AFTER_S):
-                now = (time.monotonic(), process_cpu_s(self.proc.pid))
-                if now[1] is not None and checked[1] is not None:
-                    share = (now[1] - checked[1]) / (now[0] - checked[0])
-                    if share < STARVED_SHARE:
-                        raise Starved(share)
-                checked = now
+            if not patient:
+                self._wait_unless_starved()
             return self.conn.recv()
         except (EOFError, OSError):
             code = self.proc.wait()
             how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             return f"the compiler process ended ({how}; out of memory?)"
+
+    def _wait_unless_starved(self):
+        """Wait for the child's answer, checking every STARVED_AFTER_S that it got at least STARVED_SHARE of a core
+        (where its CPU time is known); Starved when it did not."""
+        checked = (time.monotonic(), process_cpu_s(self.proc.pid))
+        while not self.conn.poll(STARVED_AFTER_S):
+            now = (time.monotonic(), process_cpu_s(self.proc.pid))
+            if now[1] is not None and checked[1] is not None:
+                share = (now[1] - checked[1]) / (now[0] - checked[0])
+                if share < STARVED_SHARE:
+                    raise Starved(share)
+            checked = now
 
     def stop(self, at_once: bool = False):
         """End the child: when it has finished its build (it exits once the connection closes), or at once

@@ -26,6 +26,8 @@ import pickle
 import signal
 import sys
 
+from fastpix.files import write_all  # the standard library only: nothing heavy before lower_priority
+
 
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -61,10 +63,8 @@ class _NetworkPickler(pickle.Pickler):
         key = (storage.data_ptr(), storage.nbytes())
         if key not in self._placed:
             self._placed[key] = self.size
-            view = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()  # its bytes, not copied
-            written = 0
-            while written < view.nbytes:  # one write (the GIL released) for all but a huge storage
-                written += os.write(self.file, view[written:])
+            view = memoryview(torch.empty(0, dtype=torch.uint8).set_(storage).numpy())  # its bytes, not copied
+            write_all(self.file, view)  # one write, the GIL released, for all but a huge storage
             self.size += view.nbytes
         return self._placed[key], storage.nbytes(), str(obj._dtype).removeprefix("torch.")
 
